@@ -1,0 +1,1 @@
+from ttcjax.version import __version__

@@ -1,0 +1,367 @@
+"""Jitted, batched decoding with a KV cache that search can fork and gather.
+
+`Engine.prefill` runs each prompt once; `Engine.decode` runs one compiled `lax.while_loop` that samples
+until every row has stopped (EOS, a stop sequence, `max_new_tokens`, or a full cache). The returned
+`DecodeState` is consistent: its cache holds every token generated so far and its logits predict the
+next one, so a later `decode` continues where this one stopped (search generates one reasoning step,
+scores, gathers the kept rows, and continues).
+
+Attention only reads the filled part of the cache: the loop runs in segments, each with a static
+attention width (a multiple of `attn_chunk`), and a segment ends when a row's next slot passes its width.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from ttcjax.cache import KVCache
+from ttcjax.models.llama import Transformer
+from ttcjax.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
+
+# Why a row stopped.
+RUNNING, FINISHED_EOS, FINISHED_STOP, FINISHED_LENGTH, FINISHED_CACHE_FULL = 0, 1, 2, 3, 4
+FINISH_REASONS = {0: "running", 1: "eos", 2: "stop_sequence", 3: "length", 4: "cache_full"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Sampling:
+    """How the next token is chosen. temperature 0 is greedy; top_k 0 and top_p 1 switch those off."""
+
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        if self.temperature < 0:
+            raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy).")
+        if self.top_k < 0:
+            raise ValueError(f"top_k={self.top_k} must be >= 0 (0 switches it off).")
+        if not 0 < self.top_p <= 1:
+            raise ValueError(f"top_p={self.top_p} must be in (0, 1] (1 switches it off).")
+
+    @property
+    def greedy(self) -> bool:
+        return self.temperature == 0
+
+
+GREEDY = Sampling(temperature=0.0)
+
+
+@dataclasses.dataclass(frozen=True)
+class StopConditions:
+    """Per-row stopping: any of `eos_ids`, or the last generated tokens equal to a stop sequence."""
+
+    eos_ids: tuple[int, ...] = ()
+    stop_sequences: tuple[tuple[int, ...], ...] = ()
+
+    def __post_init__(self):
+        if any(len(s) == 0 for s in self.stop_sequences):
+            raise ValueError("stop_sequences contains an empty sequence; every stop sequence needs >= 1 token.")
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class DecodeState:
+    """Everything a decode loop carries. Rows are sequences."""
+
+    cache: KVCache
+    logits: jax.Array  # [B, V] float32: next-token logits of each row
+    done: jax.Array  # [B] bool
+
+    @property
+    def batch(self) -> int:
+        return self.logits.shape[0]
+
+    def fork(self, n: int) -> "DecodeState":
+        """Each row becomes n consecutive rows (one prompt, n samples). [B] -> [B*n]."""
+        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), self)
+
+    def gather(self, rows: jax.Array) -> "DecodeState":
+        """Keep rows `rows` [R] (beam selection). [B] -> [R]."""
+        rows = jnp.asarray(rows, jnp.int32)
+        return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), self)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class Generation:
+    """What one `decode` call produced. Row b generated `lengths[b]` tokens: tokens[b, :lengths[b]]."""
+
+    tokens: jax.Array  # [B, max_new_tokens] int32, pad_id after the end
+    logprobs: jax.Array  # [B, max_new_tokens] float32: log p(token) under the model (temperature 1)
+    lengths: jax.Array  # [B] int32
+    finish_reason: jax.Array  # [B] int32, see FINISH_REASONS
+
+    @property
+    def num_generated(self) -> jax.Array:
+        """Total tokens generated in this call (what a token budget counts)."""
+        return jnp.sum(self.lengths)
+
+
+# ---- sampling --------------------------------------------------------------------------------------
+
+
+def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
+    """Sample one token per row from logits [B, V] -> [B] int32."""
+    if sampling.greedy:
+        return jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    logits = logits / sampling.temperature
+    if sampling.top_k:
+        kth = jax.lax.top_k(logits, min(sampling.top_k, logits.shape[-1]))[0][:, -1:]
+        logits = jnp.where(logits < kth, -jnp.inf, logits)
+    if sampling.top_p < 1:
+        # keep the smallest set of most likely tokens whose probability reaches top_p
+        sorted_logits = -jnp.sort(-logits, axis=-1)
+        probs = jax.nn.softmax(sorted_logits, axis=-1)
+        before = jnp.cumsum(probs, axis=-1) - probs
+        keep = jnp.sum(before < sampling.top_p, axis=-1, keepdims=True)  # >= 1
+        threshold = jnp.take_along_axis(sorted_logits, keep - 1, axis=-1)
+        logits = jnp.where(logits < threshold, -jnp.inf, logits)
+    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+
+
+# ---- the compiled programs ---------------------------------------------------------------------------
+
+
+def _prefill(graphdef, params, tokens, lengths, *, max_len: int) -> DecodeState:
+    """tokens [B, P] right-padded, lengths [B] >= 1 -> a state whose cache holds each prompt."""
+    model = nnx.merge(graphdef, params)
+    cfg = model.config
+    cache = KVCache.for_model(cfg, tokens.shape[0], max_len)
+    logits, cache, _ = model(tokens, cache=cache, attn_len=tokens.shape[1],
+                             logits_at=jnp.maximum(lengths - 1, 0))
+    cache = dataclasses.replace(cache, lengths=lengths.astype(jnp.int32))
+    return DecodeState(cache=cache, logits=logits, done=jnp.zeros(tokens.shape[0], bool))
+
+
+def segment_widths(max_len: int, attn_chunk: int) -> tuple[int, ...]:
+    """Static attention widths of the decode loop's segments: attn_chunk, 2*attn_chunk, ..., max_len."""
+    chunk = max(attn_chunk, -(-max_len // 8))  # at most 8 segments, so compile time stays bounded
+    return tuple(range(chunk, max_len, chunk)) + (max_len,)
+
+
+def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, sampling: Sampling,
+            stop: StopConditions, pad_id: int, attn_chunk: int, cache_sharding=None):
+    model = nnx.merge(graphdef, params)
+    batch = state.batch
+    max_len = state.cache.max_len
+    rows = jnp.arange(batch)
+    eos = jnp.asarray(stop.eos_ids or (-1,), jnp.int32)
+    stop_len = max((len(s) for s in stop.stop_sequences), default=0)
+
+    def stop_hit(tokens, count):
+        """Does row b's output tokens[b, :count[b]] end with a stop sequence? -> [B] bool."""
+        hit = jnp.zeros(batch, bool)
+        for seq in stop.stop_sequences:
+            n = len(seq)
+            idx = count[:, None] - n + jnp.arange(n)  # [B, n]
+            tail = jnp.take_along_axis(tokens, jnp.clip(idx, 0, max_new_tokens - 1), axis=1)
+            hit |= (count >= n) & jnp.all(tail == jnp.asarray(seq, jnp.int32), axis=1)
+        return hit
+
+    def constrain(cache):
+        if cache_sharding is None:
+            return cache
+        return jax.lax.with_sharding_constraint(cache, cache_sharding)
+
+    def step(carry, width):
+        st, out, step_i = carry
+        cache = st.cache
+        full = cache.lengths >= max_len
+        reason = jnp.where(~st.done & full, FINISHED_CACHE_FULL, out.finish_reason)
+        active = ~st.done & ~full
+        token = sample_tokens(st.logits, jax.random.fold_in(key, step_i), sampling)
+        token = jnp.where(active, token, pad_id)
+        logprob = jnp.take_along_axis(jax.nn.log_softmax(st.logits), token[:, None], axis=1)[:, 0]
+        col = jnp.where(active, out.lengths, max_new_tokens)  # out of range: dropped
+        tokens = out.tokens.at[rows, col].set(token, mode="drop")
+        logprobs = out.logprobs.at[rows, col].set(logprob, mode="drop")
+        count = out.lengths + active
+
+        is_eos = jnp.any(token[:, None] == eos[None, :], axis=1)
+        is_stop = stop_hit(tokens, count) if stop_len else jnp.zeros(batch, bool)
+        at_limit = count >= max_new_tokens
+        reason = jnp.where(active & at_limit, FINISHED_LENGTH, reason)
+        reason = jnp.where(active & is_stop, FINISHED_STOP, reason)
+        reason = jnp.where(active & is_eos, FINISHED_EOS, reason)
+        done = st.done | full | (active & (is_eos | is_stop | at_limit))
+
+        # Feed the token to the model even for rows that just stopped: their cache then holds it and
+        # their logits predict what follows, so a later decode can continue them.
+        logits, new_cache, _ = model(token[:, None], cache=cache, attn_len=width)
+        new_cache = dataclasses.replace(new_cache, lengths=cache.lengths + active)
+        logits = jnp.where(active[:, None], logits[:, 0], st.logits)
+        st = DecodeState(cache=constrain(new_cache), logits=logits, done=done)
+        out = Generation(tokens=tokens, logprobs=logprobs, lengths=count, finish_reason=reason)
+        return st, out, step_i + 1
+
+    out = Generation(
+        tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
+        logprobs=jnp.zeros((batch, max_new_tokens), jnp.float32),
+        lengths=jnp.zeros(batch, jnp.int32),
+        finish_reason=jnp.zeros(batch, jnp.int32),
+    )
+    carry = (state, out, jnp.int32(0))
+    for width in segment_widths(max_len, attn_chunk):
+        def cond(carry, width=width):
+            st, out, _ = carry
+            running = ~st.done & (out.lengths < max_new_tokens)
+            # every running row's next slot must lie inside this segment's attention width
+            fits = jnp.all(~running | (st.cache.lengths < width))
+            return jnp.any(running) & fits
+        carry = jax.lax.while_loop(cond, functools.partial(step, width=width), carry)
+
+    st, out, _ = carry
+    # rows still running here ran out of cache in the last segment
+    reason = jnp.where(~st.done & (st.cache.lengths >= max_len), FINISHED_CACHE_FULL, out.finish_reason)
+    st = dataclasses.replace(st, done=st.done | (st.cache.lengths >= max_len))
+    return dataclasses.replace(out, finish_reason=reason), st
+
+
+# ---- the engine ----------------------------------------------------------------------------------
+
+
+def bucket(n: int, minimum: int = 16) -> int:
+    """Round a prompt length up to a power of two (>= minimum), so few shapes are ever compiled."""
+    return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
+
+
+@dataclasses.dataclass
+class Completion:
+    """Host-side result of `Engine.generate` for one row."""
+
+    prompt_index: int
+    tokens: list[int]
+    logprobs: list[float]
+    finish_reason: str
+
+
+class Engine:
+    """Holds a model's parameters (optionally sharded over a mesh) and its compiled decode programs."""
+
+    def __init__(self, model: Transformer, *, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
+                 pad_id: int = 0, attn_chunk: int = 128):
+        self.config = model.config
+        self.mesh, self.rules = mesh, rules
+        if mesh is not None:
+            shard_model(model, mesh, rules)
+        self.graphdef, self.params = nnx.split(model)
+        self.pad_id = pad_id
+        self.attn_chunk = attn_chunk
+        self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames=("max_len",))
+        self._decode = jax.jit(
+            _decode, static_argnums=0,
+            static_argnames=("max_new_tokens", "sampling", "stop", "pad_id", "attn_chunk", "cache_sharding"),
+            donate_argnames=("state",),
+        )
+
+    # -- placement
+
+    @property
+    def data_size(self) -> int:
+        return 1 if self.mesh is None or self.rules.batch is None else self.mesh.shape[self.rules.batch]
+
+    def _place_rows(self, x):
+        if self.mesh is None:
+            return jnp.asarray(x)
+        return jax.device_put(x, batch_sharding(self.mesh, self.rules, np.ndim(x)))
+
+    def _cache_sharding(self, state: DecodeState):
+        if self.mesh is None:
+            return None
+        return cache_shardings(state.cache, self.mesh, self.rules)
+
+    # -- the three operations search uses
+
+    def prefill(self, tokens: np.ndarray, lengths: np.ndarray, max_len: int) -> DecodeState:
+        """tokens [B, P] (right-padded), lengths [B] -> DecodeState with a cache of `max_len` slots."""
+        tokens, lengths = np.asarray(tokens, np.int32), np.asarray(lengths, np.int32)
+        if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
+            raise ValueError(f"prefill wants tokens [B, P] and lengths [B]; got {tokens.shape} and {lengths.shape}.")
+        longest = int(lengths.max(initial=0))
+        if longest > max_len:
+            raise ValueError(
+                f"a prompt of {longest} tokens does not fit a KV cache of max_len={max_len}; "
+                "raise max_len or shorten the prompt."
+            )
+        if longest > tokens.shape[1] or lengths.min(initial=1) < 1:
+            raise ValueError(f"prompt lengths must be in [1, {tokens.shape[1]}]; got {lengths.tolist()}.")
+        self._check_ids(tokens)
+        if tokens.shape[0] % self.data_size:
+            raise ValueError(
+                f"batch {tokens.shape[0]} is not divisible by the mesh's data axis ({self.data_size}); pad the batch."
+            )
+        return self._prefill(self.graphdef, self.params, self._place_rows(tokens), self._place_rows(lengths),
+                             max_len=max_len)
+
+    def decode(self, state: DecodeState, key: jax.Array, *, max_new_tokens: int,
+               sampling: Sampling = GREEDY, stop: StopConditions = StopConditions()) -> tuple[Generation, DecodeState]:
+        """Generate until every row stops. `state` is donated: use the returned one.
+
+        Rows already done in `state` generate nothing; to continue them, clear `done` first
+        (`dataclasses.replace(state, done=jnp.zeros_like(state.done))`).
+        """
+        if max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
+        return self._decode(self.graphdef, self.params, state, key, max_new_tokens=max_new_tokens,
+                             sampling=sampling, stop=stop, pad_id=self.pad_id, attn_chunk=self.attn_chunk,
+                             cache_sharding=self._cache_sharding(state))
+
+    def _check_ids(self, tokens: np.ndarray):
+        vocab = self.config.vocab_size
+        if tokens.size and (tokens.min() < 0 or tokens.max() >= vocab):
+            bad = int(tokens.max()) if tokens.max() >= vocab else int(tokens.min())
+            raise ValueError(
+                f"token id {bad} is outside the model's vocabulary [0, {vocab}); "
+                "the tokenizer does not match the model."
+            )
+
+    # -- convenience: prompts in, completions out
+
+    def generate(self, prompts: Sequence[Sequence[int]], key: jax.Array | None = None, *, max_new_tokens: int,
+                 sampling: Sampling = GREEDY, stop: StopConditions = StopConditions(), n: int = 1,
+                 max_len: int | None = None) -> list[Completion]:
+        """Sample `n` completions for each prompt (prefilled once, then forked). Row order: prompt-major."""
+        if not prompts:
+            return []
+        lengths = np.array([len(p) for p in prompts], np.int32)
+        if lengths.min() < 1:
+            raise ValueError("every prompt needs at least one token (add a BOS token to empty prompts).")
+        width = bucket(int(lengths.max()))
+        if max_len is None:
+            max_len = -(-(int(lengths.max()) + max_new_tokens) // 64) * 64
+        # pad the prompt batch so that its rows split evenly over the data axis (after forking too)
+        per = self.data_size // math.gcd(self.data_size, n)
+        batch = -(-len(prompts) // per) * per
+        tokens = np.full((batch, width), self.pad_id, np.int32)
+        row_lengths = np.ones(batch, np.int32)
+        for i, p in enumerate(prompts):
+            tokens[i, : len(p)] = p
+            row_lengths[i] = len(p)
+        if width > max_len:
+            tokens, width = tokens[:, :max_len], max_len
+        state = self.prefill(tokens, row_lengths, max_len)
+        if n > 1:
+            state = state.fork(n)
+        key = jax.random.key(0) if key is None else key
+        gen, _ = self.decode(state, key, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
+        gen = jax.device_get(gen)
+        out = []
+        for row in range(len(prompts) * n):
+            length = int(gen.lengths[row])
+            out.append(Completion(
+                prompt_index=row // n,
+                tokens=gen.tokens[row, :length].tolist(),
+                logprobs=gen.logprobs[row, :length].tolist(),
+                finish_reason=FINISH_REASONS[int(gen.finish_reason[row])],
+            ))
+        return out

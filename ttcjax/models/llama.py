@@ -1,0 +1,316 @@
+"""A Llama-family decoder-only transformer (Llama, Mistral, Qwen2) in Flax NNX.
+
+RMSNorm, RoPE in Hugging Face's half-split layout, SwiGLU, grouped-query attention, optional biases and
+sliding windows. One forward pass serves training (no cache), prefill and decode (with a `KVCache`).
+
+Shapes: B batch, T new tokens, S cache slots, D embed, H query heads, K kv heads, G = H // K,
+Dh head dim, F mlp width, V vocab.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ttcjax.cache import KVCache
+from ttcjax.models.config import ModelConfig
+
+# Logical axes of every parameter, by its attribute name. ttcjax.sharding maps them onto a mesh.
+PARAM_AXES: dict[str, tuple[str | None, ...]] = {
+    "embedding": ("vocab", "embed"),
+    "lm_head": ("embed", "vocab"),
+    "wq": ("embed", "heads", "head_dim"),
+    "wk": ("embed", "kv_heads", "head_dim"),
+    "wv": ("embed", "kv_heads", "head_dim"),
+    "wo": ("heads", "head_dim", "embed"),
+    "bq": ("heads", "head_dim"),
+    "bk": ("kv_heads", "head_dim"),
+    "bv": ("kv_heads", "head_dim"),
+    "bo": ("embed",),
+    "w_gate": ("embed", "mlp"),
+    "w_up": ("embed", "mlp"),
+    "w_down": ("mlp", "embed"),
+    "b_gate": ("mlp",),
+    "b_up": ("mlp",),
+    "b_down": ("embed",),
+    "scale": ("embed",),
+}
+
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+def _normal(rngs: nnx.Rngs, shape, dtype, std: float = 0.02) -> nnx.Param:
+    return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
+
+
+# ---- RoPE ------------------------------------------------------------------------------------------
+
+
+def rope_frequencies(config: ModelConfig) -> tuple[np.ndarray, float]:
+    """Inverse frequencies [Dh // 2] and the cos/sin multiplier, as Hugging Face computes them."""
+    dim = config.dim_per_head
+    base = config.rope_theta
+    inv_freq = 1.0 / (base ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    scaling = config.rope_scaling
+    if scaling is None:
+        return inv_freq.astype(np.float32), 1.0
+    if scaling.kind == "linear":
+        return (inv_freq / scaling.factor).astype(np.float32), 1.0
+    if scaling.kind == "llama3":
+        old_len = scaling.original_max_position_embeddings
+        low_wavelen = old_len / scaling.low_freq_factor
+        high_wavelen = old_len / scaling.high_freq_factor
+        wavelen = 2 * math.pi / inv_freq
+        scaled = np.where(wavelen > low_wavelen, inv_freq / scaling.factor, inv_freq)
+        smooth = (old_len / wavelen - scaling.low_freq_factor) / (scaling.high_freq_factor - scaling.low_freq_factor)
+        smoothed = (1 - smooth) * scaled / scaling.factor + smooth * scaled
+        medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+        return np.where(medium, smoothed, scaled).astype(np.float32), 1.0
+    if scaling.kind == "yarn":
+        factor = scaling.factor
+        old_len = scaling.original_max_position_embeddings or config.max_position_embeddings
+        attention_factor = scaling.attention_factor
+        if attention_factor is None:
+            attention_factor = 0.1 * math.log(factor) + 1.0 if factor > 1 else 1.0
+
+        def correction_dim(rotations):
+            return dim * math.log(old_len / (rotations * 2 * math.pi)) / (2 * math.log(base))
+
+        low, high = correction_dim(scaling.beta_fast), correction_dim(scaling.beta_slow)
+        if scaling.truncate:
+            low, high = math.floor(low), math.ceil(high)
+        low, high = max(low, 0), min(high, dim - 1)
+        if low == high:
+            high += 0.001
+        ramp = np.clip((np.arange(dim // 2, dtype=np.float32) - low) / (high - low), 0, 1)
+        extrapolation = 1 - ramp
+        pos_freqs = base ** (np.arange(0, dim, 2, dtype=np.float32) / dim)
+        inv = (1 / (factor * pos_freqs)) * (1 - extrapolation) + (1 / pos_freqs) * extrapolation
+        return inv.astype(np.float32), float(attention_factor)
+    raise ValueError(f"unknown rope scaling {scaling.kind!r}")
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray, multiplier: float) -> jax.Array:
+    """Rotate x [B, T, N, Dh] at positions [B, T]; half-split layout (rotate_half), as in Hugging Face."""
+    angles = positions[..., None].astype(jnp.float32) * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    cos = (jnp.cos(angles) * multiplier)[:, :, None, :]
+    sin = (jnp.sin(angles) * multiplier)[:, :, None, :]
+    x1, x2 = jnp.split(x.astype(jnp.float32), 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+# ---- Layers ----------------------------------------------------------------------------------------
+
+
+class RMSNorm(nnx.Module):
+    def __init__(self, dim: int, eps: float, param_dtype):
+        self.scale = nnx.Param(jnp.ones((dim,), param_dtype))
+        self.eps = eps
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return self.scale.value.astype(x.dtype) * normed.astype(x.dtype)
+
+
+class Attention(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, rngs: nnx.Rngs):
+        d, h, k, dh = config.hidden_size, config.num_heads, config.num_kv_heads, config.dim_per_head
+        pd = config.jnp_param_dtype
+        self.wq = _normal(rngs, (d, h, dh), pd)
+        self.wk = _normal(rngs, (d, k, dh), pd)
+        self.wv = _normal(rngs, (d, k, dh), pd)
+        self.wo = _normal(rngs, (h, dh, d), pd)
+        if config.qkv_bias:
+            self.bq = nnx.Param(jnp.zeros((h, dh), pd))
+            self.bk = nnx.Param(jnp.zeros((k, dh), pd))
+            self.bv = nnx.Param(jnp.zeros((k, dh), pd))
+        if config.o_bias:
+            self.bo = nnx.Param(jnp.zeros((d,), pd))
+        self.config = config
+        self.window = config.layer_window(layer)
+
+    def __call__(
+        self,
+        x: jax.Array,  # [B, T, D]
+        positions: jax.Array,  # [B, T] RoPE positions
+        rope: tuple[np.ndarray, float],
+        kv: tuple[jax.Array, jax.Array] | None,  # this layer's cache, each [B, K, S, Dh]
+        write_slots: jax.Array | None,  # [B, T] cache slot of each new token
+        attn_len: int | None,
+        key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
+    ):
+        cfg, dt = self.config, x.dtype
+        q = jnp.einsum("BTD,DHd->BTHd", x, self.wq.value.astype(dt))
+        k = jnp.einsum("BTD,DKd->BTKd", x, self.wk.value.astype(dt))
+        v = jnp.einsum("BTD,DKd->BTKd", x, self.wv.value.astype(dt))
+        if cfg.qkv_bias:
+            q, k, v = q + self.bq.value.astype(dt), k + self.bk.value.astype(dt), v + self.bv.value.astype(dt)
+        q = apply_rope(q, positions, *rope)
+        k = apply_rope(k, positions, *rope)
+        k = k.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
+        v = v.transpose(0, 2, 1, 3)
+
+        if kv is None:
+            keys, values = k, v
+            q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+        else:
+            cache_k, cache_v = kv
+            cache_k, cache_v = _write(cache_k, k, write_slots), _write(cache_v, v, write_slots)
+            kv = (cache_k, cache_v)
+            width = attn_len or cache_k.shape[2]
+            keys, values = cache_k[:, :, :width], cache_v[:, :, :width]
+            q_slots = write_slots
+
+        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None, cfg)
+        out = jnp.einsum("BTHd,HdD->BTD", out, self.wo.value.astype(dt))
+        if cfg.o_bias:
+            out = out + self.bo.value.astype(dt)
+        return out, kv
+
+
+def _write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
+    """Write new [B, K, T, Dh] into cache [B, K, S, Dh] at per-row slots [B, T]."""
+    b, _, t, _ = new.shape
+    if t == 1:
+        rows = jnp.arange(b)
+        return cache.at[rows, :, slots[:, 0]].set(new[:, :, 0].astype(cache.dtype), mode="drop")
+    rows = jnp.arange(b)[:, None]
+    # advanced indices (rows, slots) broadcast to [B, T] and come first: the update is [B, T, K, Dh]
+    return cache.at[rows, :, slots].set(new.transpose(0, 2, 1, 3).astype(cache.dtype), mode="drop")
+
+
+def _attend(q, keys, values, q_slots, window, key_mask, cfg: ModelConfig) -> jax.Array:
+    """Grouped-query attention. q [B, T, H, Dh]; keys/values [B, K, S, Dh]; q_slots [B, T] -> [B, T, H, Dh].
+
+    Query t of row b sees key slot s iff s <= q_slots[b, t] (and within the sliding window).
+    """
+    b, t, h, dh = q.shape
+    kh = keys.shape[1]
+    q = q.reshape(b, t, kh, h // kh, dh)
+    scores = jnp.einsum("BTKGd,BKSd->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = scores * (dh**-0.5)
+    key_slots = jnp.arange(keys.shape[2])
+    allowed = key_slots[None, None, :] <= q_slots[:, :, None]  # [B, T, S]
+    if window is not None:
+        allowed &= q_slots[:, :, None] - key_slots[None, None, :] < window
+    if key_mask is not None:
+        allowed &= key_mask[:, None, :].astype(bool)
+    scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
+    out = jnp.einsum("BKGTS,BKSd->BTKGd", probs, values)
+    return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
+class MLP(nnx.Module):
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        d, f, pd = config.hidden_size, config.intermediate_size, config.jnp_param_dtype
+        self.w_gate = _normal(rngs, (d, f), pd)
+        self.w_up = _normal(rngs, (d, f), pd)
+        self.w_down = _normal(rngs, (f, d), pd)
+        if config.mlp_bias:
+            self.b_gate = nnx.Param(jnp.zeros((f,), pd))
+            self.b_up = nnx.Param(jnp.zeros((f,), pd))
+            self.b_down = nnx.Param(jnp.zeros((d,), pd))
+        self.bias = config.mlp_bias
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        dt = x.dtype
+        gate = x @ self.w_gate.value.astype(dt)
+        up = x @ self.w_up.value.astype(dt)
+        if self.bias:
+            gate, up = gate + self.b_gate.value.astype(dt), up + self.b_up.value.astype(dt)
+        out = (jax.nn.silu(gate) * up) @ self.w_down.value.astype(dt)
+        return out + self.b_down.value.astype(dt) if self.bias else out
+
+
+class Block(nnx.Module):
+    def __init__(self, config: ModelConfig, layer: int, rngs: nnx.Rngs):
+        pd = config.jnp_param_dtype
+        self.attn_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.attn = Attention(config, layer, rngs)
+        self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        self.mlp = MLP(config, rngs)
+
+    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask):
+        attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask)
+        x = x + attn_out
+        return x + self.mlp(self.mlp_norm(x)), kv
+
+
+class Transformer(nnx.Module):
+    """The decoder. `__call__` runs training (no cache), prefill and decode steps alike."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+        self.config = config
+        pd = config.jnp_param_dtype
+        self.embedding = _normal(rngs, (config.vocab_size, config.hidden_size), pd)
+        self.layers = nnx.List([Block(config, i, rngs) for i in range(config.num_layers)])
+        self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
+        if not config.tie_word_embeddings:
+            self.lm_head = _normal(rngs, (config.hidden_size, config.vocab_size), pd)
+
+    def __call__(
+        self,
+        tokens: jax.Array,  # [B, T] int
+        positions: jax.Array | None = None,  # [B, T]; defaults to the cache slots (or 0..T-1)
+        cache: KVCache | None = None,
+        *,
+        attn_len: int | None = None,
+        key_mask: jax.Array | None = None,
+        logits_at: jax.Array | None = None,
+        return_hidden: bool = False,
+    ):
+        """Run the model on `tokens`.
+
+        With a cache, the new tokens of row b go to slots `cache.lengths[b] + arange(T)` and the returned
+        cache has `lengths + T`. `attn_len` (static) limits attention to the first `attn_len` cache slots,
+        which must hold every filled slot. `logits_at` [B] picks one position per row and returns logits
+        [B, V] instead of [B, T, V]. Returns (logits, cache, hidden) where hidden, if asked for, is the
+        tuple of inputs to each layer followed by the final normalised hidden state, as Hugging Face's
+        `output_hidden_states`.
+        """
+        cfg = self.config
+        dt = cfg.jnp_dtype
+        b, t = tokens.shape
+        write_slots = None
+        if cache is not None:
+            write_slots = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T]
+        if positions is None:
+            positions = write_slots if write_slots is not None else jnp.broadcast_to(jnp.arange(t), (b, t))
+        rope = rope_frequencies(cfg)
+
+        x = jnp.take(self.embedding.value, tokens, axis=0).astype(dt)  # [B, T, D]
+        hidden = []
+        new_k, new_v = [], []
+        for i, block in enumerate(self.layers):
+            if return_hidden:
+                hidden.append(x)
+            kv = None if cache is None else (cache.k[i], cache.v[i])
+            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask)
+            if kv is not None:
+                new_k.append(kv[0])
+                new_v.append(kv[1])
+        x = self.final_norm(x)
+        if return_hidden:
+            hidden.append(x)
+        if logits_at is not None:
+            x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [B, D]
+        if cfg.tie_word_embeddings:
+            logits = jnp.einsum("...D,VD->...V", x, self.embedding.value.astype(dt))
+        else:
+            logits = jnp.einsum("...D,DV->...V", x, self.lm_head.value.astype(dt))
+        logits = logits.astype(jnp.float32)
+        if cache is not None:
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
+        return logits, cache, (tuple(hidden) if return_hidden else None)
+
+
+def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
+    """A randomly initialised model (normal(0, 0.02) weights), deterministic in `seed`."""
+    return Transformer(config, nnx.Rngs(params=seed))

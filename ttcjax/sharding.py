@@ -1,0 +1,101 @@
+"""Sharding, declared once: logical axis names map to the ('data', 'model') mesh through `ShardingRules`.
+
+Parameters are split along 'model' (heads, kv heads, mlp, vocab); batch rows and the KV cache along
+'data' (and kv heads along 'model' where they divide). An axis whose size the mesh axis does not divide
+is replicated instead, so the same code runs on any mesh, including one device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ttcjax.models.llama import PARAM_AXES
+
+DATA, MODEL = "data", "model"
+
+
+@dataclasses.dataclass(frozen=True)
+class ShardingRules:
+    """Logical axis -> mesh axis (None: replicated)."""
+
+    batch: str | None = DATA
+    embed: str | None = None
+    heads: str | None = MODEL
+    kv_heads: str | None = MODEL
+    head_dim: str | None = None
+    mlp: str | None = MODEL
+    vocab: str | None = MODEL
+    cache_slots: str | None = None
+
+    def spec(self, logical: tuple[str | None, ...], shape: tuple[int, ...], mesh: Mesh) -> P:
+        """A PartitionSpec for an array of `shape` whose axes are named `logical`."""
+        axes = []
+        for name, size in zip(logical, shape):
+            mesh_axis = getattr(self, name) if name is not None else None
+            if mesh_axis is not None and (size % mesh.shape[mesh_axis] or mesh_axis in axes):
+                mesh_axis = None  # does not divide: replicate this axis
+            axes.append(mesh_axis)
+        return P(*axes)
+
+    def sharding(self, logical, shape, mesh: Mesh) -> NamedSharding:
+        return NamedSharding(mesh, self.spec(logical, shape, mesh))
+
+
+def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
+    """A ('data', 'model') mesh. `data` defaults to all devices left after `model`."""
+    devices = list(devices if devices is not None else jax.devices())
+    if data is None:
+        if len(devices) % model:
+            raise ValueError(f"model={model} does not divide the {len(devices)} available devices.")
+        data = len(devices) // model
+    if data * model > len(devices):
+        raise ValueError(f"mesh {data}x{model} needs {data * model} devices; {len(devices)} are available.")
+    grid = np.asarray(devices[: data * model]).reshape(data, model)
+    return Mesh(grid, (DATA, MODEL))
+
+
+def param_axes(path: tuple) -> tuple[str | None, ...]:
+    """Logical axes of the parameter at an nnx state path such as ('layers', 0, 'attn', 'wq')."""
+    name = path[-1]
+    if name == "value":
+        name = path[-2]
+    if name not in PARAM_AXES:
+        raise KeyError(f"no logical axes declared for parameter {'/'.join(map(str, path))}; add it to PARAM_AXES.")
+    return PARAM_AXES[name]
+
+
+def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRules()) -> nnx.Module:
+    """Place every parameter of `model` on `mesh` according to `rules` (in place; returns the model)."""
+    graphdef, state = nnx.split(model)
+
+    def place(path, x):
+        return jax.device_put(x, rules.sharding(param_axes(path), x.shape, mesh))
+
+    state = jax.tree_util.tree_map_with_path(lambda p, x: place(tuple(_key(k) for k in p), x), state)
+    nnx.update(model, state)
+    return model
+
+
+def _key(k):
+    for attr in ("key", "name", "idx"):
+        if hasattr(k, attr):
+            return getattr(k, attr)
+    return k
+
+
+def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int) -> NamedSharding:
+    """Rows along the batch axis, everything else replicated: tokens, lengths, logits."""
+    return NamedSharding(mesh, P(rules.batch, *([None] * (ndim - 1))))
+
+
+def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
+    """NamedShardings for a KVCache: [batch, kv_heads, max_len, head_dim] per layer, lengths by row."""
+    from ttcjax.cache import KVCache
+
+    kv = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
+    return KVCache(k=tuple(map(kv, cache.k)), v=tuple(map(kv, cache.v)),
+                   lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))
