@@ -214,7 +214,7 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
     for width in segment_widths(max_len, attn_chunk):
         def cond(carry, width=width):
             st, out, _ = carry
-            running = ~st.done & (out.lengths < max_new_tokens)
+            running = ~st.done & (out.lengths < max_new_tokens) & (st.cache.lengths < max_len)
             # every running row's next slot must lie inside this segment's attention width
             fits = jnp.all(~running | (st.cache.lengths < width))
             return jnp.any(running) & fits
@@ -225,6 +225,15 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
     reason = jnp.where(~st.done & (st.cache.lengths >= max_len), FINISHED_CACHE_FULL, out.finish_reason)
     st = dataclasses.replace(st, done=st.done | (st.cache.lengths >= max_len))
     return dataclasses.replace(out, finish_reason=reason), st
+
+
+# Module-level, so that engines over models of the same structure share compiled programs.
+_prefill_jit = jax.jit(_prefill, static_argnums=0, static_argnames=("max_len",))
+_decode_jit = jax.jit(
+    _decode, static_argnums=0,
+    static_argnames=("max_new_tokens", "sampling", "stop", "pad_id", "attn_chunk", "cache_sharding"),
+    donate_argnames=("state",),
+)
 
 
 # ---- the engine ----------------------------------------------------------------------------------
@@ -257,12 +266,8 @@ class Engine:
         self.graphdef, self.params = nnx.split(model)
         self.pad_id = pad_id
         self.attn_chunk = attn_chunk
-        self._prefill = jax.jit(_prefill, static_argnums=0, static_argnames=("max_len",))
-        self._decode = jax.jit(
-            _decode, static_argnums=0,
-            static_argnames=("max_new_tokens", "sampling", "stop", "pad_id", "attn_chunk", "cache_sharding"),
-            donate_argnames=("state",),
-        )
+        self._prefill = _prefill_jit
+        self._decode = _decode_jit
 
     # -- placement
 

@@ -13,7 +13,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.models.llama import PARAM_AXES
+from ttcjax.cache import KVCache
+from ttcjax.models.llama import PARAM_AXES, param_path
 
 DATA, MODEL = "data", "model"
 
@@ -61,8 +62,6 @@ def make_mesh(data: int | None = None, model: int = 1, devices=None) -> Mesh:
 def param_axes(path: tuple) -> tuple[str | None, ...]:
     """Logical axes of the parameter at an nnx state path such as ('layers', 0, 'attn', 'wq')."""
     name = path[-1]
-    if name == "value":
-        name = path[-2]
     if name not in PARAM_AXES:
         raise KeyError(f"no logical axes declared for parameter {'/'.join(map(str, path))}; add it to PARAM_AXES.")
     return PARAM_AXES[name]
@@ -75,16 +74,9 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRu
     def place(path, x):
         return jax.device_put(x, rules.sharding(param_axes(path), x.shape, mesh))
 
-    state = jax.tree_util.tree_map_with_path(lambda p, x: place(tuple(_key(k) for k in p), x), state)
+    state = jax.tree_util.tree_map_with_path(lambda p, x: place(param_path(p), x), state)
     nnx.update(model, state)
     return model
-
-
-def _key(k):
-    for attr in ("key", "name", "idx"):
-        if hasattr(k, attr):
-            return getattr(k, attr)
-    return k
 
 
 def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int) -> NamedSharding:
@@ -94,8 +86,6 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int) -> NamedSharding
 
 def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
     """NamedShardings for a KVCache: [batch, kv_heads, max_len, head_dim] per layer, lengths by row."""
-    from ttcjax.cache import KVCache
-
     kv = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
     return KVCache(k=tuple(map(kv, cache.k)), v=tuple(map(kv, cache.v)),
                    lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))

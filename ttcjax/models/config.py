@@ -161,7 +161,7 @@ class ModelConfig:
             head_dim=hf.get("head_dim"),
             rms_norm_eps=hf.get("rms_norm_eps", 1e-6),
             rope_theta=float(rope_theta),
-            rope_scaling=_parse_rope_scaling(scaling, source),
+            rope_scaling=_parse_rope_scaling(scaling, source, hf.get("max_position_embeddings")),
             max_position_embeddings=hf.get("max_position_embeddings", 4096),
             tie_word_embeddings=bool(hf.get("tie_word_embeddings", False)),
             bos_token_id=_first(hf.get("bos_token_id")),
@@ -170,9 +170,10 @@ class ModelConfig:
             architecture=arch,
         )
         kwargs.update(ARCHITECTURES[arch])
-        if hf.get("attention_bias"):  # Llama: bias on q, k, v and o
-            kwargs.update(qkv_bias=True, o_bias=True)
-        kwargs["mlp_bias"] = bool(hf.get("mlp_bias", False))
+        if arch == "LlamaForCausalLM":  # Qwen2 and Mistral ignore these keys
+            if hf.get("attention_bias"):  # bias on q, k, v and o
+                kwargs.update(qkv_bias=True, o_bias=True)
+            kwargs["mlp_bias"] = bool(hf.get("mlp_bias", False))
         kwargs.update(_parse_sliding_window(hf, arch, num_layers))
         dtype = hf.get("torch_dtype") or hf.get("dtype")
         if dtype in _DTYPES:
@@ -226,7 +227,8 @@ def _first(value):
     return value
 
 
-def _parse_rope_scaling(scaling: dict[str, Any] | None, source: str) -> RopeScaling | None:
+def _parse_rope_scaling(scaling: dict[str, Any] | None, source: str,
+                        max_positions: int | None = None) -> RopeScaling | None:
     if not scaling:
         return None
     kind = scaling.get("rope_type", scaling.get("type", "default"))
@@ -247,6 +249,8 @@ def _parse_rope_scaling(scaling: dict[str, Any] | None, source: str) -> RopeScal
         if scaling.get("mscale") or scaling.get("mscale_all_dim"):
             raise ValueError(f"{source}: yarn rope_scaling with mscale/mscale_all_dim is not supported.")
         omp = scaling.get("original_max_position_embeddings")
+        if scaling.get("factor") is None and omp and max_positions:
+            factor = max_positions / omp  # as transformers does when the factor is left out
         return RopeScaling(
             "yarn",
             factor=factor,

@@ -43,6 +43,12 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
+def param_path(tree_path) -> tuple:
+    """('layers', 0, 'attn', 'wq') from a jax tree path into an nnx State (its '.value' step dropped)."""
+    names = tuple(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k))) for k in tree_path)
+    return names[:-1] if names and names[-1] == "value" else names
+
+
 def _normal(rngs: nnx.Rngs, shape, dtype, std: float = 0.02) -> nnx.Param:
     return nnx.Param(std * jax.random.normal(rngs.params(), shape, dtype))
 
@@ -115,7 +121,7 @@ class RMSNorm(nnx.Module):
     def __call__(self, x: jax.Array) -> jax.Array:
         x32 = x.astype(jnp.float32)
         normed = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
-        return self.scale.value.astype(x.dtype) * normed.astype(x.dtype)
+        return self.scale[...].astype(x.dtype) * normed.astype(x.dtype)
 
 
 class Attention(nnx.Module):
@@ -146,11 +152,11 @@ class Attention(nnx.Module):
         key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
     ):
         cfg, dt = self.config, x.dtype
-        q = jnp.einsum("BTD,DHd->BTHd", x, self.wq.value.astype(dt))
-        k = jnp.einsum("BTD,DKd->BTKd", x, self.wk.value.astype(dt))
-        v = jnp.einsum("BTD,DKd->BTKd", x, self.wv.value.astype(dt))
+        q = jnp.einsum("BTD,DHd->BTHd", x, self.wq[...].astype(dt))
+        k = jnp.einsum("BTD,DKd->BTKd", x, self.wk[...].astype(dt))
+        v = jnp.einsum("BTD,DKd->BTKd", x, self.wv[...].astype(dt))
         if cfg.qkv_bias:
-            q, k, v = q + self.bq.value.astype(dt), k + self.bk.value.astype(dt), v + self.bv.value.astype(dt)
+            q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
         q = apply_rope(q, positions, *rope)
         k = apply_rope(k, positions, *rope)
         k = k.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
@@ -168,9 +174,9 @@ class Attention(nnx.Module):
             q_slots = write_slots
 
         out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None, cfg)
-        out = jnp.einsum("BTHd,HdD->BTD", out, self.wo.value.astype(dt))
+        out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
-            out = out + self.bo.value.astype(dt)
+            out = out + self.bo[...].astype(dt)
         return out, kv
 
 
@@ -221,12 +227,12 @@ class MLP(nnx.Module):
 
     def __call__(self, x: jax.Array) -> jax.Array:
         dt = x.dtype
-        gate = x @ self.w_gate.value.astype(dt)
-        up = x @ self.w_up.value.astype(dt)
+        gate = x @ self.w_gate[...].astype(dt)
+        up = x @ self.w_up[...].astype(dt)
         if self.bias:
-            gate, up = gate + self.b_gate.value.astype(dt), up + self.b_up.value.astype(dt)
-        out = (jax.nn.silu(gate) * up) @ self.w_down.value.astype(dt)
-        return out + self.b_down.value.astype(dt) if self.bias else out
+            gate, up = gate + self.b_gate[...].astype(dt), up + self.b_up[...].astype(dt)
+        out = (jax.nn.silu(gate) * up) @ self.w_down[...].astype(dt)
+        return out + self.b_down[...].astype(dt) if self.bias else out
 
 
 class Block(nnx.Module):
@@ -285,7 +291,7 @@ class Transformer(nnx.Module):
             positions = write_slots if write_slots is not None else jnp.broadcast_to(jnp.arange(t), (b, t))
         rope = rope_frequencies(cfg)
 
-        x = jnp.take(self.embedding.value, tokens, axis=0).astype(dt)  # [B, T, D]
+        x = jnp.take(self.embedding[...], tokens, axis=0).astype(dt)  # [B, T, D]
         hidden = []
         new_k, new_v = [], []
         for i, block in enumerate(self.layers):
@@ -302,15 +308,38 @@ class Transformer(nnx.Module):
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [B, D]
         if cfg.tie_word_embeddings:
-            logits = jnp.einsum("...D,VD->...V", x, self.embedding.value.astype(dt))
+            logits = jnp.einsum("...D,VD->...V", x, self.embedding[...].astype(dt))
         else:
-            logits = jnp.einsum("...D,DV->...V", x, self.lm_head.value.astype(dt))
+            logits = jnp.einsum("...D,DV->...V", x, self.lm_head[...].astype(dt))
         logits = logits.astype(jnp.float32)
         if cache is not None:
             cache = KVCache(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
         return logits, cache, (tuple(hidden) if return_hidden else None)
 
 
-def init_model(config: ModelConfig, seed: int = 0) -> Transformer:
-    """A randomly initialised model (normal(0, 0.02) weights), deterministic in `seed`."""
-    return Transformer(config, nnx.Rngs(params=seed))
+def init_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Transformer:
+    """A randomly initialised model, deterministic in `seed`: weights normal(0, std), norms 1, biases 0.
+
+    Drawn with NumPy on the host: XLA's CPU compiler takes seconds for a program of many random draws.
+    """
+    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0))))
+    rng = np.random.default_rng(seed)
+    dtype = config.jnp_param_dtype
+
+    def draw(path, leaf):
+        name = param_path(path)[-1]
+        if name == "scale":
+            return jnp.ones(leaf.shape, dtype)
+        if name.startswith("b"):  # bq, bk, bv, bo, b_gate, b_up, b_down
+            return jnp.zeros(leaf.shape, dtype)
+        return jnp.asarray(rng.normal(0.0, std, leaf.shape).astype(np.float32), dtype)
+
+    state = jax.tree_util.tree_map_with_path(draw, state)
+    return nnx.merge(graphdef, state)
+
+
+@nnx.jit(static_argnames=("return_hidden",))
+def forward(model: Transformer, tokens: jax.Array, key_mask: jax.Array | None = None, return_hidden: bool = False):
+    """Jitted full forward pass without a cache: logits [B, T, V] (and hidden states if asked)."""
+    logits, _, hidden = model(tokens, key_mask=key_mask, return_hidden=return_hidden)
+    return (logits, hidden) if return_hidden else logits

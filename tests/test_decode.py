@@ -1,0 +1,234 @@
+"""The decoding core: cached decoding against teacher forcing, fork/gather, sampling, stopping, sharding."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from ttcjax.cache import KVCache
+from ttcjax.decode import GREEDY, Engine, Sampling, StopConditions, bucket, sample_tokens, segment_widths
+from ttcjax.models import ModelConfig, forward, init_model
+from ttcjax.sharding import make_mesh
+
+CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
+PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], list(range(1, 30)), [4, 4, 4, 9]]
+
+
+@pytest.fixture(scope="module")
+def model():
+    return init_model(CFG, seed=1)
+
+
+@pytest.fixture(scope="module")
+def engine(model):
+    return Engine(model)
+
+
+def _pad(prompts, width=None):
+    width = width or bucket(max(map(len, prompts)))
+    tokens = np.zeros((len(prompts), width), np.int32)
+    for i, p in enumerate(prompts):
+        tokens[i, : len(p)] = p
+    return tokens, np.array([len(p) for p in prompts], np.int32)
+
+
+def test_prefill_logits_equal_full_forward(model, engine):
+    tokens, lengths = _pad(PROMPTS)
+    state = engine.prefill(tokens, lengths, max_len=64)
+    for row, p in enumerate(PROMPTS):
+        full = forward(model, jnp.asarray([p]))
+        np.testing.assert_allclose(state.logits[row], full[0, -1], atol=1e-5)
+    assert state.cache.lengths.tolist() == lengths.tolist()
+
+
+def test_cached_greedy_decoding_equals_teacher_forcing(model):
+    # a small attention chunk, so that generation crosses several decode-loop segments
+    out = Engine(model, attn_chunk=16).generate(PROMPTS, max_new_tokens=60, sampling=GREEDY)
+    for p, c in zip(PROMPTS, out):
+        assert len(c.tokens) == 60 and c.finish_reason == "length"
+        logits = forward(model, jnp.asarray([p + c.tokens]))
+        step_logits = logits[0, len(p) - 1 : -1]
+        assert np.argmax(step_logits, -1).tolist() == c.tokens
+        expected = jax.nn.log_softmax(step_logits)[np.arange(60), np.array(c.tokens)]
+        np.testing.assert_allclose(c.logprobs, expected, atol=1e-4)
+
+
+def test_decode_crosses_segments_without_changing_results(model):
+    narrow = Engine(model, attn_chunk=16).generate(PROMPTS, max_new_tokens=50)
+    wide = Engine(model, attn_chunk=4096).generate(PROMPTS, max_new_tokens=50)
+    assert [c.tokens for c in narrow] == [c.tokens for c in wide]
+    assert len(segment_widths(96, 16)) > 1 and segment_widths(96, 16)[-1] == 96
+
+
+def test_fork_continues_like_a_fresh_prefill(engine):
+    key = jax.random.key(7)
+    sampling = Sampling(temperature=1.0)
+    tokens, lengths = _pad(PROMPTS[:2])
+    forked = engine.prefill(tokens, lengths, max_len=64).fork(3)
+    gen_forked, _ = engine.decode(forked, key, max_new_tokens=20, sampling=sampling)
+    repeated = [p for p in PROMPTS[:2] for _ in range(3)]
+    fresh = engine.prefill(*_pad(repeated), max_len=64)
+    gen_fresh, _ = engine.decode(fresh, key, max_new_tokens=20, sampling=sampling)
+    np.testing.assert_array_equal(gen_forked.tokens, gen_fresh.tokens)
+    np.testing.assert_allclose(gen_forked.logprobs, gen_fresh.logprobs, atol=1e-5)
+    # the three samples of one prompt differ: forking shares the prefix, not the randomness
+    assert len({tuple(r) for r in np.asarray(gen_forked.tokens[:3])}) > 1
+
+
+def test_gathered_rows_continue_like_a_fresh_prefill(engine):
+    tokens, lengths = _pad(PROMPTS)
+    state = engine.prefill(tokens, lengths, max_len=96)
+    first, state = engine.decode(state, jax.random.key(0), max_new_tokens=6, sampling=Sampling(1.0))
+    rows = np.array([2, 0, 0, 3, 1])
+    state = dataclasses.replace(state.gather(rows), done=jnp.zeros(len(rows), bool))
+    cont, _ = engine.decode(state, jax.random.key(1), max_new_tokens=25)
+
+    prefixes = [PROMPTS[r] + np.asarray(first.tokens[r, :6]).tolist() for r in rows]
+    fresh = engine.prefill(*_pad(prefixes), max_len=96)
+    expected, _ = engine.decode(fresh, jax.random.key(1), max_new_tokens=25)
+    np.testing.assert_array_equal(cont.tokens, expected.tokens)
+    np.testing.assert_allclose(cont.logprobs, expected.logprobs, atol=1e-5)
+
+
+def test_decoding_in_two_calls_equals_one_call(engine):
+    tokens, lengths = _pad(PROMPTS)
+    whole, _ = engine.decode(engine.prefill(tokens, lengths, max_len=64), jax.random.key(0), max_new_tokens=30)
+    state = engine.prefill(tokens, lengths, max_len=64)
+    a, state = engine.decode(state, jax.random.key(0), max_new_tokens=12)
+    b, _ = engine.decode(dataclasses.replace(state, done=jnp.zeros_like(state.done)), jax.random.key(0),
+                         max_new_tokens=18)
+    np.testing.assert_array_equal(np.concatenate([a.tokens, b.tokens], axis=1), whole.tokens)
+
+
+def test_same_key_same_samples_other_key_other_samples(engine):
+    sampling = Sampling(temperature=1.0, top_p=0.95)
+    one = engine.generate(PROMPTS, jax.random.key(11), max_new_tokens=20, sampling=sampling, n=2)
+    two = engine.generate(PROMPTS, jax.random.key(11), max_new_tokens=20, sampling=sampling, n=2)
+    other = engine.generate(PROMPTS, jax.random.key(12), max_new_tokens=20, sampling=sampling, n=2)
+    assert [c.tokens for c in one] == [c.tokens for c in two]
+    assert [c.tokens for c in one] != [c.tokens for c in other]
+
+
+def _chi_square(counts, probs):
+    expected = probs * counts.sum()
+    return float(np.sum((counts - expected) ** 2 / expected))
+
+
+def test_temperature_one_frequencies_match_softmax():
+    logits = jnp.log(jnp.array([0.3, 0.2, 0.15, 0.1, 0.1, 0.08, 0.05, 0.02]))
+    batch = jnp.tile(logits, (20000, 1))
+    draws = np.asarray(sample_tokens(batch, jax.random.key(0), Sampling(temperature=1.0)))
+    counts = np.bincount(draws, minlength=8)
+    # chi-square, 7 degrees of freedom: 24.3 is the 0.999 quantile
+    assert _chi_square(counts, np.asarray(jax.nn.softmax(logits))) < 24.3
+    # and the test can fail: temperature 2 flattens the distribution far outside that bound
+    hot = np.bincount(np.asarray(sample_tokens(batch, jax.random.key(0), Sampling(temperature=2.0))), minlength=8)
+    assert _chi_square(hot, np.asarray(jax.nn.softmax(logits))) > 100
+
+
+def test_engine_first_token_frequencies_match_model_softmax():
+    small = ModelConfig(vocab_size=8, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+    model = init_model(small, seed=3)
+    # scale the head so that the distribution is far from uniform
+    model.lm_head[...] = model.lm_head[...] * 40
+    eng = Engine(model)
+    probs = np.asarray(jax.nn.softmax(forward(model, jnp.asarray([[1, 2, 3]]))[0, -1]))
+    assert probs.max() > 0.2
+    out = eng.generate([[1, 2, 3]], jax.random.key(5), max_new_tokens=1, sampling=Sampling(1.0), n=8000)
+    counts = np.bincount([c.tokens[0] for c in out], minlength=8)
+    assert _chi_square(counts, probs) < 24.3
+
+
+def test_top_k_and_top_p_never_emit_excluded_tokens():
+    logits = jax.random.normal(jax.random.key(1), (512, 40)) * 3
+    for step in range(5):
+        key = jax.random.key(100 + step)
+        top3 = np.asarray(sample_tokens(logits, key, Sampling(1.0, top_k=3)))
+        allowed = np.argsort(-np.asarray(logits), axis=1)[:, :3]
+        assert all(t in allowed[i] for i, t in enumerate(top3))
+        nucleus = np.asarray(sample_tokens(logits, key, Sampling(1.0, top_p=0.5)))
+        probs = np.asarray(jax.nn.softmax(logits))
+        order = np.argsort(-probs, axis=1)
+        for i, t in enumerate(nucleus):
+            cum = np.cumsum(probs[i, order[i]])
+            keep = order[i, : int(np.searchsorted(cum, 0.5)) + 1]
+            assert t in keep
+    assert np.array_equal(sample_tokens(logits, key, Sampling(1.0, top_k=1)), jnp.argmax(logits, -1))
+    # top_p = 0.7 over [.3, .25, .2, .1, ...] keeps exactly the three most likely tokens
+    known = jnp.tile(jnp.log(jnp.array([0.3, 0.25, 0.2, 0.1, 0.05, 0.05, 0.05])), (3000, 1))
+    drawn = sample_tokens(known, jax.random.key(0), Sampling(1.0, top_p=0.7))
+    assert np.unique(np.asarray(drawn)).tolist() == [0, 1, 2]
+
+
+def test_stop_sequences_and_eos_end_each_row_at_the_right_place(engine):
+    free = engine.generate(PROMPTS, max_new_tokens=40)
+    # stop on the pair of tokens that row 0 emits at positions 9-10: row 0 must end exactly there
+    seq = tuple(free[0].tokens[9:11])
+    eos = free[2].tokens[14]
+    stopped = engine.generate(PROMPTS, max_new_tokens=40, stop=StopConditions(eos_ids=(eos,), stop_sequences=(seq,)))
+    for f, s in zip(free, stopped):
+        ends = [i + 2 for i in range(len(f.tokens) - 1) if tuple(f.tokens[i : i + 2]) == seq]
+        ends += [i + 1 for i, t in enumerate(f.tokens) if t == eos]
+        end = min(ends, default=40)
+        assert s.tokens == f.tokens[:end], "each row stops at its own first stop, the others continue"
+        if end == 40:
+            assert s.finish_reason == "length"
+        else:
+            assert s.finish_reason in ("eos", "stop_sequence")
+    assert stopped[0].finish_reason == "stop_sequence" and len(stopped[0].tokens) <= 11
+    assert len(stopped[2].tokens) <= 15
+
+
+def test_cache_full_stops_rows(engine):
+    tokens, lengths = _pad(PROMPTS[:2])
+    state = engine.prefill(tokens, lengths, max_len=20)
+    gen, state = engine.decode(state, jax.random.key(0), max_new_tokens=50)
+    assert gen.lengths.tolist() == [20 - len(PROMPTS[0]), 20 - len(PROMPTS[1])]
+    assert gen.finish_reason.tolist() == [4, 4]
+    assert state.cache.lengths.tolist() == [20, 20]
+
+
+def test_eight_devices_equal_one_device():
+    assert jax.device_count() == 8
+    results = {}
+    for name, mesh in [("one", None), ("4x2", make_mesh(4, 2))]:
+        eng = Engine(init_model(CFG, seed=1), mesh=mesh)
+        greedy = eng.generate(PROMPTS, max_new_tokens=24)
+        sampled = eng.generate(PROMPTS, jax.random.key(3), max_new_tokens=24, sampling=Sampling(0.8, top_p=0.9), n=3)
+        results[name] = (greedy, sampled)
+        if mesh is not None:
+            wq = eng.params["layers"][0]["attn"]["wq"][...]
+            assert wq.sharding.spec[1] == "model"
+    for a, b in zip(results["one"][0] + results["one"][1], results["4x2"][0] + results["4x2"][1]):
+        assert a.tokens == b.tokens
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-4)
+
+
+def test_bad_input_gets_clear_errors(engine):
+    with pytest.raises(ValueError, match=r"30 tokens does not fit a KV cache of max_len=16"):
+        engine.prefill(*_pad([list(range(30))]), max_len=16)
+    with pytest.raises(ValueError, match=r"token id 500 is outside the model's vocabulary \[0, 128\).*tokenizer"):
+        engine.generate([[1, 500]], max_new_tokens=4)
+    with pytest.raises(ValueError, match="at least one token"):
+        engine.generate([[]], max_new_tokens=4)
+    with pytest.raises(ValueError, match="temperature"):
+        Sampling(temperature=-1)
+    with pytest.raises(ValueError, match="top_p"):
+        Sampling(top_p=0)
+    with pytest.raises(ValueError, match="empty sequence"):
+        StopConditions(stop_sequences=((),))
+    sharded = Engine(init_model(CFG), mesh=make_mesh(4, 2))
+    with pytest.raises(ValueError, match="not divisible by the mesh's data axis"):
+        sharded.prefill(*_pad(PROMPTS[:3]), max_len=64)
+
+
+def test_cache_fork_gather_resize_shapes():
+    cache = KVCache.for_model(CFG, batch=2, max_len=8)
+    cache = dataclasses.replace(cache, lengths=jnp.array([3, 5]))
+    assert cache.fork(3).lengths.tolist() == [3, 3, 3, 5, 5, 5]
+    assert cache.gather(jnp.array([1, 1, 0])).lengths.tolist() == [5, 5, 3]
+    assert cache.resize(16).max_len == 16 and cache.resize(16).k[0].shape == (2, 2, 16, 16)
+    with pytest.raises(ValueError, match="cannot shrink"):
+        cache.resize(4)

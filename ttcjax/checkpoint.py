@@ -1,0 +1,135 @@
+"""ttcjax's own checkpoints: `ttcjax_config.json` plus the parameters as an orbax PyTree.
+
+Layout of a checkpoint directory:
+    ttcjax_config.json   ModelConfig.to_dict(), written last and atomically: its presence marks a
+                         complete checkpoint.
+    params/              orbax StandardCheckpointer output (itself written to a temporary directory and
+                         renamed): a nested dict of arrays, {"layers": {"0": {"attn": {"wq": [D, H, Dh]}}}}.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+
+import jax
+import orbax.checkpoint as ocp
+from flax import nnx, traverse_util
+
+from ttcjax.hf import abstract_model, load_hf_model, model_from_params
+from ttcjax.models.config import ModelConfig
+from ttcjax.models.llama import Transformer
+
+CONFIG_FILE = "ttcjax_config.json"
+PARAMS_DIR = "params"
+HF_CONFIG_FILE = "config.json"
+
+
+def _str_path(path: tuple) -> tuple[str, ...]:
+    # nnx numbers list entries (layers) with ints; orbax keys its tree by strings.
+    return tuple(str(part) for part in path)
+
+
+def _params_tree(model: Transformer) -> dict:
+    """The model's parameters as a plain nested dict of arrays with string keys."""
+    flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    return traverse_util.unflatten_dict({_str_path(path): value for path, value in flat.items()})
+
+
+def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
+    """Write `model` (config and parameters) to `directory`, which `load_model` reads back exactly.
+
+    Refuses to replace an existing checkpoint unless `overwrite`.
+    """
+    directory = os.path.abspath(os.fspath(directory))
+    config_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_DIR)
+    if not overwrite and (os.path.exists(config_path) or os.path.exists(params_path)):
+        raise FileExistsError(f"{directory}: already holds a ttcjax checkpoint; pass overwrite=True "
+                              "or choose a new directory.")
+    os.makedirs(directory, exist_ok=True)
+    if os.path.exists(config_path):  # while params are rewritten, the directory must not look complete
+        os.remove(config_path)
+    with ocp.StandardCheckpointer() as checkpointer:
+        checkpointer.save(params_path, _params_tree(model), force=overwrite)
+    tmp = f"{config_path}.tmp-{os.getpid()}"
+    try:
+        with open(tmp, "w") as f:
+            json.dump(model.config.to_dict(), f, indent=2)
+        os.replace(tmp, config_path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def _check_saved_shapes(params_path: str, config_path: str, expected: dict[tuple[str, ...], tuple[int, ...]],
+                        saved: dict[tuple[str, ...], tuple[int, ...]]) -> None:
+    """Every parameter the config implies must be saved with its shape, and nothing else."""
+    def name(path):
+        return ".".join(path)
+
+    for path, shape in expected.items():
+        if path not in saved:
+            raise ValueError(f"{params_path}: parameter {name(path)} {list(shape)} (from {config_path}) is "
+                             "not in the checkpoint; the config does not describe these parameters.")
+        if tuple(saved[path]) != tuple(shape):
+            raise ValueError(
+                f"{params_path}: parameter {name(path)} is saved with shape {list(saved[path])}, but "
+                f"{config_path} implies {list(shape)}; the config does not match the parameters "
+                "(re-save the model, or restore the config that was saved with it)."
+            )
+    extra = sorted(name(p) for p in saved if p not in expected)
+    if extra:
+        raise ValueError(f"{params_path}: parameters {extra[:8]} are not in the model {config_path} describes; "
+                         "the config does not match the parameters.")
+
+
+def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
+               param_dtype: str | None = None) -> Transformer:
+    """Read a checkpoint written by `save_model`. `dtype` / `param_dtype` override the saved config's."""
+    directory = os.path.abspath(os.fspath(directory))
+    config_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_DIR)
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"{directory}: no such checkpoint directory.")
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: missing; write checkpoints with ttcjax.checkpoint.save_model "
+                                "(a Hugging Face directory with config.json loads with ttcjax.hf.load_hf_model).")
+    if not os.path.isdir(params_path):
+        raise FileNotFoundError(f"{params_path}: missing; the checkpoint is incomplete, save it again.")
+    try:
+        with open(config_path) as f:
+            raw = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path}: not valid JSON ({e}).") from e
+    config = ModelConfig.from_dict(raw, source=config_path)
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    config = config.replace(**overrides)
+
+    _, state = nnx.split(abstract_model(config))
+    model_params = traverse_util.flatten_dict(nnx.to_pure_dict(state))  # path -> ShapeDtypeStruct
+    abstract = {_str_path(path): value for path, value in model_params.items()}
+    with ocp.StandardCheckpointer() as checkpointer:
+        saved = traverse_util.flatten_dict(checkpointer.metadata(params_path).item_metadata.tree)
+        _check_saved_shapes(params_path, config_path, {p: a.shape for p, a in abstract.items()},
+                            {p: m.shape for p, m in saved.items()})
+        # restoring into the abstract tree casts each array to config.param_dtype on the default device
+        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+        target = {p: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device) for p, a in abstract.items()}
+        restored = checkpointer.restore(params_path, traverse_util.unflatten_dict(target))
+    restored = traverse_util.flatten_dict(restored)
+    return model_from_params(config, {path: restored[_str_path(path)] for path in model_params})
+
+
+def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Transformer:
+    """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from `path`."""
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory.")
+    if os.path.exists(os.path.join(path, CONFIG_FILE)):
+        return load_model(path, dtype=dtype, param_dtype=param_dtype)
+    if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
+        return load_hf_model(path, dtype=dtype, param_dtype=param_dtype)
+    raise FileNotFoundError(
+        f"{path}: not a checkpoint directory; looked for {CONFIG_FILE} (ttcjax.checkpoint.save_model) and "
+        f"{HF_CONFIG_FILE} (Hugging Face save_pretrained)."
+    )
+

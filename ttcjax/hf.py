@@ -1,0 +1,338 @@
+"""Hugging Face checkpoints (Llama, Qwen2, Mistral) in and out of ttcjax, through safetensors only.
+
+The import is the table `TENSORS`: one entry per Hugging Face tensor name, the parameter it fills, its
+Hugging Face shape computed from the config, and whether it is transposed. Every tensor is shape-checked
+before it is transformed. Hugging Face's half-split RoPE layout is what `ttcjax.models.llama` uses, so
+q_proj and k_proj need no permutation. Pickled checkpoints (`pytorch_model.bin`, `*.pt`, ...) are
+refused without being opened: unpickling runs arbitrary code.
+
+Shapes: V vocab, D embed, F mlp width, H query heads, K kv heads, Dh head dim.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import glob
+import json
+import os
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx, traverse_util
+from safetensors import safe_open
+from safetensors.numpy import save_file
+
+from ttcjax.models.config import ModelConfig
+from ttcjax.models.llama import Transformer
+
+SAFETENSORS_FILE = "model.safetensors"
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
+# Buffers some exporters save next to the weights; we recompute them, so their presence is harmless.
+HARMLESS_SUFFIXES = ("rotary_emb.inv_freq",)
+
+
+@dataclasses.dataclass(frozen=True)
+class TensorEntry:
+    """One Hugging Face tensor: `hf_name` and `target` hold `{i}` (layer index) for per-layer tensors.
+
+    `transpose`: Hugging Face stores nn.Linear weights as [out, in]; ours are [in, ...out] split into
+    heads where the layer needs them, so hf -> ours is `w.T.reshape(ours)` and ours -> hf its inverse.
+    A parameter the model does not have (bias off, tied lm_head) simply has no tensor to load.
+    """
+
+    hf_name: str
+    target: str
+    hf_shape: Callable[[ModelConfig], tuple[int, ...]]
+    transpose: bool = False
+
+
+def _q(c: ModelConfig) -> int:
+    return c.num_heads * c.dim_per_head
+
+
+def _kv(c: ModelConfig) -> int:
+    return c.num_kv_heads * c.dim_per_head
+
+
+_LAYER = "model.layers.{i}."
+TENSORS: tuple[TensorEntry, ...] = (
+    TensorEntry("model.embed_tokens.weight", "embedding", lambda c: (c.vocab_size, c.hidden_size)),
+    TensorEntry("lm_head.weight", "lm_head", lambda c: (c.vocab_size, c.hidden_size), transpose=True),
+    TensorEntry("model.norm.weight", "final_norm.scale", lambda c: (c.hidden_size,)),
+    TensorEntry(_LAYER + "input_layernorm.weight", "layers.{i}.attn_norm.scale", lambda c: (c.hidden_size,)),
+    TensorEntry(_LAYER + "post_attention_layernorm.weight", "layers.{i}.mlp_norm.scale",
+                lambda c: (c.hidden_size,)),
+    TensorEntry(_LAYER + "self_attn.q_proj.weight", "layers.{i}.attn.wq", lambda c: (_q(c), c.hidden_size), True),
+    TensorEntry(_LAYER + "self_attn.k_proj.weight", "layers.{i}.attn.wk", lambda c: (_kv(c), c.hidden_size), True),
+    TensorEntry(_LAYER + "self_attn.v_proj.weight", "layers.{i}.attn.wv", lambda c: (_kv(c), c.hidden_size), True),
+    TensorEntry(_LAYER + "self_attn.o_proj.weight", "layers.{i}.attn.wo", lambda c: (c.hidden_size, _q(c)), True),
+    TensorEntry(_LAYER + "self_attn.q_proj.bias", "layers.{i}.attn.bq", lambda c: (_q(c),)),
+    TensorEntry(_LAYER + "self_attn.k_proj.bias", "layers.{i}.attn.bk", lambda c: (_kv(c),)),
+    TensorEntry(_LAYER + "self_attn.v_proj.bias", "layers.{i}.attn.bv", lambda c: (_kv(c),)),
+    TensorEntry(_LAYER + "self_attn.o_proj.bias", "layers.{i}.attn.bo", lambda c: (c.hidden_size,)),
+    TensorEntry(_LAYER + "mlp.gate_proj.weight", "layers.{i}.mlp.w_gate",
+                lambda c: (c.intermediate_size, c.hidden_size), True),
+    TensorEntry(_LAYER + "mlp.up_proj.weight", "layers.{i}.mlp.w_up",
+                lambda c: (c.intermediate_size, c.hidden_size), True),
+    TensorEntry(_LAYER + "mlp.down_proj.weight", "layers.{i}.mlp.w_down",
+                lambda c: (c.hidden_size, c.intermediate_size), True),
+    TensorEntry(_LAYER + "mlp.gate_proj.bias", "layers.{i}.mlp.b_gate", lambda c: (c.intermediate_size,)),
+    TensorEntry(_LAYER + "mlp.up_proj.bias", "layers.{i}.mlp.b_up", lambda c: (c.intermediate_size,)),
+    TensorEntry(_LAYER + "mlp.down_proj.bias", "layers.{i}.mlp.b_down", lambda c: (c.hidden_size,)),
+)
+
+
+def _param_path(target: str) -> tuple[str | int, ...]:
+    return tuple(int(p) if p.isdigit() else p for p in target.split("."))
+
+
+def _expected_tensors(config: ModelConfig, params: dict[tuple, Any]) -> dict[str, tuple[TensorEntry, tuple]]:
+    """Hugging Face name -> (entry, our parameter path), for every parameter this model has."""
+    out = {}
+    for entry in TENSORS:
+        layers = range(config.num_layers) if "{i}" in entry.hf_name else [None]
+        for i in layers:
+            path = _param_path(entry.target.format(i=i))
+            if path in params:
+                out[entry.hf_name.format(i=i)] = (entry, path)
+    return out
+
+
+def _to_ours(entry: TensorEntry, hf: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    return (hf.T if entry.transpose else hf).reshape(shape)
+
+
+def _to_hf(entry: TensorEntry, ours: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:
+    return ours.reshape(hf_shape[::-1]).T if entry.transpose else ours.reshape(hf_shape)
+
+
+def abstract_model(config: ModelConfig) -> Transformer:
+    """The model with ShapeDtypeStruct parameters: structure and shapes, no memory, no random init."""
+    return nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0)))
+
+
+def model_from_params(config: ModelConfig, flat: dict[tuple, Any]) -> Transformer:
+    """Build a Transformer from {parameter path: array}, cast to `config.param_dtype`.
+
+    Every parameter of the model must be present with its exact shape (callers check, with better messages).
+    """
+    graphdef, state = nnx.split(abstract_model(config))
+    pure = {path: jnp.asarray(flat[path], dtype=config.jnp_param_dtype)
+            for path in traverse_util.flatten_dict(nnx.to_pure_dict(state))}
+    nnx.replace_by_pure_dict(state, traverse_util.unflatten_dict(pure))
+    return nnx.merge(graphdef, state)
+
+
+# ---- Import -----------------------------------------------------------------------------------------
+
+
+def _weight_files(path: str) -> dict[str, str]:
+    """Hugging Face tensor name -> safetensors file holding it. Refuses pickles without opening them."""
+    index_path = os.path.join(path, SAFETENSORS_INDEX)
+    if os.path.exists(index_path):
+        try:
+            with open(index_path) as f:
+                weight_map = json.load(f).get("weight_map")
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{index_path}: not valid JSON ({e}); re-save the checkpoint with save_pretrained.") from e
+        if not isinstance(weight_map, dict):
+            raise ValueError(f"{index_path}: no 'weight_map' object; re-save the checkpoint with save_pretrained.")
+        for shard in sorted(set(weight_map.values())):
+            if not os.path.exists(os.path.join(path, shard)):
+                raise FileNotFoundError(
+                    f"{index_path} references shard {shard!r}, which is missing from {path}; "
+                    "download the missing shard or re-save the checkpoint."
+                )
+        return {name: os.path.join(path, shard) for name, shard in weight_map.items()}
+    # model.safetensors alone when present: repos such as Mistral's also ship consolidated.safetensors,
+    # the same weights under other names
+    single = os.path.join(path, SAFETENSORS_FILE)
+    files = [single] if os.path.exists(single) else sorted(glob.glob(os.path.join(path, "*.safetensors")))
+    if not files:
+        pickles = sorted(os.path.basename(p) for pat in PICKLE_PATTERNS for p in glob.glob(os.path.join(path, pat)))
+        if pickles:
+            raise ValueError(
+                f"{path}: found pickled weights {pickles} but no *.safetensors. ttcjax never unpickles "
+                "(loading a pickle can run arbitrary code). Convert in a trusted environment with transformers: "
+                f"AutoModelForCausalLM.from_pretrained({path!r}).save_pretrained(out_dir), which writes safetensors."
+            )
+        raise FileNotFoundError(
+            f"{path}: no weights found (looked for {SAFETENSORS_FILE}, {SAFETENSORS_INDEX} and *.safetensors)."
+        )
+    names: dict[str, str] = {}
+    for file in files:
+        with safe_open(file, framework="flax") as f:
+            names.update({name: file for name in f.keys()})
+    return names
+
+
+def _on_host() -> contextlib.AbstractContextManager:
+    try:
+        return jax.default_device(jax.devices("cpu")[0])
+    except RuntimeError:  # JAX_PLATFORMS without cpu: read onto the default device instead
+        return contextlib.nullcontext()
+
+
+def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None,
+                  param_dtype: str | None = None) -> Transformer:
+    """Load a Hugging Face Llama / Qwen2 / Mistral checkpoint directory (config.json + *.safetensors).
+
+    `dtype` / `param_dtype` override the compute dtype and the stored parameter dtype (default: the
+    checkpoint's `torch_dtype`). Raises FileNotFoundError / ValueError naming the file and tensor at fault.
+    """
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory; pass a directory holding config.json "
+                                "and the *.safetensors weights.")
+    overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    config = ModelConfig.from_hf_json(path, **overrides)
+    files = _weight_files(path)
+
+    _, state = nnx.split(abstract_model(config))
+    params = traverse_util.flatten_dict(nnx.to_pure_dict(state))  # path -> ShapeDtypeStruct
+    expected = _expected_tensors(config, params)
+    config_file = os.path.join(path, "config.json")
+
+    missing = [name for name in expected if name not in files]
+    if missing:
+        fix = (f" {config_file} unties the embeddings (tie_word_embeddings false): set \"tie_word_embeddings\": "
+               "true there if the model shares them, or add lm_head.weight." if missing == ["lm_head.weight"] else
+               f" Check that {config_file} (num_hidden_layers, attention_bias, mlp_bias, architecture) "
+               "describes these weights.")
+        raise ValueError(f"{path}: tensor(s) {missing[:8]} missing from the checkpoint.{fix}")
+    tied_head = config.tie_word_embeddings and "lm_head.weight" in files
+    unexpected = [n for n in files if n not in expected and not n.endswith(HARMLESS_SUFFIXES)
+                  and not (tied_head and n == "lm_head.weight")]
+    if unexpected:
+        raise ValueError(
+            f"{path}: unexpected tensor(s) {unexpected[:8]} in {os.path.basename(files[unexpected[0]])}, "
+            f"which {config_file} does not describe; fix num_hidden_layers / attention_bias / mlp_bias / "
+            "tie_word_embeddings in the config, or remove the tensors."
+        )
+
+    loaded = {}
+    # The flax backend reads bfloat16, which numpy cannot; pinning it to the host keeps the
+    # reshaping in numpy and the device holding one copy, made at the end.
+    with contextlib.ExitStack() as stack, _on_host():
+        handles = {f: stack.enter_context(safe_open(f, framework="flax")) for f in sorted(set(files.values()))}
+
+        def read(name: str) -> np.ndarray:
+            return np.asarray(handles[files[name]].get_tensor(name))
+
+        for name, (entry, param) in expected.items():  # shapes first: a mismatch reads nothing
+            got, want = tuple(handles[files[name]].get_slice(name).get_shape()), entry.hf_shape(config)
+            if got != want:
+                raise ValueError(
+                    f"{files[name]}: tensor {name} has shape {list(got)}, expected {list(want)} from "
+                    f"{config_file}; the config does not match the weights (check hidden_size, "
+                    "num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size)."
+                )
+        for name, (entry, param) in expected.items():
+            loaded[param] = _to_ours(entry, read(name), params[param].shape)
+        if tied_head:  # tying is checked, not assumed: a differing lm_head would be silently dropped
+            head = read("lm_head.weight")
+            if head.shape != loaded[("embedding",)].shape or not np.array_equal(head, loaded[("embedding",)]):
+                raise ValueError(
+                    f"{files['lm_head.weight']}: lm_head.weight differs from model.embed_tokens.weight but "
+                    f"{config_file} sets tie_word_embeddings=true; set it to false to load the separate head."
+                )
+    return model_from_params(config, loaded)
+
+
+# ---- Export -----------------------------------------------------------------------------------------
+
+_MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
+
+
+def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
+    """The Hugging Face config.json for `config`; ValueError where the architecture cannot express it."""
+    arch = config.architecture
+
+    def refuse(field: str, why: str):
+        raise ValueError(f"cannot export {field} as {arch}: {why}; change `architecture` or the field.")
+
+    out: dict[str, Any] = {
+        "architectures": [arch], "model_type": _MODEL_TYPES[arch], "vocab_size": config.vocab_size,
+        "hidden_size": config.hidden_size, "intermediate_size": config.intermediate_size,
+        "num_hidden_layers": config.num_layers, "num_attention_heads": config.num_heads,
+        "num_key_value_heads": config.num_kv_heads, "head_dim": config.dim_per_head,
+        "hidden_act": "silu", "rms_norm_eps": config.rms_norm_eps, "rope_theta": config.rope_theta,
+        "max_position_embeddings": config.max_position_embeddings,
+        "tie_word_embeddings": config.tie_word_embeddings, "bos_token_id": config.bos_token_id,
+        "eos_token_id": config.eos_token_id, "pad_token_id": config.pad_token_id,
+        "torch_dtype": config.param_dtype, "dtype": config.param_dtype,
+    }
+    if config.rope_scaling is not None:
+        scaling = {k: v for k, v in dataclasses.asdict(config.rope_scaling).items() if v is not None}
+        kind = scaling.pop("kind")
+        keep = {"linear": ("factor",),
+                "llama3": ("factor", "original_max_position_embeddings", "low_freq_factor", "high_freq_factor"),
+                "yarn": ("factor", "original_max_position_embeddings", "beta_fast", "beta_slow",
+                         "attention_factor", "truncate")}[kind]
+        # both spellings of the type: transformers 4 reads "type" in old code paths, 5 reads "rope_type"
+        out["rope_scaling"] = {"rope_type": kind, "type": kind, **{k: scaling[k] for k in keep if k in scaling}}
+    windows = [config.layer_window(i) is not None for i in range(config.num_layers)]
+    if arch == "LlamaForCausalLM":
+        if config.qkv_bias != config.o_bias:
+            refuse("qkv_bias != o_bias", "Llama's attention_bias covers q, k, v and o together")
+        if any(windows):
+            refuse("sliding_window", "Llama has no sliding-window attention")
+        out.update(attention_bias=config.qkv_bias, mlp_bias=config.mlp_bias)
+    else:
+        if config.mlp_bias or config.o_bias:
+            refuse("mlp_bias / o_bias", "its MLP and o_proj have no bias")
+        if config.qkv_bias != (arch == "Qwen2ForCausalLM"):
+            refuse("qkv_bias", "Qwen2 always has q/k/v biases and Mistral never")
+    if arch == "MistralForCausalLM":
+        if any(windows) and not all(windows):
+            refuse("sliding_layers", "Mistral slides on every layer or none")
+        out["sliding_window"] = config.sliding_window if any(windows) else None
+    if arch == "Qwen2ForCausalLM":
+        first = windows.index(True) if any(windows) else config.num_layers
+        if windows != [i >= first for i in range(config.num_layers)]:
+            refuse("sliding_layers", "Qwen2 slides on layers max_window_layers.. only")
+        out.update(use_sliding_window=any(windows), sliding_window=config.sliding_window if any(windows) else None,
+                   max_window_layers=first,
+                   layer_types=["sliding_attention" if w else "full_attention" for w in windows])
+    return out
+
+
+def _write_atomic(path: str, write: Callable[[str], None]) -> None:
+    tmp = f"{path}.tmp-{os.getpid()}"
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+
+
+def save_hf_model(model: Transformer, path: str | os.PathLike) -> None:
+    """Write `config.json` and `model.safetensors` that transformers' `from_pretrained` loads as `model`.
+
+    Each file is written to a temporary name and renamed, so a crash leaves no half-written file.
+    """
+    path = os.fspath(path)
+    config: ModelConfig = model.config
+    hf_config = hf_config_dict(config)  # refuses what the architecture cannot express, before writing
+    if os.path.exists(os.path.join(path, SAFETENSORS_INDEX)):  # loaders would follow its stale shards
+        raise FileExistsError(f"{path}: holds a sharded checkpoint ({SAFETENSORS_INDEX}); save to an empty "
+                              "directory or remove the old shards and index first.")
+    params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
+    tensors = {}  # numpy (with ml_dtypes) writes bfloat16 too, and keeps the copies on the host
+    for name, (entry, param) in _expected_tensors(config, params).items():
+        array = np.asarray(jax.device_get(params[param]))
+        tensors[name] = np.ascontiguousarray(_to_hf(entry, array, entry.hf_shape(config)))
+    os.makedirs(path, exist_ok=True)
+    # transformers refuses safetensors files whose metadata lacks a known "format"
+    _write_atomic(os.path.join(path, SAFETENSORS_FILE), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
+
+    def write_json(p: str):
+        with open(p, "w") as f:
+            json.dump(hf_config, f, indent=2)
+
+    _write_atomic(os.path.join(path, "config.json"), write_json)
