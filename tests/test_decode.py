@@ -230,5 +230,6 @@ def test_cache_fork_gather_resize_shapes():
     assert cache.fork(3).lengths.tolist() == [3, 3, 3, 5, 5, 5]
     assert cache.gather(jnp.array([1, 1, 0])).lengths.tolist() == [5, 5, 3]
     assert cache.resize(16).max_len == 16 and cache.resize(16).k[0].shape == (2, 2, 16, 16)
+    assert cache.resize(16).v[0].shape == (2, 2, 16, 16) and cache.k[0].shape == (2, 2, 16, 8)
     with pytest.raises(ValueError, match="cannot shrink"):
         cache.resize(4)

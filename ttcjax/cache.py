@@ -16,17 +16,18 @@ import jax.numpy as jnp
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class KVCache:
-    k: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, max_len, head_dim]
+    # Keys are stored transposed, slots last: a decode step then sums over head_dim, a non-minor axis,
+    # which streams the cache at memory speed on CPUs (see Attention).
+    k: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, head_dim, max_len]
     v: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, max_len, head_dim]
     lengths: jax.Array  # [batch] int32: filled slots per row
 
     @classmethod
     def init(cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int,
              dtype=jnp.float32) -> "KVCache":
-        shape = (batch, num_kv_heads, max_len, head_dim)
         return cls(
-            k=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
-            v=tuple(jnp.zeros(shape, dtype) for _ in range(num_layers)),
+            k=tuple(jnp.zeros((batch, num_kv_heads, head_dim, max_len), dtype) for _ in range(num_layers)),
+            v=tuple(jnp.zeros((batch, num_kv_heads, max_len, head_dim), dtype) for _ in range(num_layers)),
             lengths=jnp.zeros((batch,), jnp.int32),
         )
 
@@ -41,7 +42,7 @@ class KVCache:
 
     @property
     def max_len(self) -> int:
-        return self.k[0].shape[2]
+        return self.v[0].shape[2]
 
     @property
     def num_layers(self) -> int:
@@ -62,10 +63,10 @@ class KVCache:
         if max_len == cur:
             return self
         if max_len > cur:
-            pad = ((0, 0), (0, 0), (0, max_len - cur), (0, 0))
-            grow = lambda x: jnp.pad(x, pad)  # noqa: E731
-            return KVCache(tuple(map(grow, self.k)), tuple(map(grow, self.v)), self.lengths)
+            grow_k = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, 0), (0, max_len - cur)))  # noqa: E731
+            grow_v = lambda x: jnp.pad(x, ((0, 0), (0, 0), (0, max_len - cur), (0, 0)))  # noqa: E731
+            return KVCache(tuple(map(grow_k, self.k)), tuple(map(grow_v, self.v)), self.lengths)
         if not isinstance(self.lengths, jax.core.Tracer) and int(jnp.max(self.lengths)) > max_len:
             raise ValueError(f"cannot shrink the cache to {max_len} slots: a row holds {int(jnp.max(self.lengths))}.")
-        cut = lambda x: x[:, :, :max_len]  # noqa: E731
-        return KVCache(tuple(map(cut, self.k)), tuple(map(cut, self.v)), self.lengths)
+        return KVCache(tuple(x[..., :max_len] for x in self.k), tuple(x[:, :, :max_len] for x in self.v),
+                       self.lengths)

@@ -85,7 +85,9 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int) -> NamedSharding
 
 
 def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
-    """NamedShardings for a KVCache: [batch, kv_heads, max_len, head_dim] per layer, lengths by row."""
-    kv = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
-    return KVCache(k=tuple(map(kv, cache.k)), v=tuple(map(kv, cache.v)),
+    """NamedShardings for a KVCache (keys [batch, kv_heads, head_dim, max_len], values [batch, kv_heads,
+    max_len, head_dim], per layer) and its lengths [batch]."""
+    k = lambda x: rules.sharding(("batch", "kv_heads", "head_dim", "cache_slots"), x.shape, mesh)  # noqa: E731
+    v = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
+    return KVCache(k=tuple(map(k, cache.k)), v=tuple(map(v, cache.v)),
                    lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))

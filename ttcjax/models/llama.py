@@ -159,55 +159,68 @@ class Attention(nnx.Module):
             q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
         q = apply_rope(q, positions, *rope)
         k = apply_rope(k, positions, *rope)
-        k = k.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
-        v = v.transpose(0, 2, 1, 3)
+        k = k.transpose(0, 2, 3, 1)  # [B, K, Dh, T]: keys are stored transposed, see KVCache
+        v = v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
 
         if kv is None:
             keys, values = k, v
             q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         else:
             cache_k, cache_v = kv
-            cache_k, cache_v = _write(cache_k, k, write_slots), _write(cache_v, v, write_slots)
+            cache_k = _write(cache_k, k, write_slots, slot_axis=3)
+            cache_v = _write(cache_v, v, write_slots, slot_axis=2)
             kv = (cache_k, cache_v)
-            width = attn_len or cache_k.shape[2]
-            keys, values = cache_k[:, :, :width], cache_v[:, :, :width]
+            width = attn_len or cache_v.shape[2]
+            keys, values = cache_k[..., :width], cache_v[:, :, :width]
             q_slots = write_slots
 
-        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None, cfg)
+        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None)
         out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)
         return out, kv
 
 
-def _write(cache: jax.Array, new: jax.Array, slots: jax.Array) -> jax.Array:
-    """Write new [B, K, T, Dh] into cache [B, K, S, Dh] at per-row slots [B, T]."""
-    b, _, t, _ = new.shape
-    if t == 1:
-        rows = jnp.arange(b)
-        return cache.at[rows, :, slots[:, 0]].set(new[:, :, 0].astype(cache.dtype), mode="drop")
+def _write(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -> jax.Array:
+    """Write new tokens into a cache at per-row slots [B, T].
+
+    Keys: cache [B, K, Dh, S], new [B, K, Dh, T] (slot_axis=3). Values: cache [B, K, S, Dh], new
+    [B, K, T, Dh] (slot_axis=2). Out-of-range slots are dropped.
+    """
+    b, t = slots.shape
     rows = jnp.arange(b)[:, None]
-    # advanced indices (rows, slots) broadcast to [B, T] and come first: the update is [B, T, K, Dh]
-    return cache.at[rows, :, slots].set(new.transpose(0, 2, 1, 3).astype(cache.dtype), mode="drop")
+    # The advanced indices (rows, slots) broadcast to [B, T] and lead the update's shape: [B, T, K, Dh].
+    update = jnp.moveaxis(new, slot_axis, 1).astype(cache.dtype)
+    index = (rows, slice(None), slice(None), slots) if slot_axis == 3 else (rows, slice(None), slots)
+    return cache.at[index].set(update, mode="drop")
 
 
-def _attend(q, keys, values, q_slots, window, key_mask, cfg: ModelConfig) -> jax.Array:
-    """Grouped-query attention. q [B, T, H, Dh]; keys/values [B, K, S, Dh]; q_slots [B, T] -> [B, T, H, Dh].
+def _attend(q, keys, values, q_slots, window, key_mask) -> jax.Array:
+    """Grouped-query attention. q [B, T, H, Dh]; keys [B, K, Dh, S]; values [B, K, S, Dh]; q_slots [B, T].
 
     Query t of row b sees key slot s iff s <= q_slots[b, t] (and within the sliding window).
+    Returns [B, T, H, Dh].
     """
     b, t, h, dh = q.shape
     kh = keys.shape[1]
     q = q.reshape(b, t, kh, h // kh, dh)
-    scores = jnp.einsum("BTKGd,BKSd->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
-    scores = scores * (dh**-0.5)
-    key_slots = jnp.arange(keys.shape[2])
+    key_slots = jnp.arange(keys.shape[3])
     allowed = key_slots[None, None, :] <= q_slots[:, :, None]  # [B, T, S]
     if window is not None:
         allowed &= q_slots[:, :, None] - key_slots[None, None, :] < window
     if key_mask is not None:
         allowed &= key_mask[:, None, :].astype(bool)
-    scores = jnp.where(allowed[:, None, None], scores, _MASK_VALUE)
+    if t == 1:
+        # One query per row (decoding) is memory-bound: multiply-and-sum over a non-minor axis streams the
+        # cache once and fuses the window slice, where a batched matmul with 1-row operands does not.
+        qf = q[:, 0].astype(jnp.float32)  # [B, K, G, Dh]
+        scores = jnp.sum(qf[..., None] * keys[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, S]
+        scores = jnp.where(allowed[:, 0][:, None, None], scores * dh**-0.5, _MASK_VALUE)
+        probs = jax.nn.softmax(scores, axis=-1)
+        out = jnp.sum(probs[..., None] * values[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, Dh]
+        return out.reshape(b, 1, h, dh).astype(q.dtype)
+    scores = jnp.einsum("BTKGd,BKdS->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    scores = jnp.where(allowed[:, None, None], scores * dh**-0.5, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     out = jnp.einsum("BKGTS,BKSd->BTKGd", probs, values)
     return out.reshape(b, t, h, dh).astype(q.dtype)
