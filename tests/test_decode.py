@@ -219,9 +219,14 @@ def test_bad_input_gets_clear_errors(engine):
         Sampling(top_p=0)
     with pytest.raises(ValueError, match="empty sequence"):
         StopConditions(stop_sequences=((),))
-    sharded = Engine(init_model(CFG), mesh=make_mesh(4, 2))
-    with pytest.raises(ValueError, match="not divisible by the mesh's data axis"):
-        sharded.prefill(*_pad(PROMPTS[:3]), max_len=64)
+
+
+def test_batches_the_data_axis_does_not_divide(engine):
+    """3 prompts x 3 samples on a 4x2 mesh: prefill runs replicated, forked rows are padded to 12."""
+    sharded = Engine(init_model(CFG, seed=1), mesh=make_mesh(4, 2))
+    got = sharded.generate(PROMPTS[:3], jax.random.key(2), max_new_tokens=10, sampling=Sampling(1.0), n=3)
+    want = engine.generate(PROMPTS[:3], jax.random.key(2), max_new_tokens=10, sampling=Sampling(1.0), n=3)
+    assert [c.tokens for c in got] == [c.tokens for c in want] and len(got) == 9
 
 
 def test_cache_fork_gather_resize_shapes():

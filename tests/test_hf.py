@@ -15,8 +15,8 @@ import shutil
 import numpy as np
 import pytest
 
-torch = pytest.importorskip("torch")
-transformers = pytest.importorskip("transformers")
+import torch  # noqa: E402
+import transformers  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 from flax import nnx, traverse_util  # noqa: E402
 import jax  # noqa: E402

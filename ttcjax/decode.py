@@ -278,7 +278,7 @@ class Engine:
     def _place_rows(self, x):
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, batch_sharding(self.mesh, self.rules, np.ndim(x)))
+        return jax.device_put(x, batch_sharding(self.mesh, self.rules, np.shape(x)))
 
     def _cache_sharding(self, state: DecodeState):
         if self.mesh is None:
@@ -288,7 +288,10 @@ class Engine:
     # -- the three operations search uses
 
     def prefill(self, tokens: np.ndarray, lengths: np.ndarray, max_len: int) -> DecodeState:
-        """tokens [B, P] (right-padded), lengths [B] -> DecodeState with a cache of `max_len` slots."""
+        """tokens [B, P] (right-padded), lengths [B] -> DecodeState with a cache of `max_len` slots.
+
+        Rows are split over the mesh's data axis when it divides B, else replicated (correct, slower).
+        """
         tokens, lengths = np.asarray(tokens, np.int32), np.asarray(lengths, np.int32)
         if tokens.ndim != 2 or lengths.shape != tokens.shape[:1]:
             raise ValueError(f"prefill wants tokens [B, P] and lengths [B]; got {tokens.shape} and {lengths.shape}.")
@@ -301,10 +304,6 @@ class Engine:
         if longest > tokens.shape[1] or lengths.min(initial=1) < 1:
             raise ValueError(f"prompt lengths must be in [1, {tokens.shape[1]}]; got {lengths.tolist()}.")
         self._check_ids(tokens)
-        if tokens.shape[0] % self.data_size:
-            raise ValueError(
-                f"batch {tokens.shape[0]} is not divisible by the mesh's data axis ({self.data_size}); pad the batch."
-            )
         return self._prefill(self.graphdef, self.params, self._place_rows(tokens), self._place_rows(lengths),
                              max_len=max_len)
 
@@ -344,19 +343,20 @@ class Engine:
         width = bucket(int(lengths.max()))
         if max_len is None:
             max_len = -(-(int(lengths.max()) + max_new_tokens) // 64) * 64
-        # pad the prompt batch so that its rows split evenly over the data axis (after forking too)
-        per = self.data_size // math.gcd(self.data_size, n)
-        batch = -(-len(prompts) // per) * per
-        tokens = np.full((batch, width), self.pad_id, np.int32)
-        row_lengths = np.ones(batch, np.int32)
+        tokens = np.full((len(prompts), width), self.pad_id, np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
-            row_lengths[i] = len(p)
         if width > max_len:
             tokens, width = tokens[:, :max_len], max_len
-        state = self.prefill(tokens, row_lengths, max_len)
+        state = self.prefill(tokens, lengths, max_len)
         if n > 1:
             state = state.fork(n)
+        rows = len(prompts) * n
+        padded = -(-rows // self.data_size) * self.data_size
+        if padded > rows:
+            # extra rows, already done, so that the rows split evenly over the data axis; they generate nothing
+            state = state.gather(np.concatenate([np.arange(rows), np.zeros(padded - rows, np.int32)]))
+            state = dataclasses.replace(state, done=jnp.arange(padded) >= rows)
         key = jax.random.key(0) if key is None else key
         gen, _ = self.decode(state, key, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
         gen = jax.device_get(gen)

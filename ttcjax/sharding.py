@@ -79,9 +79,9 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRu
     return model
 
 
-def batch_sharding(mesh: Mesh, rules: ShardingRules, ndim: int) -> NamedSharding:
-    """Rows along the batch axis, everything else replicated: tokens, lengths, logits."""
-    return NamedSharding(mesh, P(rules.batch, *([None] * (ndim - 1))))
+def batch_sharding(mesh: Mesh, rules: ShardingRules, shape: tuple[int, ...]) -> NamedSharding:
+    """Rows along the batch axis (replicated if the data axis does not divide them), the rest replicated."""
+    return rules.sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)
 
 
 def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):

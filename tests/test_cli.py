@@ -1,0 +1,45 @@
+"""The command line: the demo end to end, generation from a saved checkpoint, config errors."""
+
+import json
+
+import pytest
+import yaml
+
+from ttcjax.cli import main
+
+
+def test_demo_runs_end_to_end(capsys):
+    assert main(["demo", "--max-new-tokens", "8", "--n", "2"]) == 0
+    out = capsys.readouterr().out
+    assert out.count("'Q: 7*3-4+8=' ->") == 2 and "tokens/s" in out
+
+
+def test_init_model_then_generate_from_the_checkpoint(tmp_path):
+    config = tmp_path / "model.yaml"
+    config.write_text(yaml.safe_dump({"model_config": {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 64,
+                                                       "num_layers": 1, "num_heads": 2, "num_kv_heads": 1}}))
+    assert main(["init-model", "--config", str(config), "--out", str(tmp_path / "ckpt")]) == 0
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("\n".join(json.dumps({"prompt": p}) for p in ["Q: 1+2=", "Q: 3*4=", "Q: 9-1="]) + "\n")
+    out = tmp_path / "out.jsonl"
+    args = ["generate", "--model", str(tmp_path / "ckpt"), "--tokenizer", "char", "--prompts-file", str(prompts),
+            "--n", "3", "--max-new-tokens", "5", "--temperature", "0", "--output", str(out), "--mesh", "4,2"]
+    assert main(args) == 0
+    records = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(records) == 9 and {r["prompt_index"] for r in records} == {0, 1, 2}
+    # greedy: the three samples of a prompt are identical
+    for i in range(3):
+        assert len({r["completion"] for r in records if r["prompt_index"] == i}) == 1
+    assert all(r["num_tokens"] <= 5 for r in records)
+
+
+def test_config_errors_name_the_file_and_key(tmp_path, capsys):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("temprature: 0.5\n")
+    assert main(["demo", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "temprature" in err
+    assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
+    assert "missing" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["demo", "--mesh"])

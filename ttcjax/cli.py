@@ -1,0 +1,284 @@
+"""The `ttcjax` command line.
+
+    ttcjax demo                                   # the built-in default (see `demo --help`)
+    ttcjax generate --model DIR --prompt "Q: 3+4=" --n 4 --temperature 0.8
+    ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
+    ttcjax convert SRC DST --to hf|ttcjax
+
+Every option of `demo` and `generate` can also come from a YAML file (`--config`); flags given on the
+command line win over the file.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import yaml
+
+# The demo's defaults. Until the shipped tiny policies land, the demo samples from a tiny random-weight
+# model: it shows the decoding core (prefill once, fork N rows, one compiled decode loop) end to end.
+DEMO_DEFAULTS: dict[str, Any] = {
+    "model_config": {"vocab_size": 101, "hidden_size": 128, "intermediate_size": 352, "num_layers": 2,
+                     "num_heads": 4, "num_kv_heads": 2, "max_position_embeddings": 512},
+    "tokenizer": "char",
+    "prompts": ["Q: 7*3-4+8=", "Q: 12+5*2=", "Q: 9-3*2+1="],
+    "n": 4,
+    "max_new_tokens": 48,
+    "temperature": 0.8,
+    "top_k": 0,
+    "top_p": 0.95,
+    "stop": ["\n\n"],
+    "seed": 0,
+    "mesh": "auto",
+}
+
+GENERATE_KEYS = {"model", "tokenizer", "prompts", "prompts_file", "n", "max_new_tokens", "temperature", "top_k",
+                 "top_p", "stop", "seed", "mesh", "dtype", "batch_size", "output", "model_config"}
+
+
+def load_yaml_config(path: str, allowed: set[str]) -> dict[str, Any]:
+    """Read a YAML mapping, refusing keys the command does not know (with the file and the key named)."""
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: config file not found.")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e}).") from e
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of option: value.")
+    unknown = sorted(set(data) - allowed)
+    if unknown:
+        raise ValueError(f"{path}: unknown option(s) {unknown}; allowed: {sorted(allowed)}.")
+    return data
+
+
+def parse_mesh(spec: str | None):
+    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
+    import jax
+
+    from ttcjax.sharding import make_mesh
+
+    if spec in (None, "none", "1", "1,1"):
+        return None
+    if spec == "auto":
+        return make_mesh() if jax.device_count() > 1 else None
+    try:
+        data, model = (int(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--mesh {spec!r}: use 'auto', 'none' or DATA,MODEL such as 4,2.") from None
+    return make_mesh(data, model)
+
+
+def _options(args: argparse.Namespace, defaults: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
+    opts = dict(defaults)
+    if getattr(args, "config", None):
+        opts.update(load_yaml_config(args.config, allowed))
+    for key, value in vars(args).items():
+        if key in allowed and value is not None:
+            opts[key] = value
+    return opts
+
+
+def _build_model(opts: dict[str, Any]):
+    from ttcjax.checkpoint import load_any
+    from ttcjax.models import ModelConfig, init_model
+
+    if opts.get("model"):
+        return load_any(opts["model"], dtype=opts.get("dtype"))
+    if opts.get("model_config"):
+        return init_model(ModelConfig.from_dict(opts["model_config"], source="model_config"), seed=opts.get("seed", 0))
+    raise ValueError("no model: pass --model DIR (a Hugging Face or ttcjax checkpoint) or model_config in --config.")
+
+
+def _read_prompts(opts: dict[str, Any]) -> list[str]:
+    prompts = list(opts.get("prompts") or [])
+    path = opts.get("prompts_file")
+    if path:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"{path}: prompts file not found.")
+        with open(path) as f:
+            for line_no, line in enumerate(f, 1):
+                if not line.strip():
+                    continue
+                if path.endswith(".jsonl"):
+                    try:
+                        prompts.append(json.loads(line)["prompt"])
+                    except (json.JSONDecodeError, KeyError, TypeError):
+                        raise ValueError(f"{path}:{line_no}: each JSONL line needs a \"prompt\" string.") from None
+                else:
+                    prompts.append(line.rstrip("\n").replace("\\n", "\n"))
+    if not prompts:
+        raise ValueError("no prompts: pass --prompt TEXT (repeatable) or --prompts-file FILE (.txt or .jsonl).")
+    return prompts
+
+
+def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
+    """Generate completions for every prompt; returns one record per completion."""
+    import jax
+    from tqdm import tqdm
+
+    from ttcjax.decode import Engine, Sampling, StopConditions
+    from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
+
+    model = _build_model(opts)
+    tok_path = opts.get("tokenizer") or opts.get("model")
+    if not tok_path:
+        raise ValueError("no tokenizer: pass --tokenizer PATH (tokenizer.json, tokenizer.model or 'char').")
+    tokenizer = load_tokenizer(tok_path)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=str(opts.get("model") or "model_config"))
+    engine = Engine(model, mesh=parse_mesh(opts.get("mesh")), pad_id=tokenizer.pad_id)
+    sampling = Sampling(temperature=float(opts["temperature"]), top_k=int(opts["top_k"]), top_p=float(opts["top_p"]))
+    stop = StopConditions(
+        eos_ids=tuple(tokenizer.eos_ids),
+        stop_sequences=tuple(tuple(tokenizer.encode_stop_sequence(s)) for s in opts.get("stop") or ()),
+    )
+    prompts = _read_prompts(opts)
+    encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in prompts]
+    batch_size = int(opts.get("batch_size") or 64)
+    key = jax.random.key(int(opts.get("seed", 0)))
+    records, generated, started = [], 0, time.perf_counter()
+    for start in tqdm(range(0, len(encoded), batch_size), desc="generating", unit="batch", file=sys.stderr,
+                      disable=len(encoded) <= batch_size):
+        batch = encoded[start : start + batch_size]
+        completions = engine.generate(batch, jax.random.fold_in(key, start), max_new_tokens=int(opts["max_new_tokens"]),
+                                      sampling=sampling, stop=stop, n=int(opts["n"]))
+        for c in completions:
+            generated += len(c.tokens)
+            records.append({
+                "prompt_index": start + c.prompt_index,
+                "prompt": prompts[start + c.prompt_index],
+                "completion": tokenizer.decode(c.tokens),
+                "num_tokens": len(c.tokens),
+                "logprob": float(sum(c.logprobs)),
+                "finish_reason": c.finish_reason,
+            })
+    elapsed = time.perf_counter() - started
+    if opts.get("output"):
+        _write_jsonl_atomic(opts["output"], records)
+    print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape compiles) "
+          f"on {engine.mesh.devices.size if engine.mesh is not None else 1} device(s)", file=sys.stderr)
+    return records
+
+
+def _write_jsonl_atomic(path: str, records: list[dict[str, Any]]) -> None:
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    tmp = f"{path}.tmp-{os.getpid()}"
+    with open(tmp, "w") as f:
+        for r in records:
+            f.write(json.dumps(r) + "\n")
+    os.replace(tmp, path)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    opts = _options(args, DEMO_DEFAULTS, GENERATE_KEYS)
+    print("ttcjax demo: sampling from a tiny random-weight Llama-family model (decoding core only;\n"
+          "the shipped tiny policies and the test-time-compute experiment replace this in later releases).\n")
+    records = run_generation(opts)
+    for r in records:
+        print(f"[{r['prompt_index']}] {r['prompt']!r} -> {r['completion']!r} ({r['num_tokens']} tokens, "
+              f"{r['finish_reason']})")
+    # a second run of the same shapes reuses the compiled programs: this is the steady-state speed
+    started = time.perf_counter()
+    again = run_generation(opts)
+    elapsed = time.perf_counter() - started
+    total = sum(r["num_tokens"] for r in again)
+    print(f"\nsteady state: {total} tokens in {elapsed * 1000:.0f} ms = {total / elapsed:.0f} tokens/s")
+    return 0
+
+
+def cmd_generate(args: argparse.Namespace) -> int:
+    defaults = {k: v for k, v in DEMO_DEFAULTS.items() if k not in ("model_config", "tokenizer", "prompts")}
+    opts = _options(args, defaults, GENERATE_KEYS)
+    records = run_generation(opts)
+    if not opts.get("output"):
+        for r in records:
+            print(json.dumps(r))
+    return 0
+
+
+def cmd_init_model(args: argparse.Namespace) -> int:
+    from ttcjax.checkpoint import save_model
+    from ttcjax.models import ModelConfig, init_model
+
+    cfg = load_yaml_config(args.config, {"model_config", "seed"})
+    config = ModelConfig.from_dict(cfg.get("model_config", {}), source=args.config)
+    model = init_model(config, seed=int(cfg.get("seed", args.seed)))
+    save_model(model, args.out, overwrite=args.overwrite)
+    print(f"wrote a random {config.num_params() / 1e6:.2f}M-parameter model to {args.out}")
+    return 0
+
+
+def cmd_convert(args: argparse.Namespace) -> int:
+    from ttcjax.checkpoint import load_any, save_model
+    from ttcjax.hf import save_hf_model
+
+    model = load_any(args.src)
+    if args.to == "hf":
+        save_hf_model(model, args.dst)
+    else:
+        save_model(model, args.dst, overwrite=args.overwrite)
+    print(f"converted {args.src} -> {args.dst} ({args.to})")
+    return 0
+
+
+def _add_generation_flags(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", help="YAML file with any of these options")
+    p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax)")
+    p.add_argument("--tokenizer", help="tokenizer.json, tokenizer.model, a directory, or 'char'")
+    p.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeatable)")
+    p.add_argument("--prompts-file", help="one prompt per line (.txt) or {\"prompt\": ...} per line (.jsonl)")
+    p.add_argument("--n", type=int, help="samples per prompt (the prompt is prefilled once, then forked)")
+    p.add_argument("--max-new-tokens", type=int)
+    p.add_argument("--temperature", type=float, help="0 is greedy")
+    p.add_argument("--top-k", type=int)
+    p.add_argument("--top-p", type=float)
+    p.add_argument("--stop", action="append", help="stop string, e.g. '\\n\\n' (repeatable)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--mesh", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
+    p.add_argument("--batch-size", type=int, help="prompts per compiled batch")
+    p.add_argument("--output", help="write completions as JSONL here (atomically)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ttcjax", description="Compute-optimal test-time scaling in JAX.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    demo = sub.add_parser("demo", help="run the built-in default end to end")
+    _add_generation_flags(demo)
+    demo.set_defaults(func=cmd_demo)
+    gen = sub.add_parser("generate", help="sample completions from a checkpoint")
+    _add_generation_flags(gen)
+    gen.set_defaults(func=cmd_generate)
+    init = sub.add_parser("init-model", help="write a random model from a YAML model config")
+    init.add_argument("--config", required=True)
+    init.add_argument("--out", required=True)
+    init.add_argument("--seed", type=int, default=0)
+    init.add_argument("--overwrite", action="store_true")
+    init.set_defaults(func=cmd_init_model)
+    conv = sub.add_parser("convert", help="convert between Hugging Face safetensors and ttcjax checkpoints")
+    conv.add_argument("src")
+    conv.add_argument("dst")
+    conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
+    conv.add_argument("--overwrite", action="store_true")
+    conv.set_defaults(func=cmd_convert)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
+        print(f"ttcjax {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
