@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from ttcjax.cache import KVCache
-from ttcjax.decode import GREEDY, Engine, Sampling, StopConditions, bucket, sample_tokens, segment_widths
+from ttcjax.decode import GREEDY, Engine, _decode_jit, _prefill_jit, Sampling, StopConditions, bucket, sample_tokens, segment_widths
 from ttcjax.models import ModelConfig, forward, init_model
 from ttcjax.sharding import make_mesh
 
@@ -238,3 +238,13 @@ def test_cache_fork_gather_resize_shapes():
     assert cache.resize(16).v[0].shape == (2, 2, 16, 16) and cache.k[0].shape == (2, 2, 16, 8)
     with pytest.raises(ValueError, match="cannot shrink"):
         cache.resize(4)
+
+
+def test_prompts_of_one_bucket_do_not_recompile(engine):
+    engine.generate([[1, 2, 3]], max_new_tokens=12)
+    compiled = (_prefill_jit._cache_size(), _decode_jit._cache_size())
+    engine.generate([[4, 5, 6, 7, 8, 9, 10, 11, 12]], max_new_tokens=12)
+    engine.generate([list(range(1, 17))], max_new_tokens=12)
+    assert (_prefill_jit._cache_size(), _decode_jit._cache_size()) == compiled
+    engine.generate([list(range(1, 18))], max_new_tokens=12)  # the next bucket compiles once more
+    assert _prefill_jit._cache_size() == compiled[0] + 1

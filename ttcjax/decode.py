@@ -342,7 +342,8 @@ class Engine:
             raise ValueError("every prompt needs at least one token (add a BOS token to empty prompts).")
         width = bucket(int(lengths.max()))
         if max_len is None:
-            max_len = -(-(int(lengths.max()) + max_new_tokens) // 64) * 64
+            # from the bucketed width, so that prompts of one bucket share compiled programs
+            max_len = -(-(width + max_new_tokens) // 64) * 64
         tokens = np.full((len(prompts), width), self.pad_id, np.int32)
         for i, p in enumerate(prompts):
             tokens[i, : len(p)] = p
