@@ -248,3 +248,17 @@ def test_prompts_of_one_bucket_do_not_recompile(engine):
     assert (_prefill_jit._cache_size(), _decode_jit._cache_size()) == compiled
     engine.generate([list(range(1, 18))], max_new_tokens=12)  # the next bucket compiles once more
     assert _prefill_jit._cache_size() == compiled[0] + 1
+
+
+def test_bfloat16_compute_tracks_float32(model):
+    """Compute dtype bfloat16 (cache too) decodes and stays close to float32 logits."""
+    bf16 = init_model(CFG.replace(dtype="bfloat16"), seed=1)
+    assert bf16.embedding[...].dtype == jnp.float32  # parameters stay float32 unless param_dtype says otherwise
+    tokens, lengths = _pad(PROMPTS)
+    state32 = Engine(model).prefill(tokens, lengths, max_len=64)
+    state16 = Engine(bf16).prefill(tokens, lengths, max_len=64)
+    assert state16.cache.k[0].dtype == jnp.bfloat16
+    scale = float(jnp.abs(state32.logits).max())
+    assert float(jnp.abs(state16.logits - state32.logits).max()) < 0.05 * scale
+    gen, _ = Engine(bf16).decode(state16, jax.random.key(0), max_new_tokens=8)
+    assert gen.lengths.tolist() == [8] * len(PROMPTS)

@@ -93,7 +93,10 @@ def _build_model(opts: dict[str, Any]):
     if opts.get("model"):
         return load_any(opts["model"], dtype=opts.get("dtype"))
     if opts.get("model_config"):
-        return init_model(ModelConfig.from_dict(opts["model_config"], source="model_config"), seed=opts.get("seed", 0))
+        config = ModelConfig.from_dict(opts["model_config"], source="model_config")
+        if opts.get("dtype"):
+            config = config.replace(dtype=opts["dtype"])
+        return init_model(config, seed=opts.get("seed", 0))
     raise ValueError("no model: pass --model DIR (a Hugging Face or ttcjax checkpoint) or model_config in --config.")
 
 

@@ -219,7 +219,11 @@ def _attend(q, keys, values, q_slots, window, key_mask) -> jax.Array:
         probs = jax.nn.softmax(scores, axis=-1)
         out = jnp.sum(probs[..., None] * values[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, Dh]
         return out.reshape(b, 1, h, dh).astype(q.dtype)
-    scores = jnp.einsum("BTKGd,BKdS->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+    if jax.default_backend() == "cpu":
+        # XLA:CPU has no bf16 x bf16 -> f32 dot; accelerators accumulate in f32 natively
+        scores = jnp.einsum("BTKGd,BKdS->BKGTS", q.astype(jnp.float32), keys.astype(jnp.float32))
+    else:
+        scores = jnp.einsum("BTKGd,BKdS->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = jnp.where(allowed[:, None, None], scores * dh**-0.5, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     out = jnp.einsum("BKGTS,BKSd->BTKGd", probs, values)
