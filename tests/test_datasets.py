@@ -156,13 +156,24 @@ def test_record_hashable_readonly_picklable():
     assert r2 == r and dict(r2.metadata) == {"level": 1}
 
 
-def test_parquet_without_pyarrow(tmp_path):
-    try:
-        import pyarrow  # noqa: F401
-    except ImportError:
-        f = tmp_path / "test.parquet"
-        f.write_bytes(b"PAR1")
-        with pytest.raises(ImportError, match="pip install pyarrow"):
-            load_dataset("gsm8k", f)
-    else:
-        pytest.skip("pyarrow installed")
+def test_parquet_reads_gsm8k_and_says_how_to_get_pyarrow(tmp_path, monkeypatch):
+    import builtins
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    f = tmp_path / "test.parquet"
+    pq.write_table(pa.table({"question": ["How many?"], "answer": ["Half of 48 is <<48/2=24>>24.\n#### 1,234"]}), f)
+    (record,) = load_dataset("gsm8k", f)
+    assert record.question == "How many?" and record.answer == "1234" and "<<" not in record.solution
+
+    real_import = builtins.__import__
+
+    def no_pyarrow(name, *args, **kwargs):
+        if name.startswith("pyarrow"):
+            raise ImportError("No module named 'pyarrow'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_pyarrow)
+    with pytest.raises(ImportError, match="pip install pyarrow"):
+        load_dataset("gsm8k", f)
