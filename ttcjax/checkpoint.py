@@ -16,9 +16,10 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from ttcjax.hf import abstract_model, load_hf_model, model_from_params
+from ttcjax.hf import load_hf_model, model_from_params
+from ttcjax.io import atomic_path
 from ttcjax.models.config import ModelConfig
-from ttcjax.models.llama import Transformer
+from ttcjax.models.llama import Transformer, abstract_model
 
 CONFIG_FILE = "ttcjax_config.json"
 PARAMS_DIR = "params"
@@ -51,14 +52,8 @@ def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: b
         os.remove(config_path)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(params_path, _params_tree(model), force=overwrite)
-    tmp = f"{config_path}.tmp-{os.getpid()}"
-    try:
-        with open(tmp, "w") as f:
-            json.dump(model.config.to_dict(), f, indent=2)
-        os.replace(tmp, config_path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
+        json.dump(model.config.to_dict(), f, indent=2)
 
 
 def _check_saved_shapes(params_path: str, config_path: str, expected: dict[tuple[str, ...], tuple[int, ...]],

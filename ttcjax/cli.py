@@ -12,7 +12,6 @@ command line win over the file.
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -128,6 +127,7 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     from tqdm import tqdm
 
     from ttcjax.decode import Engine, Sampling, StopConditions
+    from ttcjax.io import write_jsonl
     from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
 
     model = _build_model(opts)
@@ -164,19 +164,10 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
             })
     elapsed = time.perf_counter() - started
     if opts.get("output"):
-        _write_jsonl_atomic(opts["output"], records)
+        write_jsonl(opts["output"], records)
     print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape compiles) "
           f"on {engine.mesh.devices.size if engine.mesh is not None else 1} device(s)", file=sys.stderr)
     return records
-
-
-def _write_jsonl_atomic(path: str, records: list[dict[str, Any]]) -> None:
-    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = f"{path}.tmp-{os.getpid()}"
-    with open(tmp, "w") as f:
-        for r in records:
-            f.write(json.dumps(r) + "\n")
-    os.replace(tmp, path)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:

@@ -26,7 +26,8 @@ from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from ttcjax.models.config import ModelConfig
-from ttcjax.models.llama import Transformer
+from ttcjax.io import atomic_path
+from ttcjax.models.llama import Transformer, abstract_model
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -108,11 +109,6 @@ def _to_ours(entry: TensorEntry, hf: np.ndarray, shape: tuple[int, ...]) -> np.n
 
 def _to_hf(entry: TensorEntry, ours: np.ndarray, hf_shape: tuple[int, ...]) -> np.ndarray:
     return ours.reshape(hf_shape[::-1]).T if entry.transpose else ours.reshape(hf_shape)
-
-
-def abstract_model(config: ModelConfig) -> Transformer:
-    """The model with ShapeDtypeStruct parameters: structure and shapes, no memory, no random init."""
-    return nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0)))
 
 
 def model_from_params(config: ModelConfig, flat: dict[tuple, Any]) -> Transformer:
@@ -301,16 +297,6 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def _write_atomic(path: str, write: Callable[[str], None]) -> None:
-    tmp = f"{path}.tmp-{os.getpid()}"
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
 def save_hf_model(model: Transformer, path: str | os.PathLike) -> None:
     """Write `config.json` and `model.safetensors` that transformers' `from_pretrained` loads as `model`.
 
@@ -329,10 +315,7 @@ def save_hf_model(model: Transformer, path: str | os.PathLike) -> None:
         tensors[name] = np.ascontiguousarray(_to_hf(entry, array, entry.hf_shape(config)))
     os.makedirs(path, exist_ok=True)
     # transformers refuses safetensors files whose metadata lacks a known "format"
-    _write_atomic(os.path.join(path, SAFETENSORS_FILE), lambda p: save_file(tensors, p, metadata={"format": "pt"}))
-
-    def write_json(p: str):
-        with open(p, "w") as f:
-            json.dump(hf_config, f, indent=2)
-
-    _write_atomic(os.path.join(path, "config.json"), write_json)
+    with atomic_path(os.path.join(path, SAFETENSORS_FILE)) as tmp:
+        save_file(tensors, tmp, metadata={"format": "pt"})
+    with atomic_path(os.path.join(path, "config.json")) as tmp, open(tmp, "w") as f:
+        json.dump(hf_config, f, indent=2)

@@ -334,12 +334,17 @@ class Transformer(nnx.Module):
         return logits, cache, (tuple(hidden) if return_hidden else None)
 
 
+def abstract_model(config: ModelConfig) -> Transformer:
+    """The model with ShapeDtypeStruct parameters: structure and shapes, no memory, no random init."""
+    return nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0)))
+
+
 def init_model(config: ModelConfig, seed: int = 0, std: float = 0.02) -> Transformer:
     """A randomly initialised model, deterministic in `seed`: weights normal(0, std), norms 1, biases 0.
 
     Drawn with NumPy on the host: XLA's CPU compiler takes seconds for a program of many random draws.
     """
-    graphdef, state = nnx.split(nnx.eval_shape(lambda: Transformer(config, nnx.Rngs(0))))
+    graphdef, state = nnx.split(abstract_model(config))
     rng = np.random.default_rng(seed)
     dtype = config.jnp_param_dtype
 

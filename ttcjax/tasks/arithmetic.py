@@ -29,12 +29,13 @@ import dataclasses
 import hashlib
 import itertools
 import json
-import os
 import re
 from functools import lru_cache
 from pathlib import Path
 
 import numpy as np
+
+from ttcjax.io import write_jsonl
 
 __all__ = ["STEP_DELIMITER", "EXAMPLE_END", "ANSWER_PREFIX", "SPLITS", "Problem", "TaskConfig",
            "StepVerdict", "parse_problem", "split_of", "generate", "format_prompt",
@@ -320,14 +321,9 @@ def to_jsonl(problems: list[Problem], path: str | Path) -> Path:
     """Write one JSON record per line {id, question, answer, solution, difficulty, split},
     atomically (temporary file then os.replace). Returns the path."""
     path = Path(path)
-    tmp = path.with_name(f".{path.name}.tmp.{os.getpid()}")
-    with open(tmp, "w", encoding="utf-8") as f:
-        for p in problems:
-            rec = {"id": p.id, "question": format_prompt(p).rstrip(STEP_DELIMITER),
-                   "answer": p.answer, "solution": format_solution(p),
-                   "difficulty": p.difficulty, "split": p.split}
-            f.write(json.dumps(rec) + "\n")
-    os.replace(tmp, path)
+    write_jsonl(path, ({"id": p.id, "question": format_prompt(p).rstrip(STEP_DELIMITER), "answer": p.answer,
+                        "solution": format_solution(p), "difficulty": p.difficulty, "split": p.split}
+                       for p in problems))
     return path
 
 
