@@ -222,6 +222,11 @@ def load_dataset(name: str, path: str | Path | None = None, split: str = "test",
 
     For "arithmetic", ``path`` is optional: a :func:`arithmetic.to_jsonl` file if given, else
     ``limit`` (default 100) problems generated with seed 0.
+
+    For "math", "math500" and "gsm8k", ``path`` may also be a tensorflow-datasets ``data_dir``
+    built by :func:`ttcjax.tfds_builders.build_real` (recognised by its ``ttcjax_<name>``
+    subdirectory); the records are then read from that array_record build and equal those of
+    the loader over the original files.
     """
     key = name.lower().replace("-", "").replace("_", "")
     if key not in DATASETS:
@@ -237,6 +242,10 @@ def load_dataset(name: str, path: str | Path | None = None, split: str = "test",
         records = [_arith_record(p) for p in arithmetic.from_jsonl(path)]
     elif path is None:
         raise _missing(key, None, "")
+    elif (Path(path) / f"ttcjax_{key}").is_dir():  # a tfds build (imports tfds only here)
+        from ttcjax.tfds_builders import load_real
+
+        records = load_real(key, path, "test" if key == "math500" else split)
     elif key == "math":
         records = load_math(path, split)
     elif key == "math500":
