@@ -4,6 +4,8 @@
     ttcjax generate --model DIR --prompt "Q: 3+4=" --n 4 --temperature 0.8
     ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
     ttcjax convert SRC DST --to hf|ttcjax
+    ttcjax train policy --config configs/train/policy-tiny.yaml [--out-dir DIR] [--steps N]
+    ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
 
 Every option of `demo` and `generate` can also come from a YAML file (`--config`); flags given on the
 command line win over the file.
@@ -12,6 +14,7 @@ command line win over the file.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import sys
@@ -222,6 +225,50 @@ def cmd_convert(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace) -> int:
+    from ttcjax.policy import PolicyTrainConfig, train_policy
+
+    data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(PolicyTrainConfig)})
+    if args.out_dir:
+        data["out_dir"] = args.out_dir
+    if args.steps:
+        data["steps"] = args.steps
+    config = PolicyTrainConfig.from_dict(data, source=args.config)
+    command = " ".join(["ttcjax"] + list(sys.argv[1:] if args.argv is None else args.argv))
+    summary = train_policy(config, command=command, progress=not args.no_progress)
+    print(json.dumps({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
+                                               "validation")}, indent=2))
+    if summary["finished"]:
+        print(f"model written to {os.path.join(config.out_dir, 'model')}", file=sys.stderr)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from ttcjax.checkpoint import load_any
+    from ttcjax.io import atomic_path
+    from ttcjax.policy import evaluate_policy
+    from ttcjax.tasks import arithmetic
+    from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
+
+    model = load_any(args.model)
+    tokenizer = load_tokenizer(args.tokenizer or args.model)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
+    task = arithmetic.TaskConfig()
+    problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
+                                   split=args.split)
+    started = time.perf_counter()
+    result = evaluate_policy(model, tokenizer, problems, samples=args.samples, temperature=args.temperature,
+                             seed=args.seed, mesh=parse_mesh(args.mesh))
+    result["split"], result["seed"] = args.split, args.seed
+    result["wall_seconds"] = time.perf_counter() - started
+    text = json.dumps(result, indent=2)
+    if args.output:
+        with atomic_path(args.output) as tmp, open(tmp, "w") as f:
+            f.write(text + "\n")
+    print(text)
+    return 0
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with any of these options")
     p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax)")
@@ -262,11 +309,31 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
+    train = sub.add_parser("train", help="train a model (policy: supervised fine-tuning on the built-in task)")
+    train.add_argument("what", choices=["policy"])
+    train.add_argument("--config", required=True, help="YAML training config (see configs/train/)")
+    train.add_argument("--out-dir", help="override the config's out_dir")
+    train.add_argument("--steps", type=int, help="override the config's steps")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.set_defaults(func=cmd_train)
+    ev = sub.add_parser("eval", help="evaluate a policy on the built-in task: greedy accuracy and pass@k")
+    ev.add_argument("what", choices=["policy"])
+    ev.add_argument("--model", required=True)
+    ev.add_argument("--tokenizer", help="defaults to the tokenizer saved beside the model")
+    ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    ev.add_argument("--per-difficulty", type=int, default=100, help="problems per difficulty level")
+    ev.add_argument("--samples", type=int, default=16, help="samples per problem for pass@k (0: greedy only)")
+    ev.add_argument("--temperature", type=float, default=0.8)
+    ev.add_argument("--seed", type=int, default=0)
+    ev.add_argument("--mesh", default="auto")
+    ev.add_argument("--output", help="write the result JSON here (atomically)")
+    ev.set_defaults(func=cmd_eval)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    args.argv = None if argv is None else list(argv)
     try:
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:

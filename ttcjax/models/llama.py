@@ -38,6 +38,13 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "b_up": ("mlp",),
     "b_down": ("embed",),
     "scale": ("embed",),
+    # reward-model heads (ttcjax.prm)
+    "v_w": ("embed",),
+    "v_b": (),
+    "c_w1": ("embed", None),
+    "c_b1": (None,),
+    "c_w2": ("embed", None),
+    "c_b2": (None,),
 }
 
 _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
@@ -150,6 +157,7 @@ class Attention(nnx.Module):
         write_slots: jax.Array | None,  # [B, T] cache slot of each new token
         attn_len: int | None,
         key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
+        segment_ids: jax.Array | None = None,  # [B, T] (no cache) packed sequences: attend within a segment
     ):
         cfg, dt = self.config, x.dtype
         q = jnp.einsum("BTD,DHd->BTHd", x, self.wq[...].astype(dt))
@@ -174,7 +182,8 @@ class Attention(nnx.Module):
             keys, values = cache_k[..., :width], cache_v[:, :, :width]
             q_slots = write_slots
 
-        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None)
+        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None,
+                      segment_ids if kv is None else None)
         out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)
@@ -195,10 +204,11 @@ def _write(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -
     return cache.at[index].set(update, mode="drop")
 
 
-def _attend(q, keys, values, q_slots, window, key_mask) -> jax.Array:
+def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None) -> jax.Array:
     """Grouped-query attention. q [B, T, H, Dh]; keys [B, K, Dh, S]; values [B, K, S, Dh]; q_slots [B, T].
 
-    Query t of row b sees key slot s iff s <= q_slots[b, t] (and within the sliding window).
+    Query t of row b sees key slot s iff s <= q_slots[b, t] (and within the sliding window, and, without a
+    cache, s is a real token of the same packed segment: key_mask [B, S], segment_ids [B, S] with S == T).
     Returns [B, T, H, Dh].
     """
     b, t, h, dh = q.shape
@@ -210,6 +220,8 @@ def _attend(q, keys, values, q_slots, window, key_mask) -> jax.Array:
         allowed &= q_slots[:, :, None] - key_slots[None, None, :] < window
     if key_mask is not None:
         allowed &= key_mask[:, None, :].astype(bool)
+    if segment_ids is not None:
+        allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
     if t == 1:
         # One query per row (decoding) is memory-bound: multiply-and-sum over a non-minor axis streams the
         # cache once and fuses the window slice, where a batched matmul with 1-row operands does not.
@@ -260,8 +272,9 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask):
-        attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask)
+    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None):
+        attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask,
+                                 segment_ids)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -275,7 +288,7 @@ class Transformer(nnx.Module):
         self.embedding = _normal(rngs, (config.vocab_size, config.hidden_size), pd)
         self.layers = nnx.List([Block(config, i, rngs) for i in range(config.num_layers)])
         self.final_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
-        if not config.tie_word_embeddings:
+        if config.has_lm_head and not config.tie_word_embeddings:
             self.lm_head = _normal(rngs, (config.hidden_size, config.vocab_size), pd)
 
     def __call__(
@@ -286,15 +299,19 @@ class Transformer(nnx.Module):
         *,
         attn_len: int | None = None,
         key_mask: jax.Array | None = None,
+        segment_ids: jax.Array | None = None,
         logits_at: jax.Array | None = None,
         return_hidden: bool = False,
+        return_logits: bool = True,
     ):
         """Run the model on `tokens`.
 
         With a cache, the new tokens of row b go to slots `cache.lengths[b] + arange(T)` and the returned
         cache has `lengths + T`. `attn_len` (static) limits attention to the first `attn_len` cache slots,
         which must hold every filled slot. `logits_at` [B] picks one position per row and returns logits
-        [B, V] instead of [B, T, V]. Returns (logits, cache, hidden) where hidden, if asked for, is the
+        [B, V] instead of [B, T, V]. `segment_ids` [B, T] (training on packed sequences, no cache) keeps
+        attention inside each segment; pass per-segment `positions` with it. `return_logits=False` skips
+        the vocabulary projection (logits None), for heads that read the hidden states. Returns (logits, cache, hidden) where hidden, if asked for, is the
         tuple of inputs to each layer followed by the final normalised hidden state, as Hugging Face's
         `output_hidden_states`.
         """
@@ -315,13 +332,20 @@ class Transformer(nnx.Module):
             if return_hidden:
                 hidden.append(x)
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask)
+            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         x = self.final_norm(x)
         if return_hidden:
             hidden.append(x)
+        if cache is not None:
+            cache = KVCache(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
+        if not return_logits:
+            return None, cache, (tuple(hidden) if return_hidden else None)
+        if not cfg.has_lm_head:
+            raise ValueError("this model has no lm_head (config.has_lm_head=False: a reward model's backbone); "
+                             "call it with return_logits=False and read the hidden states.")
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [B, D]
         if cfg.tie_word_embeddings:
@@ -329,8 +353,6 @@ class Transformer(nnx.Module):
         else:
             logits = jnp.einsum("...D,DV->...V", x, self.lm_head[...].astype(dt))
         logits = logits.astype(jnp.float32)
-        if cache is not None:
-            cache = KVCache(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
         return logits, cache, (tuple(hidden) if return_hidden else None)
 
 

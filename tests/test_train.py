@@ -1,0 +1,166 @@
+"""Policy fine-tuning: packing, the loss mask, the schedule, a run whose loss falls, resume, data parallel."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ttcjax.checkpoint import load_model
+from ttcjax.cli import main
+from ttcjax.models import ModelConfig, forward, init_model
+from ttcjax.policy import PolicyTrainConfig, encode_example, pass_at_k, train_policy
+from ttcjax.tasks import arithmetic
+from ttcjax.tokenizer import CharTokenizer
+from ttcjax.train import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
+
+TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+            max_position_embeddings=128)
+
+
+def tiny_config(out_dir, **overrides):
+    base = dict(out_dir=str(out_dir), model_config=TINY, task={"difficulties": [2, 3]}, num_train=240, seq_len=96,
+                batch_size=8, steps=12, lr=1e-2, warmup_steps=3, log_every=2, checkpoint_every=4, eval_problems=0,
+                mesh="none")
+    base.update(overrides)
+    return PolicyTrainConfig(**base)
+
+
+def test_pack_examples_masks_exactly_the_solutions():
+    examples = [([1, 10, 11], [20, 21, 2]), ([1, 12], [22, 2]), ([1, 13, 14, 15], [23, 24, 25, 26, 2])]
+    packed = pack_examples(examples, seq_len=8)
+    # example 0 uses 5 inputs, example 1 uses 3: they share row 0; example 2 (8 inputs) fills row 1
+    assert len(packed) == 2
+    np.testing.assert_array_equal(packed.segment_ids[0], [1, 1, 1, 1, 1, 2, 2, 2])
+    np.testing.assert_array_equal(packed.positions[0], [0, 1, 2, 3, 4, 0, 1, 2])
+    np.testing.assert_array_equal(packed.tokens[0], [1, 10, 11, 20, 21, 1, 12, 22])
+    np.testing.assert_array_equal(packed.targets[0], [10, 11, 20, 21, 2, 12, 22, 2])
+    # the loss sees the targets that are solution tokens: 20 21 2 | 22 2 | 23 24 25 26 2
+    targets = packed.targets[packed.loss_mask == 1]
+    np.testing.assert_array_equal(targets, [20, 21, 2, 22, 2, 23, 24, 25, 26, 2])
+    with pytest.raises(ValueError, match="seq_len"):
+        pack_examples([([1] * 6, [2] * 6)], seq_len=8)
+
+
+def test_packed_forward_equals_each_example_alone():
+    config = ModelConfig(**TINY)
+    model = init_model(config, seed=3)
+    tok = CharTokenizer()
+    problems = arithmetic.generate(arithmetic.TaskConfig(difficulties=(2, 4)), 6, seed=1)
+    examples = [encode_example(tok, p) for p in problems]
+    packed = pack_examples(examples, seq_len=128)
+    assert len(packed) < len(examples)  # several examples share a row
+    logits, _, _ = model(jnp.asarray(packed.tokens), positions=jnp.asarray(packed.positions),
+                         segment_ids=jnp.asarray(packed.segment_ids))
+    segments = {(r, s): packed.tokens[r][packed.segment_ids[r] == s].tolist()
+                for r in range(len(packed)) for s in set(packed.segment_ids[r].tolist()) - {0}}
+    assert len(segments) == len(examples)
+    for prompt, solution in examples:
+        ids = prompt + solution[:-1]
+        (row, seg), = [k for k, v in segments.items() if v == ids]
+        alone = forward(model, jnp.asarray(ids)[None])[0]
+        where = packed.segment_ids[row] == seg
+        np.testing.assert_allclose(np.asarray(logits[row][where]), np.asarray(alone), atol=2e-5)
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    optim = OptimConfig(steps=100, lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
+    schedule = optim.schedule()
+    assert float(schedule(0)) == 0.0
+    assert float(schedule(10)) == pytest.approx(1e-3)
+    assert float(schedule(5)) == pytest.approx(5e-4)
+    assert float(schedule(100)) == pytest.approx(1e-4)
+    values = [float(schedule(s)) for s in range(10, 101)]
+    assert all(a >= b for a, b in zip(values, values[1:]))
+    with pytest.raises(ValueError, match="warmup_steps"):
+        OptimConfig(steps=10, warmup_steps=11)
+
+
+def test_epoch_batches_cover_every_row_once_per_epoch():
+    rows_of = epoch_batches(10, 3, seed=0)
+    epoch = np.concatenate([rows_of(s) for s in range(3)])
+    assert len(set(epoch.tolist())) == 9
+    assert not np.array_equal(rows_of(0), rows_of(3))  # a new permutation next epoch
+    np.testing.assert_array_equal(rows_of(4), epoch_batches(10, 3, seed=0)(4))  # a pure function of the step
+    with pytest.raises(ValueError, match="batch_size"):
+        epoch_batches(2, 3, seed=0)
+
+
+def test_pass_at_k():
+    assert pass_at_k(16, 0, 16) == 0.0
+    assert pass_at_k(16, 1, 16) == 1.0
+    assert pass_at_k(16, 4, 1) == pytest.approx(0.25)
+    assert pass_at_k(4, 2, 2) == pytest.approx(1 - 1 / 6)
+
+
+def _params(model):
+    return jax.tree.leaves(nnx.state(model, nnx.Param))
+
+
+def _metrics(out_dir):
+    with open(os.path.join(out_dir, METRICS_FILE)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_training_lowers_the_loss(tmp_path):
+    summary = train_policy(tiny_config(tmp_path / "run", steps=30, lr=3e-2, warmup_steps=5), progress=False)
+    losses = [m["loss"] for m in _metrics(tmp_path / "run") if "loss" in m]
+    assert len(losses) == 15
+    assert losses[-1] < 0.6 * losses[0], losses
+    assert summary["finished"] and summary["step"] == 30
+    model = load_model(tmp_path / "run" / "model")
+    assert os.path.exists(tmp_path / "run" / "model" / "ttcjax_tokenizer.json")
+    assert model.config.num_params() == summary["model"]["params"]
+
+
+def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
+    straight = train_policy(tiny_config(tmp_path / "straight"), progress=False)
+    first = train_policy(tiny_config(tmp_path / "resumed"), stop_after=6, progress=False)
+    assert not first["finished"] and first["step"] == 6
+    assert not os.path.exists(tmp_path / "resumed" / "model")
+    # the interruption cut a metrics line in half; the resumed run must cope and count nothing twice
+    with open(tmp_path / "resumed" / METRICS_FILE, "a") as f:
+        f.write('{"step": 7, "lo')
+    second = train_policy(tiny_config(tmp_path / "resumed"), progress=False)
+    assert second["resumed_from"] == 6 and second["finished"]
+    a, b = load_model(tmp_path / "straight" / "model"), load_model(tmp_path / "resumed" / "model")
+    for x, y in zip(_params(a), _params(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
+    steps = [m["step"] for m in _metrics(tmp_path / "resumed") if "loss" in m]
+    assert steps == list(range(2, 13, 2))
+    assert straight["last_train_metrics"]["loss"] == pytest.approx(second["last_train_metrics"]["loss"], rel=1e-5)
+
+
+def test_data_parallel_training_equals_one_device(tmp_path):
+    assert jax.device_count() == 8
+    one = train_policy(tiny_config(tmp_path / "one", steps=4), progress=False)
+    eight = train_policy(tiny_config(tmp_path / "eight", steps=4, mesh="4,2"), progress=False)
+    a, b = load_model(tmp_path / "one" / "model"), load_model(tmp_path / "eight" / "model")
+    for x, y in zip(_params(a), _params(b)):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-4, atol=1e-5)
+    assert one["last_train_metrics"]["loss"] == pytest.approx(eight["last_train_metrics"]["loss"], rel=1e-5)
+
+
+def test_cli_train_policy(tmp_path, capsys):
+    cfg = tmp_path / "policy.yaml"
+    cfg.write_text(
+        "model_config: {vocab_size: 101, hidden_size: 32, intermediate_size: 64, num_layers: 1, num_heads: 2,\n"
+        "               num_kv_heads: 1, max_position_embeddings: 128}\n"
+        "task: {difficulties: [2]}\nnum_train: 64\nseq_len: 64\nbatch_size: 4\nsteps: 2\nwarmup_steps: 1\n"
+        "eval_problems: 2\nmesh: none\nout_dir: ignored\n")
+    out = tmp_path / "run"
+    assert main(["train", "policy", "--config", str(cfg), "--out-dir", str(out), "--no-progress"]) == 0
+    summary = json.loads((out / "train_summary.json").read_text())
+    assert summary["command"].startswith("ttcjax train policy --config")
+    assert set(summary["validation"]["by_difficulty"]) == {"2"}
+    assert main(["eval", "policy", "--model", str(out / "model"), "--per-difficulty", "2", "--samples", "2",
+                 "--split", "validation", "--output", str(tmp_path / "eval.json")]) == 0
+    result = json.loads((tmp_path / "eval.json").read_text())
+    assert result["all"]["problems"] == 8 and "pass@2" in result["all"]
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("out_dir: x\nmodel_config: {}\nlearning_rate: 1\n")
+    assert main(["train", "policy", "--config", str(bad)]) == 2
+    assert "learning_rate" in capsys.readouterr().err

@@ -1,0 +1,257 @@
+"""The policy on the built-in task: supervised fine-tuning (`ttcjax train policy`) and its evaluation
+(greedy accuracy and pass@k per difficulty).
+
+A training example is `[BOS] "Q: 7*3-4+8=\\n"` (the prompt) followed by the reference solution,
+`"7*3=21\\n21-4=17\\n17+8=25\\nThe answer is 25\\n\\n" [EOS]`; the loss covers the solution only.
+Generation stops at EOS or at the blank line that ends an example.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from ttcjax.decode import GREEDY, Engine, Sampling, StopConditions
+from ttcjax.io import atomic_path
+from ttcjax.models import ModelConfig, Transformer, init_model
+from ttcjax.tasks import arithmetic
+from ttcjax.tasks.arithmetic import Problem, TaskConfig
+from ttcjax.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
+from ttcjax.train import (MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples,
+                          train_loop)
+
+MAX_NEW_TOKENS = 96  # the longest reference solution at 5 operations on 1..9 operands is ~80 characters
+TOKENIZER_FILE = "ttcjax_tokenizer.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class PolicyTrainConfig:
+    """Everything `ttcjax train policy --config FILE` reads (each field is a YAML key)."""
+
+    out_dir: str
+    model_config: dict | None = None  # a fresh model of this shape ...
+    init_from: str | None = None  # ... or continue from a checkpoint directory
+    tokenizer: str = "char"
+    task: dict = dataclasses.field(default_factory=dict)  # TaskConfig fields
+    num_train: int = 20000  # training problems (split "train")
+    seq_len: int = 256  # packed row length
+    batch_size: int = 32  # packed rows per step (global; split over the mesh's data axis)
+    steps: int = 500
+    lr: float = 3e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 100
+    keep_checkpoints: int = 2
+    eval_every: int = 0  # 0: evaluate at the end only
+    eval_problems: int = 50  # validation problems per difficulty for the greedy accuracy logged in training
+    mesh: str = "auto"
+
+    def __post_init__(self):
+        if (self.model_config is None) == (self.init_from is None):
+            raise ValueError("set exactly one of model_config (train a fresh model) and init_from (a checkpoint).")
+        if self.batch_size < 1 or self.seq_len < 8 or self.num_train < 1:
+            raise ValueError(f"need batch_size >= 1, seq_len >= 8, num_train >= 1; got {self.batch_size}, "
+                             f"{self.seq_len}, {self.num_train}.")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PolicyTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
+        if "out_dir" not in data:
+            raise ValueError(f"{source}: out_dir is required (where checkpoints, metrics and the model go).")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @property
+    def task_config(self) -> TaskConfig:
+        return TaskConfig(**self.task)
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
+                           min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, b1=self.b1,
+                           b2=self.b2, clip_norm=self.clip_norm)
+
+
+# ---- prompts, examples, stopping -------------------------------------------------------------------------
+
+
+def encode_prompt(tokenizer: Tokenizer, problem: Problem) -> list[int]:
+    return tokenizer.encode(arithmetic.format_prompt(problem), add_bos=tokenizer.bos_id is not None)
+
+
+def encode_example(tokenizer: Tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
+    """(prompt ids, solution ids): the solution ends with the blank line and EOS."""
+    solution = tokenizer.encode(arithmetic.format_solution(problem) + arithmetic.EXAMPLE_END)
+    if tokenizer.eos_id is not None:
+        solution.append(tokenizer.eos_id)
+    return encode_prompt(tokenizer, problem), solution
+
+
+def stop_conditions(tokenizer: Tokenizer) -> StopConditions:
+    return StopConditions(eos_ids=tuple(tokenizer.eos_ids),
+                          stop_sequences=(tuple(tokenizer.encode_stop_sequence(arithmetic.EXAMPLE_END)),))
+
+
+# ---- evaluation ---------------------------------------------------------------------------------------
+
+
+def sample_solutions(engine: Engine, tokenizer: Tokenizer, problems: Sequence[Problem], *, n: int,
+                     sampling: Sampling, key: jax.Array, batch_size: int = 256,
+                     max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[str]]:
+    """`n` completions per problem (decoded text), problem-major. `batch_size` bounds rows per call."""
+    per_call = max(1, batch_size // n)
+    out: list[list[str]] = []
+    stop = stop_conditions(tokenizer)
+    for start in range(0, len(problems), per_call):
+        chunk = problems[start:start + per_call]
+        prompts = [encode_prompt(tokenizer, p) for p in chunk]
+        completions = engine.generate(prompts, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
+                                      sampling=sampling, stop=stop, n=n)
+        texts = [tokenizer.decode(c.tokens) for c in completions]
+        out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+    return out
+
+
+def pass_at_k(n: int, c: int, k: int) -> float:
+    """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
+    if n - c < k:
+        return 1.0
+    return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
+
+
+def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Problem], *, samples: int = 0,
+                    temperature: float = 0.8, seed: int = 0, mesh=None, batch_size: int = 256) -> dict[str, Any]:
+    """Greedy accuracy per difficulty and overall; with `samples` > 0 also pass@1 and pass@samples at
+    `temperature` (unbiased estimates from the same samples). Keys of "by_difficulty" are strings."""
+    engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
+    key = jax.random.key(seed)
+    greedy = sample_solutions(engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size)
+    greedy_ok = np.array([arithmetic.is_correct_answer(p, g[0]) for p, g in zip(problems, greedy)])
+    counts = None
+    if samples:
+        sampled = sample_solutions(engine, tokenizer, problems, n=samples, sampling=Sampling(temperature=temperature),
+                                   key=jax.random.fold_in(key, 1), batch_size=batch_size)
+        counts = np.array([sum(arithmetic.is_correct_answer(p, s) for s in ss) for p, ss in zip(problems, sampled)])
+    difficulties = np.array([p.difficulty for p in problems])
+
+    def summary(mask):
+        out = {"problems": int(mask.sum()), "greedy": float(greedy_ok[mask].mean())}
+        if counts is not None:
+            out["pass@1"] = float(np.mean([pass_at_k(samples, c, 1) for c in counts[mask]]))
+            out[f"pass@{samples}"] = float(np.mean([pass_at_k(samples, c, samples) for c in counts[mask]]))
+        return out
+
+    result = {"all": summary(np.ones(len(problems), bool)),
+              "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()))}}
+    if counts is not None:
+        result["temperature"] = temperature
+        result["samples"] = samples
+    return result
+
+
+# ---- training -----------------------------------------------------------------------------------------
+
+
+def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokenizer]:
+    from ttcjax.checkpoint import load_any
+
+    tokenizer = load_tokenizer(config.tokenizer)
+    if config.init_from:
+        model = load_any(config.init_from)
+    else:
+        model = init_model(ModelConfig.from_dict(config.model_config, source="model_config"), seed=config.seed)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=config.init_from or "model_config")
+    return model, tokenizer
+
+
+def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_after: int | None = None,
+                 progress: bool = True) -> dict[str, Any]:
+    """Fine-tune a policy on the built-in task's training split; returns (and writes) the summary.
+
+    Rerunning with the same `out_dir` resumes from the last checkpoint. The final model and its tokenizer
+    go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
+    """
+    from ttcjax.checkpoint import save_model
+    from ttcjax.cli import parse_mesh
+
+    started = time.perf_counter()
+    task = config.task_config
+    model, tokenizer = _model_and_tokenizer(config)
+    mesh = parse_mesh(config.mesh)
+    problems = arithmetic.generate(task, config.num_train, seed=config.seed, split="train")
+    packed = pack_examples([encode_example(tokenizer, p) for p in problems], config.seq_len, tokenizer.pad_id)
+    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+    eval_set = arithmetic.generate(task, config.eval_problems * len(task.difficulties), seed=config.seed,
+                                   split="validation") if config.eval_problems else []
+
+    def evaluate(model, step):
+        return evaluate_policy(model, tokenizer, eval_set, mesh=mesh) if eval_set else {}
+
+    result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                        evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after,
+                        progress=progress, desc="train policy")
+    summary: dict[str, Any] = {
+        "kind": "policy",
+        "command": command,
+        "config": dataclasses.asdict(config),
+        "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
+        "data": {"train_problems": len(problems), "packed_rows": len(packed),
+                 "solution_tokens": int(packed.loss_mask.sum()), "task": dataclasses.asdict(task)},
+        "step": result.final_step,
+        "finished": result.final_step == config.steps,
+        "resumed_from": result.resumed_from,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                   f"({jax.default_backend()}, {jax.device_count()} devices)",
+        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+        "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
+    }
+    if summary["finished"]:
+        model_dir = os.path.join(config.out_dir, MODEL_DIR)
+        save_model(result.model, model_dir, overwrite=True)
+        _save_tokenizer(tokenizer, config.tokenizer, model_dir)
+    with atomic_path(os.path.join(config.out_dir, SUMMARY_FILE)) as tmp, open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
+
+
+def _save_tokenizer(tokenizer: Tokenizer, source: str, model_dir: str) -> None:
+    """Keep the tokenizer beside the model, so `--model DIR` is enough to sample from it."""
+    import shutil
+
+    from ttcjax.tokenizer import CharTokenizer
+
+    if isinstance(tokenizer, CharTokenizer):
+        tokenizer.save(os.path.join(model_dir, TOKENIZER_FILE))
+        return
+    src = source if os.path.isfile(source) else None
+    if src is None:
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if os.path.isfile(os.path.join(source, name)):
+                src = os.path.join(source, name)
+    if src is None:
+        print(f"note: tokenizer {source} was not copied into {model_dir}; pass --tokenizer when sampling",
+              file=sys.stderr)
+        return
+    shutil.copy(src, os.path.join(model_dir, os.path.basename(src)))

@@ -1,0 +1,383 @@
+"""Training: one loop (AdamW, warmup + cosine, clipping, data parallel, orbax checkpoints, resume) and the
+policy's supervised fine-tuning on packed sequences with the loss on solutions only.
+
+The loop is generic: a task supplies a loss `loss_fn(model, batch) -> (loss_sum, weight_sum, metrics)`
+and a `batch_at(step)` that is a pure function of the step (so a resumed run sees exactly the batches
+the interrupted one would have). Its state is one pytree, `TrainState(step, params, opt_state)`,
+checkpointed whole by orbax every `checkpoint_every` steps; restarting the same command with the same
+output directory continues from the newest complete checkpoint.
+
+Output directory:
+    checkpoints/<step>/     orbax CheckpointManager (the newest `keep_checkpoints`)
+    metrics.jsonl           one JSON object per logged step (and per evaluation); on resume the lines
+                            after the restored step are dropped so nothing is counted twice
+    model/                  the final model (ttcjax.checkpoint.save_model) plus its tokenizer
+    train_summary.json      config, command, wall time, final metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import os
+import sys
+import time
+from typing import Any, Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import orbax.checkpoint as ocp
+from flax import nnx
+from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+
+from ttcjax.io import atomic_path
+from ttcjax.models.llama import Transformer, param_path
+from ttcjax.sharding import ShardingRules, batch_sharding, param_axes
+
+METRICS_FILE = "metrics.jsonl"
+SUMMARY_FILE = "train_summary.json"
+CHECKPOINT_DIR = "checkpoints"
+MODEL_DIR = "model"
+
+
+# ---- optimisation ----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warmup to `lr` and cosine decay to `lr * min_lr_ratio` at `steps`; gradients are
+    clipped to global norm `clip_norm` first. Norm scales and biases are not decayed."""
+
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 100
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0
+
+    def __post_init__(self):
+        if self.steps < 1:
+            raise ValueError(f"steps={self.steps} must be >= 1.")
+        if not 0 <= self.warmup_steps <= self.steps:
+            raise ValueError(f"warmup_steps={self.warmup_steps} must be in [0, steps={self.steps}].")
+        if self.lr <= 0 or not 0 <= self.min_lr_ratio <= 1:
+            raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1; got lr={self.lr}, "
+                             f"min_lr_ratio={self.min_lr_ratio}.")
+
+    def schedule(self) -> optax.Schedule:
+        return optax.warmup_cosine_decay_schedule(
+            init_value=0.0, peak_value=self.lr, warmup_steps=self.warmup_steps,
+            decay_steps=self.steps, end_value=self.lr * self.min_lr_ratio)
+
+    def optimizer(self) -> optax.GradientTransformation:
+        def decay_mask(params):
+            # decay matrices only: norm scales ('scale') and biases (b*) keep their values
+            return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim >= 2, params)
+
+        return optax.chain(
+            optax.clip_by_global_norm(self.clip_norm),
+            optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
+                        mask=decay_mask),
+        )
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass
+class TrainState:
+    """Everything a run needs to continue: the step, the parameters (an nnx.State of Params) and the
+    optimiser state."""
+
+    step: jax.Array  # [] int32
+    params: Any
+    opt_state: Any
+
+
+# ---- data parallel placement ------------------------------------------------------------------------
+
+
+def state_shardings(state: TrainState, mesh: Mesh, rules: ShardingRules) -> TrainState:
+    """NamedShardings for a TrainState: parameters (and the optimiser's moments, which mirror them) by
+    their logical axes; everything else replicated."""
+    replicated = NamedSharding(mesh, P())
+
+    def for_params(tree):
+        return jax.tree_util.tree_map_with_path(
+            lambda p, x: rules.sharding(param_axes(param_path(p)), x.shape, mesh), tree)
+
+    params = for_params(state.params)
+    params_structure = jax.tree.structure(state.params)
+
+    def opt(tree):
+        # Adam's mu and nu have the parameters' structure; counts and empty states are replicated.
+        if jax.tree.structure(tree) == params_structure:
+            return for_params(tree)
+        return jax.tree.map(lambda _: replicated, tree)
+
+    opt_state = jax.tree.map(opt, state.opt_state,
+                             is_leaf=lambda t: jax.tree.structure(t) == params_structure)
+    return TrainState(step=replicated, params=params, opt_state=opt_state)
+
+
+# ---- the loop -------------------------------------------------------------------------------------------
+
+
+LossFn = Callable[[Transformer, dict], tuple[jax.Array, jax.Array, dict]]
+
+
+def _train_step(graphdef, tx, loss_fn, state: TrainState, batch: dict):
+    def objective(params):
+        loss_sum, weight, metrics = loss_fn(nnx.merge(graphdef, params), batch)
+        return loss_sum / jnp.maximum(weight, 1.0), (weight, metrics)
+
+    (loss, (weight, metrics)), grads = jax.value_and_grad(objective, has_aux=True)(state.params)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = dict(metrics, loss=loss, grad_norm=optax.tree.norm(grads), tokens=weight)
+    return TrainState(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+_train_step_jit = jax.jit(_train_step, static_argnums=(0, 1, 2), donate_argnums=(3,))
+
+
+@dataclasses.dataclass
+class LoopResult:
+    model: Transformer
+    final_step: int
+    resumed_from: int | None
+    metrics: list[dict]  # the logged training metrics of this invocation
+    wall_seconds: float
+    best_step: int | None = None  # with early stopping: the step of the best evaluation
+    stopped_early: bool = False
+
+
+def _read_metrics(path: str, upto_step: int) -> list[dict]:
+    """The metrics lines of steps <= upto_step (a resumed run rewrites what came after)."""
+    if not os.path.exists(path):
+        return []
+    kept = []
+    with open(path) as f:
+        for line in f:
+            if line.strip():
+                try:
+                    record = json.loads(line)
+                except json.JSONDecodeError:
+                    break  # a line cut by the interruption; everything after it is redone
+                if record.get("step", 0) <= upto_step:
+                    kept.append(record)
+    return kept
+
+
+def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch_at: Callable[[int], dict],
+               out_dir: str, checkpoint_every: int = 100, keep_checkpoints: int = 2, log_every: int = 10,
+               mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
+               evaluate: Callable[[Transformer, int], dict] | None = None, eval_every: int = 0,
+               stop_after: int | None = None, progress: bool = True, desc: str = "training",
+               early_stopping: tuple[str, int] | None = None,
+               on_best: Callable[[Transformer, int], None] | None = None) -> LoopResult:
+    """Train `model` for `optim.steps` steps, resuming from `out_dir`'s newest checkpoint if there is one.
+
+    `batch_at(step)` returns host arrays whose leading axis is the global batch; they are split over the
+    mesh's data axis. `stop_after` ends the invocation after that many steps of this call (an
+    interruption, for tests); the checkpoint written at the end lets the next call continue.
+    `evaluate(model, step)` runs every `eval_every` steps and at the end; its metrics are logged.
+    `early_stopping=(metric, patience)`: stop when `evaluate`'s `metric` (lower is better) has not improved
+    for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A resumed run
+    recovers the best value and the patience count from the evaluations in metrics.jsonl.
+    """
+    from tqdm import tqdm
+
+    started = time.perf_counter()
+    os.makedirs(out_dir, exist_ok=True)
+    tx = optim.optimizer()
+    graphdef, params = nnx.split(model, nnx.Param)
+    # the graphdef must not carry non-Param state; the Transformer has none
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
+    shardings = None
+    if mesh is not None:
+        shardings = state_shardings(state, mesh, rules)
+        state = jax.device_put(state, shardings)
+
+    manager = ocp.CheckpointManager(
+        os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
+        options=ocp.CheckpointManagerOptions(max_to_keep=keep_checkpoints, create=True))
+    resumed_from = manager.latest_step()
+    if resumed_from is not None:
+        abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+        state = manager.restore(resumed_from, args=ocp.args.StandardRestore(abstract))
+        print(f"{desc}: resuming from step {resumed_from} ({os.path.join(out_dir, CHECKPOINT_DIR)})",
+              file=sys.stderr)
+    start = int(state.step)
+    metrics_path = os.path.join(out_dir, METRICS_FILE)
+    history = _read_metrics(metrics_path, start)
+    with atomic_path(metrics_path) as tmp, open(tmp, "w") as f:
+        for record in history:
+            f.write(json.dumps(record) + "\n")
+
+    def place(batch):
+        if mesh is None:
+            return jax.tree.map(jnp.asarray, batch)
+        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.shape(x))), batch)
+
+    end = optim.steps if stop_after is None else min(optim.steps, start + stop_after)
+    best, best_step, since_best, stopped_early = float("inf"), None, 0, False
+    if early_stopping is not None:
+        metric, patience = early_stopping
+        for record in history:  # replay the evaluations this run already made
+            if "eval" in record:
+                value = record["eval"][metric]
+                best, best_step, since_best = ((value, record["step"], 0) if value < best
+                                               else (best, best_step, since_best + 1))
+        stopped_early = since_best >= patience
+        if stopped_early:
+            end = start
+    logged, pending, window_start = [], [], time.perf_counter()
+    bar = tqdm(total=optim.steps, initial=start, desc=desc, unit="step", file=sys.stderr, disable=not progress,
+               dynamic_ncols=True)
+    with open(metrics_path, "a") as metrics_file:
+        def log(record):
+            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.flush()
+
+        for step in range(start, end):
+            state, metrics = _train_step_jit(graphdef, tx, loss_fn, state, place(batch_at(step)))
+            pending.append(metrics)
+            done = step + 1
+            if done % log_every == 0 or done == end:
+                host = jax.device_get(pending)
+                record = {"step": done, "lr": float(optim.schedule()(done - 1)),
+                          "seconds_per_step": (time.perf_counter() - window_start) / len(host)}
+                for name in host[0]:
+                    values = np.array([float(m[name]) for m in host])
+                    record[name] = float(values.sum() if name == "tokens" else values.mean())
+                log(record)
+                logged.append(record)
+                bar.set_postfix(loss=f"{record['loss']:.4f}")
+                pending, window_start = [], time.perf_counter()
+            bar.update(1)
+            final = done == optim.steps
+            if evaluate is not None and ((eval_every and done % eval_every == 0) or final):
+                evaluated = nnx.merge(graphdef, state.params)
+                result = evaluate(evaluated, done)
+                if early_stopping is not None:
+                    value = result[early_stopping[0]]
+                    if value < best:
+                        best, best_step, since_best = value, done, 0
+                        if on_best is not None:
+                            on_best(evaluated, done)
+                    else:
+                        since_best += 1
+                    stopped_early = since_best >= early_stopping[1]
+                log({"step": done, "eval": result})
+                logged.append({"step": done, "eval": result})
+            if done % checkpoint_every == 0 or done == end or stopped_early:
+                manager.save(done, args=ocp.args.StandardSave(state))
+            if stopped_early:
+                print(f"{desc}: early stop at step {done}; best {early_stopping[0]} {best:.4f} at step "
+                      f"{best_step}", file=sys.stderr)
+                end = done
+                break
+    bar.close()
+    manager.wait_until_finished()
+    manager.close()
+    return LoopResult(model=nnx.merge(graphdef, state.params), final_step=end, resumed_from=resumed_from,
+                      metrics=logged, wall_seconds=time.perf_counter() - started, best_step=best_step,
+                      stopped_early=stopped_early)
+
+
+# ---- policy fine-tuning on packed sequences ----------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedRows:
+    """Examples packed into rows of `seq_len` tokens, all [rows, seq_len]: `tokens` input ids, `targets`
+    the next token, `loss_mask` 1 where the target is a solution token, `segment_ids` 1, 2, ... per
+    example in a row (0 = padding), `positions` restarting at 0 in each example."""
+
+    tokens: np.ndarray
+    targets: np.ndarray
+    loss_mask: np.ndarray
+    segment_ids: np.ndarray
+    positions: np.ndarray
+
+    def __len__(self):
+        return self.tokens.shape[0]
+
+    def rows(self, index) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
+
+
+def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int = 0) -> PackedRows:
+    """Pack (prompt ids, solution ids) pairs into rows, first fit in order; an example never straddles two
+    rows. The loss covers exactly the tokens of each solution (targets predicted from the last prompt
+    token on), never the prompt, padding or the next example."""
+    rows: list[list[tuple[list[int], list[int]]]] = []
+    fill: list[int] = []
+    for prompt, solution in examples:
+        size = len(prompt) + len(solution)
+        if not solution:
+            raise ValueError("an example has an empty solution; there is nothing to train on.")
+        if size > seq_len + 1:
+            raise ValueError(f"an example of {size} tokens does not fit seq_len={seq_len} (+1 for the shifted "
+                             "target); raise seq_len.")
+        # a row of seq_len inputs holds examples totalling seq_len + (examples in it) tokens at most,
+        # because each example's last token is only a target; keep it simple: inputs = all but last token
+        need = size - 1
+        for r, used in enumerate(fill):
+            if used + need <= seq_len:
+                rows[r].append((prompt, solution))
+                fill[r] += need
+                break
+        else:
+            rows.append([(prompt, solution)])
+            fill.append(need)
+    n = len(rows)
+    tokens = np.full((n, seq_len), pad_id, np.int32)
+    targets = np.full((n, seq_len), pad_id, np.int32)
+    loss_mask = np.zeros((n, seq_len), np.float32)
+    segment_ids = np.zeros((n, seq_len), np.int32)
+    positions = np.zeros((n, seq_len), np.int32)
+    for r, row in enumerate(rows):
+        at = 0
+        for s, (prompt, solution) in enumerate(row, start=1):
+            ids = list(prompt) + list(solution)
+            length = len(ids) - 1
+            tokens[r, at:at + length] = ids[:-1]
+            targets[r, at:at + length] = ids[1:]
+            loss_mask[r, at + len(prompt) - 1:at + length] = 1.0
+            segment_ids[r, at:at + length] = s
+            positions[r, at:at + length] = np.arange(length)
+            at += length
+    return PackedRows(tokens, targets, loss_mask, segment_ids, positions)
+
+
+def lm_loss(model: Transformer, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
+    """Summed next-token cross-entropy over `loss_mask`, its weight, and the token accuracy."""
+    logits, _, _ = model(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    mask = batch["loss_mask"]
+    losses = optax.softmax_cross_entropy_with_integer_labels(logits, batch["targets"])
+    correct = (jnp.argmax(logits, -1) == batch["targets"]).astype(jnp.float32)
+    weight = mask.sum()
+    return (losses * mask).sum(), weight, {"token_accuracy": (correct * mask).sum() / jnp.maximum(weight, 1.0)}
+
+
+def epoch_batches(num_rows: int, batch_size: int, seed: int) -> Callable[[int], np.ndarray]:
+    """Row indices of step `step`'s batch: a fresh permutation each epoch, a pure function of the step."""
+    if num_rows < batch_size:
+        raise ValueError(f"{num_rows} packed rows are fewer than batch_size={batch_size}; generate more "
+                         "training examples or lower batch_size.")
+    per_epoch = num_rows // batch_size
+
+    @functools.lru_cache(maxsize=2)
+    def permutation(epoch):
+        return np.random.default_rng([seed, epoch]).permutation(num_rows)
+
+    def rows_of(step: int) -> np.ndarray:
+        epoch, i = divmod(step, per_epoch)
+        return permutation(epoch)[i * batch_size:(i + 1) * batch_size]
+
+    return rows_of
