@@ -1,0 +1,232 @@
+"""Process reward models: one-pass scoring, aggregation, Monte-Carlo labels, training, save/load, sharding."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from flax import nnx
+
+from ttcjax.decode import Engine, Sampling, StopConditions
+from ttcjax.labels import label_solutions, rollout_labels
+from ttcjax.models import ModelConfig, init_model
+from ttcjax.prm import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead, aggregate,
+                        score_inputs)
+from ttcjax.prm_train import (PRMTrainConfig, load_prm, pack_scoring, save_prm, train_reward_model)
+from ttcjax.sharding import make_mesh
+from ttcjax.tasks import arithmetic
+from ttcjax.tokenizer import CharTokenizer
+
+TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
+            max_position_embeddings=256)
+
+
+def _prm(head=ValueHead(), seed=0, **overrides):
+    backbone = init_model(ModelConfig(**{**TINY, **overrides}), seed=seed)
+    prm = RewardModel(backbone, head, seed=seed)
+    if isinstance(head, ValueHead):  # a non-trivial head, so scores differ across positions
+        prm.v_w[...] = jnp.asarray(np.random.default_rng(seed).normal(0, 1.0, prm.v_w[...].shape), jnp.float32)
+    return prm
+
+
+def _solutions(n=6, seed=0):
+    tok = CharTokenizer()
+    problems = arithmetic.generate(arithmetic.TaskConfig(difficulties=(2, 3, 4)), n, seed=seed)
+    fmt = StepFormat()
+    return tok, [fmt.encode(tok, arithmetic.format_prompt(p), arithmetic.format_solution(p).split("\n"))
+                 for p in problems]
+
+
+@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17)],
+                         ids=["value", "two_class", "token"])
+def test_one_pass_scores_equal_scoring_each_prefix_alone(head):
+    prm = _prm(head)
+    _, inputs = _solutions()
+    together = score_inputs(prm, inputs)
+    for x, scores in zip(inputs, together):
+        assert len(scores) == len(x.read_at) >= 3
+        alone = [score_inputs(prm, [ScoringInput(x.tokens[:r + 1], (r,))])[0][0] for r in x.read_at]
+        np.testing.assert_allclose(scores, alone, atol=1e-5)
+        assert np.all((scores > 0) & (scores < 1))
+
+
+def test_padding_and_batch_composition_do_not_change_scores():
+    prm = _prm()
+    _, inputs = _solutions(8)
+    reference = score_inputs(prm, inputs)
+    shuffled = [inputs[i] for i in [5, 2, 7, 0, 1, 3, 6, 4]]
+    for scores, i in zip(score_inputs(prm, shuffled, batch_size=3), [5, 2, 7, 0, 1, 3, 6, 4]):
+        np.testing.assert_allclose(scores, reference[i], atol=1e-5)
+    # a lone short solution (narrow bucket) and beside a very long one (wide bucket, much padding)
+    long = ScoringInput(tuple(range(5, 5 + 200)), (199,))
+    np.testing.assert_allclose(score_inputs(prm, [inputs[0]])[0], reference[0], atol=1e-5)
+    np.testing.assert_allclose(score_inputs(prm, [long, inputs[0]])[1], reference[0], atol=1e-5)
+
+
+def test_eight_devices_score_like_one():
+    prm = _prm()
+    _, inputs = _solutions(10)
+    one = score_inputs(prm, inputs)
+    sharded = score_inputs(_prm(), inputs, mesh=make_mesh(4, 2))
+    for a, b in zip(one, sharded):
+        np.testing.assert_allclose(a, b, atol=1e-5)
+
+
+def test_aggregation():
+    s = [0.9, 0.5, 0.8]
+    assert aggregate(s, "last") == pytest.approx(0.8)
+    assert aggregate(s, "min") == pytest.approx(0.5)
+    assert aggregate(s, "prod") == pytest.approx(0.36)
+    assert aggregate(s, "mean") == pytest.approx(2.2 / 3)
+    assert aggregate([], "last") == 0.0
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate(s, "max")
+
+
+def test_token_head_outside_the_vocabulary_is_refused():
+    with pytest.raises(ValueError, match="outside the backbone's vocabulary"):
+        _prm(TokenHead(good_id=5, bad_id=500))
+
+
+def test_save_and_load_round_trip(tmp_path):
+    prm = _prm(TwoClassHead())
+    save_prm(prm, str(tmp_path / "prm"), aggregation="min")
+    loaded, meta = load_prm(str(tmp_path / "prm"))
+    assert meta["aggregation"] == "min" and isinstance(loaded.head, TwoClassHead)
+    _, inputs = _solutions(3)
+    for a, b in zip(score_inputs(prm, inputs), score_inputs(loaded, inputs)):
+        np.testing.assert_allclose(a, b, atol=1e-6)
+    with pytest.raises(FileExistsError):
+        save_prm(prm, str(tmp_path / "prm"))
+    with pytest.raises(FileNotFoundError, match="not a ttcjax reward model"):
+        load_prm(str(tmp_path))
+
+
+# ---- Monte-Carlo labels on a policy whose success probabilities are known ----------------------------------
+
+P_X, P_Y, P_NEWLINE = 0.7, 0.2, 0.1
+ROLLOUT_TOKENS = 5
+
+
+def _toy_policy():
+    """A 'policy' that ignores its context: every next token is x, y or newline with fixed probabilities.
+
+    All weights but the embeddings and the LM head are zero, so every hidden state is the normalised
+    embedding (all ones) and the logits are the LM head's column sums. A text is correct iff what was
+    generated after the question holds no 'y', so a prefix without 'y' succeeds with probability
+    (1 - P_Y) ** ROLLOUT_TOKENS and a prefix with one never does.
+    """
+    tok = CharTokenizer(alphabet="Qxy\n")
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
+                         num_kv_heads=1, max_position_embeddings=64)
+    model = init_model(config)
+    graphdef, state = nnx.split(model)
+    logits = np.full(tok.vocab_size, -30.0)
+    for ch, p in (("x", P_X), ("y", P_Y), ("\n", P_NEWLINE)):
+        logits[tok.token_to_id(ch)] = np.log(p)
+
+    def set_param(path, leaf):
+        name = str(path[-2].key if hasattr(path[-2], "key") else path[-2])
+        if name == "embedding":
+            return jnp.ones_like(leaf)
+        if name == "scale":
+            return jnp.ones_like(leaf)
+        if name == "lm_head":
+            return jnp.broadcast_to(jnp.asarray(logits / config.hidden_size, leaf.dtype), leaf.shape)
+        return jnp.zeros_like(leaf)
+
+    state = jax.tree_util.tree_map_with_path(set_param, state)
+    return nnx.merge(graphdef, state), tok
+
+
+def _no_y_after(question):
+    return lambda text: "y" not in text[len(question):]
+
+
+def test_rollout_labels_match_closed_form_success_probabilities():
+    model, tok = _toy_policy()
+    engine = Engine(model, pad_id=tok.pad_id)
+    prefixes = ["Q" + "x\n" * 2] * 8 + ["Qxy\n"] * 4 + ["Qx\nxx\n"] * 8
+    rollouts = 64
+    got = rollout_labels(engine, tok, prefixes, [_no_y_after("Q")] * len(prefixes), rollouts=rollouts,
+                         sampling=Sampling(temperature=1.0), stop=StopConditions(), key=jax.random.key(0),
+                         max_new_tokens=ROLLOUT_TOKENS, batch_rows=256)
+    clean = np.r_[got[:8], got[12:]]
+    expected = (1 - P_Y) ** ROLLOUT_TOKENS
+    sigma = np.sqrt(expected * (1 - expected) / (rollouts * len(clean)))
+    assert abs(clean.mean() - expected) < 4 * sigma, (clean.mean(), expected)
+    assert np.all(got[8:12] == 0.0)  # a prefix that already failed can never succeed
+
+
+def test_label_solutions_labels_every_step_and_counts_cost():
+    model, tok = _toy_policy()
+    engine = Engine(model, pad_id=tok.pad_id)
+    labelled, cost = label_solutions(
+        engine, tok, ["Q"] * 6, [_no_y_after("Q")] * 6, samples=8, rollouts=16, key=jax.random.key(1),
+        sampling=Sampling(temperature=1.0), stop=StopConditions(), max_new_tokens=ROLLOUT_TOKENS)
+    assert cost.solutions == 48 and cost.solution_tokens == 48 * ROLLOUT_TOKENS
+    steps = sum(len(x.steps) - 1 for x in labelled)
+    assert cost.rollouts == steps * 16 and cost.rollout_tokens == steps * 16 * ROLLOUT_TOKENS
+    assert cost.generated_tokens == cost.solution_tokens + cost.rollout_tokens
+    clean = []
+    for x in labelled:
+        assert len(x.step_labels) == len(x.steps) and x.step_labels[-1] == float(x.correct)
+        for k, label in enumerate(x.step_labels[:-1]):
+            if any("y" in s for s in x.steps[:k + 1]):
+                assert label == 0.0
+            else:
+                clean.append(label)
+    expected = (1 - P_Y) ** ROLLOUT_TOKENS
+    assert len(clean) > 10
+    assert abs(np.mean(clean) - expected) < 4 * np.sqrt(expected * (1 - expected) / (16 * len(clean)))
+
+
+# ---- training -------------------------------------------------------------------------------------------
+
+
+def test_pack_scoring_places_labels_at_read_positions():
+    a = ScoringInput((1, 5, 6, 7), (2, 3))
+    b = ScoringInput((1, 8, 9), (2,))
+    packed = pack_scoring([(a, [0.25, 1.0]), (b, [0.5])], seq_len=8)
+    assert len(packed) == 1
+    np.testing.assert_array_equal(packed.segment_ids[0], [1, 1, 1, 1, 2, 2, 2, 0])
+    np.testing.assert_array_equal(packed.positions[0][:7], [0, 1, 2, 3, 0, 1, 2])
+    np.testing.assert_array_equal(packed.weights[0], [0, 0, 1, 1, 0, 0, 1, 0])
+    np.testing.assert_allclose(packed.labels[0], [0, 0, 0.25, 1.0, 0, 0, 0.5, 0])
+    with pytest.raises(ValueError, match="labels"):
+        pack_scoring([(a, [1.0])], seq_len=8)
+
+
+@pytest.fixture(scope="module")
+def tiny_policy(tmp_path_factory):
+    """A tiny policy trained for a few steps (it writes imperfect solutions to label)."""
+    from ttcjax.policy import PolicyTrainConfig, train_policy
+
+    out = tmp_path_factory.mktemp("policy")
+    train_policy(PolicyTrainConfig(out_dir=str(out), model_config={**TINY, "max_position_embeddings": 128},
+                                   task={"difficulties": [2]}, num_train=200, seq_len=96, batch_size=8, steps=15,
+                                   lr=1e-2, warmup_steps=2, eval_problems=0, mesh="none", checkpoint_every=100),
+                 progress=False)
+    return str(out / "model")
+
+
+@pytest.mark.parametrize("orm", [False, True], ids=["prm", "orm"])
+def test_train_reward_model_end_to_end_and_resume(tiny_policy, tmp_path, orm):
+    config = PRMTrainConfig(out_dir=str(tmp_path / "rm"), policy=tiny_policy, task={"difficulties": [2]},
+                            num_questions=40, samples=2, rollouts=2, max_new_tokens=40, seq_len=128, batch_size=4,
+                            steps=8, lr=3e-3, warmup_steps=1, eval_every=4, patience=5, checkpoint_every=4,
+                            mesh="none", validation_fraction=0.25)
+    first = train_reward_model(config, orm=orm, stop_after=4, progress=False)
+    assert not first["finished"]
+    cost = first["labels"]["cost"]
+    assert cost["rollouts"] > 0 and cost["generated_tokens"] == cost["solution_tokens"] + cost["rollout_tokens"]
+    labels_mtime = os.path.getmtime(tmp_path / "rm" / "labels.jsonl")
+    second = train_reward_model(config, orm=orm, progress=False)
+    assert second["resumed_from"] == 4 and second["finished"]
+    assert os.path.getmtime(tmp_path / "rm" / "labels.jsonl") == labels_mtime  # labels reused, not redone
+    prm, meta = load_prm(str(tmp_path / "rm" / "model"))
+    assert meta["kind"] == ("orm" if orm else "prm")
+    losses = [m["eval"]["loss"] for m in map(json.loads, open(tmp_path / "rm" / "metrics.jsonl")) if "eval" in m]
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -1,0 +1,223 @@
+"""Process reward models: the decoder backbone plus a head that scores every step of every solution of a
+batch in one forward pass.
+
+Every head reduces to one logit per token position whose sigmoid is the probability that the solution is
+still on a path to the right answer at that point; a step's score is read at its step-end position:
+
+    ValueHead        sigmoid(w . h + b)                                   ours, Skywork PRMs
+    TokenHead        softmax(l_good, l_bad)[good] = sigmoid(l_good - l_bad) Math-Shepherd, RLHFlow
+                     (two rows of the language-model head)
+    TwoClassHead     softmax(W2 relu(W1 h + b1) + b2)[1]                   Qwen2.5-Math-PRM
+
+where h is the backbone's final normalised hidden state. An outcome reward model (ORM) is the same model
+read only at the end of the solution (`Aggregation("last")` over one score, or `orm=True` when training).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from typing import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ttcjax.models.llama import Transformer
+
+
+# ---- heads ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class ValueHead:
+    """A linear value head with a sigmoid (ours; Skywork's `v_head.summary`)."""
+
+    kind: str = dataclasses.field(default="value", init=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TokenHead:
+    """Token-logit scoring: p(good) against p(bad) at a step tag (Math-Shepherd, RLHFlow)."""
+
+    good_id: int
+    bad_id: int
+    kind: str = dataclasses.field(default="token", init=False)
+
+
+@dataclasses.dataclass(frozen=True)
+class TwoClassHead:
+    """Linear-ReLU-Linear(2), softmax index 1 (Qwen2.5-Math-PRM's `score`)."""
+
+    kind: str = dataclasses.field(default="two_class", init=False)
+
+
+Head = ValueHead | TokenHead | TwoClassHead
+HEADS = {"value": ValueHead, "token": TokenHead, "two_class": TwoClassHead}
+
+
+def head_from_dict(data: dict, source: str = "head") -> Head:
+    data = dict(data)
+    kind = data.pop("kind", None)
+    if kind not in HEADS:
+        raise ValueError(f"{source}: head kind {kind!r} is not one of {sorted(HEADS)}.")
+    try:
+        return HEADS[kind](**data)
+    except TypeError as e:
+        raise ValueError(f"{source}: {e}") from None
+
+
+class RewardModel(nnx.Module):
+    """A backbone and a head. `__call__` returns the per-position score logits [B, T]."""
+
+    def __init__(self, backbone: Transformer, head: Head, *, seed: int = 0):
+        self.backbone = backbone
+        self.head = head
+        cfg = backbone.config
+        d, pd = cfg.hidden_size, cfg.jnp_param_dtype
+        rng = np.random.default_rng(seed)
+        if isinstance(head, ValueHead):
+            self.v_w = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d,)), pd))
+            self.v_b = nnx.Param(jnp.zeros((), pd))
+        elif isinstance(head, TwoClassHead):
+            self.c_w1 = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d, d)), pd))
+            self.c_b1 = nnx.Param(jnp.zeros((d,), pd))
+            self.c_w2 = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d, 2)), pd))
+            self.c_b2 = nnx.Param(jnp.zeros((2,), pd))
+        elif isinstance(head, TokenHead):
+            for name, i in (("good_id", head.good_id), ("bad_id", head.bad_id)):
+                if not 0 <= i < cfg.vocab_size:
+                    raise ValueError(f"TokenHead.{name}={i} is outside the backbone's vocabulary "
+                                     f"[0, {cfg.vocab_size}); the tokenizer does not match the model.")
+        else:
+            raise TypeError(f"unknown head {head!r}")
+
+    @property
+    def config(self):
+        return self.backbone.config
+
+    def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None, key_mask: jax.Array | None = None,
+                 segment_ids: jax.Array | None = None) -> jax.Array:
+        """tokens [B, T] -> score logits [B, T] (sigmoid = probability the prefix is still on path)."""
+        _, _, hidden = self.backbone(tokens, positions=positions, key_mask=key_mask, segment_ids=segment_ids,
+                                     return_hidden=True, return_logits=False)
+        h = hidden[-1].astype(jnp.float32)  # [B, T, D] final normalised state
+        head = self.head
+        if isinstance(head, ValueHead):
+            return h @ self.v_w[...].astype(jnp.float32) + self.v_b[...].astype(jnp.float32)
+        if isinstance(head, TwoClassHead):
+            z = jax.nn.relu(h @ self.c_w1[...].astype(jnp.float32) + self.c_b1[...].astype(jnp.float32))
+            logits = z @ self.c_w2[...].astype(jnp.float32) + self.c_b2[...].astype(jnp.float32)  # [B, T, 2]
+            return logits[..., 1] - logits[..., 0]
+        bb = self.backbone
+        ids = jnp.array([head.good_id, head.bad_id])
+        if bb.config.tie_word_embeddings:
+            rows = bb.embedding[...][ids].astype(jnp.float32)  # [2, D]
+        else:
+            rows = bb.lm_head[...][:, ids].T.astype(jnp.float32)
+        logits = jnp.einsum("BTD,CD->BTC", h, rows)
+        return logits[..., 0] - logits[..., 1]
+
+
+# ---- one-pass scoring ------------------------------------------------------------------------------------
+
+
+@functools.partial(jax.jit, static_argnums=(0,))
+def _score_jit(graphdef, state, tokens, lengths, read_at):
+    model = nnx.merge(graphdef, state)
+    key_mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
+    logits = model(tokens, key_mask=key_mask)  # [B, T]
+    picked = jnp.take_along_axis(logits, jnp.maximum(read_at, 0), axis=1)  # [B, S]
+    return jnp.where(read_at >= 0, jax.nn.sigmoid(picked), jnp.nan)
+
+
+@dataclasses.dataclass(frozen=True)
+class ScoringInput:
+    """One solution ready for the PRM: its token ids and the positions at which its step scores are read."""
+
+    tokens: tuple[int, ...]
+    read_at: tuple[int, ...]
+
+    def __post_init__(self):
+        if any(not 0 <= p < len(self.tokens) for p in self.read_at):
+            raise ValueError(f"read positions {list(self.read_at)} fall outside the {len(self.tokens)} tokens.")
+
+
+def _bucket(n: int, minimum: int) -> int:
+    return max(minimum, 1 << max(0, int(np.ceil(np.log2(max(n, 1))))))
+
+
+def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None, rules=None,
+                 batch_size: int = 64, pad_id: int = 0) -> list[np.ndarray]:
+    """Step scores (probabilities) of each input, in one forward pass per batch of `batch_size` solutions.
+
+    Lengths and step counts are bucketed to powers of two, so batches of similar shapes share one compiled
+    program. With a mesh, rows are split over its data axis (the parameters as `ttcjax.sharding` places them).
+    """
+    from ttcjax.sharding import ShardingRules, batch_sharding, shard_model
+
+    if not inputs:
+        return []
+    rules = rules or ShardingRules()
+    if mesh is not None:
+        shard_model(prm, mesh, rules)
+    graphdef, state = nnx.split(prm)
+    data = 1 if mesh is None else mesh.shape[rules.batch]
+    out: list[np.ndarray] = []
+    for start in range(0, len(inputs), batch_size):
+        chunk = inputs[start:start + batch_size]
+        rows = -(-len(chunk) // data) * data
+        width = _bucket(max(len(x.tokens) for x in chunk), 16)
+        steps = _bucket(max(len(x.read_at) for x in chunk), 4)
+        tokens = np.full((rows, width), pad_id, np.int32)
+        lengths = np.ones(rows, np.int32)
+        read_at = np.full((rows, steps), -1, np.int32)
+        for i, x in enumerate(chunk):
+            tokens[i, :len(x.tokens)] = x.tokens
+            lengths[i] = len(x.tokens)
+            read_at[i, :len(x.read_at)] = x.read_at
+        arrays = (tokens, lengths, read_at)
+        if mesh is not None:
+            arrays = tuple(jax.device_put(a, batch_sharding(mesh, rules, a.shape)) for a in arrays)
+        scores = np.asarray(_score_jit(graphdef, state, *arrays))
+        out += [scores[i, :len(x.read_at)] for i, x in enumerate(chunk)]
+    return out
+
+
+# ---- aggregation -----------------------------------------------------------------------------------------
+
+
+AGGREGATIONS = ("last", "min", "prod", "mean")
+
+
+def aggregate(step_scores: np.ndarray | Sequence[float], how: str = "last") -> float:
+    """A solution's score from its step scores: the last step's (the paper's choice), the minimum, the
+    product or the mean. A solution with no scored step gets 0."""
+    if how not in AGGREGATIONS:
+        raise ValueError(f"aggregation {how!r} is not one of {AGGREGATIONS}.")
+    s = np.asarray(step_scores, np.float64)
+    if s.size == 0:
+        return 0.0
+    return float({"last": s[-1], "min": s.min(), "prod": s.prod(), "mean": s.mean()}[how])
+
+
+# ---- input formats ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class StepFormat:
+    """ttcjax's own format, the policy's text itself: the prompt, then each step followed by `delimiter`;
+    a step's score is read at its delimiter token. With the built-in task and the character tokenizer the
+    PRM sees exactly the tokens the policy wrote."""
+
+    delimiter: str = "\n"
+    add_bos: bool = True
+
+    def encode(self, tokenizer, question: str, steps: Sequence[str]) -> ScoringInput:
+        ids = tokenizer.encode(question, add_bos=self.add_bos and tokenizer.bos_id is not None)
+        read_at = []
+        for step in steps:
+            ids += tokenizer.encode(step + self.delimiter)
+            read_at.append(len(ids) - 1)
+        return ScoringInput(tuple(ids), tuple(read_at))

@@ -1,0 +1,348 @@
+"""`ttcjax train prm` / `ttcjax train orm`: label the policy's own samples by Monte-Carlo rollouts, then train
+a reward model with binary cross-entropy on the soft labels, early-stopped on a validation split.
+
+Output directory (besides the training loop's checkpoints/ and metrics.jsonl):
+    labels.jsonl        the labelled solutions (written once, atomically; a rerun reuses them)
+    labels_cost.json    what labelling cost (solutions, rollouts, generated and prefilled tokens, seconds)
+    best/               the reward model at the best validation loss (updated during training)
+    model/              the final reward model (= best/), with its tokenizer
+    train_summary.json  config, command, wall time, metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from flax import nnx
+from safetensors.numpy import load_file, save_file
+
+from ttcjax.checkpoint import load_any, load_model, save_model
+from ttcjax.decode import Engine, Sampling
+from ttcjax.io import atomic_path
+from ttcjax.labels import LabelledSolution, label_solutions, load_labels, save_labels
+from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, ValueHead, head_from_dict)
+from ttcjax.tasks import arithmetic
+from ttcjax.tokenizer import load_tokenizer
+from ttcjax.train import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, train_loop
+
+PRM_CONFIG_FILE = "ttcjax_prm.json"
+HEAD_FILE = "head.safetensors"
+BACKBONE_DIR = "backbone"
+HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
+
+
+# ---- saving and loading our reward models ------------------------------------------------------------
+
+
+def save_prm(prm: RewardModel, directory: str, *, kind: str = "prm", aggregation: str = "last",
+             step_format: StepFormat = StepFormat(), overwrite: bool = False) -> None:
+    """`directory/backbone` (a ttcjax checkpoint), `head.safetensors`, and `ttcjax_prm.json` written last."""
+    os.makedirs(directory, exist_ok=True)
+    config_path = os.path.join(directory, PRM_CONFIG_FILE)
+    if os.path.exists(config_path):
+        if not overwrite:
+            raise FileExistsError(f"{directory}: already holds a reward model; pass overwrite=True.")
+        os.remove(config_path)  # while rewriting, the directory must not look complete
+    save_model(prm.backbone, os.path.join(directory, BACKBONE_DIR), overwrite=True)
+    head = {name: np.asarray(jax.device_get(getattr(prm, name)[...]), np.float32)
+            for name in HEAD_PARAMS if hasattr(prm, name)}
+    with atomic_path(os.path.join(directory, HEAD_FILE)) as tmp:
+        save_file(head, tmp)
+    meta = {"kind": kind, "head": dataclasses.asdict(prm.head), "aggregation": aggregation,
+            "format": dataclasses.asdict(step_format)}
+    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_prm(directory: str) -> tuple[RewardModel, dict]:
+    """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format)."""
+    config_path = os.path.join(directory, PRM_CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: missing; {directory} is not a ttcjax reward model (train one with "
+                                "`ttcjax train prm`, or load a public PRM with ttcjax.prm_hub.load_hf_prm).")
+    with open(config_path) as f:
+        meta = json.load(f)
+    head = head_from_dict(meta["head"], source=config_path)
+    backbone = load_model(os.path.join(directory, BACKBONE_DIR))
+    prm = RewardModel(backbone, head)
+    saved = load_file(os.path.join(directory, HEAD_FILE))
+    for name in HEAD_PARAMS:
+        if hasattr(prm, name):
+            want = getattr(prm, name)[...].shape
+            if name not in saved or saved[name].shape != want:
+                got = saved[name].shape if name in saved else "missing"
+                raise ValueError(f"{os.path.join(directory, HEAD_FILE)}: {name} is {got}, the {head.kind} head "
+                                 f"of this backbone needs {list(want)}.")
+            getattr(prm, name)[...] = jnp.asarray(saved[name], backbone.config.jnp_param_dtype)
+    return prm, meta
+
+
+# ---- examples ---------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PackedScores:
+    """Scoring inputs packed into rows [rows, seq_len]: tokens, positions, segment_ids, and at each read
+    position its soft label and weight 1."""
+
+    tokens: np.ndarray
+    positions: np.ndarray
+    segment_ids: np.ndarray
+    labels: np.ndarray
+    weights: np.ndarray
+
+    def __len__(self):
+        return self.tokens.shape[0]
+
+    def rows(self, index) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
+
+
+def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_len: int, pad_id: int = 0
+                 ) -> PackedScores:
+    """First-fit packing of (input, one label per read position) pairs into rows of seq_len tokens."""
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for e, (x, labels) in enumerate(examples):
+        if len(labels) != len(x.read_at):
+            raise ValueError(f"example {e}: {len(labels)} labels for {len(x.read_at)} read positions.")
+        if len(x.tokens) > seq_len:
+            raise ValueError(f"example {e} has {len(x.tokens)} tokens, more than seq_len={seq_len}; raise seq_len.")
+        for r, used in enumerate(fill):
+            if used + len(x.tokens) <= seq_len:
+                rows[r].append(e)
+                fill[r] += len(x.tokens)
+                break
+        else:
+            rows.append([e])
+            fill.append(len(x.tokens))
+    n = len(rows)
+    out = PackedScores(np.full((n, seq_len), pad_id, np.int32), np.zeros((n, seq_len), np.int32),
+                       np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32),
+                       np.zeros((n, seq_len), np.float32))
+    for r, members in enumerate(rows):
+        at = 0
+        for s, e in enumerate(members, start=1):
+            x, labels = examples[e]
+            length = len(x.tokens)
+            out.tokens[r, at:at + length] = x.tokens
+            out.positions[r, at:at + length] = np.arange(length)
+            out.segment_ids[r, at:at + length] = s
+            out.labels[r, at + np.array(x.read_at, int)] = labels
+            out.weights[r, at + np.array(x.read_at, int)] = 1.0
+            at += length
+    return out
+
+
+def bce_loss(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
+    """Binary cross-entropy of the score logits against soft labels at the read positions."""
+    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    w = batch["weights"]
+    losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
+    err = jnp.abs(jax.nn.sigmoid(logits) - batch["labels"])
+    weight = w.sum()
+    return (losses * w).sum(), weight, {"abs_error": (err * w).sum() / jnp.maximum(weight, 1.0)}
+
+
+_eval_batch = jax.jit(lambda graphdef, state, batch: bce_loss(nnx.merge(graphdef, state), batch)[:2],
+                      static_argnums=(0,))
+
+
+def validation_loss(prm: RewardModel, packed: PackedScores, batch_size: int) -> float:
+    graphdef, state = nnx.split(prm)
+    total, weight = 0.0, 0.0
+    for start in range(0, len(packed), batch_size):
+        index = np.arange(start, min(start + batch_size, len(packed)))
+        index = np.pad(index, (0, batch_size - len(index)), constant_values=-1)
+        batch = packed.rows(np.maximum(index, 0))
+        batch["weights"] = batch["weights"] * (index >= 0)[:, None]  # padding rows count for nothing
+        loss, w = _eval_batch(graphdef, state, jax.tree.map(jnp.asarray, batch))
+        total, weight = total + float(loss), weight + float(w)
+    return total / max(weight, 1.0)
+
+
+def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_format: StepFormat, *,
+                         orm: bool) -> list[tuple[ScoringInput, list[float]]]:
+    """PRM: every step with its soft label. ORM: the final step only, labelled by the outcome."""
+    out = []
+    for x in labelled:
+        inp = step_format.encode(tokenizer, x.question, x.steps)
+        if orm:
+            inp = ScoringInput(inp.tokens, inp.read_at[-1:])
+            out.append((inp, [float(x.correct)]))
+        else:
+            out.append((inp, list(x.step_labels)))
+    return out
+
+
+def _is_validation(problem_id: str, fraction: float) -> bool:
+    h = int.from_bytes(hashlib.sha256(("prm-val:" + problem_id).encode()).digest()[:8], "big") / 2.0**64
+    return h < fraction
+
+
+# ---- the command ------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class PRMTrainConfig:
+    """Everything `ttcjax train prm|orm --config FILE` reads (each field is a YAML key)."""
+
+    out_dir: str
+    policy: str  # the policy checkpoint whose samples are labelled (and, by default, the backbone's start)
+    init_from: str | None = None  # backbone initialisation; default: the policy
+    tokenizer: str | None = None  # default: the policy directory's tokenizer
+    task: dict = dataclasses.field(default_factory=dict)
+    num_questions: int = 1000  # training-split questions to sample
+    samples: int = 4  # solutions sampled per question
+    rollouts: int = 8  # Monte-Carlo continuations per step prefix
+    temperature: float = 0.8
+    max_new_tokens: int = 96
+    validation_fraction: float = 0.1  # of questions, by hash of the problem id
+    seq_len: int = 256
+    batch_size: int = 32
+    steps: int = 1000
+    lr: float = 1e-3
+    warmup_steps: int = 50
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0
+    eval_every: int = 50
+    patience: int = 4  # evaluations without improvement before early stopping
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    seed: int = 0
+    mesh: str = "auto"
+    aggregation: str = "last"
+
+    def __post_init__(self):
+        if self.aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={self.aggregation!r} is not one of {AGGREGATIONS}.")
+        if self.samples < 1 or self.rollouts < 1:
+            raise ValueError(f"samples and rollouts must be >= 1; got {self.samples}, {self.rollouts}.")
+        if not 0 < self.validation_fraction < 1:
+            raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PRMTrainConfig":
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
+        for required in ("out_dir", "policy"):
+            if required not in data:
+                raise ValueError(f"{source}: {required} is required.")
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
+                           min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, b1=self.b1,
+                           b2=self.b2, clip_norm=self.clip_norm)
+
+
+def make_labels(config: PRMTrainConfig, tokenizer, mesh) -> tuple[list[LabelledSolution], dict]:
+    """Sample and label (or reuse out_dir/labels.jsonl from an earlier run of the same config)."""
+    from ttcjax.policy import stop_conditions
+
+    labels_path = os.path.join(config.out_dir, "labels.jsonl")
+    cost_path = os.path.join(config.out_dir, "labels_cost.json")
+    if os.path.exists(labels_path) and os.path.exists(cost_path):
+        with open(cost_path) as f:
+            return load_labels(labels_path), json.load(f)
+    started = time.perf_counter()
+    task = arithmetic.TaskConfig(**config.task)
+    problems = arithmetic.generate(task, config.num_questions, seed=config.seed + 1, split="train")
+    policy = load_any(config.policy)
+    engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
+    questions = [arithmetic.format_prompt(p) for p in problems]
+    checkers = [(lambda text, p=p: arithmetic.is_correct_answer(p, text)) for p in problems]
+    labelled, cost = label_solutions(
+        engine, tokenizer, questions, checkers, samples=config.samples, rollouts=config.rollouts,
+        key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
+        stop=stop_conditions(tokenizer), max_new_tokens=config.max_new_tokens,
+        delimiter=arithmetic.STEP_DELIMITER, problem_ids=[p.id for p in problems],
+        difficulties=[p.difficulty for p in problems])
+    cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
+                   "seconds": time.perf_counter() - started, "questions": len(problems),
+                   "labelled_solutions": len(labelled)}
+    save_labels(labels_path, labelled)
+    with atomic_path(cost_path) as tmp, open(tmp, "w") as f:
+        json.dump(cost_record, f, indent=2)
+    return labelled, cost_record
+
+
+def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: str | None = None,
+                       stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Label, then train a PRM (or an ORM) on the labels; returns (and writes) the summary."""
+    from ttcjax.cli import parse_mesh
+
+    started = time.perf_counter()
+    os.makedirs(config.out_dir, exist_ok=True)
+    tokenizer = load_tokenizer(config.tokenizer or config.policy)
+    mesh = parse_mesh(config.mesh)
+    labelled, cost = make_labels(config, tokenizer, mesh)
+    step_format = StepFormat(delimiter=arithmetic.STEP_DELIMITER)
+    val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
+    train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
+    if not val or not train:
+        raise ValueError(f"{len(labelled)} labelled solutions leave an empty train or validation split; raise "
+                         "num_questions.")
+    packed = pack_scoring(examples_from_labels(train, tokenizer, step_format, orm=orm), config.seq_len,
+                          tokenizer.pad_id)
+    packed_val = pack_scoring(examples_from_labels(val, tokenizer, step_format, orm=orm), config.seq_len,
+                              tokenizer.pad_id)
+    backbone = load_any(config.init_from or config.policy)
+    prm = RewardModel(backbone, ValueHead(), seed=config.seed)
+    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+    kind = "orm" if orm else "prm"
+    best_dir = os.path.join(config.out_dir, "best")
+
+    def evaluate(model, step):
+        return {"loss": validation_loss(model, packed_val, config.batch_size)}
+
+    def on_best(model, step):
+        save_prm(model, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
+                 overwrite=True)
+
+    result = train_loop(prm, optim=config.optim, loss_fn=bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                        evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
+                        desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
+    finished = result.final_step == config.steps or result.stopped_early
+    if finished:
+        model_dir = os.path.join(config.out_dir, MODEL_DIR)
+        if os.path.exists(model_dir):
+            shutil.rmtree(model_dir)
+        shutil.copytree(best_dir, model_dir)
+        from ttcjax.policy import _save_tokenizer
+        _save_tokenizer(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
+    summary = {
+        "kind": kind, "command": command, "config": dataclasses.asdict(config),
+        "model": {"params": backbone.config.num_params() + backbone.config.hidden_size + 1},
+        "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost},
+        "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
+        "best_step": result.best_step, "resumed_from": result.resumed_from,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+        "validation": [m for m in result.metrics if "eval" in m],
+    }
+    with atomic_path(os.path.join(config.out_dir, SUMMARY_FILE)) as tmp, open(tmp, "w") as f:
+        json.dump(summary, f, indent=2)
+    return summary
