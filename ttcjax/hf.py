@@ -6,6 +6,9 @@ before it is transformed. Hugging Face's half-split RoPE layout is what `ttcjax.
 q_proj and k_proj need no permutation. Pickled checkpoints (`pytorch_model.bin`, `*.pt`, ...) are
 refused without being opened: unpickling runs arbitrary code.
 
+Process reward models (`ttcjax.prm_hub`) load their backbone here with `lm_head=False` and their head's
+tensors (`skip_prefixes`) through `read_hf_tensors`, shape-checked the same way.
+
 Shapes: V vocab, D embed, F mlp width, H query heads, K kv heads, Dh head dim.
 """
 
@@ -173,25 +176,34 @@ def _on_host() -> contextlib.AbstractContextManager:
         return contextlib.nullcontext()
 
 
-def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None,
-                  param_dtype: str | None = None) -> Transformer:
+def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+                  lm_head: bool = True, skip_prefixes: tuple[str, ...] = ()) -> Transformer:
     """Load a Hugging Face Llama / Qwen2 / Mistral checkpoint directory (config.json + *.safetensors).
 
     `dtype` / `param_dtype` override the compute dtype and the stored parameter dtype (default: the
-    checkpoint's `torch_dtype`). Raises FileNotFoundError / ValueError naming the file and tensor at fault.
+    checkpoint's `torch_dtype`). `lm_head=False` loads the backbone only (`config.has_lm_head=False`): a
+    reward model's, whose checkpoint may hold no lm_head; an `lm_head.weight` there is ignored.
+    Tensors whose names start with one of `skip_prefixes` (a reward head: "score.", "v_head.") are left to
+    the caller, who reads them with `read_hf_tensors`. Raises FileNotFoundError / ValueError naming the
+    file and tensor at fault.
     """
-    path = os.fspath(path)
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint directory; pass a directory holding config.json "
-                                "and the *.safetensors weights.")
+    path = _checkpoint_dir(path)
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
+    if not lm_head:
+        overrides["has_lm_head"] = False
     config = ModelConfig.from_hf_json(path, **overrides)
     files = _weight_files(path)
+    config_file = os.path.join(path, "config.json")
+
+    def skipped(name: str) -> bool:
+        return name.startswith(tuple(skip_prefixes)) or (not lm_head and name == "lm_head.weight")
 
     _, state = nnx.split(abstract_model(config))
     params = traverse_util.flatten_dict(nnx.to_pure_dict(state))  # path -> ShapeDtypeStruct
     expected = _expected_tensors(config, params)
-    config_file = os.path.join(path, "config.json")
+    reward_head = sorted(n for n in files if n.startswith(_REWARD_HEAD_PREFIXES) and not skipped(n))
+    prm_hint = (f" {reward_head[0]} is a process reward model's head: load this checkpoint with "
+                "ttcjax.prm_hub.load_hf_prm." if reward_head else "")
 
     missing = [name for name in expected if name not in files]
     if missing:
@@ -199,28 +211,21 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None,
                "true there if the model shares them, or add lm_head.weight." if missing == ["lm_head.weight"] else
                f" Check that {config_file} (num_hidden_layers, attention_bias, mlp_bias, architecture) "
                "describes these weights.")
-        raise ValueError(f"{path}: tensor(s) {missing[:8]} missing from the checkpoint.{fix}")
-    tied_head = config.tie_word_embeddings and "lm_head.weight" in files
+        raise ValueError(f"{path}: tensor(s) {missing[:8]} missing from the checkpoint.{prm_hint or fix}")
+    tied_head = config.tie_word_embeddings and lm_head and "lm_head.weight" in files
     unexpected = [n for n in files if n not in expected and not n.endswith(HARMLESS_SUFFIXES)
-                  and not (tied_head and n == "lm_head.weight")]
+                  and not (tied_head and n == "lm_head.weight") and not skipped(n)]
     if unexpected:
         raise ValueError(
             f"{path}: unexpected tensor(s) {unexpected[:8]} in {os.path.basename(files[unexpected[0]])}, "
             f"which {config_file} does not describe; fix num_hidden_layers / attention_bias / mlp_bias / "
-            "tie_word_embeddings in the config, or remove the tensors."
+            f"tie_word_embeddings in the config, or remove the tensors.{prm_hint}"
         )
 
     loaded = {}
-    # The flax backend reads bfloat16, which numpy cannot; pinning it to the host keeps the
-    # reshaping in numpy and the device holding one copy, made at the end.
-    with contextlib.ExitStack() as stack, _on_host():
-        handles = {f: stack.enter_context(safe_open(f, framework="flax")) for f in sorted(set(files.values()))}
-
-        def read(name: str) -> np.ndarray:
-            return np.asarray(handles[files[name]].get_tensor(name))
-
+    with _open_tensors(files) as read:
         for name, (entry, param) in expected.items():  # shapes first: a mismatch reads nothing
-            got, want = tuple(handles[files[name]].get_slice(name).get_shape()), entry.hf_shape(config)
+            got, want = read.shape(name), entry.hf_shape(config)
             if got != want:
                 raise ValueError(
                     f"{files[name]}: tensor {name} has shape {list(got)}, expected {list(want)} from "
@@ -239,6 +244,61 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None,
     return model_from_params(config, loaded)
 
 
+def read_hf_tensors(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]], *,
+                    hint: str = "") -> dict[str, np.ndarray]:
+    """Read the named tensors of a checkpoint directory as numpy arrays (in their stored dtype), each
+    checked against its expected Hugging Face shape before anything is read: what `load_hf_model` leaves to
+    the caller with `skip_prefixes`. ValueError naming the file, the tensor and the expected shape (and
+    `hint`, the caller's advice) where one is missing or has another shape."""
+    path = _checkpoint_dir(path)
+    files = _weight_files(path)
+    missing = [name for name in shapes if name not in files]
+    if missing:
+        raise ValueError(f"{path}: tensor(s) {missing} missing from the checkpoint, expected with shape(s) "
+                         f"{[list(shapes[n]) for n in missing]}.{hint and ' ' + hint}")
+    with _open_tensors({name: files[name] for name in shapes}) as read:
+        for name, want in shapes.items():
+            got = read.shape(name)
+            if got != tuple(want):
+                raise ValueError(f"{files[name]}: tensor {name} has shape {list(got)}, expected {list(want)} from "
+                                 f"{os.path.join(path, 'config.json')}.{hint and ' ' + hint}")
+        return {name: read(name) for name in shapes}
+
+
+# Tensor-name prefixes of the process reward models' heads that ttcjax.prm_hub loads.
+_REWARD_HEAD_PREFIXES = ("score.", "v_head.")
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> str:
+    path = os.fspath(path)
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"{path}: no such checkpoint directory; pass a directory holding config.json "
+                                "and the *.safetensors weights.")
+    return path
+
+
+class _TensorReader:
+    """`read(name)` -> numpy array and `read.shape(name)` over open safetensors handles."""
+
+    def __init__(self, handles: dict[str, Any], files: dict[str, str]):
+        self._handles, self._files = handles, files
+
+    def shape(self, name: str) -> tuple[int, ...]:
+        return tuple(self._handles[self._files[name]].get_slice(name).get_shape())
+
+    def __call__(self, name: str) -> np.ndarray:
+        return np.asarray(self._handles[self._files[name]].get_tensor(name))
+
+
+@contextlib.contextmanager
+def _open_tensors(files: dict[str, str]):
+    # The flax backend reads bfloat16, which numpy cannot; pinning it to the host keeps the
+    # reshaping in numpy and the device holding one copy, made at the end.
+    with contextlib.ExitStack() as stack, _on_host():
+        handles = {f: stack.enter_context(safe_open(f, framework="flax")) for f in sorted(set(files.values()))}
+        yield _TensorReader(handles, files)
+
+
 # ---- Export -----------------------------------------------------------------------------------------
 
 _MODEL_TYPES = {"LlamaForCausalLM": "llama", "MistralForCausalLM": "mistral", "Qwen2ForCausalLM": "qwen2"}
@@ -250,6 +310,9 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
 
     def refuse(field: str, why: str):
         raise ValueError(f"cannot export {field} as {arch}: {why}; change `architecture` or the field.")
+
+    if not config.has_lm_head:
+        refuse("has_lm_head=False", "a causal language model needs its lm_head (this is a reward model's backbone)")
 
     out: dict[str, Any] = {
         "architectures": [arch], "model_type": _MODEL_TYPES[arch], "vocab_size": config.vocab_size,

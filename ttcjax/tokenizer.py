@@ -13,19 +13,23 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
+import functools
 import json
 import string
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 __all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "CharTokenizer",
-           "load_tokenizer", "check_tokenizer_fits", "CHAR_TOKENIZER_FILE"]
+           "load_tokenizer", "check_tokenizer_fits", "CHAR_TOKENIZER_FILE", "CHAT_TEMPLATE_FILE"]
 
 CHAR_TOKENIZER_FILE = "ttcjax_tokenizer.json"
+CHAT_TEMPLATE_FILE = "chat_template.jinja"
+# The named special tokens a chat template sees as variables (transformers' special_tokens_map).
+_TEMPLATE_TOKENS = ("bos_token", "eos_token", "unk_token", "sep_token", "pad_token", "cls_token", "mask_token")
 # Context put around a stop string so it tokenizes as it would mid-generation. One per character
 # class: pre-tokenizers split between classes, while e.g. "xAnswer" would be one pre-token.
 _STOP_ANCHORS = ("x", "0", ".")
@@ -53,6 +57,18 @@ class Tokenizer(ABC):
     _bos_id: int | None = None
     _eos_ids: tuple[int, ...] = ()
     _pad_id: int | None = None
+    chat_template: str | None = None  # Jinja chat template (Hugging Face tokenizers that ship one)
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                            add_generation_prompt: bool = False, **kwargs: Any) -> str:
+        """The conversation rendered by the tokenizer's chat template (text; encode it without BOS)."""
+        raise ValueError(f"{self!r} has no chat template; use the Hugging Face tokenizer.json of a "
+                         "checkpoint whose tokenizer_config.json or chat_template.jinja defines one")
+
+    @property
+    def bos_token(self) -> str | None:
+        """The BOS token as text (None without one)."""
+        return None if self.bos_id is None else self.id_to_token(self.bos_id)
 
     @abstractmethod
     def _encode(self, text: str) -> list[int]: ...
@@ -171,6 +187,54 @@ def _sp_id(i: int) -> int | None:
     return None if i < 0 else int(i)  # SentencePiece uses -1 for "absent"
 
 
+def _read_chat_template(directory: Path, configured: Any) -> str | None:
+    """``chat_template.jinja`` beside tokenizer.json, else tokenizer_config.json's ``chat_template``:
+    a string, or a list of {"name", "template"} of which the one named "default" is used."""
+    file = directory / CHAT_TEMPLATE_FILE
+    if file.is_file():
+        return file.read_text(encoding="utf-8")
+    if isinstance(configured, list):
+        named = {t.get("name"): t.get("template") for t in configured if isinstance(t, dict)}
+        configured = named.get("default")
+    return configured if isinstance(configured, str) else None
+
+
+@functools.lru_cache(maxsize=16)
+def _compile_chat_template(source: str):
+    """The template in the environment transformers renders chat templates in: Jinja's immutable sandbox
+    (templates come from the Hub: untrusted), trim_blocks/lstrip_blocks, loop controls, a JSON ``tojson``
+    that does not escape HTML, ``raise_exception`` and ``strftime_now``; ``{% generation %}`` blocks
+    (assistant-mask markers) render their body."""
+    import datetime
+
+    import jinja2
+    from jinja2.ext import Extension, loopcontrols
+    from jinja2.sandbox import ImmutableSandboxedEnvironment
+
+    class Generation(Extension):
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.Scope(body).set_lineno(lineno)
+
+    def raise_exception(message):
+        raise jinja2.exceptions.TemplateError(message)
+
+    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
+        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
+
+    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
+    env.filters["tojson"] = tojson
+    env.globals["raise_exception"] = raise_exception
+    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
+    try:
+        return env.from_string(source)
+    except jinja2.exceptions.TemplateSyntaxError as e:
+        raise ValueError(f"the tokenizer's chat template is not valid Jinja ({e}, line {e.lineno})") from e
+
+
 class HFTokenizer(Tokenizer):
     """A Hugging Face ``tokenizer.json`` (file, or a checkpoint directory holding one).
 
@@ -222,6 +286,10 @@ class HFTokenizer(Tokenizer):
                                  "fix the tokenizer config files")
             return i
 
+        self.special_tokens: dict[str, str] = {
+            key: tok for key in _TEMPLATE_TOKENS if (tok := _token_str(cfg.get(key))) is not None}
+        self.chat_template = _read_chat_template(d, cfg.get("chat_template"))
+
         eos: list[int] = [i for c in model_cfgs for i in _id_list(c.get("eos_token_id"))]
         if (e := special("eos_token")) is not None:
             eos.append(e)
@@ -231,6 +299,28 @@ class HFTokenizer(Tokenizer):
 
     def _encode(self, text: str) -> list[int]:
         return self._tok.encode(text, add_special_tokens=False).ids
+
+    @property
+    def bos_token(self) -> str | None:
+        """The configured ``bos_token`` string, else the token of ``bos_id`` (None without either)."""
+        return self.special_tokens.get("bos_token") or super().bos_token
+
+    def apply_chat_template(self, messages: Sequence[Mapping[str, Any]],
+                            add_generation_prompt: bool = False, **kwargs: Any) -> str:
+        """Render ``messages`` ([{"role": ..., "content": ...}, ...]) with this tokenizer's chat template,
+        as transformers' ``apply_chat_template(..., tokenize=False)`` does: a sandboxed Jinja environment,
+        the named special tokens (``bos_token``, ``eos_token``, ...) as variables, ``raise_exception``,
+        ``strftime_now``; ``kwargs`` are further template variables. Keys whose value is None are
+        dropped from each message first. Encode the result without BOS (templates write their own)."""
+        if self.chat_template is None:
+            raise ValueError(
+                f"{self.path} has no chat template: neither {self.path.parent / 'tokenizer_config.json'} "
+                f"(\"chat_template\") nor {self.path.parent / CHAT_TEMPLATE_FILE} defines one; copy them from "
+                "the model's checkpoint")
+        chat = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
+        variables = {**self.special_tokens, **kwargs}
+        return _compile_chat_template(self.chat_template).render(
+            messages=chat, add_generation_prompt=add_generation_prompt, **variables)
 
     def encode_batch(self, texts: Iterable[str], add_bos: bool = False) -> list[list[int]]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)

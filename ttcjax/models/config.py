@@ -15,6 +15,13 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "MistralForCausalLM": {},
     "Qwen2ForCausalLM": {"qkv_bias": True},
 }
+# Reward-model architectures whose backbone is one of the above under the same tensor names; their heads
+# are loaded by `ttcjax.prm_hub`. Qwen2ForProcessRewardModel: Qwen2.5-Math-PRM (remote code);
+# Qwen2ForPrmModel: Skywork-o1-Open-PRM (Skywork's vLLM plugin name).
+ARCHITECTURE_ALIASES: dict[str, str] = {
+    "Qwen2ForProcessRewardModel": "Qwen2ForCausalLM",
+    "Qwen2ForPrmModel": "Qwen2ForCausalLM",
+}
 
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -57,6 +64,9 @@ class ModelConfig:
     rope_scaling: RopeScaling | None = None
     max_position_embeddings: int = 4096
     tie_word_embeddings: bool = False
+    # False for a reward model's backbone: no vocabulary projection at all (no lm_head parameter, and the
+    # tied embedding is not used as one either); calling it for logits is an error.
+    has_lm_head: bool = True
     qkv_bias: bool = False  # Qwen2; Llama's `attention_bias` sets this and `o_bias`
     o_bias: bool = False
     mlp_bias: bool = False
@@ -125,7 +135,7 @@ class ModelConfig:
         per_layer = attn + mlp + 2 * d
         total = self.num_layers * per_layer + d
         if include_embeddings:
-            total += self.vocab_size * d * (1 if self.tie_word_embeddings else 2)
+            total += self.vocab_size * d * (1 if self.tie_word_embeddings or not self.has_lm_head else 2)
         return total
 
     def replace(self, **changes) -> "ModelConfig":
@@ -138,10 +148,12 @@ class ModelConfig:
         """Translate a Hugging Face `config.json` dict. `source` names the file in error messages."""
         archs = hf.get("architectures") or []
         arch = archs[0] if archs else _ARCH_BY_MODEL_TYPE.get(hf.get("model_type", ""))
+        arch = ARCHITECTURE_ALIASES.get(arch, arch)
         if arch not in ARCHITECTURES:
             raise ValueError(
                 f"{source}: unsupported architecture {arch or hf.get('model_type')!r}. ttcjax loads "
-                f"{', '.join(ARCHITECTURES)}; convert the model or add its tensor table to ttcjax.hf."
+                f"{', '.join([*ARCHITECTURES, *ARCHITECTURE_ALIASES])}; convert the model or add its tensor "
+                "table to ttcjax.hf."
             )
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if k not in hf]
