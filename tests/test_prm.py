@@ -19,6 +19,8 @@ from ttcjax.sharding import make_mesh
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import CharTokenizer
 
+from toys import toy_policy
+
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=256)
 
@@ -111,34 +113,10 @@ ROLLOUT_TOKENS = 5
 
 
 def _toy_policy():
-    """A 'policy' that ignores its context: every next token is x, y or newline with fixed probabilities.
-
-    All weights but the embeddings and the LM head are zero, so every hidden state is the normalised
-    embedding (all ones) and the logits are the LM head's column sums. A text is correct iff what was
-    generated after the question holds no 'y', so a prefix without 'y' succeeds with probability
-    (1 - P_Y) ** ROLLOUT_TOKENS and a prefix with one never does.
-    """
-    tok = CharTokenizer(alphabet="Qxy\n")
-    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=2,
-                         num_kv_heads=1, max_position_embeddings=64)
-    model = init_model(config)
-    graphdef, state = nnx.split(model)
-    logits = np.full(tok.vocab_size, -30.0)
-    for ch, p in (("x", P_X), ("y", P_Y), ("\n", P_NEWLINE)):
-        logits[tok.token_to_id(ch)] = np.log(p)
-
-    def set_param(path, leaf):
-        name = str(path[-2].key if hasattr(path[-2], "key") else path[-2])
-        if name == "embedding":
-            return jnp.ones_like(leaf)
-        if name == "scale":
-            return jnp.ones_like(leaf)
-        if name == "lm_head":
-            return jnp.broadcast_to(jnp.asarray(logits / config.hidden_size, leaf.dtype), leaf.shape)
-        return jnp.zeros_like(leaf)
-
-    state = jax.tree_util.tree_map_with_path(set_param, state)
-    return nnx.merge(graphdef, state), tok
+    """A policy that ignores its context (tests/toys.py). A text is correct iff what was generated after the
+    question holds no 'y', so a prefix without 'y' succeeds with probability (1 - P_Y) ** ROLLOUT_TOKENS
+    and a prefix with one never does."""
+    return toy_policy(P_X, P_Y, P_NEWLINE)
 
 
 def _no_y_after(question):

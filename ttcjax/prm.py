@@ -102,13 +102,17 @@ class RewardModel(nnx.Module):
         """tokens [B, T] -> score logits [B, T] (sigmoid = probability the prefix is still on path)."""
         _, _, hidden = self.backbone(tokens, positions=positions, key_mask=key_mask, segment_ids=segment_ids,
                                      return_hidden=True, return_logits=False)
-        h = hidden[-1].astype(jnp.float32)  # [B, T, D] final normalised state
+        return self.head_logits(hidden[-1])
+
+    def head_logits(self, hidden: jax.Array) -> jax.Array:
+        """The head on final normalised hidden states [..., D] -> score logits [...] (float32)."""
+        h = hidden.astype(jnp.float32)
         head = self.head
         if isinstance(head, ValueHead):
             return h @ self.v_w[...].astype(jnp.float32) + self.v_b[...].astype(jnp.float32)
         if isinstance(head, TwoClassHead):
             z = jax.nn.relu(h @ self.c_w1[...].astype(jnp.float32) + self.c_b1[...].astype(jnp.float32))
-            logits = z @ self.c_w2[...].astype(jnp.float32) + self.c_b2[...].astype(jnp.float32)  # [B, T, 2]
+            logits = z @ self.c_w2[...].astype(jnp.float32) + self.c_b2[...].astype(jnp.float32)  # [..., 2]
             return logits[..., 1] - logits[..., 0]
         bb = self.backbone
         ids = jnp.array([head.good_id, head.bad_id])
@@ -116,7 +120,7 @@ class RewardModel(nnx.Module):
             rows = bb.embedding[...][ids].astype(jnp.float32)  # [2, D]
         else:
             rows = bb.lm_head[...][:, ids].T.astype(jnp.float32)
-        logits = jnp.einsum("BTD,CD->BTC", h, rows)
+        logits = jnp.einsum("...D,CD->...C", h, rows)
         return logits[..., 0] - logits[..., 1]
 
 

@@ -1,0 +1,154 @@
+"""Search on toy models whose optimum is known (tests/toys.py): the policy writes x / y / newline at fixed
+rates, the PRM prefers prefixes without 'y', and a solution is right iff it holds no 'y'."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from toys import p_solution_without_y, toy_policy, y_fraction_prm
+from ttcjax.decode import GREEDY, Engine, Sampling
+from ttcjax.search import DVTS, Beam, BestOfN, Lookahead, search
+from ttcjax.sharding import make_mesh
+
+P_X, P_Y, P_NEWLINE = 0.5, 0.2, 0.3
+SAMPLING = Sampling(temperature=1.0)
+
+
+def no_y(text):
+    """Right iff the solution has at least one step and no 'y' (a solution without steps scores 0)."""
+    return "y" not in text and text.strip() != ""
+
+
+@pytest.fixture(scope="module")
+def toys():
+    policy, tok = toy_policy(P_X, P_Y, P_NEWLINE)
+    return Engine(policy, pad_id=tok.pad_id), y_fraction_prm(), tok
+
+
+def run(toys, strategy, questions=("Q",), key=0, **kw):
+    engine, prm, tok = toys
+    kw.setdefault("sampling", SAMPLING)
+    return search(strategy, engine, prm, tok, list(questions), jax.random.key(key), extract_answer=no_y,
+                  max_step_tokens=16, max_len=96, **kw)
+
+
+def test_the_toy_prm_prefers_prefixes_without_y(toys):
+    from ttcjax.prm import StepFormat, score_inputs
+
+    _, prm, tok = toys
+    fmt = StepFormat()
+    clean, one_y, two_y = (score_inputs(prm, [fmt.encode(tok, "Q", steps)])[0][-1]
+                           for steps in (["xx", "x"], ["xy", "x"], ["yy", "x"]))
+    assert clean > one_y > two_y
+
+
+def test_best_of_n_accuracy_matches_its_closed_form(toys):
+    n, questions = 4, 96
+    results = run(toys, BestOfN(n, selection="vanilla"), questions=["Q"] * questions)
+    accuracy = np.mean([r.answer is True for r in results])
+    p0 = p_solution_without_y(P_X, P_Y, P_NEWLINE) - P_NEWLINE  # clean, and not empty
+    # the sampled candidates themselves follow the toy's law ...
+    clean = np.mean([c.answer for r in results for c in r.candidates])
+    assert abs(clean - p0) < 4 * np.sqrt(p0 * (1 - p0) / (n * questions))
+    # ... and vanilla best-of-N picks a clean one whenever there is one
+    expected = 1 - (1 - p0) ** n
+    assert abs(accuracy - expected) < 4 * np.sqrt(expected * (1 - expected) / questions), (accuracy, expected)
+    assert all(r.answer == any(c.answer for c in r.candidates) for r in results)
+
+
+def test_beam_search_finds_the_optimum(toys):
+    results = run(toys, Beam(16, 4), questions=["Q"] * 6)
+    assert all(r.answer is True for r in results)
+    # selection keeps clean prefixes: nearly every final beam with a step is clean, far above the sampling
+    # rate (rows whose very first step was empty finished at once and keep their place)
+    clean = np.mean([c.answer for r in results for c in r.candidates if c.text.strip()])
+    sampled = (p_solution_without_y(P_X, P_Y, P_NEWLINE) - P_NEWLINE) / (1 - P_NEWLINE)
+    assert clean > sampled + 0.5
+    for r in results:
+        for c in r.candidates:
+            assert len(c.step_scores) == c.text.count("\n") - 1 or not c.text.endswith("\n\n")
+
+
+def test_dvts_keeps_each_subtree_clean(toys):
+    results = run(toys, DVTS(16, 4), questions=["Q"] * 4)
+    assert all(r.answer is True for r in results)
+    clean = np.mean([c.answer for r in results for c in r.candidates if c.text.strip()])
+    sampled = (p_solution_without_y(P_X, P_Y, P_NEWLINE) - P_NEWLINE) / (1 - P_NEWLINE)
+    assert clean > sampled + 0.3
+
+
+def test_lookahead_with_k0_is_beam_search(toys):
+    beam = run(toys, Beam(8, 2), questions=["Q"] * 3, key=5)
+    look = run(toys, Lookahead(8, 2, k=0), questions=["Q"] * 3, key=5)
+    for a, b in zip(beam, look):
+        assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+        assert [c.step_scores for c in a.candidates] == [c.step_scores for c in b.candidates]
+        assert a.generated_tokens == b.generated_tokens
+    assert Lookahead(8, 2, k=3).budget == 32
+
+
+def test_lookahead_rollouts_cost_tokens(toys):
+    (with_rollouts,) = run(toys, Lookahead(4, 2, k=2), key=1)
+    texts = sum(len(c.text) for c in with_rollouts.candidates)
+    assert with_rollouts.generated_tokens > texts  # the discarded rollouts were generated and counted
+
+
+def test_same_key_same_result_and_a_new_key_differs(toys):
+    a = run(toys, Beam(8, 2), questions=["Q"] * 2, key=3)
+    b = run(toys, Beam(8, 2), questions=["Q"] * 2, key=3)
+    c = run(toys, Beam(8, 2), questions=["Q"] * 2, key=4)
+    assert [x.candidates for x in a] == [x.candidates for x in b]
+    assert [x.candidates for x in a] != [x.candidates for x in c]
+
+
+def test_cost_accounting_on_a_hand_counted_case(toys):
+    engine, prm, tok = toys
+    # greedy: every row writes 'x' until the step's 16-token limit, which ends the solution after one step
+    (r,) = run(toys, BestOfN(3), sampling=GREEDY)
+    assert [c.text for c in r.candidates] == ["x" * 16] * 3
+    assert r.generated_tokens == 3 * 16
+    assert r.prm_tokens == 3 * 16 + 2  # each row's step, and the prompt (BOS + "Q") once
+    assert r.policy_flops == 2 * engine.config.num_params() * (3 * 16 + 2)
+    assert r.verifier_flops == 2 * prm.config.num_params() * (3 * 16 + 2)
+    assert r.generations == 3
+    # sampled: a best-of-N row's tokens are exactly its text's characters
+    (s,) = run(toys, BestOfN(8), key=2)
+    assert s.generated_tokens == sum(len(c.text) for c in s.candidates)
+
+
+def test_a_question_that_finishes_early_does_not_disturb_the_others(toys):
+    # the second question nearly fills the cache, so its rows stop within their first step
+    long_prompt = "Q" * 90
+    with_short = run(toys, Beam(8, 2), questions=["Q", "Q"], key=7)
+    with_long = run(toys, Beam(8, 2), questions=["Q", long_prompt], key=7)
+    assert [c.text for c in with_short[0].candidates] == [c.text for c in with_long[0].candidates]
+    assert with_short[0].generated_tokens == with_long[0].generated_tokens
+    assert with_long[1].generated_tokens <= 8 * 5 < with_long[0].generated_tokens
+
+
+def test_eight_devices_search_like_one(toys):
+    engine, prm, tok = toys
+    policy, _ = toy_policy(P_X, P_Y, P_NEWLINE)
+    sharded = Engine(policy, mesh=make_mesh(4, 2), pad_id=tok.pad_id)
+    a = run(toys, Beam(8, 2), questions=["Q"] * 4, key=9)
+    b = search(Beam(8, 2), sharded, prm, tok, ["Q"] * 4, jax.random.key(9), extract_answer=no_y,
+               sampling=SAMPLING, max_step_tokens=16, max_len=96)
+    assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
+    np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
+                               [s for r in b for c in r.candidates for s in c.step_scores], atol=1e-5)
+
+
+def test_invalid_settings_are_refused():
+    with pytest.raises(ValueError, match="divisible"):
+        Beam(10, 4)
+    with pytest.raises(ValueError, match="below the beam width"):
+        Beam(2, 4)
+    with pytest.raises(ValueError, match="below the beam width"):
+        DVTS(2, 4)
+    with pytest.raises(ValueError, match="k must be"):
+        Lookahead(8, 2, k=-1)
+    with pytest.raises(ValueError, match="selection"):
+        BestOfN(4, selection="best")
+    assert dataclasses.is_dataclass(Beam(8, 2)) and hash(Beam(8, 2)) == hash(Beam(8, 2))

@@ -1,0 +1,371 @@
+"""Test-time search on the device: best-of-N, PRM-guided beam search, lookahead and DVTS.
+
+Strategies are data (frozen dataclasses); `search` runs any of them for a batch of questions. Every
+question gets N rows of the batch (its beams). One compiled program runs the whole episode: a
+`lax.while_loop` over rounds, each of which
+
+  1. generates one reasoning step on every unfinished row (the decoding core's loop, stopping each row at
+     the step delimiter), continuing from the row's KV cache;
+  2. feeds the new step into the PRM's own KV cache and reads the step's score at its last token (the PRM
+     scores only what is new);
+  3. (lookahead) rolls each row k further steps out greedily on a copy of both caches and scores the end
+     of the rollout instead;
+  4. selects: within each group of rows (beam: all N rows of a question; DVTS: each subtree of M rows) the
+     top group/M unfinished rows are kept and each fills M rows; rows are moved with an on-device gather
+     of the policy's and the PRM's cache rows (the shared prefix is never prefilled again). Finished
+     rows keep their place. Best-of-N selects nothing.
+
+A solution ends when its row emits EOS or an empty step (the blank line that ends an example). Finished
+rows, and every row of a finished question, generate nothing further (`done`), so they add no tokens;
+the loop ends when every row has finished or after `max_rounds`.
+
+Answers are chosen on the host from all N final rows: weighted best-of-N by default (scores of equivalent
+answers summed), or vanilla best-of-N or majority vote.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+
+from ttcjax.cache import KVCache
+from ttcjax.decode import (FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling, StopConditions, _decode,
+                           _prefill, bucket)
+from ttcjax.prm import AGGREGATIONS, RewardModel, aggregate
+from ttcjax.voting import best_of_n, majority, weighted
+
+SELECTIONS = ("weighted", "vanilla", "majority")
+
+
+# ---- strategies ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfN:
+    """N independent samples; the answer by `selection` over their PRM scores."""
+
+    n: int
+    selection: str = "weighted"
+
+    def __post_init__(self):
+        _check(self.n >= 1, f"BestOfN(n={self.n}): n must be >= 1.")
+        _check(self.selection in SELECTIONS, f"selection={self.selection!r} is not one of {SELECTIONS}.")
+
+    @property
+    def budget(self) -> int:
+        return self.n
+
+
+@dataclasses.dataclass(frozen=True)
+class Beam:
+    """PRM-guided step-level beam search: N beams; each round keep the top N/width, expand each by width."""
+
+    n: int
+    width: int
+    max_rounds: int = 40
+    selection: str = "weighted"
+
+    def __post_init__(self):
+        _check_tree(type(self).__name__, self.n, self.width, self.max_rounds, self.selection)
+
+    @property
+    def budget(self) -> int:
+        return self.n
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookahead:
+    """Beam search whose step score is the PRM's at the end of a greedy rollout of up to k more steps.
+    Budget counted as N * (k + 1), as in the paper."""
+
+    n: int
+    width: int
+    k: int = 1
+    max_rounds: int = 40
+    selection: str = "weighted"
+
+    def __post_init__(self):
+        _check_tree(type(self).__name__, self.n, self.width, self.max_rounds, self.selection)
+        _check(self.k >= 0, f"Lookahead(k={self.k}): k must be >= 0.")
+
+    @property
+    def budget(self) -> int:
+        return self.n * (self.k + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DVTS:
+    """Diverse verifier tree search: N/width independent subtrees of width rows, each keeping its best row
+    and expanding it by width every round."""
+
+    n: int
+    width: int
+    max_rounds: int = 40
+    selection: str = "weighted"
+
+    def __post_init__(self):
+        _check_tree(type(self).__name__, self.n, self.width, self.max_rounds, self.selection)
+
+    @property
+    def budget(self) -> int:
+        return self.n
+
+
+Strategy = BestOfN | Beam | Lookahead | DVTS
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+def _check_tree(name, n, width, max_rounds, selection):
+    _check(width >= 1, f"{name}(width={width}): width must be >= 1.")
+    _check(n >= width, f"{name}(n={n}, width={width}): the budget n is below the beam width; use n >= width.")
+    _check(n % width == 0, f"{name}(n={n}, width={width}): n must be divisible by width (n/width beams are "
+                           "kept and each expanded width times).")
+    _check(max_rounds >= 1, f"{name}(max_rounds={max_rounds}): must be >= 1.")
+    _check(selection in SELECTIONS, f"selection={selection!r} is not one of {SELECTIONS}.")
+
+
+def _groups(strategy: Strategy) -> tuple[int, int]:
+    """(rows per selection group, rows kept per group); (0, 0) means no selection."""
+    if isinstance(strategy, BestOfN):
+        return 0, 0
+    if isinstance(strategy, DVTS):
+        return strategy.width, 1
+    return strategy.n, strategy.n // strategy.width
+
+
+# ---- the compiled episode --------------------------------------------------------------------------------
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class SearchState:
+    """What the round loop carries; rows are beams (question-major, N per question)."""
+
+    policy: DecodeState  # the policy's cache and next-token logits per row
+    prm_cache: KVCache  # the PRM's cache per row (prompt + the row's steps)
+    tokens: jax.Array  # [R, L] the row's solution so far
+    length: jax.Array  # [R] int32
+    step_scores: jax.Array  # [R, max_rounds] PRM score of each step (nan where none)
+    num_steps: jax.Array  # [R] int32
+    finished: jax.Array  # [R] bool: the solution has ended (or cannot continue)
+    generated: jax.Array  # [R] int32 tokens this row's lineage generated, rollouts included (cost)
+    scored: jax.Array  # [R] int32 tokens the PRM read for this row's lineage (cost)
+    rounds: jax.Array  # [] int32
+
+
+def _prm_extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
+    """Feed tokens [R, T] (row r's first lengths[r] are real) into the PRM cache; the score logit at each
+    row's last real token [R], and the cache advanced by lengths."""
+    _, new_cache, hidden = prm.backbone(tokens, cache=cache, return_hidden=True, return_logits=False)
+    logits = prm.head_logits(hidden[-1])  # [R, T]
+    read = jnp.take_along_axis(logits, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
+
+
+def _select(scores, open_rows, group: int, keep: int, width: int):
+    """Source row (within the batch) for every row: finished rows stay; in each group the `keep` best open
+    rows (by score) fill the group's open rows, `width` each, best first. scores/open_rows [R]."""
+    r = scores.shape[0]
+    s = jnp.where(open_rows, scores, -jnp.inf).reshape(-1, group)  # [G, group]
+    open_g = open_rows.reshape(-1, group)
+    order = jnp.argsort(-s, axis=1, stable=True)  # [G, group] open rows first, best first
+    n_open = open_g.sum(axis=1, keepdims=True)
+    n_parents = jnp.maximum(jnp.minimum(keep, n_open), 1)
+    slot = jnp.cumsum(open_g, axis=1) - 1  # rank of each open row among its group's open rows
+    parent_rank = jnp.where(slot // width < n_parents, slot // width, slot % n_parents)
+    parent = jnp.take_along_axis(order, jnp.clip(parent_rank, 0, group - 1), axis=1)  # [G, group]
+    local = jnp.where(open_g, parent, jnp.arange(group)[None, :])
+    return (local + jnp.arange(0, r, group)[:, None]).reshape(r)
+
+
+def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_tokens, prompt_lengths, key, *,
+             n: int, group: int, keep: int, width: int, lookahead: int, max_rounds: int, max_step_tokens: int,
+             max_len: int, sampling: Sampling, delimiter_id: int, eos_ids: tuple[int, ...], pad_id: int,
+             attn_chunk: int):
+    prm = nnx.merge(prm_graphdef, prm_params)
+    q = prompt_tokens.shape[0]
+    rows = q * n
+    policy = _prefill(policy_graphdef, policy_params, prompt_tokens, prompt_lengths, max_len=max_len).fork(n)
+    prm_cache = KVCache.for_model(prm.config, q, max_len)
+    _, prm_cache = _prm_extend(prm, prm_cache, prompt_tokens, prompt_lengths)
+    prm_cache = prm_cache.fork(n)
+    step_stop = StopConditions(eos_ids=eos_ids, stop_sequences=((delimiter_id,),))
+    eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
+    sol_len = max_len  # solution buffer width (a solution never exceeds the cache)
+
+    def one_step(policy, prm_cache, finished, step_key, sampling):
+        """Generate one step on unfinished rows and score it; returns what changed."""
+        policy = dataclasses.replace(policy, done=finished)
+        gen, policy = _decode(policy_graphdef, policy_params, policy, step_key, max_new_tokens=max_step_tokens,
+                              sampling=sampling, stop=step_stop, pad_id=pad_id, attn_chunk=attn_chunk)
+        first = gen.tokens[:, 0]
+        # an empty step (the blank line that ends an example) or an immediate EOS ends the solution; a step
+        # that stopped other than at its delimiter (EOS, token limit, full cache) is scored and ends it
+        empty = (first == delimiter_id) | jnp.any(first[:, None] == eos, axis=1)
+        real = ~finished & ~empty
+        ended = ~finished & (empty | (gen.finish_reason != FINISHED_STOP))
+        score_logit, new_prm_cache = _prm_extend(prm, prm_cache, gen.tokens, jnp.where(real, gen.lengths, 0))
+        return gen, policy, new_prm_cache, jax.nn.sigmoid(score_logit), real, ended
+
+    def body(st: SearchState) -> SearchState:
+        round_key = jax.random.fold_in(key, st.rounds)
+        gen, policy, prm_cache, score, real, ended = one_step(st.policy, st.prm_cache, st.finished, round_key,
+                                                              sampling)
+        generated = st.generated + gen.lengths
+        scored = st.scored + jnp.where(real, gen.lengths, 0)
+        # append the step to each row's solution
+        col = st.length[:, None] + jnp.arange(max_step_tokens)[None, :]
+        col = jnp.where(jnp.arange(max_step_tokens)[None, :] < gen.lengths[:, None], col, sol_len)
+        tokens = st.tokens.at[jnp.arange(rows)[:, None], col].set(gen.tokens, mode="drop")
+        length = st.length + gen.lengths
+        select_score = score
+        if lookahead:
+            # roll out up to k more steps greedily on copies; the step's score is the PRM's at the rollout's end
+            la_policy, la_prm, la_done, la_score = policy, prm_cache, st.finished | ended, score
+            for j in range(lookahead):
+                g2, la_policy, la_prm, s2, real2, ended2 = one_step(la_policy, la_prm, la_done,
+                                                                    jax.random.fold_in(round_key, j + 1), GREEDY)
+                la_score = jnp.where(real2, s2, la_score)
+                generated = generated + g2.lengths
+                scored = scored + jnp.where(real2, g2.lengths, 0)
+                la_done = la_done | ended2
+            select_score = la_score
+        step_scores = jnp.where(
+            (jnp.arange(max_rounds)[None, :] == st.num_steps[:, None]) & real[:, None], score[:, None],
+            st.step_scores)
+        num_steps = st.num_steps + real
+        finished = st.finished | ended | (length >= sol_len)
+        new = SearchState(policy=dataclasses.replace(policy, done=finished), prm_cache=prm_cache, tokens=tokens,
+                          length=length, step_scores=step_scores, num_steps=num_steps, finished=finished,
+                          generated=generated, scored=scored, rounds=st.rounds + 1)
+        if group:
+            last = jnp.take_along_axis(step_scores, jnp.maximum(num_steps - 1, 0)[:, None], axis=1)[:, 0]
+            src = _select(jnp.where(real, select_score, last), ~finished, group, keep, width)
+            # the lineage's cost is what all rows spent: keep per-row counts by summing before the gather
+            moved = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
+                                 dataclasses.replace(new, rounds=jnp.zeros(rows, jnp.int32)))
+            new = dataclasses.replace(moved, generated=new.generated, scored=new.scored, rounds=new.rounds)
+        return new
+
+    state = SearchState(
+        policy=policy, prm_cache=prm_cache, tokens=jnp.full((rows, sol_len), pad_id, jnp.int32),
+        length=jnp.zeros(rows, jnp.int32), step_scores=jnp.full((rows, max_rounds), jnp.nan, jnp.float32),
+        num_steps=jnp.zeros(rows, jnp.int32), finished=jnp.zeros(rows, bool),
+        generated=jnp.zeros(rows, jnp.int32), scored=jnp.zeros(rows, jnp.int32), rounds=jnp.int32(0))
+    state = jax.lax.while_loop(lambda st: (st.rounds < max_rounds) & jnp.any(~st.finished), body, state)
+    return state
+
+
+_episode_jit = jax.jit(
+    _episode, static_argnums=(0, 2),
+    static_argnames=("n", "group", "keep", "width", "lookahead", "max_rounds", "max_step_tokens", "max_len",
+                     "sampling", "delimiter_id", "eos_ids", "pad_id", "attn_chunk"))
+
+
+# ---- the host side -----------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Candidate:
+    text: str
+    answer: Any
+    step_scores: list[float]
+    score: float  # aggregated
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Per question: the chosen answer and solution, every candidate, and the exact cost."""
+
+    answer: Any
+    solution: str
+    chosen: int
+    candidates: list[Candidate]
+    generations: int  # the strategy's budget in generations (N, or N*(k+1) for lookahead)
+    generated_tokens: int
+    prm_tokens: int
+    policy_flops: float
+    verifier_flops: float
+
+
+def _cost_flops(params: int, tokens: int) -> float:
+    return 2.0 * params * tokens
+
+
+def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, questions: Sequence[str], key, *,
+           extract_answer: Callable[[str], Any], equal: Callable[[Any, Any], bool] | None = None,
+           sampling: Sampling = Sampling(temperature=0.8), max_step_tokens: int = 32, max_len: int = 192,
+           delimiter: str = "\n", aggregation: str = "last", questions_per_batch: int | None = None
+           ) -> list[SearchResult]:
+    """Run `strategy` for every question (prompt text) with the policy in `engine` and the PRM `prm`.
+
+    `extract_answer(solution_text)` gives a candidate's answer (None if it has none); `equal` compares two
+    answers (default ==). Questions are searched `questions_per_batch` at a time (default: all), each with N
+    rows of one batch.
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}.")
+    delimiter_ids = tokenizer.encode(delimiter)
+    if len(delimiter_ids) != 1:
+        raise ValueError(f"the step delimiter {delimiter!r} must be one token of the tokenizer; it is "
+                         f"{len(delimiter_ids)}.")
+    if prm.config.vocab_size < tokenizer.vocab_size:
+        raise ValueError("the PRM's vocabulary is smaller than the tokenizer's; use the PRM trained for this policy.")
+    group, keep = _groups(strategy)
+    n = strategy.n
+    rounds = getattr(strategy, "max_rounds", max(1, max_len // 2))
+    lookahead = getattr(strategy, "k", 0)
+    width = getattr(strategy, "width", 1)
+    encoded = [tokenizer.encode(q, add_bos=tokenizer.bos_id is not None) for q in questions]
+    per_batch = questions_per_batch or len(encoded)
+    policy_params = engine.config.num_params()
+    prm_params = prm.config.num_params()
+    prm_graphdef, prm_state = nnx.split(prm)
+    results: list[SearchResult] = []
+    for start in range(0, len(encoded), per_batch):
+        chunk = encoded[start:start + per_batch]
+        longest = max(map(len, chunk))
+        if longest >= max_len:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room to generate in max_len={max_len}; "
+                             "raise max_len.")
+        width_p = min(bucket(longest), max_len)
+        tokens = np.full((len(chunk), width_p), tokenizer.pad_id, np.int32)
+        for i, p in enumerate(chunk):
+            tokens[i, :len(p)] = p
+        lengths = np.array([len(p) for p in chunk], np.int32)
+        st = _episode_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, jnp.asarray(tokens),
+                          jnp.asarray(lengths), jax.random.fold_in(key, start), n=n, group=group, keep=keep,
+                          width=width, lookahead=lookahead, max_rounds=rounds, max_step_tokens=max_step_tokens,
+                          max_len=max_len, sampling=sampling, delimiter_id=delimiter_ids[0],
+                          eos_ids=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk)
+        host = jax.device_get((st.tokens, st.length, st.step_scores, st.num_steps, st.generated, st.scored))
+        sol_tokens, sol_len, step_scores, num_steps, generated, scored = host
+        for i in range(len(chunk)):
+            cands = []
+            for r in range(i * n, (i + 1) * n):
+                text = tokenizer.decode(sol_tokens[r, :sol_len[r]])
+                s = [float(x) for x in step_scores[r, :num_steps[r]]]
+                cands.append(Candidate(text=text, answer=extract_answer(text), step_scores=s,
+                                       score=aggregate(s, aggregation)))
+            answers, scores = [c.answer for c in cands], [c.score for c in cands]
+            chosen = (weighted(answers, scores, equal) if strategy.selection == "weighted" else
+                      best_of_n(scores) if strategy.selection == "vanilla" else majority(answers, equal))
+            gen_tokens = int(generated[i * n:(i + 1) * n].sum())
+            prm_tokens = int(scored[i * n:(i + 1) * n].sum()) + len(chunk[i])
+            results.append(SearchResult(
+                answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
+                generations=strategy.budget, generated_tokens=gen_tokens, prm_tokens=prm_tokens,
+                policy_flops=_cost_flops(policy_params, gen_tokens + len(chunk[i])),
+                verifier_flops=_cost_flops(prm_params, prm_tokens)))
+    return results

@@ -1,0 +1,84 @@
+"""Choosing one answer from N candidates (the paper's best-of-N variants), and ROC-AUC for verifiers.
+
+    best_of_n   the candidate with the highest verifier score ("vanilla")
+    weighted    sum the scores of candidates whose answers are equivalent; the best group's top candidate
+    majority    the most frequent answer (no verifier); ties go to the answer seen first
+
+Candidates without an answer (None) never win a vote unless every candidate lacks one.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Sequence
+
+import numpy as np
+
+Equal = Callable[[object, object], bool]
+
+
+def group_answers(answers: Sequence[object], equal: Equal | None = None) -> list[int]:
+    """A group id per candidate; candidates share an id iff their answers are equivalent (`equal`, default
+    ==). None answers each get a group of their own."""
+    groups: list[int] = []
+    representatives: list[object] = []
+    for a in answers:
+        if a is None:
+            groups.append(-1)
+            continue
+        for g, r in enumerate(representatives):
+            if (equal(a, r) if equal is not None else a == r):
+                groups.append(g)
+                break
+        else:
+            representatives.append(a)
+            groups.append(len(representatives) - 1)
+    return groups
+
+
+def best_of_n(scores: Sequence[float]) -> int:
+    return int(np.argmax(np.asarray(scores, np.float64)))
+
+
+def _by_group(answers, weights, equal) -> int:
+    groups = group_answers(answers, equal)
+    if all(g < 0 for g in groups):
+        return 0
+    totals: dict[int, float] = {}
+    for g, w in zip(groups, weights):
+        if g >= 0:
+            totals[g] = totals.get(g, 0.0) + float(w)
+    best = max(totals, key=lambda g: (totals[g], -g))  # ties: the group seen first
+    members = [i for i, g in enumerate(groups) if g == best]
+    return max(members, key=lambda i: (weights[i], -i))
+
+
+def weighted(answers: Sequence[object], scores: Sequence[float], equal: Equal | None = None) -> int:
+    """Index of the chosen candidate under weighted best-of-N."""
+    return _by_group(answers, list(map(float, scores)), equal)
+
+
+def majority(answers: Sequence[object], equal: Equal | None = None) -> int:
+    """Index of a candidate holding the most frequent answer."""
+    return _by_group(answers, [1.0] * len(answers), equal)
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: the probability that a random positive outscores a random negative (ties
+    count half). NaN when either class is empty."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    # average ranks over ties
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
