@@ -533,10 +533,10 @@ def write_atomic(path: str, text: str):
             os.remove(tmp)
 
 
-def update_doc(path: str, section: str):
-    """Replace the '## Decoding core' section of `path` (up to the next '## ' heading), or append it."""
+def update_doc(path: str, section: str, title: str = SECTION):
+    """Replace the `title` section of `path` (up to the next '## ' heading), or append it."""
     text = open(path).read() if os.path.exists(path) else "# Benchmarks\n\n"
-    pattern = re.compile(rf"^{re.escape(SECTION)}\n.*?(?=^## |\Z)", re.S | re.M)
+    pattern = re.compile(rf"^{re.escape(title)}\n.*?(?=^## |\Z)", re.S | re.M)
     if pattern.search(text):
         text = pattern.sub(lambda _: section + "\n", text, count=1)
     else:

@@ -5,7 +5,9 @@
     ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
     ttcjax convert SRC DST --to hf|ttcjax
     ttcjax train policy --config configs/train/policy-tiny.yaml [--out-dir DIR] [--steps N]
+    ttcjax train prm|orm --config configs/train/prm-tiny.yaml
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
+    ttcjax eval prm --model PRM_DIR --policy DIR [--samples 16]
 
 Every option of `demo` and `generate` can also come from a YAML file (`--config`); flags given on the
 command line win over the file.
@@ -227,15 +229,20 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from ttcjax.policy import PolicyTrainConfig, train_policy
+    from ttcjax.prm_train import PRMTrainConfig, train_reward_model
 
-    data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(PolicyTrainConfig)})
+    config_cls = PolicyTrainConfig if args.what == "policy" else PRMTrainConfig
+    data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(config_cls)})
     if args.out_dir:
         data["out_dir"] = args.out_dir
     if args.steps:
         data["steps"] = args.steps
-    config = PolicyTrainConfig.from_dict(data, source=args.config)
+    config = config_cls.from_dict(data, source=args.config)
     command = " ".join(["ttcjax"] + list(sys.argv[1:] if args.argv is None else args.argv))
-    summary = train_policy(config, command=command, progress=not args.no_progress)
+    if args.what == "policy":
+        summary = train_policy(config, command=command, progress=not args.no_progress)
+    else:
+        summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
                                                "validation")}, indent=2))
     if summary["finished"]:
@@ -250,15 +257,29 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from ttcjax.tasks import arithmetic
     from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
 
-    model = load_any(args.model)
-    tokenizer = load_tokenizer(args.tokenizer or args.model)
-    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
     task = arithmetic.TaskConfig()
     problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
                                    split=args.split)
     started = time.perf_counter()
-    result = evaluate_policy(model, tokenizer, problems, samples=args.samples, temperature=args.temperature,
-                             seed=args.seed, mesh=parse_mesh(args.mesh))
+    if args.what == "policy":
+        model = load_any(args.model)
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
+        result = evaluate_policy(model, tokenizer, problems, samples=args.samples, temperature=args.temperature,
+                                 seed=args.seed, mesh=parse_mesh(args.mesh))
+    else:
+        from ttcjax.prm_eval import evaluate_verifier
+        from ttcjax.prm_train import load_prm
+
+        if not args.policy:
+            raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
+        prm, meta = load_prm(args.model)
+        policy = load_any(args.policy)
+        tokenizer = load_tokenizer(args.tokenizer or args.policy)
+        check_tokenizer_fits(tokenizer, prm.config.vocab_size, source=args.model)
+        result = evaluate_verifier(prm, policy, tokenizer, problems, samples=args.samples or 16,
+                                   temperature=args.temperature, seed=args.seed, mesh=parse_mesh(args.mesh),
+                                   aggregation=args.aggregation or meta.get("aggregation", "last"))
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
@@ -309,16 +330,21 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
-    train = sub.add_parser("train", help="train a model (policy: supervised fine-tuning on the built-in task)")
-    train.add_argument("what", choices=["policy"])
+    train = sub.add_parser("train", help="train a policy (supervised fine-tuning on the built-in task), or a "
+                                         "process / outcome reward model on Monte-Carlo labels of a policy")
+    train.add_argument("what", choices=["policy", "prm", "orm"])
     train.add_argument("--config", required=True, help="YAML training config (see configs/train/)")
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
-    ev = sub.add_parser("eval", help="evaluate a policy on the built-in task: greedy accuracy and pass@k")
-    ev.add_argument("what", choices=["policy"])
-    ev.add_argument("--model", required=True)
+    ev = sub.add_parser("eval", help="evaluate on the built-in task: a policy (greedy accuracy, pass@k) or a "
+                                     "verifier (step ROC-AUC against the exact oracle; best-of-N vs majority)")
+    ev.add_argument("what", choices=["policy", "prm"])
+    ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm) to judge")
+    ev.add_argument("--policy", help="eval prm: the policy whose samples are scored")
+    ev.add_argument("--aggregation", choices=["last", "min", "prod", "mean"], help="eval prm: step scores -> "
+                    "solution score (default: the reward model's own)")
     ev.add_argument("--tokenizer", help="defaults to the tokenizer saved beside the model")
     ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
     ev.add_argument("--per-difficulty", type=int, default=100, help="problems per difficulty level")

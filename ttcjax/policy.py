@@ -161,7 +161,9 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence
         return out
 
     result = {"all": summary(np.ones(len(problems), bool)),
-              "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()))}}
+              "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()))},
+              # per problem, so that a subset can be checked again later (tests/test_shipped.py)
+              "greedy_correct": {p.id: bool(ok) for p, ok in zip(problems, greedy_ok)}}
     if counts is not None:
         result["temperature"] = temperature
         result["samples"] = samples
@@ -204,7 +206,10 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
                                    split="validation") if config.eval_problems else []
 
     def evaluate(model, step):
-        return evaluate_policy(model, tokenizer, eval_set, mesh=mesh) if eval_set else {}
+        if not eval_set:
+            return {}
+        result = evaluate_policy(model, tokenizer, eval_set, mesh=mesh)
+        return {k: v for k, v in result.items() if k != "greedy_correct"}
 
     result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
                         out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,

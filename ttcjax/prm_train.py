@@ -201,6 +201,7 @@ class PRMTrainConfig:
     policy: str  # the policy checkpoint whose samples are labelled (and, by default, the backbone's start)
     init_from: str | None = None  # backbone initialisation; default: the policy
     tokenizer: str | None = None  # default: the policy directory's tokenizer
+    labels: str | None = None  # reuse this labels.jsonl (e.g. a PRM run's, for an ORM) instead of sampling
     task: dict = dataclasses.field(default_factory=dict)
     num_questions: int = 1000  # training-split questions to sample
     samples: int = 4  # solutions sampled per question
@@ -262,6 +263,13 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh) -> tuple[list[LabelledS
 
     labels_path = os.path.join(config.out_dir, "labels.jsonl")
     cost_path = os.path.join(config.out_dir, "labels_cost.json")
+    if config.labels:
+        if not os.path.exists(config.labels):
+            raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
+                                    "(ttcjax train prm), or drop `labels` to sample new ones.")
+        cost_file = os.path.join(os.path.dirname(config.labels), "labels_cost.json")
+        cost = json.load(open(cost_file)) if os.path.exists(cost_file) else {}
+        return load_labels(config.labels), {**cost, "reused_from": config.labels}
     if os.path.exists(labels_path) and os.path.exists(cost_path):
         with open(cost_path) as f:
             return load_labels(labels_path), json.load(f)

@@ -1,0 +1,114 @@
+"""The models shipped inside the package (the embedded default), and how they get there.
+
+    ttcjax/assets/policies/tiny     0.75M-parameter policy      configs/train/policy-tiny.yaml
+    ttcjax/assets/policies/small    its 4x larger sibling       configs/train/policy-small.yaml
+    ttcjax/assets/prms/tiny         PRM for the tiny policy     configs/train/prm-tiny.yaml
+    ttcjax/assets/orms/tiny         ORM for the tiny policy     configs/train/orm-tiny.yaml
+
+Each directory holds the model, `train_summary.json` (the training command's own record: config, command,
+wall time, metrics), `eval.json` (`ttcjax eval ...` on the test split) and TRAINING.md. They are copied
+from a finished training run by
+
+    python -m ttcjax.assets ship RUN_DIR KIND NAME --eval EVAL_JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+ASSETS = Path(__file__).parent / "assets"
+KINDS = {"policy": "policies", "prm": "prms", "orm": "orms"}
+
+
+def asset_path(kind: str, name: str = "tiny") -> str:
+    """The directory of a shipped model; FileNotFoundError (naming the training command) if absent."""
+    if kind not in KINDS:
+        raise ValueError(f"asset kind {kind!r} is not one of {sorted(KINDS)}.")
+    path = ASSETS / KINDS[kind] / name
+    if not path.is_dir():
+        shipped = sorted(p.name for p in (ASSETS / KINDS[kind]).glob("*")) if (ASSETS / KINDS[kind]).is_dir() else []
+        raise FileNotFoundError(f"no shipped {kind} named {name!r} (shipped: {shipped}); train one with "
+                                f"`ttcjax train {kind} --config configs/train/{kind}-{name}.yaml`.")
+    return str(path)
+
+
+def model_dir(kind: str, name: str = "tiny") -> str:
+    """The loadable model inside a shipped asset."""
+    return os.path.join(asset_path(kind, name), "model")
+
+
+def read_json(kind: str, name: str, file: str) -> dict:
+    with open(os.path.join(asset_path(kind, name), file)) as f:
+        return json.load(f)
+
+
+def _size_mb(path: Path) -> float:
+    return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
+
+
+def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Path:
+    """Copy a finished run's model, summary and evaluation into the package, with a TRAINING.md."""
+    run = Path(run_dir)
+    summary_path = run / "train_summary.json"
+    if not summary_path.exists() or not (run / "model").is_dir():
+        raise FileNotFoundError(f"{run}: not a finished training run (needs model/ and train_summary.json).")
+    summary = json.loads(summary_path.read_text())
+    if not summary.get("finished"):
+        raise ValueError(f"{summary_path}: the run did not finish; resume it with the same command first.")
+    dest = ASSETS / KINDS[kind] / name
+    if dest.exists():
+        shutil.rmtree(dest)
+    dest.mkdir(parents=True)
+    shutil.copytree(run / "model", dest / "model")
+    shutil.copy(summary_path, dest / "train_summary.json")
+    shutil.copy(run / "metrics.jsonl", dest / "metrics.jsonl")
+    if (run / "labels_cost.json").exists():
+        shutil.copy(run / "labels_cost.json", dest / "labels_cost.json")
+    evaluation = None
+    if eval_json:
+        shutil.copy(eval_json, dest / "eval.json")
+        evaluation = json.loads(Path(eval_json).read_text())
+    size = _size_mb(dest)
+    if size > 20:
+        raise ValueError(f"{dest} is {size:.1f} MB; shipped models must stay under 20 MB.")
+    lines = [f"# Shipped {kind}: {name}", "",
+             f"Produced by `{summary.get('command')}` (then `python -m ttcjax.assets ship {run_dir} {kind} {name}`).",
+             "",
+             f"- parameters: {summary['model']['params']:,}",
+             f"- steps: {summary['step']}" + (f" (early-stopped; best at {summary.get('best_step')})"
+                                             if summary.get("stopped_early") else ""),
+             f"- wall time of the training command: {summary['wall_seconds_this_run']:.0f} s"
+             + (f" (resumed from step {summary['resumed_from']})" if summary.get("resumed_from") else ""),
+             f"- machine: {summary.get('machine', 'see train_summary.json')}",
+             f"- size on disk: {size:.1f} MB", ""]
+    if summary.get("last_train_metrics"):
+        m = summary["last_train_metrics"]
+        lines += [f"Last training metrics: step {m['step']}, loss {m['loss']:.4f}"
+                  + (f", token accuracy {m['token_accuracy']:.3f}" if "token_accuracy" in m else ""), ""]
+    if evaluation is not None:
+        lines += ["## Evaluation (eval.json)", "", "```json", json.dumps(evaluation, indent=1)[:4000], "```", ""]
+    (dest / "TRAINING.md").write_text("\n".join(lines))
+    return dest
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m ttcjax.assets")
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    s = sub.add_parser("ship", help="copy a finished training run into the package")
+    s.add_argument("run_dir")
+    s.add_argument("kind", choices=sorted(KINDS))
+    s.add_argument("name")
+    s.add_argument("--eval", dest="eval_json")
+    args = parser.parse_args(argv)
+    dest = ship(args.run_dir, args.kind, args.name, args.eval_json)
+    print(f"shipped {args.run_dir} -> {dest} ({_size_mb(dest):.1f} MB)", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
