@@ -8,6 +8,7 @@
     ttcjax train prm|orm --config configs/train/prm-tiny.yaml
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
     ttcjax eval prm --model PRM_DIR --policy DIR [--samples 16]
+    ttcjax sweep --config configs/sweep-tiny.yaml
 
 Every option of `demo` and `generate` can also come from a YAML file (`--config`); flags given on the
 command line win over the file.
@@ -290,6 +291,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from ttcjax.sweep import SweepConfig, run_sweep, summary_markdown
+
+    data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(SweepConfig)})
+    if args.out_dir:
+        data["out_dir"] = args.out_dir
+    summary = run_sweep(SweepConfig.from_dict(data, source=args.config), progress=not args.no_progress)
+    print(summary_markdown(summary))
+    return 0
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with any of these options")
     p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax)")
@@ -354,6 +366,12 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
     ev.set_defaults(func=cmd_eval)
+    sw = sub.add_parser("sweep", help="search strategies x budgets on the built-in task: per-question JSONL "
+                                      "(resumable), accuracy-versus-budget tables and plots")
+    sw.add_argument("--config", required=True, help="YAML sweep config (see configs/sweep-tiny.yaml)")
+    sw.add_argument("--out-dir", help="override the config's out_dir")
+    sw.add_argument("--no-progress", action="store_true")
+    sw.set_defaults(func=cmd_sweep)
     return parser
 
 

@@ -1,0 +1,60 @@
+"""The sweep: every (strategy, budget) cell written per question, resumable after an interruption."""
+
+import json
+import os
+
+import numpy as np
+import yaml
+
+from toys import toy_policy, y_fraction_prm
+from ttcjax.checkpoint import save_model
+from ttcjax.cli import main
+from ttcjax.prm_train import save_prm
+from ttcjax.sweep import make_strategy
+from ttcjax.search import DVTS, Beam, BestOfN, Lookahead
+
+
+def test_make_strategy_fits_the_budget():
+    assert make_strategy({"kind": "best_of_n", "selection": "majority"}, 16) == BestOfN(16, "majority")
+    assert make_strategy({"kind": "beam", "width": "sqrt"}, 16, max_rounds=9) == Beam(16, 4, max_rounds=9)
+    assert make_strategy({"kind": "beam", "width": 8}, 4) is None  # a beam wider than the budget
+    assert make_strategy({"kind": "dvts", "width": 4}, 64) == DVTS(64, 4)
+    assert make_strategy({"kind": "lookahead", "width": 4, "k": 1}, 16) == Lookahead(8, 4, k=1)
+    assert make_strategy({"kind": "lookahead", "width": 4, "k": 1}, 4) is None
+
+
+def test_sweep_writes_every_cell_and_resumes(tmp_path):
+    policy, tok = toy_policy(0.5, 0.2, 0.3)
+    save_model(policy, tmp_path / "policy")
+    tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
+    save_prm(y_fraction_prm(), str(tmp_path / "prm"))
+    config = {"out_dir": str(tmp_path / "sweep"), "policy": str(tmp_path / "policy"), "prm": str(tmp_path / "prm"),
+              "per_difficulty": 3, "difficulties": [2, 3], "budgets": [2, 4],
+              "strategies": [{"kind": "best_of_n"}, {"kind": "beam", "width": 2}], "max_rounds": 4,
+              "max_step_tokens": 8, "max_len": 64, "mesh": "none"}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
+    results = tmp_path / "sweep" / "results"
+    files = sorted(os.listdir(results))
+    assert files == ["beam-width2-b2.jsonl", "beam-width2-b4.jsonl", "best_of_n-b2.jsonl", "best_of_n-b4.jsonl"]
+    first = {f: (results / f).read_text() for f in files}
+    assert all(len(text.splitlines()) == 6 for text in first.values())
+    summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
+    assert set(summary["table"]) == {"best_of_n", "beam-width2"}
+    assert (tmp_path / "sweep" / "accuracy_vs_budget.png").stat().st_size > 1000
+
+    # an interruption: one cell lost its last two questions, the line before them was cut in half
+    cut = results / "beam-width2-b4.jsonl"
+    lines = first["beam-width2-b4.jsonl"].splitlines(keepends=True)
+    cut.write_text("".join(lines[:3]) + lines[3][:25])
+    assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
+    redone = cut.read_text().splitlines()
+    assert len(redone) == 6 and redone[:3] == [ln.rstrip("\n") for ln in lines[:3]]
+    assert len({json.loads(ln)["id"] for ln in redone}) == 6  # nothing twice
+    for f in files:
+        if f != "beam-width2-b4.jsonl":
+            assert (results / f).read_text() == first[f]  # finished cells untouched
+    records = [json.loads(ln) for ln in redone]
+    assert all(r["generated_tokens"] > 0 and r["budget"] == 4 for r in records)
+    assert np.all([isinstance(r["correct"], bool) for r in records])
