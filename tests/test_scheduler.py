@@ -1,0 +1,72 @@
+"""Difficulty bins, cross-validated strategy selection, the saved scheduler, and the FLOPs exchange."""
+
+import numpy as np
+import pytest
+
+from ttcjax.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, inference_flops,
+                              matched_generations, pretraining_flops, select_strategies)
+
+
+def test_quantile_bins_on_known_pass_rates():
+    rng = np.random.default_rng(0)
+    pass_rates = rng.permutation(np.arange(100) / 100)  # quintiles at 0.2, 0.4, ...
+    levels, edges = difficulty_levels(pass_rates, 5)
+    np.testing.assert_allclose(edges, [0.198, 0.396, 0.594, 0.792])
+    for lv, lo, hi in [(1, 0.8, 1.0), (2, 0.6, 0.8), (3, 0.4, 0.6), (4, 0.2, 0.4), (5, 0.0, 0.2)]:
+        chosen = pass_rates[levels == lv]
+        assert len(chosen) == 20 and chosen.min() >= lo - 1e-9 and chosen.max() < hi
+    # a new question's level: where its signal falls among the saved edges
+    assert assign_levels([0.99, 0.5, 0.01], edges).tolist() == [1, 3, 5]
+
+
+def test_cross_validated_selection_finds_the_known_best_strategy_per_bin():
+    rng = np.random.default_rng(1)
+    q = 400
+    levels = np.repeat([1, 2], q // 2)
+    # on level 1 best-of-N is right 90% of the time and beam 60%; on level 2 the other way round
+    p = {("best_of_n", 4): np.where(levels == 1, 0.9, 0.3), ("beam", 4): np.where(levels == 1, 0.6, 0.7),
+         ("best_of_n", 16): np.where(levels == 1, 0.95, 0.5), ("beam", 16): np.where(levels == 1, 0.7, 0.8)}
+    correct = {k: (rng.random(q) < v).astype(int) for k, v in p.items()}
+    sel = select_strategies(correct, levels, folds=2, seed=0)
+    assert sel.choice == {(1, 4): "best_of_n", (1, 16): "best_of_n", (2, 4): "beam", (2, 16): "beam"}
+    # cross-validated accuracy is the winner's held-out accuracy, near its true rate
+    assert abs(sel.cv_accuracy[(2, 4)] - 0.7) < 0.1 and abs(sel.cv_accuracy[(1, 16)] - 0.95) < 0.06
+    assert sel.best_of_n_accuracy[(2, 4)] == pytest.approx(correct[("best_of_n", 4)][levels == 2].mean())
+    # compute-optimal at 4 (level 1: 0.9, level 2: 0.7 -> 0.8) already beats best-of-N at 16 (0.95, 0.5 ->
+    # 0.725): the paper's 4x
+    assert efficiency(sel, levels) == {4: 4, 16: 4}
+
+
+def test_scheduler_save_load_and_apply(tmp_path):
+    sel = select_strategies({("best_of_n", 4): np.array([1, 0, 1, 0]), ("beam", 4): np.array([0, 1, 0, 1])},
+                            np.array([1, 2, 1, 2]))
+    specs = {"best_of_n": {"kind": "best_of_n"}, "beam": {"kind": "beam", "width": 2}}
+    sched = BudgetScheduler.from_selection(sel, np.array([0.5]), specs, signal="verifier", probe_samples=4)
+    sched.save(str(tmp_path / "s.json"))
+    loaded = BudgetScheduler.load(str(tmp_path / "s.json"))
+    assert loaded == sched
+    assert loaded.level(0.9) == 1 and loaded.level(0.1) == 2
+    assert loaded.spec(1, 4) == {"kind": "best_of_n"} and loaded.spec(2, 4) == {"kind": "beam", "width": 2}
+    assert loaded.spec(2, 64) == {"kind": "beam", "width": 2}  # a larger budget uses the largest known one
+    with pytest.raises(ValueError, match="no strategy for budget 2"):
+        loaded.spec(1, 2)
+    (tmp_path / "bad.json").write_text('{"edges": []}')
+    with pytest.raises(ValueError, match="not a BudgetScheduler"):
+        BudgetScheduler.load(str(tmp_path / "bad.json"))
+
+
+def test_flops_formulas_against_hand_computed_values():
+    assert pretraining_flops(1e6, 2e9) == 1.2e16
+    assert inference_flops(3e6, 100) == 6e8
+    # N_s = 1, N_l = 4, no verifier, R = 1: (3 * 3 / 1 + 4) / 1 = 13 generations
+    assert matched_generations(1, 4, 1.0) == pytest.approx(13.0)
+    # with a verifier as large as the policy the budget halves; a larger R (more inference) shrinks it
+    assert matched_generations(1, 4, 1.0, verifier_params=1) == pytest.approx(6.5)
+    assert matched_generations(1, 4, 22.0) == pytest.approx((9 / 22 + 4))
+    # check against the definition: equal total FLOPs
+    ns, nl, nv, r, d_pre = 0.75e6, 3.0e6, 0.75e6, 0.79, 1e9
+    b = matched_generations(ns, nl, r, nv)
+    d_inf = r * d_pre
+    small = pretraining_flops(ns, d_pre) + inference_flops(ns + nv, d_inf * b)
+    large = pretraining_flops(nl, d_pre) + inference_flops(nl, d_inf)
+    assert small == pytest.approx(large)

@@ -1,0 +1,198 @@
+"""The compute-optimal scheduler: question difficulty in bins, the best strategy per (bin, budget) chosen
+by cross-validation, and a saved `BudgetScheduler` that applies it to new questions. Also the paper's
+FLOPs exchange between test-time compute and a larger model.
+
+Difficulty (the paper, section 3.2): level 1 is the easiest fifth of the questions, level 5 the hardest,
+by quantiles of a per-question signal:
+    oracle      the policy's pass@1, estimated from many samples (needs the answers)
+    verifier    the mean final-answer score the verifier gives those samples (needs no answers)
+Bin edges are kept, so a new question's predicted level is where its own signal falls among them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from typing import Any, Sequence
+
+import numpy as np
+
+from ttcjax.io import atomic_path
+
+# ---- difficulty bins -------------------------------------------------------------------------------------
+
+
+def bin_edges(signal: Sequence[float], num_bins: int = 5) -> np.ndarray:
+    """The num_bins - 1 inner quantiles of `signal` (higher signal = easier)."""
+    if num_bins < 1:
+        raise ValueError(f"num_bins={num_bins} must be >= 1.")
+    s = np.asarray(signal, np.float64)
+    if s.size == 0:
+        raise ValueError("no questions to bin.")
+    return np.quantile(s, np.arange(1, num_bins) / num_bins)
+
+
+def assign_levels(signal: Sequence[float], edges: np.ndarray) -> np.ndarray:
+    """Level 1 (easiest: highest signal) .. len(edges)+1 (hardest) for each question."""
+    s = np.asarray(signal, np.float64)
+    # searchsorted counts the edges below each value: the highest values pass every edge -> level 1
+    return (len(edges) + 1 - np.searchsorted(np.asarray(edges), s, side="right")).astype(int)
+
+
+def difficulty_levels(signal: Sequence[float], num_bins: int = 5) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, edges) for `signal` binned into `num_bins` quantile bins."""
+    edges = bin_edges(signal, num_bins)
+    return assign_levels(signal, edges), edges
+
+
+# ---- cross-validated selection ---------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Selection:
+    """Per (level, budget): the chosen strategy (on all of the level's questions), and the cross-validated
+    accuracy of choosing that way (chosen on one fold, scored on the other, averaged)."""
+
+    choice: dict[tuple[int, int], str]
+    cv_accuracy: dict[tuple[int, int], float]
+    best_of_n_accuracy: dict[tuple[int, int], float]
+
+
+def select_strategies(correct: dict[tuple[str, int], np.ndarray], levels: np.ndarray, *, folds: int = 2,
+                      seed: int = 0, baseline: str = "best_of_n") -> Selection:
+    """`correct[(strategy, budget)]` is a [Q] array of 0/1 per question; `levels` [Q] their bins.
+
+    For every level and budget, the strategies at that budget compete: with `folds`-fold cross-validation
+    inside the level (split at random by `seed`), each fold's winner (highest accuracy on the other folds)
+    is scored on it; the cross-validated accuracy is the mean over folds. Ties go to the strategy listed
+    first. `baseline` names the strategy whose accuracy is reported alongside (weighted best-of-N).
+    """
+    levels = np.asarray(levels)
+    budgets = sorted({b for _, b in correct})
+    rng = np.random.default_rng(seed)
+    choice, cv, base = {}, {}, {}
+    for level in sorted(set(levels.tolist())):
+        idx = np.flatnonzero(levels == level)
+        fold_of = rng.permutation(len(idx)) % folds
+        for b in budgets:
+            names = [s for s, bb in correct if bb == b]
+            acc = {s: correct[(s, b)][idx].astype(float) for s in names}
+            choice[(level, b)] = max(names, key=lambda s: (acc[s].mean(), -names.index(s)))
+            scores = []
+            for f in range(folds):
+                train, test = fold_of != f, fold_of == f
+                if not test.any():
+                    continue
+                pick = max(names, key=lambda s: (acc[s][train].mean() if train.any() else 0.0, -names.index(s)))
+                scores.append(acc[pick][test].mean())
+            cv[(level, b)] = float(np.mean(scores))
+            if (baseline, b) in correct:
+                base[(level, b)] = float(acc[baseline].mean())
+    return Selection(choice=choice, cv_accuracy=cv, best_of_n_accuracy=base)
+
+
+def overall(by_level: dict[tuple[int, int], float], levels: np.ndarray, budget: int) -> float:
+    """Question-weighted accuracy over levels at one budget."""
+    levels = np.asarray(levels)
+    total = sum(by_level[(lv, budget)] * np.sum(levels == lv) for lv in set(levels.tolist()))
+    return float(total / len(levels))
+
+
+def efficiency(selection: Selection, levels: np.ndarray) -> dict[int, int | None]:
+    """For each budget B: the smallest budget at which compute-optimal (cross-validated) matches best-of-N
+    at B; None where no budget does."""
+    budgets = sorted({b for _, b in selection.cv_accuracy})
+    out = {}
+    for b in budgets:
+        target = overall(selection.best_of_n_accuracy, levels, b)
+        out[b] = next((bb for bb in budgets if overall(selection.cv_accuracy, levels, bb) >= target - 1e-12), None)
+    return out
+
+
+# ---- the scheduler ------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class BudgetScheduler:
+    """A saved mapping (difficulty level, budget) -> strategy spec, with what it needs to bin a new question:
+    the signal it bins by, its edges, and how many probe samples predict the signal (their cost counts)."""
+
+    signal: str  # "verifier" (predicted) or "oracle"
+    edges: tuple[float, ...]
+    choices: dict[str, dict]  # "level/budget" -> strategy spec ({"kind": ..., ...})
+    probe_samples: int = 8
+
+    def level(self, signal_value: float) -> int:
+        return int(assign_levels([signal_value], np.asarray(self.edges))[0])
+
+    def spec(self, level: int, budget: int) -> dict:
+        key = f"{level}/{budget}"
+        if key not in self.choices:
+            budgets = sorted({int(k.split("/")[1]) for k in self.choices})
+            below = [b for b in budgets if b <= budget]
+            if not below:
+                raise ValueError(f"the scheduler has no strategy for budget {budget}; its budgets are {budgets}.")
+            key = f"{level}/{below[-1]}"
+        return dict(self.choices[key])
+
+    def to_json(self) -> dict:
+        return dataclasses.asdict(self)
+
+    def save(self, path: str) -> None:
+        with atomic_path(path) as tmp, open(tmp, "w") as f:
+            json.dump(self.to_json(), f, indent=2)
+
+    @classmethod
+    def load(cls, path: str) -> "BudgetScheduler":
+        try:
+            with open(path) as f:
+                data = json.load(f)
+            return cls(signal=data["signal"], edges=tuple(data["edges"]), choices=dict(data["choices"]),
+                       probe_samples=int(data.get("probe_samples", 8)))
+        except FileNotFoundError:
+            raise FileNotFoundError(f"{path}: no scheduler here; `ttcjax demo` writes one to its report "
+                                    "directory (scheduler.json).") from None
+        except (json.JSONDecodeError, KeyError, TypeError) as e:
+            raise ValueError(f"{path}: not a BudgetScheduler ({e}); expected keys signal, edges, choices.") from None
+
+    @classmethod
+    def from_selection(cls, selection: Selection, edges: np.ndarray, specs: dict[str, dict], *, signal: str,
+                       probe_samples: int = 8) -> "BudgetScheduler":
+        return cls(signal=signal, edges=tuple(float(e) for e in edges),
+                   choices={f"{lv}/{b}": dict(specs[name]) for (lv, b), name in selection.choice.items()},
+                   probe_samples=probe_samples)
+
+
+# ---- FLOPs exchange ------------------------------------------------------------------------------------------
+
+
+def pretraining_flops(params: float, tokens: float) -> float:
+    """6 N D."""
+    return 6.0 * params * tokens
+
+
+def inference_flops(params: float, tokens: float) -> float:
+    """2 N D."""
+    return 2.0 * params * tokens
+
+
+def matched_generations(small_params: float, large_params: float, ratio: float, verifier_params: float = 0.0
+                        ) -> float:
+    """Generations per question the small model (with its verifier) may spend so that pretraining plus
+    inference FLOPs equal the large model's answering once, at R = D_inference / D_pretrain (the paper's
+    section 7):  6 N_s D_p + 2 (N_s + N_v) D_i B  =  6 N_l D_p + 2 N_l D_i  ->  B = (3 (N_l - N_s) / R + N_l) / (N_s + N_v)."""
+    if ratio <= 0:
+        raise ValueError(f"R={ratio} must be > 0.")
+    return (3.0 * (large_params - small_params) / ratio + large_params) / (small_params + verifier_params)
+
+
+PAPER_RATIOS = (0.16, 0.79, 22.0)
+
+
+def log2_budgets(low: int, high: int) -> list[int]:
+    return [2**i for i in range(int(math.log2(low)), int(math.log2(high)) + 1)]
+
+
+def jsonable(d: dict[tuple[int, int], Any]) -> dict[str, Any]:
+    return {f"{a}/{b}": v for (a, b), v in d.items()}
