@@ -125,6 +125,46 @@ def _read_done(path: str) -> dict[str, dict]:
     return done
 
 
+def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, tokenizer, path: str, *,
+             seed: int, temperature: float, max_step_tokens: int, max_len: int, rows_per_batch: int,
+             aggregation: str = "last", bar=None) -> list[dict]:
+    """Search every problem with `strategy`, appending one record per problem to `path` (JSONL) after each
+    batch; problems already in `path` are not searched again. Returns the records in problem order."""
+    from ttcjax.decode import Sampling
+    from ttcjax.tasks import arithmetic
+
+    done = _read_done(path)
+    if bar is not None:
+        bar.update(sum(p.id in done for p in problems))
+    todo = [p for p in problems if p.id not in done]
+    per_batch = max(1, rows_per_batch // strategy.n)
+    cell = f"{name}-b{budget}"
+    with open(path, "a") as out:
+        for start in range(0, len(todo), per_batch):
+            batch = todo[start:start + per_batch]
+            first = batch[0].id  # the batch's key depends on its first question, not on what ran before
+            t0 = time.perf_counter()
+            results = search(strategy, engine, prm, tokenizer, [arithmetic.format_prompt(p) for p in batch],
+                             jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell}/{first}".encode())),
+                             extract_answer=arithmetic.extract_answer, sampling=Sampling(temperature=temperature),
+                             max_step_tokens=max_step_tokens, max_len=max_len, aggregation=aggregation)
+            seconds = (time.perf_counter() - t0) / len(batch)
+            for p, r in zip(batch, results):
+                record = {"id": p.id, "question": p.expression, "difficulty": p.difficulty, "strategy": name,
+                          "budget": budget, "answer": r.answer, "correct": r.answer == p.answer,
+                          "pass": any(c.answer == p.answer for c in r.candidates), "generations": r.generations,
+                          "generated_tokens": r.generated_tokens, "prm_tokens": r.prm_tokens,
+                          "policy_flops": r.policy_flops, "verifier_flops": r.verifier_flops, "seconds": seconds,
+                          "solution": r.solution}
+                out.write(json.dumps(record) + "\n")
+                done[p.id] = record
+            out.flush()
+            os.fsync(out.fileno())
+            if bar is not None:
+                bar.update(len(batch))
+    return [done[p.id] for p in problems]
+
+
 def _load(config: SweepConfig):
     from ttcjax.assets import model_dir
     from ttcjax.checkpoint import load_any
@@ -142,7 +182,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     from tqdm import tqdm
 
     from ttcjax.cli import parse_mesh
-    from ttcjax.decode import Engine, Sampling
+    from ttcjax.decode import Engine
     from ttcjax.tasks import arithmetic
 
     policy, prm, meta, tokenizer = _load(config)
@@ -159,38 +199,11 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     by_cell: dict[str, list[dict]] = {}
     for spec, budget, strategy in cells:
         name = f"{strategy_name(spec)}-b{budget}"
-        path = os.path.join(config.out_dir, "results", f"{name}.jsonl")
-        done = _read_done(path)
-        bar.update(sum(p.id in done for p in problems))
-        todo = [p for p in problems if p.id not in done]
-        per_batch = max(1, config.rows_per_batch // strategy.n)
-        with open(path, "a") as out:
-            for start in range(0, len(todo), per_batch):
-                batch = todo[start:start + per_batch]
-                p0 = batch[0].id  # the batch's key depends on its first question, not on what ran before
-                t0 = time.perf_counter()
-                results = search(strategy, engine, prm, tokenizer, [arithmetic.format_prompt(p) for p in batch],
-                                 jax.random.fold_in(jax.random.key(config.seed), zlib.crc32(f"{name}/{p0}".encode())),
-                                 extract_answer=arithmetic.extract_answer,
-                                 sampling=Sampling(temperature=config.temperature),
-                                 max_step_tokens=config.max_step_tokens, max_len=config.max_len,
-                                 aggregation=meta.get("aggregation", "last"))
-                seconds = (time.perf_counter() - t0) / len(batch)
-                for p, r in zip(batch, results):
-                    record = {"id": p.id, "question": p.expression, "difficulty": p.difficulty,
-                              "strategy": strategy_name(spec), "budget": budget, "answer": r.answer,
-                              "correct": r.answer == p.answer,
-                              "pass": any(c.answer == p.answer for c in r.candidates),
-                              "generations": r.generations, "generated_tokens": r.generated_tokens,
-                              "prm_tokens": r.prm_tokens, "policy_flops": r.policy_flops,
-                              "verifier_flops": r.verifier_flops, "seconds": seconds,
-                              "solution": r.solution}
-                    out.write(json.dumps(record) + "\n")
-                    done[p.id] = record
-                out.flush()
-                os.fsync(out.fileno())
-                bar.update(len(batch))
-        by_cell[name] = [done[p.id] for p in problems]
+        by_cell[name] = run_cell(strategy, strategy_name(spec), budget, problems, engine, prm, tokenizer,
+                                 os.path.join(config.out_dir, "results", f"{name}.jsonl"), seed=config.seed,
+                                 temperature=config.temperature, max_step_tokens=config.max_step_tokens,
+                                 max_len=config.max_len, rows_per_batch=config.rows_per_batch,
+                                 aggregation=meta.get("aggregation", "last"), bar=bar)
     bar.close()
     summary = summarize(config, by_cell)
     with atomic_path(os.path.join(config.out_dir, "summary.json")) as tmp, open(tmp, "w") as f:
