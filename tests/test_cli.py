@@ -8,10 +8,30 @@ import yaml
 from ttcjax.cli import main
 
 
-def test_demo_runs_end_to_end(capsys):
-    assert main(["demo", "--max-new-tokens", "8", "--n", "2"]) == 0
-    out = capsys.readouterr().out
-    assert out.count("'Q: 7*3-4+8=' ->") == 2 and "tokens/s" in out
+def test_demo_in_a_reduced_size_runs_end_to_end(tmp_path, capsys):
+    config = tmp_path / "demo.yaml"
+    config.write_text(yaml.safe_dump({
+        "per_difficulty": 2, "difficulties": [2, 5], "difficulty_samples": 4, "bins": 2, "budgets": [2, 4],
+        "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}],
+        "max_rounds": 8, "probe_samples": 1}))
+    out = tmp_path / "demo"
+    assert main(["demo", "--config", str(config), "--out-dir", str(out), "--no-progress"]) == 0
+    for name in ("summary.md", "report.json", "scheduler.json", "difficulty.jsonl", "large_policy.jsonl",
+                 "accuracy_vs_budget.png", "accuracy_by_difficulty.png", "compute_optimal_vs_best_of_n.png",
+                 "flops_matched.png", "results/beam-width2-b4.jsonl"):
+        assert (out / name).exists(), name
+    report = json.loads((out / "report.json").read_text())
+    assert set(report["accuracy"]) == {"best_of_n-selectionweighted", "beam-width2"}
+    assert len(report["flops_exchange"]) == 3 and report["difficulty_cost_tokens"] > 0
+    summary = (out / "summary.md").read_text()
+    assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
+    # the saved scheduler answers new questions, counting its probe samples
+    answers = tmp_path / "answers.jsonl"
+    assert main(["run", "--scheduler", str(out / "scheduler.json"), "--budget", "5", "--question", "Q: 7*3-4+8=",
+                 "--question", "2+3", "--output", str(answers)]) == 0
+    records = [json.loads(line) for line in answers.read_text().splitlines()]
+    assert [r["question"] for r in records] == ["7*3-4+8", "2+3"]
+    assert all(r["generated_tokens"] > r["probe_tokens"] > 0 for r in records)
 
 
 def test_init_model_then_generate_from_the_checkpoint(tmp_path):
@@ -39,7 +59,10 @@ def test_config_errors_name_the_file_and_key(tmp_path, capsys):
     assert main(["demo", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "temprature" in err
+    assert main(["generate", "--config", str(bad), "--model", "x"]) == 2
+    err = capsys.readouterr().err
+    assert str(bad) in err and "temprature" in err
     assert main(["generate", "--model", str(tmp_path / "missing"), "--prompt", "x"]) == 2
     assert "missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
-        main(["demo", "--mesh"])
+        main(["generate", "--mesh"])

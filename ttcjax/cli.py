@@ -1,6 +1,7 @@
 """The `ttcjax` command line.
 
-    ttcjax demo                                   # the built-in default (see `demo --help`)
+    ttcjax demo [--full]                          # the paper's experiment on the built-in task
+    ttcjax run --scheduler runs/demo/scheduler.json --budget 16
     ttcjax generate --model DIR --prompt "Q: 3+4=" --n 4 --temperature 0.8
     ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
     ttcjax convert SRC DST --to hf|ttcjax
@@ -26,13 +27,8 @@ from typing import Any, Sequence
 
 import yaml
 
-# The demo's defaults. Until the shipped tiny policies land, the demo samples from a tiny random-weight
-# model: it shows the decoding core (prefill once, fork N rows, one compiled decode loop) end to end.
-DEMO_DEFAULTS: dict[str, Any] = {
-    "model_config": {"vocab_size": 101, "hidden_size": 128, "intermediate_size": 352, "num_layers": 2,
-                     "num_heads": 4, "num_kv_heads": 2, "max_position_embeddings": 512},
-    "tokenizer": "char",
-    "prompts": ["Q: 7*3-4+8=", "Q: 12+5*2=", "Q: 9-3*2+1="],
+# `ttcjax generate`'s sampling defaults.
+GENERATE_DEFAULTS: dict[str, Any] = {
     "n": 4,
     "max_new_tokens": 48,
     "temperature": 0.8,
@@ -177,25 +173,59 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    opts = _options(args, DEMO_DEFAULTS, GENERATE_KEYS)
-    print("ttcjax demo: sampling from a tiny random-weight Llama-family model (decoding core only;\n"
-          "the shipped tiny policies and the test-time-compute experiment replace this in later releases).\n")
-    records = run_generation(opts)
+    from ttcjax.experiment import ExperimentConfig, run_experiment
+
+    allowed = {f.name for f in dataclasses.fields(ExperimentConfig)}
+    data = load_yaml_config(args.config, allowed) if args.config else {}
+    for key in ("budgets", "difficulties", "strategies"):
+        if key in data:
+            data[key] = tuple(data[key])
+    for key in ("out_dir", "per_difficulty"):
+        if getattr(args, key) is not None:
+            data[key] = getattr(args, key)
+    config = ExperimentConfig.full(**data) if args.full else ExperimentConfig(**data)
+    print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
+          f"PRM and a 4x larger sibling ({'full size' if args.full else 'reduced; --full for budgets up to 256'}).\n"
+          f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
+          file=sys.stderr)
+    report = run_experiment(config, progress=not args.no_progress)
+    opt = report["compute_optimal"]["oracle"]
+    print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
+                      "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
+                      "seconds": round(report["seconds"])}, indent=1))
+    print(f"report: {os.path.join(config.out_dir, 'summary.md')}", file=sys.stderr)
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from ttcjax.experiment import answer_with_scheduler
+    from ttcjax.io import write_jsonl
+    from ttcjax.scheduler import BudgetScheduler
+    from ttcjax.tasks import arithmetic
+
+    scheduler = BudgetScheduler.load(args.scheduler)
+    if args.questions_file:
+        problems = arithmetic.from_jsonl(args.questions_file)
+    elif args.question:
+        problems = [arithmetic.parse_problem(q.removeprefix("Q:").strip().rstrip("=")) for q in args.question]
+    else:
+        task = arithmetic.TaskConfig()
+        problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
+                                       split=args.split)
+    records = answer_with_scheduler(scheduler, problems, args.budget, policy=args.policy, prm=args.prm,
+                                    seed=args.seed)
+    if args.output:
+        write_jsonl(args.output, records)
     for r in records:
-        print(f"[{r['prompt_index']}] {r['prompt']!r} -> {r['completion']!r} ({r['num_tokens']} tokens, "
-              f"{r['finish_reason']})")
-    # a second run of the same shapes reuses the compiled programs: this is the steady-state speed
-    started = time.perf_counter()
-    again = run_generation(opts)
-    elapsed = time.perf_counter() - started
-    total = sum(r["num_tokens"] for r in again)
-    print(f"\nsteady state: {total} tokens in {elapsed * 1000:.0f} ms = {total / elapsed:.0f} tokens/s")
+        print(json.dumps({k: r[k] for k in ("question", "level", "strategy", "answer", "correct",
+                                            "generated_tokens")}))
+    print(f"accuracy {sum(r['correct'] for r in records) / len(records):.3f} on {len(records)} questions",
+          file=sys.stderr)
     return 0
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    defaults = {k: v for k, v in DEMO_DEFAULTS.items() if k not in ("model_config", "tokenizer", "prompts")}
-    opts = _options(args, defaults, GENERATE_KEYS)
+    opts = _options(args, GENERATE_DEFAULTS, GENERATE_KEYS)
     records = run_generation(opts)
     if not opts.get("output"):
         for r in records:
@@ -324,9 +354,25 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttcjax", description="Compute-optimal test-time scaling in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="run the built-in default end to end")
-    _add_generation_flags(demo)
+    demo = sub.add_parser("demo", help="the paper's experiment end to end on the built-in task (shipped models)")
+    demo.add_argument("--config", help="YAML with any ExperimentConfig field (see configs/demo.yaml)")
+    demo.add_argument("--full", action="store_true", help="full size: budgets up to 256, 100 questions per level")
+    demo.add_argument("--out-dir", help="report directory (default runs/demo, or runs/demo-full)")
+    demo.add_argument("--per-difficulty", type=int, help="test questions per difficulty level")
+    demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
+    run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler")
+    run.add_argument("--scheduler", required=True, help="scheduler.json (written by ttcjax demo)")
+    run.add_argument("--budget", type=int, default=16, help="generations per question, probe samples included")
+    run.add_argument("--question", action="append", help="e.g. 'Q: 7*3-4+8=' (repeatable)")
+    run.add_argument("--questions-file", help="JSONL of built-in problems (ttcjax.tasks.arithmetic.to_jsonl)")
+    run.add_argument("--split", default="test", choices=["train", "validation", "test"])
+    run.add_argument("--per-difficulty", type=int, default=10)
+    run.add_argument("--policy", default="tiny")
+    run.add_argument("--prm", default="tiny")
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--output", help="write the answers as JSONL here")
+    run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="sample completions from a checkpoint")
     _add_generation_flags(gen)
     gen.set_defaults(func=cmd_generate)

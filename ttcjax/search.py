@@ -34,11 +34,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from ttcjax.cache import KVCache
 from ttcjax.decode import (FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling, StopConditions, _decode,
                            _prefill, bucket)
 from ttcjax.prm import AGGREGATIONS, RewardModel, aggregate
+from ttcjax.sharding import shard_model
 from ttcjax.voting import best_of_n, majority, weighted
 
 SELECTIONS = ("weighted", "vanilla", "majority")
@@ -192,8 +194,19 @@ def _select(scores, open_rows, group: int, keep: int, width: int):
 def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_tokens, prompt_lengths, key, *,
              n: int, group: int, keep: int, width: int, lookahead: int, max_rounds: int, max_step_tokens: int,
              max_len: int, sampling: Sampling, delimiter_id: int, eos_ids: tuple[int, ...], pad_id: int,
-             attn_chunk: int):
+             attn_chunk: int, mesh=None, data_axis: str | None = None):
     prm = nnx.merge(prm_graphdef, prm_params)
+
+    def constrain(tree):
+        """Rows (beams) split over the mesh's data axis; declared once for everything the loop carries."""
+        if mesh is None or data_axis is None:
+            return tree
+        def leaf(x):
+            if x.ndim == 0 or x.shape[0] % mesh.shape[data_axis]:
+                return x
+            return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(data_axis, *[None] * (x.ndim - 1))))
+        return jax.tree.map(leaf, tree)
+
     q = prompt_tokens.shape[0]
     rows = q * n
     policy = _prefill(policy_graphdef, policy_params, prompt_tokens, prompt_lengths, max_len=max_len).fork(n)
@@ -256,13 +269,14 @@ def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_to
             moved = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
                                  dataclasses.replace(new, rounds=jnp.zeros(rows, jnp.int32)))
             new = dataclasses.replace(moved, generated=new.generated, scored=new.scored, rounds=new.rounds)
-        return new
+        return constrain(new)
 
     state = SearchState(
         policy=policy, prm_cache=prm_cache, tokens=jnp.full((rows, sol_len), pad_id, jnp.int32),
         length=jnp.zeros(rows, jnp.int32), step_scores=jnp.full((rows, max_rounds), jnp.nan, jnp.float32),
         num_steps=jnp.zeros(rows, jnp.int32), finished=jnp.zeros(rows, bool),
         generated=jnp.zeros(rows, jnp.int32), scored=jnp.zeros(rows, jnp.int32), rounds=jnp.int32(0))
+    state = constrain(state)
     state = jax.lax.while_loop(lambda st: (st.rounds < max_rounds) & jnp.any(~st.finished), body, state)
     return state
 
@@ -270,7 +284,7 @@ def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_to
 _episode_jit = jax.jit(
     _episode, static_argnums=(0, 2),
     static_argnames=("n", "group", "keep", "width", "lookahead", "max_rounds", "max_step_tokens", "max_len",
-                     "sampling", "delimiter_id", "eos_ids", "pad_id", "attn_chunk"))
+                     "sampling", "delimiter_id", "eos_ids", "pad_id", "attn_chunk", "mesh", "data_axis"))
 
 
 # ---- the host side -----------------------------------------------------------------------------------------
@@ -331,6 +345,8 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
     per_batch = questions_per_batch or len(encoded)
     policy_params = engine.config.num_params()
     prm_params = prm.config.num_params()
+    if engine.mesh is not None:
+        shard_model(prm, engine.mesh, engine.rules)
     prm_graphdef, prm_state = nnx.split(prm)
     results: list[SearchResult] = []
     for start in range(0, len(encoded), per_batch):
@@ -340,15 +356,20 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
             raise ValueError(f"a prompt of {longest} tokens leaves no room to generate in max_len={max_len}; "
                              "raise max_len.")
         width_p = min(bucket(longest), max_len)
-        tokens = np.full((len(chunk), width_p), tokenizer.pad_id, np.int32)
-        for i, p in enumerate(chunk):
-            tokens[i, :len(p)] = p
-        lengths = np.array([len(p) for p in chunk], np.int32)
-        st = _episode_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, jnp.asarray(tokens),
-                          jnp.asarray(lengths), jax.random.fold_in(key, start), n=n, group=group, keep=keep,
+        # with a mesh, questions (and so their rows) are padded to a multiple of the data axis and split over it
+        data = engine.data_size
+        padded = chunk + [chunk[0]] * (-len(chunk) % data)
+        tokens = np.full((len(padded), width_p), tokenizer.pad_id, np.int32)
+        for i, p in enumerate(padded):
+            tokens[i, :min(len(p), width_p)] = p[:width_p]
+        lengths = np.array([len(p) for p in padded], np.int32)
+        tokens, lengths = engine._place_rows(tokens), engine._place_rows(lengths)
+        st = _episode_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, tokens,
+                          lengths, jax.random.fold_in(key, start), n=n, group=group, keep=keep,
                           width=width, lookahead=lookahead, max_rounds=rounds, max_step_tokens=max_step_tokens,
                           max_len=max_len, sampling=sampling, delimiter_id=delimiter_ids[0],
-                          eos_ids=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk)
+                          eos_ids=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk,
+                          mesh=engine.mesh, data_axis=engine.rules.batch if engine.mesh is not None else None)
         host = jax.device_get((st.tokens, st.length, st.step_scores, st.num_steps, st.generated, st.scored))
         sol_tokens, sol_len, step_scores, num_steps, generated, scored = host
         for i in range(len(chunk)):

@@ -75,6 +75,10 @@ class OptimConfig:
             decay_steps=self.steps, end_value=self.lr * self.min_lr_ratio)
 
     def optimizer(self) -> optax.GradientTransformation:
+        """The optimiser; one object per config, so that runs with the same config share compiled steps."""
+        return _optimizer(self)
+
+    def _build(self) -> optax.GradientTransformation:
         def decay_mask(params):
             # decay matrices only: norm scales ('scale') and biases (b*) keep their values
             return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim >= 2, params)
@@ -84,6 +88,11 @@ class OptimConfig:
             optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
                         mask=decay_mask),
         )
+
+
+@functools.lru_cache(maxsize=16)
+def _optimizer(optim: OptimConfig) -> optax.GradientTransformation:
+    return optim._build()
 
 
 @jax.tree_util.register_dataclass
