@@ -1,5 +1,6 @@
 """Process reward models: one-pass scoring, aggregation, Monte-Carlo labels, training, save/load, sharding."""
 
+import dataclasses
 import json
 import os
 
@@ -190,21 +191,28 @@ def tiny_policy(tmp_path_factory):
     return str(out / "model")
 
 
-@pytest.mark.parametrize("orm", [False, True], ids=["prm", "orm"])
-def test_train_reward_model_end_to_end_and_resume(tiny_policy, tmp_path, orm):
-    config = PRMTrainConfig(out_dir=str(tmp_path / "rm"), policy=tiny_policy, task={"difficulties": [2]},
-                            num_questions=40, samples=2, rollouts=2, max_new_tokens=40, seq_len=128, batch_size=4,
+def test_train_prm_then_orm_end_to_end_with_resume(tiny_policy, tmp_path):
+    config = PRMTrainConfig(out_dir=str(tmp_path / "prm"), policy=tiny_policy, task={"difficulties": [2]},
+                            num_questions=24, samples=2, rollouts=2, max_new_tokens=40, seq_len=128, batch_size=4,
                             steps=8, lr=3e-3, warmup_steps=1, eval_every=4, patience=5, checkpoint_every=4,
                             mesh="none", validation_fraction=0.25)
-    first = train_reward_model(config, orm=orm, stop_after=4, progress=False)
+    first = train_reward_model(config, stop_after=4, progress=False)
     assert not first["finished"]
     cost = first["labels"]["cost"]
     assert cost["rollouts"] > 0 and cost["generated_tokens"] == cost["solution_tokens"] + cost["rollout_tokens"]
-    labels_mtime = os.path.getmtime(tmp_path / "rm" / "labels.jsonl")
-    second = train_reward_model(config, orm=orm, progress=False)
+    labels_mtime = os.path.getmtime(tmp_path / "prm" / "labels.jsonl")
+    second = train_reward_model(config, progress=False)
     assert second["resumed_from"] == 4 and second["finished"]
-    assert os.path.getmtime(tmp_path / "rm" / "labels.jsonl") == labels_mtime  # labels reused, not redone
-    prm, meta = load_prm(str(tmp_path / "rm" / "model"))
-    assert meta["kind"] == ("orm" if orm else "prm")
-    losses = [m["eval"]["loss"] for m in map(json.loads, open(tmp_path / "rm" / "metrics.jsonl")) if "eval" in m]
+    assert os.path.getmtime(tmp_path / "prm" / "labels.jsonl") == labels_mtime  # labels reused, not redone
+    prm, meta = load_prm(str(tmp_path / "prm" / "model"))
+    assert meta["kind"] == "prm"
+    losses = [m["eval"]["loss"] for m in map(json.loads, open(tmp_path / "prm" / "metrics.jsonl")) if "eval" in m]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+    # the ORM learns from the same samples (no new sampling), read only at each solution's end
+    orm_config = dataclasses.replace(config, out_dir=str(tmp_path / "orm"),
+                                     labels=str(tmp_path / "prm" / "labels.jsonl"))
+    orm = train_reward_model(orm_config, orm=True, progress=False)
+    assert orm["finished"] and orm["labels"]["cost"]["reused_from"].endswith("labels.jsonl")
+    _, meta = load_prm(str(tmp_path / "orm" / "model"))
+    assert meta["kind"] == "orm"
