@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import sys
 from typing import Callable, Sequence
 
 import jax
@@ -68,10 +69,13 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
 
     Each prefix is prefilled once and forked `rollouts` ways. Returns [len(prefixes)] floats.
     """
+    from tqdm import tqdm
+
     cost = cost if cost is not None else LabellingCost()
     per_call = max(1, batch_rows // rollouts)
     out = np.zeros(len(prefixes))
-    for start in range(0, len(prefixes), per_call):
+    for start in tqdm(range(0, len(prefixes), per_call), desc="rollouts", unit="batch", file=sys.stderr,
+                      disable=len(prefixes) <= per_call, dynamic_ncols=True):
         chunk = list(prefixes[start:start + per_call])
         encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in chunk]
         completions = engine.generate(encoded, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
