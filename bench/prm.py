@@ -94,7 +94,7 @@ def main(argv=None):
         problem = problems[i // args.samples]
         steps = split_steps(tok.decode(c.tokens)) or [""]
         inputs.append(fmt.encode(tok, arithmetic.format_prompt(problem), steps))
-    score_inputs(prm, inputs, batch_size=args.batch_rows)  # warm-up: compiles every bucket
+    score_inputs(prm, inputs)  # warm-up: compiles every bucket
 
     gen_times, score_times = [], []
     for r in range(args.repeats):
@@ -102,7 +102,7 @@ def main(argv=None):
         generate(r + 1)
         gen_times.append(time.perf_counter() - t)
         t = time.perf_counter()
-        scores = score_inputs(prm, inputs, batch_size=args.batch_rows)
+        scores = score_inputs(prm, inputs)
         jax.block_until_ready(scores)
         score_times.append(time.perf_counter() - t)
     sequences = len(inputs)

@@ -128,11 +128,12 @@ class RewardModel(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _score_jit(graphdef, state, tokens, lengths, read_at):
+def _score_jit(graphdef, state, tokens, positions, segment_ids, read_at):
+    """Packed rows: tokens / positions / segment_ids [R, W] (segment 0 = padding), read_at [R, S] (-1: none)
+    -> probabilities [R, S]."""
     model = nnx.merge(graphdef, state)
-    key_mask = jnp.arange(tokens.shape[1])[None, :] < lengths[:, None]
-    logits = model(tokens, key_mask=key_mask)  # [B, T]
-    picked = jnp.take_along_axis(logits, jnp.maximum(read_at, 0), axis=1)  # [B, S]
+    logits = model(tokens, positions=positions, segment_ids=segment_ids)  # [R, W]
+    picked = jnp.take_along_axis(logits, jnp.maximum(read_at, 0), axis=1)  # [R, S]
     return jnp.where(read_at >= 0, jax.nn.sigmoid(picked), jnp.nan)
 
 
@@ -152,13 +153,29 @@ def _bucket(n: int, minimum: int) -> int:
     return max(minimum, 1 << max(0, int(np.ceil(np.log2(max(n, 1))))))
 
 
-def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None, rules=None,
-                 batch_size: int = 64, pad_id: int = 0) -> list[np.ndarray]:
-    """Step scores (probabilities) of each input, in one forward pass per batch of `batch_size` solutions.
+def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """First-fit packing of items of `lengths` into rows holding at most `capacity` tokens (an item longer
+    than `capacity` gets a row of its own)."""
+    rows: list[list[int]] = []
+    fill: list[int] = []
+    for i, n in enumerate(lengths):
+        for r, used in enumerate(fill):
+            if used + n <= capacity:
+                rows[r].append(i)
+                fill[r] += n
+                break
+        else:
+            rows.append([i])
+            fill.append(n)
+    return rows
 
-    Lengths and step counts are bucketed to powers of two, so batches of similar shapes share one compiled
-    program. With a mesh, rows are split over its data axis (the parameters as `ttcjax.sharding` places them).
-    """
+
+def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None, rules=None,
+                 row_tokens: int = 256, rows_per_call: int = 32, pad_id: int = 0) -> list[np.ndarray]:
+    """Step scores (probabilities) of each input: one forward pass per call scores every step of every
+    solution packed into it. Solutions are packed into rows of `row_tokens` (attention stays inside each
+    solution), so padding costs little; row width and steps per row are bucketed to powers of two, so calls
+    share compiled programs. With a mesh, rows are split over its data axis."""
     from ttcjax.sharding import ShardingRules, batch_sharding, shard_model
 
     if not inputs:
@@ -168,25 +185,38 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
         shard_model(prm, mesh, rules)
     graphdef, state = nnx.split(prm)
     data = 1 if mesh is None else mesh.shape[rules.batch]
-    out: list[np.ndarray] = []
-    for start in range(0, len(inputs), batch_size):
-        chunk = inputs[start:start + batch_size]
-        rows = -(-len(chunk) // data) * data
-        width = _bucket(max(len(x.tokens) for x in chunk), 16)
-        steps = _bucket(max(len(x.read_at) for x in chunk), 4)
-        tokens = np.full((rows, width), pad_id, np.int32)
-        lengths = np.ones(rows, np.int32)
-        read_at = np.full((rows, steps), -1, np.int32)
-        for i, x in enumerate(chunk):
-            tokens[i, :len(x.tokens)] = x.tokens
-            lengths[i] = len(x.tokens)
-            read_at[i, :len(x.read_at)] = x.read_at
-        arrays = (tokens, lengths, read_at)
+    capacity = max(row_tokens, max(len(x.tokens) for x in inputs))
+    packed = pack_rows([len(x.tokens) for x in inputs], capacity)
+    out: list[np.ndarray | None] = [None] * len(inputs)
+    for start in range(0, len(packed), rows_per_call):
+        rows = packed[start:start + rows_per_call]
+        n_rows = -(-len(rows) // data) * data
+        width = _bucket(max(sum(len(inputs[i].tokens) for i in row) for row in rows), 16)
+        steps = _bucket(max(sum(len(inputs[i].read_at) for i in row) for row in rows), 4)
+        tokens = np.full((n_rows, width), pad_id, np.int32)
+        positions = np.zeros((n_rows, width), np.int32)
+        segment_ids = np.zeros((n_rows, width), np.int32)
+        read_at = np.full((n_rows, steps), -1, np.int32)
+        for r, row in enumerate(rows):
+            at, k = 0, 0
+            for s, i in enumerate(row, start=1):
+                x = inputs[i]
+                tokens[r, at:at + len(x.tokens)] = x.tokens
+                positions[r, at:at + len(x.tokens)] = np.arange(len(x.tokens))
+                segment_ids[r, at:at + len(x.tokens)] = s
+                read_at[r, k:k + len(x.read_at)] = np.asarray(x.read_at, np.int32) + at
+                at, k = at + len(x.tokens), k + len(x.read_at)
+        arrays = (tokens, positions, segment_ids, read_at)
         if mesh is not None:
             arrays = tuple(jax.device_put(a, batch_sharding(mesh, rules, a.shape)) for a in arrays)
         scores = np.asarray(_score_jit(graphdef, state, *arrays))
-        out += [scores[i, :len(x.read_at)] for i, x in enumerate(chunk)]
-    return out
+        for r, row in enumerate(rows):
+            k = 0
+            for i in row:
+                n = len(inputs[i].read_at)
+                out[i] = scores[r, k:k + n]
+                k += n
+    return out  # type: ignore[return-value]
 
 
 # ---- aggregation -----------------------------------------------------------------------------------------

@@ -30,7 +30,8 @@ from ttcjax.checkpoint import load_any, load_model, save_model
 from ttcjax.decode import Engine, Sampling
 from ttcjax.io import atomic_path
 from ttcjax.labels import LabelledSolution, label_solutions, load_labels, save_labels
-from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, ValueHead, head_from_dict)
+from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, ValueHead, head_from_dict,
+                        pack_rows)
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import load_tokenizer
 from ttcjax.train import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, train_loop
@@ -111,21 +112,12 @@ class PackedScores:
 def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_len: int, pad_id: int = 0
                  ) -> PackedScores:
     """First-fit packing of (input, one label per read position) pairs into rows of seq_len tokens."""
-    rows: list[list[int]] = []
-    fill: list[int] = []
     for e, (x, labels) in enumerate(examples):
         if len(labels) != len(x.read_at):
             raise ValueError(f"example {e}: {len(labels)} labels for {len(x.read_at)} read positions.")
         if len(x.tokens) > seq_len:
             raise ValueError(f"example {e} has {len(x.tokens)} tokens, more than seq_len={seq_len}; raise seq_len.")
-        for r, used in enumerate(fill):
-            if used + len(x.tokens) <= seq_len:
-                rows[r].append(e)
-                fill[r] += len(x.tokens)
-                break
-        else:
-            rows.append([e])
-            fill.append(len(x.tokens))
+    rows = pack_rows([len(x.tokens) for x, _ in examples], seq_len)
     n = len(rows)
     out = PackedScores(np.full((n, seq_len), pad_id, np.int32), np.zeros((n, seq_len), np.int32),
                        np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32),
