@@ -166,7 +166,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     scheduler.save(os.path.join(out, "scheduler.json"))
 
     # 4. FLOPs exchange with the larger sibling ----------------------------------------------------------------
-    log("[4/4] the 4x larger sibling, greedy, against search at matched FLOPs")
+    log("[4/4] the larger sibling, greedy, against search at matched FLOPs")
     large_path = os.path.join(out, "large_policy.jsonl")
     large_dir = _model_dir("policy", config.large_policy)
     large = load_any(large_dir)
@@ -286,7 +286,7 @@ def _plots(report: dict, out: str) -> None:
         x = np.arange(len(lv))
         large = [row["by_level"][k]["large_greedy"] or 0 for k in lv]
         small = [row["by_level"][k]["small_compute_optimal"] or 0 for k in lv]
-        ax.bar(x - 0.2, large, 0.4, label="4x larger, greedy")
+        ax.bar(x - 0.2, large, 0.4, label="larger sibling, greedy")
         ax.bar(x + 0.2, small, 0.4, label=f"small + search (N={row['budget_used']})")
         ax.set_xticks(x, [f"L{k}" for k in lv])
         ax.set_title(f"R = {row['R']}")
@@ -335,7 +335,8 @@ def _markdown(r: dict) -> str:
         + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
         "held-out estimates are noisy, which `--full` reduces.", "",
         "![](compute_optimal_vs_best_of_n.png)", "",
-        "## Test-time compute versus a 4x larger model at matched FLOPs", "",
+        f"## Test-time compute versus a {r['params']['large_policy'] / r['params']['policy']:.1f}x larger model at "
+        "matched FLOPs", "",
         f"The larger sibling answers greedily (accuracy {r['large_policy_greedy']:.3f} overall). The small "
         "policy may spend B generations (with its PRM) where 6 N_s D_p + 2 (N_s + N_prm) D_i B = "
         "6 N_l D_p + 2 N_l D_i, R = D_i / D_p; the largest computed budget not above B is used.", "",
