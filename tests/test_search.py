@@ -80,8 +80,8 @@ def test_dvts_keeps_each_subtree_clean(toys):
 
 
 def test_lookahead_with_k0_is_beam_search(toys):
-    beam = run(toys, Beam(8, 2), questions=["Q"] * 3, key=5)
-    look = run(toys, Lookahead(8, 2, k=0), questions=["Q"] * 3, key=5)
+    beam = run(toys, Beam(8, 2), questions=["Q"] * 2, key=5)
+    look = run(toys, Lookahead(8, 2, k=0), questions=["Q"] * 2, key=5)
     for a, b in zip(beam, look):
         assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
         assert [c.step_scores for c in a.candidates] == [c.step_scores for c in b.candidates]
