@@ -29,7 +29,7 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
     save_prm(y_fraction_prm(), str(tmp_path / "prm"))
     config = {"out_dir": str(tmp_path / "sweep"), "policy": str(tmp_path / "policy"), "prm": str(tmp_path / "prm"),
-              "per_difficulty": 3, "difficulties": [2, 3], "budgets": [2, 4],
+              "per_difficulty": 3, "difficulties": [2, 3], "budgets": [4],
               "strategies": [{"kind": "best_of_n"}, {"kind": "beam", "width": 2}], "max_rounds": 4,
               "max_step_tokens": 8, "max_len": 64, "mesh": "none"}
     path = tmp_path / "sweep.yaml"
@@ -37,7 +37,7 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
     results = tmp_path / "sweep" / "results"
     files = sorted(os.listdir(results))
-    assert files == ["beam-width2-b2.jsonl", "beam-width2-b4.jsonl", "best_of_n-b2.jsonl", "best_of_n-b4.jsonl"]
+    assert files == ["beam-width2-b4.jsonl", "best_of_n-b4.jsonl"]
     first = {f: (results / f).read_text() for f in files}
     assert all(len(text.splitlines()) == 6 for text in first.values())
     summary = json.loads((tmp_path / "sweep" / "summary.json").read_text())
