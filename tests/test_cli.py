@@ -18,7 +18,7 @@ def test_demo_in_a_reduced_size_runs_end_to_end(tmp_path, capsys):
     assert main(["demo", "--config", str(config), "--out-dir", str(out), "--no-progress"]) == 0
     for name in ("summary.md", "report.json", "scheduler.json", "difficulty.jsonl", "large_policy.jsonl",
                  "accuracy_vs_budget.png", "accuracy_by_difficulty.png", "compute_optimal_vs_best_of_n.png",
-                 "flops_matched.png", "results/beam-width2-b4.jsonl"):
+                 "flops_matched.png", "results/beam-width2-b4.jsonl", "results/best_of_n-b4.jsonl"):
         assert (out / name).exists(), name
     report = json.loads((out / "report.json").read_text())
     assert set(report["accuracy"]) == {"best_of_n-selectionweighted", "beam-width2"}

@@ -48,7 +48,7 @@ class ExperimentConfig:
     policy: str = "tiny"
     prm: str = "tiny"
     large_policy: str = "small"
-    per_difficulty: int = 20
+    per_difficulty: int = 16
     difficulties: tuple[int, ...] = (2, 3, 4, 5)
     difficulty_samples: int = 16  # the paper used 2048
     bins: int = 5
@@ -57,7 +57,7 @@ class ExperimentConfig:
     strategies: tuple[dict, ...] = DEMO_STRATEGIES
     temperature: float = 0.8
     max_rounds: int = 12
-    max_step_tokens: int = 24
+    max_step_tokens: int = 20
     max_len: int = 160
     rows_per_batch: int = 1024
     probe_samples: int = 8  # samples a new question spends to predict its bin (ttcjax run)
@@ -142,14 +142,28 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
                disable=not progress, dynamic_ncols=True)
     correct: dict[tuple[str, int], np.ndarray] = {}
     tokens: dict[tuple[str, int], float] = {}
+    shared: dict[int, list[dict]] = {}  # best-of-N samples per budget, shared by its selection rules
     for spec, budget, strategy in cells:
         name = strategy_name(spec)
-        records = run_cell(strategy, name, budget, problems, engine, prm, tok,
-                           os.path.join(out, "results", f"{name}-b{budget}.jsonl"), seed=config.seed,
-                           temperature=config.temperature, max_step_tokens=config.max_step_tokens,
-                           max_len=config.max_len, rows_per_batch=config.rows_per_batch, aggregation=aggregation,
-                           bar=bar)
-        correct[(name, budget)] = np.array([r["correct"] for r in records], int)
+        if spec["kind"] == "best_of_n":
+            if budget not in shared:
+                shared[budget] = run_cell(
+                    make_strategy({"kind": "best_of_n"}, budget), "best_of_n", budget, problems, engine, prm, tok,
+                    os.path.join(out, "results", f"best_of_n-b{budget}.jsonl"), seed=config.seed,
+                    temperature=config.temperature, max_step_tokens=config.max_step_tokens, max_len=config.max_len,
+                    rows_per_batch=config.rows_per_batch, aggregation=aggregation, bar=bar)
+            else:
+                bar.update(len(problems))
+            records = shared[budget]
+            correct[(name, budget)] = np.array([r["by_selection"][spec.get("selection", "weighted")]
+                                                for r in records], int)
+        else:
+            records = run_cell(strategy, name, budget, problems, engine, prm, tok,
+                               os.path.join(out, "results", f"{name}-b{budget}.jsonl"), seed=config.seed,
+                               temperature=config.temperature, max_step_tokens=config.max_step_tokens,
+                               max_len=config.max_len, rows_per_batch=config.rows_per_batch,
+                               aggregation=aggregation, bar=bar)
+            correct[(name, budget)] = np.array([r["correct"] for r in records], int)
         tokens[(name, budget)] = float(np.mean([r["generated_tokens"] for r in records]))
     bar.close()
 

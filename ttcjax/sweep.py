@@ -25,6 +25,7 @@ import numpy as np
 
 from ttcjax.io import atomic_path
 from ttcjax.search import DVTS, Beam, BestOfN, Lookahead, Strategy, search
+from ttcjax.voting import best_of_n, majority, weighted
 
 DEFAULT_STRATEGIES = (
     {"kind": "best_of_n", "selection": "weighted"},
@@ -150,9 +151,16 @@ def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, 
                              max_step_tokens=max_step_tokens, max_len=max_len, aggregation=aggregation)
             seconds = (time.perf_counter() - t0) / len(batch)
             for p, r in zip(batch, results):
+                answers = [c.answer for c in r.candidates]
+                scores = [c.score for c in r.candidates]
+                # every answer-selection rule over the same candidates: best-of-N variants share one sampling
+                by_selection = {"weighted": answers[weighted(answers, scores)] == p.answer,
+                                "vanilla": answers[best_of_n(scores)] == p.answer,
+                                "majority": answers[majority(answers)] == p.answer}
                 record = {"id": p.id, "question": p.expression, "difficulty": p.difficulty, "strategy": name,
                           "budget": budget, "answer": r.answer, "correct": r.answer == p.answer,
-                          "pass": any(c.answer == p.answer for c in r.candidates), "generations": r.generations,
+                          "pass": any(c.answer == p.answer for c in r.candidates), "by_selection": by_selection,
+                          "generations": r.generations,
                           "generated_tokens": r.generated_tokens, "prm_tokens": r.prm_tokens,
                           "policy_flops": r.policy_flops, "verifier_flops": r.verifier_flops, "seconds": seconds,
                           "solution": r.solution}
