@@ -40,10 +40,17 @@ def assign_levels(signal: Sequence[float], edges: np.ndarray) -> np.ndarray:
     return (len(edges) + 1 - np.searchsorted(np.asarray(edges), s, side="right")).astype(int)
 
 
-def difficulty_levels(signal: Sequence[float], num_bins: int = 5) -> tuple[np.ndarray, np.ndarray]:
-    """(levels, edges) for `signal` binned into `num_bins` quantile bins."""
-    edges = bin_edges(signal, num_bins)
-    return assign_levels(signal, edges), edges
+def difficulty_levels(signal: Sequence[float], num_bins: int = 5, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(levels, edges) for `signal` in `num_bins` equal-sized quantile bins. The questions' own levels come
+    from their rank (ties, common with pass rates from few samples, broken at random by `seed`), so no bin
+    is empty; the edges place new questions."""
+    s = np.asarray(signal, np.float64)
+    edges = bin_edges(s, num_bins)
+    tie_break = np.random.default_rng(seed).random(len(s))
+    order = np.lexsort((tie_break, -s))  # highest signal first
+    levels = np.empty(len(s), int)
+    levels[order] = 1 + (np.arange(len(s)) * num_bins) // len(s)
+    return levels, edges
 
 
 # ---- cross-validated selection ---------------------------------------------------------------------------
