@@ -27,3 +27,16 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> N
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
             f.write(json.dumps(record) + "\n")
+
+
+def check_options(cls, data: dict, source: str, required: tuple[str, ...] = ()) -> None:
+    """Refuse keys that are not fields of the dataclass `cls`, and missing `required` ones, naming `source`."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
+    for key in required:
+        if key not in data:
+            raise ValueError(f"{source}: {key} is required.")

@@ -20,7 +20,7 @@ import jax
 import numpy as np
 
 from ttcjax.decode import GREEDY, Engine, Sampling, StopConditions
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, check_options
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
@@ -69,12 +69,7 @@ class PolicyTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PolicyTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
-        if "out_dir" not in data:
-            raise ValueError(f"{source}: out_dir is required (where checkpoints, metrics and the model go).")
+        check_options(cls, data, source, required=("out_dir",))
         try:
             return cls(**data)
         except TypeError as e:
@@ -86,9 +81,7 @@ class PolicyTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
-                           min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, b1=self.b1,
-                           b2=self.b2, clip_norm=self.clip_norm)
+        return OptimConfig.from_fields(self)
 
 
 # ---- prompts, examples, stopping -------------------------------------------------------------------------

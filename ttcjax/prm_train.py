@@ -28,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from ttcjax.checkpoint import load_any, load_model, save_model
 from ttcjax.decode import Engine, Sampling
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, check_options
 from ttcjax.labels import LabelledSolution, label_solutions, load_labels, save_labels
 from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, ValueHead, head_from_dict,
                         pack_rows)
@@ -230,13 +230,7 @@ class PRMTrainConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PRMTrainConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
-        for required in ("out_dir", "policy"):
-            if required not in data:
-                raise ValueError(f"{source}: {required} is required.")
+        check_options(cls, data, source, required=("out_dir", "policy"))
         try:
             return cls(**data)
         except TypeError as e:
@@ -244,9 +238,7 @@ class PRMTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig(steps=self.steps, lr=self.lr, warmup_steps=self.warmup_steps,
-                           min_lr_ratio=self.min_lr_ratio, weight_decay=self.weight_decay, b1=self.b1,
-                           b2=self.b2, clip_norm=self.clip_norm)
+        return OptimConfig.from_fields(self)
 
 
 def make_labels(config: PRMTrainConfig, tokenizer, mesh) -> tuple[list[LabelledSolution], dict]:

@@ -23,7 +23,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, check_options
 from ttcjax.search import DVTS, Beam, BestOfN, Lookahead, Strategy, search
 from ttcjax.voting import best_of_n, majority, weighted
 
@@ -85,10 +85,7 @@ class SweepConfig:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SweepConfig":
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = sorted(set(data) - names)
-        if unknown:
-            raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
+        check_options(cls, data, source, required=("out_dir",))
         data = dict(data)
         for key in ("difficulties", "budgets", "strategies"):
             if key in data:
@@ -97,8 +94,6 @@ class SweepConfig:
             if not isinstance(spec, dict) or "kind" not in spec:
                 raise ValueError(f"{source}: strategies[{i}] must be a mapping with a 'kind' "
                                  "(best_of_n, beam, lookahead, dvts).")
-        if "out_dir" not in data:
-            raise ValueError(f"{source}: out_dir is required.")
         return cls(**data)
 
 

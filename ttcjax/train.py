@@ -69,6 +69,11 @@ class OptimConfig:
             raise ValueError(f"need lr > 0 and 0 <= min_lr_ratio <= 1; got lr={self.lr}, "
                              f"min_lr_ratio={self.min_lr_ratio}.")
 
+    @classmethod
+    def from_fields(cls, config) -> "OptimConfig":
+        """The optimiser settings of a training config that has fields of the same names."""
+        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+
     def schedule(self) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
             init_value=0.0, peak_value=self.lr, warmup_steps=self.warmup_steps,
