@@ -142,7 +142,10 @@ def markdown(r: dict) -> str:
         f"| score every step (PRM, one pass) | {r['scoring_s']:.2f} | {r['scoring_sequences_per_s']:.0f} | "
         f"{r['scoring_steps_per_s']:.0f} |", "",
         f"**Scoring / generation = {r['scoring_over_generation']:.3f}** (target <= 0.15: "
-        f"{'met' if r['meets_target'] else 'NOT met'}).", ""])
+        f"{'met' if r['meets_target'] else 'NOT met'}). On a CPU, decoding at batch 256 is as compute-efficient per "
+        "token as a full forward pass, and the PRM (as large as the policy) reads every prompt and solution token, "
+        "more than were generated; the 15% target presumes memory-bound decoding as on an accelerator. Packing "
+        "solutions into rows instead of padding each one took the ratio from 1.17 to 0.84.", ""])
 
 
 if __name__ == "__main__":
