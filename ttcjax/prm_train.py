@@ -34,7 +34,7 @@ from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, Val
                         pack_rows)
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import load_tokenizer
-from ttcjax.train import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, train_loop
+from ttcjax.train import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
 
 PRM_CONFIG_FILE = "ttcjax_prm.json"
 HEAD_FILE = "head.safetensors"
@@ -92,7 +92,7 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
 
 
 @dataclasses.dataclass(frozen=True)
-class PackedScores:
+class PackedScores(PackedArrays):
     """Scoring inputs packed into rows [rows, seq_len]: tokens, positions, segment_ids, and at each read
     position its soft label and weight 1."""
 
@@ -101,12 +101,6 @@ class PackedScores:
     segment_ids: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
-
-    def __len__(self):
-        return self.tokens.shape[0]
-
-    def rows(self, index) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
 
 
 def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_len: int, pad_id: int = 0

@@ -306,8 +306,18 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
 # ---- policy fine-tuning on packed sequences ----------------------------------------------------------------
 
 
+class PackedArrays:
+    """A dataclass of arrays whose leading axis is the packed row: its length and a batch of rows."""
+
+    def __len__(self):
+        return getattr(self, dataclasses.fields(self)[0].name).shape[0]
+
+    def rows(self, index) -> dict[str, np.ndarray]:
+        return {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
+
+
 @dataclasses.dataclass(frozen=True)
-class PackedRows:
+class PackedRows(PackedArrays):
     """Examples packed into rows of `seq_len` tokens, all [rows, seq_len]: `tokens` input ids, `targets`
     the next token, `loss_mask` 1 where the target is a solution token, `segment_ids` 1, 2, ... per
     example in a row (0 = padding), `positions` restarting at 0 in each example."""
@@ -317,12 +327,6 @@ class PackedRows:
     loss_mask: np.ndarray
     segment_ids: np.ndarray
     positions: np.ndarray
-
-    def __len__(self):
-        return self.tokens.shape[0]
-
-    def rows(self, index) -> dict[str, np.ndarray]:
-        return {f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)}
 
 
 def pack_examples(examples: list[tuple[list[int], list[int]]], seq_len: int, pad_id: int = 0) -> PackedRows:
