@@ -110,8 +110,12 @@ class Generation:
 # ---- sampling --------------------------------------------------------------------------------------
 
 
-def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.Array:
-    """Sample one token per row from logits [B, V] -> [B] int32."""
+def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling, row_ids: jax.Array | None = None
+                  ) -> jax.Array:
+    """Sample one token per row from logits [B, V] -> [B] int32.
+
+    With `row_ids` [B], row b draws from `fold_in(key, row_ids[b])`: its token then depends on its id, not on
+    its position in the batch or on the batch's other rows (search compacts and reorders rows)."""
     if sampling.greedy:
         return jnp.argmax(logits, axis=-1).astype(jnp.int32)
     logits = logits / sampling.temperature
@@ -126,7 +130,10 @@ def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling) -> jax.
         keep = jnp.sum(before < sampling.top_p, axis=-1, keepdims=True)  # >= 1
         threshold = jnp.take_along_axis(sorted_logits, keep - 1, axis=-1)
         logits = jnp.where(logits < threshold, -jnp.inf, logits)
-    return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    if row_ids is None:
+        return jax.random.categorical(key, logits, axis=-1).astype(jnp.int32)
+    keys = jax.vmap(functools.partial(jax.random.fold_in, key))(row_ids)
+    return jax.vmap(jax.random.categorical)(keys, logits).astype(jnp.int32)
 
 
 # ---- the compiled programs ---------------------------------------------------------------------------
@@ -150,7 +157,7 @@ def segment_widths(max_len: int, attn_chunk: int) -> tuple[int, ...]:
 
 
 def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, sampling: Sampling,
-            stop: StopConditions, pad_id: int, attn_chunk: int, cache_sharding=None):
+            stop: StopConditions, pad_id: int, attn_chunk: int, cache_sharding=None, row_ids=None):
     model = nnx.merge(graphdef, params)
     batch = state.batch
     max_len = state.cache.max_len
@@ -179,7 +186,7 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
         full = cache.lengths >= max_len
         reason = jnp.where(~st.done & full, FINISHED_CACHE_FULL, out.finish_reason)
         active = ~st.done & ~full
-        token = sample_tokens(st.logits, jax.random.fold_in(key, step_i), sampling)
+        token = sample_tokens(st.logits, jax.random.fold_in(key, step_i), sampling, row_ids)
         token = jnp.where(active, token, pad_id)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(st.logits), token[:, None], axis=1)[:, 0]
         col = jnp.where(active, out.lengths, max_new_tokens)  # out of range: dropped

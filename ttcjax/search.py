@@ -1,8 +1,8 @@
 """Test-time search on the device: best-of-N, PRM-guided beam search, lookahead and DVTS.
 
 Strategies are data (frozen dataclasses); `search` runs any of them for a batch of questions. Every
-question gets N rows of the batch (its beams). One compiled program runs the whole episode: a
-`lax.while_loop` over rounds, each of which
+question gets N rows of the batch (its beams). One compiled program runs the episode's rounds: a
+`lax.while_loop`, each iteration of which
 
   1. generates one reasoning step on every unfinished row (the decoding core's loop, stopping each row at
      the step delimiter), continuing from the row's KV cache;
@@ -17,7 +17,12 @@ question gets N rows of the batch (its beams). One compiled program runs the who
 
 A solution ends when its row emits EOS or an empty step (the blank line that ends an example). Finished
 rows, and every row of a finished question, generate nothing further (`done`), so they add no tokens;
-the loop ends when every row has finished or after `max_rounds`.
+the loop ends when every row has finished or after `max_rounds`. A finished question also stops costing
+compute: once no more than half of the batch's questions are open, the loop returns early, the host reads
+the finished questions out, and the open ones continue in a batch half the size or smaller (`_compact`, a
+gather of rows on the device; a power of two times the data axis, so an episode compiles at most
+log2(questions) loop programs). Each row samples from a key folded with its id, so compaction, like the
+batch's other questions, changes nothing in its results.
 
 Answers are chosen on the host from all N final rows: weighted best-of-N by default (scores of equivalent
 answers summed), or vanilla best-of-N or majority vote.
@@ -163,6 +168,7 @@ class SearchState:
     finished: jax.Array  # [R] bool: the solution has ended (or cannot continue)
     generated: jax.Array  # [R] int32 tokens this row's lineage generated, rollouts included (cost)
     scored: jax.Array  # [R] int32 tokens the PRM read for this row's lineage (cost)
+    slot: jax.Array  # [R] int32 the row's id (question * N + beam); its random draws depend on it alone
     rounds: jax.Array  # [] int32
 
 
@@ -191,37 +197,63 @@ def _select(scores, open_rows, group: int, keep: int, width: int):
     return (local + jnp.arange(0, r, group)[:, None]).reshape(r)
 
 
-def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_tokens, prompt_lengths, key, *,
-             n: int, group: int, keep: int, width: int, lookahead: int, max_rounds: int, max_step_tokens: int,
-             max_len: int, sampling: Sampling, delimiter_id: int, eos_ids: tuple[int, ...], pad_id: int,
-             attn_chunk: int, mesh=None, data_axis: str | None = None):
+def _constrain(tree, mesh, data_axis):
+    """Rows (beams) split over the mesh's data axis; declared once for everything the loop carries."""
+    if mesh is None or data_axis is None:
+        return tree
+
+    def leaf(x):
+        if x.ndim == 0 or x.shape[0] % mesh.shape[data_axis]:
+            return x
+        return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(data_axis, *[None] * (x.ndim - 1))))
+    return jax.tree.map(leaf, tree)
+
+
+def _take_rows(state: SearchState, rows: jax.Array) -> SearchState:
+    """Every per-row leaf gathered by `rows` [R']; `rounds` is shared and stays."""
+    moved = jax.tree.map(lambda x: jnp.take(x, rows, axis=0),
+                         dataclasses.replace(state, rounds=jnp.zeros(state.slot.shape[0], jnp.int32)))
+    return dataclasses.replace(moved, rounds=state.rounds)
+
+
+def _start(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_tokens, prompt_lengths, active, *,
+           n: int, max_rounds: int, max_len: int, pad_id: int, mesh=None, data_axis=None) -> SearchState:
+    """Prefill every prompt once (policy and PRM) and fork it into N rows. Rows of inactive questions
+    (padding) start finished."""
     prm = nnx.merge(prm_graphdef, prm_params)
-
-    def constrain(tree):
-        """Rows (beams) split over the mesh's data axis; declared once for everything the loop carries."""
-        if mesh is None or data_axis is None:
-            return tree
-        def leaf(x):
-            if x.ndim == 0 or x.shape[0] % mesh.shape[data_axis]:
-                return x
-            return jax.lax.with_sharding_constraint(x, NamedSharding(mesh, P(data_axis, *[None] * (x.ndim - 1))))
-        return jax.tree.map(leaf, tree)
-
     q = prompt_tokens.shape[0]
     rows = q * n
     policy = _prefill(policy_graphdef, policy_params, prompt_tokens, prompt_lengths, max_len=max_len).fork(n)
     prm_cache = KVCache.for_model(prm.config, q, max_len)
     _, prm_cache = _prm_extend(prm, prm_cache, prompt_tokens, prompt_lengths)
-    prm_cache = prm_cache.fork(n)
+    finished = jnp.repeat(~active, n)
+    state = SearchState(
+        policy=dataclasses.replace(policy, done=finished), prm_cache=prm_cache.fork(n),
+        tokens=jnp.full((rows, max_len), pad_id, jnp.int32), length=jnp.zeros(rows, jnp.int32),
+        step_scores=jnp.full((rows, max_rounds), jnp.nan, jnp.float32), num_steps=jnp.zeros(rows, jnp.int32),
+        finished=finished, generated=jnp.zeros(rows, jnp.int32), scored=jnp.zeros(rows, jnp.int32),
+        slot=jnp.arange(rows, dtype=jnp.int32), rounds=jnp.int32(0))
+    return _constrain(state, mesh, data_axis)
+
+
+def _rounds(policy_graphdef, policy_params, prm_graphdef, prm_params, state: SearchState, key, *,
+            n: int, group: int, keep: int, width: int, lookahead: int, max_rounds: int, max_step_tokens: int,
+            sampling: Sampling, delimiter_id: int, eos_ids: tuple[int, ...], pad_id: int, attn_chunk: int,
+            stop_at_open: int = 0, mesh=None, data_axis: str | None = None) -> SearchState:
+    """The round loop: until every row has finished, `max_rounds` rounds have run, or no more than
+    `stop_at_open` questions are still open (the host then compacts the batch and calls again)."""
+    prm = nnx.merge(prm_graphdef, prm_params)
+    rows = state.slot.shape[0]
+    sol_len = state.tokens.shape[1]  # solution buffer width (a solution never exceeds the cache)
     step_stop = StopConditions(eos_ids=eos_ids, stop_sequences=((delimiter_id,),))
     eos = jnp.asarray(eos_ids or (-1,), jnp.int32)
-    sol_len = max_len  # solution buffer width (a solution never exceeds the cache)
 
-    def one_step(policy, prm_cache, finished, step_key, sampling):
+    def one_step(policy, prm_cache, finished, slot, step_key, sampling):
         """Generate one step on unfinished rows and score it; returns what changed."""
         policy = dataclasses.replace(policy, done=finished)
         gen, policy = _decode(policy_graphdef, policy_params, policy, step_key, max_new_tokens=max_step_tokens,
-                              sampling=sampling, stop=step_stop, pad_id=pad_id, attn_chunk=attn_chunk)
+                              sampling=sampling, stop=step_stop, pad_id=pad_id, attn_chunk=attn_chunk,
+                              row_ids=slot)
         first = gen.tokens[:, 0]
         # an empty step (the blank line that ends an example) or an immediate EOS ends the solution; a step
         # that stopped other than at its delimiter (EOS, token limit, full cache) is scored and ends it
@@ -233,8 +265,8 @@ def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_to
 
     def body(st: SearchState) -> SearchState:
         round_key = jax.random.fold_in(key, st.rounds)
-        gen, policy, prm_cache, score, real, ended = one_step(st.policy, st.prm_cache, st.finished, round_key,
-                                                              sampling)
+        gen, policy, prm_cache, score, real, ended = one_step(st.policy, st.prm_cache, st.finished, st.slot,
+                                                              round_key, sampling)
         generated = st.generated + gen.lengths
         scored = st.scored + jnp.where(real, gen.lengths, 0)
         # append the step to each row's solution
@@ -247,7 +279,7 @@ def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_to
             # roll out up to k more steps greedily on copies; the step's score is the PRM's at the rollout's end
             la_policy, la_prm, la_done, la_score = policy, prm_cache, st.finished | ended, score
             for j in range(lookahead):
-                g2, la_policy, la_prm, s2, real2, ended2 = one_step(la_policy, la_prm, la_done,
+                g2, la_policy, la_prm, s2, real2, ended2 = one_step(la_policy, la_prm, la_done, st.slot,
                                                                     jax.random.fold_in(round_key, j + 1), GREEDY)
                 la_score = jnp.where(real2, s2, la_score)
                 generated = generated + g2.lengths
@@ -261,30 +293,46 @@ def _episode(policy_graphdef, policy_params, prm_graphdef, prm_params, prompt_to
         finished = st.finished | ended | (length >= sol_len)
         new = SearchState(policy=dataclasses.replace(policy, done=finished), prm_cache=prm_cache, tokens=tokens,
                           length=length, step_scores=step_scores, num_steps=num_steps, finished=finished,
-                          generated=generated, scored=scored, rounds=st.rounds + 1)
+                          generated=generated, scored=scored, slot=st.slot, rounds=st.rounds + 1)
         if group:
             last = jnp.take_along_axis(step_scores, jnp.maximum(num_steps - 1, 0)[:, None], axis=1)[:, 0]
             src = _select(jnp.where(real, select_score, last), ~finished, group, keep, width)
-            # the lineage's cost is what all rows spent: keep per-row counts by summing before the gather
-            moved = jax.tree.map(lambda x: jnp.take(x, src, axis=0),
-                                 dataclasses.replace(new, rounds=jnp.zeros(rows, jnp.int32)))
-            new = dataclasses.replace(moved, generated=new.generated, scored=new.scored, rounds=new.rounds)
-        return constrain(new)
+            # a row's place keeps its cost counts (the lineage's cost is what all rows spent) and its id
+            moved = _take_rows(new, src)
+            new = dataclasses.replace(moved, generated=new.generated, scored=new.scored, slot=new.slot)
+        return _constrain(new, mesh, data_axis)
 
-    state = SearchState(
-        policy=policy, prm_cache=prm_cache, tokens=jnp.full((rows, sol_len), pad_id, jnp.int32),
-        length=jnp.zeros(rows, jnp.int32), step_scores=jnp.full((rows, max_rounds), jnp.nan, jnp.float32),
-        num_steps=jnp.zeros(rows, jnp.int32), finished=jnp.zeros(rows, bool),
-        generated=jnp.zeros(rows, jnp.int32), scored=jnp.zeros(rows, jnp.int32), rounds=jnp.int32(0))
-    state = constrain(state)
-    state = jax.lax.while_loop(lambda st: (st.rounds < max_rounds) & jnp.any(~st.finished), body, state)
-    return state
+    def open_questions(st):
+        return jnp.sum(jnp.any(~st.finished.reshape(rows // n, n), axis=1))
+
+    state = _constrain(state, mesh, data_axis)
+    return jax.lax.while_loop(lambda st: (st.rounds < max_rounds) & (open_questions(st) > stop_at_open),
+                              body, state)
 
 
-_episode_jit = jax.jit(
-    _episode, static_argnums=(0, 2),
-    static_argnames=("n", "group", "keep", "width", "lookahead", "max_rounds", "max_step_tokens", "max_len",
-                     "sampling", "delimiter_id", "eos_ids", "pad_id", "attn_chunk", "mesh", "data_axis"))
+def _compact(state: SearchState, rows: jax.Array, *, mesh=None, data_axis=None) -> SearchState:
+    return _constrain(_take_rows(state, rows), mesh, data_axis)
+
+
+_start_jit = jax.jit(_start, static_argnums=(0, 2),
+                     static_argnames=("n", "max_rounds", "max_len", "pad_id", "mesh", "data_axis"))
+_rounds_jit = jax.jit(
+    _rounds, static_argnums=(0, 2),
+    static_argnames=("n", "group", "keep", "width", "lookahead", "max_rounds", "max_step_tokens", "sampling",
+                     "delimiter_id", "eos_ids", "pad_id", "attn_chunk", "stop_at_open", "mesh", "data_axis"),
+    donate_argnames=("state",))
+_compact_jit = jax.jit(_compact, static_argnames=("mesh", "data_axis"))
+
+
+def _questions_after_compaction(open_questions: int, data: int) -> int:
+    """The batch (in questions) that `open_questions` are compacted into: a power of two times the data
+    axis, so that an episode compiles at most log2(questions) loop programs."""
+    return data * (1 << max(0, math.ceil(math.log2(max(1, -(-open_questions // data))))))
+
+
+def _stop_at_open(questions: int, data: int) -> int:
+    """The largest number of open questions at which compacting a batch of `questions` shrinks it (0: never)."""
+    return max((o for o in range(1, questions) if _questions_after_compaction(o, data) < questions), default=0)
 
 
 # ---- the host side -----------------------------------------------------------------------------------------
@@ -317,16 +365,61 @@ def _cost_flops(params: int, tokens: int) -> float:
     return 2.0 * params * tokens
 
 
+_HOST_FIELDS = ("tokens", "length", "step_scores", "num_steps", "generated", "scored")
+
+
+def _run_episode(engine: Engine, prm_graphdef, prm_state, tokens, lengths, active, key, n_real: int, *,
+                 compact: bool, n: int, max_rounds: int, max_len: int, pad_id: int, **loop) -> tuple[np.ndarray, ...]:
+    """One search episode for a batch of questions; the host fields (`_HOST_FIELDS`, rows question-major)
+    of the first `n_real` questions, each as it was when its question finished."""
+    mesh = engine.mesh
+    data_axis = engine.rules.batch if mesh is not None else None
+    placement = dict(mesh=mesh, data_axis=data_axis)
+    st = _start_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, tokens, lengths, active, n=n,
+                    max_rounds=max_rounds, max_len=max_len, pad_id=pad_id, **placement)
+    where = np.arange(tokens.shape[0])  # the question (index into the batch) at each place; -1: padding
+    where[n_real:] = -1
+    out: list[np.ndarray | None] = [None] * len(_HOST_FIELDS)
+    data = engine.data_size
+    while True:
+        places = len(where)
+        st = _rounds_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, st, key, n=n,
+                         max_rounds=max_rounds, pad_id=pad_id,
+                         stop_at_open=_stop_at_open(places, data) if compact else 0, **loop, **placement)
+        finished, rounds = jax.device_get((st.finished, st.rounds))
+        closed = finished.reshape(places, n).all(axis=1) | (rounds >= max_rounds)
+        fields = jax.device_get(tuple(getattr(st, f) for f in _HOST_FIELDS))
+        if out[0] is None:
+            out = [np.zeros((n_real * n,) + f.shape[1:], f.dtype) for f in fields]
+        for place, question in enumerate(where):
+            if question >= 0 and closed[place]:
+                for o, f in zip(out, fields):
+                    o[question * n:(question + 1) * n] = f[place * n:(place + 1) * n]
+        where = np.where(closed, -1, where)
+        still_open = np.flatnonzero(where >= 0)
+        if not len(still_open):
+            return tuple(out)
+        # compact: the open questions first, then finished ones (their rows generate nothing) as padding
+        size = _questions_after_compaction(len(still_open), data)
+        keep = np.concatenate([still_open, np.flatnonzero(where < 0)])[:size]
+        rows = (keep[:, None] * n + np.arange(n)[None, :]).reshape(-1).astype(np.int32)
+        st = _compact_jit(st, engine._place_rows(rows), **placement)
+        where = where[keep]
+
+
 def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, questions: Sequence[str], key, *,
            extract_answer: Callable[[str], Any], equal: Callable[[Any, Any], bool] | None = None,
            sampling: Sampling = Sampling(temperature=0.8), max_step_tokens: int = 32, max_len: int = 192,
-           delimiter: str = "\n", aggregation: str = "last", questions_per_batch: int | None = None
-           ) -> list[SearchResult]:
+           delimiter: str = "\n", aggregation: str = "last", questions_per_batch: int | None = None,
+           compact: bool = True) -> list[SearchResult]:
     """Run `strategy` for every question (prompt text) with the policy in `engine` and the PRM `prm`.
 
     `extract_answer(solution_text)` gives a candidate's answer (None if it has none); `equal` compares two
     answers (default ==). Questions are searched `questions_per_batch` at a time (default: all), each with N
-    rows of one batch.
+    rows of one batch. With `compact` (the default), once at most half of a batch's questions are still
+    open the loop returns, the finished questions' rows are read out and dropped, and the rest continue in a
+    batch half the size or less: a finished question stops costing compute. The results are the same
+    either way (a row's random draws depend on its id, not on its place in the batch).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}.")
@@ -363,14 +456,14 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
         for i, p in enumerate(padded):
             tokens[i, :min(len(p), width_p)] = p[:width_p]
         lengths = np.array([len(p) for p in padded], np.int32)
+        active = np.arange(len(padded)) < len(chunk)
         tokens, lengths = engine._place_rows(tokens), engine._place_rows(lengths)
-        st = _episode_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, tokens,
-                          lengths, jax.random.fold_in(key, start), n=n, group=group, keep=keep,
-                          width=width, lookahead=lookahead, max_rounds=rounds, max_step_tokens=max_step_tokens,
-                          max_len=max_len, sampling=sampling, delimiter_id=delimiter_ids[0],
-                          eos_ids=tuple(tokenizer.eos_ids), pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk,
-                          mesh=engine.mesh, data_axis=engine.rules.batch if engine.mesh is not None else None)
-        host = jax.device_get((st.tokens, st.length, st.step_scores, st.num_steps, st.generated, st.scored))
+        host = _run_episode(engine, prm_graphdef, prm_state, tokens, lengths, engine._place_rows(active),
+                            jax.random.fold_in(key, start), len(chunk), compact=compact, n=n, group=group,
+                            keep=keep, width=width, lookahead=lookahead, max_rounds=rounds,
+                            max_step_tokens=max_step_tokens, max_len=max_len, sampling=sampling,
+                            delimiter_id=delimiter_ids[0], eos_ids=tuple(tokenizer.eos_ids),
+                            pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk)
         sol_tokens, sol_len, step_scores, num_steps, generated, scored = host
         for i in range(len(chunk)):
             cands = []
