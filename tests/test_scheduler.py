@@ -78,3 +78,21 @@ def test_tied_pass_rates_still_fill_every_bin_equally():
     levels, _ = difficulty_levels(rates, 5, seed=0)
     assert np.bincount(levels)[1:].tolist() == [20] * 5
     assert levels[rates == 1].max() <= 2 and levels[rates == 0].min() >= 3  # order is kept across ties
+
+
+def test_report_states_whether_beam_beats_best_of_n_on_hard_bins():
+    from ttcjax.experiment import _beam_on_hard_bins
+
+    def level(bon, beam):
+        return {"best_of_n-selectionweighted": {"4": bon[0], "16": bon[1], "64": 0.9},
+                "beam-width4": {"4": beam[0], "16": beam[1], "64": 0.5}}
+
+    per_level = {"1": level((0.9, 0.9), (0.1, 0.1)), "2": level((0.8, 0.8), (0.1, 0.1)),
+                 "3": level((0.5, 0.5), (0.5, 0.5)), "4": level((0.2, 0.3), (0.4, 0.5)),
+                 "5": level((0.0, 0.1), (0.2, 0.1))}
+    text = _beam_on_hard_bins({"per_level": {"oracle": per_level}}, [4, 16, 64])
+    # levels 4 and 5 only: beam 0.3 vs 0.1 at N=4 and 0.3 vs 0.2 at N=16; the easy levels do not count
+    assert "levels 4, 5" in text and "beam search beats best-of-N there" in text
+    assert "N=4: beam-width4 0.300 vs best-of-N weighted 0.100" in text
+    per_level["5"] = level((0.0, 0.5), (0.2, 0.1))  # now N=16 is a loss
+    assert "at some of them" in _beam_on_hard_bins({"per_level": {"oracle": per_level}}, [4, 16, 64])

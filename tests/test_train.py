@@ -12,7 +12,7 @@ from flax import nnx
 from ttcjax.checkpoint import load_model
 from ttcjax.cli import main
 from ttcjax.models import ModelConfig, forward, init_model
-from ttcjax.policy import PolicyTrainConfig, encode_example, pass_at_k, train_policy
+from ttcjax.policy import PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import CharTokenizer
 from ttcjax.train import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
@@ -103,6 +103,18 @@ def _params(model):
 def _metrics(out_dir):
     with open(os.path.join(out_dir, METRICS_FILE)) as f:
         return [json.loads(line) for line in f]
+
+
+def test_training_mix_per_difficulty(tmp_path):
+    config = tiny_config(tmp_path, num_train_per_difficulty={2: 30, 3: 10})
+    problems = training_problems(config)
+    assert [sum(p.difficulty == d for p in problems) for d in (2, 3)] == [30, 10]
+    assert len({p.id for p in problems}) == 40 and all(p.split == "train" for p in problems)
+    assert [p.difficulty for p in problems] != sorted(p.difficulty for p in problems)  # shuffled
+    assert [p.id for p in training_problems(config)] == [p.id for p in problems]  # deterministic
+    for bad in ({2: 30}, {2: 30, 3: 0}, {2: 30, 3: 10, 4: 5}):
+        with pytest.raises(ValueError, match="num_train_per_difficulty"):
+            tiny_config(tmp_path, num_train_per_difficulty=bad)
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -32,6 +32,18 @@ MAX_NEW_TOKENS = 96  # the longest reference solution at 5 operations on 1..9 op
 TOKENIZER_FILE = "ttcjax_tokenizer.json"
 
 
+def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
+    """The training split's problems a config asks for, in a seeded random order."""
+    task = config.task_config
+    if config.num_train_per_difficulty is None:
+        return arithmetic.generate(task, config.num_train, seed=config.seed, split="train")
+    problems = [p for k, count in sorted((int(k), c) for k, c in config.num_train_per_difficulty.items())
+                for p in arithmetic.generate(dataclasses.replace(task, difficulties=(k,)), count,
+                                             seed=config.seed, split="train")]
+    order = np.random.default_rng(config.seed).permutation(len(problems))
+    return [problems[i] for i in order]
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyTrainConfig:
     """Everything `ttcjax train policy --config FILE` reads (each field is a YAML key)."""
@@ -41,7 +53,8 @@ class PolicyTrainConfig:
     init_from: str | None = None  # ... or continue from a checkpoint directory
     tokenizer: str = "char"
     task: dict = dataclasses.field(default_factory=dict)  # TaskConfig fields
-    num_train: int = 20000  # training problems (split "train")
+    num_train: int = 20000  # training problems (split "train"), equally many per difficulty ...
+    num_train_per_difficulty: dict | None = None  # ... or this many of each ({difficulty: count})
     seq_len: int = 256  # packed row length
     batch_size: int = 32  # packed rows per step (global; split over the mesh's data axis)
     steps: int = 500
@@ -66,6 +79,12 @@ class PolicyTrainConfig:
         if self.batch_size < 1 or self.seq_len < 8 or self.num_train < 1:
             raise ValueError(f"need batch_size >= 1, seq_len >= 8, num_train >= 1; got {self.batch_size}, "
                              f"{self.seq_len}, {self.num_train}.")
+        if self.num_train_per_difficulty is not None:
+            counts = self.num_train_per_difficulty
+            levels = set(self.task_config.difficulties)
+            if not isinstance(counts, dict) or set(map(int, counts)) != levels or min(counts.values()) < 1:
+                raise ValueError(f"num_train_per_difficulty must map every task difficulty {sorted(levels)} to a "
+                                 f"count >= 1; got {counts!r}.")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PolicyTrainConfig":
@@ -192,7 +211,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     task = config.task_config
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)
-    problems = arithmetic.generate(task, config.num_train, seed=config.seed, split="train")
+    problems = training_problems(config)
     packed = pack_examples([encode_example(tokenizer, p) for p in problems], config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
     eval_set = arithmetic.generate(task, config.eval_problems * len(task.difficulties), seed=config.seed,
