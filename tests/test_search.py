@@ -162,16 +162,24 @@ def test_compaction_sizes():
     assert _stop_at_open(4, 4) == 0 and _stop_at_open(1, 1) == 0  # nothing smaller to move to
 
 
-def test_eight_devices_search_like_one(toys):
+def test_eight_devices_search_like_one(toys, monkeypatch):
+    import ttcjax.search as search_mod
+
     engine, prm, tok = toys
     policy, _ = toy_policy(P_X, P_Y, P_NEWLINE)
     sharded = Engine(policy, mesh=make_mesh(4, 2), pad_id=tok.pad_id)
-    a = run(toys, Beam(8, 2), questions=["Q"] * 4, key=9)
-    b = search(Beam(8, 2), sharded, prm, tok, ["Q"] * 4, jax.random.key(9), extract_answer=no_y,
+    # half the questions end in their first round, so the sharded batch is compacted too (8 -> 4 questions)
+    questions = ["Q", "Q" * 90] * 4
+    a = run(toys, Beam(8, 2), questions=questions, key=9)
+    batches, rounds_jit = [], search_mod._rounds_jit
+    monkeypatch.setattr(search_mod, "_rounds_jit",
+                        lambda *args, **kw: batches.append(args[4].slot.shape[0]) or rounds_jit(*args, **kw))
+    b = search(Beam(8, 2), sharded, prm, tok, questions, jax.random.key(9), extract_answer=no_y,
                sampling=SAMPLING, max_step_tokens=16, max_len=96)
     assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
     np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
                                [s for r in b for c in r.candidates for s in c.step_scores], atol=1e-5)
+    assert batches == [64, 32]
 
 
 def test_invalid_settings_are_refused():
