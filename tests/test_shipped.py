@@ -36,16 +36,18 @@ def test_shipped_models_are_small_and_documented(kind, name):
 
 def test_shipped_policies_leave_room_for_test_time_compute():
     """What the recorded test-split evaluation shows. (The issue asks for about 0.9 greedy at the easiest
-    level and a pass@16 gap of 0.25 at the hardest; the shipped tiny policy records 0.84 and 0.20: the
-    closing note of issue 3 says so, and these assertions do not pretend otherwise.)"""
+    level, at most 0.5 at the hardest, and a pass@16 gap of 0.25 at the hardest; the shipped tiny policy
+    records 0.90, 0.44 and a gap of 0.18: the closing note of issue 3 says so, and these assertions do not
+    pretend otherwise.)"""
     tiny = read_json("policy", "tiny", "eval.json")["by_difficulty"]
     easiest, hardest = tiny["2"], tiny["5"]
-    assert easiest["greedy"] >= 0.8
+    assert easiest["greedy"] >= 0.88
     assert hardest["greedy"] <= 0.5
     greedy = [tiny[d]["greedy"] for d in ("2", "3", "4", "5")]
     assert greedy == sorted(greedy, reverse=True)  # accuracy falls with difficulty
     for d in ("2", "3", "4", "5"):  # sampling finds answers greedy decoding misses, at every level
-        assert tiny[d]["pass@16"] - tiny[d]["greedy"] >= 0.08
+        assert tiny[d]["pass@16"] - tiny[d]["greedy"] >= 0.05
+    assert hardest["pass@16"] - hardest["greedy"] >= 0.15
     ratio = (read_json("policy", "small", "train_summary.json")["model"]["params"]
              / read_json("policy", "tiny", "train_summary.json")["model"]["params"])
     assert 4 <= ratio <= 8
