@@ -69,12 +69,15 @@ def test_shipped_policy_reproduces_its_recorded_greedy_accuracy(name):
 
 
 def test_shipped_prm_judges_steps():
-    """The recorded oracle judgement of the shipped PRM. (The issue's targets, step ROC-AUC >= 0.85 and
-    weighted best-of-16 above majority voting at the hardest level, are not met by the shipped PRM; see
-    the closing note of issue 4. This checks that it is a real, better-than-chance verifier.)"""
+    """The recorded oracle judgement of the shipped PRM meets the issue's targets: step ROC-AUC >= 0.85, and
+    weighted best-of-16 above majority voting at the hardest level (by one question of 100: see TRAINING.md);
+    the ORM is a weaker judge of steps than the PRM."""
     prm_eval = read_json("prm", "tiny", "eval.json")
-    assert prm_eval["all"]["step_auc"] >= 0.7
+    assert prm_eval["all"]["step_auc"] >= 0.85
+    hardest = prm_eval["by_difficulty"]["5"]
+    assert hardest["weighted"] > hardest["majority"]
     assert prm_eval["all"]["weighted"] > prm_eval["all"]["best_of_n"]
+    assert read_json("orm", "tiny", "eval.json")["all"]["step_auc"] < prm_eval["all"]["step_auc"]
     from ttcjax.prm_train import load_prm
 
     for kind in ("prm", "orm"):

@@ -64,7 +64,8 @@ def split_steps(text: str, delimiter: str = "\n") -> list[str]:
 
 def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correct: Sequence[Callable[[str], bool]],
                    *, rollouts: int, sampling: Sampling, stop: StopConditions, key: jax.Array,
-                   max_new_tokens: int, batch_rows: int = 512, cost: LabellingCost | None = None) -> np.ndarray:
+                   max_new_tokens: int, batch_rows: int = 512, cost: LabellingCost | None = None,
+                   progress: bool = True) -> np.ndarray:
     """For each prefix text, the fraction of `rollouts` continuations c with is_correct[i](prefix + c).
 
     Each prefix is prefilled once and forked `rollouts` ways. Returns [len(prefixes)] floats.
@@ -75,7 +76,7 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
     per_call = max(1, batch_rows // rollouts)
     out = np.zeros(len(prefixes))
     for start in tqdm(range(0, len(prefixes), per_call), desc="rollouts", unit="batch", file=sys.stderr,
-                      disable=len(prefixes) <= per_call, dynamic_ncols=True):
+                      disable=not progress or len(prefixes) <= per_call, dynamic_ncols=True):
         chunk = list(prefixes[start:start + per_call])
         encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in chunk]
         completions = engine.generate(encoded, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
@@ -92,7 +93,7 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
 def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checkers: Sequence[Callable[[str], bool]],
                     *, samples: int, rollouts: int, key: jax.Array, sampling: Sampling, stop: StopConditions,
                     max_new_tokens: int, delimiter: str = "\n", problem_ids: Sequence[str] | None = None,
-                    difficulties: Sequence[int] | None = None, batch_rows: int = 512
+                    difficulties: Sequence[int] | None = None, batch_rows: int = 512, progress: bool = True
                     ) -> tuple[list[LabelledSolution], LabellingCost]:
     """Sample `samples` solutions per question and label every step by `rollouts` Monte-Carlo continuations.
 
@@ -125,7 +126,7 @@ def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checker
             owners.append((s, i))
     fractions = rollout_labels(engine, tokenizer, prefixes, [checkers[i] for _, i in owners], rollouts=rollouts,
                                sampling=sampling, stop=stop, key=key_rollouts, max_new_tokens=max_new_tokens,
-                               batch_rows=batch_rows, cost=cost)
+                               batch_rows=batch_rows, cost=cost, progress=progress)
     per_solution: list[list[float]] = [[] for _ in solutions]
     for (s, _), f in zip(owners, fractions):
         per_solution[s].append(float(f))

@@ -235,7 +235,8 @@ class PRMTrainConfig:
         return OptimConfig.from_fields(self)
 
 
-def make_labels(config: PRMTrainConfig, tokenizer, mesh) -> tuple[list[LabelledSolution], dict]:
+def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
+                ) -> tuple[list[LabelledSolution], dict]:
     """Sample and label (or reuse out_dir/labels.jsonl from an earlier run of the same config)."""
     from ttcjax.policy import stop_conditions
 
@@ -263,7 +264,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh) -> tuple[list[LabelledS
         key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
         stop=stop_conditions(tokenizer), max_new_tokens=config.max_new_tokens,
         delimiter=arithmetic.STEP_DELIMITER, problem_ids=[p.id for p in problems],
-        difficulties=[p.difficulty for p in problems])
+        difficulties=[p.difficulty for p in problems], progress=progress)
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
                    "labelled_solutions": len(labelled)}
@@ -282,7 +283,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     os.makedirs(config.out_dir, exist_ok=True)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
     mesh = parse_mesh(config.mesh)
-    labelled, cost = make_labels(config, tokenizer, mesh)
+    labelled, cost = make_labels(config, tokenizer, mesh, progress)
     step_format = StepFormat(delimiter=arithmetic.STEP_DELIMITER)
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
