@@ -210,6 +210,14 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     report = _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections,
                      exchange, small_params, large_params, prm_params, large_correct,
                      time.perf_counter() - started)
+    # a rerun reuses finished work: the total counts the earlier invocations whose report was written
+    earlier = os.path.join(out, "report.json")
+    if os.path.exists(earlier):
+        with open(earlier) as f:
+            before = json.load(f)
+        report["seconds_total"] = before.get("seconds_total", before.get("seconds", 0.0)) + report["seconds"]
+    else:
+        report["seconds_total"] = report["seconds"]
     _write_json(os.path.join(out, "report.json"), report)
     _plots(report, out)
     with atomic_path(os.path.join(out, "summary.md")) as tmp, open(tmp, "w") as f:
@@ -344,7 +352,10 @@ def _markdown(r: dict) -> str:
     lines = [
         "# ttcjax demo: scaling test-time compute on the built-in task", "",
         f"{r['questions']} test questions; policy {r['params']['policy']:,} parameters, PRM "
-        f"{r['params']['prm']:,}, larger sibling {r['params']['large_policy']:,}. {r['seconds']:.0f} s in all.", "",
+        f"{r['params']['prm']:,}, larger sibling {r['params']['large_policy']:,}. "
+        + (f"{r['seconds']:.0f} s." if r.get("seconds_total", r["seconds"]) == r["seconds"] else
+           f"{r['seconds']:.0f} s in this invocation, {r['seconds_total']:.0f} s in all (a rerun reuses finished "
+           "work)."), "",
         "## Accuracy versus generation budget", "", head, sep]
     for name, row in r["accuracy"].items():
         lines.append(f"| {name} | " + " | ".join(f"{row[str(b)]:.3f}" if str(b) in row else "" for b in budgets)
@@ -376,7 +387,7 @@ def _markdown(r: dict) -> str:
     if eff and self_eff is not None and self_eff <= eff:
         shows = (f"Compute-optimal matches best-of-N weighted's accuracy at N={top} with N={eff} generations, but "
                  f"best-of-N weighted itself already does so at N={self_eff}: on this run search strategies add "
-                 "nothing over best-of-N (the shipped PRM is weak; see its eval.json).")
+                 "nothing over best-of-N at that budget.")
     elif eff:
         shows = (f"Compute-optimal reaches best-of-N weighted's accuracy at N={top} with N={eff} generations "
                  f"({int(top) / eff:.0f}x fewer).")
