@@ -25,6 +25,10 @@ def test_demo_in_a_reduced_size_runs_end_to_end(tmp_path, capsys):
     assert len(report["flops_exchange"]) == 3 and report["difficulty_cost_tokens"] > 0
     summary = (out / "summary.md").read_text()
     assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
+    assert "a right answer is among best-of-N's candidates" in summary and "On the hardest bins" in summary
+    coverage = report["coverage"]["best_of_n-selectionweighted"]
+    for b in ("2", "4"):  # a right candidate exists at least as often as the chosen one is right
+        assert report["accuracy"]["best_of_n-selectionweighted"][b] <= coverage[b] <= 1
     # the saved scheduler answers new questions, counting its probe samples
     answers = tmp_path / "answers.jsonl"
     assert main(["run", "--scheduler", str(out / "scheduler.json"), "--budget", "5", "--question", "Q: 7*3-4+8=",

@@ -142,6 +142,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
                disable=not progress, dynamic_ncols=True)
     correct: dict[tuple[str, int], np.ndarray] = {}
     tokens: dict[tuple[str, int], float] = {}
+    coverage: dict[tuple[str, int], float] = {}  # a right answer among the candidates
     shared: dict[int, list[dict]] = {}  # best-of-N samples per budget, shared by its selection rules
     for spec, budget, strategy in cells:
         name = strategy_name(spec)
@@ -165,6 +166,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
                                aggregation=aggregation, bar=bar)
             correct[(name, budget)] = np.array([r["correct"] for r in records], int)
         tokens[(name, budget)] = float(np.mean([r["generated_tokens"] for r in records]))
+        coverage[(name, budget)] = float(np.mean([r["pass"] for r in records]))
     bar.close()
 
     # 3. compute-optimal selection ---------------------------------------------------------------------------
@@ -210,6 +212,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     report = _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections,
                      exchange, small_params, large_params, prm_params, large_correct,
                      time.perf_counter() - started)
+    report["coverage"] = {n: {str(b): c for (m, b), c in coverage.items() if m == n}
+                          for n in dict.fromkeys(m for m, _ in coverage)}
     # a rerun reuses finished work: the total counts the earlier invocations whose report was written
     earlier = os.path.join(out, "report.json")
     if os.path.exists(earlier):
@@ -316,6 +320,10 @@ def _plots(report: dict, out: str) -> None:
     save(fig, "flops_matched.png")
 
 
+def _baseline_name(r: dict) -> str:
+    return next((n for n in r["accuracy"] if n.startswith("best_of_n") and "weighted" in n), "")
+
+
 def _beam_on_hard_bins(r: dict, budgets: list[int]) -> str:
     """The paper's second claim, as this run measured it: beam search against best-of-N weighted on the
     hardest bins (the upper half of the oracle levels, equal-sized) at the lowest budgets."""
@@ -393,6 +401,14 @@ def _markdown(r: dict) -> str:
                  f"({int(top) / eff:.0f}x fewer).")
     else:
         shows = f"Compute-optimal does not reach best-of-N weighted's accuracy at N={top} within these budgets."
+    if self_eff is not None and self_eff < int(top) and not (eff and self_eff <= eff):
+        shows += (f" Best-of-N weighted itself already reaches its N={top} accuracy at N={self_eff} "
+                  f"({base[str(self_eff)]:.3f} against {base[top]:.3f}).")
+    cov = r.get("coverage", {}).get(_baseline_name(r), {}).get(top)
+    if cov is not None:
+        acc = r["accuracy"][_baseline_name(r)][top]
+        shows += (f" At N={top} a right answer is among best-of-N's candidates for {cov:.0%} of the questions and "
+                  f"weighted selection picks one for {acc:.0%}: the difference is the verifier's to win.")
     lines += ["", "**What this run shows.** " + shows + " " + _beam_on_hard_bins(r, budgets)
         + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
         "held-out estimates are noisy, which `--full` reduces.", "",
