@@ -194,3 +194,33 @@ def test_invalid_settings_are_refused():
     with pytest.raises(ValueError, match="selection"):
         BestOfN(4, selection="best")
     assert dataclasses.is_dataclass(Beam(8, 2)) and hash(Beam(8, 2)) == hash(Beam(8, 2))
+
+
+def test_step_scores_read_in_search_equal_one_pass_scoring():
+    """Search feeds each round's steps into the PRM's own cache (reading only as wide as the round's
+    longest step); the scores must equal scoring the finished solution in one pass."""
+    from ttcjax.assets import model_dir
+    from ttcjax.checkpoint import load_any
+    from ttcjax.prm import StepFormat, score_inputs
+    from ttcjax.prm_train import load_prm
+    from ttcjax.tasks import arithmetic
+    from ttcjax.tokenizer import load_tokenizer
+
+    tok = load_tokenizer(model_dir("policy", "tiny"))
+    engine = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id)
+    prm, _ = load_prm(model_dir("prm", "tiny"))
+    problems = arithmetic.generate(arithmetic.TaskConfig(), 4, seed=1, split="test")
+    questions = [arithmetic.format_prompt(p) for p in problems]
+    results = search(Beam(4, 2), engine, prm, tok, questions, jax.random.key(0),
+                     extract_answer=arithmetic.extract_answer, sampling=Sampling(temperature=0.8),
+                     max_step_tokens=24, max_len=160)
+    fmt = StepFormat()
+    inputs, searched = [], []
+    for q, r in zip(questions, results):
+        for c in r.candidates:
+            steps = [s for s in c.text.split("\n") if s.strip()]
+            assert len(steps) == len(c.step_scores) > 0
+            inputs.append(fmt.encode(tok, q, steps))
+            searched.append(c.step_scores)
+    for got, want in zip(score_inputs(prm, inputs), searched):
+        np.testing.assert_allclose(got, want, atol=2e-5)

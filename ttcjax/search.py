@@ -181,6 +181,21 @@ def _prm_extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: ja
     return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
 
 
+PRM_STEP_WIDTHS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
+
+
+def _prm_extend_step(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
+    """`_prm_extend` for one round's steps [R, T]: the PRM reads only the first w columns, w the narrowest of
+    `PRM_STEP_WIDTHS` (or T) that holds the round's longest step, so short steps cost short reads."""
+    t = tokens.shape[1]
+    widths = sorted({w for w in PRM_STEP_WIDTHS if w < t} | {t})
+    if len(widths) == 1:
+        return _prm_extend(prm, cache, tokens, lengths)
+    index = jnp.searchsorted(jnp.asarray(widths), jnp.max(lengths))  # the first width >= the longest step
+    branches = [functools.partial(lambda c, tk, ln, w: _prm_extend(prm, c, tk[:, :w], ln), w=w) for w in widths]
+    return jax.lax.switch(index, branches, cache, tokens, lengths)
+
+
 def _select(scores, open_rows, group: int, keep: int, width: int):
     """Source row (within the batch) for every row: finished rows stay; in each group the `keep` best open
     rows (by score) fill the group's open rows, `width` each, best first. scores/open_rows [R]."""
@@ -260,7 +275,7 @@ def _rounds(policy_graphdef, policy_params, prm_graphdef, prm_params, state: Sea
         empty = (first == delimiter_id) | jnp.any(first[:, None] == eos, axis=1)
         real = ~finished & ~empty
         ended = ~finished & (empty | (gen.finish_reason != FINISHED_STOP))
-        score_logit, new_prm_cache = _prm_extend(prm, prm_cache, gen.tokens, jnp.where(real, gen.lengths, 0))
+        score_logit, new_prm_cache = _prm_extend_step(prm, prm_cache, gen.tokens, jnp.where(real, gen.lengths, 0))
         return gen, policy, new_prm_cache, jax.nn.sigmoid(score_logit), real, ended
 
     def body(st: SearchState) -> SearchState:
