@@ -142,8 +142,11 @@ def test_finished_questions_are_compacted_away_without_changing_results(toys, mo
     monkeypatch.setattr(search_mod, "_rounds_jit", spy)
     # three prompts nearly fill the cache and finish in the first round; the fourth goes on alone
     questions = ["Q" * 90, "Q", "Q" * 90, "Q" * 90]
-    compacted = run(toys, Beam(8, 2), questions=questions, key=3)
+    compacted = run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=0)
     assert batches == [32, 8]
+    batches.clear()
+    run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=16)  # not below 16 rows
+    assert batches == [32, 16]
     batches.clear()
     whole = run(toys, Beam(8, 2), questions=questions, key=3, compact=False)
     assert batches == [32]
@@ -160,6 +163,9 @@ def test_compaction_sizes():
     assert [_questions_after_compaction(o, 4) for o in (1, 4, 5, 9)] == [4, 4, 8, 16]
     assert _stop_at_open(4, 1) == 2 and _stop_at_open(3, 1) == 2 and _stop_at_open(16, 4) == 8
     assert _stop_at_open(4, 4) == 0 and _stop_at_open(1, 1) == 0  # nothing smaller to move to
+    # a floor of 4 questions: 1 open question still gets 4 places, and a batch of 4 is never compacted
+    assert _questions_after_compaction(1, 1, floor=4) == 4 and _questions_after_compaction(5, 1, floor=4) == 8
+    assert _stop_at_open(16, 1, floor=4) == 8 and _stop_at_open(4, 1, floor=4) == 0
 
 
 def test_eight_devices_search_like_one(toys, monkeypatch):
@@ -175,7 +181,7 @@ def test_eight_devices_search_like_one(toys, monkeypatch):
     monkeypatch.setattr(search_mod, "_rounds_jit",
                         lambda *args, **kw: batches.append(args[4].slot.shape[0]) or rounds_jit(*args, **kw))
     b = search(Beam(8, 2), sharded, prm, tok, questions, jax.random.key(9), extract_answer=no_y,
-               sampling=SAMPLING, max_step_tokens=16, max_len=96)
+               sampling=SAMPLING, max_step_tokens=16, max_len=96, compact_min_rows=0)
     assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
     np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
                                [s for r in b for c in r.candidates for s in c.step_scores], atol=1e-5)

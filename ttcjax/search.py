@@ -339,15 +339,19 @@ _rounds_jit = jax.jit(
 _compact_jit = jax.jit(_compact, static_argnames=("mesh", "data_axis"))
 
 
-def _questions_after_compaction(open_questions: int, data: int) -> int:
+def _questions_after_compaction(open_questions: int, data: int, floor: int = 1) -> int:
     """The batch (in questions) that `open_questions` are compacted into: a power of two times the data
-    axis, so that an episode compiles at most log2(questions) loop programs."""
-    return data * (1 << max(0, math.ceil(math.log2(max(1, -(-open_questions // data))))))
+    axis, and no fewer than `floor` questions, so that an episode compiles at most log2(questions) loop
+    programs."""
+    def size(q):
+        return data * (1 << max(0, math.ceil(math.log2(max(1, -(-q // data))))))
+    return max(size(open_questions), size(floor))
 
 
-def _stop_at_open(questions: int, data: int) -> int:
+def _stop_at_open(questions: int, data: int, floor: int = 1) -> int:
     """The largest number of open questions at which compacting a batch of `questions` shrinks it (0: never)."""
-    return max((o for o in range(1, questions) if _questions_after_compaction(o, data) < questions), default=0)
+    return max((o for o in range(1, questions) if _questions_after_compaction(o, data, floor) < questions),
+               default=0)
 
 
 # ---- the host side -----------------------------------------------------------------------------------------
@@ -384,7 +388,8 @@ _HOST_FIELDS = ("tokens", "length", "step_scores", "num_steps", "generated", "sc
 
 
 def _run_episode(engine: Engine, prm_graphdef, prm_state, tokens, lengths, active, key, n_real: int, *,
-                 compact: bool, n: int, max_rounds: int, max_len: int, pad_id: int, **loop) -> tuple[np.ndarray, ...]:
+                 compact: bool, compact_min_rows: int, n: int, max_rounds: int, max_len: int, pad_id: int, **loop
+                 ) -> tuple[np.ndarray, ...]:
     """One search episode for a batch of questions; the host fields (`_HOST_FIELDS`, rows question-major)
     of the first `n_real` questions, each as it was when its question finished."""
     mesh = engine.mesh
@@ -396,11 +401,12 @@ def _run_episode(engine: Engine, prm_graphdef, prm_state, tokens, lengths, activ
     where[n_real:] = -1
     out: list[np.ndarray | None] = [None] * len(_HOST_FIELDS)
     data = engine.data_size
+    floor = -(-compact_min_rows // n)  # questions
     while True:
         places = len(where)
         st = _rounds_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, st, key, n=n,
                          max_rounds=max_rounds, pad_id=pad_id,
-                         stop_at_open=_stop_at_open(places, data) if compact else 0, **loop, **placement)
+                         stop_at_open=_stop_at_open(places, data, floor) if compact else 0, **loop, **placement)
         finished, rounds = jax.device_get((st.finished, st.rounds))
         closed = finished.reshape(places, n).all(axis=1) | (rounds >= max_rounds)
         fields = jax.device_get(tuple(getattr(st, f) for f in _HOST_FIELDS))
@@ -415,7 +421,7 @@ def _run_episode(engine: Engine, prm_graphdef, prm_state, tokens, lengths, activ
         if not len(still_open):
             return tuple(out)
         # compact: the open questions first, then finished ones (their rows generate nothing) as padding
-        size = _questions_after_compaction(len(still_open), data)
+        size = _questions_after_compaction(len(still_open), data, floor)
         keep = np.concatenate([still_open, np.flatnonzero(where < 0)])[:size]
         rows = (keep[:, None] * n + np.arange(n)[None, :]).reshape(-1).astype(np.int32)
         st = _compact_jit(st, engine._place_rows(rows), **placement)
@@ -426,15 +432,16 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
            extract_answer: Callable[[str], Any], equal: Callable[[Any, Any], bool] | None = None,
            sampling: Sampling = Sampling(temperature=0.8), max_step_tokens: int = 32, max_len: int = 192,
            delimiter: str = "\n", aggregation: str = "last", questions_per_batch: int | None = None,
-           compact: bool = True) -> list[SearchResult]:
+           compact: bool = True, compact_min_rows: int = 128) -> list[SearchResult]:
     """Run `strategy` for every question (prompt text) with the policy in `engine` and the PRM `prm`.
 
     `extract_answer(solution_text)` gives a candidate's answer (None if it has none); `equal` compares two
     answers (default ==). Questions are searched `questions_per_batch` at a time (default: all), each with N
     rows of one batch. With `compact` (the default), once at most half of a batch's questions are still
     open the loop returns, the finished questions' rows are read out and dropped, and the rest continue in a
-    batch half the size or less: a finished question stops costing compute. The results are the same
-    either way (a row's random draws depend on its id, not on its place in the batch).
+    batch half the size or less: a finished question stops costing compute. Batches are not shrunk below
+    `compact_min_rows` rows, where a smaller batch saves less time than compiling its loop costs. The results
+    are the same either way (a row's random draws depend on its id, not on its place in the batch).
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}.")
@@ -474,8 +481,8 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
         active = np.arange(len(padded)) < len(chunk)
         tokens, lengths = engine._place_rows(tokens), engine._place_rows(lengths)
         host = _run_episode(engine, prm_graphdef, prm_state, tokens, lengths, engine._place_rows(active),
-                            jax.random.fold_in(key, start), len(chunk), compact=compact, n=n, group=group,
-                            keep=keep, width=width, lookahead=lookahead, max_rounds=rounds,
+                            jax.random.fold_in(key, start), len(chunk), compact=compact,
+                            compact_min_rows=compact_min_rows, n=n, group=group, keep=keep, width=width, lookahead=lookahead, max_rounds=rounds,
                             max_step_tokens=max_step_tokens, max_len=max_len, sampling=sampling,
                             delimiter_id=delimiter_ids[0], eos_ids=tuple(tokenizer.eos_ids),
                             pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk)
