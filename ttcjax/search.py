@@ -407,9 +407,10 @@ def _run_episode(engine: Engine, prm_graphdef, prm_state, tokens, lengths, activ
         st = _rounds_jit(engine.graphdef, engine.params, prm_graphdef, prm_state, st, key, n=n,
                          max_rounds=max_rounds, pad_id=pad_id,
                          stop_at_open=_stop_at_open(places, data, floor) if compact else 0, **loop, **placement)
-        finished, rounds = jax.device_get((st.finished, st.rounds))
+        # one transfer per segment: what closed, and every host field
+        finished, rounds, fields = jax.device_get((st.finished, st.rounds,
+                                                   tuple(getattr(st, f) for f in _HOST_FIELDS)))
         closed = finished.reshape(places, n).all(axis=1) | (rounds >= max_rounds)
-        fields = jax.device_get(tuple(getattr(st, f) for f in _HOST_FIELDS))
         if out[0] is None:
             out = [np.zeros((n_real * n,) + f.shape[1:], f.dtype) for f in fields]
         for place, question in enumerate(where):
