@@ -8,7 +8,7 @@ import pytest
 from ttcjax.tasks.arithmetic import (
     EXAMPLE_END, SPLITS, STEP_DELIMITER, Problem, TaskConfig, check_step, extract_answer,
     format_example, format_prompt, format_solution, from_jsonl, generate, is_correct_answer,
-    parse_problem, prefix_on_path, split_of, split_steps, to_jsonl)
+    parse_problem, prefix_on_path, sample_steps, split_of, split_steps, to_jsonl)
 from ttcjax.tokenizer import CharTokenizer
 
 CFG = TaskConfig()
@@ -120,6 +120,27 @@ def test_oracle_multiple_valid_reductions():
     t = parse_problem("5+5+5")  # repeated operand pairs: any reduction applies once
     assert prefix_on_path(t, ["5+5=10", "10+5=15"])
     assert not check_step(t, ["5+5=10", "10+5=15"], "5+5=10").correct
+
+
+def test_sampled_solution_orders():
+    import numpy as np
+
+    rng = np.random.default_rng(0)
+    q = parse_problem("1+2+3*4")  # two valid first steps, each drawn about half the time
+    firsts = Counter(sample_steps(q, rng)[0] for _ in range(400))
+    assert set(firsts) == {(1, "+", 2, 3), (3, "*", 4, 12)} and min(firsts.values()) > 150
+    for fixed in ("3+4*2", "2*3*4", "9-2+3"):  # one valid order only: the reference path
+        p = parse_problem(fixed)
+        assert all(sample_steps(p, rng) == p.steps for _ in range(20))
+    p = parse_problem("8+7-8+1+4*7")  # 4*7 may come at any point before the last addition
+    paths = {tuple(sample_steps(p, rng)) for _ in range(300)}
+    assert len(paths) == 4 and tuple(p.steps) in paths
+    for path in paths:  # every drawn path is right by the oracle, step by step
+        lines = split_steps(format_solution(p, list(path)))
+        assert all(check_step(p, lines[:k], line).on_path for k, line in enumerate(lines))
+        assert is_correct_answer(p, format_solution(p, list(path)))
+    a, b = np.random.default_rng(7), np.random.default_rng(7)  # deterministic for a seeded generator
+    assert [sample_steps(p, a) for _ in range(10)] == [sample_steps(p, b) for _ in range(10)]
 
 
 def test_extract_answer():

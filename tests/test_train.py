@@ -1,5 +1,6 @@
 """Policy fine-tuning: packing, the loss mask, the schedule, a run whose loss falls, resume, data parallel."""
 
+import dataclasses
 import json
 import os
 
@@ -12,7 +13,8 @@ from flax import nnx
 from ttcjax.checkpoint import load_model
 from ttcjax.cli import main
 from ttcjax.models import ModelConfig, forward, init_model
-from ttcjax.policy import PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems
+from ttcjax.policy import (PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems,
+                           training_solutions)
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import CharTokenizer
 from ttcjax.train import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
@@ -115,6 +117,24 @@ def test_training_mix_per_difficulty(tmp_path):
     for bad in ({2: 30}, {2: 30, 3: 0}, {2: 30, 3: 10, 4: 5}):
         with pytest.raises(ValueError, match="num_train_per_difficulty"):
             tiny_config(tmp_path, num_train_per_difficulty=bad)
+
+
+def test_training_solutions_in_random_valid_orders(tmp_path):
+    config = tiny_config(tmp_path, num_train_per_difficulty={2: 30, 3: 10, 4: 40}, task={"difficulties": [2, 3, 4]})
+    problems = training_problems(config)
+    assert training_solutions(config, problems) == [None] * len(problems)  # the default: reference paths
+    shuffled = dataclasses.replace(config, solution_order="random")
+    paths = training_solutions(shuffled, problems)
+    assert paths == training_solutions(shuffled, problems)  # seeded: a resumed run packs the same data
+    assert sum(path != p.steps for p, path in zip(problems, paths)) >= 5
+    for p, path in zip(problems, paths):
+        assert sorted(path) == sorted(p.steps) and len(path) == p.difficulty and path[-1][3] == p.answer
+        lines = arithmetic.split_steps(arithmetic.format_solution(p, path))
+        assert arithmetic.prefix_on_path(p, lines)
+        _, solution = encode_example(CharTokenizer(), p, path)
+        assert CharTokenizer().decode(solution).startswith(arithmetic.format_solution(p, path))
+    with pytest.raises(ValueError, match="solution_order"):
+        tiny_config(tmp_path, solution_order="shuffled")
 
 
 def test_training_lowers_the_loss(tmp_path):

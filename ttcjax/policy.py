@@ -44,6 +44,16 @@ def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
     return [problems[i] for i in order]
 
 
+def training_solutions(config: "PolicyTrainConfig",
+                       problems: Sequence[Problem]) -> list[list[arithmetic.Step] | None]:
+    """Each training problem's solution path: None (the reference path), or with `solution_order: random` a
+    valid order drawn from a generator seeded by the config's seed, so a rerun sees the same data."""
+    if config.solution_order == "reference":
+        return [None] * len(problems)
+    rng = np.random.default_rng([config.seed, 1])
+    return [arithmetic.sample_steps(p, rng) for p in problems]
+
+
 @dataclasses.dataclass(frozen=True)
 class PolicyTrainConfig:
     """Everything `ttcjax train policy --config FILE` reads (each field is a YAML key)."""
@@ -55,6 +65,8 @@ class PolicyTrainConfig:
     task: dict = dataclasses.field(default_factory=dict)  # TaskConfig fields
     num_train: int = 20000  # training problems (split "train"), equally many per difficulty ...
     num_train_per_difficulty: dict | None = None  # ... or this many of each ({difficulty: count})
+    solution_order: str = "reference"  # "reference": the task's one reference path; "random": each training
+    #   solution takes a uniformly drawn valid reduction at every step (many paths per problem)
     seq_len: int = 256  # packed row length
     batch_size: int = 32  # packed rows per step (global; split over the mesh's data axis)
     steps: int = 500
@@ -79,6 +91,8 @@ class PolicyTrainConfig:
         if self.batch_size < 1 or self.seq_len < 8 or self.num_train < 1:
             raise ValueError(f"need batch_size >= 1, seq_len >= 8, num_train >= 1; got {self.batch_size}, "
                              f"{self.seq_len}, {self.num_train}.")
+        if self.solution_order not in ("reference", "random"):
+            raise ValueError(f"solution_order must be 'reference' or 'random'; got {self.solution_order!r}.")
         if self.num_train_per_difficulty is not None:
             counts = self.num_train_per_difficulty
             levels = set(self.task_config.difficulties)
@@ -110,9 +124,11 @@ def encode_prompt(tokenizer: Tokenizer, problem: Problem) -> list[int]:
     return tokenizer.encode(arithmetic.format_prompt(problem), add_bos=tokenizer.bos_id is not None)
 
 
-def encode_example(tokenizer: Tokenizer, problem: Problem) -> tuple[list[int], list[int]]:
-    """(prompt ids, solution ids): the solution ends with the blank line and EOS."""
-    solution = tokenizer.encode(arithmetic.format_solution(problem) + arithmetic.EXAMPLE_END)
+def encode_example(tokenizer: Tokenizer, problem: Problem,
+                   steps: list[arithmetic.Step] | None = None) -> tuple[list[int], list[int]]:
+    """(prompt ids, solution ids): the solution (`steps`, by default the reference path) ends with the blank
+    line and EOS."""
+    solution = tokenizer.encode(arithmetic.format_solution(problem, steps) + arithmetic.EXAMPLE_END)
     if tokenizer.eos_id is not None:
         solution.append(tokenizer.eos_id)
     return encode_prompt(tokenizer, problem), solution
@@ -212,7 +228,8 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)
     problems = training_problems(config)
-    packed = pack_examples([encode_example(tokenizer, p) for p in problems], config.seq_len, tokenizer.pad_id)
+    packed = pack_examples([encode_example(tokenizer, p, steps) for p, steps in
+                            zip(problems, training_solutions(config, problems))], config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
     eval_set = arithmetic.generate(task, config.eval_problems * len(task.difficulties), seed=config.seed,
                                    split="validation") if config.eval_problems else []

@@ -11,7 +11,8 @@ encodes it without ``<unk>``)::
                          <- format_example appends EXAMPLE_END ("\\n\\n")
 
 Evaluation uses standard precedence (``*`` before ``+``/``-``, then left to right). The reference
-solution always reduces the leftmost multiplication first, then the additive chain left to right.
+solution always reduces the leftmost multiplication first, then the additive chain left to right;
+:func:`sample_steps` draws any other valid order (training data with many solution paths).
 
 Valid reductions (what the oracle accepts): a step is a valid next reduction iff it evaluates a
 node of the current expression's parse tree (standard precedence, left associativity) whose two
@@ -39,7 +40,7 @@ from ttcjax.io import write_jsonl
 
 __all__ = ["STEP_DELIMITER", "EXAMPLE_END", "ANSWER_PREFIX", "SPLITS", "Problem", "TaskConfig",
            "StepVerdict", "parse_problem", "split_of", "generate", "format_prompt",
-           "format_solution", "format_example", "split_steps", "check_step", "prefix_on_path",
+           "sample_steps", "format_solution", "format_example", "split_steps", "check_step", "prefix_on_path",
            "extract_answer", "is_correct_answer", "to_jsonl", "from_jsonl"]
 
 STEP_DELIMITER = "\n"  # separates the prompt and every step line
@@ -68,10 +69,16 @@ def _reducible(ops: tuple[str, ...] | list[str], i: int) -> bool:
     return i == 0 and (len(ops) == 1 or ops[1] != "*")
 
 
-def _reference_steps(nums: tuple[int, ...], ops: tuple[str, ...]) -> list[Step]:
+def _reference_steps(nums: tuple[int, ...], ops: tuple[str, ...],
+                     rng: np.random.Generator | None = None) -> list[Step]:
+    """The reference path, or with ``rng`` a path that takes a uniformly drawn valid reduction at each step."""
     nums_l, ops_l, steps = list(nums), list(ops), []
     while ops_l:
-        i = ops_l.index("*") if "*" in ops_l else 0
+        if rng is None:
+            i = ops_l.index("*") if "*" in ops_l else 0
+        else:
+            valid = [j for j in range(len(ops_l)) if _reducible(ops_l, j)]
+            i = valid[int(rng.integers(len(valid)))]
         r = _apply(nums_l[i], ops_l[i], nums_l[i + 1])
         steps.append((nums_l[i], ops_l[i], nums_l[i + 1], r))
         nums_l[i:i + 2], ops_l[i:i + 1] = [r], []
@@ -232,10 +239,17 @@ def format_prompt(problem: Problem) -> str:
     return f"Q: {problem.expression}={STEP_DELIMITER}"
 
 
-def format_solution(problem: Problem) -> str:
-    """Reference step lines, then ``"The answer is N"``, joined by STEP_DELIMITER (no trailing
-    delimiter)."""
-    lines = [f"{a}{op}{b}={r}" for a, op, b, r in problem.steps]
+def sample_steps(problem: Problem, rng: np.random.Generator) -> list[Step]:
+    """A valid solution path drawn step by step: each step is a uniform choice among the valid next
+    reductions (so ``1+2+3*4`` is solved ``1+2`` first or ``3*4`` first, equally often). Every path
+    reaches the answer and passes :func:`check_step`; only the order differs from ``problem.steps``."""
+    return _reference_steps(problem.operands, problem.operators, rng)
+
+
+def format_solution(problem: Problem, steps: list[Step] | None = None) -> str:
+    """Step lines (``steps``, by default the reference path), then ``"The answer is N"``, joined by
+    STEP_DELIMITER (no trailing delimiter)."""
+    lines = [f"{a}{op}{b}={r}" for a, op, b, r in (problem.steps if steps is None else steps)]
     return STEP_DELIMITER.join(lines + [f"{ANSWER_PREFIX}{problem.answer}"])
 
 
