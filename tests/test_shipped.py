@@ -1,6 +1,7 @@
 """The models shipped in the package: they load, are documented, meet the issue's targets as recorded by
 their own evaluation command, and reproduce that record on a fixed subset."""
 
+import dataclasses
 import json
 import os
 
@@ -11,7 +12,7 @@ import pytest
 from ttcjax.assets import asset_path, model_dir, read_json
 from ttcjax.checkpoint import load_any
 from ttcjax.decode import GREEDY, Engine
-from ttcjax.policy import sample_solutions
+from ttcjax.policy import PolicyTrainConfig, sample_solutions
 from ttcjax.tasks import arithmetic
 from ttcjax.tokenizer import load_tokenizer
 
@@ -51,6 +52,21 @@ def test_shipped_policies_leave_room_for_test_time_compute():
     ratio = (read_json("policy", "small", "train_summary.json")["model"]["params"]
              / read_json("policy", "tiny", "train_summary.json")["model"]["params"])
     assert 4 <= ratio <= 8
+
+
+def test_shipped_sibling_has_the_tiny_policys_data_and_recipe():
+    """The issue's larger sibling: 4-8x the parameters (above), the same data and recipe. Only the width and the
+    peak learning rate (scaled by 1/width) may differ; it is the stronger policy."""
+    tiny, small = (read_json("policy", n, "train_summary.json") for n in ("tiny", "small"))
+    assert tiny["data"] == small["data"]  # the same training problems, packed the same way
+    defaults = {f.name: f.default for f in dataclasses.fields(PolicyTrainConfig)}  # fields newer than a summary
+    a, b = ({**defaults, **summary["config"]} for summary in (tiny, small))
+    differ = {k for k in a if a[k] != b[k]}
+    assert differ == {"out_dir", "model_config", "lr"}, differ
+    width = small["config"]["model_config"]["hidden_size"] / tiny["config"]["model_config"]["hidden_size"]
+    assert small["config"]["lr"] == pytest.approx(tiny["config"]["lr"] / width)
+    evals = {n: read_json("policy", n, "eval.json") for n in ("tiny", "small")}
+    assert evals["small"]["all"]["greedy"] > evals["tiny"]["all"]["greedy"]
 
 
 @pytest.mark.parametrize("name", ["tiny", "small"])
