@@ -69,7 +69,7 @@ def _reducible(ops: tuple[str, ...] | list[str], i: int) -> bool:
     return i == 0 and (len(ops) == 1 or ops[1] != "*")
 
 
-def _reference_steps(nums: tuple[int, ...], ops: tuple[str, ...],
+def _solution_steps(nums: tuple[int, ...], ops: tuple[str, ...],
                      rng: np.random.Generator | None = None) -> list[Step]:
     """The reference path, or with ``rng`` a path that takes a uniformly drawn valid reduction at each step."""
     nums_l, ops_l, steps = list(nums), list(ops), []
@@ -113,7 +113,7 @@ class Problem:
     def steps(self) -> list[Step]:
         """Reference solution: leftmost ``*`` first, then left to right; one (a, op, b, result)
         per operation."""
-        return _reference_steps(self.operands, self.operators)
+        return _solution_steps(self.operands, self.operators)
 
 
 def _expr_id(expression: str) -> str:
@@ -127,7 +127,7 @@ def parse_problem(expression: str, split: str = "") -> Problem:
         raise ValueError(f"not an arithmetic expression over {OPERATORS!r}: {expression!r}")
     nums = tuple(int(t) for t in re.findall(r"\d+", expr))
     ops = tuple(re.findall(r"[+\-*]", expr))
-    steps = _reference_steps(nums, ops)
+    steps = _solution_steps(nums, ops)
     answer = steps[-1][3] if steps else nums[0]
     canon = "".join(f"{o}{n}" for o, n in zip(("",) + ops, nums))
     return Problem(_expr_id(canon), nums, ops, answer, len(ops), split)
@@ -175,7 +175,7 @@ def _accept(nums: tuple[int, ...], ops: tuple[str, ...], config: TaskConfig, spl
     lo, hi = config.value_range
     if not all(lo <= n <= hi for n in nums):
         return False
-    if not all(lo <= s[3] <= hi for s in _reference_steps(nums, ops)):
+    if not all(lo <= s[3] <= hi for s in _solution_steps(nums, ops)):
         return False
     return split_of("".join(f"{o}{n}" for o, n in zip(("",) + ops, nums)), config) == split
 
@@ -243,7 +243,7 @@ def sample_steps(problem: Problem, rng: np.random.Generator) -> list[Step]:
     """A valid solution path drawn step by step: each step is a uniform choice among the valid next
     reductions (so ``1+2+3*4`` is solved ``1+2`` first or ``3*4`` first, equally often). Every path
     reaches the answer and passes :func:`check_step`; only the order differs from ``problem.steps``."""
-    return _reference_steps(problem.operands, problem.operators, rng)
+    return _solution_steps(problem.operands, problem.operators, rng)
 
 
 def format_solution(problem: Problem, steps: list[Step] | None = None) -> str:
