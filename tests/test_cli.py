@@ -26,6 +26,7 @@ def test_demo_in_a_reduced_size_runs_end_to_end(tmp_path, capsys):
     summary = (out / "summary.md").read_text()
     assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
     assert "a right answer is among best-of-N's candidates" in summary and "On the hardest bins" in summary
+    assert "Level by level (1 = easiest), at R=" in summary  # where search beats the larger model, and where not
     coverage = report["coverage"]["best_of_n-selectionweighted"]
     for b in ("2", "4"):  # a right candidate exists at least as often as the chosen one is right
         assert report["accuracy"]["best_of_n-selectionweighted"][b] <= coverage[b] <= 1

@@ -80,6 +80,26 @@ def test_tied_pass_rates_still_fill_every_bin_equally():
     assert levels[rates == 1].max() <= 2 and levels[rates == 0].min() >= 3  # order is kept across ties
 
 
+def test_report_states_where_search_beats_the_larger_model():
+    from ttcjax.experiment import _flops_matched_statement
+
+    def row(R, used, pairs):
+        return {"R": R, "budget_used": used, "matched_generations": 1.0,
+                "by_level": {str(k): {"large_greedy": a, "small_compute_optimal": b} for k, (a, b) in pairs.items()}}
+
+    report = {"flops_exchange": [
+        row(0.16, 16, {1: (0.9, 1.0), 2: (0.8, 0.8), 3: (0.5, 0.3)}),
+        row(0.79, 4, {1: (0.9, 0.95), 2: (0.8, 0.9), 3: (0.5, 0.6)}),
+        row(22.0, None, {1: (0.9, None), 2: (0.8, None), 3: (0.5, None)})]}
+    text = _flops_matched_statement(report)
+    # a tie (level 2 at R=0.16) counts for neither side; R=22 has no usable budget and is left out
+    assert "at R=0.16 (N=16) search wins on level 1 and the larger model on level 3" in text
+    assert "at R=0.79 (N=4) search wins on levels 1, 2, 3 and the larger model on no level" in text
+    assert "R=22.0" not in text
+    report["flops_exchange"] = report["flops_exchange"][2:]
+    assert "no comparison" in _flops_matched_statement(report)
+
+
 def test_report_states_whether_beam_beats_best_of_n_on_hard_bins():
     from ttcjax.experiment import _beam_on_hard_bins
 

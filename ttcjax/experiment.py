@@ -353,6 +353,30 @@ def _beam_on_hard_bins(r: dict, budgets: list[int]) -> str:
             f"({'; '.join(parts)}).")
 
 
+def _flops_matched_statement(r: dict) -> str:
+    """The paper's exchange of pretraining for test-time compute, as this run measured it: per FLOPs ratio R
+    with a usable budget, the levels where the small policy with search beats the larger model, and those where
+    the larger model wins."""
+    parts = []
+    for row in r["flops_exchange"]:
+        if row["budget_used"] is None:
+            continue
+        levels = sorted(row["by_level"], key=int)
+        small = [k for k in levels if (v := row["by_level"][k])["small_compute_optimal"] is not None
+                 and v["small_compute_optimal"] > v["large_greedy"] + 1e-9]
+        large = [k for k in levels if (v := row["by_level"][k])["small_compute_optimal"] is not None
+                 and v["large_greedy"] > v["small_compute_optimal"] + 1e-9]
+        def say(ks):
+            return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
+
+        parts.append(f"at R={row['R']} (N={row['budget_used']}) search wins on {say(small)} and the larger model "
+                     f"on {say(large)}")
+    if not parts:
+        return "No ratio R leaves the small policy a computed budget, so this run makes no comparison."
+    return ("Level by level (1 = easiest), " + "; ".join(parts) + ". The paper found test-time compute the better "
+            "use of FLOPs on easy and intermediate questions when R is small, and pretraining on the hardest.")
+
+
 def _markdown(r: dict) -> str:
     budgets = sorted({int(b) for row in r["accuracy"].values() for b in row})
     head = "| | " + " | ".join(f"N={b}" for b in budgets) + " |"
@@ -429,7 +453,7 @@ def _markdown(r: dict) -> str:
             cells.append(f"{fmt(v['large_greedy'])} / {fmt(v['small_compute_optimal'])}")
         lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", "![](flops_matched.png)", "",
+    lines += ["", _flops_matched_statement(r), "", "![](flops_matched.png)", "",
               "Raw per-question results: results/*.jsonl, difficulty.jsonl, large_policy.jsonl; the scheduler: "
               "scheduler.json (`ttcjax run --scheduler ...`).", ""]
     return "\n".join(lines)
