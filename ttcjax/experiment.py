@@ -320,8 +320,13 @@ def _plots(report: dict, out: str) -> None:
     save(fig, "flops_matched.png")
 
 
+def _weighted_best_of_n(names) -> str | None:
+    """The weighted best-of-N strategy among `names` (the baseline every summary line compares against)."""
+    return next((n for n in names if n.startswith("best_of_n") and "weighted" in n), None)
+
+
 def _baseline_name(r: dict) -> str:
-    return next((n for n in r["accuracy"] if n.startswith("best_of_n") and "weighted" in n), "")
+    return _weighted_best_of_n(r["accuracy"]) or ""
 
 
 def _beam_on_hard_bins(r: dict, budgets: list[int]) -> str:
@@ -332,7 +337,7 @@ def _beam_on_hard_bins(r: dict, budgets: list[int]) -> str:
     low = budgets[:2]
     tables = [r["per_level"]["oracle"][lv] for lv in hard]
     beams = sorted({name for t in tables for name in t if name.startswith("beam")})
-    base = next((name for name in tables[0] if name.startswith("best_of_n") and "weighted" in name), None)
+    base = _weighted_best_of_n(tables[0])
     if not beams or base is None:
         return ""
 
@@ -357,18 +362,17 @@ def _flops_matched_statement(r: dict) -> str:
     """The paper's exchange of pretraining for test-time compute, as this run measured it: per FLOPs ratio R
     with a usable budget, the levels where the small policy with search beats the larger model, and those where
     the larger model wins."""
+    def say(ks):
+        return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
+
     parts = []
     for row in r["flops_exchange"]:
         if row["budget_used"] is None:
             continue
-        levels = sorted(row["by_level"], key=int)
-        small = [k for k in levels if (v := row["by_level"][k])["small_compute_optimal"] is not None
-                 and v["small_compute_optimal"] > v["large_greedy"] + 1e-9]
-        large = [k for k in levels if (v := row["by_level"][k])["small_compute_optimal"] is not None
-                 and v["large_greedy"] > v["small_compute_optimal"] + 1e-9]
-        def say(ks):
-            return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
-
+        pairs = [(k, v["small_compute_optimal"], v["large_greedy"]) for k, v in
+                 sorted(row["by_level"].items(), key=lambda kv: int(kv[0])) if v["small_compute_optimal"] is not None]
+        small = [k for k, ours, theirs in pairs if ours > theirs + 1e-9]
+        large = [k for k, ours, theirs in pairs if theirs > ours + 1e-9]
         parts.append(f"at R={row['R']} (N={row['budget_used']}) search wins on {say(small)} and the larger model "
                      f"on {say(large)}")
     if not parts:

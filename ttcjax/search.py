@@ -31,7 +31,6 @@ answers summed), or vanilla best-of-N or majority vote.
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from typing import Any, Callable, Sequence
 
@@ -192,7 +191,7 @@ def _prm_extend_step(prm: RewardModel, cache: KVCache, tokens: jax.Array, length
     if len(widths) == 1:
         return _prm_extend(prm, cache, tokens, lengths)
     index = jnp.searchsorted(jnp.asarray(widths), jnp.max(lengths))  # the first width >= the longest step
-    branches = [functools.partial(lambda c, tk, ln, w: _prm_extend(prm, c, tk[:, :w], ln), w=w) for w in widths]
+    branches = [lambda c, tk, ln, w=w: _prm_extend(prm, c, tk[:, :w], ln) for w in widths]
     return jax.lax.switch(index, branches, cache, tokens, lengths)
 
 
@@ -483,7 +482,8 @@ def search(strategy: Strategy, engine: Engine, prm: RewardModel, tokenizer, ques
         tokens, lengths = engine._place_rows(tokens), engine._place_rows(lengths)
         host = _run_episode(engine, prm_graphdef, prm_state, tokens, lengths, engine._place_rows(active),
                             jax.random.fold_in(key, start), len(chunk), compact=compact,
-                            compact_min_rows=compact_min_rows, n=n, group=group, keep=keep, width=width, lookahead=lookahead, max_rounds=rounds,
+                            compact_min_rows=compact_min_rows, n=n, group=group, keep=keep, width=width,
+                            lookahead=lookahead, max_rounds=rounds,
                             max_step_tokens=max_step_tokens, max_len=max_len, sampling=sampling,
                             delimiter_id=delimiter_ids[0], eos_ids=tuple(tokenizer.eos_ids),
                             pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk)
