@@ -143,6 +143,35 @@ def test_sampled_solution_orders():
     assert [sample_steps(p, a) for _ in range(10)] == [sample_steps(p, b) for _ in range(10)]
 
 
+def test_restated_solutions():
+    import numpy as np
+
+    p = parse_problem("7*3-4+8")
+    assert format_solution(p, restate=True) == "7*3=21; 21-4+8\n21-4=17; 17+8\n17+8=25\nThe answer is 25"
+    q = parse_problem("2*3+4*5")  # another valid order restates what that order leaves
+    assert format_solution(q, [(4, "*", 5, 20), (2, "*", 3, 6), (6, "+", 20, 26)], restate=True) == \
+        "4*5=20; 2*3+20\n2*3=6; 6+20\n6+20=26\nThe answer is 26"
+    # The oracle accepts a restatement only when it is exactly what the step leaves.
+    assert check_step(p, [], "7*3=21; 21-4+8").on_path and check_step(p, [], " 7*3 = 21 ;21 - 4 + 8").correct
+    for wrong in ("7*3=21; 21-4+9", "7*3=21; 21+8", "7*3=21; 17+8", "7*3=21; 21-4+8+0"):
+        assert check_step(p, [], wrong).reason == "wrong restatement", wrong
+    assert check_step(p, [], "7*3=22; 22-4+8").reason == "arithmetic error"
+    assert check_step(p, ["7*3=21; 21-4+8", "21-4=17; 17+8"], "17+8=25; 25").on_path  # a number is fine too
+    assert not prefix_on_path(p, ["7*3=21; 21-4+9", "21-4=17; 17+8"])
+    t = parse_problem("5*5+5*5")  # identical sites: the restatement says which one was reduced
+    assert prefix_on_path(t, ["5*5=25; 5*5+25", "5*5=25; 25+25", "25+25=50"])
+    rng = np.random.default_rng(1)
+    for e in ("8+7-8+1+4*7", "8*4*5+3+5*5", "9-2+3*3*1"):
+        p = parse_problem(e)
+        for path in [None] + [sample_steps(p, rng) for _ in range(5)]:
+            lines = split_steps(format_solution(p, path, restate=True))
+            assert all(check_step(p, lines[:k], line).on_path for k, line in enumerate(lines)), lines
+            assert is_correct_answer(p, format_solution(p, path, restate=True))
+            # the restated expression always has the value of the problem
+            for line in lines[:-2]:
+                assert parse_problem(line.split("; ")[1]).answer == p.answer
+
+
 def test_extract_answer():
     assert extract_answer("7*3=21\nThe answer is 25\n\n") == 25
     assert extract_answer("the answer is  42.") == 42

@@ -135,6 +135,12 @@ def test_training_solutions_in_random_valid_orders(tmp_path):
         assert CharTokenizer().decode(solution).startswith(arithmetic.format_solution(p, path))
     with pytest.raises(ValueError, match="solution_order"):
         tiny_config(tmp_path, solution_order="shuffled")
+    p, path = problems[0], paths[0]
+    _, restated = encode_example(CharTokenizer(), p, path, restate=True)
+    assert CharTokenizer().decode(restated).startswith(arithmetic.format_solution(p, path, restate=True))
+    assert arithmetic.RESTATE_SEPARATOR in CharTokenizer().decode(restated)
+    with pytest.raises(ValueError, match="solution_format"):
+        tiny_config(tmp_path, solution_format="verbose")
 
 
 def test_training_lowers_the_loss(tmp_path):

@@ -28,7 +28,7 @@ from ttcjax.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
 from ttcjax.train import (MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples,
                           train_loop)
 
-MAX_NEW_TOKENS = 96  # the longest reference solution at 5 operations on 1..9 operands is ~80 characters
+MAX_NEW_TOKENS = 160  # the longest 5-operation solution on 1..9 operands: ~80 characters, ~140 restated
 TOKENIZER_FILE = "ttcjax_tokenizer.json"
 
 
@@ -67,6 +67,8 @@ class PolicyTrainConfig:
     num_train_per_difficulty: dict | None = None  # ... or this many of each ({difficulty: count})
     solution_order: str = "reference"  # "reference": the task's one reference path; "random": each training
     #   solution takes a uniformly drawn valid reduction at every step (many paths per problem)
+    solution_format: str = "plain"  # "plain": "8*4=32" per step; "restate": "8*4=32; 32*5+3", each step
+    #   line also writes the expression it leaves (see arithmetic.format_solution)
     seq_len: int = 256  # packed row length
     batch_size: int = 32  # packed rows per step (global; split over the mesh's data axis)
     steps: int = 500
@@ -93,6 +95,8 @@ class PolicyTrainConfig:
                              f"{self.seq_len}, {self.num_train}.")
         if self.solution_order not in ("reference", "random"):
             raise ValueError(f"solution_order must be 'reference' or 'random'; got {self.solution_order!r}.")
+        if self.solution_format not in ("plain", "restate"):
+            raise ValueError(f"solution_format must be 'plain' or 'restate'; got {self.solution_format!r}.")
         if self.num_train_per_difficulty is not None:
             counts = self.num_train_per_difficulty
             levels = set(self.task_config.difficulties)
@@ -124,11 +128,11 @@ def encode_prompt(tokenizer: Tokenizer, problem: Problem) -> list[int]:
     return tokenizer.encode(arithmetic.format_prompt(problem), add_bos=tokenizer.bos_id is not None)
 
 
-def encode_example(tokenizer: Tokenizer, problem: Problem,
-                   steps: list[arithmetic.Step] | None = None) -> tuple[list[int], list[int]]:
-    """(prompt ids, solution ids): the solution (`steps`, by default the reference path) ends with the blank
-    line and EOS."""
-    solution = tokenizer.encode(arithmetic.format_solution(problem, steps) + arithmetic.EXAMPLE_END)
+def encode_example(tokenizer: Tokenizer, problem: Problem, steps: list[arithmetic.Step] | None = None,
+                   restate: bool = False) -> tuple[list[int], list[int]]:
+    """(prompt ids, solution ids): the solution (`steps`, by default the reference path; `restate`: see
+    `arithmetic.format_solution`) ends with the blank line and EOS."""
+    solution = tokenizer.encode(arithmetic.format_solution(problem, steps, restate) + arithmetic.EXAMPLE_END)
     if tokenizer.eos_id is not None:
         solution.append(tokenizer.eos_id)
     return encode_prompt(tokenizer, problem), solution
@@ -167,17 +171,20 @@ def pass_at_k(n: int, c: int, k: int) -> float:
 
 
 def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Problem], *, samples: int = 0,
-                    temperature: float = 0.8, seed: int = 0, mesh=None, batch_size: int = 256) -> dict[str, Any]:
+                    temperature: float = 0.8, seed: int = 0, mesh=None, batch_size: int = 256,
+                    max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
     """Greedy accuracy per difficulty and overall; with `samples` > 0 also pass@1 and pass@samples at
     `temperature` (unbiased estimates from the same samples). Keys of "by_difficulty" are strings."""
     engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
     key = jax.random.key(seed)
-    greedy = sample_solutions(engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size)
+    greedy = sample_solutions(engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size,
+                              max_new_tokens=max_new_tokens)
     greedy_ok = np.array([arithmetic.is_correct_answer(p, g[0]) for p, g in zip(problems, greedy)])
     counts = None
     if samples:
         sampled = sample_solutions(engine, tokenizer, problems, n=samples, sampling=Sampling(temperature=temperature),
-                                   key=jax.random.fold_in(key, 1), batch_size=batch_size)
+                                   key=jax.random.fold_in(key, 1), batch_size=batch_size,
+                                   max_new_tokens=max_new_tokens)
         counts = np.array([sum(arithmetic.is_correct_answer(p, s) for s in ss) for p, ss in zip(problems, sampled)])
     difficulties = np.array([p.difficulty for p in problems])
 
@@ -228,7 +235,8 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)
     problems = training_problems(config)
-    packed = pack_examples([encode_example(tokenizer, p, steps) for p, steps in
+    restate = config.solution_format == "restate"
+    packed = pack_examples([encode_example(tokenizer, p, steps, restate) for p, steps in
                             zip(problems, training_solutions(config, problems))], config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
     eval_set = arithmetic.generate(task, config.eval_problems * len(task.difficulties), seed=config.seed,

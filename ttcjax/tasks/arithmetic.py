@@ -10,6 +10,10 @@ encodes it without ``<unk>``)::
     The answer is 25     <- answer line; format_solution ends here (no trailing newline)
                          <- format_example appends EXAMPLE_END ("\\n\\n")
 
+or, with ``format_solution(..., restate=True)``, every step but the last also restates the expression
+it leaves (``7*3=21; 21-4+8`` / ``21-4=17; 17+8`` / ``17+8=25``). The oracle accepts both forms; a
+restated expression must be exactly what the step leaves.
+
 Evaluation uses standard precedence (``*`` before ``+``/``-``, then left to right). The reference
 solution always reduces the leftmost multiplication first, then the additive chain left to right;
 :func:`sample_steps` draws any other valid order (training data with many solution paths).
@@ -38,7 +42,7 @@ import numpy as np
 
 from ttcjax.io import write_jsonl
 
-__all__ = ["STEP_DELIMITER", "EXAMPLE_END", "ANSWER_PREFIX", "SPLITS", "Problem", "TaskConfig",
+__all__ = ["STEP_DELIMITER", "EXAMPLE_END", "ANSWER_PREFIX", "RESTATE_SEPARATOR", "SPLITS", "Problem", "TaskConfig",
            "StepVerdict", "parse_problem", "split_of", "generate", "format_prompt",
            "sample_steps", "format_solution", "format_example", "split_steps", "check_step", "prefix_on_path",
            "extract_answer", "is_correct_answer", "to_jsonl", "from_jsonl"]
@@ -49,7 +53,8 @@ ANSWER_PREFIX = "The answer is "
 SPLITS = ("train", "validation", "test")
 OPERATORS = "+-*"
 
-_STEP_RE = re.compile(r"(\d+)([+\-*])(\d+)=(\d+)")
+_STEP_RE = re.compile(r"(\d+)([+\-*])(\d+)=(\d+)(?:;(\d+(?:[+\-*]\d+)*))?")  # spaces removed
+RESTATE_SEPARATOR = "; "  # "8*4=32; 32*5+3": the step, then the expression it leaves
 _ANSWER_LINE_RE = re.compile(r"theansweris(-?\d+)\.?", re.IGNORECASE)  # spaces removed
 _ANSWER_RE = re.compile(r"the\s+answer\s+is\s*(-?\d+)(?!\d)", re.IGNORECASE)
 _EXPR_RE = re.compile(r"\d+(?:[+\-*]\d+)*")
@@ -246,10 +251,28 @@ def sample_steps(problem: Problem, rng: np.random.Generator) -> list[Step]:
     return _solution_steps(problem.operands, problem.operators, rng)
 
 
-def format_solution(problem: Problem, steps: list[Step] | None = None) -> str:
+def _expression(nums: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...]) -> str:
+    return "".join(f"{o}{n}" for o, n in zip(("",) + tuple(ops), nums))
+
+
+def format_solution(problem: Problem, steps: list[Step] | None = None, restate: bool = False) -> str:
     """Step lines (``steps``, by default the reference path), then ``"The answer is N"``, joined by
-    STEP_DELIMITER (no trailing delimiter)."""
-    lines = [f"{a}{op}{b}={r}" for a, op, b, r in (problem.steps if steps is None else steps)]
+    STEP_DELIMITER (no trailing delimiter).
+
+    With ``restate`` every step line but the last also writes the expression the step leaves, after
+    RESTATE_SEPARATOR (``8*4=32; 32*5+3``), so a model reads the work left from the line above instead
+    of tracking it back through the question and every earlier step."""
+    steps = problem.steps if steps is None else steps
+    lines, nums, ops = [], list(problem.operands), list(problem.operators)
+    for a, op, b, r in steps:
+        line = f"{a}{op}{b}={r}"
+        if restate:
+            i = next(j for j in range(len(ops)) if (nums[j], ops[j], nums[j + 1]) == (a, op, b)
+                     and _reducible(ops, j))
+            nums[i:i + 2], ops[i:i + 1] = [r], []
+            if ops:
+                line += RESTATE_SEPARATOR + _expression(nums, ops)
+        lines.append(line)
     return STEP_DELIMITER.join(lines + [f"{ANSWER_PREFIX}{problem.answer}"])
 
 
@@ -293,8 +316,12 @@ def _judge(problem: Problem, nums: list[int], ops: list[str], line: str) -> tupl
         return False, "violates precedence"
     if _apply(a, op, b) != r:
         return False, "arithmetic error"
-    i = valid[0]
-    nums[i:i + 2], ops[i:i + 1] = [r], []
+    after = [(nums[:i] + [r] + nums[i + 2:], ops[:i] + ops[i + 1:]) for i in valid]
+    if m.group(5) is not None:  # a restated expression must be what this step leaves
+        after = [(n, o) for n, o in after if _expression(n, o) == m.group(5)]
+        if not after:
+            return False, "wrong restatement"
+    nums[:], ops[:] = after[0]
     return True, "ok"
 
 
