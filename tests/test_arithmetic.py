@@ -48,7 +48,7 @@ def test_value_bounds_and_operands(splits):
     for p in splits["train"]:
         assert all(1 <= n <= 9 for n in p.operands)
         assert set(p.operators) <= set("+-*")
-        assert all(0 <= r <= 999 for *_, r in p.steps)
+        assert all(0 <= r <= 99 for *_, r in p.steps)
         assert len(p.steps) == p.difficulty
 
 

@@ -193,7 +193,7 @@ class PRMTrainConfig:
     samples: int = 4  # solutions sampled per question
     rollouts: int = 8  # Monte-Carlo continuations per step prefix
     temperature: float = 0.8
-    max_new_tokens: int = 96
+    max_new_tokens: int = 128
     validation_fraction: float = 0.1  # of questions, by hash of the problem id
     seq_len: int = 256
     batch_size: int = 32

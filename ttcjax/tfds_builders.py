@@ -62,7 +62,7 @@ class ArithmeticConfig(tfds.core.BuilderConfig):
     difficulties: tuple[int, ...] = (2, 3, 4, 5)
     operand_range: tuple[int, int] = (1, 9)
     operators: str = arithmetic.OPERATORS
-    value_range: tuple[int, int] = (0, 999)
+    value_range: tuple[int, int] = (0, 99)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def task_config(self) -> arithmetic.TaskConfig:

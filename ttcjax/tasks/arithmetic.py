@@ -24,8 +24,8 @@ children are both plain numbers. So in ``2*3+4*5`` both ``2*3`` and ``4*5`` are 
 ``1+2+3*4`` both ``1+2`` and ``3*4``, but in ``3+4*2`` only ``4*2`` and in ``2*3*4`` only ``2*3``.
 Every accepted path produces the same multiset of intermediate values as the reference path
 (partial products and prefix sums of the terms), so the value bounds checked on the reference
-path hold on every accepted path: with the default bounds [0, 999] no value is ever negative,
-and a character model never needs a minus sign for a number.
+path hold on every accepted path: with the default bounds [0, 99] no value is ever negative or
+longer than two digits, and a character model never needs a minus sign for a number.
 """
 
 from __future__ import annotations
@@ -148,7 +148,7 @@ class TaskConfig:
     difficulties: tuple[int, ...] = (2, 3, 4, 5)
     operand_range: tuple[int, int] = (1, 9)
     operators: str = OPERATORS
-    value_range: tuple[int, int] = (0, 999)
+    value_range: tuple[int, int] = (0, 99)
     split_fractions: tuple[float, float, float] = (0.8, 0.1, 0.1)
 
     def __post_init__(self) -> None:
