@@ -67,6 +67,10 @@ def _apply(a: int, op: str, b: int) -> int:
     return a + b if op == "+" else a - b if op == "-" else a * b
 
 
+def _expression(nums: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...]) -> str:
+    return "".join(f"{o}{n}" for o, n in zip(("",) + tuple(ops), nums))
+
+
 def _reducible(ops: tuple[str, ...] | list[str], i: int) -> bool:
     """Whether operation ``i`` (between operand i and i+1) has two plain numbers as children."""
     if ops[i] == "*":
@@ -112,7 +116,7 @@ class Problem:
     @property
     def expression(self) -> str:
         """Canonical string, e.g. ``"7*3-4+8"`` (no spaces)."""
-        return "".join(f"{o}{n}" for o, n in zip(("",) + self.operators, self.operands))
+        return _expression(self.operands, self.operators)
 
     @property
     def steps(self) -> list[Step]:
@@ -134,8 +138,7 @@ def parse_problem(expression: str, split: str = "") -> Problem:
     ops = tuple(re.findall(r"[+\-*]", expr))
     steps = _solution_steps(nums, ops)
     answer = steps[-1][3] if steps else nums[0]
-    canon = "".join(f"{o}{n}" for o, n in zip(("",) + ops, nums))
-    return Problem(_expr_id(canon), nums, ops, answer, len(ops), split)
+    return Problem(_expr_id(_expression(nums, ops)), nums, ops, answer, len(ops), split)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,7 +185,7 @@ def _accept(nums: tuple[int, ...], ops: tuple[str, ...], config: TaskConfig, spl
         return False
     if not all(lo <= s[3] <= hi for s in _solution_steps(nums, ops)):
         return False
-    return split_of("".join(f"{o}{n}" for o, n in zip(("",) + ops, nums)), config) == split
+    return split_of(_expression(nums, ops), config) == split
 
 
 _ENUMERATE_LIMIT = 50_000
@@ -233,7 +236,7 @@ def generate(config: TaskConfig, n: int, seed: int, split: str = "train") -> lis
                 if (nums, ops) not in seen and _accept(nums, ops, config, split):
                     seen.add((nums, ops))
                     chosen.append((nums, ops))
-        out += [parse_problem("".join(f"{o}{x}" for o, x in zip(("",) + ops, nums)), split)
+        out += [parse_problem(_expression(nums, ops), split)
                 for nums, ops in chosen]
     order = np.random.default_rng([seed, SPLITS.index(split), 10**6]).permutation(len(out))
     return [out[i] for i in order]
@@ -251,10 +254,6 @@ def sample_steps(problem: Problem, rng: np.random.Generator) -> list[Step]:
     return _solution_steps(problem.operands, problem.operators, rng)
 
 
-def _expression(nums: list[int] | tuple[int, ...], ops: list[str] | tuple[str, ...]) -> str:
-    return "".join(f"{o}{n}" for o, n in zip(("",) + tuple(ops), nums))
-
-
 def format_solution(problem: Problem, steps: list[Step] | None = None, restate: bool = False) -> str:
     """Step lines (``steps``, by default the reference path), then ``"The answer is N"``, joined by
     STEP_DELIMITER (no trailing delimiter).
@@ -267,9 +266,9 @@ def format_solution(problem: Problem, steps: list[Step] | None = None, restate: 
     for a, op, b, r in steps:
         line = f"{a}{op}{b}={r}"
         if restate:
-            i = next(j for j in range(len(ops)) if (nums[j], ops[j], nums[j + 1]) == (a, op, b)
-                     and _reducible(ops, j))
-            nums[i:i + 2], ops[i:i + 1] = [r], []
+            ok, why = _judge(problem, nums, ops, line)  # applies the step to (nums, ops)
+            if not ok:
+                raise ValueError(f"step {line!r} of {problem.expression} is not a valid next reduction: {why}")
             if ops:
                 line += RESTATE_SEPARATOR + _expression(nums, ops)
         lines.append(line)
