@@ -4,7 +4,7 @@ For each model config and batch size, the same random prompts go through
 
   * ttcjax: `Engine.prefill` + `Engine.decode` (greedy, no EOS), timed with `jax.block_until_ready`;
   * transformers (PyTorch, CPU): `AutoModelForCausalLM.from_pretrained` of the checkpoint that
-    `ttcjax.hf.save_hf_model` wrote for the same model, `generate(do_sample=False)` with
+    `ttcjax.checkpoints.hf.save_hf_model` wrote for the same model, `generate(do_sample=False)` with
     `min_new_tokens == max_new_tokens` and no EOS, so both sides generate exactly `--new-tokens` tokens.
 
 The two sides run interleaved (ttcjax, transformers, transformers, ttcjax, ...) so that load from other
@@ -45,7 +45,7 @@ sys.path.insert(0, ROOT)
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
-from ttcjax.decode import FINISHED_LENGTH, GREEDY, Engine, StopConditions  # noqa: E402
+from ttcjax.decoding.engine import FINISHED_LENGTH, GREEDY, Engine, StopConditions  # noqa: E402
 from ttcjax.models.config import ModelConfig  # noqa: E402
 from ttcjax.models.llama import init_model  # noqa: E402
 
@@ -147,7 +147,7 @@ def matmul_floor_s(cfg: ModelConfig, batch: int, steps: int, repeats: int = 2) -
 def kv_cache_copies(engine: Engine, state, new_tokens: int) -> dict:
     """Inspect the compiled decode program: copies of a whole KV-cache buffer (the cache not being updated
     in place) and whether the donated cache aliases the output."""
-    from ttcjax.decode import _decode_jit
+    from ttcjax.decoding.engine import _decode_jit
 
     hlo = _decode_jit.lower(engine.graphdef, engine.params, state, jax.random.key(0), max_new_tokens=new_tokens,
                             sampling=GREEDY, stop=StopConditions(), pad_id=engine.pad_id,
@@ -220,7 +220,7 @@ class HfSide:
         import torch
         import transformers
 
-        from ttcjax.hf import save_hf_model
+        from ttcjax.checkpoints.hf import save_hf_model
 
         transformers.logging.set_verbosity_error()
         self.thread_choices = [1, 2] if threads == "auto" else [int(threads)]

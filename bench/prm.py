@@ -2,7 +2,7 @@
 
 The policy samples `--samples` solutions for each of `--questions` built-in test questions (Engine.generate:
 prefill once, fork, one compiled decode loop); the PRM then scores every step of every one of those
-solutions (`ttcjax.prm.score_inputs`: one forward pass per batch of solutions). Both are timed after a
+solutions (`ttcjax.verifiers.reward_model.score_inputs`: one forward pass per batch of solutions). Both are timed after a
 warm-up (compilation excluded), interleaved over `--repeats`, best repeat reported (noise only adds time).
 Target (issue 4): scoring costs at most 15% of generation time.
 
@@ -28,14 +28,14 @@ sys.path.insert(0, ROOT)
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
-
 from decode import cpu_model, git_revision, loadavg, update_doc, write_atomic  # noqa: E402
-from ttcjax.decode import Engine, Sampling  # noqa: E402
-from ttcjax.labels import split_steps  # noqa: E402
-from ttcjax.policy import encode_prompt, stop_conditions  # noqa: E402
-from ttcjax.prm import RewardModel, StepFormat, ValueHead, score_inputs  # noqa: E402
+
+from ttcjax.checkpoints.tokenizer import CharTokenizer  # noqa: E402
+from ttcjax.decoding.engine import Engine, Sampling  # noqa: E402
 from ttcjax.tasks import arithmetic  # noqa: E402
-from ttcjax.tokenizer import CharTokenizer  # noqa: E402
+from ttcjax.training.labels import split_steps  # noqa: E402
+from ttcjax.training.policy import encode_prompt, stop_conditions  # noqa: E402
+from ttcjax.verifiers.reward_model import RewardModel, StepFormat, ValueHead, score_inputs  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "prm.json")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -43,9 +43,9 @@ SECTION = "## PRM scoring versus generation"
 
 
 def load_models():
-    from ttcjax.assets import model_dir
-    from ttcjax.checkpoint import load_any
-    from ttcjax.prm_train import load_prm
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.checkpoints.native import load_any
+    from ttcjax.verifiers.reward_model import load_prm
 
     try:
         policy = load_any(model_dir("policy", "tiny"))

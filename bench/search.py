@@ -1,6 +1,6 @@
 """Search cost: beam search (N=64, M=8) against best-of-N (N=64) on the same questions, in one run.
 
-Both run through `ttcjax.search.search` (one compiled round loop per batch size; finished questions are
+Both run through `ttcjax.search.episode.search` (one compiled round loop per batch size; finished questions are
 compacted away, and the same episodes are also timed with compaction off) with the shipped tiny
 policy and PRM. Timed after a warm-up (compilation excluded), interleaved, best of `--repeats`. The
 verifier's share of search time is measured by running the same episodes with a stand-in PRM of one layer
@@ -26,17 +26,17 @@ sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import jax  # noqa: E402
 import numpy as np  # noqa: E402
-
 from decode import cpu_model, git_revision, loadavg, update_doc, write_atomic  # noqa: E402
-from ttcjax.assets import model_dir  # noqa: E402
-from ttcjax.checkpoint import load_any  # noqa: E402
-from ttcjax.decode import Engine, Sampling  # noqa: E402
+
+from ttcjax.checkpoints.assets import model_dir  # noqa: E402
+from ttcjax.checkpoints.native import load_any  # noqa: E402
+from ttcjax.checkpoints.tokenizer import load_tokenizer  # noqa: E402
+from ttcjax.decoding.engine import Engine, Sampling  # noqa: E402
 from ttcjax.models import ModelConfig, init_model  # noqa: E402
-from ttcjax.prm import RewardModel, ValueHead  # noqa: E402
-from ttcjax.prm_train import load_prm  # noqa: E402
-from ttcjax.search import Beam, BestOfN, search  # noqa: E402
+from ttcjax.search.episode import Beam, BestOfN, search  # noqa: E402
 from ttcjax.tasks import arithmetic  # noqa: E402
-from ttcjax.tokenizer import load_tokenizer  # noqa: E402
+from ttcjax.verifiers.reward_model import load_prm  # noqa: E402
+from ttcjax.verifiers.reward_model import RewardModel, ValueHead  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "search.json")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")

@@ -5,11 +5,11 @@ from collections import Counter
 
 import pytest
 
-from ttcjax.tasks.arithmetic import (
-    EXAMPLE_END, SPLITS, STEP_DELIMITER, Problem, TaskConfig, check_step, extract_answer,
-    format_example, format_prompt, format_solution, from_jsonl, generate, is_correct_answer,
-    parse_problem, prefix_on_path, sample_steps, split_of, split_steps, to_jsonl)
-from ttcjax.tokenizer import CharTokenizer
+from ttcjax.checkpoints.tokenizer import CharTokenizer
+from ttcjax.tasks.arithmetic import (EXAMPLE_END, SPLITS, STEP_DELIMITER, Problem, TaskConfig, check_step,
+                                     extract_answer, format_example, format_prompt, format_solution, from_jsonl,
+                                     generate, is_correct_answer, parse_problem, prefix_on_path, sample_steps, split_of,
+                                     split_steps, to_jsonl)
 
 CFG = TaskConfig()
 

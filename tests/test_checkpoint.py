@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
-from ttcjax.checkpoint import CONFIG_FILE, PARAMS_DIR, load_any, load_model, save_model
-from ttcjax.hf import abstract_model, model_from_params, save_hf_model
+from ttcjax.checkpoints.hf import abstract_model, model_from_params, save_hf_model
+from ttcjax.checkpoints.native import CONFIG_FILE, PARAMS_DIR, load_any, load_model, save_model
 from ttcjax.models import ModelConfig, RopeScaling
 
 # Every optional field set, so the config round trip covers RopeScaling and the sliding_layers tuple.

@@ -3,9 +3,9 @@ import pickle
 
 import pytest
 
-from ttcjax import datasets
-from ttcjax.datasets import ProblemRecord, load_dataset
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks import arithmetic, benchmarks as datasets
+from ttcjax.tasks.benchmarks import ProblemRecord
+from ttcjax.tasks.datasets import load_dataset
 
 
 def _jsonl(path, rows):

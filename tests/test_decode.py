@@ -7,10 +7,11 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ttcjax.cache import KVCache
-from ttcjax.decode import GREEDY, Engine, _decode_jit, _prefill_jit, Sampling, StopConditions, bucket, sample_tokens, segment_widths
+from ttcjax.decoding.engine import (GREEDY, Engine, Sampling, StopConditions, _decode_jit, _prefill_jit, bucket,
+                                    sample_tokens, segment_widths)
 from ttcjax.models import ModelConfig, forward, init_model
-from ttcjax.sharding import make_mesh
+from ttcjax.models.cache import KVCache
+from ttcjax.models.sharding import make_mesh
 
 CFG = ModelConfig(vocab_size=128, hidden_size=64, intermediate_size=128, num_layers=2, num_heads=4, num_kv_heads=2)
 PROMPTS = [[5, 6, 7, 8, 9], [10, 11, 12], list(range(1, 30)), [4, 4, 4, 9]]

@@ -4,8 +4,8 @@ import time
 
 import pytest
 
-from ttcjax import grading
-from ttcjax.grading import GradeResult, answers_equal, extract_answer, grade, split_steps
+from ttcjax.tasks import grading
+from ttcjax.tasks.grading import GradeResult, answers_equal, extract_answer, grade, split_steps
 
 
 def _hang(predicted: str, reference: str) -> bool:

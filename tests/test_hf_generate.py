@@ -5,8 +5,8 @@ import pytest
 import torch
 import transformers
 
-from ttcjax.decode import GREEDY, Engine, StopConditions
-from ttcjax.hf import load_hf_model
+from ttcjax.checkpoints.hf import load_hf_model
+from ttcjax.decoding.engine import GREEDY, Engine, StopConditions
 
 TINY = dict(vocab_size=256, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
             num_key_value_heads=2, max_position_embeddings=1024, initializer_range=0.1, rms_norm_eps=1e-5)

@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ttcjax.decode import Engine, Sampling, StopConditions
-from ttcjax.labels import label_solutions, rollout_labels
+from ttcjax.checkpoints.tokenizer import CharTokenizer
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions
 from ttcjax.models import ModelConfig, init_model
-from ttcjax.prm import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead, aggregate,
-                        score_inputs)
-from ttcjax.prm_train import (PRMTrainConfig, load_prm, pack_scoring, save_prm, train_reward_model)
-from ttcjax.sharding import make_mesh
+from ttcjax.models.sharding import make_mesh
 from ttcjax.tasks import arithmetic
-from ttcjax.tokenizer import CharTokenizer
+from ttcjax.training.labels import label_solutions, rollout_labels
+from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
+from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
+                                           aggregate, load_prm, save_prm, score_inputs)
 
 from toys import toy_policy
 
@@ -181,7 +181,7 @@ def test_pack_scoring_places_labels_at_read_positions():
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
     """A tiny policy trained for a few steps (it writes imperfect solutions to label)."""
-    from ttcjax.policy import PolicyTrainConfig, train_policy
+    from ttcjax.training.policy import PolicyTrainConfig, train_policy
 
     out = tmp_path_factory.mktemp("policy")
     train_policy(PolicyTrainConfig(out_dir=str(out), model_config={**TINY, "max_position_embeddings": 128},

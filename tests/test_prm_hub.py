@@ -1,4 +1,4 @@
-"""The public PRM families (ttcjax.prm_hub) against their reference code, run with transformers (PyTorch, CPU)
+"""The public PRM families (ttcjax.verifiers.hub) against their reference code, run with transformers (PyTorch, CPU)
 on tiny random twins built here: the same module structure and tensor names, saved as safetensors, with a
 tokenizer trained on the spot holding the family's special tokens and chat template. Nothing is downloaded.
 
@@ -19,13 +19,12 @@ import pytest
 import torch
 import transformers
 from safetensors.torch import load_file, save_file
-from tokenizers import Tokenizer as RustTokenizer
-from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-from ttcjax.hf import load_hf_model
-from ttcjax.prm import ScoringInput, TokenHead, TwoClassHead, ValueHead, score_inputs
-from ttcjax.prm_hub import (MathShepherdFormat, QwenPRMFormat, RLHFlowFormat, SkyworkFormat, load_hf_prm)
-from ttcjax.tokenizer import HFTokenizer
+from ttcjax.checkpoints.hf import load_hf_model
+from ttcjax.checkpoints.tokenizer import HFTokenizer
+from ttcjax.verifiers.hub import MathShepherdFormat, QwenPRMFormat, RLHFlowFormat, SkyworkFormat, load_hf_prm
+from ttcjax.verifiers.reward_model import ScoringInput, TokenHead, TwoClassHead, ValueHead, score_inputs
 
 ATOL = 1e-4
 SMALL = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,

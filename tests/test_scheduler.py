@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ttcjax.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, inference_flops,
-                              matched_generations, pretraining_flops, select_strategies)
+from ttcjax.eval.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, inference_flops,
+                                   matched_generations, pretraining_flops, select_strategies)
 
 
 def test_quantile_bins_on_known_pass_rates():
@@ -81,7 +81,7 @@ def test_tied_pass_rates_still_fill_every_bin_equally():
 
 
 def test_report_states_where_search_beats_the_larger_model():
-    from ttcjax.experiment import _flops_matched_statement
+    from ttcjax.eval.experiment import _flops_matched_statement
 
     def row(R, used, pairs):
         return {"R": R, "budget_used": used, "matched_generations": 1.0,
@@ -101,7 +101,7 @@ def test_report_states_where_search_beats_the_larger_model():
 
 
 def test_report_states_whether_beam_beats_best_of_n_on_hard_bins():
-    from ttcjax.experiment import _beam_on_hard_bins
+    from ttcjax.eval.experiment import _beam_on_hard_bins
 
     def level(bon, beam):
         return {"best_of_n-selectionweighted": {"4": bon[0], "16": bon[1], "64": 0.9},

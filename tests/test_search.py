@@ -7,10 +7,11 @@ import jax
 import numpy as np
 import pytest
 
+from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.models.sharding import make_mesh
+from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead, search
+
 from toys import p_solution_without_y, toy_policy, y_fraction_prm
-from ttcjax.decode import GREEDY, Engine, Sampling
-from ttcjax.search import DVTS, Beam, BestOfN, Lookahead, search
-from ttcjax.sharding import make_mesh
 
 P_X, P_Y, P_NEWLINE = 0.5, 0.2, 0.3
 SAMPLING = Sampling(temperature=1.0)
@@ -35,7 +36,7 @@ def run(toys, strategy, questions=("Q",), key=0, **kw):
 
 
 def test_the_toy_prm_prefers_prefixes_without_y(toys):
-    from ttcjax.prm import StepFormat, score_inputs
+    from ttcjax.verifiers.reward_model import StepFormat, score_inputs
 
     _, prm, tok = toys
     fmt = StepFormat()
@@ -130,7 +131,7 @@ def test_a_question_that_finishes_early_does_not_disturb_the_others(toys):
 
 
 def test_finished_questions_are_compacted_away_without_changing_results(toys, monkeypatch):
-    import ttcjax.search as search_mod
+    import ttcjax.search.episode as search_mod
 
     batches = []
     rounds_jit = search_mod._rounds_jit
@@ -157,7 +158,7 @@ def test_finished_questions_are_compacted_away_without_changing_results(toys, mo
 
 
 def test_compaction_sizes():
-    from ttcjax.search import _questions_after_compaction, _stop_at_open
+    from ttcjax.search.episode import _questions_after_compaction, _stop_at_open
 
     assert [_questions_after_compaction(o, 1) for o in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
     assert [_questions_after_compaction(o, 4) for o in (1, 4, 5, 9)] == [4, 4, 8, 16]
@@ -169,7 +170,7 @@ def test_compaction_sizes():
 
 
 def test_eight_devices_search_like_one(toys, monkeypatch):
-    import ttcjax.search as search_mod
+    import ttcjax.search.episode as search_mod
 
     engine, prm, tok = toys
     policy, _ = toy_policy(P_X, P_Y, P_NEWLINE)
@@ -205,12 +206,11 @@ def test_invalid_settings_are_refused():
 def test_step_scores_read_in_search_equal_one_pass_scoring():
     """Search feeds each round's steps into the PRM's own cache (reading only as wide as the round's
     longest step); the scores must equal scoring the finished solution in one pass."""
-    from ttcjax.assets import model_dir
-    from ttcjax.checkpoint import load_any
-    from ttcjax.prm import StepFormat, score_inputs
-    from ttcjax.prm_train import load_prm
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.checkpoints.native import load_any
+    from ttcjax.checkpoints.tokenizer import load_tokenizer
     from ttcjax.tasks import arithmetic
-    from ttcjax.tokenizer import load_tokenizer
+    from ttcjax.verifiers.reward_model import StepFormat, load_prm, score_inputs
 
     tok = load_tokenizer(model_dir("policy", "tiny"))
     engine = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id)

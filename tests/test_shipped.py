@@ -9,12 +9,12 @@ import jax
 import numpy as np
 import pytest
 
-from ttcjax.assets import asset_path, model_dir, read_json
-from ttcjax.checkpoint import load_any
-from ttcjax.decode import GREEDY, Engine
-from ttcjax.policy import PolicyTrainConfig, sample_solutions
+from ttcjax.checkpoints.assets import asset_path, model_dir, read_json
+from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.tokenizer import load_tokenizer
+from ttcjax.decoding.engine import GREEDY, Engine
 from ttcjax.tasks import arithmetic
-from ttcjax.tokenizer import load_tokenizer
+from ttcjax.training.policy import PolicyTrainConfig, sample_solutions
 
 SUBSET = 6  # problems per difficulty re-run greedily
 
@@ -97,7 +97,7 @@ def test_shipped_prm_judges_steps():
     assert hardest["weighted"] > hardest["majority"]
     assert prm_eval["all"]["weighted"] > prm_eval["all"]["best_of_n"]
     assert read_json("orm", "tiny", "eval.json")["all"]["step_auc"] < prm_eval["all"]["step_auc"]
-    from ttcjax.prm_train import load_prm
+    from ttcjax.verifiers.reward_model import load_prm
 
     for kind in ("prm", "orm"):
         prm, meta = load_prm(model_dir(kind, "tiny"))

@@ -6,12 +6,13 @@ import os
 import numpy as np
 import yaml
 
-from toys import toy_policy, y_fraction_prm
-from ttcjax.checkpoint import save_model
+from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
-from ttcjax.prm_train import save_prm
-from ttcjax.sweep import make_strategy
-from ttcjax.search import DVTS, Beam, BestOfN, Lookahead
+from ttcjax.eval.sweep import make_strategy
+from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead
+from ttcjax.verifiers.reward_model import save_prm
+
+from toys import toy_policy, y_fraction_prm
 
 
 def test_make_strategy_fits_the_budget():

@@ -5,14 +5,13 @@ from __future__ import annotations
 import importlib.util
 import sys
 
-import pytest
-
-import tensorflow_datasets as tfds  # noqa: E402  (a core dependency: a missing install must fail, not skip)
 import array_record  # noqa: E402,F401
+import pytest
+import tensorflow_datasets as tfds  # noqa: E402  (a core dependency: a missing install must fail, not skip)
 
-from ttcjax.datasets import load_arithmetic  # noqa: E402
 from ttcjax.tasks import arithmetic  # noqa: E402
-from ttcjax import tfds_builders as tb  # noqa: E402
+from ttcjax.tasks import tfds_builders as tb  # noqa: E402
+from ttcjax.tasks.benchmarks import load_arithmetic  # noqa: E402
 
 SIZES = {"train": 20, "validation": 5, "test": 5}
 

@@ -1,5 +1,5 @@
 """tfds array_record builds of MATH, MATH-500 and GSM8K from a manual directory, without
-TensorFlow: what is read back equals what the direct loaders of ttcjax.datasets return."""
+TensorFlow: what is read back equals what the direct loaders of ttcjax.tasks.benchmarks return."""
 
 from __future__ import annotations
 
@@ -8,11 +8,10 @@ import json
 import sys
 
 import pytest
-
 import tensorflow_datasets as tfds  # noqa: F401  (a core dependency: must not skip)
 
-from ttcjax import datasets
-from ttcjax import tfds_builders as tb
+from ttcjax.tasks import benchmarks, tfds_builders as tb
+from ttcjax.tasks.datasets import load_dataset
 
 MATH_ROWS = [
     {"problem": "What is $1/2$?", "level": "Level 2", "type": "Prealgebra",
@@ -83,13 +82,13 @@ def test_no_tensorflow_installed():
 
 def test_math_tree_round_trip(tmp_path):
     root = _math_tree(tmp_path / "manual")
-    direct = {s: datasets.load_math(root, s) for s in ("train", "test")}
+    direct = {s: benchmarks.load_math(root, s) for s in ("train", "test")}
     assert [r.id for r in direct["test"]][:2] == ["test/algebra/2.json", "test/algebra/10.json"]
     assert direct["test"][2].metadata["level"] == "Level ?"
     _round_trip("math", tmp_path / "manual", tmp_path / "tfds", direct)
     # load_dataset reads a built tfds data_dir too
-    _same(datasets.load_dataset("math", tmp_path / "tfds", split="test"), direct["test"])
-    _same(datasets.load_dataset("MATH", tmp_path / "tfds", split="train", limit=1),
+    _same(load_dataset("math", tmp_path / "tfds", split="test"), direct["test"])
+    _same(load_dataset("MATH", tmp_path / "tfds", split="train", limit=1),
           direct["train"][:1])
 
 
@@ -97,7 +96,7 @@ def test_math_jsonl_round_trip(tmp_path):
     manual = tmp_path / "manual"
     _jsonl(manual / "train.jsonl", MATH_ROWS[:1])
     _jsonl(manual / "test.jsonl", MATH_ROWS)
-    direct = {s: datasets.load_math(manual / f"{s}.jsonl", s) for s in ("train", "test")}
+    direct = {s: benchmarks.load_math(manual / f"{s}.jsonl", s) for s in ("train", "test")}
     assert [r.id for r in direct["test"]] == ["math/test/0", "math/test/1", "math/test/2"]
     _round_trip("math", manual, tmp_path / "tfds", direct)
 
@@ -105,9 +104,9 @@ def test_math_jsonl_round_trip(tmp_path):
 def test_math500_round_trip(tmp_path):
     manual = tmp_path / "manual"
     _jsonl(manual / "test.jsonl", MATH500_ROWS)
-    direct = {"test": datasets.load_math500(manual)}
+    direct = {"test": benchmarks.load_math500(manual)}
     _round_trip("math500", manual, tmp_path / "tfds", direct)
-    _same(datasets.load_dataset("math-500", tmp_path / "tfds"), direct["test"])
+    _same(load_dataset("math-500", tmp_path / "tfds"), direct["test"])
     with pytest.raises(ValueError, match="splits are"):
         tb.load_real_source("math500", tmp_path / "tfds", "train")
 
@@ -116,10 +115,10 @@ def test_gsm8k_jsonl_round_trip(tmp_path):
     manual = tmp_path / "manual"
     _jsonl(manual / "train.jsonl", GSM_ROWS[:2])
     _jsonl(manual / "test.jsonl", GSM_ROWS)
-    direct = {s: datasets.load_gsm8k(manual, s) for s in ("train", "test")}
+    direct = {s: benchmarks.load_gsm8k(manual, s) for s in ("train", "test")}
     builder = _round_trip("gsm8k", manual, tmp_path / "tfds", direct)
     assert builder.info.splits["test"].num_examples == 3
-    _same(datasets.load_dataset("gsm8k", tmp_path / "tfds", split="test", limit=2),
+    _same(load_dataset("gsm8k", tmp_path / "tfds", split="test", limit=2),
           direct["test"][:2])
     # already built: no-op, the manual files are not needed again
     tb.build_real("gsm8k", tmp_path / "elsewhere", tmp_path / "tfds")
@@ -135,7 +134,7 @@ def test_gsm8k_hf_parquet_round_trip(tmp_path):
         pq.write_table(pa.table({"question": [r["question"] for r in rows],
                                  "answer": [r["answer"] for r in rows]}),
                        manual / "main" / f"{split}-00000-of-00001.parquet")
-    direct = {s: datasets.load_gsm8k(manual / "main" / f"{s}-00000-of-00001.parquet", s)
+    direct = {s: benchmarks.load_gsm8k(manual / "main" / f"{s}-00000-of-00001.parquet", s)
               for s in ("train", "test")}
     assert [r.answer for r in direct["test"]] == ["72", "1234", "3"]
     _round_trip("gsm8k", manual, tmp_path / "tfds", direct)

@@ -10,15 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from ttcjax.tokenizer import (
-    CHAR_TOKENIZER_FILE,
-    CharTokenizer,
-    HFTokenizer,
-    SentencePieceTokenizer,
-    Tokenizer,
-    check_tokenizer_fits,
-    load_tokenizer,
-)
+from ttcjax.checkpoints.tokenizer import (CHAR_TOKENIZER_FILE, CharTokenizer, HFTokenizer, SentencePieceTokenizer,
+                                          Tokenizer, check_tokenizer_fits, load_tokenizer)
 
 WORDS = ("the answer is step one two three problem solve add total so we get then check final "
          "number sum of and Question Answer Let us compute").split()
@@ -42,8 +35,7 @@ def _corpus(n: int = 400) -> list[str]:
 
 
 def _train_bpe(out_dir: Path, add_prefix_space: bool = False) -> Path:
-    from tokenizers import Tokenizer as RustTokenizer
-    from tokenizers import decoders, models, pre_tokenizers, processors, trainers
+    from tokenizers import Tokenizer as RustTokenizer, decoders, models, pre_tokenizers, processors, trainers
 
     tok = RustTokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=add_prefix_space)

@@ -10,14 +10,14 @@ import numpy as np
 import pytest
 from flax import nnx
 
-from ttcjax.checkpoint import load_model
+from ttcjax.checkpoints.native import load_model
+from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.cli import main
 from ttcjax.models import ModelConfig, forward, init_model
-from ttcjax.policy import (PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems,
-                           training_solutions)
 from ttcjax.tasks import arithmetic
-from ttcjax.tokenizer import CharTokenizer
-from ttcjax.train import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
+from ttcjax.training.loop import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
+from ttcjax.training.policy import (PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems,
+                                    training_solutions)
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=128)

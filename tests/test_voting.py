@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from ttcjax.voting import best_of_n, group_answers, majority, roc_auc, weighted
+from ttcjax.eval.verifier import roc_auc
+from ttcjax.search.selection import best_of_n, group_answers, majority, weighted
 
 
 def test_the_three_selections_disagree_where_they_should():

@@ -12,9 +12,9 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.models import ModelConfig, init_model
-from ttcjax.prm import RewardModel, ValueHead
-from ttcjax.tokenizer import CharTokenizer
+from ttcjax.verifiers.reward_model import RewardModel, ValueHead
 
 ALPHABET = "Qxy\n"
 

@@ -25,7 +25,25 @@ import sys
 import time
 from typing import Any, Sequence
 
+import jax
 import yaml
+from tqdm import tqdm
+
+from ttcjax.checkpoints.hf import save_hf_model
+from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions
+from ttcjax.eval.experiment import ExperimentConfig, answer_with_scheduler, run_experiment
+from ttcjax.eval.scheduler import BudgetScheduler
+from ttcjax.eval.sweep import SweepConfig, run_sweep, summary_markdown
+from ttcjax.eval.verifier import evaluate_verifier
+from ttcjax.io import atomic_path, write_jsonl
+from ttcjax.models import ModelConfig, init_model
+from ttcjax.models.sharding import parse_mesh
+from ttcjax.tasks import arithmetic
+from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
+from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
+from ttcjax.verifiers.reward_model import load_prm
 
 # `ttcjax generate`'s sampling defaults.
 GENERATE_DEFAULTS: dict[str, Any] = {
@@ -60,23 +78,6 @@ def load_yaml_config(path: str, allowed: set[str]) -> dict[str, Any]:
     return data
 
 
-def parse_mesh(spec: str | None):
-    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
-    import jax
-
-    from ttcjax.sharding import make_mesh
-
-    if spec in (None, "none", "1", "1,1"):
-        return None
-    if spec == "auto":
-        return make_mesh() if jax.device_count() > 1 else None
-    try:
-        data, model = (int(x) for x in spec.split(","))
-    except ValueError:
-        raise ValueError(f"--mesh {spec!r}: use 'auto', 'none' or DATA,MODEL such as 4,2.") from None
-    return make_mesh(data, model)
-
-
 def _options(args: argparse.Namespace, defaults: dict[str, Any], allowed: set[str]) -> dict[str, Any]:
     opts = dict(defaults)
     if getattr(args, "config", None):
@@ -88,9 +89,6 @@ def _options(args: argparse.Namespace, defaults: dict[str, Any], allowed: set[st
 
 
 def _build_model(opts: dict[str, Any]):
-    from ttcjax.checkpoint import load_any
-    from ttcjax.models import ModelConfig, init_model
-
     if opts.get("model"):
         return load_any(opts["model"], dtype=opts.get("dtype"))
     if opts.get("model_config"):
@@ -125,12 +123,6 @@ def _read_prompts(opts: dict[str, Any]) -> list[str]:
 
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Generate completions for every prompt; returns one record per completion."""
-    import jax
-    from tqdm import tqdm
-
-    from ttcjax.decode import Engine, Sampling, StopConditions
-    from ttcjax.io import write_jsonl
-    from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
 
     model = _build_model(opts)
     tok_path = opts.get("tokenizer") or opts.get("model")
@@ -173,8 +165,6 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
-    from ttcjax.experiment import ExperimentConfig, run_experiment
-
     allowed = {f.name for f in dataclasses.fields(ExperimentConfig)}
     data = load_yaml_config(args.config, allowed) if args.config else {}
     for key in ("budgets", "difficulties", "strategies"):
@@ -198,11 +188,6 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
-    from ttcjax.experiment import answer_with_scheduler
-    from ttcjax.io import write_jsonl
-    from ttcjax.scheduler import BudgetScheduler
-    from ttcjax.tasks import arithmetic
-
     scheduler = BudgetScheduler.load(args.scheduler)
     if args.questions_file:
         problems = arithmetic.from_jsonl(args.questions_file)
@@ -234,9 +219,6 @@ def cmd_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_init_model(args: argparse.Namespace) -> int:
-    from ttcjax.checkpoint import save_model
-    from ttcjax.models import ModelConfig, init_model
-
     cfg = load_yaml_config(args.config, {"model_config", "seed"})
     config = ModelConfig.from_dict(cfg.get("model_config", {}), source=args.config)
     model = init_model(config, seed=int(cfg.get("seed", args.seed)))
@@ -246,9 +228,6 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
-    from ttcjax.checkpoint import load_any, save_model
-    from ttcjax.hf import save_hf_model
-
     model = load_any(args.src)
     if args.to == "hf":
         save_hf_model(model, args.dst)
@@ -259,9 +238,6 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from ttcjax.policy import PolicyTrainConfig, train_policy
-    from ttcjax.prm_train import PRMTrainConfig, train_reward_model
-
     config_cls = PolicyTrainConfig if args.what == "policy" else PRMTrainConfig
     data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(config_cls)})
     if args.out_dir:
@@ -282,12 +258,6 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from ttcjax.checkpoint import load_any
-    from ttcjax.io import atomic_path
-    from ttcjax.policy import evaluate_policy
-    from ttcjax.tasks import arithmetic
-    from ttcjax.tokenizer import check_tokenizer_fits, load_tokenizer
-
     task = arithmetic.TaskConfig()
     problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
                                    split=args.split)
@@ -299,8 +269,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate_policy(model, tokenizer, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=parse_mesh(args.mesh))
     else:
-        from ttcjax.prm_eval import evaluate_verifier
-        from ttcjax.prm_train import load_prm
 
         if not args.policy:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
@@ -322,8 +290,6 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    from ttcjax.sweep import SweepConfig, run_sweep, summary_markdown
-
     data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(SweepConfig)})
     if args.out_dir:
         data["out_dir"] = args.out_dir

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 from typing import Any, Iterable, Iterator
@@ -31,8 +32,6 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> N
 
 def check_options(cls, data: dict, source: str, required: tuple[str, ...] = ()) -> None:
     """Refuse keys that are not fields of the dataclass `cls`, and missing `required` ones, naming `source`."""
-    import dataclasses
-
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - names)
     if unknown:

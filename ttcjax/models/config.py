@@ -16,7 +16,7 @@ ARCHITECTURES: dict[str, dict[str, Any]] = {
     "Qwen2ForCausalLM": {"qkv_bias": True},
 }
 # Reward-model architectures whose backbone is one of the above under the same tensor names; their heads
-# are loaded by `ttcjax.prm_hub`. Qwen2ForProcessRewardModel: Qwen2.5-Math-PRM (remote code);
+# are loaded by `ttcjax.verifiers.hub`. Qwen2ForProcessRewardModel: Qwen2.5-Math-PRM (remote code);
 # Qwen2ForPrmModel: Skywork-o1-Open-PRM (Skywork's vLLM plugin name).
 ARCHITECTURE_ALIASES: dict[str, str] = {
     "Qwen2ForProcessRewardModel": "Qwen2ForCausalLM",
@@ -153,7 +153,7 @@ class ModelConfig:
             raise ValueError(
                 f"{source}: unsupported architecture {arch or hf.get('model_type')!r}. ttcjax loads "
                 f"{', '.join([*ARCHITECTURES, *ARCHITECTURE_ALIASES])}; convert the model or add its tensor "
-                "table to ttcjax.hf."
+                "table to ttcjax.checkpoints.hf."
             )
         missing = [k for k in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers",
                                "num_attention_heads") if k not in hf]

@@ -16,10 +16,10 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ttcjax.cache import KVCache
+from ttcjax.models.cache import KVCache
 from ttcjax.models.config import ModelConfig
 
-# Logical axes of every parameter, by its attribute name. ttcjax.sharding maps them onto a mesh.
+# Logical axes of every parameter, by its attribute name. ttcjax.models.sharding maps them onto a mesh.
 PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "embedding": ("vocab", "embed"),
     "lm_head": ("embed", "vocab"),
@@ -38,7 +38,7 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     "b_up": ("mlp",),
     "b_down": ("embed",),
     "scale": ("embed",),
-    # reward-model heads (ttcjax.prm)
+    # reward-model heads (ttcjax.verifiers.reward_model)
     "v_w": ("embed",),
     "v_b": (),
     "c_w1": ("embed", None),

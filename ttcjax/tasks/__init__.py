@@ -1,5 +1,4 @@
-"""Built-in tasks; ``arithmetic`` is the default task for tiny character-level policies."""
+"""Tasks and data: the built-in arithmetic task (with its exact step oracle), benchmark loaders (MATH,
+MATH-500, GSM8K), grading, tensorflow-datasets builders.
 
-from ttcjax.tasks import arithmetic
-
-__all__ = ["arithmetic"]
+Layer: above `decoding`; below `verifiers`."""

@@ -1,6 +1,6 @@
 """Built-in multi-step arithmetic task: problems, reference solutions and an exact step oracle.
 
-Text format (every character is printable ASCII, so :class:`ttcjax.tokenizer.CharTokenizer`
+Text format (every character is printable ASCII, so :class:`ttcjax.checkpoints.tokenizer.CharTokenizer`
 encodes it without ``<unk>``)::
 
     Q: 7*3-4+8=          <- format_prompt (ends with STEP_DELIMITER)

@@ -9,7 +9,7 @@ Each directory holds the model, `train_summary.json` (the training command's own
 wall time, metrics), `eval.json` (`ttcjax eval ...` on the test split) and TRAINING.md. They are copied
 from a finished training run by
 
-    python -m ttcjax.assets ship RUN_DIR KIND NAME --eval EVAL_JSON
+    python -m ttcjax.checkpoints.assets ship RUN_DIR KIND NAME --eval EVAL_JSON
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import shutil
 import sys
 from pathlib import Path
 
-ASSETS = Path(__file__).parent / "assets"
+ASSETS = Path(__file__).resolve().parents[1] / "assets"  # ttcjax/assets
 KINDS = {"policy": "policies", "prm": "prms", "orm": "orms"}
 
 
@@ -77,7 +77,7 @@ def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Pa
     if size > 20:
         raise ValueError(f"{dest} is {size:.1f} MB; shipped models must stay under 20 MB.")
     lines = [f"# Shipped {kind}: {name}", "",
-             f"Produced by `{summary.get('command')}` (then `python -m ttcjax.assets ship {run_dir} {kind} {name}`).",
+             f"Produced by `{summary.get('command')}` (then `python -m ttcjax.checkpoints.assets ship {run_dir} {kind} {name}`).",
              "",
              f"- parameters: {summary['model']['params']:,}",
              f"- steps: {summary['step']}" + (f" (early-stopped; best at {summary.get('best_step')})"
@@ -97,7 +97,7 @@ def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Pa
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m ttcjax.assets")
+    parser = argparse.ArgumentParser(prog="python -m ttcjax.checkpoints.assets")
     sub = parser.add_subparsers(dest="cmd", required=True)
     s = sub.add_parser("ship", help="copy a finished training run into the package")
     s.add_argument("run_dir")

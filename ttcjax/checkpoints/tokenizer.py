@@ -13,9 +13,13 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
+import datetime
 import functools
 import json
+import os
+import shutil
 import string
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -24,7 +28,7 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "CharTokenizer",
-           "load_tokenizer", "check_tokenizer_fits", "CHAR_TOKENIZER_FILE", "CHAT_TEMPLATE_FILE"]
+           "load_tokenizer", "check_tokenizer_fits", "save_tokenizer_beside", "CHAR_TOKENIZER_FILE", "CHAT_TEMPLATE_FILE"]
 
 CHAR_TOKENIZER_FILE = "ttcjax_tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -205,8 +209,6 @@ def _compile_chat_template(source: str):
     (templates come from the Hub: untrusted), trim_blocks/lstrip_blocks, loop controls, a JSON ``tojson``
     that does not escape HTML, ``raise_exception`` and ``strftime_now``; ``{% generation %}`` blocks
     (assistant-mask markers) render their body."""
-    import datetime
-
     import jinja2
     from jinja2.ext import Extension, loopcontrols
     from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -509,3 +511,20 @@ def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, source: str = "m
             f"tokenizer {tokenizer!r} can emit ids up to {tokenizer.vocab_size - 1} (vocab_size "
             f"{tokenizer.vocab_size}) but the {source} has vocab_size {vocab_size}; use the "
             f"tokenizer that ships with the {source}'s checkpoint")
+
+
+def save_tokenizer_beside(tokenizer: Tokenizer, source: str, model_dir: str) -> None:
+    """Keep the tokenizer beside the model, so `--model DIR` is enough to sample from it."""
+    if isinstance(tokenizer, CharTokenizer):
+        tokenizer.save(os.path.join(model_dir, CHAR_TOKENIZER_FILE))
+        return
+    src = source if os.path.isfile(source) else None
+    if src is None:
+        for name in ("tokenizer.json", "tokenizer.model"):
+            if os.path.isfile(os.path.join(source, name)):
+                src = os.path.join(source, name)
+    if src is None:
+        print(f"note: tokenizer {source} was not copied into {model_dir}; pass --tokenizer when sampling",
+              file=sys.stderr)
+        return
+    shutil.copy(src, os.path.join(model_dir, os.path.basename(src)))

@@ -6,7 +6,7 @@ before it is transformed. Hugging Face's half-split RoPE layout is what `ttcjax.
 q_proj and k_proj need no permutation. Pickled checkpoints (`pytorch_model.bin`, `*.pt`, ...) are
 refused without being opened: unpickling runs arbitrary code.
 
-Process reward models (`ttcjax.prm_hub`) load their backbone here with `lm_head=False` and their head's
+Process reward models (`ttcjax.verifiers.hub`) load their backbone here with `lm_head=False` and their head's
 tensors (`skip_prefixes`) through `read_hf_tensors`, shape-checked the same way.
 
 Shapes: V vocab, D embed, F mlp width, H query heads, K kv heads, Dh head dim.
@@ -28,8 +28,8 @@ from flax import nnx, traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from ttcjax.models.config import ModelConfig
 from ttcjax.io import atomic_path
+from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
 
 SAFETENSORS_FILE = "model.safetensors"
@@ -203,7 +203,7 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dt
     expected = _expected_tensors(config, params)
     reward_head = sorted(n for n in files if n.startswith(_REWARD_HEAD_PREFIXES) and not skipped(n))
     prm_hint = (f" {reward_head[0]} is a process reward model's head: load this checkpoint with "
-                "ttcjax.prm_hub.load_hf_prm." if reward_head else "")
+                "ttcjax.verifiers.hub.load_hf_prm." if reward_head else "")
 
     missing = [name for name in expected if name not in files]
     if missing:
@@ -265,7 +265,7 @@ def read_hf_tensors(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]],
         return {name: read(name) for name in shapes}
 
 
-# Tensor-name prefixes of the process reward models' heads that ttcjax.prm_hub loads.
+# Tensor-name prefixes of the process reward models' heads that ttcjax.verifiers.hub loads.
 _REWARD_HEAD_PREFIXES = ("score.", "v_head.")
 
 

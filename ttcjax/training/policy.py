@@ -12,24 +12,23 @@ import dataclasses
 import json
 import os
 import platform
-import sys
 import time
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
-from ttcjax.decode import GREEDY, Engine, Sampling, StopConditions
+from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
+from ttcjax.decoding.engine import GREEDY, Engine, Sampling, StopConditions
 from ttcjax.io import atomic_path, check_options
 from ttcjax.models import ModelConfig, Transformer, init_model
+from ttcjax.models.sharding import parse_mesh
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
-from ttcjax.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
-from ttcjax.train import (MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples,
-                          train_loop)
+from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples, train_loop
 
 MAX_NEW_TOKENS = 160  # the longest restated 5-operation solution (values <= 99) is 98 tokens with its end
-TOKENIZER_FILE = "ttcjax_tokenizer.json"
 
 
 def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
@@ -209,8 +208,6 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence
 
 
 def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokenizer]:
-    from ttcjax.checkpoint import load_any
-
     tokenizer = load_tokenizer(config.tokenizer)
     if config.init_from:
         model = load_any(config.init_from)
@@ -227,9 +224,6 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     Rerunning with the same `out_dir` resumes from the last checkpoint. The final model and its tokenizer
     go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
     """
-    from ttcjax.checkpoint import save_model
-    from ttcjax.cli import parse_mesh
-
     started = time.perf_counter()
     task = config.task_config
     model, tokenizer = _model_and_tokenizer(config)
@@ -272,28 +266,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     if summary["finished"]:
         model_dir = os.path.join(config.out_dir, MODEL_DIR)
         save_model(result.model, model_dir, overwrite=True)
-        _save_tokenizer(tokenizer, config.tokenizer, model_dir)
+        save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
     with atomic_path(os.path.join(config.out_dir, SUMMARY_FILE)) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     return summary
-
-
-def _save_tokenizer(tokenizer: Tokenizer, source: str, model_dir: str) -> None:
-    """Keep the tokenizer beside the model, so `--model DIR` is enough to sample from it."""
-    import shutil
-
-    from ttcjax.tokenizer import CharTokenizer
-
-    if isinstance(tokenizer, CharTokenizer):
-        tokenizer.save(os.path.join(model_dir, TOKENIZER_FILE))
-        return
-    src = source if os.path.isfile(source) else None
-    if src is None:
-        for name in ("tokenizer.json", "tokenizer.model"):
-            if os.path.isfile(os.path.join(source, name)):
-                src = os.path.join(source, name)
-    if src is None:
-        print(f"note: tokenizer {source} was not copied into {model_dir}; pass --tokenizer when sampling",
-              file=sys.stderr)
-        return
-    shutil.copy(src, os.path.join(model_dir, os.path.basename(src)))

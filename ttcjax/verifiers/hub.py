@@ -8,7 +8,7 @@
     skywork          Qwen2ForPrmModel (Skywork-o1-Open-PRM)      v_head.summary            its appended "\\n"
 
 Each format's `encode(tokenizer, question, steps)` reproduces the public reference code's token ids and
-read positions, so `ttcjax.prm.score_inputs` gives in one pass per batch the step probabilities that code
+read positions, so `ttcjax.verifiers.reward_model.score_inputs` gives in one pass per batch the step probabilities that code
 computes with one forward per prefix (causal attention makes the two equal). The token ids a format or head
 needs are taken from the tokenizer the way the reference code takes them, and must be single tokens.
 """
@@ -22,10 +22,10 @@ from typing import ClassVar, Sequence
 
 import jax.numpy as jnp
 
-from ttcjax.hf import load_hf_model, read_hf_tensors
+from ttcjax.checkpoints.hf import load_hf_model, read_hf_tensors
+from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
 from ttcjax.models.config import ModelConfig
-from ttcjax.prm import Head, RewardModel, ScoringInput, TokenHead, TwoClassHead, ValueHead
-from ttcjax.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
+from ttcjax.verifiers.reward_model import Head, RewardModel, ScoringInput, TokenHead, TwoClassHead, ValueHead
 
 __all__ = ["MathShepherdFormat", "RLHFlowFormat", "QwenPRMFormat", "SkyworkFormat", "FAMILIES",
            "ARCHITECTURE_FAMILIES", "load_hf_prm"]
@@ -277,7 +277,7 @@ def load_hf_prm(path: str | os.PathLike, family: str | None = None, *, dtype: st
 
     The family comes from config.json's `architectures` for Qwen2ForProcessRewardModel ("qwen-prm") and
     Qwen2ForPrmModel ("skywork"); a plain causal LM needs `family="math-shepherd"` or `"rlhflow"`. `dtype` /
-    `param_dtype` as in `ttcjax.hf.load_hf_model`; the heads compute in float32 in any case.
+    `param_dtype` as in `ttcjax.checkpoints.hf.load_hf_model`; the heads compute in float32 in any case.
     Score solutions with `score_inputs(prm, [fmt.encode(tokenizer, question, steps), ...])`.
     """
     path = os.fspath(path)

@@ -11,7 +11,7 @@ Output directory:
     checkpoints/<step>/     orbax CheckpointManager (the newest `keep_checkpoints`)
     metrics.jsonl           one JSON object per logged step (and per evaluation); on resume the lines
                             after the restored step are dropped so nothing is counted twice
-    model/                  the final model (ttcjax.checkpoint.save_model) plus its tokenizer
+    model/                  the final model (ttcjax.checkpoints.native.save_model) plus its tokenizer
     train_summary.json      config, command, wall time, final metrics
 """
 
@@ -32,10 +32,11 @@ import optax
 import orbax.checkpoint as ocp
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
+from tqdm import tqdm
 
 from ttcjax.io import atomic_path
 from ttcjax.models.llama import Transformer, param_path
-from ttcjax.sharding import ShardingRules, batch_sharding, param_axes
+from ttcjax.models.sharding import ShardingRules, batch_sharding, param_axes
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -203,8 +204,6 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A resumed run
     recovers the best value and the patience count from the evaluations in metrics.jsonl.
     """
-    from tqdm import tqdm
-
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
     tx = optim.optimizer()

@@ -8,12 +8,13 @@ is replicated instead, so the same code runs on any mesh, including one device.
 from __future__ import annotations
 
 import dataclasses
+
 import jax
 import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.cache import KVCache
+from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import PARAM_AXES, param_path
 
 DATA, MODEL = "data", "model"
@@ -91,3 +92,16 @@ def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
     v = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
     return KVCache(k=tuple(map(k, cache.k)), v=tuple(map(v, cache.v)),
                    lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))
+
+
+def parse_mesh(spec: str | None):
+    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
+    if spec in (None, "none", "1", "1,1"):
+        return None
+    if spec == "auto":
+        return make_mesh() if jax.device_count() > 1 else None
+    try:
+        data, model = (int(x) for x in spec.split(","))
+    except ValueError:
+        raise ValueError(f"--mesh {spec!r}: use 'auto', 'none' or DATA,MODEL such as 4,2.") from None
+    return make_mesh(data, model)

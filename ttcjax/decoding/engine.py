@@ -23,9 +23,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from ttcjax.cache import KVCache
+from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer
-from ttcjax.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
+from ttcjax.models.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
 
 # Why a row stopped.
 RUNNING, FINISHED_EOS, FINISHED_STOP, FINISHED_LENGTH, FINISHED_CACHE_FULL = 0, 1, 2, 3, 4

@@ -13,14 +13,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ttcjax.decode import Engine, Sampling
-from ttcjax.labels import split_steps
+from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.models import Transformer
-from ttcjax.policy import sample_solutions
-from ttcjax.prm import RewardModel, StepFormat, aggregate, score_inputs
+from ttcjax.search.selection import best_of_n, majority, weighted
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem
-from ttcjax.voting import best_of_n, majority, roc_auc, weighted
+from ttcjax.training.labels import split_steps
+from ttcjax.training.policy import sample_solutions
+from ttcjax.verifiers.reward_model import RewardModel, StepFormat, aggregate, score_inputs
 
 
 def evaluate_verifier(prm: RewardModel, policy: Transformer, tokenizer, problems: Sequence[Problem], *,
@@ -69,3 +69,25 @@ def evaluate_verifier(prm: RewardModel, policy: Transformer, tokenizer, problems
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)
                               for d in sorted(set(difficulty.tolist()))}}
+
+
+def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
+    """Area under the ROC curve: the probability that a random positive outscores a random negative (ties
+    count half). NaN when either class is empty."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, bool)
+    pos, neg = s[y], s[~y]
+    if len(pos) == 0 or len(neg) == 0:
+        return float("nan")
+    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
+    ranks = np.empty(len(order))
+    values = np.concatenate([pos, neg])[order]
+    # average ranks over ties
+    i = 0
+    while i < len(values):
+        j = i
+        while j + 1 < len(values) and values[j + 1] == values[i]:
+            j += 1
+        ranks[order[i:j + 1]] = (i + j) / 2 + 1
+        i = j + 1
+    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

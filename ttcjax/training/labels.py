@@ -15,8 +15,9 @@ from typing import Callable, Sequence
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
-from ttcjax.decode import Engine, Sampling, StopConditions
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions
 from ttcjax.io import write_jsonl
 
 
@@ -70,8 +71,6 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
 
     Each prefix is prefilled once and forked `rollouts` ways. Returns [len(prefixes)] floats.
     """
-    from tqdm import tqdm
-
     cost = cost if cost is not None else LabellingCost()
     per_call = max(1, batch_rows // rollouts)
     out = np.zeros(len(prefixes))
@@ -152,5 +151,5 @@ def load_labels(path) -> list[LabelledSolution]:
                     out.append(LabelledSolution.from_json(json.loads(line)))
                 except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
                     raise ValueError(f"{path}:{line_no}: not a labelled solution ({e}); write labels with "
-                                     "ttcjax train prm or ttcjax.labels.save_labels.") from None
+                                     "ttcjax train prm or ttcjax.training.labels.save_labels.") from None
     return out

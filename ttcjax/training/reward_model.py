@@ -24,69 +24,18 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
-from safetensors.numpy import load_file, save_file
 
-from ttcjax.checkpoint import load_any, load_model, save_model
-from ttcjax.decode import Engine, Sampling
+from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
+from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.io import atomic_path, check_options
-from ttcjax.labels import LabelledSolution, label_solutions, load_labels, save_labels
-from ttcjax.prm import (AGGREGATIONS, RewardModel, ScoringInput, StepFormat, ValueHead, head_from_dict,
-                        pack_rows)
+from ttcjax.models.sharding import parse_mesh
 from ttcjax.tasks import arithmetic
-from ttcjax.tokenizer import load_tokenizer
-from ttcjax.train import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
-
-PRM_CONFIG_FILE = "ttcjax_prm.json"
-HEAD_FILE = "head.safetensors"
-BACKBONE_DIR = "backbone"
-HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
-
-
-# ---- saving and loading our reward models ------------------------------------------------------------
-
-
-def save_prm(prm: RewardModel, directory: str, *, kind: str = "prm", aggregation: str = "last",
-             step_format: StepFormat = StepFormat(), overwrite: bool = False) -> None:
-    """`directory/backbone` (a ttcjax checkpoint), `head.safetensors`, and `ttcjax_prm.json` written last."""
-    os.makedirs(directory, exist_ok=True)
-    config_path = os.path.join(directory, PRM_CONFIG_FILE)
-    if os.path.exists(config_path):
-        if not overwrite:
-            raise FileExistsError(f"{directory}: already holds a reward model; pass overwrite=True.")
-        os.remove(config_path)  # while rewriting, the directory must not look complete
-    save_model(prm.backbone, os.path.join(directory, BACKBONE_DIR), overwrite=True)
-    head = {name: np.asarray(jax.device_get(getattr(prm, name)[...]), np.float32)
-            for name in HEAD_PARAMS if hasattr(prm, name)}
-    with atomic_path(os.path.join(directory, HEAD_FILE)) as tmp:
-        save_file(head, tmp)
-    meta = {"kind": kind, "head": dataclasses.asdict(prm.head), "aggregation": aggregation,
-            "format": dataclasses.asdict(step_format)}
-    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
-
-
-def load_prm(directory: str) -> tuple[RewardModel, dict]:
-    """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format)."""
-    config_path = os.path.join(directory, PRM_CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: missing; {directory} is not a ttcjax reward model (train one with "
-                                "`ttcjax train prm`, or load a public PRM with ttcjax.prm_hub.load_hf_prm).")
-    with open(config_path) as f:
-        meta = json.load(f)
-    head = head_from_dict(meta["head"], source=config_path)
-    backbone = load_model(os.path.join(directory, BACKBONE_DIR))
-    prm = RewardModel(backbone, head)
-    saved = load_file(os.path.join(directory, HEAD_FILE))
-    for name in HEAD_PARAMS:
-        if hasattr(prm, name):
-            want = getattr(prm, name)[...].shape
-            if name not in saved or saved[name].shape != want:
-                got = saved[name].shape if name in saved else "missing"
-                raise ValueError(f"{os.path.join(directory, HEAD_FILE)}: {name} is {got}, the {head.kind} head "
-                                 f"of this backbone needs {list(want)}.")
-            getattr(prm, name)[...] = jnp.asarray(saved[name], backbone.config.jnp_param_dtype)
-    return prm, meta
-
+from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
+from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
+from ttcjax.training.policy import stop_conditions
+from ttcjax.verifiers.reward_model import (AGGREGATIONS, BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead,
+                                           pack_rows, save_prm)
 
 # ---- examples ---------------------------------------------------------------------------------------
 
@@ -238,8 +187,6 @@ class PRMTrainConfig:
 def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
                 ) -> tuple[list[LabelledSolution], dict]:
     """Sample and label (or reuse out_dir/labels.jsonl from an earlier run of the same config)."""
-    from ttcjax.policy import stop_conditions
-
     labels_path = os.path.join(config.out_dir, "labels.jsonl")
     cost_path = os.path.join(config.out_dir, "labels_cost.json")
     if config.labels:
@@ -277,8 +224,6 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
 def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: str | None = None,
                        stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Label, then train a PRM (or an ORM) on the labels; returns (and writes) the summary."""
-    from ttcjax.cli import parse_mesh
-
     started = time.perf_counter()
     os.makedirs(config.out_dir, exist_ok=True)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
@@ -318,8 +263,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         if os.path.exists(model_dir):
             shutil.rmtree(model_dir)
         shutil.copytree(best_dir, model_dir)
-        from ttcjax.policy import _save_tokenizer
-        _save_tokenizer(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
+        save_tokenizer_beside(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
     summary = {
         "kind": kind, "command": command, "config": dataclasses.asdict(config),
         "model": {"params": backbone.config.num_params() + backbone.config.hidden_size + 1},

@@ -22,10 +22,18 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
+from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.tokenizer import load_tokenizer
+from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.io import atomic_path, check_options
-from ttcjax.search import DVTS, Beam, BestOfN, Lookahead, Strategy, search
-from ttcjax.voting import best_of_n, majority, weighted
+from ttcjax.models.sharding import parse_mesh
+from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead, Strategy, search
+from ttcjax.search.selection import best_of_n, majority, weighted
+from ttcjax.tasks import arithmetic
+from ttcjax.verifiers.reward_model import load_prm
 
 DEFAULT_STRATEGIES = (
     {"kind": "best_of_n", "selection": "weighted"},
@@ -126,8 +134,6 @@ def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, 
              aggregation: str = "last", bar=None) -> list[dict]:
     """Search every problem with `strategy`, appending one record per problem to `path` (JSONL) after each
     batch; problems already in `path` are not searched again. Returns the records in problem order."""
-    from ttcjax.decode import Sampling
-    from ttcjax.tasks import arithmetic
 
     done = _read_done(path)
     if bar is not None:
@@ -169,10 +175,6 @@ def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, 
 
 
 def _load(config: SweepConfig):
-    from ttcjax.assets import model_dir
-    from ttcjax.checkpoint import load_any
-    from ttcjax.prm_train import load_prm
-    from ttcjax.tokenizer import load_tokenizer
 
     policy_dir = config.policy if os.path.isdir(config.policy) else model_dir("policy", config.policy)
     prm_dir = config.prm if os.path.isdir(config.prm) else model_dir("prm", config.prm)
@@ -182,11 +184,6 @@ def _load(config: SweepConfig):
 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
-    from ttcjax.cli import parse_mesh
-    from ttcjax.decode import Engine
-    from ttcjax.tasks import arithmetic
 
     policy, prm, meta, tokenizer = _load(config)
     engine = Engine(policy, mesh=parse_mesh(config.mesh), pad_id=tokenizer.pad_id)

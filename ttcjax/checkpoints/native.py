@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from ttcjax.hf import load_hf_model, model_from_params
+from ttcjax.checkpoints.hf import load_hf_model, model_from_params
 from ttcjax.io import atomic_path
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
@@ -86,8 +86,8 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such checkpoint directory.")
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: missing; write checkpoints with ttcjax.checkpoint.save_model "
-                                "(a Hugging Face directory with config.json loads with ttcjax.hf.load_hf_model).")
+        raise FileNotFoundError(f"{config_path}: missing; write checkpoints with ttcjax.checkpoints.native.save_model "
+                                "(a Hugging Face directory with config.json loads with ttcjax.checkpoints.hf.load_hf_model).")
     if not os.path.isdir(params_path):
         raise FileNotFoundError(f"{params_path}: missing; the checkpoint is incomplete, save it again.")
     try:
@@ -124,7 +124,7 @@ def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: 
     if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
         return load_hf_model(path, dtype=dtype, param_dtype=param_dtype)
     raise FileNotFoundError(
-        f"{path}: not a checkpoint directory; looked for {CONFIG_FILE} (ttcjax.checkpoint.save_model) and "
+        f"{path}: not a checkpoint directory; looked for {CONFIG_FILE} (ttcjax.checkpoints.native.save_model) and "
         f"{HF_CONFIG_FILE} (Hugging Face save_pretrained)."
     )
 

@@ -17,15 +17,20 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import json
+import os
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx
+from safetensors.numpy import load_file, save_file
 
+from ttcjax.checkpoints.native import load_model, save_model
+from ttcjax.io import atomic_path
 from ttcjax.models.llama import Transformer
-
+from ttcjax.models.sharding import ShardingRules, batch_sharding, shard_model
 
 # ---- heads ---------------------------------------------------------------------------------------------
 
@@ -176,8 +181,6 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
     solution packed into it. Solutions are packed into rows of `row_tokens` (attention stays inside each
     solution), so padding costs little; row width and steps per row are bucketed to powers of two, so calls
     share compiled programs. With a mesh, rows are split over its data axis."""
-    from ttcjax.sharding import ShardingRules, batch_sharding, shard_model
-
     if not inputs:
         return []
     rules = rules or ShardingRules()
@@ -255,3 +258,55 @@ class StepFormat:
             ids += tokenizer.encode(step + self.delimiter)
             read_at.append(len(ids) - 1)
         return ScoringInput(tuple(ids), tuple(read_at))
+
+
+PRM_CONFIG_FILE = "ttcjax_prm.json"
+HEAD_FILE = "head.safetensors"
+BACKBONE_DIR = "backbone"
+HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
+
+
+# ---- saving and loading our reward models --------------------------------------------------------------
+
+
+def save_prm(prm: RewardModel, directory: str, *, kind: str = "prm", aggregation: str = "last",
+             step_format: StepFormat = StepFormat(), overwrite: bool = False) -> None:
+    """`directory/backbone` (a ttcjax checkpoint), `head.safetensors`, and `ttcjax_prm.json` written last."""
+    os.makedirs(directory, exist_ok=True)
+    config_path = os.path.join(directory, PRM_CONFIG_FILE)
+    if os.path.exists(config_path):
+        if not overwrite:
+            raise FileExistsError(f"{directory}: already holds a reward model; pass overwrite=True.")
+        os.remove(config_path)  # while rewriting, the directory must not look complete
+    save_model(prm.backbone, os.path.join(directory, BACKBONE_DIR), overwrite=True)
+    head = {name: np.asarray(jax.device_get(getattr(prm, name)[...]), np.float32)
+            for name in HEAD_PARAMS if hasattr(prm, name)}
+    with atomic_path(os.path.join(directory, HEAD_FILE)) as tmp:
+        save_file(head, tmp)
+    meta = {"kind": kind, "head": dataclasses.asdict(prm.head), "aggregation": aggregation,
+            "format": dataclasses.asdict(step_format)}
+    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+
+
+def load_prm(directory: str) -> tuple[RewardModel, dict]:
+    """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format)."""
+    config_path = os.path.join(directory, PRM_CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: missing; {directory} is not a ttcjax reward model (train one with "
+                                "`ttcjax train prm`, or load a public PRM with ttcjax.verifiers.hub.load_hf_prm).")
+    with open(config_path) as f:
+        meta = json.load(f)
+    head = head_from_dict(meta["head"], source=config_path)
+    backbone = load_model(os.path.join(directory, BACKBONE_DIR))
+    prm = RewardModel(backbone, head)
+    saved = load_file(os.path.join(directory, HEAD_FILE))
+    for name in HEAD_PARAMS:
+        if hasattr(prm, name):
+            want = getattr(prm, name)[...].shape
+            if name not in saved or saved[name].shape != want:
+                got = saved[name].shape if name in saved else "missing"
+                raise ValueError(f"{os.path.join(directory, HEAD_FILE)}: {name} is {got}, the {head.kind} head "
+                                 f"of this backbone needs {list(want)}.")
+            getattr(prm, name)[...] = jnp.asarray(saved[name], backbone.config.jnp_param_dtype)
+    return prm, meta

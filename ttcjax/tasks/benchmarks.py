@@ -26,14 +26,14 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any
 
-from ttcjax.grading import extract_answer
 from ttcjax.tasks import arithmetic
+from ttcjax.tasks.grading import extract_answer
 
 __all__ = ["ProblemRecord", "DATASETS", "load_math", "load_math500", "load_gsm8k",
-           "load_arithmetic", "load_dataset"]
+           "load_arithmetic", "arithmetic_record", "missing_data_error", "NEVER_DOWNLOADS"]
 
 DATASETS = ("math", "math500", "gsm8k", "arithmetic")
-_NEVER = "ttcjax never downloads anything"
+NEVER_DOWNLOADS = "ttcjax never downloads anything"
 _HINTS = {
     "math": "download the Hendrycks MATH dataset (directory MATH/{train,test}/<subject>/<n>.json, "
             "or a JSONL export with keys problem/level/type/solution) from its public repository",
@@ -66,9 +66,9 @@ class ProblemRecord:
                                 dict(self.metadata)))
 
 
-def _missing(name: str, path: Path | None, what: str) -> FileNotFoundError:
+def missing_data_error(name: str, path: Path | None, what: str) -> FileNotFoundError:
     where = f"{what} not found at {path}" if path is not None else f"no path given for {name!r}"
-    return FileNotFoundError(f"{where}: {_HINTS[name]} and pass --data-dir / path=...; {_NEVER}.")
+    return FileNotFoundError(f"{where}: {_HINTS[name]} and pass --data-dir / path=...; {NEVER_DOWNLOADS}.")
 
 
 def _rows(path: Path) -> Iterator[tuple[int, Any]]:
@@ -129,7 +129,7 @@ def load_math(path: str | Path, split: str = "test") -> list[ProblemRecord]:
     """
     path = Path(path)
     if not path.exists():
-        raise _missing("math", path, "MATH data")
+        raise missing_data_error("math", path, "MATH data")
     if path.is_file():
         out = []
         for i, (lineno, rec) in enumerate(_rows(path)):
@@ -140,7 +140,7 @@ def load_math(path: str | Path, split: str = "test") -> list[ProblemRecord]:
         return out
     root, split_dir = (path, path / split) if (path / split).is_dir() else (path.parent, path)
     if not split_dir.is_dir() or not any(split_dir.glob("*/*.json")):
-        raise _missing("math", split_dir, f"MATH split {split!r} (<subject>/<n>.json files)")
+        raise missing_data_error("math", split_dir, f"MATH split {split!r} (<subject>/<n>.json files)")
     out = []
     for subject_dir in sorted(d for d in split_dir.iterdir() if d.is_dir()):
         for f in sorted(subject_dir.glob("*.json"), key=_file_key):
@@ -159,9 +159,9 @@ def _resolve_file(name: str, path: str | Path, split: str) -> Path:
         for ext in (".jsonl", ".parquet"):
             if (path / f"{split}{ext}").is_file():
                 return path / f"{split}{ext}"
-        raise _missing(name, path / f"{split}.jsonl", f"{split}.jsonl")
+        raise missing_data_error(name, path / f"{split}.jsonl", f"{split}.jsonl")
     if not path.is_file():
-        raise _missing(name, path, "file")
+        raise missing_data_error(name, path, "file")
     return path
 
 
@@ -200,7 +200,7 @@ def load_gsm8k(path: str | Path, split: str = "test") -> list[ProblemRecord]:
     return out
 
 
-def _arith_record(p: arithmetic.Problem) -> ProblemRecord:
+def arithmetic_record(p: arithmetic.Problem) -> ProblemRecord:
     meta = {"difficulty": p.difficulty, "split": p.split, "expression": p.expression,
             "source": "arithmetic"}
     return ProblemRecord(p.id, arithmetic.format_prompt(p), str(p.answer),
@@ -213,43 +213,6 @@ def load_arithmetic(split: str, n: int, seed: int,
     question = :func:`arithmetic.format_prompt` (ends with a newline), answer = ``str(answer)``,
     solution = :func:`arithmetic.format_solution`."""
     problems = arithmetic.generate(config or arithmetic.TaskConfig(), n, seed, split)
-    return [_arith_record(p) for p in problems]
+    return [arithmetic_record(p) for p in problems]
 
 
-def load_dataset(name: str, path: str | Path | None = None, split: str = "test",
-                 limit: int | None = None) -> list[ProblemRecord]:
-    """Load ``name`` (one of :data:`DATASETS`) from a local ``path``; first ``limit`` records.
-
-    For "arithmetic", ``path`` is optional: a :func:`arithmetic.to_jsonl` file if given, else
-    ``limit`` (default 100) problems generated with seed 0.
-
-    For "math", "math500" and "gsm8k", ``path`` may also be a tensorflow-datasets ``data_dir``
-    built by :func:`ttcjax.tfds_builders.build_real` (recognised by its ``ttcjax_<name>``
-    subdirectory); the records are then read from that array_record build and equal those of
-    the loader over the original files.
-    """
-    key = name.lower().replace("-", "").replace("_", "")
-    if key not in DATASETS:
-        raise ValueError(f"unknown dataset {name!r}; known: {', '.join(DATASETS)}")
-    if limit is not None and limit < 0:
-        raise ValueError(f"limit must be >= 0, got {limit}")
-    if key == "arithmetic":
-        if path is None:
-            return load_arithmetic(split, 100 if limit is None else limit, 0)
-        if not Path(path).is_file():
-            raise FileNotFoundError(f"arithmetic file not found at {path}: write one with "
-                                    "ttcjax.tasks.arithmetic.to_jsonl or omit path; " + _NEVER)
-        records = [_arith_record(p) for p in arithmetic.from_jsonl(path)]
-    elif path is None:
-        raise _missing(key, None, "")
-    elif (Path(path) / f"ttcjax_{key}").is_dir():  # a tfds build (imports tfds only here)
-        from ttcjax.tfds_builders import load_real
-
-        records = load_real(key, path, "test" if key == "math500" else split)
-    elif key == "math":
-        records = load_math(path, split)
-    elif key == "math500":
-        records = load_math500(path)
-    else:
-        records = load_gsm8k(path, split)
-    return records if limit is None else records[:limit]

@@ -40,12 +40,12 @@ import numpy as np
 from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
-from ttcjax.cache import KVCache
-from ttcjax.decode import (FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling, StopConditions, _decode,
-                           _prefill, bucket)
-from ttcjax.prm import AGGREGATIONS, RewardModel, aggregate
-from ttcjax.sharding import shard_model
-from ttcjax.voting import best_of_n, majority, weighted
+from ttcjax.decoding.engine import (FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling, StopConditions, _decode,
+                                    _prefill, bucket)
+from ttcjax.models.cache import KVCache
+from ttcjax.models.sharding import shard_model
+from ttcjax.search.selection import best_of_n, majority, weighted
+from ttcjax.verifiers.reward_model import AGGREGATIONS, RewardModel, aggregate
 
 SELECTIONS = ("weighted", "vanilla", "majority")
 

@@ -3,7 +3,7 @@
 1. Difficulty. For each test question the policy samples `difficulty_samples` solutions; oracle difficulty
    is the quantile bin of their pass rate, predicted difficulty the bin of the PRM's mean final score over
    the same samples (no answers needed). Both are saved per question with their cost.
-2. Search. Every strategy at every budget on every question (`ttcjax.sweep.run_cell`: resumable JSONL).
+2. Search. Every strategy at every budget on every question (`ttcjax.eval.sweep.run_cell`: resumable JSONL).
 3. Compute-optimal. Per bin and budget, the best strategy by 2-fold cross-validation inside the bin
    (oracle and predicted bins); the efficiency against weighted best-of-N; a saved BudgetScheduler.
 4. FLOPs exchange. The 4x larger sibling answering greedily, against the small policy with search at
@@ -25,11 +25,21 @@ from typing import Any
 
 import jax
 import numpy as np
+from tqdm import tqdm
 
+from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.tokenizer import load_tokenizer
+from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
+                                   overall, select_strategies)
+from ttcjax.eval.sweep import make_strategy, run_cell, strategy_name
 from ttcjax.io import atomic_path, write_jsonl
-from ttcjax.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
-                              overall, select_strategies)
-from ttcjax.sweep import make_strategy, run_cell, strategy_name
+from ttcjax.search.episode import search
+from ttcjax.tasks import arithmetic
+from ttcjax.training.labels import split_steps
+from ttcjax.training.policy import sample_solutions
+from ttcjax.verifiers.reward_model import StepFormat, aggregate, load_prm, score_inputs
 
 BASELINE = {"kind": "best_of_n", "selection": "weighted"}
 DEMO_STRATEGIES = (
@@ -70,8 +80,6 @@ class ExperimentConfig:
 
 
 def _model_dir(kind: str, name: str) -> str:
-    from ttcjax.assets import model_dir
-
     return name if os.path.isdir(name) else model_dir(kind, name)
 
 
@@ -81,16 +89,6 @@ def _write_json(path: str, data: Any) -> None:
 
 
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
-    from tqdm import tqdm
-
-    from ttcjax.checkpoint import load_any
-    from ttcjax.decode import GREEDY, Engine, Sampling
-    from ttcjax.labels import split_steps
-    from ttcjax.policy import sample_solutions
-    from ttcjax.prm import StepFormat, aggregate, score_inputs
-    from ttcjax.prm_train import load_prm
-    from ttcjax.tasks import arithmetic
-    from ttcjax.tokenizer import load_tokenizer
 
     started = time.perf_counter()
     out = config.out_dir
@@ -472,15 +470,6 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems, budget: int, *, 
     """Answer built-in-task problems under `budget` generations each: `scheduler.probe_samples` samples
     predict each question's level (their tokens are counted), then the level's strategy is searched with what
     is left of the budget. Questions that share a strategy are searched together."""
-    from ttcjax.checkpoint import load_any
-    from ttcjax.decode import Engine, Sampling
-    from ttcjax.labels import split_steps
-    from ttcjax.policy import sample_solutions
-    from ttcjax.prm import StepFormat, aggregate, score_inputs
-    from ttcjax.prm_train import load_prm
-    from ttcjax.search import search
-    from ttcjax.tasks import arithmetic
-    from ttcjax.tokenizer import load_tokenizer
 
     if scheduler.signal != "verifier":
         raise ValueError("only a scheduler binned by the verifier's score ('verifier') can be applied to new "

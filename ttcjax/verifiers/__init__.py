@@ -1,0 +1,3 @@
+"""Verifiers: our process / outcome reward models and the public PRM families.
+
+Layer: above `tasks` and `decoding`; below `search`. Never imports training code."""
