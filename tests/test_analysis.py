@@ -1,0 +1,221 @@
+"""Findings as data: `analyze` on reports whose right conclusions are known by construction, and on the reduced
+demo's report; the markdown only renders them."""
+
+import json
+import pathlib
+
+import pytest
+
+from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, analyze,
+                                  weighted_best_of_n)
+from ttcjax.eval.report import markdown
+
+GOLDEN = pathlib.Path(__file__).parent / "data" / "demo_reduced_golden.json"
+BON, BEAM = "best_of_n-selectionweighted", "beam-width4"
+
+
+def make_report(per_level: dict[str, dict[str, dict[str, float]]], *, best_of_n: dict[str, float] | None = None,
+                efficiency: dict[str, int | None] | None = None, coverage: float | None = 0.9,
+                flops: list[dict] | None = None) -> dict:
+    """A report with report.json's shape. Overall accuracy is the mean over levels (equal-sized bins);
+    `best_of_n` and `efficiency` override best-of-N weighted's held-out accuracy and compute-optimal's efficiency."""
+    names = list(dict.fromkeys(n for table in per_level.values() for n in table))
+    budgets = sorted({b for table in per_level.values() for row in table.values() for b in row}, key=int)
+    accuracy = {n: {b: sum(t[n][b] for t in per_level.values()) / len(per_level) for b in budgets} for n in names}
+    best_of_n = best_of_n or accuracy[BON]
+    optimal = {"choice": {}, "cv_accuracy": dict(best_of_n), "best_of_n_weighted": dict(best_of_n),
+               "efficiency": efficiency or {b: int(b) for b in budgets}}
+    levels = sorted(per_level, key=int)
+    report = {
+        "questions": 10 * len(levels), "seconds": 12.0, "seconds_total": 12.0,
+        "params": {"policy": 1000, "large_policy": 4000, "prm": 1000}, "difficulty_cost_tokens": 1,
+        "accuracy": accuracy, "mean_generated_tokens": {}, "per_level": {"oracle": per_level, "predicted": per_level},
+        "compute_optimal": {"oracle": optimal, "predicted": json.loads(json.dumps(optimal))},
+        "flops_exchange": flops or [flops_row(0.16, int(budgets[-1]), {int(k): (0.5, 0.5) for k in levels})],
+        "large_policy_greedy": 0.5}
+    if coverage is not None:
+        report["coverage"] = {BON: {b: coverage for b in budgets}}
+    return report
+
+
+def flops_row(ratio: float, used: int | None, pairs: dict[int, tuple[float | None, float | None]]) -> dict:
+    """pairs: level -> (large_greedy, small_compute_optimal)."""
+    return {"R": ratio, "matched_generations": 1.0 if used is None else used + 0.5, "budget_used": used,
+            "by_level": {str(k): {"large_greedy": a, "small_compute_optimal": b} for k, (a, b) in pairs.items()}}
+
+
+def level(bon: tuple[float, float, float], beam: tuple[float, float, float]) -> dict:
+    return {BON: dict(zip(("4", "16", "64"), bon)), BEAM: dict(zip(("4", "16", "64"), beam))}
+
+
+def five_levels(**overrides) -> dict:
+    per_level = {"1": level((0.9, 0.9, 0.9), (0.1, 0.1, 0.5)), "2": level((0.8, 0.8, 0.9), (0.1, 0.1, 0.5)),
+                 "3": level((0.5, 0.5, 0.9), (0.5, 0.5, 0.5)), "4": level((0.2, 0.3, 0.9), (0.4, 0.5, 0.5)),
+                 "5": level((0.0, 0.1, 0.9), (0.2, 0.1, 0.5))}
+    return {**per_level, **overrides}
+
+
+def test_beam_beats_best_of_n_on_the_hard_levels_at_both_low_budgets():
+    beam = analyze(make_report(five_levels())).beam_on_hard_bins
+    # levels 4 and 5 only: beam 0.3 vs 0.1 at N=4 and 0.3 vs 0.2 at N=16; the easy levels and N=64 do not count
+    assert beam.hard_levels == ("4", "5") and beam.low_budgets == (4, 16) and beam.baseline == BON
+    assert beam.verdict is BeamVerdict.BEATS
+    assert [row.budget for row in beam.by_budget] == [4, 16] and all(row.beats for row in beam.by_budget)
+    assert beam.by_budget[0].best_of_n == pytest.approx(0.1) and beam.by_budget[0].beams[BEAM] == pytest.approx(0.3)
+    assert beam.by_budget[1].best_of_n == pytest.approx(0.2) and beam.by_budget[1].beams[BEAM] == pytest.approx(0.3)
+
+
+def test_beam_beats_best_of_n_at_some_low_budgets_or_none():
+    beam = analyze(make_report(five_levels(**{"5": level((0.0, 0.5, 0.9), (0.2, 0.1, 0.5))}))).beam_on_hard_bins
+    assert [row.beats for row in beam.by_budget] == [True, False] and beam.verdict is BeamVerdict.BEATS_AT_SOME
+    # a tie (0.25 against 0.25 at N=4) is not a win
+    beam = analyze(make_report(five_levels(**{"4": level((0.3, 0.9, 0.9), (0.3, 0.1, 0.5)),
+                                              "5": level((0.2, 0.9, 0.9), (0.2, 0.1, 0.5))}))).beam_on_hard_bins
+    assert beam.by_budget[0] == BeamAtBudget(budget=4, best_of_n=pytest.approx(0.25), beams={BEAM: pytest.approx(0.25)},
+                                             beats=False)
+    assert beam.verdict is BeamVerdict.DOES_NOT_BEAT
+
+
+def test_no_beam_strategy_means_no_beam_finding():
+    per_level = {k: {BON: t[BON]} for k, t in five_levels().items()}
+    assert analyze(make_report(per_level)).beam_on_hard_bins is None
+
+
+def test_best_of_n_already_at_its_top_accuracy_at_the_lowest_budget_means_search_adds_nothing():
+    report = make_report(five_levels(), best_of_n={"4": 0.6, "16": 0.6, "64": 0.6},
+                         efficiency={"4": 4, "16": 4, "64": 16})
+    eff = analyze(report).efficiency["oracle"]
+    assert eff.verdict is EfficiencyVerdict.SEARCH_ADDS_NOTHING and eff.factor is None
+    assert (eff.top_budget, eff.compute_optimal_budget, eff.best_of_n_budget) == (64, 16, 4)
+    assert eff.best_of_n_saturates and eff.best_of_n_accuracy == eff.best_of_n_top_accuracy == 0.6
+
+
+def test_compute_optimal_with_fewer_generations_than_best_of_n_needs():
+    report = make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.4, "64": 0.6},
+                         efficiency={"4": 4, "16": 4, "64": 16})
+    eff = analyze(report).efficiency["oracle"]
+    assert eff.verdict is EfficiencyVerdict.FEWER_GENERATIONS and eff.factor == 4.0
+    assert eff.best_of_n_budget == 64 and not eff.best_of_n_saturates
+    # best-of-N reaches its top accuracy (within 1e-12) at N=16, compute-optimal at N=4: still 16x fewer
+    report = make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6 - 1e-13, "64": 0.6},
+                         efficiency={"4": 4, "16": 4, "64": 4})
+    eff = analyze(report).efficiency["oracle"]
+    assert eff.verdict is EfficiencyVerdict.FEWER_GENERATIONS and eff.factor == 16.0
+    assert eff.best_of_n_budget == 16 and eff.best_of_n_saturates
+
+
+def test_compute_optimal_not_reaching_best_of_n():
+    report = make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.4, "64": 0.6},
+                         efficiency={"4": 4, "16": None, "64": None})
+    findings = analyze(report)
+    assert {s: e.verdict for s, e in findings.efficiency.items()} == {"oracle": EfficiencyVerdict.NOT_REACHED,
+                                                                      "predicted": EfficiencyVerdict.NOT_REACHED}
+    assert findings.efficiency["oracle"].compute_optimal_budget is None
+
+
+def test_coverage_against_weighted_selection_at_the_top_budget():
+    findings = analyze(make_report(five_levels(), coverage=0.95))
+    cov = findings.coverage
+    assert (cov.strategy, cov.budget, cov.coverage) == (BON, 64, 0.95)
+    assert cov.accuracy == pytest.approx(0.9) and cov.gap == pytest.approx(0.05)
+    assert analyze(make_report(five_levels(), coverage=None)).coverage is None
+
+
+def test_flops_matched_levels_won_by_search_and_by_the_larger_model():
+    flops = [flops_row(0.16, 16, {1: (0.5, 0.9), 2: (0.5, 0.6), 3: (0.5, 0.5), 4: (0.7, 0.4), 5: (0.3, 0.0)}),
+             flops_row(22.0, None, {k: (0.5, None) for k in range(1, 6)}),
+             flops_row(0.79, 4, {1: (0.5, 0.9), 2: (0.5, None), 3: (0.5, 0.5 + 1e-10), 4: (0.7, 0.4), 5: (0.3, 0.0)})]
+    rows = analyze(make_report(five_levels(), flops=flops)).flops_matched
+    # R=22 has no usable budget and is left out; a tie (level 3) counts for neither side
+    assert rows[0] == FlopsMatched(ratio=0.16, matched_generations=16.5, budget=16, levels=("1", "2", "3", "4", "5"),
+                                   search_wins=("1", "2"), larger_wins=("4", "5"))
+    assert rows[1] == FlopsMatched(ratio=0.79, matched_generations=4.5, budget=4, levels=("1", "3", "4", "5"),
+                                   search_wins=("1",), larger_wins=("4", "5"))
+    assert len(rows) == 2
+
+
+def test_no_usable_budget_means_no_flops_comparison():
+    flops = [flops_row(22.0, None, {k: (0.5, None) for k in range(1, 6)})]
+    findings = analyze(make_report(five_levels(), flops=flops))
+    assert findings.flops_matched == ()
+    assert "no comparison" in markdown(make_report(five_levels(), flops=flops), findings)
+
+
+def test_findings_to_dict_is_plain_json():
+    findings = analyze(make_report(five_levels()))
+    data = findings.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["beam_on_hard_bins"]["verdict"] == "beats" and data["beam_on_hard_bins"]["hard_levels"] == ["4", "5"]
+    assert data["efficiency"]["oracle"]["verdict"] in {v.value for v in EfficiencyVerdict}
+    assert data["budgets"] == [4, 16, 64] and data["baseline"] == BON
+
+
+def golden_report() -> dict:
+    report = json.loads(GOLDEN.read_text())["report"]
+    return {**report, "seconds": 30.0, "seconds_total": 30.0}
+
+
+def test_the_reduced_demos_findings():
+    report = golden_report()
+    findings = analyze(report)
+    assert isinstance(findings, Findings) and findings.budgets == (2, 4) and findings.baseline == BON
+    # best-of-N weighted's held-out accuracy is 0.75 at N=2 and 0.667 at N=4: it is at its top accuracy already
+    for signal in ("oracle", "predicted"):
+        eff = findings.efficiency[signal]
+        assert eff.verdict is EfficiencyVerdict.SEARCH_ADDS_NOTHING
+        assert (eff.compute_optimal_budget, eff.best_of_n_budget) == (2, 2)
+    cov = findings.coverage
+    assert (cov.budget, cov.coverage, cov.accuracy) == (4, 0.75, report["accuracy"][BON]["4"])
+    assert cov.gap == pytest.approx(0.75 - 2 / 3)
+    beam = findings.beam_on_hard_bins
+    assert beam.hard_levels == ("2",) and beam.low_budgets == (2, 4) and beam.verdict is BeamVerdict.DOES_NOT_BEAT
+    assert beam.by_budget[1].beams == {"beam-width2": 1 / 3, "beam-widthsqrt": 0.5}
+    assert beam.by_budget[1].best_of_n == 0.5 and not any(row.beats for row in beam.by_budget)
+    # level 1 at N=4: 0.8333333333333333 against 0.8333333333333334 is a tie, not a win for the larger model
+    assert [(r.ratio, r.budget, r.search_wins, r.larger_wins) for r in findings.flops_matched] == [
+        (0.16, 4, (), ("2",)), (0.79, 4, (), ("2",)), (22.0, 2, ("1",), ("2",))]
+    assert weighted_best_of_n(report["accuracy"]) == BON
+
+
+def test_the_summary_states_the_findings():
+    report = golden_report()
+    text = markdown(report, analyze(report))
+    assert ("Compute-optimal matches best-of-N weighted's accuracy at N=4 with N=2 generations, but best-of-N weighted "
+            "itself already does so at N=2") in text
+    assert "a right answer is among best-of-N's candidates for 75% of the questions and weighted selection picks " \
+           "one for 67%" in text
+    assert ("On the hardest bins (levels 2, mean accuracy) at the lowest budgets, beam search does not beat "
+            "best-of-N there (N=2: beam-width2 0.500, beam-widthsqrt 0.500 vs best-of-N weighted 0.500;") in text
+    assert ("Level by level (1 = easiest), at R=0.16 (N=4) search wins on no level and the larger model on level 2; "
+            "at R=0.79 (N=4) search wins on no level and the larger model on level 2; at R=22.0 (N=2) search wins on "
+            "level 1 and the larger model on level 2.") in text
+
+
+def test_the_summary_states_a_saving_and_the_beam_verdict():
+    report = make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6, "64": 0.6},
+                         efficiency={"4": 4, "16": 4, "64": 4})
+    text = markdown(report, analyze(report))
+    assert "Compute-optimal reaches best-of-N weighted's accuracy at N=64 with N=4 generations (16x fewer)." in text
+    assert "Best-of-N weighted itself already reaches its N=64 accuracy at N=16 (0.600 against 0.600)." in text
+    assert "beam search beats best-of-N there (N=4: beam-width4 0.300 vs best-of-N weighted 0.100;" in text
+
+
+# ---- temporary: the new renderer against the old one, removed with the old code -------------------------------
+
+
+@pytest.mark.parametrize("report", [
+    golden_report(), make_report(five_levels()), make_report(five_levels(), coverage=None),
+    make_report(five_levels(), best_of_n={"4": 0.6, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 16}),
+    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 4}),
+    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.4, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 16}),
+    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": None, "64": None}),
+    make_report(five_levels(**{"5": level((0.0, 0.5, 0.9), (0.2, 0.1, 0.5))})),
+    make_report({k: {BON: t[BON]} for k, t in five_levels().items()}),
+    make_report(five_levels(), flops=[flops_row(22.0, None, {k: (0.5, None) for k in range(1, 6)})]),
+    make_report(five_levels(), flops=[flops_row(0.16, 16, {1: (0.5, 0.9), 2: (0.5, 0.6), 3: (0.5, 0.5),
+                                                           4: (0.7, 0.4), 5: (0.3, 0.0)})]),
+    {**golden_report(), "seconds_total": 95.0}])
+def test_the_new_renderer_writes_the_old_summary(report):
+    from ttcjax.eval.experiment import _markdown
+
+    assert markdown(report, analyze(report)) == _markdown(report)

@@ -1,0 +1,206 @@
+"""What an experiment's report shows, as data: `analyze(report) -> Findings`.
+
+The report (`ttcjax.eval.experiment`'s report.json) holds the measurements; the findings are the paper's
+claims checked against them: whether compute-optimal search saves generations over best-of-N weighted, how
+much of best-of-N's coverage its verifier turns into accuracy, whether beam search beats best-of-N on the
+hardest questions at low budgets, and where the small policy with search beats a larger model at matched FLOPs.
+Every comparison is made here, once; `ttcjax.eval.report` only renders the result, and tests check these
+fields rather than prose.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from collections.abc import Iterable
+from typing import Any
+
+# accuracies are means of 0/1 over a few questions: differences below these are ties, not findings
+_BETTER = 1e-9
+_REACHED = 1e-12
+
+
+class EfficiencyVerdict(enum.StrEnum):
+    SEARCH_ADDS_NOTHING = "search_adds_nothing"  # best-of-N alone reaches it at a budget <= compute-optimal's
+    FEWER_GENERATIONS = "fewer_generations"  # compute-optimal reaches it with `factor` times fewer generations
+    NOT_REACHED = "not_reached"  # compute-optimal does not reach it within the budgets
+
+
+class BeamVerdict(enum.StrEnum):
+    BEATS = "beats"  # some beam beats best-of-N at every low budget
+    BEATS_AT_SOME = "beats_at_some"
+    DOES_NOT_BEAT = "does_not_beat"
+
+
+@dataclasses.dataclass(frozen=True)
+class Efficiency:
+    """Compute-optimal against best-of-N weighted's accuracy at the top budget, for one difficulty signal."""
+
+    signal: str  # "oracle" or "predicted" bins
+    top_budget: int
+    compute_optimal_budget: int | None  # the smallest budget where compute-optimal matches it; None: never
+    best_of_n_budget: int  # the smallest budget where best-of-N weighted itself reaches it
+    best_of_n_accuracy: float  # best-of-N weighted's accuracy at best_of_n_budget
+    best_of_n_top_accuracy: float  # best-of-N weighted's accuracy at top_budget
+    best_of_n_saturates: bool  # best_of_n_budget < top_budget
+    verdict: EfficiencyVerdict
+    factor: float | None  # top_budget / compute_optimal_budget, for FEWER_GENERATIONS
+
+
+@dataclasses.dataclass(frozen=True)
+class Coverage:
+    """At one budget: how often a right answer is among best-of-N weighted's candidates, and how often its
+    selection picks one; the gap is what a better verifier could win."""
+
+    strategy: str
+    budget: int
+    coverage: float
+    accuracy: float
+    gap: float  # coverage - accuracy
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamAtBudget:
+    """Mean accuracy over the hard levels at one budget."""
+
+    budget: int
+    best_of_n: float | None  # best-of-N weighted; None where no hard level has this budget
+    beams: dict[str, float | None]  # each beam strategy, by name (sorted); None where no hard level has it
+    beats: bool  # some beam is above best-of-N by more than a tie
+
+
+@dataclasses.dataclass(frozen=True)
+class BeamOnHardBins:
+    """The paper's second claim: beam search against best-of-N weighted on the hardest oracle levels (the upper
+    half, equal-sized bins) at the lowest budgets (the first two)."""
+
+    hard_levels: tuple[str, ...]
+    low_budgets: tuple[int, ...]
+    baseline: str
+    by_budget: tuple[BeamAtBudget, ...]  # one per low budget
+    verdict: BeamVerdict
+
+
+@dataclasses.dataclass(frozen=True)
+class FlopsMatched:
+    """One FLOPs ratio R = D_inference / D_pretrain with a usable budget: per oracle level (1 = easiest), the small
+    policy with compute-optimal search against the larger model answering greedily. A tie is in neither list."""
+
+    ratio: float
+    matched_generations: float
+    budget: int  # the largest computed budget not above matched_generations
+    levels: tuple[str, ...]  # the levels compared (those with a small-policy accuracy)
+    search_wins: tuple[str, ...]
+    larger_wins: tuple[str, ...]
+
+
+@dataclasses.dataclass(frozen=True)
+class Findings:
+    budgets: tuple[int, ...]  # every budget in the report, ascending
+    baseline: str | None  # the weighted best-of-N strategy's name
+    efficiency: dict[str, Efficiency]  # by signal: "oracle", "predicted"
+    coverage: Coverage | None  # at the top budget; None when the report has no coverage for the baseline
+    beam_on_hard_bins: BeamOnHardBins | None  # None without a beam strategy or the baseline
+    flops_matched: tuple[FlopsMatched, ...]  # ratios without a usable budget are left out
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON types: dicts, lists, strings, numbers, booleans and None."""
+        return _plain(dataclasses.asdict(self))
+
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {str(k): _plain(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if isinstance(value, enum.Enum):
+        return value.value
+    return value
+
+
+def weighted_best_of_n(names: Iterable[str]) -> str | None:
+    """The weighted best-of-N strategy among `names` (the baseline every finding compares against)."""
+    return next((n for n in names if n.startswith("best_of_n") and "weighted" in n), None)
+
+
+def analyze(report: dict) -> Findings:
+    """The findings of an experiment report (report.json's content, without "findings")."""
+    budgets = sorted({int(b) for row in report["accuracy"].values() for b in row})
+    return Findings(
+        budgets=tuple(budgets), baseline=weighted_best_of_n(report["accuracy"]),
+        efficiency={signal: efficiency(report, signal, budgets) for signal in ("oracle", "predicted")},
+        coverage=coverage(report, budgets[-1]), beam_on_hard_bins=beam_on_hard_bins(report, budgets),
+        flops_matched=flops_matched(report))
+
+
+def efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:
+    top = budgets[-1]
+    opt = report["compute_optimal"][signal]
+    base = opt["best_of_n_weighted"]
+    eff = opt["efficiency"].get(str(top))
+    # best-of-N's own efficiency: where it already reaches its accuracy at the top budget (top itself does)
+    own = next(b for b in budgets if base[str(b)] >= base[str(top)] - _REACHED)
+    if eff and own <= eff:
+        verdict = EfficiencyVerdict.SEARCH_ADDS_NOTHING
+    elif eff:
+        verdict = EfficiencyVerdict.FEWER_GENERATIONS
+    else:
+        verdict = EfficiencyVerdict.NOT_REACHED
+    return Efficiency(signal=signal, top_budget=top, compute_optimal_budget=eff, best_of_n_budget=own,
+                      best_of_n_accuracy=base[str(own)], best_of_n_top_accuracy=base[str(top)],
+                      best_of_n_saturates=own < top, verdict=verdict,
+                      factor=top / eff if verdict is EfficiencyVerdict.FEWER_GENERATIONS else None)
+
+
+def coverage(report: dict, budget: int) -> Coverage | None:
+    name = weighted_best_of_n(report["accuracy"])
+    cov = report.get("coverage", {}).get(name or "", {}).get(str(budget))
+    if cov is None:
+        return None
+    acc = report["accuracy"][name][str(budget)]
+    return Coverage(strategy=name, budget=budget, coverage=cov, accuracy=acc, gap=cov - acc)
+
+
+def beam_on_hard_bins(report: dict, budgets: list[int]) -> BeamOnHardBins | None:
+    levels = sorted(report["per_level"]["oracle"], key=int)
+    if not levels:
+        return None
+    hard = levels[-max(1, len(levels) // 2):]
+    low = budgets[:2]
+    tables = [report["per_level"]["oracle"][lv] for lv in hard]
+    beams = sorted({name for t in tables for name in t if name.startswith("beam")})
+    base = weighted_best_of_n(tables[0])
+    if not beams or base is None:
+        return None
+
+    def mean(name, b):
+        vals = [t[name][str(b)] for t in tables if str(b) in t.get(name, {})]
+        return sum(vals) / len(vals) if vals else None
+
+    rows = []
+    for b in low:
+        ref = mean(base, b)
+        got = {name: mean(name, b) for name in beams}
+        beats = any(v is not None and ref is not None and v > ref + _BETTER for v in got.values())
+        rows.append(BeamAtBudget(budget=b, best_of_n=ref, beams=got, beats=beats))
+    wins = sum(r.beats for r in rows)
+    verdict = (BeamVerdict.BEATS if wins == len(low) else BeamVerdict.BEATS_AT_SOME if wins else
+               BeamVerdict.DOES_NOT_BEAT)
+    return BeamOnHardBins(hard_levels=tuple(hard), low_budgets=tuple(low), baseline=base, by_budget=tuple(rows),
+                          verdict=verdict)
+
+
+def flops_matched(report: dict) -> tuple[FlopsMatched, ...]:
+    rows = []
+    for row in report["flops_exchange"]:
+        if row["budget_used"] is None:
+            continue
+        pairs = [(k, v["small_compute_optimal"], v["large_greedy"]) for k, v in
+                 sorted(row["by_level"].items(), key=lambda kv: int(kv[0]))
+                 if v["small_compute_optimal"] is not None and v["large_greedy"] is not None]
+        rows.append(FlopsMatched(
+            ratio=row["R"], matched_generations=row["matched_generations"], budget=row["budget_used"],
+            levels=tuple(k for k, _, _ in pairs),
+            search_wins=tuple(k for k, ours, theirs in pairs if ours > theirs + _BETTER),
+            larger_wins=tuple(k for k, ours, theirs in pairs if theirs > ours + _BETTER)))
+    return tuple(rows)
