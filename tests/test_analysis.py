@@ -198,24 +198,3 @@ def test_the_summary_states_a_saving_and_the_beam_verdict():
     assert "Compute-optimal reaches best-of-N weighted's accuracy at N=64 with N=4 generations (16x fewer)." in text
     assert "Best-of-N weighted itself already reaches its N=64 accuracy at N=16 (0.600 against 0.600)." in text
     assert "beam search beats best-of-N there (N=4: beam-width4 0.300 vs best-of-N weighted 0.100;" in text
-
-
-# ---- temporary: the new renderer against the old one, removed with the old code -------------------------------
-
-
-@pytest.mark.parametrize("report", [
-    golden_report(), make_report(five_levels()), make_report(five_levels(), coverage=None),
-    make_report(five_levels(), best_of_n={"4": 0.6, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 16}),
-    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 4}),
-    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.4, "64": 0.6}, efficiency={"4": 4, "16": 4, "64": 16}),
-    make_report(five_levels(), best_of_n={"4": 0.2, "16": 0.6, "64": 0.6}, efficiency={"4": 4, "16": None, "64": None}),
-    make_report(five_levels(**{"5": level((0.0, 0.5, 0.9), (0.2, 0.1, 0.5))})),
-    make_report({k: {BON: t[BON]} for k, t in five_levels().items()}),
-    make_report(five_levels(), flops=[flops_row(22.0, None, {k: (0.5, None) for k in range(1, 6)})]),
-    make_report(five_levels(), flops=[flops_row(0.16, 16, {1: (0.5, 0.9), 2: (0.5, 0.6), 3: (0.5, 0.5),
-                                                           4: (0.7, 0.4), 5: (0.3, 0.0)})]),
-    {**golden_report(), "seconds_total": 95.0}])
-def test_the_new_renderer_writes_the_old_summary(report):
-    from ttcjax.eval.experiment import _markdown
-
-    assert markdown(report, analyze(report)) == _markdown(report)

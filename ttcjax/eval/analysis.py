@@ -124,16 +124,16 @@ def weighted_best_of_n(names: Iterable[str]) -> str | None:
 
 
 def analyze(report: dict) -> Findings:
-    """The findings of an experiment report (report.json's content, without "findings")."""
+    """The findings of an experiment report (report.json's content; a "findings" key in it is ignored)."""
     budgets = sorted({int(b) for row in report["accuracy"].values() for b in row})
     return Findings(
         budgets=tuple(budgets), baseline=weighted_best_of_n(report["accuracy"]),
-        efficiency={signal: efficiency(report, signal, budgets) for signal in ("oracle", "predicted")},
-        coverage=coverage(report, budgets[-1]), beam_on_hard_bins=beam_on_hard_bins(report, budgets),
-        flops_matched=flops_matched(report))
+        efficiency={signal: _efficiency(report, signal, budgets) for signal in ("oracle", "predicted")},
+        coverage=_coverage(report, budgets[-1]), beam_on_hard_bins=_beam_on_hard_bins(report, budgets),
+        flops_matched=_flops_matched(report))
 
 
-def efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:
+def _efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:
     top = budgets[-1]
     opt = report["compute_optimal"][signal]
     base = opt["best_of_n_weighted"]
@@ -152,7 +152,7 @@ def efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:
                       factor=top / eff if verdict is EfficiencyVerdict.FEWER_GENERATIONS else None)
 
 
-def coverage(report: dict, budget: int) -> Coverage | None:
+def _coverage(report: dict, budget: int) -> Coverage | None:
     name = weighted_best_of_n(report["accuracy"])
     cov = report.get("coverage", {}).get(name or "", {}).get(str(budget))
     if cov is None:
@@ -161,7 +161,7 @@ def coverage(report: dict, budget: int) -> Coverage | None:
     return Coverage(strategy=name, budget=budget, coverage=cov, accuracy=acc, gap=cov - acc)
 
 
-def beam_on_hard_bins(report: dict, budgets: list[int]) -> BeamOnHardBins | None:
+def _beam_on_hard_bins(report: dict, budgets: list[int]) -> BeamOnHardBins | None:
     levels = sorted(report["per_level"]["oracle"], key=int)
     if not levels:
         return None
@@ -190,7 +190,7 @@ def beam_on_hard_bins(report: dict, budgets: list[int]) -> BeamOnHardBins | None
                           verdict=verdict)
 
 
-def flops_matched(report: dict) -> tuple[FlopsMatched, ...]:
+def _flops_matched(report: dict) -> tuple[FlopsMatched, ...]:
     rows = []
     for row in report["flops_exchange"]:
         if row["budget_used"] is None:

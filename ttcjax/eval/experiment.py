@@ -8,7 +8,8 @@
    (oracle and predicted bins); the efficiency against weighted best-of-N; a saved BudgetScheduler.
 4. FLOPs exchange. The 4x larger sibling answering greedily, against the small policy with search at
    the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
-5. Report: summary.md, plots, per-question results, scheduler.json.
+5. Report: report.json with its findings (`ttcjax.eval.analysis`), summary.md and plots rendered from them
+   (`ttcjax.eval.report`), per-question results, scheduler.json.
 
 Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted demo
 resumes where it stopped.
@@ -31,6 +32,8 @@ from ttcjax.checkpoints.assets import model_dir
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.eval.analysis import analyze
+from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
 from ttcjax.eval.sweep import make_strategy, run_cell, strategy_name
@@ -220,10 +223,12 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         report["seconds_total"] = before.get("seconds_total", before.get("seconds", 0.0)) + report["seconds"]
     else:
         report["seconds_total"] = report["seconds"]
+    findings = analyze(report)
+    report["findings"] = findings.to_dict()
     _write_json(os.path.join(out, "report.json"), report)
-    _plots(report, out)
+    plots(report, out)
     with atomic_path(os.path.join(out, "summary.md")) as tmp, open(tmp, "w") as f:
-        f.write(_markdown(report))
+        f.write(markdown(report, findings))
     log(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(out, 'summary.md')}")
     return report
 
@@ -253,212 +258,6 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
             "accuracy": accuracy, "mean_generated_tokens": {f"{n}/{b}": t for (n, b), t in tokens.items()},
             "per_level": per_level, "compute_optimal": optimal, "flops_exchange": exchange,
             "large_policy_greedy": float(large_correct.mean())}
-
-
-def _plots(report: dict, out: str) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    def save(fig, name):
-        fig.tight_layout()
-        with atomic_path(os.path.join(out, name)) as tmp:
-            fig.savefig(tmp, dpi=110, format="png")
-        plt.close(fig)
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for name, row in report["accuracy"].items():
-        b = sorted(int(x) for x in row)
-        ax.plot(b, [row[str(x)] for x in b], marker="o", label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("generation budget")
-    ax.set_ylabel("accuracy")
-    ax.legend(fontsize=6)
-    ax.set_title("accuracy versus budget")
-    save(fig, "accuracy_vs_budget.png")
-
-    levels = report["per_level"]["oracle"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(2.8 * len(levels), 3), sharey=True)
-    for ax, (lv, table) in zip(np.atleast_1d(axes), levels.items()):
-        for name, row in table.items():
-            b = sorted(int(x) for x in row)
-            ax.plot(b, [row[str(x)] for x in b], marker=".", label=name)
-        ax.set_xscale("log", base=2)
-        ax.set_title(f"level {lv} (oracle)")
-    np.atleast_1d(axes)[0].legend(fontsize=5)
-    save(fig, "accuracy_by_difficulty.png")
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for signal, style in (("oracle", "-"), ("predicted", "--")):
-        opt = report["compute_optimal"][signal]
-        b = sorted(int(x) for x in opt["cv_accuracy"])
-        ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o", label=f"compute-optimal ({signal})")
-    base = report["compute_optimal"]["oracle"]["best_of_n_weighted"]
-    b = sorted(int(x) for x in base)
-    ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label="best-of-N weighted")
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("generation budget")
-    ax.set_ylabel("accuracy (held-out folds)")
-    ax.legend(fontsize=7)
-    save(fig, "compute_optimal_vs_best_of_n.png")
-
-    ex = report["flops_exchange"]
-    fig, axes = plt.subplots(1, len(ex), figsize=(3.2 * len(ex), 3), sharey=True)
-    for ax, row in zip(np.atleast_1d(axes), ex):
-        lv = sorted(row["by_level"], key=int)
-        x = np.arange(len(lv))
-        large = [row["by_level"][k]["large_greedy"] or 0 for k in lv]
-        small = [row["by_level"][k]["small_compute_optimal"] or 0 for k in lv]
-        ax.bar(x - 0.2, large, 0.4, label="larger sibling, greedy")
-        ax.bar(x + 0.2, small, 0.4, label=f"small + search (N={row['budget_used']})")
-        ax.set_xticks(x, [f"L{k}" for k in lv])
-        ax.set_title(f"R = {row['R']}")
-    np.atleast_1d(axes)[0].legend(fontsize=6)
-    save(fig, "flops_matched.png")
-
-
-def _weighted_best_of_n(names) -> str | None:
-    """The weighted best-of-N strategy among `names` (the baseline every summary line compares against)."""
-    return next((n for n in names if n.startswith("best_of_n") and "weighted" in n), None)
-
-
-def _baseline_name(r: dict) -> str:
-    return _weighted_best_of_n(r["accuracy"]) or ""
-
-
-def _beam_on_hard_bins(r: dict, budgets: list[int]) -> str:
-    """The paper's second claim, as this run measured it: beam search against best-of-N weighted on the
-    hardest bins (the upper half of the oracle levels, equal-sized) at the lowest budgets."""
-    levels = sorted(r["per_level"]["oracle"], key=int)
-    hard = levels[-max(1, len(levels) // 2):]
-    low = budgets[:2]
-    tables = [r["per_level"]["oracle"][lv] for lv in hard]
-    beams = sorted({name for t in tables for name in t if name.startswith("beam")})
-    base = _weighted_best_of_n(tables[0])
-    if not beams or base is None:
-        return ""
-
-    def mean(name, b):
-        vals = [t[name][str(b)] for t in tables if str(b) in t.get(name, {})]
-        return sum(vals) / len(vals) if vals else None
-
-    parts, wins = [], 0
-    for b in low:
-        ref = mean(base, b)
-        got = {name: mean(name, b) for name in beams}
-        wins += any(v is not None and ref is not None and v > ref + 1e-9 for v in got.values())
-        parts.append(f"N={b}: " + ", ".join(f"{name} {v:.3f}" for name, v in got.items() if v is not None)
-                     + f" vs best-of-N weighted {ref:.3f}")
-    verdict = ("beam search beats best-of-N there" if wins == len(low) else
-               "beam search beats best-of-N at some of them" if wins else "beam search does not beat best-of-N there")
-    return (f"On the hardest bins (levels {', '.join(hard)}, mean accuracy) at the lowest budgets, {verdict} "
-            f"({'; '.join(parts)}).")
-
-
-def _flops_matched_statement(r: dict) -> str:
-    """The paper's exchange of pretraining for test-time compute, as this run measured it: per FLOPs ratio R
-    with a usable budget, the levels where the small policy with search beats the larger model, and those where
-    the larger model wins."""
-    def say(ks):
-        return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
-
-    parts = []
-    for row in r["flops_exchange"]:
-        if row["budget_used"] is None:
-            continue
-        pairs = [(k, v["small_compute_optimal"], v["large_greedy"]) for k, v in
-                 sorted(row["by_level"].items(), key=lambda kv: int(kv[0])) if v["small_compute_optimal"] is not None]
-        small = [k for k, ours, theirs in pairs if ours > theirs + 1e-9]
-        large = [k for k, ours, theirs in pairs if theirs > ours + 1e-9]
-        parts.append(f"at R={row['R']} (N={row['budget_used']}) search wins on {say(small)} and the larger model "
-                     f"on {say(large)}")
-    if not parts:
-        return "No ratio R leaves the small policy a computed budget, so this run makes no comparison."
-    return ("Level by level (1 = easiest), " + "; ".join(parts) + ". The paper found test-time compute the better "
-            "use of FLOPs on easy and intermediate questions when R is small, and pretraining on the hardest.")
-
-
-def _markdown(r: dict) -> str:
-    budgets = sorted({int(b) for row in r["accuracy"].values() for b in row})
-    head = "| | " + " | ".join(f"N={b}" for b in budgets) + " |"
-    sep = "|---|" + "---|" * len(budgets)
-    lines = [
-        "# ttcjax demo: scaling test-time compute on the built-in task", "",
-        f"{r['questions']} test questions; policy {r['params']['policy']:,} parameters, PRM "
-        f"{r['params']['prm']:,}, larger sibling {r['params']['large_policy']:,}. "
-        + (f"{r['seconds']:.0f} s." if r.get("seconds_total", r["seconds"]) == r["seconds"] else
-           f"{r['seconds']:.0f} s in this invocation, {r['seconds_total']:.0f} s in all (a rerun reuses finished "
-           "work)."), "",
-        "## Accuracy versus generation budget", "", head, sep]
-    for name, row in r["accuracy"].items():
-        lines.append(f"| {name} | " + " | ".join(f"{row[str(b)]:.3f}" if str(b) in row else "" for b in budgets)
-                     + " |")
-    lines += ["", "![](accuracy_vs_budget.png)", "", "## Per difficulty level (oracle bins, 1 = easiest)", ""]
-    for lv, table in r["per_level"]["oracle"].items():
-        lines += [f"### Level {lv}", "", head, sep]
-        for name, row in table.items():
-            lines.append(f"| {name} | " + " | ".join(f"{row[str(b)]:.3f}" if str(b) in row else "" for b in budgets)
-                         + " |")
-        lines.append("")
-    lines += ["![](accuracy_by_difficulty.png)", "", "## Compute-optimal versus best-of-N (held-out folds)", "",
-              "| | " + " | ".join(f"N={b}" for b in budgets) + " |", sep]
-    for signal in ("oracle", "predicted"):
-        opt = r["compute_optimal"][signal]
-        lines.append(f"| compute-optimal ({signal} bins) | "
-                     + " | ".join(f"{opt['cv_accuracy'][str(b)]:.3f}" for b in budgets) + " |")
-    base = r["compute_optimal"]["oracle"]["best_of_n_weighted"]
-    lines.append("| best-of-N weighted | " + " | ".join(f"{base[str(b)]:.3f}" for b in budgets) + " |")
-    lines += [""]
-    for signal in ("oracle", "predicted"):
-        eff = r["compute_optimal"][signal]["efficiency"]
-        lines.append(f"- Efficiency ({signal} bins): the smallest budget at which compute-optimal matches "
-                     "best-of-N weighted at " + ", ".join(f"N={b}: {eff[str(b)]}" for b in budgets) + ".")
-    top = str(budgets[-1])
-    eff = r["compute_optimal"]["oracle"]["efficiency"].get(top)
-    # best-of-N's own efficiency: where it already reaches its accuracy at the top budget
-    self_eff = next((b for b in budgets if base[str(b)] >= base[top] - 1e-12), None)
-    if eff and self_eff is not None and self_eff <= eff:
-        shows = (f"Compute-optimal matches best-of-N weighted's accuracy at N={top} with N={eff} generations, but "
-                 f"best-of-N weighted itself already does so at N={self_eff}: on this run search strategies add "
-                 "nothing over best-of-N at that budget.")
-    elif eff:
-        shows = (f"Compute-optimal reaches best-of-N weighted's accuracy at N={top} with N={eff} generations "
-                 f"({int(top) / eff:.0f}x fewer).")
-    else:
-        shows = f"Compute-optimal does not reach best-of-N weighted's accuracy at N={top} within these budgets."
-    if self_eff is not None and self_eff < int(top) and not (eff and self_eff <= eff):
-        shows += (f" Best-of-N weighted itself already reaches its N={top} accuracy at N={self_eff} "
-                  f"({base[str(self_eff)]:.3f} against {base[top]:.3f}).")
-    cov = r.get("coverage", {}).get(_baseline_name(r), {}).get(top)
-    if cov is not None:
-        acc = r["accuracy"][_baseline_name(r)][top]
-        shows += (f" At N={top} a right answer is among best-of-N's candidates for {cov:.0%} of the questions and "
-                  f"weighted selection picks one for {acc:.0%}: the difference is the verifier's to win.")
-    lines += ["", "**What this run shows.** " + shows + " " + _beam_on_hard_bins(r, budgets)
-        + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
-        "held-out estimates are noisy, which `--full` reduces.", "",
-        "![](compute_optimal_vs_best_of_n.png)", "",
-        f"## Test-time compute versus a {r['params']['large_policy'] / r['params']['policy']:.1f}x larger model at "
-        "matched FLOPs", "",
-        f"The larger sibling answers greedily (accuracy {r['large_policy_greedy']:.3f} overall). The small "
-        "policy may spend B generations (with its PRM) where 6 N_s D_p + 2 (N_s + N_prm) D_i B = "
-        "6 N_l D_p + 2 N_l D_i, R = D_i / D_p; the largest computed budget not above B is used.", "",
-        "| R | matched B | budget used | " + " | ".join(f"L{k} large / small+search"
-                                                      for k in sorted(r["flops_exchange"][0]["by_level"], key=int))
-        + " |", "|---|---|---|" + "---|" * len(r["flops_exchange"][0]["by_level"])]
-    for row in r["flops_exchange"]:
-        cells = []
-        for k in sorted(row["by_level"], key=int):
-            v = row["by_level"][k]
-            fmt = lambda x: "-" if x is None else f"{x:.2f}"  # noqa: E731
-            cells.append(f"{fmt(v['large_greedy'])} / {fmt(v['small_compute_optimal'])}")
-        lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
-                     + " | ".join(cells) + " |")
-    lines += ["", _flops_matched_statement(r), "", "![](flops_matched.png)", "",
-              "Raw per-question results: results/*.jsonl, difficulty.jsonl, large_policy.jsonl; the scheduler: "
-              "scheduler.json (`ttcjax run --scheduler ...`).", ""]
-    return "\n".join(lines)
 
 
 # ---- applying a saved scheduler to new questions ------------------------------------------------------------
