@@ -20,13 +20,12 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from collections.abc import Iterator
 from pathlib import Path
-from types import MappingProxyType
 from typing import Any
 
 from ttcjax.tasks import arithmetic
+from ttcjax.tasks.base import ProblemRecord
 from ttcjax.tasks.grading import extract_answer
 
 __all__ = ["ProblemRecord", "DATASETS", "load_math", "load_math500", "load_gsm8k",
@@ -43,27 +42,6 @@ _HINTS = {
 }
 _CALC_RE = re.compile(r"<<[^<>]*>>")
 _LEVEL_RE = re.compile(r"Level\s+(\d+)")
-
-
-@dataclass(frozen=True)
-class ProblemRecord:
-    """One benchmark problem. ``answer`` is the reference final answer string; ``solution`` the
-    reference solution text ("" if none). ``metadata`` is stored as a read-only
-    :class:`types.MappingProxyType` over a private copy and is excluded from ``==``/``hash``,
-    so records are hashable by (id, question, answer, solution). Records pickle fine."""
-
-    id: str
-    question: str
-    answer: str
-    solution: str = ""
-    metadata: Mapping[str, Any] = field(default_factory=dict, compare=False, hash=False)
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "metadata", MappingProxyType(dict(self.metadata)))
-
-    def __reduce__(self):  # MappingProxyType itself is not picklable
-        return (ProblemRecord, (self.id, self.question, self.answer, self.solution,
-                                dict(self.metadata)))
 
 
 def missing_data_error(name: str, path: Path | None, what: str) -> FileNotFoundError:

@@ -5,8 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from ttcjax.tasks import arithmetic
-from ttcjax.tasks.benchmarks import (DATASETS, NEVER_DOWNLOADS, ProblemRecord, arithmetic_record, load_arithmetic,
-                                     load_gsm8k, load_math, load_math500, missing_data_error)
+from ttcjax.tasks.base import ProblemRecord
+from ttcjax.tasks.benchmarks import (DATASETS, NEVER_DOWNLOADS, arithmetic_record, load_arithmetic, load_gsm8k,
+                                     load_math, load_math500, missing_data_error)
 from ttcjax.tasks.tfds_builders import load_real
 
 __all__ = ["DATASETS", "load_dataset"]

@@ -39,7 +39,8 @@ import numpy as np
 import tensorflow_datasets as tfds
 
 from ttcjax.tasks import arithmetic
-from ttcjax.tasks.benchmarks import ProblemRecord, load_gsm8k, load_math, load_math500
+from ttcjax.tasks.base import ProblemRecord
+from ttcjax.tasks.benchmarks import load_gsm8k, load_math, load_math500
 
 __all__ = ["ArithmeticConfig", "ArithmeticTask", "build_arithmetic", "load_arithmetic_source",
            "records_from_source", "MathDataset", "Math500Dataset", "Gsm8kDataset",
