@@ -1,6 +1,6 @@
 """Search cost: beam search (N=64, M=8) against best-of-N (N=64) on the same questions, in one run.
 
-Both run through `ttcjax.search.episode.search` (one compiled round loop per batch size; finished questions are
+Both run through `ttcjax.search.run.search` (one compiled round loop per batch size; finished questions are
 compacted away, and the same episodes are also timed with compaction off) with the shipped tiny
 policy and PRM. Timed after a warm-up (compilation excluded), interleaved, best of `--repeats`. The
 verifier's share of search time is measured by running the same episodes with a stand-in PRM of one layer
@@ -31,12 +31,13 @@ from decode import cpu_model, git_revision, loadavg, update_doc, write_atomic  #
 from ttcjax.checkpoints.assets import model_dir  # noqa: E402
 from ttcjax.checkpoints.native import load_any  # noqa: E402
 from ttcjax.checkpoints.tokenizer import load_tokenizer  # noqa: E402
-from ttcjax.decoding.engine import Engine, Sampling  # noqa: E402
+from ttcjax.decoding.engine import Engine  # noqa: E402
 from ttcjax.models import ModelConfig, init_model  # noqa: E402
-from ttcjax.search.episode import Beam, BestOfN, search  # noqa: E402
+from ttcjax.search.run import search  # noqa: E402
+from ttcjax.search.settings import SearchSettings  # noqa: E402
+from ttcjax.search.strategies import Beam, BestOfN  # noqa: E402
 from ttcjax.tasks import arithmetic  # noqa: E402
-from ttcjax.verifiers.reward_model import load_prm  # noqa: E402
-from ttcjax.verifiers.reward_model import RewardModel, ValueHead  # noqa: E402
+from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, ValueHead, load_prm  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "search.json")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
@@ -58,15 +59,16 @@ def main(argv=None):
     policy_dir = model_dir("policy", "tiny")
     tok = load_tokenizer(policy_dir)
     engine = Engine(load_any(policy_dir), pad_id=tok.pad_id)
-    prm, meta = load_prm(model_dir("prm", "tiny"))
-    stand_in = RewardModel(init_model(ModelConfig(vocab_size=prm.config.vocab_size, hidden_size=8, intermediate_size=8,
-                                                  num_layers=1, num_heads=1, num_kv_heads=1,
-                                                  max_position_embeddings=512)), ValueHead())
+    prm_model, meta = load_prm(model_dir("prm", "tiny"))
+    prm = RewardModelVerifier(prm_model, tok, aggregation=meta["aggregation"])
+    stand_in_config = ModelConfig(vocab_size=prm_model.config.vocab_size, hidden_size=8, intermediate_size=8,
+                                  num_layers=1, num_heads=1, num_kv_heads=1, max_position_embeddings=512)
+    stand_in = RewardModelVerifier(RewardModel(init_model(stand_in_config), ValueHead()), tok)
     problems = arithmetic.generate(arithmetic.TaskConfig(), args.questions, seed=1, split="test")
     questions = [arithmetic.format_prompt(q) for q in problems]
-    strategies = {"best_of_n": BestOfN(args.n), "beam": Beam(args.n, args.width, max_rounds=12)}
-    kw = dict(extract_answer=arithmetic.extract_answer, sampling=Sampling(temperature=0.8), max_step_tokens=24,
-              max_len=160)
+    strategies = {"best_of_n": BestOfN(args.n), "beam": Beam(args.n, args.width)}
+    kw = dict(extract_answer=arithmetic.extract_answer,
+              settings=SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=12, temperature=0.8))
 
     def run(strategy, verifier, seed, compact=True):
         t = time.perf_counter()

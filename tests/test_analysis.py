@@ -28,7 +28,8 @@ def make_report(per_level: dict[str, dict[str, dict[str, float]]], *, best_of_n:
     levels = sorted(per_level, key=int)
     report = {
         "questions": 10 * len(levels), "seconds": 12.0, "seconds_total": 12.0,
-        "params": {"policy": 1000, "large_policy": 4000, "prm": 1000}, "difficulty_cost_tokens": 1,
+        "params": {"policy": 1000, "large_policy": 4000, "verifier": 1000}, "difficulty_cost_tokens": 1,
+        "difficulty_signal": "verifier", "config": {"task": {"name": "arithmetic"}, "split": "test"},
         "accuracy": accuracy, "mean_generated_tokens": {}, "per_level": {"oracle": per_level, "predicted": per_level},
         "compute_optimal": {"oracle": optimal, "predicted": json.loads(json.dumps(optimal))},
         "flops_exchange": flops or [flops_row(0.16, int(budgets[-1]), {int(k): (0.5, 0.5) for k in levels})],
@@ -152,7 +153,10 @@ def test_findings_to_dict_is_plain_json():
 
 def golden_report() -> dict:
     report = json.loads(GOLDEN.read_text())["report"]
-    return {**report, "seconds": 30.0, "seconds_total": 30.0}
+    params = {"policy": report["params"]["policy"], "large_policy": report["params"]["large_policy"],
+              "verifier": report["params"]["prm"]}  # the golden report predates the Verifier interface
+    return {**report, "params": params, "seconds": 30.0, "seconds_total": 30.0, "difficulty_signal": "verifier",
+            "config": {"task": {"name": "arithmetic"}, "split": "test"}}
 
 
 def test_the_reduced_demos_findings():

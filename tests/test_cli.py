@@ -1,4 +1,4 @@
-"""The command line: the demo end to end, generation from a saved checkpoint, config errors."""
+"""The command line: generation from a saved checkpoint, config errors (the demo: test_experiment.py)."""
 
 import json
 
@@ -6,37 +6,6 @@ import pytest
 import yaml
 
 from ttcjax.cli import main
-
-
-def test_demo_in_a_reduced_size_runs_end_to_end(tmp_path, capsys):
-    config = tmp_path / "demo.yaml"
-    config.write_text(yaml.safe_dump({
-        "per_difficulty": 2, "difficulties": [2, 5], "difficulty_samples": 4, "bins": 2, "budgets": [2, 4],
-        "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}],
-        "max_rounds": 8, "probe_samples": 1}))
-    out = tmp_path / "demo"
-    assert main(["demo", "--config", str(config), "--out-dir", str(out), "--no-progress"]) == 0
-    for name in ("summary.md", "report.json", "scheduler.json", "difficulty.jsonl", "large_policy.jsonl",
-                 "accuracy_vs_budget.png", "accuracy_by_difficulty.png", "compute_optimal_vs_best_of_n.png",
-                 "flops_matched.png", "results/beam-width2-b4.jsonl", "results/best_of_n-b4.jsonl"):
-        assert (out / name).exists(), name
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["accuracy"]) == {"best_of_n-selectionweighted", "beam-width2"}
-    assert len(report["flops_exchange"]) == 3 and report["difficulty_cost_tokens"] > 0
-    summary = (out / "summary.md").read_text()
-    assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
-    assert "a right answer is among best-of-N's candidates" in summary and "On the hardest bins" in summary
-    assert "Level by level (1 = easiest), at R=" in summary  # where search beats the larger model, and where not
-    coverage = report["coverage"]["best_of_n-selectionweighted"]
-    for b in ("2", "4"):  # a right candidate exists at least as often as the chosen one is right
-        assert report["accuracy"]["best_of_n-selectionweighted"][b] <= coverage[b] <= 1
-    # the saved scheduler answers new questions, counting its probe samples
-    answers = tmp_path / "answers.jsonl"
-    assert main(["run", "--scheduler", str(out / "scheduler.json"), "--budget", "5", "--question", "Q: 7*3-4+8=",
-                 "--question", "2+3", "--output", str(answers)]) == 0
-    records = [json.loads(line) for line in answers.read_text().splitlines()]
-    assert [r["question"] for r in records] == ["7*3-4+8", "2+3"]
-    assert all(r["generated_tokens"] > r["probe_tokens"] > 0 for r in records)
 
 
 def test_init_model_then_generate_from_the_checkpoint(tmp_path):
@@ -61,7 +30,7 @@ def test_init_model_then_generate_from_the_checkpoint(tmp_path):
 def test_config_errors_name_the_file_and_key(tmp_path, capsys):
     bad = tmp_path / "bad.yaml"
     bad.write_text("temprature: 0.5\n")
-    assert main(["demo", "--config", str(bad)]) == 2
+    assert main(["experiment", "--config", str(bad)]) == 2
     err = capsys.readouterr().err
     assert str(bad) in err and "temprature" in err
     assert main(["generate", "--config", str(bad), "--model", "x"]) == 2

@@ -17,8 +17,9 @@ from ttcjax.models.sharding import make_mesh
 from ttcjax.tasks import arithmetic
 from ttcjax.training.labels import label_solutions, rollout_labels
 from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
+from ttcjax.verifiers.base import aggregate
 from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
-                                           aggregate, load_prm, save_prm, score_inputs)
+                                           load_prm, save_prm, score_inputs)
 
 from toys import toy_policy
 

@@ -1,10 +1,14 @@
 """Difficulty bins, cross-validated strategy selection, the saved scheduler, and the FLOPs exchange."""
 
+import json
+
 import numpy as np
 import pytest
 
 from ttcjax.eval.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, inference_flops,
                                    matched_generations, pretraining_flops, select_strategies)
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import StrategySpec
 
 
 def test_quantile_bins_on_known_pass_rates():
@@ -40,18 +44,26 @@ def test_cross_validated_selection_finds_the_known_best_strategy_per_bin():
 def test_scheduler_save_load_and_apply(tmp_path):
     sel = select_strategies({("best_of_n", 4): np.array([1, 0, 1, 0]), ("beam", 4): np.array([0, 1, 0, 1])},
                             np.array([1, 2, 1, 2]))
-    specs = {"best_of_n": {"kind": "best_of_n"}, "beam": {"kind": "beam", "width": 2}}
-    sched = BudgetScheduler.from_selection(sel, np.array([0.5]), specs, signal="verifier", probe_samples=4)
+    specs = {"best_of_n": StrategySpec("best_of_n"), "beam": StrategySpec.from_dict({"kind": "beam", "width": 2})}
+    settings = SearchSettings(max_step_tokens=20, max_rounds=9)
+    sched = BudgetScheduler.from_selection(sel, np.array([0.5]), specs, signal="verifier", probe_samples=4,
+                                           search=settings, policy="tiny", verifier="tiny",
+                                           task={"name": "arithmetic"}, max_new_tokens=160)
     sched.save(str(tmp_path / "s.json"))
     loaded = BudgetScheduler.load(str(tmp_path / "s.json"))
-    assert loaded == sched
+    assert loaded == sched and loaded.search == settings  # the settings it was chosen under travel with it
     assert loaded.level(0.9) == 1 and loaded.level(0.1) == 2
-    assert loaded.spec(1, 4) == {"kind": "best_of_n"} and loaded.spec(2, 4) == {"kind": "beam", "width": 2}
-    assert loaded.spec(2, 64) == {"kind": "beam", "width": 2}  # a larger budget uses the largest known one
+    assert loaded.spec(1, 4) == specs["best_of_n"] and loaded.spec(2, 4) == specs["beam"]
+    assert loaded.spec(2, 64) == specs["beam"]  # a larger budget uses the largest known one
     with pytest.raises(ValueError, match="no strategy for budget 2"):
         loaded.spec(1, 2)
     (tmp_path / "bad.json").write_text('{"edges": []}')
     with pytest.raises(ValueError, match="not a BudgetScheduler"):
+        BudgetScheduler.load(str(tmp_path / "bad.json"))
+    data = json.loads((tmp_path / "s.json").read_text())
+    data["probe_samples"] = -1  # a budget-4 question would spend more generations, not fewer
+    (tmp_path / "bad.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match="probe_samples=-1"):
         BudgetScheduler.load(str(tmp_path / "bad.json"))
 
 

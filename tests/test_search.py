@@ -7,14 +7,23 @@ import jax
 import numpy as np
 import pytest
 
-from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.tokenizer import load_tokenizer
+from ttcjax.decoding.engine import Engine
 from ttcjax.models.sharding import make_mesh
-from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead, search
+from ttcjax.search.episode import _questions_after_compaction, _stop_at_open
+from ttcjax.search.run import search
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import DVTS, Beam, BestOfN, Lookahead
+from ttcjax.tasks import arithmetic
+from ttcjax.verifiers.base import NoVerifier
+from ttcjax.verifiers.reward_model import RewardModelVerifier, StepFormat, load_prm, score_inputs
 
 from toys import p_solution_without_y, toy_policy, y_fraction_prm
 
 P_X, P_Y, P_NEWLINE = 0.5, 0.2, 0.3
-SAMPLING = Sampling(temperature=1.0)
+SETTINGS = SearchSettings(delimiter="\n", max_step_tokens=16, max_len=96, max_rounds=40, temperature=1.0)
 
 
 def no_y(text):
@@ -28,15 +37,13 @@ def toys():
     return Engine(policy, pad_id=tok.pad_id), y_fraction_prm(), tok
 
 
-def run(toys, strategy, questions=("Q",), key=0, **kw):
+def run(toys, strategy, questions=("Q",), key=0, temperature=1.0, **kw):
     engine, prm, tok = toys
-    kw.setdefault("sampling", SAMPLING)
-    return search(strategy, engine, prm, tok, list(questions), jax.random.key(key), extract_answer=no_y,
-                  max_step_tokens=16, max_len=96, **kw)
+    return search(strategy, engine, RewardModelVerifier(prm, tok), tok, list(questions), jax.random.key(key),
+                  extract_answer=no_y, settings=dataclasses.replace(SETTINGS, temperature=temperature), **kw)
 
 
 def test_the_toy_prm_prefers_prefixes_without_y(toys):
-    from ttcjax.verifiers.reward_model import StepFormat, score_inputs
 
     _, prm, tok = toys
     fmt = StepFormat()
@@ -108,10 +115,10 @@ def test_same_key_same_result_and_a_new_key_differs(toys):
 def test_cost_accounting_on_a_hand_counted_case(toys):
     engine, prm, tok = toys
     # greedy: every row writes 'x' until the step's 16-token limit, which ends the solution after one step
-    (r,) = run(toys, BestOfN(3), sampling=GREEDY)
+    (r,) = run(toys, BestOfN(3), temperature=0.0)
     assert [c.text for c in r.candidates] == ["x" * 16] * 3
     assert r.generated_tokens == 3 * 16
-    assert r.prm_tokens == 3 * 16 + 2  # each row's step, and the prompt (BOS + "Q") once
+    assert r.verifier_tokens == 3 * 16 + 2  # each row's step, and the prompt (BOS + "Q") once
     assert r.policy_flops == 2 * engine.config.num_params() * (3 * 16 + 2)
     assert r.verifier_flops == 2 * prm.config.num_params() * (3 * 16 + 2)
     assert r.generations == 3
@@ -130,36 +137,25 @@ def test_a_question_that_finishes_early_does_not_disturb_the_others(toys):
     assert with_long[1].generated_tokens <= 8 * 5 < with_long[0].generated_tokens
 
 
-def test_finished_questions_are_compacted_away_without_changing_results(toys, monkeypatch):
-    import ttcjax.search.episode as search_mod
-
-    batches = []
-    rounds_jit = search_mod._rounds_jit
-
-    def spy(*args, **kw):
-        batches.append(args[4].slot.shape[0])  # rows in the loop's batch
-        return rounds_jit(*args, **kw)
-
-    monkeypatch.setattr(search_mod, "_rounds_jit", spy)
+def test_finished_questions_are_compacted_away_without_changing_results(toys):
+    batches = []  # rows in each compiled segment's batch
     # three prompts nearly fill the cache and finish in the first round; the fourth goes on alone
     questions = ["Q" * 90, "Q", "Q" * 90, "Q" * 90]
-    compacted = run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=0)
+    compacted = run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=0, on_segment=batches.append)
     assert batches == [32, 8]
     batches.clear()
-    run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=16)  # not below 16 rows
+    run(toys, Beam(8, 2), questions=questions, key=3, compact_min_rows=16, on_segment=batches.append)  # not below 16
     assert batches == [32, 16]
     batches.clear()
-    whole = run(toys, Beam(8, 2), questions=questions, key=3, compact=False)
+    whole = run(toys, Beam(8, 2), questions=questions, key=3, compact=False, on_segment=batches.append)
     assert batches == [32]
     for a, b in zip(compacted, whole):
         assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
         assert [c.step_scores for c in a.candidates] == [c.step_scores for c in b.candidates]
-        assert (a.generated_tokens, a.prm_tokens) == (b.generated_tokens, b.prm_tokens)
+        assert (a.generated_tokens, a.verifier_tokens) == (b.generated_tokens, b.verifier_tokens)
 
 
 def test_compaction_sizes():
-    from ttcjax.search.episode import _questions_after_compaction, _stop_at_open
-
     assert [_questions_after_compaction(o, 1) for o in (1, 2, 3, 5, 8)] == [1, 2, 4, 8, 8]
     assert [_questions_after_compaction(o, 4) for o in (1, 4, 5, 9)] == [4, 4, 8, 16]
     assert _stop_at_open(4, 1) == 2 and _stop_at_open(3, 1) == 2 and _stop_at_open(16, 4) == 8
@@ -169,20 +165,16 @@ def test_compaction_sizes():
     assert _stop_at_open(16, 1, floor=4) == 8 and _stop_at_open(4, 1, floor=4) == 0
 
 
-def test_eight_devices_search_like_one(toys, monkeypatch):
-    import ttcjax.search.episode as search_mod
-
+def test_eight_devices_search_like_one(toys):
     engine, prm, tok = toys
     policy, _ = toy_policy(P_X, P_Y, P_NEWLINE)
     sharded = Engine(policy, mesh=make_mesh(4, 2), pad_id=tok.pad_id)
     # half the questions end in their first round, so the sharded batch is compacted too (8 -> 4 questions)
     questions = ["Q", "Q" * 90] * 4
     a = run(toys, Beam(8, 2), questions=questions, key=9)
-    batches, rounds_jit = [], search_mod._rounds_jit
-    monkeypatch.setattr(search_mod, "_rounds_jit",
-                        lambda *args, **kw: batches.append(args[4].slot.shape[0]) or rounds_jit(*args, **kw))
-    b = search(Beam(8, 2), sharded, prm, tok, questions, jax.random.key(9), extract_answer=no_y,
-               sampling=SAMPLING, max_step_tokens=16, max_len=96, compact_min_rows=0)
+    batches = []
+    b = search(Beam(8, 2), sharded, RewardModelVerifier(prm, tok), tok, questions, jax.random.key(9),
+               extract_answer=no_y, settings=SETTINGS, compact_min_rows=0, on_segment=batches.append)
     assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
     np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
                                [s for r in b for c in r.candidates for s in c.step_scores], atol=1e-5)
@@ -206,20 +198,16 @@ def test_invalid_settings_are_refused():
 def test_step_scores_read_in_search_equal_one_pass_scoring():
     """Search feeds each round's steps into the PRM's own cache (reading only as wide as the round's
     longest step); the scores must equal scoring the finished solution in one pass."""
-    from ttcjax.checkpoints.assets import model_dir
-    from ttcjax.checkpoints.native import load_any
-    from ttcjax.checkpoints.tokenizer import load_tokenizer
-    from ttcjax.tasks import arithmetic
-    from ttcjax.verifiers.reward_model import StepFormat, load_prm, score_inputs
 
     tok = load_tokenizer(model_dir("policy", "tiny"))
     engine = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id)
     prm, _ = load_prm(model_dir("prm", "tiny"))
     problems = arithmetic.generate(arithmetic.TaskConfig(), 4, seed=1, split="test")
     questions = [arithmetic.format_prompt(p) for p in problems]
-    results = search(Beam(4, 2), engine, prm, tok, questions, jax.random.key(0),
-                     extract_answer=arithmetic.extract_answer, sampling=Sampling(temperature=0.8),
-                     max_step_tokens=24, max_len=160)
+    results = search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, questions, jax.random.key(0),
+                     extract_answer=arithmetic.extract_answer,
+                     settings=SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=40,
+                                             temperature=0.8))
     fmt = StepFormat()
     inputs, searched = [], []
     for q, r in zip(questions, results):
@@ -230,3 +218,22 @@ def test_step_scores_read_in_search_equal_one_pass_scoring():
             searched.append(c.step_scores)
     for got, want in zip(score_inputs(prm, inputs), searched):
         np.testing.assert_allclose(got, want, atol=2e-5)
+
+
+def test_verifier_free_best_of_n_samples_the_same_candidates_and_costs_no_verifier_pass(toys):
+    engine, prm, tok = toys
+    settings = dataclasses.replace(SETTINGS, temperature=1.0)
+    questions = ["Q"] * 3
+    scored = search(BestOfN(8, selection="majority"), engine, RewardModelVerifier(prm, tok), tok, questions,
+                    jax.random.key(11), extract_answer=no_y, settings=settings)
+    free = search(BestOfN(8, selection="majority"), engine, NoVerifier(), tok, questions, jax.random.key(11),
+                  extract_answer=no_y, settings=settings)
+    for a, b in zip(scored, free):
+        assert [c.text for c in a.candidates] == [c.text for c in b.candidates]
+        assert (b.answer, b.chosen) == (a.answer, a.chosen)  # majority reads no score
+        assert b.verifier_tokens == 0 and b.verifier_flops == 0 and a.verifier_tokens > 0
+        assert all(c.step_scores == [] for c in b.candidates)
+    for strategy in (Beam(8, 2), BestOfN(8)):  # selection between rounds, or weighted answers, need scores
+        with pytest.raises(ValueError, match="reads verifier scores"):
+            search(strategy, engine, NoVerifier(), tok, questions, jax.random.key(0), extract_answer=no_y,
+                   settings=settings)

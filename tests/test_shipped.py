@@ -2,19 +2,18 @@
 their own evaluation command, and reproduce that record on a fixed subset."""
 
 import dataclasses
-import json
 import os
 
 import jax
-import numpy as np
 import pytest
 
 from ttcjax.checkpoints.assets import asset_path, model_dir, read_json
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer
 from ttcjax.decoding.engine import GREEDY, Engine
-from ttcjax.tasks import arithmetic
-from ttcjax.training.policy import PolicyTrainConfig, sample_solutions
+from ttcjax.search.sampling import sample_solutions
+from ttcjax.tasks.builtin import ArithmeticTask
+from ttcjax.training.policy import PolicyTrainConfig
 
 SUBSET = 6  # problems per difficulty re-run greedily
 
@@ -76,12 +75,12 @@ def test_shipped_policy_reproduces_its_recorded_greedy_accuracy(name):
     record = read_json("policy", name, "eval.json")
     model = load_any(model_dir("policy", name))
     tok = load_tokenizer(model_dir("policy", name))
-    task = arithmetic.TaskConfig()
-    problems = arithmetic.generate(task, record["all"]["problems"], seed=record["seed"], split=record["split"])
-    subset = [p for d in task.difficulties for p in [q for q in problems if q.difficulty == d][:SUBSET]]
-    texts = sample_solutions(Engine(model, pad_id=tok.pad_id), tok, subset, n=1, sampling=GREEDY,
+    task = ArithmeticTask()
+    problems = task.problems(record["split"], limit=record["all"]["problems"], seed=record["seed"])
+    subset = [p for d in task.config.difficulties for p in [q for q in problems if q.difficulty == d][:SUBSET]]
+    texts = sample_solutions(task, Engine(model, pad_id=tok.pad_id), tok, subset, n=1, sampling=GREEDY,
                              key=jax.random.key(0))
-    now = [arithmetic.is_correct_answer(p, t[0]) for p, t in zip(subset, texts)]
+    now = [task.is_correct(p, task.extract_answer(t[0])) for p, t in zip(subset, texts)]
     recorded = [record["greedy_correct"][p.id] for p in subset]
     assert sum(a != b for a, b in zip(now, recorded)) <= 1, (now, recorded)
 

@@ -8,20 +8,9 @@ import yaml
 
 from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
-from ttcjax.eval.sweep import make_strategy
-from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead
 from ttcjax.verifiers.reward_model import save_prm
 
 from toys import toy_policy, y_fraction_prm
-
-
-def test_make_strategy_fits_the_budget():
-    assert make_strategy({"kind": "best_of_n", "selection": "majority"}, 16) == BestOfN(16, "majority")
-    assert make_strategy({"kind": "beam", "width": "sqrt"}, 16, max_rounds=9) == Beam(16, 4, max_rounds=9)
-    assert make_strategy({"kind": "beam", "width": 8}, 4) is None  # a beam wider than the budget
-    assert make_strategy({"kind": "dvts", "width": 4}, 64) == DVTS(64, 4)
-    assert make_strategy({"kind": "lookahead", "width": 4, "k": 1}, 16) == Lookahead(8, 4, k=1)
-    assert make_strategy({"kind": "lookahead", "width": 4, "k": 1}, 4) is None
 
 
 def test_sweep_writes_every_cell_and_resumes(tmp_path):
@@ -29,10 +18,10 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     save_model(policy, tmp_path / "policy")
     tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
     save_prm(y_fraction_prm(), str(tmp_path / "prm"))
-    config = {"out_dir": str(tmp_path / "sweep"), "policy": str(tmp_path / "policy"), "prm": str(tmp_path / "prm"),
-              "per_difficulty": 3, "difficulties": [2, 3], "budgets": [4],
-              "strategies": [{"kind": "best_of_n"}, {"kind": "beam", "width": 2}], "max_rounds": 4,
-              "max_step_tokens": 8, "max_len": 64, "mesh": "none"}
+    config = {"out_dir": str(tmp_path / "sweep"), "policy": str(tmp_path / "policy"), "verifier": str(tmp_path / "prm"),
+              "task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 6, "budgets": [4],
+              "strategies": [{"kind": "best_of_n"}, {"kind": "beam", "width": 2}],
+              "search": {"max_rounds": 4, "max_step_tokens": 8, "max_len": 64}, "mesh": "none"}
     path = tmp_path / "sweep.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
@@ -59,3 +48,7 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     records = [json.loads(ln) for ln in redone]
     assert all(r["generated_tokens"] > 0 and r["budget"] == 4 for r in records)
     assert np.all([isinstance(r["correct"], bool) for r in records])
+    # the directory belongs to its config: another one is refused before any work, naming what differs
+    path.write_text(yaml.safe_dump({**config, "questions": 4}))
+    assert main(["sweep", "--config", str(path), "--no-progress"]) == 2
+    assert cut.read_text().splitlines() == redone

@@ -1,6 +1,7 @@
 """The `ttcjax` command line.
 
-    ttcjax demo [--full]                          # the paper's experiment on the built-in task
+    ttcjax demo [--full] [KEY=VALUE ...]          # the paper's experiment on the built-in task, shipped models
+    ttcjax experiment --config configs/experiments/gsm8k.yaml [KEY=VALUE ...]   # any task, policy, verifier
     ttcjax run --scheduler runs/demo/scheduler.json --budget 16
     ttcjax generate --model DIR --prompt "Q: 3+4=" --n 4 --temperature 0.8
     ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
@@ -9,10 +10,11 @@
     ttcjax train prm|orm --config configs/train/prm-tiny.yaml
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
     ttcjax eval prm --model PRM_DIR --policy DIR [--samples 16]
-    ttcjax sweep --config configs/sweep-tiny.yaml
+    ttcjax sweep --config configs/sweep-tiny.yaml [KEY=VALUE ...]
 
-Every option of `demo` and `generate` can also come from a YAML file (`--config`); flags given on the
-command line win over the file.
+`experiment`, `demo` and `sweep` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
+mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
+given on the command line win over the file.
 """
 
 from __future__ import annotations
@@ -33,17 +35,17 @@ from ttcjax.checkpoints.hf import save_hf_model
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine, Sampling, StopConditions
-from ttcjax.eval.experiment import ExperimentConfig, answer_with_scheduler, run_experiment
+from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_config, run_experiment
 from ttcjax.eval.scheduler import BudgetScheduler
-from ttcjax.eval.sweep import SweepConfig, run_sweep, summary_markdown
+from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, write_jsonl
+from ttcjax.io import atomic_path, read_yaml, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.tasks import arithmetic
+from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
 from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
-from ttcjax.verifiers.reward_model import load_prm
+from ttcjax.verifiers.loading import verifier_by_name
 
 # `ttcjax generate`'s sampling defaults.
 GENERATE_DEFAULTS: dict[str, Any] = {
@@ -164,21 +166,8 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def cmd_demo(args: argparse.Namespace) -> int:
-    allowed = {f.name for f in dataclasses.fields(ExperimentConfig)}
-    data = load_yaml_config(args.config, allowed) if args.config else {}
-    for key in ("budgets", "difficulties", "strategies"):
-        if key in data:
-            data[key] = tuple(data[key])
-    for key in ("out_dir", "per_difficulty"):
-        if getattr(args, key) is not None:
-            data[key] = getattr(args, key)
-    config = ExperimentConfig.full(**data) if args.full else ExperimentConfig(**data)
-    print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
-          f"PRM and a 4x larger sibling ({'full size' if args.full else 'reduced; --full for budgets up to 256'}).\n"
-          f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
-          file=sys.stderr)
-    report = run_experiment(config, progress=not args.no_progress)
+def _experiment(config, progress: bool) -> int:
+    report = run_experiment(config, progress=progress)
     opt = report["compute_optimal"]["oracle"]
     print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
                       "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
@@ -187,25 +176,67 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_experiment(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    config = read_config(args.config, overrides)
+    print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
+          f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
+          file=sys.stderr)
+    return _experiment(config, progress=not args.no_progress)
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    overrides = list(args.overrides)
+    for key in ("out_dir", "questions"):
+        if getattr(args, key) is not None:
+            overrides.append(f"{key}={getattr(args, key)}")
+    path = named_config("demo-full" if args.full else "demo")
+    config = read_config(path, overrides)
+    print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
+          f"PRM and a 4x larger sibling ({'full size' if args.full else 'reduced; --full for budgets up to 256'}; "
+          f"the config: {path}).\n"
+          f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
+          file=sys.stderr)
+    return _experiment(config, progress=not args.no_progress)
+
+
+def _questions(args: argparse.Namespace, task) -> list:
+    if args.questions_file:
+        records = []
+        with open(args.questions_file) as f:
+            for line_no, line in enumerate(f, 1):
+                if line.strip():
+                    try:
+                        record = json.loads(line)
+                        records.append(task.problem_from_text(record["question"]) if "answer" not in record else
+                                       dataclasses.replace(task.problem_from_text(record["question"]),
+                                                           answer=str(record["answer"])))
+                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        raise ValueError(f"{args.questions_file}:{line_no}: each line needs a \"question\" string "
+                                         f"(and may give its \"answer\"); {e}") from None
+        return records
+    if args.question:
+        return [task.problem_from_text(q) for q in args.question]
+    return task.problems(args.split, limit=args.questions, seed=args.seed)
+
+
 def cmd_run(args: argparse.Namespace) -> int:
     scheduler = BudgetScheduler.load(args.scheduler)
-    if args.questions_file:
-        problems = arithmetic.from_jsonl(args.questions_file)
-    elif args.question:
-        problems = [arithmetic.parse_problem(q.removeprefix("Q:").strip().rstrip("=")) for q in args.question]
-    else:
-        task = arithmetic.TaskConfig()
-        problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
-                                       split=args.split)
-    records = answer_with_scheduler(scheduler, problems, args.budget, policy=args.policy, prm=args.prm,
-                                    seed=args.seed)
+    task = task_from_dict(scheduler.task, f"{args.scheduler}: task")
+    problems = _questions(args, task)
+    if not problems:
+        raise ValueError("no questions: pass --question TEXT, --questions-file FILE or a split with questions.")
+    records = answer_with_scheduler(scheduler, problems, args.budget, task=task, policy=args.policy,
+                                    verifier=args.verifier, seed=args.seed, mesh=parse_mesh(args.mesh))
     if args.output:
         write_jsonl(args.output, records)
     for r in records:
         print(json.dumps({k: r[k] for k in ("question", "level", "strategy", "answer", "correct",
                                             "generated_tokens")}))
-    print(f"accuracy {sum(r['correct'] for r in records) / len(records):.3f} on {len(records)} questions",
-          file=sys.stderr)
+    graded = [r["correct"] for r in records if r["correct"] is not None]
+    if graded:
+        print(f"accuracy {sum(graded) / len(graded):.3f} on {len(graded)} questions with known answers",
+              file=sys.stderr)
     return 0
 
 
@@ -257,28 +288,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _task_option(text: str, source: str = "--task"):
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ValueError(f"{source} {text!r}: not valid YAML ({e}); write e.g. "
+                         "\"{name: gsm8k, path: data/gsm8k}\".") from None
+    if isinstance(data, str):
+        data = {"name": data}
+    return task_from_dict(data, source)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    task = arithmetic.TaskConfig()
-    problems = arithmetic.generate(task, args.per_difficulty * len(task.difficulties), seed=args.seed,
-                                   split=args.split)
+    task = _task_option(args.task)
+    questions = args.questions if args.questions is not None else (
+        args.per_difficulty * len(task.config.difficulties) if task.name == "arithmetic" else None)
+    problems = task.problems(args.split, limit=questions, seed=args.seed)
+    if not problems:
+        raise ValueError(f"task {task.name}: split {args.split!r} holds no questions.")
     started = time.perf_counter()
+    mesh = parse_mesh(args.mesh)
     if args.what == "policy":
         model = load_any(args.model)
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
-        result = evaluate_policy(model, tokenizer, problems, samples=args.samples, temperature=args.temperature,
-                                 seed=args.seed, mesh=parse_mesh(args.mesh))
+        result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
+                                 seed=args.seed, mesh=mesh)
     else:
-
         if not args.policy:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
-        prm, meta = load_prm(args.model)
-        policy = load_any(args.policy)
-        tokenizer = load_tokenizer(args.tokenizer or args.policy)
-        check_tokenizer_fits(tokenizer, prm.config.vocab_size, source=args.model)
-        result = evaluate_verifier(prm, policy, tokenizer, problems, samples=args.samples or 16,
-                                   temperature=args.temperature, seed=args.seed, mesh=parse_mesh(args.mesh),
-                                   aggregation=args.aggregation or meta.get("aggregation", "last"))
+        if args.samples < 1:
+            raise ValueError(f"--samples {args.samples}: the verifier needs at least one sample per question to judge.")
+        engine, tokenizer, _ = load_policy(args.policy, mesh)
+        verifier = verifier_by_name(args.model, tokenizer, aggregation=args.aggregation, mesh=engine.mesh,
+                                    rules=engine.rules)
+        result = evaluate_verifier(task, verifier, engine, tokenizer, problems, samples=args.samples,
+                                   sampling=Sampling(temperature=args.temperature), seed=args.seed)
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
@@ -290,10 +335,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(SweepConfig)})
-    if args.out_dir:
-        data["out_dir"] = args.out_dir
-    summary = run_sweep(SweepConfig.from_dict(data, source=args.config), progress=not args.no_progress)
+    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    config = SweepConfig.from_dict(read_yaml(args.config, overrides), source=args.config)
+    summary = run_sweep(config, progress=not args.no_progress)
     print(summary_markdown(summary))
     return 0
 
@@ -320,23 +364,36 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttcjax", description="Compute-optimal test-time scaling in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
-    demo = sub.add_parser("demo", help="the paper's experiment end to end on the built-in task (shipped models)")
-    demo.add_argument("--config", help="YAML with any ExperimentConfig field (see configs/demo.yaml)")
-    demo.add_argument("--full", action="store_true", help="full size: budgets up to 256, 100 questions per level")
+    exp = sub.add_parser("experiment", help="the paper's experiment on any task, policy and verifier named in a "
+                                           "YAML config (see configs/experiments/)")
+    exp.add_argument("--config", required=True, help="YAML experiment config (see configs/experiments/*.yaml)")
+    exp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
+                     help="override config keys, e.g. questions=32 search.max_len=192 task.path=data/gsm8k")
+    exp.add_argument("--out-dir", help="override the config's out_dir")
+    exp.add_argument("--no-progress", action="store_true")
+    exp.set_defaults(func=cmd_experiment)
+    demo = sub.add_parser("demo", help="the paper's experiment on the built-in task with the shipped models "
+                                       "(the named config configs/experiments/demo.yaml)")
+    demo.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. budgets=[4,16]")
+    demo.add_argument("--full", action="store_true", help="full size: budgets up to 256, 100 questions per level "
+                                                          "(configs/experiments/demo-full.yaml)")
     demo.add_argument("--out-dir", help="report directory (default runs/demo, or runs/demo-full)")
-    demo.add_argument("--per-difficulty", type=int, help="test questions per difficulty level")
+    demo.add_argument("--questions", type=int, help="test questions (spread evenly over the difficulty levels)")
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(func=cmd_demo)
-    run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler")
-    run.add_argument("--scheduler", required=True, help="scheduler.json (written by ttcjax demo)")
+    run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler (its policy, verifier, "
+                                     "task and search settings)")
+    run.add_argument("--scheduler", required=True, help="scheduler.json (written by ttcjax experiment / demo)")
     run.add_argument("--budget", type=int, default=16, help="generations per question, probe samples included")
-    run.add_argument("--question", action="append", help="e.g. 'Q: 7*3-4+8=' (repeatable)")
-    run.add_argument("--questions-file", help="JSONL of built-in problems (ttcjax.tasks.arithmetic.to_jsonl)")
-    run.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    run.add_argument("--per-difficulty", type=int, default=10)
-    run.add_argument("--policy", default="tiny")
-    run.add_argument("--prm", default="tiny")
+    run.add_argument("--question", action="append", help="a question in the task's own words, e.g. "
+                                                         "'Q: 7*3-4+8=' (repeatable)")
+    run.add_argument("--questions-file", help="JSONL with a \"question\" (and optionally \"answer\") per line")
+    run.add_argument("--split", default="test", help="without questions: this split of the scheduler's task")
+    run.add_argument("--questions", type=int, default=40, help="without questions: this many of the split")
+    run.add_argument("--policy", help="override the scheduler's policy (a shipped name or a directory)")
+    run.add_argument("--verifier", help="override the scheduler's verifier")
     run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--mesh", default="none", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
     run.add_argument("--output", help="write the answers as JSONL here")
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="sample completions from a checkpoint")
@@ -362,25 +419,32 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.set_defaults(func=cmd_train)
-    ev = sub.add_parser("eval", help="evaluate on the built-in task: a policy (greedy accuracy, pass@k) or a "
-                                     "verifier (step ROC-AUC against the exact oracle; best-of-N vs majority)")
+    ev = sub.add_parser("eval", help="evaluate on a task: a policy (greedy accuracy, pass@k) or a verifier (best-of-N, "
+                                     "weighted and majority selection over the policy's samples; the step ROC-AUC "
+                                     "against the exact oracle where the task has one)")
     ev.add_argument("what", choices=["policy", "prm"])
-    ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm) to judge")
+    ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm directory, a shipped "
+                                                   "name, or 'none') to judge")
     ev.add_argument("--policy", help="eval prm: the policy whose samples are scored")
+    ev.add_argument("--task", default="arithmetic", help="the task as YAML, e.g. arithmetic or "
+                                                         "\"{name: gsm8k, path: data/gsm8k}\" (default: arithmetic)")
     ev.add_argument("--aggregation", choices=["last", "min", "prod", "mean"], help="eval prm: step scores -> "
                     "solution score (default: the reward model's own)")
     ev.add_argument("--tokenizer", help="defaults to the tokenizer saved beside the model")
-    ev.add_argument("--split", default="test", choices=["train", "validation", "test"])
-    ev.add_argument("--per-difficulty", type=int, default=100, help="problems per difficulty level")
+    ev.add_argument("--split", default="test", help="the task's split (arithmetic: train, validation, test)")
+    ev.add_argument("--questions", type=int, help="questions of the split (default: all; arithmetic: "
+                                                  "--per-difficulty per level)")
+    ev.add_argument("--per-difficulty", type=int, default=100, help="arithmetic: problems per difficulty level")
     ev.add_argument("--samples", type=int, default=16, help="samples per problem for pass@k (0: greedy only)")
     ev.add_argument("--temperature", type=float, default=0.8)
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
     ev.set_defaults(func=cmd_eval)
-    sw = sub.add_parser("sweep", help="search strategies x budgets on the built-in task: per-question JSONL "
+    sw = sub.add_parser("sweep", help="search strategies x budgets on any task: per-question JSONL "
                                       "(resumable), accuracy-versus-budget tables and plots")
     sw.add_argument("--config", required=True, help="YAML sweep config (see configs/sweep-tiny.yaml)")
+    sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. questions=20")
     sw.add_argument("--out-dir", help="override the config's out_dir")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(func=cmd_sweep)

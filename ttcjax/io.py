@@ -6,7 +6,9 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterable, Iterator, Sequence
+
+import yaml
 
 
 @contextlib.contextmanager
@@ -39,3 +41,58 @@ def check_options(cls, data: dict, source: str, required: tuple[str, ...] = ()) 
     for key in required:
         if key not in data:
             raise ValueError(f"{source}: {key} is required.")
+
+
+RUN_CONFIG_FILE = "run_config.json"
+
+
+def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str) -> None:
+    """Make `out_dir` belong to `config` (JSON-ready): the first run writes it to run_config.json; a rerun
+    with a different config stops before any work, naming the keys that differ."""
+    path = os.path.join(os.fspath(out_dir), RUN_CONFIG_FILE)
+    config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
+    if os.path.exists(path):
+        with open(path) as f:
+            try:
+                before = json.load(f)
+            except json.JSONDecodeError as e:
+                raise ValueError(f"{path}: damaged ({e}); move the directory away or delete that file to start "
+                                 "afresh.") from None
+        differ = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
+        if differ:
+            raise ValueError(f"{out_dir} holds a {command} run of another config (keys that differ: {differ}); "
+                             "use another out_dir, or delete it to start afresh.")
+        return
+    os.makedirs(os.fspath(out_dir), exist_ok=True)
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(config, f, indent=2)
+
+
+def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """A YAML mapping from a file, with `key=value` overrides applied (values in YAML; dotted keys reach into
+    mappings: `search.max_len=192`, `task.path=data/gsm8k`)."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path}: config file not found.")
+    with open(path) as f:
+        try:
+            data = yaml.safe_load(f) or {}
+        except yaml.YAMLError as e:
+            raise ValueError(f"{path}: not valid YAML ({e}).") from None
+    if not isinstance(data, dict):
+        raise ValueError(f"{path}: the top level must be a mapping of option: value.")
+    for item in overrides:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ValueError(f"override {item!r}: write key=value, e.g. questions=32 or search.max_len=192.")
+        try:
+            value = yaml.safe_load(text)
+        except yaml.YAMLError as e:
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({e}).") from None
+        node, parts = data, key.split(".")
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ValueError(f"override {item!r}: {part} is not a mapping in {path}.")
+        node[parts[-1]] = value
+    return data

@@ -42,6 +42,11 @@ def model_dir(kind: str, name: str = "tiny") -> str:
     return os.path.join(asset_path(kind, name), "model")
 
 
+def resolve(kind: str, name_or_dir: str) -> str:
+    """A checkpoint directory as given, or the loadable model of the shipped asset of that name."""
+    return name_or_dir if os.path.isdir(name_or_dir) else model_dir(kind, name_or_dir)
+
+
 def read_json(kind: str, name: str, file: str) -> dict:
     with open(os.path.join(asset_path(kind, name), file)) as f:
         return json.load(f)
@@ -77,7 +82,8 @@ def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Pa
     if size > 20:
         raise ValueError(f"{dest} is {size:.1f} MB; shipped models must stay under 20 MB.")
     lines = [f"# Shipped {kind}: {name}", "",
-             f"Produced by `{summary.get('command')}` (then `python -m ttcjax.checkpoints.assets ship {run_dir} {kind} {name}`).",
+             f"Produced by `{summary.get('command')}` "
+             f"(then `python -m ttcjax.checkpoints.assets ship {run_dir} {kind} {name}`).",
              "",
              f"- parameters: {summary['model']['params']:,}",
              f"- steps: {summary['step']}" + (f" (early-stopped; best at {summary.get('best_step')})"

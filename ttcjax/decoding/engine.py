@@ -282,7 +282,8 @@ class Engine:
     def data_size(self) -> int:
         return 1 if self.mesh is None or self.rules.batch is None else self.mesh.shape[self.rules.batch]
 
-    def _place_rows(self, x):
+    def place_rows(self, x):
+        """`x` (rows first) on the device(s): split over the mesh's data axis where it divides the rows."""
         if self.mesh is None:
             return jnp.asarray(x)
         return jax.device_put(x, batch_sharding(self.mesh, self.rules, np.shape(x)))
@@ -311,7 +312,7 @@ class Engine:
         if longest > tokens.shape[1] or lengths.min(initial=1) < 1:
             raise ValueError(f"prompt lengths must be in [1, {tokens.shape[1]}]; got {lengths.tolist()}.")
         self._check_ids(tokens)
-        return self._prefill(self.graphdef, self.params, self._place_rows(tokens), self._place_rows(lengths),
+        return self._prefill(self.graphdef, self.params, self.place_rows(tokens), self.place_rows(lengths),
                              max_len=max_len)
 
     def decode(self, state: DecodeState, key: jax.Array, *, max_new_tokens: int,

@@ -1,89 +1,129 @@
-"""The paper's experiment end to end on the built-in task: `ttcjax demo` (the README's first command).
+"""`ttcjax experiment --config FILE`: the paper's experiment end to end on any task, policy and verifier.
+`ttcjax demo` is its named config (ttcjax/assets/experiments/demo.yaml, also configs/experiments/demo.yaml).
 
-1. Difficulty. For each test question the policy samples `difficulty_samples` solutions; oracle difficulty
-   is the quantile bin of their pass rate, predicted difficulty the bin of the PRM's mean final score over
-   the same samples (no answers needed). Both are saved per question with their cost.
-2. Search. Every strategy at every budget on every question (`ttcjax.eval.sweep.run_cell`: resumable JSONL).
-3. Compute-optimal. Per bin and budget, the best strategy by 2-fold cross-validation inside the bin
-   (oracle and predicted bins); the efficiency against weighted best-of-N; a saved BudgetScheduler.
-4. FLOPs exchange. The 4x larger sibling answering greedily, against the small policy with search at
-   the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
+1. Difficulty. For each question the policy samples `difficulty_samples` full solutions; oracle difficulty is
+   the quantile bin of their pass rate, predicted difficulty the bin of the verifier's mean solution score
+   over the same samples (no answers needed; with no verifier, the share of samples that agree with the most
+   common answer). Both are saved per question with their cost.
+2. Search. Every strategy at every budget on every question (`ttcjax.eval.sweep.run_grid`: resumable JSONL).
+3. Compute-optimal. Per bin and budget, the best strategy by k-fold cross-validation inside the bin
+   (oracle and predicted bins); the efficiency against weighted best-of-N; a saved BudgetScheduler that
+   records the search settings, task, policy and verifier it was chosen with.
+4. FLOPs exchange (when `large_policy` is set). The larger model answering greedily, against the policy with
+   search at the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
 5. Report: report.json with its findings (`ttcjax.eval.analysis`), summary.md and plots rendered from them
    (`ttcjax.eval.report`), per-question results, scheduler.json.
 
-Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted demo
-resumes where it stopped.
+Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted experiment
+resumes where it stopped. The run directory belongs to one config (run_config.json).
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import os
 import sys
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from ttcjax.checkpoints.assets import model_dir
-from ttcjax.checkpoints.native import load_any
-from ttcjax.checkpoints.tokenizer import load_tokenizer
-from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.checkpoints.assets import ASSETS
+from ttcjax.decoding.engine import GREEDY
 from ttcjax.eval.analysis import analyze
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import make_strategy, run_cell, strategy_name
-from ttcjax.io import atomic_path, write_jsonl
-from ttcjax.search.episode import search
-from ttcjax.tasks import arithmetic
-from ttcjax.training.labels import split_steps
-from ttcjax.training.policy import sample_solutions
-from ttcjax.verifiers.reward_model import StepFormat, aggregate, load_prm, score_inputs
+from ttcjax.eval.sweep import (answer_equal, check_verifier_fits, load_policy, plan_cells, read_budgets,
+                               read_strategies, run_grid)
+from ttcjax.io import atomic_path, bind_run_dir, check_options, read_yaml, write_jsonl
+from ttcjax.models.sharding import parse_mesh
+from ttcjax.search.run import search
+from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import Strategy, StrategySpec
+from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.tasks.registry import task_from_dict
+from ttcjax.verifiers.base import Verifier
+from ttcjax.verifiers.loading import verifier_by_name
 
-BASELINE = {"kind": "best_of_n", "selection": "weighted"}
-DEMO_STRATEGIES = (
-    BASELINE,
-    {"kind": "best_of_n", "selection": "majority"},
-    {"kind": "beam", "width": 4},
-    {"kind": "beam", "width": "sqrt"},
-    {"kind": "lookahead", "width": 4, "k": 1},
-)
-FULL_STRATEGIES = DEMO_STRATEGIES + ({"kind": "dvts", "width": 4},)
+BASELINE = StrategySpec.from_dict({"kind": "best_of_n", "selection": "weighted"})
+EXPERIMENTS = ASSETS / "experiments"  # the named configs: demo.yaml, demo-full.yaml
 
 
 @dataclasses.dataclass(frozen=True)
 class ExperimentConfig:
-    out_dir: str = "runs/demo"
-    policy: str = "tiny"
-    prm: str = "tiny"
-    large_policy: str = "small"
-    per_difficulty: int = 16
-    difficulties: tuple[int, ...] = (2, 3, 4, 5)
-    difficulty_samples: int = 16  # the paper used 2048
+    """Everything `ttcjax experiment --config FILE` reads (each field is a YAML key)."""
+
+    out_dir: str
+    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "arithmetic"})
+    split: str = "test"
+    questions: int | None = 64  # the first this many of the split (after a shuffle by seed where the task has one)
+    policy: str = "tiny"  # a shipped asset name or a checkpoint directory
+    verifier: str = "tiny"  # a shipped reward model, a directory, or "none" (verifier-free selection)
+    large_policy: str | None = None  # a larger model for the FLOPs-matched comparison (None: skip it)
+    difficulty_samples: int = 16  # samples per question that estimate its difficulty (the paper: 2048)
     bins: int = 5
     folds: int = 2
     budgets: tuple[int, ...] = (4, 16, 64)
-    strategies: tuple[dict, ...] = DEMO_STRATEGIES
-    temperature: float = 0.8
-    max_rounds: int = 12
-    max_step_tokens: int = 20
-    max_len: int = 160
+    strategies: tuple[StrategySpec, ...] = (BASELINE,)
+    search: SearchSettings = SearchSettings()
+    max_new_tokens: int = MAX_NEW_TOKENS  # full-solution samples: difficulty, probes, the larger model
     rows_per_batch: int = 1024
     probe_samples: int = 8  # samples a new question spends to predict its bin (ttcjax run)
     seed: int = 0
+    mesh: str = "none"
 
     @classmethod
-    def full(cls, **overrides) -> "ExperimentConfig":
-        return cls(**{"out_dir": "runs/demo-full", "per_difficulty": 100, "difficulty_samples": 64,
-                      "budgets": (4, 16, 64, 256), "strategies": FULL_STRATEGIES, **overrides})
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "ExperimentConfig":
+        check_options(cls, data, source, required=("out_dir",))
+        data = dict(data)
+        if "strategies" in data:
+            data["strategies"] = read_strategies(data["strategies"], source)
+        if "budgets" in data:
+            data["budgets"] = read_budgets(data["budgets"], source)
+        data["search"] = SearchSettings.from_dict(data.get("search"), f"{source}: search")
+        for key in ("difficulty_samples", "bins", "folds", "rows_per_batch", "probe_samples", "max_new_tokens"):
+            value = data.get(key, getattr(cls, key))
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{source}: {key}={value!r} must be an integer >= 1.")
+        questions = data.get("questions", cls.questions)
+        if questions is not None and (not isinstance(questions, int) or questions < 1):
+            raise ValueError(f"{source}: questions={questions!r} must be an integer >= 1 (or null: the whole split).")
+        config = cls(**data)
+        config.make_task()
+        plan_cells(config.strategies, config.budgets, source)
+        check_verifier_fits(config.strategies, config.verifier, source)
+        if not any(s.name == BASELINE.name for s in config.strategies) and config.verifier != "none":
+            raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
+                             "comparison is made against.")
+        return config
+
+    def make_task(self) -> Task:
+        return task_from_dict(self.task, "task")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "task": dict(self.task), "strategies": [s.to_dict() for s in self.strategies],
+                "budgets": list(self.budgets), "search": self.search.to_dict()}
 
 
-def _model_dir(kind: str, name: str) -> str:
-    return name if os.path.isdir(name) else model_dir(kind, name)
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """An experiment config from a YAML file with `key=value` overrides (`ttcjax.io.read_yaml`)."""
+    return ExperimentConfig.from_dict(read_yaml(path, overrides), source=os.fspath(path))
+
+
+def named_config(name: str) -> Path:
+    """A shipped experiment config by name ("demo", "demo-full")."""
+    path = EXPERIMENTS / f"{name}.yaml"
+    if not path.is_file():
+        raise FileNotFoundError(f"no shipped experiment named {name!r} (shipped: "
+                                f"{sorted(p.stem for p in EXPERIMENTS.glob('*.yaml'))}).")
+    return path
 
 
 def _write_json(path: str, data: Any) -> None:
@@ -91,130 +131,132 @@ def _write_json(path: str, data: Any) -> None:
         json.dump(data, f, indent=2)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
+def _read_jsonl(path: str) -> list[dict]:
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
 
+
+def agreement(task: Task, texts: Sequence[str]) -> float:
+    """The share of samples whose answer is the most common answer (no answer counts against): a
+    verifier-free confidence signal."""
+    keys = [task.answer_key(task.extract_answer(t)) for t in texts]
+    counts = collections.Counter(k for k in keys if k is not None)
+    return max(counts.values()) / len(keys) if counts else 0.0
+
+
+def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemRecord], texts: Sequence[Sequence[str]],
+                     tokenizer) -> tuple[str, list[float]]:
+    """(signal name, value per problem): the verifier's mean solution score over each problem's samples, or
+    without a verifier their answers' agreement."""
+    if not verifier.scores_steps:
+        return "agreement", [agreement(task, ts) for ts in texts]
+    questions = [task.prompt_text(p, tokenizer) for p, ts in zip(problems, texts) for _ in ts]
+    solutions = [task.split_steps(t) or [""] for ts in texts for t in ts]
+    scores = verifier.score(questions, solutions)
+    out, at = [], 0
+    for ts in texts:
+        out.append(float(np.mean([verifier.solution_score(s) for s in scores[at:at + len(ts)]])))
+        at += len(ts)
+    return "verifier", out
+
+
+def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     out = config.out_dir
-    os.makedirs(os.path.join(out, "results"), exist_ok=True)
-    policy_dir = _model_dir("policy", config.policy)
-    tok = load_tokenizer(policy_dir)
-    policy = load_any(policy_dir)
-    engine = Engine(policy, pad_id=tok.pad_id)
-    prm, meta = load_prm(_model_dir("prm", config.prm))
-    aggregation = meta.get("aggregation", "last")
-    task = arithmetic.TaskConfig(difficulties=config.difficulties)
-    problems = arithmetic.generate(task, config.per_difficulty * len(config.difficulties), seed=config.seed,
-                                   split="test")
+    bind_run_dir(out, config.to_dict(), "experiment")
+    task = config.make_task()
+    settings = config.search.for_task(task)
+    mesh = parse_mesh(config.mesh)
+    engine, tok, _ = load_policy(config.policy, mesh)
+    verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
+    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
+    if len(problems) < config.bins:
+        raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
+                         f"{config.bins} difficulty bins; lower bins or raise questions.")
     log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    stages = 4 if config.large_policy else 3
 
     # 1. difficulty ------------------------------------------------------------------------------------
     difficulty_path = os.path.join(out, "difficulty.jsonl")
     if not os.path.exists(difficulty_path):
-        log(f"[1/4] difficulty: {config.difficulty_samples} samples per question for {len(problems)} questions")
+        log(f"[1/{stages}] difficulty: {config.difficulty_samples} samples per question for {len(problems)} "
+            "questions")
         t0 = time.perf_counter()
-        texts = sample_solutions(engine, tok, problems, n=config.difficulty_samples,
-                                 sampling=Sampling(temperature=config.temperature), key=jax.random.key(config.seed))
-        fmt = StepFormat()
-        inputs = [fmt.encode(tok, arithmetic.format_prompt(p), split_steps(t) or [""])
-                  for p, ts in zip(problems, texts) for t in ts]
-        scores = score_inputs(prm, inputs)
+        texts = sample_solutions(task, engine, tok, problems, n=config.difficulty_samples,
+                                 sampling=settings.sampling, key=jax.random.key(config.seed),
+                                 max_new_tokens=config.max_new_tokens)
+        signal, predicted = predicted_signal(task, verifier, problems, texts, tok)
         records = []
-        for i, (p, ts) in enumerate(zip(problems, texts)):
-            s = scores[i * config.difficulty_samples:(i + 1) * config.difficulty_samples]
+        for p, ts, value in zip(problems, texts, predicted):
             records.append({"id": p.id, "difficulty": p.difficulty,
-                            "pass_rate": float(np.mean([arithmetic.is_correct_answer(p, t) for t in ts])),
-                            "verifier_mean": float(np.mean([aggregate(x, aggregation) for x in s])),
+                            "pass_rate": float(np.mean([task.is_correct(p, task.extract_answer(t)) for t in ts])),
+                            "signal": signal, "predicted": value,
                             "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))})
         write_jsonl(difficulty_path, records)
         log(f"      {time.perf_counter() - t0:.0f} s")
-    with open(difficulty_path) as f:
-        diff = [json.loads(line) for line in f if line.strip()]
+    diff = _read_jsonl(difficulty_path)
+    signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
-    verifier_mean = np.array([d["verifier_mean"] for d in diff])
+    predicted = np.array([d["predicted"] for d in diff])
     oracle_levels, oracle_edges = difficulty_levels(pass_rate, config.bins, seed=config.seed)
-    predicted_levels, predicted_edges = difficulty_levels(verifier_mean, config.bins, seed=config.seed)
+    predicted_levels, predicted_edges = difficulty_levels(predicted, config.bins, seed=config.seed)
 
     # 2. search every strategy at every budget -------------------------------------------------------------
-    cells = [(spec, b, make_strategy(spec, b, config.max_rounds)) for spec in config.strategies
-             for b in config.budgets]
-    cells = [(spec, b, s) for spec, b, s in cells if s is not None]
-    log(f"[2/4] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
-    bar = tqdm(total=len(cells) * len(problems), desc="search", unit="question", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    correct: dict[tuple[str, int], np.ndarray] = {}
-    tokens: dict[tuple[str, int], float] = {}
-    coverage: dict[tuple[str, int], float] = {}  # a right answer among the candidates
-    shared: dict[int, list[dict]] = {}  # best-of-N samples per budget, shared by its selection rules
-    for spec, budget, strategy in cells:
-        name = strategy_name(spec)
-        if spec["kind"] == "best_of_n":
-            if budget not in shared:
-                shared[budget] = run_cell(
-                    make_strategy({"kind": "best_of_n"}, budget), "best_of_n", budget, problems, engine, prm, tok,
-                    os.path.join(out, "results", f"best_of_n-b{budget}.jsonl"), seed=config.seed,
-                    temperature=config.temperature, max_step_tokens=config.max_step_tokens, max_len=config.max_len,
-                    rows_per_batch=config.rows_per_batch, aggregation=aggregation, bar=bar)
-            else:
-                bar.update(len(problems))
-            records = shared[budget]
-            correct[(name, budget)] = np.array([r["by_selection"][spec.get("selection", "weighted")]
-                                                for r in records], int)
-        else:
-            records = run_cell(strategy, name, budget, problems, engine, prm, tok,
-                               os.path.join(out, "results", f"{name}-b{budget}.jsonl"), seed=config.seed,
-                               temperature=config.temperature, max_step_tokens=config.max_step_tokens,
-                               max_len=config.max_len, rows_per_batch=config.rows_per_batch,
-                               aggregation=aggregation, bar=bar)
-            correct[(name, budget)] = np.array([r["correct"] for r in records], int)
-        tokens[(name, budget)] = float(np.mean([r["generated_tokens"] for r in records]))
-        coverage[(name, budget)] = float(np.mean([r["pass"] for r in records]))
-    bar.close()
+    cells = plan_cells(config.strategies, config.budgets)
+    log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
+    grid = run_grid(cells, task, problems, engine, verifier, tok, os.path.join(out, "results"),
+                    settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
+                    progress=progress)
 
     # 3. compute-optimal selection ---------------------------------------------------------------------------
-    log("[3/4] compute-optimal selection (2-fold cross-validation inside each bin)")
-    baseline = strategy_name(BASELINE)
-    specs = {strategy_name(s): s for s in config.strategies}
+    log(f"[3/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)")
+    specs = {s.name: s for s in config.strategies}
+    baseline = BASELINE.name if BASELINE.name in specs else config.strategies[0].name
     selections = {}
-    for signal, levels in (("oracle", oracle_levels), ("predicted", predicted_levels)):
-        sel = select_strategies(correct, levels, folds=config.folds, seed=config.seed, baseline=baseline)
-        selections[signal] = {"selection": sel, "levels": levels, "efficiency": efficiency(sel, levels)}
-    scheduler = BudgetScheduler.from_selection(selections["predicted"]["selection"], predicted_edges, specs,
-                                               signal="verifier", probe_samples=config.probe_samples)
+    for name, levels in (("oracle", oracle_levels), ("predicted", predicted_levels)):
+        sel = select_strategies(grid.correct, levels, folds=config.folds, seed=config.seed, baseline=baseline)
+        selections[name] = {"selection": sel, "levels": levels, "efficiency": efficiency(sel, levels)}
+    scheduler = BudgetScheduler.from_selection(
+        selections["predicted"]["selection"], predicted_edges, specs, signal=signal,
+        probe_samples=config.probe_samples, search=settings, policy=config.policy, verifier=config.verifier,
+        task=task.to_dict(), max_new_tokens=config.max_new_tokens)
     scheduler.save(os.path.join(out, "scheduler.json"))
 
-    # 4. FLOPs exchange with the larger sibling ----------------------------------------------------------------
-    log("[4/4] the larger sibling, greedy, against search at matched FLOPs")
-    large_path = os.path.join(out, "large_policy.jsonl")
-    large_dir = _model_dir("policy", config.large_policy)
-    large = load_any(large_dir)
-    if not os.path.exists(large_path):
-        texts = sample_solutions(Engine(large, pad_id=tok.pad_id), tok, problems, n=1, sampling=GREEDY,
-                                 key=jax.random.key(config.seed))
-        write_jsonl(large_path, [{"id": p.id, "correct": arithmetic.is_correct_answer(p, t[0])}
-                                 for p, t in zip(problems, texts)])
-    with open(large_path) as f:
-        large_correct = np.array([json.loads(line)["correct"] for line in f if line.strip()], int)
-    small_params, large_params = policy.config.num_params(), large.config.num_params()
-    prm_params = prm.config.num_params()
-    exchange = []
-    for ratio in PAPER_RATIOS:
-        budget = matched_generations(small_params, large_params, ratio, verifier_params=prm_params)
-        usable = [b for b in config.budgets if b <= budget]
-        row = {"R": ratio, "matched_generations": budget, "budget_used": usable[-1] if usable else None,
-               "by_level": {}}
+    # 4. FLOPs exchange with a larger model -----------------------------------------------------------------
+    small_params = engine.config.num_params()
+    large_params, large_correct, exchange = None, None, []
+    if config.large_policy:
+        log(f"[4/{stages}] the larger model, greedy, against search at matched FLOPs")
+        large_path = os.path.join(out, "large_policy.jsonl")
+        large_engine, large_tok, large_dir = load_policy(config.large_policy, mesh)
+        if large_tok.vocab_size != tok.vocab_size:
+            raise ValueError(f"large_policy {large_dir}: its tokenizer differs from the policy's.")
+        large_params = large_engine.config.num_params()
+        if not os.path.exists(large_path):
+            texts = sample_solutions(task, large_engine, large_tok, problems, n=1, sampling=GREEDY,
+                                     key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens)
+            write_jsonl(large_path, [{"id": p.id, "correct": task.is_correct(p, task.extract_answer(t[0]))}
+                                     for p, t in zip(problems, texts)])
+        large_correct = np.array([r["correct"] for r in _read_jsonl(large_path)], int)
         sel = selections["oracle"]["selection"]
-        for lv in range(1, config.bins + 1):
-            mask = oracle_levels == lv
-            row["by_level"][str(lv)] = {
-                "large_greedy": float(large_correct[mask].mean()) if mask.any() else None,
-                "small_compute_optimal": sel.cv_accuracy.get((lv, row["budget_used"])) if usable else None}
-        exchange.append(row)
+        for ratio in PAPER_RATIOS:
+            budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)
+            usable = [b for b in config.budgets if b <= budget]
+            row = {"R": ratio, "matched_generations": budget, "budget_used": usable[-1] if usable else None,
+                   "by_level": {}}
+            for lv in range(1, config.bins + 1):
+                mask = oracle_levels == lv
+                row["by_level"][str(lv)] = {
+                    "large_greedy": float(large_correct[mask].mean()) if mask.any() else None,
+                    "small_compute_optimal": sel.cv_accuracy.get((lv, row["budget_used"])) if usable else None}
+            exchange.append(row)
 
-    report = _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections,
-                     exchange, small_params, large_params, prm_params, large_correct,
+    report = _report(config, problems, diff, oracle_levels, predicted_levels, grid.correct, grid.tokens, selections,
+                     exchange, small_params, large_params, verifier.num_params, large_correct,
                      time.perf_counter() - started)
-    report["coverage"] = {n: {str(b): c for (m, b), c in coverage.items() if m == n}
-                          for n in dict.fromkeys(m for m, _ in coverage)}
+    report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
+                          for n in dict.fromkeys(m for m, _ in grid.coverage)}
+
     # a rerun reuses finished work: the total counts the earlier invocations whose report was written
     earlier = os.path.join(out, "report.json")
     if os.path.exists(earlier):
@@ -234,7 +276,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
 
 
 def _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections, exchange,
-            small_params, large_params, prm_params, large_correct, seconds) -> dict:
+            small_params, large_params, verifier_params, large_correct, seconds) -> dict:
     budgets = sorted({b for _, b in correct})
     names = list(dict.fromkeys(n for n, _ in correct))
     accuracy = {n: {str(b): float(correct[(n, b)].mean()) for b in budgets if (n, b) in correct} for n in names}
@@ -252,59 +294,76 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
             "best_of_n_weighted": {str(b): overall(sel.best_of_n_accuracy, levels, b) for b in budgets},
             "efficiency": {str(b): v for b, v in s["efficiency"].items()},
         }
-    return {"config": dataclasses.asdict(config), "questions": len(problems), "seconds": seconds,
-            "params": {"policy": small_params, "large_policy": large_params, "prm": prm_params},
+    return {"config": config.to_dict(), "questions": len(problems), "seconds": seconds,
+            "params": {"policy": small_params, "large_policy": large_params, "verifier": verifier_params},
             "difficulty_cost_tokens": int(sum(d["generated_tokens"] for d in diff)),
+            "difficulty_signal": diff[0]["signal"],
             "accuracy": accuracy, "mean_generated_tokens": {f"{n}/{b}": t for (n, b), t in tokens.items()},
             "per_level": per_level, "compute_optimal": optimal, "flops_exchange": exchange,
-            "large_policy_greedy": float(large_correct.mean())}
+            "large_policy_greedy": None if large_correct is None else float(large_correct.mean())}
 
 
 # ---- applying a saved scheduler to new questions ------------------------------------------------------------
 
 
-def answer_with_scheduler(scheduler: BudgetScheduler, problems, budget: int, *, policy: str = "tiny",
-                          prm: str = "tiny", temperature: float = 0.8, seed: int = 0, max_rounds: int = 12,
-                          max_step_tokens: int = 24, max_len: int = 160) -> list[dict]:
-    """Answer built-in-task problems under `budget` generations each: `scheduler.probe_samples` samples
-    predict each question's level (their tokens are counted), then the level's strategy is searched with what
-    is left of the budget. Questions that share a strategy are searched together."""
-
-    if scheduler.signal != "verifier":
-        raise ValueError("only a scheduler binned by the verifier's score ('verifier') can be applied to new "
-                         "questions; oracle bins need the answers.")
-    policy_dir = _model_dir("policy", policy)
-    tok = load_tokenizer(policy_dir)
-    engine = Engine(load_any(policy_dir), pad_id=tok.pad_id)
-    reward_model, meta = load_prm(_model_dir("prm", prm))
-    aggregation = meta.get("aggregation", "last")
+def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[ProblemRecord], budget: int, *,
+                          task: Task | None = None, policy: str | None = None, verifier: str | None = None,
+                          seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+    """Answer `problems` under `budget` generations each, as the scheduler was chosen: its policy, verifier,
+    task and search settings unless given here. `scheduler.probe_samples` samples predict each question's
+    level (their generated tokens and the verifier's reading of them are counted), then the level's strategy
+    runs with what is left of the budget. Where that strategy does not fit the budget left, weighted best-of-N
+    (majority without a verifier) runs instead: `warn` says so and the record names both. Questions that share
+    a strategy are searched together."""
+    if scheduler.signal == "oracle":
+        raise ValueError("a scheduler binned by oracle difficulty cannot bin new questions (that needs their "
+                         "answers); use the one binned by predicted difficulty (scheduler.json).")
+    task = task or task_from_dict(scheduler.task, "scheduler task")
+    engine, tok, _ = load_policy(policy or scheduler.policy, mesh)
+    judge = verifier_by_name(verifier or scheduler.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     k = scheduler.probe_samples
     remaining = budget - k
     if remaining < 1:
-        raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples.")
-    texts = sample_solutions(engine, tok, problems, n=k, sampling=Sampling(temperature=temperature),
-                             key=jax.random.key(seed))
-    fmt = StepFormat()
-    scores = score_inputs(reward_model, [fmt.encode(tok, arithmetic.format_prompt(p), split_steps(t) or [""])
-                                         for p, ts in zip(problems, texts) for t in ts])
-    out: list[dict | None] = [None] * len(problems)
-    groups: dict[str, list[int]] = {}
-    for i, p in enumerate(problems):
-        mean = float(np.mean([aggregate(s, aggregation) for s in scores[i * k:(i + 1) * k]]))
-        level = scheduler.level(mean)
-        spec = scheduler.spec(level, remaining)
-        out[i] = {"id": p.id, "question": p.expression, "level": level, "strategy": spec,
-                  "probe_tokens": int(sum(len(tok.encode(t)) for t in texts[i]))}
-        groups.setdefault(json.dumps(spec, sort_keys=True), []).append(i)
-    for key, members in groups.items():
-        spec = json.loads(key)
-        strategy = make_strategy(spec, remaining, max_rounds) or make_strategy(BASELINE, remaining, max_rounds)
-        results = search(strategy, engine, reward_model, tok, [arithmetic.format_prompt(problems[i]) for i in members],
-                         jax.random.fold_in(jax.random.key(seed), 1), extract_answer=arithmetic.extract_answer,
-                         sampling=Sampling(temperature=temperature), max_step_tokens=max_step_tokens,
-                         max_len=max_len, aggregation=aggregation)
+        raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples; use a budget of at "
+                         f"least {k + 1}.")
+    texts = sample_solutions(task, engine, tok, problems, n=k, sampling=scheduler.search.sampling,
+                             key=jax.random.key(seed), max_new_tokens=scheduler.max_new_tokens)
+    signal, values = predicted_signal(task, judge, problems, texts, tok)
+    if signal != scheduler.signal:
+        raise ValueError(f"the scheduler bins by {scheduler.signal!r} and this verifier gives {signal!r}; apply it "
+                         "with the verifier it was chosen with.")
+    fallback = (BASELINE if judge.scores_steps else StrategySpec.from_dict({"kind": "best_of_n",
+                                                                            "selection": "majority"})).at(remaining)
+    out: list[dict] = []
+    groups: dict[Strategy, list[int]] = {}  # questions that run the same strategy
+    policy_params = engine.config.num_params()
+    for i, (p, ts, value) in enumerate(zip(problems, texts, values)):
+        level = scheduler.level(value)
+        chosen = scheduler.spec(level, remaining)
+        strategy = chosen.at(remaining)
+        note = None
+        if strategy is None:
+            strategy = fallback
+            note = (f"{chosen.to_dict()} does not fit the {remaining} generations left after {k} probe samples; "
+                    f"ran {strategy.to_dict()}")
+            warn(f"ttcjax run: question {p.id}: {note}")
+        prompt_tokens = len(task.encode_prompt(p, tok))
+        probe_tokens = int(sum(len(tok.encode(t)) for t in ts))
+        out.append({"id": p.id, "question": p.question, "level": level, "signal": value, "chosen": chosen.to_dict(),
+                    "strategy": strategy.to_dict(), "fallback": note, "probe_tokens": probe_tokens,
+                    "probe_verifier_tokens": k * prompt_tokens + probe_tokens if judge.scores_steps else 0,
+                    "probe_policy_tokens": prompt_tokens + probe_tokens})
+        groups.setdefault(strategy, []).append(i)
+    for strategy, members in groups.items():
+        results = search(strategy, engine, judge, tok, [task.encode_prompt(problems[i], tok) for i in members],
+                         jax.random.fold_in(jax.random.key(seed), 1), extract_answer=task.extract_answer,
+                         equal=answer_equal(task), settings=scheduler.search)
         for i, r in zip(members, results):
-            out[i].update({"answer": r.answer, "correct": r.answer == problems[i].answer, "solution": r.solution,
-                           "generated_tokens": r.generated_tokens + out[i]["probe_tokens"],
-                           "prm_tokens": r.prm_tokens})
-    return out  # type: ignore[return-value]
+            o, p = out[i], problems[i]
+            verifier_tokens = r.verifier_tokens + o["probe_verifier_tokens"]
+            o.update({"answer": r.answer, "correct": task.is_correct(p, r.answer) if p.answer else None,
+                      "solution": r.solution, "generated_tokens": r.generated_tokens + o["probe_tokens"],
+                      "verifier_tokens": verifier_tokens,
+                      "policy_flops": r.policy_flops + 2.0 * policy_params * o.pop("probe_policy_tokens"),
+                      "verifier_flops": 2.0 * judge.num_params * verifier_tokens})
+    return out

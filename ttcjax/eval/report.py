@@ -20,10 +20,14 @@ def markdown(report: dict, findings: Findings) -> str:
     budgets = findings.budgets
     head = "| | " + " | ".join(f"N={b}" for b in budgets) + " |"
     sep = "|---|" + "---|" * len(budgets)
+    params = r["params"]
+    models = (f"policy {params['policy']:,} parameters, "
+              + (f"verifier {params['verifier']:,}" if params["verifier"] else "no verifier (majority voting)")
+              + (f", larger model {params['large_policy']:,}" if params.get("large_policy") else ""))
+    config = r["config"]
     lines = [
-        "# ttcjax demo: scaling test-time compute on the built-in task", "",
-        f"{r['questions']} test questions; policy {r['params']['policy']:,} parameters, PRM "
-        f"{r['params']['prm']:,}, larger sibling {r['params']['large_policy']:,}. "
+        f"# Scaling test-time compute: task {config['task']['name']}, split {config['split']}", "",
+        f"{r['questions']} questions; {models}; difficulty from {r['difficulty_signal']}. "
         + (f"{r['seconds']:.0f} s." if r.get("seconds_total", r["seconds"]) == r["seconds"] else
            f"{r['seconds']:.0f} s in this invocation, {r['seconds_total']:.0f} s in all (a rerun reuses finished "
            "work)."), "",
@@ -57,13 +61,22 @@ def markdown(report: dict, findings: Findings) -> str:
                   "verifier's to win.")
     lines += ["", "**What this run shows.** " + shows + " " + _beam(findings.beam_on_hard_bins)
               + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
-              "held-out estimates are noisy, which `--full` reduces.", "",
-              "![](compute_optimal_vs_best_of_n.png)", "",
-              f"## Test-time compute versus a {r['params']['large_policy'] / r['params']['policy']:.1f}x larger "
-              "model at matched FLOPs", "",
-              f"The larger sibling answers greedily (accuracy {r['large_policy_greedy']:.3f} overall). The small "
-              "policy may spend B generations (with its PRM) where 6 N_s D_p + 2 (N_s + N_prm) D_i B = "
-              "6 N_l D_p + 2 N_l D_i, R = D_i / D_p; the largest computed budget not above B is used.", ""]
+              "held-out estimates are noisy, which more questions reduce (`ttcjax demo --full`).", "",
+              "![](compute_optimal_vs_best_of_n.png)", ""]
+    if r["flops_exchange"]:
+        lines += _flops_section(r, findings)
+    lines += ["Raw per-question results: results/*.jsonl, difficulty.jsonl"
+              + (", large_policy.jsonl" if r["flops_exchange"] else "") + "; the scheduler: "
+              "scheduler.json (`ttcjax run --scheduler ...`).", ""]
+    return "\n".join(lines)
+
+
+def _flops_section(r: dict, findings: Findings) -> list[str]:
+    lines = [f"## Test-time compute versus a {r['params']['large_policy'] / r['params']['policy']:.1f}x larger "
+             "model at matched FLOPs", "",
+             f"The larger model answers greedily (accuracy {r['large_policy_greedy']:.3f} overall). The small "
+             "policy may spend B generations (with its verifier) where 6 N_s D_p + 2 (N_s + N_v) D_i B = "
+             "6 N_l D_p + 2 N_l D_i, R = D_i / D_p; the largest computed budget not above B is used.", ""]
     levels = sorted(r["flops_exchange"][0]["by_level"], key=int)
     lines += ["| R | matched B | budget used | " + " | ".join(f"L{k} large / small+search" for k in levels) + " |",
               "|---|---|---|" + "---|" * len(levels)]
@@ -72,10 +85,8 @@ def markdown(report: dict, findings: Findings) -> str:
                  for k in sorted(row["by_level"], key=int)]
         lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
                      + " | ".join(cells) + " |")
-    lines += ["", _flops_matched(findings.flops_matched), "", "![](flops_matched.png)", "",
-              "Raw per-question results: results/*.jsonl, difficulty.jsonl, large_policy.jsonl; the scheduler: "
-              "scheduler.json (`ttcjax run --scheduler ...`).", ""]
-    return "\n".join(lines)
+    lines += ["", _flops_matched(findings.flops_matched), "", "![](flops_matched.png)", ""]
+    return lines
 
 
 def _table_row(name: str, row: dict, budgets) -> str:
@@ -184,6 +195,8 @@ def plots(report: dict, out: str) -> None:
     save(fig, "compute_optimal_vs_best_of_n.png")
 
     ex = report["flops_exchange"]
+    if not ex:
+        return
     fig, axes = plt.subplots(1, len(ex), figsize=(3.2 * len(ex), 3), sharey=True)
     for ax, row in zip(np.atleast_1d(axes), ex):
         lv = sorted(row["by_level"], key=int)

@@ -19,6 +19,8 @@ from typing import Any, Sequence
 import numpy as np
 
 from ttcjax.io import atomic_path
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import StrategySpec
 
 # ---- difficulty bins -------------------------------------------------------------------------------------
 
@@ -120,20 +122,44 @@ def efficiency(selection: Selection, levels: np.ndarray) -> dict[int, int | None
 # ---- the scheduler ------------------------------------------------------------------------------------------
 
 
+SIGNALS = ("verifier", "agreement", "oracle")
+
+
 @dataclasses.dataclass(frozen=True)
 class BudgetScheduler:
-    """A saved mapping (difficulty level, budget) -> strategy spec, with what it needs to bin a new question:
-    the signal it bins by, its edges, and how many probe samples predict the signal (their cost counts)."""
+    """A saved mapping (difficulty level, budget) -> strategy spec, with everything needed to apply it to a new
+    question exactly as it was chosen: the signal it bins by and its edges, how many probe samples predict
+    the signal (their cost counts), and the run it was chosen in (policy, verifier, task, search settings,
+    the probe samples' token limit).
 
-    signal: str  # "verifier" (predicted) or "oracle"
+    signal: "verifier" (the verifier's mean score over the probe samples), "agreement" (the share of probe
+    samples that give the most common answer: verifier-free), or "oracle" (pass rate: needs answers, so it
+    cannot bin new questions)."""
+
+    signal: str
     edges: tuple[float, ...]
     choices: dict[str, dict]  # "level/budget" -> strategy spec ({"kind": ..., ...})
-    probe_samples: int = 8
+    probe_samples: int
+    search: SearchSettings
+    policy: str
+    verifier: str
+    task: dict[str, Any]
+    max_new_tokens: int  # the probe samples' token limit
+
+    def __post_init__(self):
+        if self.signal not in SIGNALS:
+            raise ValueError(f"scheduler signal {self.signal!r} is not one of {SIGNALS}.")
+        if not isinstance(self.probe_samples, int) or self.probe_samples < 1:
+            raise ValueError(f"scheduler probe_samples={self.probe_samples!r} must be an integer >= 1 (the samples "
+                             "that predict a question's level).")
+        for key, spec in self.choices.items():
+            StrategySpec.from_dict(spec, f"scheduler choices[{key!r}]")
 
     def level(self, signal_value: float) -> int:
         return int(assign_levels([signal_value], np.asarray(self.edges))[0])
 
-    def spec(self, level: int, budget: int) -> dict:
+    def spec(self, level: int, budget: int) -> StrategySpec:
+        """The strategy chosen for `level` at `budget`, or at the largest budget below it the scheduler knows."""
         key = f"{level}/{budget}"
         if key not in self.choices:
             budgets = sorted({int(k.split("/")[1]) for k in self.choices})
@@ -141,10 +167,10 @@ class BudgetScheduler:
             if not below:
                 raise ValueError(f"the scheduler has no strategy for budget {budget}; its budgets are {budgets}.")
             key = f"{level}/{below[-1]}"
-        return dict(self.choices[key])
+        return StrategySpec.from_dict(self.choices[key])
 
     def to_json(self) -> dict:
-        return dataclasses.asdict(self)
+        return {**dataclasses.asdict(self), "edges": list(self.edges), "search": self.search.to_dict()}
 
     def save(self, path: str) -> None:
         with atomic_path(path) as tmp, open(tmp, "w") as f:
@@ -155,20 +181,29 @@ class BudgetScheduler:
         try:
             with open(path) as f:
                 data = json.load(f)
-            return cls(signal=data["signal"], edges=tuple(data["edges"]), choices=dict(data["choices"]),
-                       probe_samples=int(data.get("probe_samples", 8)))
         except FileNotFoundError:
-            raise FileNotFoundError(f"{path}: no scheduler here; `ttcjax demo` writes one to its report "
-                                    "directory (scheduler.json).") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValueError(f"{path}: not a BudgetScheduler ({e}); expected keys signal, edges, choices.") from None
+            raise FileNotFoundError(f"{path}: no scheduler here; `ttcjax experiment` (and `ttcjax demo`) write one "
+                                    "to their report directory (scheduler.json).") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: not JSON ({e}); expected a scheduler.json written by ttcjax experiment."
+                             ) from None
+        names = [f.name for f in dataclasses.fields(cls)]
+        if not isinstance(data, dict) or sorted(data) != sorted(names):
+            missing = sorted(set(names) - set(data)) if isinstance(data, dict) else names
+            raise ValueError(f"{path}: not a BudgetScheduler of this ttcjax (missing {missing}); rerun the "
+                             "experiment that made it, so the scheduler records the settings it was chosen under.")
+        try:
+            return cls(**{**data, "edges": tuple(data["edges"]),
+                          "search": SearchSettings.from_dict(data["search"], f"{path}: search")})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{path}: {e}") from None
 
     @classmethod
-    def from_selection(cls, selection: Selection, edges: np.ndarray, specs: dict[str, dict], *, signal: str,
-                       probe_samples: int = 8) -> "BudgetScheduler":
+    def from_selection(cls, selection: Selection, edges: np.ndarray, specs: dict[str, StrategySpec], *,
+                       signal: str, **run) -> "BudgetScheduler":
+        """`run`: probe_samples, search, policy, verifier, task, max_new_tokens."""
         return cls(signal=signal, edges=tuple(float(e) for e in edges),
-                   choices={f"{lv}/{b}": dict(specs[name]) for (lv, b), name in selection.choice.items()},
-                   probe_samples=probe_samples)
+                   choices={f"{lv}/{b}": specs[name].to_dict() for (lv, b), name in selection.choice.items()}, **run)
 
 
 # ---- FLOPs exchange ------------------------------------------------------------------------------------------

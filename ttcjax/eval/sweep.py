@@ -1,10 +1,17 @@
-"""`ttcjax sweep --config FILE`: strategies x budgets on the built-in task, per-question results as JSONL,
-accuracy-versus-budget tables and plots. Resumable: each (strategy, budget) cell appends one line per
-question as soon as its batch is done; a rerun skips the questions already written (a line cut by an
-interruption is dropped and redone), so nothing is lost or computed twice.
+"""`ttcjax sweep --config FILE`: strategies x budgets on any task, per-question results as JSONL,
+accuracy-versus-budget tables and plots. Also the grid of (strategy, budget) cells that `ttcjax experiment`
+runs.
+
+Resumable: each (strategy, budget) cell appends one line per question as soon as its batch is done; a rerun
+skips the questions already written (a line cut by an interruption is dropped and redone), so nothing is
+lost or computed twice. The run directory belongs to one config (run_config.json); a rerun with another
+config stops before any work.
+
+Best-of-N is sampled once per budget: its selection rules (weighted, vanilla, majority) are applied to the
+same candidates (`by_selection` in each record), so they differ only in how they choose.
 
 Output directory:
-    results/<cell>.jsonl     one record per question: id, difficulty, answer, correct, costs
+    results/<cell>.jsonl     one record per question: id, difficulty, answer, correct, costs, ...
     summary.json, summary.md accuracy per strategy and budget, overall and per difficulty
     accuracy_vs_budget.png   the paper's Figure-3-style curves (and one panel per difficulty)
 """
@@ -13,96 +20,136 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 import os
 import sys
 import time
 import zlib
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import jax
 import numpy as np
 from tqdm import tqdm
 
-from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.assets import resolve
 from ttcjax.checkpoints.native import load_any
-from ttcjax.checkpoints.tokenizer import load_tokenizer
-from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import atomic_path, check_options
+from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
+from ttcjax.decoding.engine import Engine
+from ttcjax.io import atomic_path, bind_run_dir, check_options
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.episode import DVTS, Beam, BestOfN, Lookahead, Strategy, search
-from ttcjax.search.selection import best_of_n, majority, weighted
-from ttcjax.tasks import arithmetic
-from ttcjax.verifiers.reward_model import load_prm
+from ttcjax.search.run import search
+from ttcjax.search.selection import SELECTION_RULES, select
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import BestOfN, Strategy, StrategySpec
+from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.tasks.registry import task_from_dict
+from ttcjax.verifiers.base import Verifier
+from ttcjax.verifiers.loading import verifier_by_name
 
-DEFAULT_STRATEGIES = (
+DEFAULT_STRATEGIES = tuple(StrategySpec.from_dict(s) for s in (
     {"kind": "best_of_n", "selection": "weighted"},
     {"kind": "best_of_n", "selection": "majority"},
     {"kind": "beam", "width": 4},
     {"kind": "dvts", "width": 4},
     {"kind": "lookahead", "width": 4, "k": 1},
-)
+))
+SHARED_BEST_OF_N = StrategySpec("best_of_n")  # the one best-of-N sampling per budget
 
 
-def strategy_name(spec: dict) -> str:
-    kind = spec["kind"]
-    extra = "".join(f"-{k}{v}" for k, v in sorted(spec.items()) if k != "kind")
-    return f"{kind}{extra}"
+def read_strategies(items: Any, source: str) -> tuple[StrategySpec, ...]:
+    if not isinstance(items, (list, tuple)) or not items:
+        raise ValueError(f"{source}: strategies must be a non-empty list of mappings such as {{kind: beam, width: 4}}.")
+    specs = tuple(StrategySpec.from_dict(s, f"{source}: strategies[{i}]") for i, s in enumerate(items))
+    names = [s.name for s in specs]
+    if len(set(names)) < len(names):
+        raise ValueError(f"{source}: strategies lists one strategy twice ({names}).")
+    return specs
 
 
-def make_strategy(spec: dict, budget: int, max_rounds: int = 40) -> Strategy | None:
-    """The strategy `spec` at a budget of `budget` generations; None where it does not fit the budget
-    (e.g. a beam wider than the budget). width "sqrt" is sqrt(budget), as in the paper."""
-    spec = dict(spec)
-    kind = spec.pop("kind", None)
-    if kind == "best_of_n":
-        return BestOfN(budget, **spec)
-    width = spec.pop("width", 4)
-    if width == "sqrt":
-        width = max(1, int(round(math.sqrt(budget))))
-    if not isinstance(width, int):
-        raise ValueError(f"strategy {kind}: width must be an integer or 'sqrt', got {width!r}.")
-    if kind == "lookahead":
-        k = spec.pop("k", 1)
-        n = budget // (k + 1) // width * width  # the budget counts each rollout step: N * (k + 1)
-        return Lookahead(n, width, k=k, max_rounds=max_rounds, **spec) if n >= width else None
-    if kind in ("beam", "dvts"):
-        if budget < width or budget % width:
-            return None
-        return (Beam if kind == "beam" else DVTS)(budget, width, max_rounds=max_rounds, **spec)
-    raise ValueError(f"unknown strategy kind {kind!r}; use best_of_n, beam, lookahead or dvts.")
+def read_budgets(items: Any, source: str) -> tuple[int, ...]:
+    if (not isinstance(items, (list, tuple)) or not items
+            or not all(isinstance(b, int) and not isinstance(b, bool) and b >= 1 for b in items)):
+        raise ValueError(f"{source}: budgets must be a non-empty list of integers >= 1 (generations per question); "
+                         f"got {items!r}.")
+    return tuple(sorted(set(items)))
+
+
+@dataclasses.dataclass(frozen=True)
+class Cell:
+    """One (strategy, budget) cell of a grid: the strategy the spec gives at the budget."""
+
+    spec: StrategySpec
+    budget: int
+    strategy: Strategy
+
+    @property
+    def name(self) -> str:
+        return f"{self.spec.name}-b{self.budget}"
+
+
+def plan_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: str = "config") -> list[Cell]:
+    """Every (spec, budget) that fits; a spec that fits none of the budgets is an error naming it."""
+    cells = []
+    for spec in specs:
+        fitting = [Cell(spec, b, s) for b in budgets if (s := spec.at(b)) is not None]
+        if not fitting:
+            raise ValueError(f"{source}: strategy {spec.to_dict()} fits none of the budgets {list(budgets)} (a "
+                             "beam needs a budget its width divides; lookahead needs width * (k + 1)).")
+        cells += fitting
+    return cells
+
+
+def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:
+    """Strategies that read verifier scores refused, when read, for a verifier-free config."""
+    if verifier_name not in (None, "none"):
+        return
+    for spec in specs:
+        if spec.at(1 << 10).needs_verifier:
+            raise ValueError(f"{source}: strategy {spec.to_dict()} reads verifier scores and verifier is none; use "
+                             "{kind: best_of_n, selection: majority} or name a verifier.")
 
 
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
+    """Everything `ttcjax sweep --config FILE` reads (each field is a YAML key)."""
+
     out_dir: str
     policy: str = "tiny"  # a shipped asset name or a checkpoint directory
-    prm: str = "tiny"
+    verifier: str = "tiny"  # a shipped reward model, a directory, or "none" (verifier-free selection)
+    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "arithmetic"})
     split: str = "test"
-    per_difficulty: int = 25
-    difficulties: tuple[int, ...] = (2, 3, 4, 5)
-    strategies: tuple[dict, ...] = DEFAULT_STRATEGIES
-    budgets: tuple[int, ...] = (4, 16, 64, 256)
-    temperature: float = 0.8
-    max_rounds: int = 12
-    max_step_tokens: int = 24
-    max_len: int = 160
-    rows_per_batch: int = 1024  # questions per compiled episode = rows_per_batch // N
+    questions: int | None = 100  # the first this many of the split (after a shuffle by seed where the task has one)
     seed: int = 0
+    strategies: tuple[StrategySpec, ...] = DEFAULT_STRATEGIES
+    budgets: tuple[int, ...] = (4, 16, 64, 256)
+    search: SearchSettings = SearchSettings()
+    rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // N
     mesh: str = "auto"
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "SweepConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "SweepConfig":
         check_options(cls, data, source, required=("out_dir",))
         data = dict(data)
-        for key in ("difficulties", "budgets", "strategies"):
-            if key in data:
-                data[key] = tuple(data[key])
-        for i, spec in enumerate(data.get("strategies", ())):
-            if not isinstance(spec, dict) or "kind" not in spec:
-                raise ValueError(f"{source}: strategies[{i}] must be a mapping with a 'kind' "
-                                 "(best_of_n, beam, lookahead, dvts).")
-        return cls(**data)
+        if "strategies" in data:
+            data["strategies"] = read_strategies(data["strategies"], source)
+        if "budgets" in data:
+            data["budgets"] = read_budgets(data["budgets"], source)
+        data["search"] = SearchSettings.from_dict(data.get("search"), f"{source}: search")
+        config = cls(**data)
+        config.make_task()  # a bad task is an error now, not after the models load
+        plan_cells(config.strategies, config.budgets, source)
+        check_verifier_fits(config.strategies, config.verifier, source)
+        return config
+
+    def make_task(self) -> Task:
+        return task_from_dict(self.task, "task")
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
+                "task": dict(self.task), "strategies": [s.to_dict() for s in self.strategies],
+                "budgets": list(self.budgets), "search": self.search.to_dict()}
+
+
+# ---- running cells --------------------------------------------------------------------------------------
 
 
 def _read_done(path: str) -> dict[str, dict]:
@@ -129,42 +176,54 @@ def _read_done(path: str) -> dict[str, dict]:
     return done
 
 
-def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, tokenizer, path: str, *,
-             seed: int, temperature: float, max_step_tokens: int, max_len: int, rows_per_batch: int,
-             aggregation: str = "last", bar=None) -> list[dict]:
-    """Search every problem with `strategy`, appending one record per problem to `path` (JSONL) after each
-    batch; problems already in `path` are not searched again. Returns the records in problem order."""
+def answer_equal(task: Task):
+    """Two answers are the same vote when the task's answer keys agree."""
+    return lambda a, b: task.answer_key(a) == task.answer_key(b)
 
+
+def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: Engine, verifier: Verifier,
+             tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None
+             ) -> list[dict]:
+    """Search every problem with the cell's strategy, appending one record per problem to `path` (JSONL) after
+    each batch; problems already in `path` are not searched again. Returns the records in problem order.
+
+    A batch's random key depends on the cell and its first question only, so a resumed cell draws what an
+    uninterrupted one would have."""
     done = _read_done(path)
     if bar is not None:
         bar.update(sum(p.id in done for p in problems))
     todo = [p for p in problems if p.id not in done]
+    strategy = cell.strategy
     per_batch = max(1, rows_per_batch // strategy.n)
-    cell = f"{name}-b{budget}"
+    equal = answer_equal(task)
+    rules = SELECTION_RULES if verifier.scores_steps else {r: SELECTION_RULES[r] for r in ("majority",)}
     with open(path, "a") as out:
         for start in range(0, len(todo), per_batch):
             batch = todo[start:start + per_batch]
-            first = batch[0].id  # the batch's key depends on its first question, not on what ran before
+            first = batch[0].id
             t0 = time.perf_counter()
-            results = search(strategy, engine, prm, tokenizer, [arithmetic.format_prompt(p) for p in batch],
-                             jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell}/{first}".encode())),
-                             extract_answer=arithmetic.extract_answer, sampling=Sampling(temperature=temperature),
-                             max_step_tokens=max_step_tokens, max_len=max_len, aggregation=aggregation)
+            results = search(strategy, engine, verifier, tokenizer, [task.encode_prompt(p, tokenizer) for p in batch],
+                             jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell.name}/{first}".encode())),
+                             extract_answer=task.extract_answer, equal=equal, settings=settings)
             seconds = (time.perf_counter() - t0) / len(batch)
             for p, r in zip(batch, results):
                 answers = [c.answer for c in r.candidates]
                 scores = [c.score for c in r.candidates]
+                verdicts: dict[Any, bool] = {}  # one grading per distinct answer
+
+                def right(answer, p=p, verdicts=verdicts):
+                    key = task.answer_key(answer)
+                    if key not in verdicts:
+                        verdicts[key] = task.is_correct(p, answer)
+                    return verdicts[key]
                 # every answer-selection rule over the same candidates: best-of-N variants share one sampling
-                by_selection = {"weighted": answers[weighted(answers, scores)] == p.answer,
-                                "vanilla": answers[best_of_n(scores)] == p.answer,
-                                "majority": answers[majority(answers)] == p.answer}
-                record = {"id": p.id, "question": p.expression, "difficulty": p.difficulty, "strategy": name,
-                          "budget": budget, "answer": r.answer, "correct": r.answer == p.answer,
-                          "pass": any(c.answer == p.answer for c in r.candidates), "by_selection": by_selection,
-                          "generations": r.generations,
-                          "generated_tokens": r.generated_tokens, "prm_tokens": r.prm_tokens,
-                          "policy_flops": r.policy_flops, "verifier_flops": r.verifier_flops, "seconds": seconds,
-                          "solution": r.solution}
+                by_selection = {rule: right(answers[select(rule, answers, scores, equal)]) for rule in rules}
+                record = {"id": p.id, "question": p.question, "difficulty": p.difficulty, "strategy": cell.spec.name,
+                          "budget": cell.budget, "answer": r.answer, "correct": right(r.answer),
+                          "pass": any(right(a) for a in answers), "by_selection": by_selection,
+                          "generations": r.generations, "generated_tokens": r.generated_tokens,
+                          "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
+                          "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
                 out.write(json.dumps(record) + "\n")
                 done[p.id] = record
             out.flush()
@@ -174,38 +233,78 @@ def run_cell(strategy: Strategy, name: str, budget: int, problems, engine, prm, 
     return [done[p.id] for p in problems]
 
 
-def _load(config: SweepConfig):
+@dataclasses.dataclass
+class GridResult:
+    """Per (strategy name, budget): 0/1 per question [Q], the mean generated tokens, and coverage (a right
+    answer among the candidates)."""
 
-    policy_dir = config.policy if os.path.isdir(config.policy) else model_dir("policy", config.policy)
-    prm_dir = config.prm if os.path.isdir(config.prm) else model_dir("prm", config.prm)
-    policy = load_any(policy_dir)
-    prm, meta = load_prm(prm_dir)
-    return policy, prm, meta, load_tokenizer(policy_dir)
+    correct: dict[tuple[str, int], np.ndarray]
+    tokens: dict[tuple[str, int], float]
+    coverage: dict[tuple[str, int], float]
+    records: dict[tuple[str, int], list[dict]]
+
+
+def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
+             verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
+             rows_per_batch: int, progress: bool = True) -> GridResult:
+    """Every cell on every problem, best-of-N sampled once per budget (`SHARED_BEST_OF_N`, scored by each
+    best-of-N spec's own selection rule); results in results_dir/<cell>.jsonl."""
+    os.makedirs(results_dir, exist_ok=True)
+    bar = tqdm(total=len(cells) * len(problems), desc="search", unit="question", file=sys.stderr,
+               disable=not progress, dynamic_ncols=True)
+    shared: dict[int, list[dict]] = {}
+    out = GridResult({}, {}, {}, {})
+    for cell in cells:
+        key = (cell.spec.name, cell.budget)
+        if cell.spec.kind == BestOfN.kind:
+            if cell.budget not in shared:
+                rule = "weighted" if verifier.scores_steps else "majority"
+                base = Cell(SHARED_BEST_OF_N, cell.budget, BestOfN(cell.budget, selection=rule))
+                shared[cell.budget] = run_cell(base, task, problems, engine, verifier, tokenizer,
+                                               os.path.join(results_dir, f"{base.name}.jsonl"), settings=settings,
+                                               seed=seed, rows_per_batch=rows_per_batch, bar=bar)
+            else:
+                bar.update(len(problems))
+            records = shared[cell.budget]
+            out.correct[key] = np.array([r["by_selection"][cell.strategy.selection] for r in records], int)
+        else:
+            records = run_cell(cell, task, problems, engine, verifier, tokenizer,
+                               os.path.join(results_dir, f"{cell.name}.jsonl"), settings=settings, seed=seed,
+                               rows_per_batch=rows_per_batch, bar=bar)
+            out.correct[key] = np.array([r["correct"] for r in records], int)
+        out.tokens[key] = float(np.mean([r["generated_tokens"] for r in records]))
+        out.coverage[key] = float(np.mean([r["pass"] for r in records]))
+        out.records[key] = records
+    bar.close()
+    return out
+
+
+# ---- the sweep command ------------------------------------------------------------------------------------
+
+
+def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
+    """(engine, tokenizer, directory) of a shipped policy name or a checkpoint directory (its tokenizer
+    beside it)."""
+    directory = resolve("policy", name_or_dir)
+    tokenizer = load_tokenizer(directory)
+    model = load_any(directory)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
+    return Engine(model, mesh=mesh, pad_id=tokenizer.pad_id), tokenizer, directory
 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
-
-    policy, prm, meta, tokenizer = _load(config)
-    engine = Engine(policy, mesh=parse_mesh(config.mesh), pad_id=tokenizer.pad_id)
-    task = arithmetic.TaskConfig(difficulties=config.difficulties)
-    problems = arithmetic.generate(task, config.per_difficulty * len(config.difficulties), seed=config.seed,
-                                   split=config.split)
-    os.makedirs(os.path.join(config.out_dir, "results"), exist_ok=True)
-    cells = [(spec, b, make_strategy(spec, b, config.max_rounds)) for spec in config.strategies
-             for b in config.budgets]
-    cells = [(spec, b, s) for spec, b, s in cells if s is not None]
-    total = len(cells) * len(problems)
-    bar = tqdm(total=total, desc="sweep", unit="question", file=sys.stderr, disable=not progress, dynamic_ncols=True)
-    by_cell: dict[str, list[dict]] = {}
-    for spec, budget, strategy in cells:
-        name = f"{strategy_name(spec)}-b{budget}"
-        by_cell[name] = run_cell(strategy, strategy_name(spec), budget, problems, engine, prm, tokenizer,
-                                 os.path.join(config.out_dir, "results", f"{name}.jsonl"), seed=config.seed,
-                                 temperature=config.temperature, max_step_tokens=config.max_step_tokens,
-                                 max_len=config.max_len, rows_per_batch=config.rows_per_batch,
-                                 aggregation=meta.get("aggregation", "last"), bar=bar)
-    bar.close()
-    summary = summarize(config, by_cell)
+    bind_run_dir(config.out_dir, config.to_dict(), "sweep")
+    task = config.make_task()
+    engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
+    verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
+    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
+    if not problems:
+        raise ValueError(f"task {task.name}: split {config.split!r} holds no questions.")
+    cells = plan_cells(config.strategies, config.budgets)
+    grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
+                    settings=config.search.for_task(task), seed=config.seed, rows_per_batch=config.rows_per_batch,
+                    progress=progress)
+    summary = summarize(config.to_dict(), problems, grid)
     with atomic_path(os.path.join(config.out_dir, "summary.json")) as tmp, open(tmp, "w") as f:
         json.dump(summary, f, indent=2)
     with atomic_path(os.path.join(config.out_dir, "summary.md")) as tmp, open(tmp, "w") as f:
@@ -214,21 +313,20 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     return summary
 
 
-def summarize(config: SweepConfig, by_cell: dict[str, list[dict]]) -> dict:
+def summarize(config: dict, problems: Sequence[ProblemRecord], grid: GridResult) -> dict:
+    difficulties = sorted({p.difficulty for p in problems if p.difficulty is not None})
+    level = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
     table: dict[str, dict] = {}
-    for records in by_cell.values():
-        if not records:
-            continue
-        strategy, budget = records[0]["strategy"], records[0]["budget"]
-        row = table.setdefault(strategy, {})
-        acc = {"all": float(np.mean([r["correct"] for r in records]))}
-        for d in config.difficulties:
-            sub = [r["correct"] for r in records if r["difficulty"] == d]
-            acc[str(d)] = float(np.mean(sub)) if sub else None
-        row[str(budget)] = {"accuracy": acc, "questions": len(records),
-                            "generated_tokens": float(np.mean([r["generated_tokens"] for r in records])),
-                            "seconds_per_question": float(np.mean([r["seconds"] for r in records]))}
-    return {"config": dataclasses.asdict(config), "table": table}
+    for (name, budget), correct in grid.correct.items():
+        acc = {"all": float(correct.mean())}
+        for d in difficulties:
+            acc[str(d)] = float(correct[level == d].mean())
+        records = grid.records[(name, budget)]
+        table.setdefault(name, {})[str(budget)] = {
+            "accuracy": acc, "questions": len(correct), "coverage": grid.coverage[(name, budget)],
+            "generated_tokens": grid.tokens[(name, budget)],
+            "seconds_per_question": float(np.mean([r["seconds"] for r in records]))}
+    return {"config": config, "difficulties": difficulties, "table": table}
 
 
 def summary_markdown(summary: dict) -> str:
@@ -240,13 +338,11 @@ def summary_markdown(summary: dict) -> str:
     for name, row in table.items():
         cells = [f"{row[str(b)]['accuracy']['all']:.3f}" if str(b) in row else "" for b in budgets]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    diffs = [str(d) for d in summary["config"]["difficulties"]]
-    for d in diffs:
+    for d in map(str, summary["difficulties"]):
         lines += ["", f"## Difficulty {d}", "", "| strategy | " + " | ".join(f"N={b}" for b in budgets) + " |",
                   "|---|" + "---|" * len(budgets)]
         for name, row in table.items():
-            cells = [f"{row[str(b)]['accuracy'][d]:.3f}" if str(b) in row and row[str(b)]['accuracy'][d] is not None
-                     else "" for b in budgets]
+            cells = [f"{row[str(b)]['accuracy'][d]:.3f}" if str(b) in row else "" for b in budgets]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
@@ -258,7 +354,7 @@ def plot(summary: dict, path: str) -> None:
     import matplotlib.pyplot as plt
 
     table = summary["table"]
-    diffs = ["all"] + [str(d) for d in summary["config"]["difficulties"]]
+    diffs = ["all"] + [str(d) for d in summary["difficulties"]]
     fig, axes = plt.subplots(1, len(diffs), figsize=(3.2 * len(diffs), 3.2), sharey=True)
     for ax, d in zip(np.atleast_1d(axes), diffs):
         for name, row in table.items():

@@ -1,9 +1,10 @@
-"""Judging a verifier on the built-in task with the exact step oracle (never used by search itself).
+"""Judging a verifier on a task: how well it orders the policy's own samples (never used by search itself).
 
-For test problems, the policy samples N solutions each; the verifier scores every step. Reported:
-  step-level ROC-AUC of the step score for "this prefix is still on a path to the right answer"
-  (`arithmetic.prefix_on_path`), and per difficulty the accuracy of best-of-N vanilla, weighted and
-  majority voting over the same N samples, with pass@N (the ceiling) for reference.
+For the task's problems, the policy samples N solutions each; the verifier scores every step. Reported, overall
+and per difficulty: the accuracy of each selection rule (vanilla best-of-N, weighted, majority) over the same N
+samples with pass@N (the ceiling) beside them, and, where the task has an exact step oracle (the built-in
+arithmetic task), the step-level ROC-AUC of the step score for "this prefix is still on a path to the right
+answer".
 """
 
 from __future__ import annotations
@@ -14,61 +15,64 @@ import jax
 import numpy as np
 
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.models import Transformer
-from ttcjax.search.selection import best_of_n, majority, weighted
-from ttcjax.tasks import arithmetic
-from ttcjax.tasks.arithmetic import Problem
-from ttcjax.training.labels import split_steps
-from ttcjax.training.policy import sample_solutions
-from ttcjax.verifiers.reward_model import RewardModel, StepFormat, aggregate, score_inputs
+from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
+from ttcjax.search.selection import select
+from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.verifiers.base import Verifier
 
 
-def evaluate_verifier(prm: RewardModel, policy: Transformer, tokenizer, problems: Sequence[Problem], *,
-                      samples: int = 16, temperature: float = 0.8, seed: int = 0, aggregation: str = "last",
-                      mesh=None, step_format: StepFormat = StepFormat()) -> dict[str, Any]:
-    engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
-    texts = sample_solutions(engine, tokenizer, problems, n=samples, sampling=Sampling(temperature=temperature),
-                             key=jax.random.key(seed))
-    inputs, owners = [], []
-    for i, (p, ts) in enumerate(zip(problems, texts)):
-        for t in ts:
-            steps = split_steps(t, arithmetic.STEP_DELIMITER) or [""]
-            inputs.append(step_format.encode(tokenizer, arithmetic.format_prompt(p), steps))
-            owners.append((i, steps, t))
-    scores = score_inputs(prm, inputs, mesh=mesh)
+def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer, problems: Sequence[ProblemRecord],
+                      *, samples: int = 16, sampling: Sampling = Sampling(temperature=0.8), seed: int = 0,
+                      max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
+    texts = sample_solutions(task, engine, tokenizer, problems, n=samples, sampling=sampling,
+                             key=jax.random.key(seed), max_new_tokens=max_new_tokens)
+    owners = [(i, task.split_steps(t) or [""], t) for i, ts in enumerate(texts) for t in ts]
+    scores = verifier.score([task.prompt_text(problems[i], tokenizer) for i, _, _ in owners],
+                            [steps for _, steps, _ in owners])
     step_scores, step_labels, step_difficulty = [], [], []
-    per_problem: list[list[tuple[int | None, float]]] = [[] for _ in problems]
+    per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):
         p = problems[i]
         for k in range(len(steps)):
-            step_scores.append(float(s[k]))
-            step_labels.append(arithmetic.prefix_on_path(p, steps[:k + 1]))
-            step_difficulty.append(p.difficulty)
-        per_problem[i].append((arithmetic.extract_answer(text), aggregate(s, aggregation)))
-    step_scores, step_labels = np.array(step_scores), np.array(step_labels)
+            on_path = task.step_oracle(p, steps[:k + 1])
+            if on_path is not None:
+                step_scores.append(float(s[k]))
+                step_labels.append(on_path)
+                step_difficulty.append(p.difficulty)
+        per_problem[i].append((task.extract_answer(text), verifier.solution_score(s)))
+    step_scores, step_labels = np.array(step_scores), np.array(step_labels, bool)
     step_difficulty = np.array(step_difficulty)
 
-    chosen = {"best_of_n": [], "weighted": [], "majority": [], "pass@n": []}
+    def equal(a, b):
+        return task.answer_key(a) == task.answer_key(b)
+
+    rules = {"best_of_n": "vanilla", "weighted": "weighted", "majority": "majority"}
+    if not verifier.scores_steps:
+        rules = {"majority": "majority"}
+    chosen: dict[str, list[bool]] = {k: [] for k in (*rules, "pass@n")}
     for p, cands in zip(problems, per_problem):
         answers = [a for a, _ in cands]
-        sc = [s for _, s in cands]
-        ok = [a == p.answer for a in answers]
-        chosen["best_of_n"].append(ok[best_of_n(sc)])
-        chosen["weighted"].append(ok[weighted(answers, sc)])
-        chosen["majority"].append(ok[majority(answers)])
+        verdict = {}
+        for a in answers:
+            verdict.setdefault(task.answer_key(a), task.is_correct(p, a))
+        ok = [verdict[task.answer_key(a)] for a in answers]
+        for name, rule in rules.items():
+            chosen[name].append(ok[select(rule, answers, [s for _, s in cands], equal)])
         chosen["pass@n"].append(any(ok))
-    difficulty = np.array([p.difficulty for p in problems])
+    difficulty = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
     def summary(mask, step_mask):
-        out = {"problems": int(mask.sum()), "step_auc": roc_auc(step_scores[step_mask], step_labels[step_mask])}
+        out = {"problems": int(mask.sum()),
+               "step_auc": roc_auc(step_scores[step_mask], step_labels[step_mask]) if len(step_scores) else None}
         out.update({k: float(np.mean(np.array(v)[mask])) for k, v in chosen.items()})
         return out
 
-    return {"samples": samples, "temperature": temperature, "aggregation": aggregation,
-            "steps_scored": int(len(step_scores)), "on_path_fraction": float(step_labels.mean()),
+    return {"task": task.to_dict(), "samples": samples, "temperature": sampling.temperature,
+            "aggregation": verifier.aggregation, "steps_scored": int(len(step_scores)),
+            "on_path_fraction": float(step_labels.mean()) if len(step_labels) else None,
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)
-                              for d in sorted(set(difficulty.tolist()))}}
+                              for d in sorted(set(difficulty.tolist())) if d >= 0}}
 
 
 def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:

@@ -1,6 +1,6 @@
-"""Choosing one answer from N candidates (the paper's best-of-N variants), and ROC-AUC for verifiers.
+"""Choosing one answer from N candidates: the paper's best-of-N variants, as one table of rules.
 
-    best_of_n   the candidate with the highest verifier score ("vanilla")
+    vanilla     the candidate with the highest verifier score (`best_of_n`)
     weighted    sum the scores of candidates whose answers are equivalent; the best group's top candidate
     majority    the most frequent answer (no verifier); ties go to the answer seen first
 
@@ -62,3 +62,17 @@ def majority(answers: Sequence[object], equal: Equal | None = None) -> int:
     return _by_group(answers, [1.0] * len(answers), equal)
 
 
+# The selection rules by name: rule(answers, scores, equal) -> index of the chosen candidate.
+SELECTION_RULES: dict[str, Callable[[Sequence[object], Sequence[float], Equal | None], int]] = {
+    "weighted": lambda answers, scores, equal: weighted(answers, scores, equal),
+    "vanilla": lambda answers, scores, equal: best_of_n(scores),
+    "majority": lambda answers, scores, equal: majority(answers, equal),
+}
+VERIFIER_FREE_RULES = ("majority",)  # rules that read no verifier score
+
+
+def select(rule: str, answers: Sequence[object], scores: Sequence[float], equal: Equal | None = None) -> int:
+    """Index of the candidate that `rule` (a key of SELECTION_RULES) chooses."""
+    if rule not in SELECTION_RULES:
+        raise ValueError(f"selection {rule!r} is not one of {sorted(SELECTION_RULES)}.")
+    return SELECTION_RULES[rule](answers, scores, equal)

@@ -24,11 +24,12 @@ from ttcjax.decoding.engine import GREEDY, Engine, Sampling, StopConditions
 from ttcjax.io import atomic_path, check_options
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
+from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
+from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.tasks.builtin import ArithmeticTask
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples, train_loop
-
-MAX_NEW_TOKENS = 160  # the longest restated 5-operation solution (values <= 99) is 98 tokens with its end
 
 
 def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
@@ -145,23 +146,6 @@ def stop_conditions(tokenizer: Tokenizer) -> StopConditions:
 # ---- evaluation ---------------------------------------------------------------------------------------
 
 
-def sample_solutions(engine: Engine, tokenizer: Tokenizer, problems: Sequence[Problem], *, n: int,
-                     sampling: Sampling, key: jax.Array, batch_size: int = 256,
-                     max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[str]]:
-    """`n` completions per problem (decoded text), problem-major. `batch_size` bounds rows per call."""
-    per_call = max(1, batch_size // n)
-    out: list[list[str]] = []
-    stop = stop_conditions(tokenizer)
-    for start in range(0, len(problems), per_call):
-        chunk = problems[start:start + per_call]
-        prompts = [encode_prompt(tokenizer, p) for p in chunk]
-        completions = engine.generate(prompts, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
-                                      sampling=sampling, stop=stop, n=n)
-        texts = [tokenizer.decode(c.tokens) for c in completions]
-        out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
-    return out
-
-
 def pass_at_k(n: int, c: int, k: int) -> float:
     """Unbiased pass@k from n samples of which c are correct (Chen et al., 2021)."""
     if n - c < k:
@@ -169,23 +153,29 @@ def pass_at_k(n: int, c: int, k: int) -> float:
     return 1.0 - float(np.prod(1.0 - k / np.arange(n - c + 1, n + 1)))
 
 
-def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence[Problem], *, samples: int = 0,
-                    temperature: float = 0.8, seed: int = 0, mesh=None, batch_size: int = 256,
+def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequence[ProblemRecord], *,
+                    samples: int = 0, temperature: float = 0.8, seed: int = 0, mesh=None, batch_size: int = 256,
                     max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
-    """Greedy accuracy per difficulty and overall; with `samples` > 0 also pass@1 and pass@samples at
-    `temperature` (unbiased estimates from the same samples). Keys of "by_difficulty" are strings."""
+    """Greedy accuracy per difficulty and overall on `task`'s `problems`; with `samples` > 0 also pass@1 and
+    pass@samples at `temperature` (unbiased estimates from the same samples). Keys of "by_difficulty" are
+    strings."""
+    if samples < 0:
+        raise ValueError(f"samples={samples} must be >= 0 (0: greedy only).")
     engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
     key = jax.random.key(seed)
-    greedy = sample_solutions(engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size,
+
+    def right(p, text):
+        return task.is_correct(p, task.extract_answer(text))
+    greedy = sample_solutions(task, engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size,
                               max_new_tokens=max_new_tokens)
-    greedy_ok = np.array([arithmetic.is_correct_answer(p, g[0]) for p, g in zip(problems, greedy)])
+    greedy_ok = np.array([right(p, g[0]) for p, g in zip(problems, greedy)])
     counts = None
     if samples:
-        sampled = sample_solutions(engine, tokenizer, problems, n=samples, sampling=Sampling(temperature=temperature),
-                                   key=jax.random.fold_in(key, 1), batch_size=batch_size,
-                                   max_new_tokens=max_new_tokens)
-        counts = np.array([sum(arithmetic.is_correct_answer(p, s) for s in ss) for p, ss in zip(problems, sampled)])
-    difficulties = np.array([p.difficulty for p in problems])
+        sampled = sample_solutions(task, engine, tokenizer, problems, n=samples,
+                                   sampling=Sampling(temperature=temperature), key=jax.random.fold_in(key, 1),
+                                   batch_size=batch_size, max_new_tokens=max_new_tokens)
+        counts = np.array([sum(right(p, s) for s in ss) for p, ss in zip(problems, sampled)])
+    difficulties = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
     def summary(mask):
         out = {"problems": int(mask.sum()), "greedy": float(greedy_ok[mask].mean())}
@@ -195,7 +185,8 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, problems: Sequence
         return out
 
     result = {"all": summary(np.ones(len(problems), bool)),
-              "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()))},
+              "by_difficulty": {str(d): summary(difficulties == d)
+                                for d in sorted(set(difficulties.tolist())) if d >= 0},
               # per problem, so that a subset can be checked again later (tests/test_shipped.py)
               "greedy_correct": {p.id: bool(ok) for p, ok in zip(problems, greedy_ok)}}
     if counts is not None:
@@ -233,13 +224,14 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     packed = pack_examples([encode_example(tokenizer, p, steps, restate) for p, steps in
                             zip(problems, training_solutions(config, problems))], config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
-    eval_set = arithmetic.generate(task, config.eval_problems * len(task.difficulties), seed=config.seed,
-                                   split="validation") if config.eval_problems else []
+    eval_task = ArithmeticTask(task)
+    eval_set = eval_task.problems("validation", limit=config.eval_problems * len(task.difficulties),
+                                  seed=config.seed) if config.eval_problems else []
 
     def evaluate(model, step):
         if not eval_set:
             return {}
-        result = evaluate_policy(model, tokenizer, eval_set, mesh=mesh)
+        result = evaluate_policy(model, tokenizer, eval_task, eval_set, mesh=mesh)
         return {k: v for k, v in result.items() if k != "greedy_correct"}
 
     result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),

@@ -34,8 +34,9 @@ from ttcjax.tasks import arithmetic
 from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
 from ttcjax.training.policy import stop_conditions
-from ttcjax.verifiers.reward_model import (AGGREGATIONS, BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead,
-                                           pack_rows, save_prm)
+from ttcjax.verifiers.base import AGGREGATIONS
+from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
+                                           save_prm)
 
 # ---- examples ---------------------------------------------------------------------------------------
 

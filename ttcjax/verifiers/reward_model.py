@@ -29,8 +29,10 @@ from safetensors.numpy import load_file, save_file
 
 from ttcjax.checkpoints.native import load_model, save_model
 from ttcjax.io import atomic_path
+from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer
 from ttcjax.models.sharding import ShardingRules, batch_sharding, shard_model
+from ttcjax.verifiers.base import AGGREGATIONS, Verifier
 
 # ---- heads ---------------------------------------------------------------------------------------------
 
@@ -222,23 +224,6 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
     return out  # type: ignore[return-value]
 
 
-# ---- aggregation -----------------------------------------------------------------------------------------
-
-
-AGGREGATIONS = ("last", "min", "prod", "mean")
-
-
-def aggregate(step_scores: np.ndarray | Sequence[float], how: str = "last") -> float:
-    """A solution's score from its step scores: the last step's (the paper's choice), the minimum, the
-    product or the mean. A solution with no scored step gets 0."""
-    if how not in AGGREGATIONS:
-        raise ValueError(f"aggregation {how!r} is not one of {AGGREGATIONS}.")
-    s = np.asarray(step_scores, np.float64)
-    if s.size == 0:
-        return 0.0
-    return float({"last": s[-1], "min": s.min(), "prod": s.prod(), "mean": s.mean()}[how])
-
-
 # ---- input formats ---------------------------------------------------------------------------------------
 
 
@@ -310,3 +295,85 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
                                  f"of this backbone needs {list(want)}.")
             getattr(prm, name)[...] = jnp.asarray(saved[name], backbone.config.jnp_param_dtype)
     return prm, meta
+
+
+# ---- the Verifier interface for our reward models ----------------------------------------------------------
+
+
+PRM_STEP_WIDTHS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
+
+
+def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
+    """Feed tokens [R, T] (row r's first lengths[r] are real) into the PRM cache; the score logit at each
+    row's last real token [R], and the cache advanced by lengths."""
+    _, new_cache, hidden = prm.backbone(tokens, cache=cache, return_hidden=True, return_logits=False)
+    logits = prm.head_logits(hidden[-1])  # [R, T]
+    read = jnp.take_along_axis(logits, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
+
+
+@dataclasses.dataclass(frozen=True)
+class PRMStepScorer:
+    """Our reward model inside the compiled episode: its own KV cache per row, extended by each round's step.
+    Reads only as wide as the round's longest step (the narrowest of `PRM_STEP_WIDTHS` that holds it)."""
+
+    graphdef: nnx.GraphDef
+    reads_tokens: bool = True
+
+    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int) -> KVCache:
+        prm = nnx.merge(self.graphdef, params)
+        cache = KVCache.for_model(prm.config, prompt_tokens.shape[0], max_len)
+        _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths)
+        return cache.fork(n)
+
+    def extend(self, params, cache: KVCache, step_tokens, step_lengths):
+        prm = nnx.merge(self.graphdef, params)
+        t = step_tokens.shape[1]
+        widths = sorted({w for w in PRM_STEP_WIDTHS if w < t} | {t})
+        if len(widths) == 1:
+            return _extend(prm, cache, step_tokens, step_lengths)
+        index = jnp.searchsorted(jnp.asarray(widths), jnp.max(step_lengths))  # the first width >= the longest step
+        branches = [lambda c, tk, ln, w=w: _extend(prm, c, tk[:, :w], ln) for w in widths]
+        return jax.lax.switch(index, branches, cache, step_tokens, step_lengths)
+
+
+class RewardModelVerifier(Verifier):
+    """A ttcjax reward model (PRM or ORM) that reads the policy's own text in `step_format`: the policy's
+    tokenizer, the prompt, then each step followed by the delimiter."""
+
+    def __init__(self, prm: RewardModel, tokenizer, *, aggregation: str = "last",
+                 step_format: StepFormat = StepFormat(), kind: str = "prm", mesh=None, rules=None):
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}.")
+        self.prm, self.tokenizer, self.aggregation = prm, tokenizer, aggregation
+        self.step_format, self.kind, self.mesh, self.rules = step_format, kind, mesh, rules
+
+    @property
+    def num_params(self) -> int:
+        return self.prm.config.num_params()
+
+    def score(self, questions, solutions):
+        inputs = [self.step_format.encode(self.tokenizer, q, steps) for q, steps in zip(questions, solutions)]
+        return score_inputs(self.prm, inputs, mesh=self.mesh, rules=self.rules)
+
+    def step_scorer(self, tokenizer, mesh=None, rules=None):
+        if self.prm.config.vocab_size < tokenizer.vocab_size:
+            raise ValueError("the reward model's vocabulary is smaller than the policy tokenizer's; use the "
+                             "reward model trained for this policy.")
+        if mesh is not None:
+            shard_model(self.prm, mesh, rules or ShardingRules())
+        graphdef, params = nnx.split(self.prm)
+        return PRMStepScorer(graphdef), params
+
+    def __repr__(self) -> str:
+        return f"RewardModelVerifier({self.kind}, aggregation={self.aggregation!r})"
+
+
+def load_verifier(directory: str, tokenizer, *, aggregation: str | None = None, mesh=None, rules=None
+                  ) -> RewardModelVerifier:
+    """A reward model saved by `save_prm` as a Verifier reading the policy's text with `tokenizer`, with the
+    step format it was trained with and its aggregation (unless `aggregation` is given)."""
+    prm, meta = load_prm(directory)
+    return RewardModelVerifier(prm, tokenizer, aggregation=aggregation or meta.get("aggregation", "last"),
+                               step_format=StepFormat(**meta.get("format", {})), kind=meta.get("kind", "prm"),
+                               mesh=mesh, rules=rules)

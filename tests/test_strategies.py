@@ -1,0 +1,70 @@
+"""Strategies own their behaviour and share one YAML/JSON form (StrategySpec), with SearchSettings beside them."""
+
+import json
+
+import pytest
+
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import DVTS, STRATEGIES, Beam, BestOfN, Lookahead, StrategySpec, strategy_from_dict
+
+
+def spec(**data):
+    return StrategySpec.from_dict(data)
+
+
+def test_a_spec_fits_each_budget_as_its_strategy_decides():
+    assert spec(kind="best_of_n", selection="majority").at(16) == BestOfN(16, selection="majority")
+    assert spec(kind="beam", width="sqrt").at(16) == Beam(16, 4)
+    assert spec(kind="beam", width="sqrt").at(64) == Beam(64, 8)
+    assert spec(kind="beam", width=8).at(4) is None  # a beam wider than the budget
+    assert spec(kind="beam", width=3).at(16) is None  # a width that does not divide the budget
+    assert spec(kind="dvts", width=4).at(64) == DVTS(64, 4)
+    assert spec(kind="lookahead", width=4, k=1).at(16) == Lookahead(8, 4, k=1)  # budget N * (k + 1)
+    assert spec(kind="lookahead", width=4, k=1).at(4) is None
+    assert spec(kind="lookahead", width=4, k=1).at(16).budget == 16
+
+
+def test_strategies_answer_for_their_rows_groups_and_rounds():
+    assert BestOfN(8).groups == (0, 0) and BestOfN(8).width == 1 and BestOfN(8).lookahead == 0
+    assert Beam(16, 4).groups == (16, 4)  # one group per question, 16 / 4 beams kept
+    assert DVTS(16, 4).groups == (4, 1)  # 4 subtrees of 4 rows, one kept in each
+    assert Lookahead(8, 2, k=3).lookahead == 3 and Lookahead(8, 2, k=3).budget == 32
+    assert Beam(16, 4).max_rounds(12, 160) == 12 and BestOfN(16).max_rounds(12, 160) == 80
+    assert not BestOfN(4, selection="majority").needs_verifier
+    assert BestOfN(4).needs_verifier and Beam(4, 2, selection="majority").needs_verifier
+
+
+def test_one_form_round_trips_through_json():
+    for strategy in (BestOfN(4, selection="vanilla"), Beam(16, 4), Lookahead(8, 2, k=2), DVTS(16, 4)):
+        data = json.loads(json.dumps(strategy.to_dict()))
+        assert strategy_from_dict(data) == strategy
+        assert strategy.spec().at(strategy.budget) == strategy
+    s = spec(kind="lookahead", width=4, k=1)
+    assert StrategySpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.name == "lookahead-k1-width4" and spec(kind="best_of_n").name == "best_of_n"
+    assert set(STRATEGIES) == {"best_of_n", "beam", "lookahead", "dvts"}
+
+
+@pytest.mark.parametrize("data, message", [
+    ({"kind": "bean", "width": 4}, "unknown strategy kind 'bean'"),
+    ({"kind": "beam", "widht": 4}, "beam has no option(s) ['widht']"),
+    ({"kind": "beam", "width": "wide"}, "width must be an integer or 'sqrt'"),
+    ({"kind": "lookahead", "width": 4, "k": -1}, "k must be an integer >= 0"),
+    ({"kind": "best_of_n", "selection": "best"}, "selection='best' is not one of"),
+    ({"width": 4}, "a mapping with a 'kind'"),
+])
+def test_a_typo_in_a_strategy_is_refused_when_it_is_read(data, message):
+    with pytest.raises(ValueError, match=__import__("re").escape(message)):
+        StrategySpec.from_dict(data, source="config.yaml: strategies[0]")
+    with pytest.raises(ValueError, match="config.yaml: strategies"):
+        StrategySpec.from_dict(data, source="config.yaml: strategies[0]")
+
+
+def test_search_settings_round_trip_and_refuse_nonsense():
+    s = SearchSettings(max_step_tokens=20, temperature=0.5)
+    assert SearchSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
+    assert s.sampling.temperature == 0.5
+    for bad, message in (({"max_len": 0}, "max_len=0"), ({"temperature": -1}, "temperature"),
+                         ({"max_step_tokens": 200}, "below max_len"), ({"temprature": 1}, "temprature")):
+        with pytest.raises(ValueError, match=message):
+            SearchSettings.from_dict(bad, source="config.yaml: search")

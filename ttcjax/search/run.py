@@ -1,0 +1,125 @@
+"""`search`: run a strategy for a batch of questions with a policy and a verifier, and choose each answer.
+
+The rounds run on the device (`ttcjax.search.episode`); here the host encodes the prompts, batches the
+questions, reads the final rows back, extracts every candidate's answer and applies the strategy's
+selection rule (`ttcjax.search.selection.SELECTION_RULES`) over all N final rows. Costs are exact: the
+tokens each row's lineage generated (rollouts included) and the tokens the verifier read.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, Sequence
+
+import jax
+import numpy as np
+
+from ttcjax.decoding.engine import Engine, bucket
+from ttcjax.search.episode import EpisodeSpec, run_episode
+from ttcjax.search.selection import select
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import Strategy
+from ttcjax.verifiers.base import Verifier
+
+
+@dataclasses.dataclass
+class Candidate:
+    text: str
+    answer: Any
+    step_scores: list[float]
+    score: float  # aggregated
+
+
+@dataclasses.dataclass
+class SearchResult:
+    """Per question: the chosen answer and solution, every candidate, and the exact cost."""
+
+    answer: Any
+    solution: str
+    chosen: int
+    candidates: list[Candidate]
+    generations: int  # the strategy's budget in generations (N, or N*(k+1) for lookahead)
+    generated_tokens: int
+    verifier_tokens: int
+    policy_flops: float
+    verifier_flops: float
+
+
+def cost_flops(params: int, tokens: int) -> float:
+    """Inference FLOPs of `tokens` tokens through a model of `params` parameters: 2 N D."""
+    return 2.0 * params * tokens
+
+
+def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, prompts: Sequence[str | Sequence[int]],
+           key: jax.Array, *, extract_answer: Callable[[str], Any], equal: Callable[[Any, Any], bool] | None = None,
+           settings: SearchSettings = SearchSettings(delimiter="\n"), questions_per_batch: int | None = None,
+           compact: bool = True, compact_min_rows: int = 128, on_segment: Callable[[int], None] | None = None
+           ) -> list[SearchResult]:
+    """Run `strategy` for every prompt (text, encoded with BOS where the tokenizer has one, or token ids) with
+    the policy in `engine` and `verifier` scoring each step.
+
+    `extract_answer(solution_text)` gives a candidate's answer (None if it has none); `equal` compares two
+    answers (default ==). Questions are searched `questions_per_batch` at a time (default: all), each with N
+    rows of one batch. With `compact` (the default), once at most half of a batch's questions are still
+    open the loop returns, the finished questions' rows are read out and dropped, and the rest continue in a
+    batch half the size or less: a finished question stops costing compute. Batches are not shrunk below
+    `compact_min_rows` rows, where a smaller batch saves less time than compiling its loop costs. The results
+    are the same either way (a row's random draws depend on its id, not on its place in the batch).
+    `on_segment(rows)` is called before each compiled segment with its batch's rows.
+    """
+    if strategy.needs_verifier and not verifier.scores_steps:
+        raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
+                         "selection='majority' with best-of-N, or name a verifier.")
+    if settings.delimiter is None:
+        raise ValueError("settings.delimiter is None: set the step delimiter (SearchSettings.for_task(task) takes the "
+                         "task's).")
+    delimiter_ids = tokenizer.encode(settings.delimiter)
+    if len(delimiter_ids) != 1:
+        raise ValueError(f"the step delimiter {settings.delimiter!r} must be one token of the tokenizer; it is "
+                         f"{len(delimiter_ids)}.")
+    scorer, scorer_params = verifier.step_scorer(tokenizer, engine.mesh, engine.rules)
+    encoded = [list(p) if not isinstance(p, str) else tokenizer.encode(p, add_bos=tokenizer.bos_id is not None)
+               for p in prompts]
+    per_batch = questions_per_batch or len(encoded)
+    spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=scorer,
+                       rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
+                       max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
+                       sampling=settings.sampling, delimiter_id=delimiter_ids[0], eos_ids=tuple(tokenizer.eos_ids),
+                       pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
+                       data_axis=engine.rules.batch if engine.mesh is not None else None)
+    n = strategy.n
+    results: list[SearchResult] = []
+    for start in range(0, len(encoded), per_batch):
+        chunk = encoded[start:start + per_batch]
+        longest = max(map(len, chunk))
+        if longest >= settings.max_len:
+            raise ValueError(f"a prompt of {longest} tokens leaves no room to generate in max_len="
+                             f"{settings.max_len}; raise max_len.")
+        width_p = min(bucket(longest), settings.max_len)
+        # with a mesh, questions (and so their rows) are padded to a multiple of the data axis and split over it
+        padded = chunk + [chunk[0]] * (-len(chunk) % engine.data_size)
+        tokens = np.full((len(padded), width_p), tokenizer.pad_id, np.int32)  # [Q, P]
+        for i, p in enumerate(padded):
+            tokens[i, :min(len(p), width_p)] = p[:width_p]
+        lengths = np.array([len(p) for p in padded], np.int32)  # [Q]
+        active = np.arange(len(padded)) < len(chunk)  # [Q]
+        host = run_episode(spec, engine, scorer_params, engine.place_rows(tokens), engine.place_rows(lengths),
+                           engine.place_rows(active), jax.random.fold_in(key, start), len(chunk), compact=compact,
+                           compact_min_rows=compact_min_rows, on_segment=on_segment)
+        sol_tokens, sol_len, step_scores, num_steps, generated, scored = host  # rows [len(chunk) * n, ...]
+        for i in range(len(chunk)):
+            cands = []
+            for r in range(i * n, (i + 1) * n):
+                text = tokenizer.decode(sol_tokens[r, :sol_len[r]])
+                s = [float(x) for x in step_scores[r, :num_steps[r]]] if verifier.scores_steps else []
+                cands.append(Candidate(text=text, answer=extract_answer(text), step_scores=s,
+                                       score=verifier.solution_score(s)))
+            chosen = select(strategy.selection, [c.answer for c in cands], [c.score for c in cands], equal)
+            gen_tokens = int(generated[i * n:(i + 1) * n].sum())
+            verifier_tokens = int(scored[i * n:(i + 1) * n].sum()) + (len(chunk[i]) if scorer.reads_tokens else 0)
+            results.append(SearchResult(
+                answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
+                generations=strategy.budget, generated_tokens=gen_tokens, verifier_tokens=verifier_tokens,
+                policy_flops=cost_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
+                verifier_flops=cost_flops(verifier.num_params, verifier_tokens)))
+    return results

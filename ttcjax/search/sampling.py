@@ -1,0 +1,40 @@
+"""Independent full solutions from a policy for a task's problems: what difficulty estimation, verifier
+evaluation, probe samples and the larger model's greedy answers use (no verifier, no rounds)."""
+
+from __future__ import annotations
+
+from typing import Sequence
+
+import jax
+
+from ttcjax.checkpoints.tokenizer import Tokenizer
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions
+from ttcjax.tasks.base import ProblemRecord, Task
+
+MAX_NEW_TOKENS = 160  # the longest restated 5-operation arithmetic solution (values <= 99) is 98 tokens
+
+
+def solution_stop(task: Task, tokenizer: Tokenizer) -> StopConditions:
+    """A full solution ends at EOS or at the task's solution end (arithmetic: the blank line)."""
+    stops = () if task.solution_end is None else (tuple(tokenizer.encode_stop_sequence(task.solution_end)),)
+    return StopConditions(eos_ids=tuple(tokenizer.eos_ids), stop_sequences=stops)
+
+
+def sample_solutions(task: Task, engine: Engine, tokenizer: Tokenizer, problems: Sequence[ProblemRecord], *, n: int,
+                     sampling: Sampling, key: jax.Array, batch_size: int = 256,
+                     max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[str]]:
+    """`n` completions per problem (decoded text), problem-major. `batch_size` bounds rows per call; each
+    call's key is folded with its first problem's index."""
+    if n < 1:
+        raise ValueError(f"n={n}: sample at least one solution per problem.")
+    per_call = max(1, batch_size // n)
+    out: list[list[str]] = []
+    stop = solution_stop(task, tokenizer)
+    for start in range(0, len(problems), per_call):
+        chunk = problems[start:start + per_call]
+        prompts = [task.encode_prompt(p, tokenizer) for p in chunk]
+        completions = engine.generate(prompts, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
+                                      sampling=sampling, stop=stop, n=n)
+        texts = [tokenizer.decode(c.tokens) for c in completions]
+        out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
+    return out

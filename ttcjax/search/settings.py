@@ -1,0 +1,62 @@
+"""`SearchSettings`: everything a search needs besides its strategy, saved with every run, report and
+scheduler so that `ttcjax run` applies exactly what was chosen."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Mapping
+
+from ttcjax.decoding.engine import Sampling
+from ttcjax.io import check_options
+
+
+@dataclasses.dataclass(frozen=True)
+class SearchSettings:
+    """delimiter        the text that ends a reasoning step (one token of the policy's tokenizer); None: the
+                     task's step delimiter (`for_task`)
+    max_step_tokens  tokens one step may take; a longer step is cut there and ends its solution
+    max_rounds       rounds (steps) of selection for strategies that select between rounds; best-of-N
+                     samples run until they end or fill the cache
+    max_len          the KV cache per row: prompt plus solution
+    temperature, top_k, top_p   how each step is sampled"""
+
+    delimiter: str | None = None
+    max_step_tokens: int = 24
+    max_rounds: int = 12
+    max_len: int = 160
+    temperature: float = 0.8
+    top_k: int = 0
+    top_p: float = 1.0
+
+    def __post_init__(self):
+        for name in ("max_step_tokens", "max_rounds", "max_len"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"search settings: {name}={value!r} must be an integer >= 1.")
+        if self.delimiter is not None and (not isinstance(self.delimiter, str) or not self.delimiter):
+            raise ValueError(f"search settings: delimiter={self.delimiter!r} must be a non-empty string (or null: "
+                             "the task's step delimiter).")
+        if self.max_step_tokens >= self.max_len:
+            raise ValueError(f"search settings: max_step_tokens={self.max_step_tokens} must be below "
+                             f"max_len={self.max_len}.")
+        self.sampling  # checks temperature, top_k and top_p
+
+    def for_task(self, task) -> "SearchSettings":
+        """These settings with the task's step delimiter where none is set."""
+        return self if self.delimiter is not None else dataclasses.replace(self, delimiter=task.step_delimiter)
+
+    @property
+    def sampling(self) -> Sampling:
+        return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None, source: str = "search") -> "SearchSettings":
+        data = dict(data or {})
+        check_options(cls, data, source)
+        try:
+            return cls(**data)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None

@@ -1,0 +1,239 @@
+"""Search strategies: frozen dataclasses that own their behaviour, and the one YAML/JSON form they share.
+
+A strategy answers for itself everything the compiled episode and the reports need:
+
+    n            rows (beams) per question
+    budget       generations it costs, the x axis of every accuracy-versus-budget curve
+    groups       (rows per selection group, rows kept per group); (0, 0): no selection between rounds
+    width        rows each kept row fills after selection
+    lookahead    greedy rollout steps whose end scores a step (0: the step's own score)
+    selection    the answer-selection rule over the final rows (`ttcjax.search.selection.SELECTION_RULES`)
+
+A **spec** is a strategy without its budget, as written in YAML or JSON: `{kind: beam, width: 4}`, where
+`width: sqrt` means the square root of the budget, as in the paper. `StrategySpec.at(budget)` gives the
+strategy at a budget (None where it does not fit it). Sweeps, experiments, schedulers, reports and
+`ttcjax run` all read and write this one form. A new strategy is one class here: its fields, `kind`,
+`groups`, and `for_budget`; add it to `STRATEGIES`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from typing import Any, ClassVar, Mapping
+
+from ttcjax.search.selection import SELECTION_RULES, VERIFIER_FREE_RULES
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)
+
+
+@dataclasses.dataclass(frozen=True)
+class Strategy:
+    """The fields every strategy has: N rows per question and the rule that picks the answer."""
+
+    kind: ClassVar[str] = ""
+    n: int
+    selection: str = dataclasses.field(default="weighted", kw_only=True)
+
+    def __post_init__(self):
+        _check(isinstance(self.n, int) and self.n >= 1, f"{self.label}: n must be an integer >= 1.")
+        _check(self.selection in SELECTION_RULES,
+               f"{self.label}: selection={self.selection!r} is not one of {sorted(SELECTION_RULES)}.")
+
+    @property
+    def label(self) -> str:
+        fields = ", ".join(f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self))
+        return f"{type(self).__name__}({fields})"
+
+    @property
+    def budget(self) -> int:
+        return self.n
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return 0, 0
+
+    @property
+    def width(self) -> int:
+        return 1
+
+    @property
+    def lookahead(self) -> int:
+        return 0
+
+    def max_rounds(self, settings_max_rounds: int, max_len: int) -> int:
+        """Rounds the episode may run. Strategies that select between rounds stop after the settings'
+        max_rounds; best-of-N selects nothing, so only the cache (max_len) limits its samples."""
+        return settings_max_rounds if self.groups != (0, 0) else max(1, max_len // 2)
+
+    @property
+    def needs_verifier(self) -> bool:
+        """Whether the strategy reads verifier scores (to select rows between rounds, or to pick the answer)."""
+        return self.groups != (0, 0) or self.selection not in VERIFIER_FREE_RULES
+
+    def to_dict(self) -> dict[str, Any]:
+        """The strategy at its budget: {"kind": ..., "n": ..., other fields}."""
+        return {"kind": self.kind, **dataclasses.asdict(self)}
+
+    def spec(self) -> "StrategySpec":
+        """This strategy without its budget."""
+        options = {k: v for k, v in dataclasses.asdict(self).items() if k != "n"}
+        return StrategySpec.from_dict({"kind": self.kind, **options})
+
+    @classmethod
+    def for_budget(cls, budget: int, **options) -> "Strategy | None":
+        """The strategy that spends `budget` generations, or None where none fits the budget."""
+        return cls(budget, **options)
+
+
+@dataclasses.dataclass(frozen=True)
+class BestOfN(Strategy):
+    """N independent samples; the answer by `selection` over their verifier scores (or votes)."""
+
+    kind: ClassVar[str] = "best_of_n"
+
+
+@dataclasses.dataclass(frozen=True)
+class _Tree(Strategy):
+    """A strategy that keeps the best rows each round and expands each kept row into `width` rows."""
+
+    width: int = 4
+
+    def __post_init__(self):
+        super().__post_init__()
+        w = self.width
+        _check(isinstance(w, int) and w >= 1, f"{self.label}: width must be an integer >= 1.")
+        _check(self.n >= w, f"{self.label}: the budget n is below the beam width; use n >= width.")
+        _check(self.n % w == 0, f"{self.label}: n must be divisible by width (n/width beams are kept and each "
+                                "expanded width times).")
+
+    @classmethod
+    def for_budget(cls, budget: int, width: int | str = 4, **options) -> "Strategy | None":
+        width = _width(width, budget, cls.kind)
+        rows = cls.rows_for_budget(budget, width, **options)
+        if rows < width or rows % width:
+            return None
+        return cls(rows, width, **options)
+
+    @classmethod
+    def rows_for_budget(cls, budget: int, width: int, **options) -> int:
+        return budget
+
+
+def _width(width: int | str, budget: int, kind: str) -> int:
+    if width == "sqrt":
+        return max(1, int(round(math.sqrt(budget))))
+    if not isinstance(width, int) or isinstance(width, bool):
+        raise ValueError(f"strategy {kind}: width must be an integer or 'sqrt', got {width!r}.")
+    return width
+
+
+@dataclasses.dataclass(frozen=True)
+class Beam(_Tree):
+    """PRM-guided step-level beam search: N beams; each round keep the top N/width, expand each by width."""
+
+    kind: ClassVar[str] = "beam"
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return self.n, self.n // self.width
+
+
+@dataclasses.dataclass(frozen=True)
+class Lookahead(_Tree):
+    """Beam search whose step score is the verifier's at the end of a greedy rollout of up to k more steps.
+    Budget counted as N * (k + 1), as in the paper."""
+
+    kind: ClassVar[str] = "lookahead"
+    k: int = 1
+
+    def __post_init__(self):
+        super().__post_init__()
+        _check(isinstance(self.k, int) and self.k >= 0, f"{self.label}: k must be an integer >= 0.")
+
+    @property
+    def budget(self) -> int:
+        return self.n * (self.k + 1)
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return self.n, self.n // self.width
+
+    @property
+    def lookahead(self) -> int:
+        return self.k
+
+    @classmethod
+    def rows_for_budget(cls, budget: int, width: int, k: int = 1, **options) -> int:
+        _check(isinstance(k, int) and k >= 0, f"lookahead: k must be an integer >= 0; got {k!r}.")
+        return budget // (k + 1) // width * width  # the budget counts each rollout step: N * (k + 1)
+
+
+@dataclasses.dataclass(frozen=True)
+class DVTS(_Tree):
+    """Diverse verifier tree search: N/width independent subtrees of width rows, each keeping its best row
+    and expanding it by width every round."""
+
+    kind: ClassVar[str] = "dvts"
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return self.width, 1
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.kind: cls for cls in (BestOfN, Beam, Lookahead, DVTS)}
+
+
+def strategy_from_dict(data: Mapping[str, Any], source: str = "strategy") -> Strategy:
+    """A strategy at its budget from {"kind": ..., "n": ..., ...} (`Strategy.to_dict`)."""
+    spec = StrategySpec.from_dict({k: v for k, v in data.items() if k != "n"}, source)
+    if not isinstance(data.get("n"), int):
+        raise ValueError(f"{source}: a strategy at its budget needs an integer n; got {data.get('n')!r}.")
+    cls = STRATEGIES[spec.kind]
+    return cls(data["n"], **dict(spec.options))
+
+
+@dataclasses.dataclass(frozen=True)
+class StrategySpec:
+    """A strategy without its budget: `kind` and its options, as written in YAML ({kind: beam, width: 4})."""
+
+    kind: str
+    options: tuple[tuple[str, Any], ...] = ()
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | "StrategySpec", source: str = "strategy") -> "StrategySpec":
+        """Validated: the kind exists, every option is one of its fields, and the spec fits some budget."""
+        if isinstance(data, StrategySpec):
+            return data
+        if not isinstance(data, Mapping) or "kind" not in data:
+            raise ValueError(f"{source}: a strategy is a mapping with a 'kind' (one of {sorted(STRATEGIES)}); "
+                             f"got {data!r}.")
+        kind = data["kind"]
+        if kind not in STRATEGIES:
+            raise ValueError(f"{source}: unknown strategy kind {kind!r}; use one of {sorted(STRATEGIES)}.")
+        allowed = [f.name for f in dataclasses.fields(STRATEGIES[kind]) if f.name != "n"]
+        unknown = sorted(set(data) - {"kind"} - set(allowed))
+        if unknown:
+            raise ValueError(f"{source}: {kind} has no option(s) {unknown}; its options are {allowed}.")
+        spec = cls(kind, tuple(sorted((k, v) for k, v in data.items() if k != "kind")))
+        try:
+            spec.at(1 << 10)  # checks the options' values (a budget every width up to 32 divides)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
+        return spec
+
+    @property
+    def name(self) -> str:
+        """A stable file-name-safe name: the kind, then each option as -keyvalue, sorted by key."""
+        return self.kind + "".join(f"-{k}{v}" for k, v in self.options)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, **dict(self.options)}
+
+    def at(self, budget: int) -> Strategy | None:
+        """The strategy spending `budget` generations; None where it does not fit (e.g. a beam wider than
+        the budget, or a width that does not divide it)."""
+        return STRATEGIES[self.kind].for_budget(budget, **dict(self.options))
