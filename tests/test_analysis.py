@@ -7,11 +7,22 @@ import pathlib
 import pytest
 
 from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, analyze,
-                                  weighted_best_of_n)
+                                  baseline_name)
 from ttcjax.eval.report import markdown
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "demo_reduced_golden.json"
 BON, BEAM = "best_of_n-selectionweighted", "beam-width4"
+
+
+def spec_of(name: str) -> dict:
+    """The YAML form behind a strategy's name ("beam-width4" -> {kind: beam, width: 4})."""
+    kind, *options = name.split("-")
+    spec = {"kind": kind}
+    for option in options:
+        key = next(k for k in ("selection", "width", "k") if option.startswith(k))
+        value = option[len(key):]
+        spec[key] = int(value) if value.isdigit() else value
+    return spec
 
 
 def make_report(per_level: dict[str, dict[str, dict[str, float]]], *, best_of_n: dict[str, float] | None = None,
@@ -28,6 +39,7 @@ def make_report(per_level: dict[str, dict[str, dict[str, float]]], *, best_of_n:
     levels = sorted(per_level, key=int)
     report = {
         "questions": 10 * len(levels), "seconds": 12.0, "seconds_total": 12.0,
+        "strategies": {n: spec_of(n) for n in names},
         "params": {"policy": 1000, "large_policy": 4000, "verifier": 1000}, "difficulty_cost_tokens": 1,
         "difficulty_signal": "verifier", "config": {"task": {"name": "arithmetic"}, "split": "test"},
         "accuracy": accuracy, "mean_generated_tokens": {}, "per_level": {"oracle": per_level, "predicted": per_level},
@@ -156,6 +168,7 @@ def golden_report() -> dict:
     params = {"policy": report["params"]["policy"], "large_policy": report["params"]["large_policy"],
               "verifier": report["params"]["prm"]}  # the golden report predates the Verifier interface
     return {**report, "params": params, "seconds": 30.0, "seconds_total": 30.0, "difficulty_signal": "verifier",
+            "strategies": {n: spec_of(n) for n in report["accuracy"]},
             "config": {"task": {"name": "arithmetic"}, "split": "test"}}
 
 
@@ -178,7 +191,7 @@ def test_the_reduced_demos_findings():
     # level 1 at N=4: 0.8333333333333333 against 0.8333333333333334 is a tie, not a win for the larger model
     assert [(r.ratio, r.budget, r.search_wins, r.larger_wins) for r in findings.flops_matched] == [
         (0.16, 4, (), ("2",)), (0.79, 4, (), ("2",)), (22.0, 2, ("1",), ("2",))]
-    assert weighted_best_of_n(report["accuracy"]) == BON
+    assert baseline_name(report) == BON
 
 
 def test_the_summary_states_the_findings():

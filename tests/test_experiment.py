@@ -110,6 +110,8 @@ def test_a_verifier_free_experiment_on_a_generic_jsonl_file_then_run(tmp_path):
     assert main(["experiment", "--config", str(path), "--no-progress"]) == 0
     report = json.loads((tmp_path / "run" / "report.json").read_text())
     assert report["params"]["verifier"] == 0 and report["difficulty_signal"] == "agreement"
+    assert report["baseline"] == "best_of_n-selectionmajority" and report["findings"]["baseline"] is None
+    assert "| the baseline best_of_n-selectionmajority |" in (tmp_path / "run" / "summary.md").read_text()
     cell = records(tmp_path / "run" / "results" / "best_of_n-b4.jsonl")
     assert all(r["verifier_tokens"] == 0 and r["verifier_flops"] == 0 for r in cell)
     assert {r["difficulty"] for r in cell} == {2, 4}

@@ -217,3 +217,31 @@ def test_train_prm_then_orm_end_to_end_with_resume(tiny_policy, tmp_path):
     assert orm["finished"] and orm["labels"]["cost"]["reused_from"].endswith("labels.jsonl")
     _, meta = load_prm(str(tmp_path / "orm" / "model"))
     assert meta["kind"] == "orm"
+
+
+def test_monte_carlo_labels_on_any_task(tmp_path):
+    """Labelling takes a Task: a GSM8K-format file, prompted the way the shipped policy reads, graded by the
+    task (math-verify), with the solution's own answer as its last step's label."""
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.checkpoints.tokenizer import load_tokenizer
+    from ttcjax.tasks.grading import answers_equal
+    from ttcjax.training.reward_model import make_labels
+
+    problems = arithmetic.generate(arithmetic.TaskConfig(difficulties=(2, 3)), 6, seed=2, split="train")
+    with open(tmp_path / "train.jsonl", "w") as f:
+        for p in problems:
+            f.write(json.dumps({"question": p.expression, "answer": f"...\n#### {p.answer}"}) + "\n")
+    task = {"name": "gsm8k", "path": str(tmp_path), "prompt": {"template": "Q: {question}=\n"}}
+    config = PRMTrainConfig(out_dir=str(tmp_path / "prm"), policy=model_dir("policy", "tiny"), task=task,
+                            num_questions=6, samples=2, rollouts=2, mesh="none")
+    labelled, cost = make_labels(config, load_tokenizer(model_dir("policy", "tiny")), None, progress=False)
+    answers = {f"Q: {p.expression}=\n": p.answer for p in problems}
+    assert cost["questions"] == 6 and len(labelled) > 0 and {x.question for x in labelled} <= set(answers)
+    assert any(x.correct for x in labelled) and all(x.problem_id.startswith("gsm8k/train/") for x in labelled)
+    for x in labelled:
+        said = arithmetic.extract_answer(x.steps[-1])
+        assert x.correct == (said is not None and answers_equal(str(said), str(answers[x.question])))
+        assert x.step_labels[-1] == float(x.correct) and all(0 <= v <= 1 for v in x.step_labels)
+        assert len(x.step_labels) == len(x.steps)
+    with pytest.raises(ValueError, match="gsm9k"):
+        PRMTrainConfig(out_dir="x", policy="y", task={"name": "gsm9k"})

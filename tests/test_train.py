@@ -16,8 +16,8 @@ from ttcjax.cli import main
 from ttcjax.models import ModelConfig, forward, init_model
 from ttcjax.tasks import arithmetic
 from ttcjax.training.loop import METRICS_FILE, OptimConfig, epoch_batches, pack_examples
-from ttcjax.training.policy import (PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_problems,
-                                    training_solutions)
+from ttcjax.training.policy import (PolicyTrainConfig, encode_example, pass_at_k, train_policy, training_examples,
+                                    training_problems, training_solutions)
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=128)
@@ -202,3 +202,30 @@ def test_cli_train_policy(tmp_path, capsys):
     bad.write_text("out_dir: x\nmodel_config: {}\nlearning_rate: 1\n")
     assert main(["train", "policy", "--config", str(bad)]) == 2
     assert "learning_rate" in capsys.readouterr().err
+
+
+def test_training_on_any_task_uses_its_prompts_and_reference_solutions(tmp_path):
+    """A GSM8K-format file with a few-shot-free template: each example is the prompt as it will be asked and the
+    reference solution's steps, then EOS; the loss falls; evaluation during training reads the named split."""
+    problems = arithmetic.generate(arithmetic.TaskConfig(difficulties=(2,)), 40, seed=4, split="train")
+    for split, part in (("train", problems[:32]), ("test", problems[32:])):
+        with open(tmp_path / f"{split}.jsonl", "w") as f:
+            for p in part:
+                steps = "\n".join(f"{a}{op}{b}={r}" for a, op, b, r in p.steps)
+                f.write(json.dumps({"question": p.expression, "answer": f"{steps}\n#### {p.answer}"}) + "\n")
+    task = {"name": "gsm8k", "path": str(tmp_path), "prompt": {"template": "Q: {question}=\n"}}
+    config = tiny_config(tmp_path / "run", task=task, num_train=32, steps=20, lr=3e-2, warmup_steps=3,
+                         eval_problems=4, eval_split="test")
+    examples = training_examples(config, config.make_task(), CharTokenizer())
+    prompt, solution = examples[0]
+    text = CharTokenizer().decode(prompt + solution)
+    assert len(examples) == 32 and text.startswith("Q: ") and "The answer is" in text
+    assert solution[-1] == CharTokenizer().eos_id
+    summary = train_policy(config, progress=False)
+    losses = [m["loss"] for m in _metrics(tmp_path / "run") if "loss" in m]
+    assert losses[-1] < 0.7 * losses[0], losses
+    assert summary["data"]["task"]["name"] == "gsm8k" and summary["validation"]["all"]["problems"] == 4
+    with pytest.raises(ValueError, match="solution_format is an option of the built-in arithmetic task"):
+        tiny_config(tmp_path / "x", task=task, solution_format="restate")
+    with pytest.raises(ValueError, match="no split 'validation'"):
+        tiny_config(tmp_path / "x", task=task, eval_problems=4)

@@ -39,7 +39,7 @@ from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_con
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, read_yaml, write_jsonl
+from ttcjax.io import atomic_path, check_options, read_yaml, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.tasks.registry import task_from_dict
@@ -65,18 +65,8 @@ GENERATE_KEYS = {"model", "tokenizer", "prompts", "prompts_file", "n", "max_new_
 
 def load_yaml_config(path: str, allowed: set[str]) -> dict[str, Any]:
     """Read a YAML mapping, refusing keys the command does not know (with the file and the key named)."""
-    if not os.path.exists(path):
-        raise FileNotFoundError(f"{path}: config file not found.")
-    with open(path) as f:
-        try:
-            data = yaml.safe_load(f) or {}
-        except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e}).") from e
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: the top level must be a mapping of option: value.")
-    unknown = sorted(set(data) - allowed)
-    if unknown:
-        raise ValueError(f"{path}: unknown option(s) {unknown}; allowed: {sorted(allowed)}.")
+    data = read_yaml(path)
+    check_options(sorted(allowed), data, path)
     return data
 
 

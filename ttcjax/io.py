@@ -6,7 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
-from typing import Any, Iterable, Iterator, Sequence
+from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -32,12 +32,13 @@ def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> N
             f.write(json.dumps(record) + "\n")
 
 
-def check_options(cls, data: dict, source: str, required: tuple[str, ...] = ()) -> None:
-    """Refuse keys that are not fields of the dataclass `cls`, and missing `required` ones, naming `source`."""
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise ValueError(f"{source}: unknown option(s) {unknown}; allowed: {sorted(names)}.")
+def check_options(allowed, data: Mapping[str, Any], source: str, required: tuple[str, ...] = ()) -> None:
+    """Refuse keys of a config mapping that are not `allowed` (the fields of a dataclass, or names in order) and
+    missing `required` ones: one ValueError naming `source`, the key and the allowed keys."""
+    names = [f.name for f in dataclasses.fields(allowed)] if dataclasses.is_dataclass(allowed) else list(allowed)
+    for key in data:
+        if key not in names:
+            raise ValueError(f"{source}: unknown option {key!r}; allowed: {', '.join(names)}")
     for key in required:
         if key not in data:
             raise ValueError(f"{source}: {key} is required.")

@@ -12,8 +12,9 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from collections.abc import Iterable
 from typing import Any
+
+from ttcjax.search.strategies import StrategySpec
 
 # accuracies are means of 0/1 over a few questions: differences below these are ties, not findings
 _BETTER = 1e-9
@@ -118,16 +119,24 @@ def _plain(value: Any) -> Any:
     return value
 
 
-def weighted_best_of_n(names: Iterable[str]) -> str | None:
-    """The weighted best-of-N strategy among `names` (the baseline every finding compares against)."""
-    return next((n for n in names if n.startswith("best_of_n") and "weighted" in n), None)
+BASELINE = StrategySpec.from_dict({"kind": "best_of_n", "selection": "weighted"})  # what every finding compares to
+
+
+def strategies(report: dict) -> dict[str, StrategySpec]:
+    """The report's strategies by name (report["strategies"]: name -> its YAML form)."""
+    return {name: StrategySpec.from_dict(spec) for name, spec in report["strategies"].items()}
+
+
+def baseline_name(report: dict) -> str | None:
+    """The name of weighted best-of-N among the report's strategies (None without it)."""
+    return next((name for name, spec in strategies(report).items() if spec == BASELINE), None)
 
 
 def analyze(report: dict) -> Findings:
     """The findings of an experiment report (report.json's content; a "findings" key in it is ignored)."""
     budgets = sorted({int(b) for row in report["accuracy"].values() for b in row})
     return Findings(
-        budgets=tuple(budgets), baseline=weighted_best_of_n(report["accuracy"]),
+        budgets=tuple(budgets), baseline=baseline_name(report),
         efficiency={signal: _efficiency(report, signal, budgets) for signal in ("oracle", "predicted")},
         coverage=_coverage(report, budgets[-1]), beam_on_hard_bins=_beam_on_hard_bins(report, budgets),
         flops_matched=_flops_matched(report))
@@ -153,7 +162,7 @@ def _efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:
 
 
 def _coverage(report: dict, budget: int) -> Coverage | None:
-    name = weighted_best_of_n(report["accuracy"])
+    name = baseline_name(report)
     cov = report.get("coverage", {}).get(name or "", {}).get(str(budget))
     if cov is None:
         return None
@@ -168,8 +177,9 @@ def _beam_on_hard_bins(report: dict, budgets: list[int]) -> BeamOnHardBins | Non
     hard = levels[-max(1, len(levels) // 2):]
     low = budgets[:2]
     tables = [report["per_level"]["oracle"][lv] for lv in hard]
-    beams = sorted({name for t in tables for name in t if name.startswith("beam")})
-    base = weighted_best_of_n(tables[0])
+    kinds = {name: spec.kind for name, spec in strategies(report).items()}
+    beams = sorted({name for t in tables for name in t if kinds.get(name) == "beam"})
+    base = baseline_name(report)
     if not beams or base is None:
         return None
 

@@ -27,89 +27,56 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Sequence
 
 import jax
 import numpy as np
 
 from ttcjax.checkpoints.assets import ASSETS
 from ttcjax.decoding.engine import GREEDY
-from ttcjax.eval.analysis import analyze
+from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import (answer_equal, check_verifier_fits, load_policy, plan_cells, read_budgets,
-                               read_strategies, run_grid)
-from ttcjax.io import atomic_path, bind_run_dir, check_options, read_yaml, write_jsonl
+from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
+from ttcjax.io import atomic_path, bind_run_dir, read_yaml, write_jsonl
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
-from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.verifiers.base import Verifier
 from ttcjax.verifiers.loading import verifier_by_name
 
-BASELINE = StrategySpec.from_dict({"kind": "best_of_n", "selection": "weighted"})
 EXPERIMENTS = ASSETS / "experiments"  # the named configs: demo.yaml, demo-full.yaml
 
 
 @dataclasses.dataclass(frozen=True)
-class ExperimentConfig:
-    """Everything `ttcjax experiment --config FILE` reads (each field is a YAML key)."""
+class ExperimentConfig(SweepConfig):
+    """Everything `ttcjax experiment --config FILE` reads (each field is a YAML key): a sweep's fields, and the
+    difficulty bins, cross-validation, the larger model and the probes of the scheduler."""
 
     out_dir: str
-    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "arithmetic"})
-    split: str = "test"
     questions: int | None = 64  # the first this many of the split (after a shuffle by seed where the task has one)
-    policy: str = "tiny"  # a shipped asset name or a checkpoint directory
-    verifier: str = "tiny"  # a shipped reward model, a directory, or "none" (verifier-free selection)
+    budgets: tuple[int, ...] = (4, 16, 64)
+    strategies: tuple[StrategySpec, ...] = (BASELINE,)
+    mesh: str = "none"
     large_policy: str | None = None  # a larger model for the FLOPs-matched comparison (None: skip it)
     difficulty_samples: int = 16  # samples per question that estimate its difficulty (the paper: 2048)
     bins: int = 5
     folds: int = 2
-    budgets: tuple[int, ...] = (4, 16, 64)
-    strategies: tuple[StrategySpec, ...] = (BASELINE,)
-    search: SearchSettings = SearchSettings()
     max_new_tokens: int = MAX_NEW_TOKENS  # full-solution samples: difficulty, probes, the larger model
-    rows_per_batch: int = 1024
     probe_samples: int = 8  # samples a new question spends to predict its bin (ttcjax run)
-    seed: int = 0
-    mesh: str = "none"
 
-    @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "ExperimentConfig":
-        check_options(cls, data, source, required=("out_dir",))
-        data = dict(data)
-        if "strategies" in data:
-            data["strategies"] = read_strategies(data["strategies"], source)
-        if "budgets" in data:
-            data["budgets"] = read_budgets(data["budgets"], source)
-        data["search"] = SearchSettings.from_dict(data.get("search"), f"{source}: search")
-        for key in ("difficulty_samples", "bins", "folds", "rows_per_batch", "probe_samples", "max_new_tokens"):
-            value = data.get(key, getattr(cls, key))
-            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"{source}: {key}={value!r} must be an integer >= 1.")
-        questions = data.get("questions", cls.questions)
-        if questions is not None and (not isinstance(questions, int) or questions < 1):
-            raise ValueError(f"{source}: questions={questions!r} must be an integer >= 1 (or null: the whole split).")
-        config = cls(**data)
-        config.make_task()
-        plan_cells(config.strategies, config.budgets, source)
-        check_verifier_fits(config.strategies, config.verifier, source)
-        if not any(s.name == BASELINE.name for s in config.strategies) and config.verifier != "none":
+    COUNTS: ClassVar[tuple[str, ...]] = ("rows_per_batch", "difficulty_samples", "bins", "folds", "max_new_tokens",
+                                         "probe_samples")
+
+    def validate(self, source: str) -> None:
+        super().validate(source)
+        if not any(s.name == BASELINE.name for s in self.strategies) and self.verifier != "none":
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
                              "comparison is made against.")
-        return config
-
-    def make_task(self) -> Task:
-        return task_from_dict(self.task, "task")
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**{f.name: getattr(self, f.name) for f in dataclasses.fields(self)},
-                "task": dict(self.task), "strategies": [s.to_dict() for s in self.strategies],
-                "budgets": list(self.budgets), "search": self.search.to_dict()}
 
 
 def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
@@ -254,6 +221,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     report = _report(config, problems, diff, oracle_levels, predicted_levels, grid.correct, grid.tokens, selections,
                      exchange, small_params, large_params, verifier.num_params, large_correct,
                      time.perf_counter() - started)
+    report["baseline"] = baseline
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
 
@@ -295,6 +263,7 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
             "efficiency": {str(b): v for b, v in s["efficiency"].items()},
         }
     return {"config": config.to_dict(), "questions": len(problems), "seconds": seconds,
+            "strategies": {s.name: s.to_dict() for s in config.strategies},
             "params": {"policy": small_params, "large_policy": large_params, "verifier": verifier_params},
             "difficulty_cost_tokens": int(sum(d["generated_tokens"] for d in diff)),
             "difficulty_signal": diff[0]["signal"],

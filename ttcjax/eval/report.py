@@ -10,7 +10,7 @@ import os
 
 import numpy as np
 
-from ttcjax.eval.analysis import BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched
+from ttcjax.eval.analysis import BASELINE, BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched
 from ttcjax.io import atomic_path
 
 
@@ -20,6 +20,7 @@ def markdown(report: dict, findings: Findings) -> str:
     budgets = findings.budgets
     head = "| | " + " | ".join(f"N={b}" for b in budgets) + " |"
     sep = "|---|" + "---|" * len(budgets)
+    label = baseline_label(r)
     params = r["params"]
     models = (f"policy {params['policy']:,} parameters, "
               + (f"verifier {params['verifier']:,}" if params["verifier"] else "no verifier (majority voting)")
@@ -47,13 +48,13 @@ def markdown(report: dict, findings: Findings) -> str:
         lines.append(f"| compute-optimal ({signal} bins) | "
                      + " | ".join(f"{opt['cv_accuracy'][str(b)]:.3f}" for b in budgets) + " |")
     base = r["compute_optimal"]["oracle"]["best_of_n_weighted"]
-    lines.append("| best-of-N weighted | " + " | ".join(f"{base[str(b)]:.3f}" for b in budgets) + " |")
+    lines.append(f"| {label} | " + " | ".join(f"{base[str(b)]:.3f}" for b in budgets) + " |")
     lines += [""]
     for signal in ("oracle", "predicted"):
         eff = r["compute_optimal"][signal]["efficiency"]
         lines.append(f"- Efficiency ({signal} bins): the smallest budget at which compute-optimal matches "
-                     "best-of-N weighted at " + ", ".join(f"N={b}: {eff[str(b)]}" for b in budgets) + ".")
-    shows = _efficiency(findings.efficiency["oracle"])
+                     f"{label} at " + ", ".join(f"N={b}: {eff[str(b)]}" for b in budgets) + ".")
+    shows = _efficiency(findings.efficiency["oracle"], label)
     if findings.coverage is not None:
         c = findings.coverage
         shows += (f" At N={c.budget} a right answer is among best-of-N's candidates for {c.coverage:.0%} of the "
@@ -89,6 +90,12 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
     return lines
 
 
+def baseline_label(report: dict) -> str:
+    """How the summary names the strategy compute-optimal is measured against."""
+    name = report.get("baseline", BASELINE.name)
+    return "best-of-N weighted" if name == BASELINE.name else f"the baseline {name}"
+
+
 def _table_row(name: str, row: dict, budgets) -> str:
     return f"| {name} | " + " | ".join(f"{row[str(b)]:.3f}" if str(b) in row else "" for b in budgets) + " |"
 
@@ -97,19 +104,19 @@ def _two(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _efficiency(e: Efficiency) -> str:
-    top = e.top_budget
+def _efficiency(e: Efficiency, label: str) -> str:
+    top, label_ = e.top_budget, label[0].upper() + label[1:]
     if e.verdict is EfficiencyVerdict.SEARCH_ADDS_NOTHING:
-        return (f"Compute-optimal matches best-of-N weighted's accuracy at N={top} with N={e.compute_optimal_budget} "
-                f"generations, but best-of-N weighted itself already does so at N={e.best_of_n_budget}: on this run "
+        return (f"Compute-optimal matches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
+                f"generations, but {label} itself already does so at N={e.best_of_n_budget}: on this run "
                 "search strategies add nothing over best-of-N at that budget.")
     if e.verdict is EfficiencyVerdict.FEWER_GENERATIONS:
-        text = (f"Compute-optimal reaches best-of-N weighted's accuracy at N={top} with N={e.compute_optimal_budget} "
+        text = (f"Compute-optimal reaches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
                 f"generations ({e.factor:.0f}x fewer).")
     else:
-        text = f"Compute-optimal does not reach best-of-N weighted's accuracy at N={top} within these budgets."
+        text = f"Compute-optimal does not reach {label}'s accuracy at N={top} within these budgets."
     if e.best_of_n_saturates:
-        text += (f" Best-of-N weighted itself already reaches its N={top} accuracy at N={e.best_of_n_budget} "
+        text += (f" {label_} itself already reaches its N={top} accuracy at N={e.best_of_n_budget} "
                  f"({e.best_of_n_accuracy:.3f} against {e.best_of_n_top_accuracy:.3f}).")
     return text
 
@@ -187,7 +194,7 @@ def plots(report: dict, out: str) -> None:
         ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o", label=f"compute-optimal ({signal})")
     base = report["compute_optimal"]["oracle"]["best_of_n_weighted"]
     b = sorted(int(x) for x in base)
-    ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label="best-of-N weighted")
+    ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label=baseline_label(report))
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generation budget")
     ax.set_ylabel("accuracy (held-out folds)")

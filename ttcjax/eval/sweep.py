@@ -24,7 +24,7 @@ import os
 import sys
 import time
 import zlib
-from typing import Any, Mapping, Sequence
+from typing import Any, ClassVar, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -125,8 +125,12 @@ class SweepConfig:
     rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // N
     mesh: str = "auto"
 
+    COUNTS: ClassVar[tuple[str, ...]] = ("rows_per_batch",)  # fields that must be integers >= 1
+
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "SweepConfig":
+        """The config of a YAML mapping, checked whole before any work: every key, count, strategy, budget,
+        search setting and the task; one ValueError naming `source` and the field otherwise."""
         check_options(cls, data, source, required=("out_dir",))
         data = dict(data)
         if "strategies" in data:
@@ -134,11 +138,21 @@ class SweepConfig:
         if "budgets" in data:
             data["budgets"] = read_budgets(data["budgets"], source)
         data["search"] = SearchSettings.from_dict(data.get("search"), f"{source}: search")
+        for key in cls.COUNTS:
+            value = data.get(key, getattr(cls, key))
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{source}: {key}={value!r} must be an integer >= 1.")
+        questions = data.get("questions", cls.questions)
+        if questions is not None and (not isinstance(questions, int) or isinstance(questions, bool) or questions < 1):
+            raise ValueError(f"{source}: questions={questions!r} must be an integer >= 1 (or null: the whole split).")
         config = cls(**data)
-        config.make_task()  # a bad task is an error now, not after the models load
-        plan_cells(config.strategies, config.budgets, source)
-        check_verifier_fits(config.strategies, config.verifier, source)
+        config.validate(source)
         return config
+
+    def validate(self, source: str) -> None:
+        self.make_task()  # a bad task is an error now, not after the models load
+        plan_cells(self.strategies, self.budgets, source)
+        check_verifier_fits(self.strategies, self.verifier, source)
 
     def make_task(self) -> Task:
         return task_from_dict(self.task, "task")

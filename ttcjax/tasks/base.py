@@ -23,9 +23,10 @@ from typing import Any, ClassVar
 import numpy as np
 
 from ttcjax.checkpoints.tokenizer import Tokenizer
+from ttcjax.io import check_options
 from ttcjax.tasks import grading
 
-__all__ = ["ProblemRecord", "Prompt", "PROMPT_STYLES", "Task", "check_options"]
+__all__ = ["ProblemRecord", "Prompt", "PROMPT_STYLES", "Task"]
 
 PROMPT_STYLES = ("plain", "chat", "few_shot")
 DEFAULT_SOLUTION_END = "\n\n"  # ends a few-shot example when the task names no solution end
@@ -59,13 +60,6 @@ class ProblemRecord:
             return self.metadata["difficulty"]
         level = self.metadata.get("level")
         return level if isinstance(level, int) and not isinstance(level, bool) else None
-
-
-def check_options(data: Mapping[str, Any], allowed: tuple[str, ...], source: str) -> None:
-    """ValueError naming ``source``, the first unknown key of ``data`` and the allowed keys."""
-    for key in data:
-        if key not in allowed:
-            raise ValueError(f"{source}: unknown option {key!r}; allowed: {', '.join(allowed)}")
 
 
 @dataclass(frozen=True)
@@ -120,7 +114,7 @@ class Prompt:
             return cls()
         if not isinstance(data, Mapping):
             raise ValueError(f"{source} must be a mapping of prompt options; got {data!r}")
-        check_options(data, tuple(f.name for f in dataclasses.fields(cls)), source)
+        check_options(cls, data, source)
         return cls(**data)
 
     def to_dict(self) -> dict[str, Any]:

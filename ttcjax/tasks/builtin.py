@@ -10,8 +10,9 @@ from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+from ttcjax.io import check_options
 from ttcjax.tasks import arithmetic
-from ttcjax.tasks.base import ProblemRecord, Prompt, Task, check_options
+from ttcjax.tasks.base import ProblemRecord, Prompt, Task
 from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.datasets import load_dataset
 
@@ -105,7 +106,7 @@ class ArithmeticTask(Task):
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> ArithmeticTask:
         """The task of its YAML form: ``name``, any :class:`ttcjax.tasks.arithmetic.TaskConfig` field, ``prompt``."""
         config_fields = tuple(f.name for f in dataclasses.fields(arithmetic.TaskConfig))
-        check_options(data, ("name", *config_fields, "prompt"), source)
+        check_options(("name", *config_fields, "prompt"), data, source)
         config = arithmetic.TaskConfig(**{k: v for k, v in data.items() if k in config_fields})
         return cls(config, Prompt.from_dict(data.get("prompt"), f"{source}.prompt"))
 
@@ -138,7 +139,7 @@ class _FileTask(Task):
     @classmethod
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> _FileTask:
         """The task of its YAML form: ``name``, ``path``, ``prompt``."""
-        check_options(data, ("name", "path", "prompt"), source)
+        check_options(("name", "path", "prompt"), data, source)
         if "path" not in data:
             raise ValueError(f"{source}: task {cls.name!r} needs 'path' (its local data; nothing is downloaded)")
         return cls(data["path"], Prompt.from_dict(data.get("prompt"), f"{source}.prompt"))

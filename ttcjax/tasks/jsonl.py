@@ -9,7 +9,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from ttcjax.tasks.base import ProblemRecord, Prompt, Task, check_options
+from ttcjax.io import check_options
+from ttcjax.tasks.base import ProblemRecord, Prompt, Task
 from ttcjax.tasks.benchmarks import NEVER_DOWNLOADS
 
 __all__ = ["JsonlTask"]
@@ -147,7 +148,7 @@ class JsonlTask(Task):
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> JsonlTask:
         """The task of its YAML form: ``name``, ``path``, the ``*_field`` options, ``step_delimiter``, ``splits``,
         ``prompt``."""
-        check_options(data, ("name", "path", *_FIELD_OPTIONS, "step_delimiter", "splits", "prompt"), source)
+        check_options(("name", "path", *_FIELD_OPTIONS, "step_delimiter", "splits", "prompt"), data, source)
         if "path" not in data:
             raise ValueError(f"{source}: task 'jsonl' needs 'path' (a JSONL file or a directory of <split>.jsonl)")
         options = {k: v for k, v in data.items() if k not in ("name", "prompt")}

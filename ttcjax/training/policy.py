@@ -29,6 +29,7 @@ from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.builtin import ArithmeticTask
+from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples, train_loop
 
 
@@ -62,9 +63,10 @@ class PolicyTrainConfig:
     model_config: dict | None = None  # a fresh model of this shape ...
     init_from: str | None = None  # ... or continue from a checkpoint directory
     tokenizer: str = "char"
-    task: dict = dataclasses.field(default_factory=dict)  # TaskConfig fields
+    task: dict = dataclasses.field(default_factory=dict)  # the task as YAML ({name: gsm8k, path: ...}); without a
+    #   name, the built-in arithmetic task's fields. Other tasks train on their reference solutions.
     num_train: int = 20000  # training problems (split "train"), equally many per difficulty ...
-    num_train_per_difficulty: dict | None = None  # ... or this many of each ({difficulty: count})
+    num_train_per_difficulty: dict | None = None  # ... or (arithmetic) this many of each ({difficulty: count})
     solution_order: str = "reference"  # "reference": the task's one reference path; "random": each training
     #   solution takes a uniformly drawn valid reduction at every step (many paths per problem)
     solution_format: str = "plain"  # "plain": "8*4=32" per step; "restate": "8*4=32; 32*5+3", each step
@@ -84,7 +86,8 @@ class PolicyTrainConfig:
     checkpoint_every: int = 100
     keep_checkpoints: int = 2
     eval_every: int = 0  # 0: evaluate at the end only
-    eval_problems: int = 50  # validation problems per difficulty for the greedy accuracy logged in training
+    eval_problems: int = 50  # validation problems (per difficulty, for arithmetic) for the greedy accuracy logged
+    eval_split: str = "validation"  # the split they come from (a task without one: e.g. "test", or eval_problems 0)
     mesh: str = "auto"
 
     def __post_init__(self):
@@ -97,6 +100,15 @@ class PolicyTrainConfig:
             raise ValueError(f"solution_order must be 'reference' or 'random'; got {self.solution_order!r}.")
         if self.solution_format not in ("plain", "restate"):
             raise ValueError(f"solution_format must be 'plain' or 'restate'; got {self.solution_format!r}.")
+        task = self.make_task()
+        if not isinstance(task, ArithmeticTask):
+            for name, default in (("num_train_per_difficulty", None), ("solution_order", "reference"),
+                                  ("solution_format", "plain")):
+                if getattr(self, name) != default:
+                    raise ValueError(f"{name} is an option of the built-in arithmetic task; task {task.name!r} "
+                                     "trains on its reference solutions (drop the option).")
+        if self.eval_problems:
+            task.check_split(self.eval_split)
         if self.num_train_per_difficulty is not None:
             counts = self.num_train_per_difficulty
             levels = set(self.task_config.difficulties)
@@ -112,9 +124,13 @@ class PolicyTrainConfig:
         except TypeError as e:
             raise ValueError(f"{source}: {e}") from None
 
+    def make_task(self) -> Task:
+        return task_from_dict(self.task if "name" in self.task else {"name": "arithmetic", **self.task}, "task")
+
     @property
     def task_config(self) -> TaskConfig:
-        return TaskConfig(**self.task)
+        """The built-in task's configuration (arithmetic configs only)."""
+        return self.make_task().config
 
     @property
     def optim(self) -> OptimConfig:
@@ -136,6 +152,22 @@ def encode_example(tokenizer: Tokenizer, problem: Problem, steps: list[arithmeti
     if tokenizer.eos_id is not None:
         solution.append(tokenizer.eos_id)
     return encode_prompt(tokenizer, problem), solution
+
+
+def training_examples(config: PolicyTrainConfig, task: Task, tokenizer: Tokenizer
+                      ) -> list[tuple[list[int], list[int]]]:
+    """(prompt ids, solution ids) per training problem. The built-in task follows the config's arithmetic options
+    (mix per difficulty, solution order and format); any other task writes its prompt as it will be asked at test
+    time and its reference solution's steps joined by its step delimiter, then its solution end and EOS."""
+    if isinstance(task, ArithmeticTask):
+        problems = training_problems(config)
+        restate = config.solution_format == "restate"
+        return [encode_example(tokenizer, p, steps, restate)
+                for p, steps in zip(problems, training_solutions(config, problems))]
+    eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
+    return [(task.encode_prompt(r, tokenizer),
+             tokenizer.encode(task.solution_text(r) + (task.solution_end or "")) + eos)
+            for r in task.problems("train", limit=config.num_train, seed=config.seed)]
 
 
 def stop_conditions(tokenizer: Tokenizer) -> StopConditions:
@@ -216,22 +248,20 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
     """
     started = time.perf_counter()
-    task = config.task_config
+    task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)
-    problems = training_problems(config)
-    restate = config.solution_format == "restate"
-    packed = pack_examples([encode_example(tokenizer, p, steps, restate) for p, steps in
-                            zip(problems, training_solutions(config, problems))], config.seq_len, tokenizer.pad_id)
+    examples = training_examples(config, task, tokenizer)
+    packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
-    eval_task = ArithmeticTask(task)
-    eval_set = eval_task.problems("validation", limit=config.eval_problems * len(task.difficulties),
-                                  seed=config.seed) if config.eval_problems else []
+    per_level = len(task.config.difficulties) if isinstance(task, ArithmeticTask) else 1
+    eval_set = task.problems(config.eval_split, limit=config.eval_problems * per_level,
+                             seed=config.seed) if config.eval_problems else []
 
     def evaluate(model, step):
         if not eval_set:
             return {}
-        result = evaluate_policy(model, tokenizer, eval_task, eval_set, mesh=mesh)
+        result = evaluate_policy(model, tokenizer, task, eval_set, mesh=mesh)
         return {k: v for k, v in result.items() if k != "greedy_correct"}
 
     result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
@@ -244,8 +274,9 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         "command": command,
         "config": dataclasses.asdict(config),
         "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
-        "data": {"train_problems": len(problems), "packed_rows": len(packed),
-                 "solution_tokens": int(packed.loss_mask.sum()), "task": dataclasses.asdict(task)},
+        "data": {"train_problems": len(examples), "packed_rows": len(packed),
+                 "solution_tokens": int(packed.loss_mask.sum()),
+                 "task": dataclasses.asdict(task.config) if isinstance(task, ArithmeticTask) else task.to_dict()},
         "step": result.final_step,
         "finished": result.final_step == config.steps,
         "resumed_from": result.resumed_from,

@@ -30,10 +30,11 @@ from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.io import atomic_path, check_options
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.tasks import arithmetic
+from ttcjax.search.sampling import solution_stop
+from ttcjax.tasks.base import Task
+from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
-from ttcjax.training.policy import stop_conditions
 from ttcjax.verifiers.base import AGGREGATIONS
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
                                            save_prm)
@@ -138,7 +139,8 @@ class PRMTrainConfig:
     init_from: str | None = None  # backbone initialisation; default: the policy
     tokenizer: str | None = None  # default: the policy directory's tokenizer
     labels: str | None = None  # reuse this labels.jsonl (e.g. a PRM run's, for an ORM) instead of sampling
-    task: dict = dataclasses.field(default_factory=dict)
+    task: dict = dataclasses.field(default_factory=dict)  # the task as YAML ({name: gsm8k, path: ...}); without a
+    #   name, the built-in arithmetic task's fields
     num_questions: int = 1000  # training-split questions to sample
     samples: int = 4  # solutions sampled per question
     rollouts: int = 8  # Monte-Carlo continuations per step prefix
@@ -171,6 +173,10 @@ class PRMTrainConfig:
             raise ValueError(f"samples and rollouts must be >= 1; got {self.samples}, {self.rollouts}.")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
+        self.make_task()
+
+    def make_task(self) -> Task:
+        return task_from_dict(self.task if "name" in self.task else {"name": "arithmetic", **self.task}, "task")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PRMTrainConfig":
@@ -201,18 +207,21 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         with open(cost_path) as f:
             return load_labels(labels_path), json.load(f)
     started = time.perf_counter()
-    task = arithmetic.TaskConfig(**config.task)
-    problems = arithmetic.generate(task, config.num_questions, seed=config.seed + 1, split="train")
+    task = config.make_task()
+    problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
     policy = load_any(config.policy)
     engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
-    questions = [arithmetic.format_prompt(p) for p in problems]
-    checkers = [(lambda text, p=p: arithmetic.is_correct_answer(p, text)) for p in problems]
+    questions = [task.prompt_text(p, tokenizer) for p in problems]
+
+    def checker(problem, question):
+        """Whether a full text (the prompt, then a solution) reaches the answer: read from the solution only, so
+        a few-shot prompt's own answers never count."""
+        return lambda text: task.is_correct(problem, task.extract_answer(text[len(question):]))
     labelled, cost = label_solutions(
-        engine, tokenizer, questions, checkers, samples=config.samples, rollouts=config.rollouts,
-        key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
-        stop=stop_conditions(tokenizer), max_new_tokens=config.max_new_tokens,
-        delimiter=arithmetic.STEP_DELIMITER, problem_ids=[p.id for p in problems],
-        difficulties=[p.difficulty for p in problems], progress=progress)
+        engine, tokenizer, questions, [checker(p, q) for p, q in zip(problems, questions)], samples=config.samples,
+        rollouts=config.rollouts, key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
+        stop=solution_stop(task, tokenizer), max_new_tokens=config.max_new_tokens, delimiter=task.step_delimiter,
+        problem_ids=[p.id for p in problems], difficulties=[p.difficulty or 0 for p in problems], progress=progress)
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
                    "labelled_solutions": len(labelled)}
@@ -230,7 +239,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
     mesh = parse_mesh(config.mesh)
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
-    step_format = StepFormat(delimiter=arithmetic.STEP_DELIMITER)
+    step_format = StepFormat(delimiter=config.make_task().step_delimiter)
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
     if not val or not train:
