@@ -2,8 +2,9 @@
 
 The policy samples `--samples` solutions for each of `--questions` built-in test questions (Engine.generate:
 prefill once, fork, one compiled decode loop); the PRM then scores every step of every one of those
-solutions (`ttcjax.verifiers.reward_model.score_inputs`: one forward pass per batch of solutions). Both are timed after a
-warm-up (compilation excluded), interleaved over `--repeats`, best repeat reported (noise only adds time).
+solutions (`ttcjax.verifiers.reward_model.score_inputs`: one forward pass per batch of solutions). Both are
+timed after a warm-up (compilation excluded), interleaved over `--repeats`, best repeat reported (noise only
+adds time).
 Target (issue 4): scoring costs at most 15% of generation time.
 
 Uses the shipped tiny policy and PRM when they are in the package, else random models of the same shapes.
@@ -32,9 +33,11 @@ from decode import cpu_model, git_revision, loadavg, update_doc, write_atomic  #
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer  # noqa: E402
 from ttcjax.decoding.engine import Engine, Sampling  # noqa: E402
+from ttcjax.search.sampling import solution_stop  # noqa: E402
 from ttcjax.tasks import arithmetic  # noqa: E402
+from ttcjax.tasks.benchmarks import arithmetic_record  # noqa: E402
+from ttcjax.tasks.builtin import ArithmeticTask  # noqa: E402
 from ttcjax.training.labels import split_steps  # noqa: E402
-from ttcjax.training.policy import encode_prompt, stop_conditions  # noqa: E402
 from ttcjax.verifiers.reward_model import RewardModel, StepFormat, ValueHead, score_inputs  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "prm.json")
@@ -75,8 +78,9 @@ def main(argv=None):
     policy, prm, which = load_models()
     engine = Engine(policy, pad_id=tok.pad_id)
     problems = arithmetic.generate(arithmetic.TaskConfig(), args.questions, seed=0, split="test")
-    prompts = [encode_prompt(tok, q) for q in problems]
-    stop = stop_conditions(tok)
+    task = ArithmeticTask()
+    prompts = [task.encode_prompt(arithmetic_record(q), tok) for q in problems]
+    stop = solution_stop(task, tok)
     per_call = max(1, args.batch_rows // args.samples)
     sampling = Sampling(temperature=0.8)
 

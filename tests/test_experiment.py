@@ -120,6 +120,7 @@ def test_a_verifier_free_experiment_on_a_generic_jsonl_file_then_run(tmp_path):
             next(p.answer for p in problems if arithmetic.format_prompt(p) == r["question"]))))
     scheduler = json.loads((tmp_path / "run" / "scheduler.json").read_text())
     assert scheduler["signal"] == "agreement" and scheduler["verifier"] == "none"
+    assert scheduler["task"]["path"] == str((tmp_path / "items.jsonl").resolve())  # applied from anywhere
     # the saved scheduler answers new questions with the task, verifier and settings it was chosen under
     answers = tmp_path / "answers.jsonl"
     assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "5",
@@ -128,6 +129,23 @@ def test_a_verifier_free_experiment_on_a_generic_jsonl_file_then_run(tmp_path):
     assert record["strategy"]["kind"] == "best_of_n" and record["strategy"]["n"] == 4
     assert record["generated_tokens"] > record["probe_tokens"] > 0 and record["verifier_tokens"] == 0
     assert record["correct"] is None  # a typed question has no known answer
+    # a questions file may give the answers: the records are then graded by the task
+    questions = tmp_path / "questions.jsonl"
+    questions.write_text(json.dumps({"question": arithmetic.format_prompt(problems[0]), "answer": problems[0].answer})
+                         + "\n" + json.dumps({"question": "Q: 2+3=\n"}) + "\n")
+    assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "3",
+                 "--questions-file", str(questions), "--output", str(answers)]) == 0
+    graded, typed = records(answers)
+    assert graded["correct"] == (graded["answer"] is not None and float(graded["answer"]) == problems[0].answer)
+    assert typed["correct"] is None
+    # 3 - 1 probe = 2 generations: below every budget the scheduler knows (2 is, here); 2 - 1 = 1 is not
+    assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "2",
+                 "--question", "Q: 2+3=\n", "--output", str(answers)]) == 0
+    (low,) = records(answers)
+    assert low["chosen"] is None and low["strategy"] == {"kind": "best_of_n", "n": 1, "selection": "majority"}
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"question": "Q: 2+3=\\n"}\n{"prompt": "x"}\n')
+    assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--questions-file", str(bad)]) == 2
 
 
 def test_run_says_when_the_chosen_strategy_does_not_fit_the_budget_left(tmp_path, capsys):

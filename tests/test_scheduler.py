@@ -5,8 +5,9 @@ import json
 import numpy as np
 import pytest
 
-from ttcjax.eval.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, inference_flops,
-                                   matched_generations, pretraining_flops, select_strategies)
+from ttcjax.eval.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, matched_generations,
+                                   pretraining_flops, select_strategies)
+from ttcjax.search.run import inference_flops
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import StrategySpec
 

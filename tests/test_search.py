@@ -220,6 +220,16 @@ def test_step_scores_read_in_search_equal_one_pass_scoring():
         np.testing.assert_allclose(got, want, atol=2e-5)
 
 
+def test_a_verifier_that_reads_other_steps_is_refused(toys):
+    engine, prm, tok = toys
+    with pytest.raises(ValueError, match="the verifier reads steps ended by .* and the search ends them with 'x'"):
+        search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, ["Q"], jax.random.key(0), extract_answer=no_y,
+               settings=dataclasses.replace(SETTINGS, delimiter="x"))
+    with pytest.raises(ValueError, match="must be one token"):
+        search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, ["Q"], jax.random.key(0), extract_answer=no_y,
+               settings=dataclasses.replace(SETTINGS, delimiter="xy"))
+
+
 def test_verifier_free_best_of_n_samples_the_same_candidates_and_costs_no_verifier_pass(toys):
     engine, prm, tok = toys
     settings = dataclasses.replace(SETTINGS, temperature=1.0)

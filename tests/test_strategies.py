@@ -34,6 +34,12 @@ def test_strategies_answer_for_their_rows_groups_and_rounds():
     assert BestOfN(4).needs_verifier and Beam(4, 2, selection="majority").needs_verifier
 
 
+def test_two_forms_of_one_strategy_are_the_same_strategy():
+    assert spec(kind="best_of_n").effective() == spec(kind="best_of_n", selection="weighted").effective()
+    assert spec(kind="beam", width=3).effective() != spec(kind="beam", width=4).effective()
+    assert spec(kind="beam", width=3).needs_verifier and not spec(kind="best_of_n", selection="majority").needs_verifier
+
+
 def test_one_form_round_trips_through_json():
     for strategy in (BestOfN(4, selection="vanilla"), Beam(16, 4), Lookahead(8, 2, k=2), DVTS(16, 4)):
         data = json.loads(json.dumps(strategy.to_dict()))
@@ -48,7 +54,9 @@ def test_one_form_round_trips_through_json():
 @pytest.mark.parametrize("data, message", [
     ({"kind": "bean", "width": 4}, "unknown strategy kind 'bean'"),
     ({"kind": "beam", "widht": 4}, "beam has no option(s) ['widht']"),
-    ({"kind": "beam", "width": "wide"}, "width must be an integer or 'sqrt'"),
+    ({"kind": "beam", "width": "wide"}, "width must be an integer >= 1"),
+    ({"kind": "beam", "width": 0}, "width must be an integer >= 1"),
+    ({"kind": "dvts", "width": 3, "selection": "best"}, "selection='best' is not one of"),  # a width 1024 leaves over
     ({"kind": "lookahead", "width": 4, "k": -1}, "k must be an integer >= 0"),
     ({"kind": "best_of_n", "selection": "best"}, "selection='best' is not one of"),
     ({"width": 4}, "a mapping with a 'kind'"),

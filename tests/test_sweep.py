@@ -48,6 +48,12 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     records = [json.loads(ln) for ln in redone]
     assert all(r["generated_tokens"] > 0 and r["budget"] == 4 for r in records)
     assert np.all([isinstance(r["correct"], bool) for r in records])
+    # a run directory may move: the config it is bound to leaves out where it lives
+    moved = tmp_path / "moved"
+    os.rename(tmp_path / "sweep", moved)
+    assert main(["sweep", "--config", str(path), "--out-dir", str(moved), "--no-progress"]) == 0
+    os.rename(moved, tmp_path / "sweep")
+    assert cut.read_text().splitlines() == redone  # nothing redone
     # the directory belongs to its config: another one is refused before any work, naming what differs
     path.write_text(yaml.safe_dump({**config, "questions": 4}))
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 2

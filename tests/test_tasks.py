@@ -150,7 +150,7 @@ def test_gsm8k_task_reads_records_and_grades_with_math_verify(gsm8k_dir):
     assert task.answer_key(None) is None
     train = task.problems("train")
     assert task.solution_text(train[1]) == "He buys 2.\nSo he has 3 apples.\nThe answer is 3."
-    assert task.split_steps("a\n\n b \nc") == ["a", "b", "c"]
+    assert task.split_steps("a\n\n b \nc") == ["a", " b ", "c"]  # as written: what the verifier reads in search
     assert task.step_oracle(problem, ["40 + 2 = 42"]) is None
     with pytest.raises(ValueError, match="task 'gsm8k' has no split 'validation'; its splits: train, test"):
         task.problems("validation")

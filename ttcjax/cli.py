@@ -42,6 +42,7 @@ from ttcjax.eval.verifier import evaluate_verifier
 from ttcjax.io import atomic_path, check_options, read_yaml, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
+from ttcjax.search.sampling import MAX_NEW_TOKENS
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
 from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
@@ -151,8 +152,8 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     elapsed = time.perf_counter() - started
     if opts.get("output"):
         write_jsonl(opts["output"], records)
-    print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape compiles) "
-          f"on {engine.mesh.devices.size if engine.mesh is not None else 1} device(s)", file=sys.stderr)
+    print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape "
+          f"compiles) on {engine.mesh.devices.size if engine.mesh is not None else 1} device(s)", file=sys.stderr)
     return records
 
 
@@ -198,12 +199,16 @@ def _questions(args: argparse.Namespace, task) -> list:
                 if line.strip():
                     try:
                         record = json.loads(line)
-                        records.append(task.problem_from_text(record["question"]) if "answer" not in record else
-                                       dataclasses.replace(task.problem_from_text(record["question"]),
-                                                           answer=str(record["answer"])))
-                    except (json.JSONDecodeError, KeyError, TypeError) as e:
+                        if not isinstance(record, dict) or not isinstance(record.get("question"), str):
+                            raise ValueError("no \"question\" string")
+                        problem = task.problem_from_text(record["question"])
+                        answer = record.get("answer")
+                        if answer is not None and not problem.answer:  # the task may know the answer itself
+                            problem = dataclasses.replace(problem, answer=str(answer))
+                        records.append(problem)
+                    except (json.JSONDecodeError, ValueError) as e:
                         raise ValueError(f"{args.questions_file}:{line_no}: each line needs a \"question\" string "
-                                         f"(and may give its \"answer\"); {e}") from None
+                                         f"(and may give its \"answer\"): {e}") from None
         return records
     if args.question:
         return [task.problem_from_text(q) for q in args.question]
@@ -303,7 +308,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
-                                 seed=args.seed, mesh=mesh)
+                                 seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
     else:
         if not args.policy:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
@@ -313,7 +318,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
         verifier = verifier_by_name(args.model, tokenizer, aggregation=args.aggregation, mesh=engine.mesh,
                                     rules=engine.rules)
         result = evaluate_verifier(task, verifier, engine, tokenizer, problems, samples=args.samples,
-                                   sampling=Sampling(temperature=args.temperature), seed=args.seed)
+                                   sampling=Sampling(temperature=args.temperature), seed=args.seed,
+                                   max_new_tokens=args.max_new_tokens)
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
     text = json.dumps(result, indent=2)
@@ -401,7 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
-    train = sub.add_parser("train", help="train a policy (supervised fine-tuning on the built-in task), or a "
+    train = sub.add_parser("train", help="train a policy (supervised fine-tuning on a task), or a "
                                          "process / outcome reward model on Monte-Carlo labels of a policy")
     train.add_argument("what", choices=["policy", "prm", "orm"])
     train.add_argument("--config", required=True, help="YAML training config (see configs/train/)")
@@ -427,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--per-difficulty", type=int, default=100, help="arithmetic: problems per difficulty level")
     ev.add_argument("--samples", type=int, default=16, help="samples per problem for pass@k (0: greedy only)")
     ev.add_argument("--temperature", type=float, default=0.8)
+    ev.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="tokens a solution may take "
+                    f"(default {MAX_NEW_TOKENS}, the built-in task's; raise it for GSM8K or MATH)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")

@@ -92,7 +92,9 @@ def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[st
             raise ValueError(f"override {item!r}: the value is not valid YAML ({e}).") from None
         node, parts = data, key.split(".")
         for part in parts[:-1]:
-            node = node.setdefault(part, {})
+            if node.get(part) is None:  # absent, or an empty mapping written as `key:`
+                node[part] = {}
+            node = node[part]
             if not isinstance(node, dict):
                 raise ValueError(f"override {item!r}: {part} is not a mapping in {path}.")
         node[parts[-1]] = value

@@ -129,7 +129,7 @@ def strategies(report: dict) -> dict[str, StrategySpec]:
 
 def baseline_name(report: dict) -> str | None:
     """The name of weighted best-of-N among the report's strategies (None without it)."""
-    return next((name for name, spec in strategies(report).items() if spec == BASELINE), None)
+    return next((name for name, spec in strategies(report).items() if spec.effective() == BASELINE.effective()), None)
 
 
 def analyze(report: dict) -> Findings:

@@ -38,16 +38,16 @@ from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
+from ttcjax.eval.sweep import SweepConfig, answer_equal, bound_config, load_policy, plan_cells, run_grid
 from ttcjax.io import atomic_path, bind_run_dir, read_yaml, write_jsonl
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.run import search
+from ttcjax.search.run import delimiter_id, inference_flops, search
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.search.strategies import Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.verifiers.base import Verifier
-from ttcjax.verifiers.loading import verifier_by_name
+from ttcjax.verifiers.loading import is_verifier_free, verifier_by_name
 
 EXPERIMENTS = ASSETS / "experiments"  # the named configs: demo.yaml, demo-full.yaml
 
@@ -74,7 +74,8 @@ class ExperimentConfig(SweepConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if not any(s.name == BASELINE.name for s in self.strategies) and self.verifier != "none":
+        has_baseline = any(s.effective() == BASELINE.effective() for s in self.strategies)
+        if not has_baseline and not is_verifier_free(self.verifier):
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
                              "comparison is made against.")
 
@@ -93,6 +94,11 @@ def named_config(name: str) -> Path:
     return path
 
 
+def _absolute(path: str | None) -> str | None:
+    """A local file or directory as an absolute path (a scheduler is applied from anywhere); names stay."""
+    return os.path.abspath(path) if path is not None and os.path.exists(path) else path
+
+
 def _write_json(path: str, data: Any) -> None:
     with atomic_path(path) as tmp, open(tmp, "w") as f:
         json.dump(data, f, indent=2)
@@ -101,6 +107,13 @@ def _write_json(path: str, data: Any) -> None:
 def _read_jsonl(path: str) -> list[dict]:
     with open(path) as f:
         return [json.loads(line) for line in f if line.strip()]
+
+
+def _check_ids(path: str, records: Sequence[dict], problems: Sequence[ProblemRecord]) -> None:
+    """Saved per-question rows line up with this run's questions (the data behind the task may have changed)."""
+    if [r["id"] for r in records] != [p.id for p in problems]:
+        raise ValueError(f"{path} was written for other questions than this run's (has the task's data changed?); "
+                         "move the run directory away to start afresh.")
 
 
 def agreement(task: Task, texts: Sequence[str]) -> float:
@@ -117,7 +130,8 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     without a verifier their answers' agreement."""
     if not verifier.scores_steps:
         return "agreement", [agreement(task, ts) for ts in texts]
-    questions = [task.prompt_text(p, tokenizer) for p, ts in zip(problems, texts) for _ in ts]
+    prompts = [task.encode_prompt(p, tokenizer) for p in problems]  # the ids search reads
+    questions = [prompt for prompt, ts in zip(prompts, texts) for _ in ts]
     solutions = [task.split_steps(t) or [""] for ts in texts for t in ts]
     scores = verifier.score(questions, solutions)
     out, at = [], 0
@@ -130,11 +144,12 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     out = config.out_dir
-    bind_run_dir(out, config.to_dict(), "experiment")
+    bind_run_dir(out, bound_config(config), "experiment")
     task = config.make_task()
     settings = config.search.for_task(task)
     mesh = parse_mesh(config.mesh)
     engine, tok, _ = load_policy(config.policy, mesh)
+    delimiter_id(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if len(problems) < config.bins:
@@ -162,6 +177,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         write_jsonl(difficulty_path, records)
         log(f"      {time.perf_counter() - t0:.0f} s")
     diff = _read_jsonl(difficulty_path)
+    _check_ids(difficulty_path, diff, problems)
     signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
     predicted = np.array([d["predicted"] for d in diff])
@@ -178,15 +194,19 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     # 3. compute-optimal selection ---------------------------------------------------------------------------
     log(f"[3/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)")
     specs = {s.name: s for s in config.strategies}
-    baseline = BASELINE.name if BASELINE.name in specs else config.strategies[0].name
+    baseline = next((s.name for s in config.strategies if s.effective() == BASELINE.effective()),
+                    config.strategies[0].name)
     selections = {}
     for name, levels in (("oracle", oracle_levels), ("predicted", predicted_levels)):
         sel = select_strategies(grid.correct, levels, folds=config.folds, seed=config.seed, baseline=baseline)
         selections[name] = {"selection": sel, "levels": levels, "efficiency": efficiency(sel, levels)}
+    task_form = task.to_dict()
+    if "path" in task_form:
+        task_form["path"] = _absolute(task_form["path"])
     scheduler = BudgetScheduler.from_selection(
         selections["predicted"]["selection"], predicted_edges, specs, signal=signal,
-        probe_samples=config.probe_samples, search=settings, policy=config.policy, verifier=config.verifier,
-        task=task.to_dict(), max_new_tokens=config.max_new_tokens)
+        probe_samples=config.probe_samples, search=settings, policy=_absolute(config.policy),
+        verifier=_absolute(config.verifier), task=task_form, max_new_tokens=config.max_new_tokens)
     scheduler.save(os.path.join(out, "scheduler.json"))
 
     # 4. FLOPs exchange with a larger model -----------------------------------------------------------------
@@ -204,7 +224,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
                                      key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens)
             write_jsonl(large_path, [{"id": p.id, "correct": task.is_correct(p, task.extract_answer(t[0]))}
                                      for p, t in zip(problems, texts)])
-        large_correct = np.array([r["correct"] for r in _read_jsonl(large_path)], int)
+        large_records = _read_jsonl(large_path)
+        _check_ids(large_path, large_records, problems)
+        large_correct = np.array([r["correct"] for r in large_records], int)
         sel = selections["oracle"]["selection"]
         for ratio in PAPER_RATIOS:
             budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)
@@ -308,17 +330,21 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
     policy_params = engine.config.num_params()
     for i, (p, ts, value) in enumerate(zip(problems, texts, values)):
         level = scheduler.level(value)
-        chosen = scheduler.spec(level, remaining)
-        strategy = chosen.at(remaining)
+        try:
+            chosen = scheduler.spec(level, remaining)
+        except ValueError:  # below every budget the scheduler was chosen at
+            chosen = None
+        strategy = chosen.at(remaining) if chosen is not None else None
         note = None
         if strategy is None:
             strategy = fallback
-            note = (f"{chosen.to_dict()} does not fit the {remaining} generations left after {k} probe samples; "
-                    f"ran {strategy.to_dict()}")
+            note = (f"{chosen.to_dict() if chosen else 'no choice of the scheduler'} does not fit the {remaining} "
+                    f"generations left after {k} probe samples; ran {strategy.to_dict()}")
             warn(f"ttcjax run: question {p.id}: {note}")
         prompt_tokens = len(task.encode_prompt(p, tok))
         probe_tokens = int(sum(len(tok.encode(t)) for t in ts))
-        out.append({"id": p.id, "question": p.question, "level": level, "signal": value, "chosen": chosen.to_dict(),
+        out.append({"id": p.id, "question": p.question, "level": level, "signal": value,
+                    "chosen": chosen.to_dict() if chosen else None,
                     "strategy": strategy.to_dict(), "fallback": note, "probe_tokens": probe_tokens,
                     "probe_verifier_tokens": k * prompt_tokens + probe_tokens if judge.scores_steps else 0,
                     "probe_policy_tokens": prompt_tokens + probe_tokens})
@@ -333,6 +359,6 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
             o.update({"answer": r.answer, "correct": task.is_correct(p, r.answer) if p.answer else None,
                       "solution": r.solution, "generated_tokens": r.generated_tokens + o["probe_tokens"],
                       "verifier_tokens": verifier_tokens,
-                      "policy_flops": r.policy_flops + 2.0 * policy_params * o.pop("probe_policy_tokens"),
-                      "verifier_flops": 2.0 * judge.num_params * verifier_tokens})
+                      "policy_flops": r.policy_flops + inference_flops(policy_params, o.pop("probe_policy_tokens")),
+                      "verifier_flops": inference_flops(judge.num_params, verifier_tokens)})
     return out

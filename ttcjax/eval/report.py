@@ -10,7 +10,8 @@ import os
 
 import numpy as np
 
-from ttcjax.eval.analysis import BASELINE, BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched
+from ttcjax.eval.analysis import (BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched,
+                                  baseline_name)
 from ttcjax.io import atomic_path
 
 
@@ -62,7 +63,7 @@ def markdown(report: dict, findings: Findings) -> str:
                   "verifier's to win.")
     lines += ["", "**What this run shows.** " + shows + " " + _beam(findings.beam_on_hard_bins)
               + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
-              "held-out estimates are noisy, which more questions reduce (`ttcjax demo --full`).", "",
+              "held-out estimates are noisy, which more questions reduce.", "",
               "![](compute_optimal_vs_best_of_n.png)", ""]
     if r["flops_exchange"]:
         lines += _flops_section(r, findings)
@@ -92,8 +93,8 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
 
 def baseline_label(report: dict) -> str:
     """How the summary names the strategy compute-optimal is measured against."""
-    name = report.get("baseline", BASELINE.name)
-    return "best-of-N weighted" if name == BASELINE.name else f"the baseline {name}"
+    name = report.get("baseline")
+    return "best-of-N weighted" if name is None or name == baseline_name(report) else f"the baseline {name}"
 
 
 def _table_row(name: str, row: dict, budgets) -> str:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import math
 from typing import Any, Sequence
 
 import numpy as np
@@ -214,27 +213,15 @@ def pretraining_flops(params: float, tokens: float) -> float:
     return 6.0 * params * tokens
 
 
-def inference_flops(params: float, tokens: float) -> float:
-    """2 N D."""
-    return 2.0 * params * tokens
-
-
 def matched_generations(small_params: float, large_params: float, ratio: float, verifier_params: float = 0.0
                         ) -> float:
     """Generations per question the small model (with its verifier) may spend so that pretraining plus
     inference FLOPs equal the large model's answering once, at R = D_inference / D_pretrain (the paper's
-    section 7):  6 N_s D_p + 2 (N_s + N_v) D_i B  =  6 N_l D_p + 2 N_l D_i  ->  B = (3 (N_l - N_s) / R + N_l) / (N_s + N_v)."""
+    section 7):  6 N_s D_p + 2 (N_s + N_v) D_i B  =  6 N_l D_p + 2 N_l D_i,
+    so B = (3 (N_l - N_s) / R + N_l) / (N_s + N_v)."""
     if ratio <= 0:
         raise ValueError(f"R={ratio} must be > 0.")
     return (3.0 * (large_params - small_params) / ratio + large_params) / (small_params + verifier_params)
 
 
 PAPER_RATIOS = (0.16, 0.79, 22.0)
-
-
-def log2_budgets(low: int, high: int) -> list[int]:
-    return [2**i for i in range(int(math.log2(low)), int(math.log2(high)) + 1)]
-
-
-def jsonable(d: dict[tuple[int, int], Any]) -> dict[str, Any]:
-    return {f"{a}/{b}": v for (a, b), v in d.items()}

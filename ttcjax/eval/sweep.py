@@ -36,14 +36,14 @@ from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
 from ttcjax.io import atomic_path, bind_run_dir, check_options
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.run import search
+from ttcjax.search.run import delimiter_id, search
 from ttcjax.search.selection import SELECTION_RULES, select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.verifiers.base import Verifier
-from ttcjax.verifiers.loading import verifier_by_name
+from ttcjax.verifiers.loading import is_verifier_free, verifier_by_name
 
 DEFAULT_STRATEGIES = tuple(StrategySpec.from_dict(s) for s in (
     {"kind": "best_of_n", "selection": "weighted"},
@@ -59,9 +59,11 @@ def read_strategies(items: Any, source: str) -> tuple[StrategySpec, ...]:
     if not isinstance(items, (list, tuple)) or not items:
         raise ValueError(f"{source}: strategies must be a non-empty list of mappings such as {{kind: beam, width: 4}}.")
     specs = tuple(StrategySpec.from_dict(s, f"{source}: strategies[{i}]") for i, s in enumerate(items))
-    names = [s.name for s in specs]
-    if len(set(names)) < len(names):
-        raise ValueError(f"{source}: strategies lists one strategy twice ({names}).")
+    for i, spec in enumerate(specs):
+        for j in range(i):
+            if specs[j].effective() == spec.effective():
+                raise ValueError(f"{source}: strategies[{j}] and strategies[{i}] are the same strategy "
+                                 f"({spec.effective()}); list it once.")
     return specs
 
 
@@ -100,10 +102,10 @@ def plan_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: st
 
 def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:
     """Strategies that read verifier scores refused, when read, for a verifier-free config."""
-    if verifier_name not in (None, "none"):
+    if not is_verifier_free(verifier_name):
         return
     for spec in specs:
-        if spec.at(1 << 10).needs_verifier:
+        if spec.needs_verifier:
             raise ValueError(f"{source}: strategy {spec.to_dict()} reads verifier scores and verifier is none; use "
                              "{kind: best_of_n, selection: majority} or name a verifier.")
 
@@ -306,17 +308,25 @@ def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
     return Engine(model, mesh=mesh, pad_id=tokenizer.pad_id), tokenizer, directory
 
 
+def bound_config(config: SweepConfig) -> dict[str, Any]:
+    """What a run directory is bound to: the config without where it lives and how it is sharded (neither
+    changes a result), so a directory can be moved or resumed on other hardware."""
+    return {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "mesh")}
+
+
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
-    bind_run_dir(config.out_dir, config.to_dict(), "sweep")
+    bind_run_dir(config.out_dir, bound_config(config), "sweep")
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
+    settings = config.search.for_task(task)
+    delimiter_id(tokenizer, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if not problems:
         raise ValueError(f"task {task.name}: split {config.split!r} holds no questions.")
     cells = plan_cells(config.strategies, config.budgets)
     grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
-                    settings=config.search.for_task(task), seed=config.seed, rows_per_batch=config.rows_per_batch,
+                    settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
                     progress=progress)
     summary = summarize(config.to_dict(), problems, grid)
     with atomic_path(os.path.join(config.out_dir, "summary.json")) as tmp, open(tmp, "w") as f:

@@ -27,14 +27,15 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
     texts = sample_solutions(task, engine, tokenizer, problems, n=samples, sampling=sampling,
                              key=jax.random.key(seed), max_new_tokens=max_new_tokens)
     owners = [(i, task.split_steps(t) or [""], t) for i, ts in enumerate(texts) for t in ts]
-    scores = verifier.score([task.prompt_text(problems[i], tokenizer) for i, _, _ in owners],
+    prompts = [task.encode_prompt(p, tokenizer) for p in problems]  # the ids search reads
+    scores = verifier.score([prompts[i] for i, _, _ in owners],
                             [steps for _, steps, _ in owners])
     step_scores, step_labels, step_difficulty = [], [], []
     per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):
         p = problems[i]
         for k in range(len(steps)):
-            on_path = task.step_oracle(p, steps[:k + 1])
+            on_path = task.step_oracle(p, steps[:k + 1]) if verifier.scores_steps else None
             if on_path is not None:
                 step_scores.append(float(s[k]))
                 step_labels.append(on_path)

@@ -92,8 +92,8 @@ def _select(scores, open_rows, group: int, keep: int, width: int):
     order = jnp.argsort(-s, axis=1, stable=True)  # [G, group] open rows first, best first
     n_open = open_g.sum(axis=1, keepdims=True)
     n_parents = jnp.maximum(jnp.minimum(keep, n_open), 1)
-    slot = jnp.cumsum(open_g, axis=1) - 1  # rank of each open row among its group's open rows
-    parent_rank = jnp.where(slot // width < n_parents, slot // width, slot % n_parents)
+    rank = jnp.cumsum(open_g, axis=1) - 1  # rank of each open row among its group's open rows
+    parent_rank = jnp.where(rank // width < n_parents, rank // width, rank % n_parents)
     parent = jnp.take_along_axis(order, jnp.clip(parent_rank, 0, group - 1), axis=1)  # [G, group]
     local = jnp.where(open_g, parent, jnp.arange(group)[None, :])
     return (local + jnp.arange(0, r, group)[:, None]).reshape(r)

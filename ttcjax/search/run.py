@@ -45,14 +45,26 @@ class SearchResult:
     verifier_flops: float
 
 
-def cost_flops(params: int, tokens: int) -> float:
+def inference_flops(params: float, tokens: float) -> float:
     """Inference FLOPs of `tokens` tokens through a model of `params` parameters: 2 N D."""
     return 2.0 * params * tokens
 
 
+def delimiter_id(tokenizer, delimiter: str | None) -> int:
+    """The one token that ends a step, as it appears inside generated text; ValueError where the delimiter is
+    unset or takes several tokens of this tokenizer."""
+    if delimiter is None:
+        raise ValueError("the step delimiter is unset: SearchSettings.for_task(task) takes the task's.")
+    ids = tokenizer.encode_stop_sequence(delimiter)
+    if len(ids) != 1:
+        raise ValueError(f"the step delimiter {delimiter!r} must be one token of the policy's tokenizer; it is "
+                         f"{len(ids)} ({ids}); set search.delimiter to one that is.")
+    return ids[0]
+
+
 def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, prompts: Sequence[str | Sequence[int]],
-           key: jax.Array, *, extract_answer: Callable[[str], Any], equal: Callable[[Any, Any], bool] | None = None,
-           settings: SearchSettings = SearchSettings(delimiter="\n"), questions_per_batch: int | None = None,
+           key: jax.Array, *, extract_answer: Callable[[str], Any], settings: SearchSettings,
+           equal: Callable[[Any, Any], bool] | None = None, questions_per_batch: int | None = None,
            compact: bool = True, compact_min_rows: int = 128, on_segment: Callable[[int], None] | None = None
            ) -> list[SearchResult]:
     """Run `strategy` for every prompt (text, encoded with BOS where the tokenizer has one, or token ids) with
@@ -70,21 +82,20 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     if strategy.needs_verifier and not verifier.scores_steps:
         raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
                          "selection='majority' with best-of-N, or name a verifier.")
-    if settings.delimiter is None:
-        raise ValueError("settings.delimiter is None: set the step delimiter (SearchSettings.for_task(task) takes the "
-                         "task's).")
-    delimiter_ids = tokenizer.encode(settings.delimiter)
-    if len(delimiter_ids) != 1:
-        raise ValueError(f"the step delimiter {settings.delimiter!r} must be one token of the tokenizer; it is "
-                         f"{len(delimiter_ids)}.")
+    delimiter = delimiter_id(tokenizer, settings.delimiter)
+    if verifier.step_delimiter not in (None, settings.delimiter):
+        raise ValueError(f"the verifier reads steps ended by {verifier.step_delimiter!r} and the search ends them with "
+                         f"{settings.delimiter!r}; set search.delimiter to the verifier's.")
     scorer, scorer_params = verifier.step_scorer(tokenizer, engine.mesh, engine.rules)
     encoded = [list(p) if not isinstance(p, str) else tokenizer.encode(p, add_bos=tokenizer.bos_id is not None)
                for p in prompts]
     per_batch = questions_per_batch or len(encoded)
-    spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=scorer,
+    # the loop never reads the selection rule: one program serves every rule
+    spec = EpisodeSpec(strategy=dataclasses.replace(strategy, selection="weighted"), policy_graphdef=engine.graphdef,
+                       scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
                        max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
-                       sampling=settings.sampling, delimiter_id=delimiter_ids[0], eos_ids=tuple(tokenizer.eos_ids),
+                       sampling=settings.sampling, delimiter_id=delimiter, eos_ids=tuple(tokenizer.eos_ids),
                        pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
                        data_axis=engine.rules.batch if engine.mesh is not None else None)
     n = strategy.n
@@ -95,12 +106,12 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
         if longest >= settings.max_len:
             raise ValueError(f"a prompt of {longest} tokens leaves no room to generate in max_len="
                              f"{settings.max_len}; raise max_len.")
-        width_p = min(bucket(longest), settings.max_len)
+        prompt_bucket = min(bucket(longest), settings.max_len)
         # with a mesh, questions (and so their rows) are padded to a multiple of the data axis and split over it
         padded = chunk + [chunk[0]] * (-len(chunk) % engine.data_size)
-        tokens = np.full((len(padded), width_p), tokenizer.pad_id, np.int32)  # [Q, P]
+        tokens = np.full((len(padded), prompt_bucket), tokenizer.pad_id, np.int32)  # [Q, P]
         for i, p in enumerate(padded):
-            tokens[i, :min(len(p), width_p)] = p[:width_p]
+            tokens[i, :min(len(p), prompt_bucket)] = p[:prompt_bucket]
         lengths = np.array([len(p) for p in padded], np.int32)  # [Q]
         active = np.arange(len(padded)) < len(chunk)  # [Q]
         host = run_episode(spec, engine, scorer_params, engine.place_rows(tokens), engine.place_rows(lengths),
@@ -120,6 +131,6 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             results.append(SearchResult(
                 answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
                 generations=strategy.budget, generated_tokens=gen_tokens, verifier_tokens=verifier_tokens,
-                policy_flops=cost_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
-                verifier_flops=cost_flops(verifier.num_params, verifier_tokens)))
+                policy_flops=inference_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
+                verifier_flops=inference_flops(verifier.num_params, verifier_tokens)))
     return results

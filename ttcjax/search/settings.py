@@ -54,6 +54,9 @@ class SearchSettings:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "search") -> "SearchSettings":
+        if data is not None and not isinstance(data, Mapping):
+            raise ValueError(f"{source} must be a mapping of search settings (max_step_tokens, max_rounds, ...); "
+                             f"got {data!r}.")
         data = dict(data or {})
         check_options(cls, data, source)
         try:

@@ -126,8 +126,8 @@ class _Tree(Strategy):
 def _width(width: int | str, budget: int, kind: str) -> int:
     if width == "sqrt":
         return max(1, int(round(math.sqrt(budget))))
-    if not isinstance(width, int) or isinstance(width, bool):
-        raise ValueError(f"strategy {kind}: width must be an integer or 'sqrt', got {width!r}.")
+    if not isinstance(width, int) or isinstance(width, bool) or width < 1:
+        raise ValueError(f"strategy {kind}: width must be an integer >= 1 or 'sqrt', got {width!r}.")
     return width
 
 
@@ -220,10 +220,31 @@ class StrategySpec:
             raise ValueError(f"{source}: {kind} has no option(s) {unknown}; its options are {allowed}.")
         spec = cls(kind, tuple(sorted((k, v) for k, v in data.items() if k != "kind")))
         try:
-            spec.at(1 << 10)  # checks the options' values (a budget every width up to 32 divides)
+            spec.example()  # checks the options' values
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
         return spec
+
+    def example(self) -> Strategy:
+        """The strategy at the smallest number of rows its options allow (width "sqrt" as width 1): what the
+        options mean, independent of any budget."""
+        options = dict(self.options)
+        if options.get("width") == "sqrt":
+            options["width"] = 1
+        width = options.get("width", 1)
+        rows = width if isinstance(width, int) and not isinstance(width, bool) and width >= 1 else 1
+        return STRATEGIES[self.kind](rows, **options)
+
+    @property
+    def needs_verifier(self) -> bool:
+        return self.example().needs_verifier
+
+    def effective(self) -> dict[str, Any]:
+        """The YAML form with every default filled in: two specs that run the same strategy have the same one
+        ({kind: best_of_n} and {kind: best_of_n, selection: weighted})."""
+        example = self.example()
+        fields = {f.name: getattr(example, f.name) for f in dataclasses.fields(example) if f.name != "n"}
+        return {"kind": self.kind, **fields, **dict(self.options)}
 
     @property
     def name(self) -> str:

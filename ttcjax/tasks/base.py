@@ -183,11 +183,15 @@ class Task(ABC):
             return examples + prompt.write(problem.question)
         return prompt.write(problem.question)
 
+    def prompt_bos(self, tokenizer: Tokenizer) -> bool:
+        """Whether the prompt's ids start with BOS: where the tokenizer has one and the style is not chat (a chat
+        template writes its own BOS text)."""
+        return tokenizer.bos_id is not None and self.prompt.style != "chat"
+
     def encode_prompt(self, problem: ProblemRecord, tokenizer: Tokenizer) -> list[int]:
         """Token ids of :meth:`prompt_text`; BOS first when the tokenizer has one and the style is not chat (a chat
         template writes its own BOS text)."""
-        add_bos = tokenizer.bos_id is not None and self.prompt.style != "chat"
-        return tokenizer.encode(self.prompt_text(problem, tokenizer), add_bos=add_bos)
+        return tokenizer.encode(self.prompt_text(problem, tokenizer), add_bos=self.prompt_bos(tokenizer))
 
     def few_shot_examples(self, problem: ProblemRecord) -> list[ProblemRecord]:
         """The ``prompt.shots`` solved examples shown before ``problem``: split ``prompt.shots_split`` permuted by
@@ -227,8 +231,9 @@ class Task(ABC):
         return None if answer is None else grading.normalize_answer(str(answer))
 
     def split_steps(self, text: str) -> list[str]:
-        """The reasoning steps of ``text``: split on ``step_delimiter``, stripped, empty ones dropped."""
-        return grading.split_steps(text, self.step_delimiter)
+        """The reasoning steps of ``text`` as written (split on ``step_delimiter``, blank ones dropped, nothing
+        stripped): the verifier scores on the host exactly what it reads inside search."""
+        return [s for s in text.split(self.step_delimiter) if s.strip()]
 
     def step_oracle(self, problem: ProblemRecord, steps: list[str]) -> bool | None:
         """Whether every step so far is right; None when the task has no exact oracle (the default)."""

@@ -107,7 +107,10 @@ class ArithmeticTask(Task):
         """The task of its YAML form: ``name``, any :class:`ttcjax.tasks.arithmetic.TaskConfig` field, ``prompt``."""
         config_fields = tuple(f.name for f in dataclasses.fields(arithmetic.TaskConfig))
         check_options(("name", *config_fields, "prompt"), data, source)
-        config = arithmetic.TaskConfig(**{k: v for k, v in data.items() if k in config_fields})
+        try:
+            config = arithmetic.TaskConfig(**{k: v for k, v in data.items() if k in config_fields})
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
         return cls(config, Prompt.from_dict(data.get("prompt"), f"{source}.prompt"))
 
 

@@ -29,3 +29,11 @@ def task_from_dict(data: Mapping[str, Any], source: str = "task") -> Task:
     if name not in TASKS:
         raise ValueError(f"{source}: unknown task name {name!r}; known: {', '.join(TASKS)}")
     return TASKS[name].from_dict(data, source)
+
+
+def training_task(data: Mapping[str, Any], source: str = "task") -> Task:
+    """A training config's task: any task's YAML form, or (without a name) the built-in task's fields."""
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{source} must be a mapping such as {{name: gsm8k, path: data/gsm8k}} (or the built-in "
+                         f"task's fields); got {data!r}")
+    return task_from_dict(data if "name" in data else {"name": "arithmetic", **data}, source)

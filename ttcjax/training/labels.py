@@ -59,17 +59,18 @@ class LabellingCost:
 
 
 def split_steps(text: str, delimiter: str = "\n") -> list[str]:
-    """A completion's steps: split on the delimiter, blank pieces dropped."""
+    """A completion's steps as written: split on the delimiter, blank pieces dropped (`Task.split_steps`)."""
     return [s for s in text.split(delimiter) if s.strip()]
 
 
 def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correct: Sequence[Callable[[str], bool]],
                    *, rollouts: int, sampling: Sampling, stop: StopConditions, key: jax.Array,
                    max_new_tokens: int, batch_rows: int = 512, cost: LabellingCost | None = None,
-                   progress: bool = True) -> np.ndarray:
+                   add_bos: bool = True, progress: bool = True) -> np.ndarray:
     """For each prefix text, the fraction of `rollouts` continuations c with is_correct[i](prefix + c).
 
-    Each prefix is prefilled once and forked `rollouts` ways. Returns [len(prefixes)] floats.
+    Each prefix is prefilled once (with BOS first where `add_bos` and the tokenizer has one) and forked
+    `rollouts` ways. Returns [len(prefixes)] floats.
     """
     cost = cost if cost is not None else LabellingCost()
     per_call = max(1, batch_rows // rollouts)
@@ -77,7 +78,7 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
     for start in tqdm(range(0, len(prefixes), per_call), desc="rollouts", unit="batch", file=sys.stderr,
                       disable=not progress or len(prefixes) <= per_call, dynamic_ncols=True):
         chunk = list(prefixes[start:start + per_call])
-        encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in chunk]
+        encoded = [tokenizer.encode(p, add_bos=add_bos and tokenizer.bos_id is not None) for p in chunk]
         completions = engine.generate(encoded, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
                                       sampling=sampling, stop=stop, n=rollouts)
         cost.prefill_tokens += sum(map(len, encoded))
@@ -92,20 +93,24 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
 def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checkers: Sequence[Callable[[str], bool]],
                     *, samples: int, rollouts: int, key: jax.Array, sampling: Sampling, stop: StopConditions,
                     max_new_tokens: int, delimiter: str = "\n", problem_ids: Sequence[str] | None = None,
-                    difficulties: Sequence[int] | None = None, batch_rows: int = 512, progress: bool = True
+                    difficulties: Sequence[int] | None = None, batch_rows: int = 512, add_bos: bool = True,
+                    steps_of: Callable[[str], list[str]] | None = None, progress: bool = True
                     ) -> tuple[list[LabelledSolution], LabellingCost]:
     """Sample `samples` solutions per question and label every step by `rollouts` Monte-Carlo continuations.
 
-    `questions[i]` is the prompt text (ending where the first step begins); `checkers[i](text)` says whether
-    a full text (prompt + solution) reaches the right answer. Solutions without a step are dropped.
+    `questions[i]` is the prompt text (ending where the first step begins; encoded with BOS first where
+    `add_bos` and the tokenizer has one); `checkers[i](text)` says whether a full text (prompt + solution)
+    reaches the right answer; `steps_of(text)` splits a solution into its steps (default: on `delimiter`, as
+    written). Solutions without a step are dropped.
     """
+    steps_of = steps_of or (lambda text: split_steps(text, delimiter))
     cost = LabellingCost()
     key_solutions, key_rollouts = jax.random.split(key)
     per_call = max(1, batch_rows // samples)
     solutions: list[tuple[int, list[str], bool]] = []
     for start in range(0, len(questions), per_call):
         chunk = list(questions[start:start + per_call])
-        encoded = [tokenizer.encode(q, add_bos=tokenizer.bos_id is not None) for q in chunk]
+        encoded = [tokenizer.encode(q, add_bos=add_bos and tokenizer.bos_id is not None) for q in chunk]
         completions = engine.generate(encoded, jax.random.fold_in(key_solutions, start),
                                       max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, n=samples)
         cost.prefill_tokens += sum(map(len, encoded))
@@ -114,7 +119,7 @@ def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checker
             text = tokenizer.decode(c.tokens)
             cost.solutions += 1
             cost.solution_tokens += len(c.tokens)
-            steps = split_steps(text, delimiter)
+            steps = steps_of(text)
             if steps:
                 solutions.append((i, steps, bool(checkers[i](questions[i] + text))))
     # every step prefix but the last: the last step's label is the solution's own outcome
@@ -125,7 +130,7 @@ def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checker
             owners.append((s, i))
     fractions = rollout_labels(engine, tokenizer, prefixes, [checkers[i] for _, i in owners], rollouts=rollouts,
                                sampling=sampling, stop=stop, key=key_rollouts, max_new_tokens=max_new_tokens,
-                               batch_rows=batch_rows, cost=cost, progress=progress)
+                               batch_rows=batch_rows, cost=cost, add_bos=add_bos, progress=progress)
     per_solution: list[list[float]] = [[] for _ in solutions]
     for (s, _), f in zip(owners, fractions):
         per_solution[s].append(float(f))

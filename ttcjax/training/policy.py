@@ -1,9 +1,10 @@
-"""The policy on the built-in task: supervised fine-tuning (`ttcjax train policy`) and its evaluation
-(greedy accuracy and pass@k per difficulty).
+"""The policy: supervised fine-tuning on a task's reference solutions (`ttcjax train policy`) and its evaluation
+on a task (greedy accuracy and pass@k per difficulty).
 
-A training example is `[BOS] "Q: 7*3-4+8=\\n"` (the prompt) followed by the reference solution,
-`"7*3=21\\n21-4=17\\n17+8=25\\nThe answer is 25\\n\\n" [EOS]`; the loss covers the solution only.
-Generation stops at EOS or at the blank line that ends an example.
+A training example is the task's prompt followed by a reference solution, its steps joined by the task's step
+delimiter, its solution end and EOS; the loss covers the solution only. On the built-in task:
+`[BOS] "Q: 7*3-4+8=\\n"`, then `"7*3=21\\n21-4=17\\n17+8=25\\nThe answer is 25\\n\\n" [EOS]`, with the
+config's options for the mix per difficulty, the solution order and format.
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
-from ttcjax.decoding.engine import GREEDY, Engine, Sampling, StopConditions
+from ttcjax.decoding.engine import GREEDY, Engine, Sampling
 from ttcjax.io import atomic_path, check_options
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
@@ -28,8 +29,9 @@ from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
 from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.builtin import ArithmeticTask
-from ttcjax.tasks.registry import task_from_dict
+from ttcjax.tasks.registry import training_task
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples, train_loop
 
 
@@ -107,6 +109,7 @@ class PolicyTrainConfig:
                 if getattr(self, name) != default:
                     raise ValueError(f"{name} is an option of the built-in arithmetic task; task {task.name!r} "
                                      "trains on its reference solutions (drop the option).")
+        task.check_split("train")
         if self.eval_problems:
             task.check_split(self.eval_split)
         if self.num_train_per_difficulty is not None:
@@ -125,7 +128,7 @@ class PolicyTrainConfig:
             raise ValueError(f"{source}: {e}") from None
 
     def make_task(self) -> Task:
-        return task_from_dict(self.task if "name" in self.task else {"name": "arithmetic", **self.task}, "task")
+        return training_task(self.task)
 
     @property
     def task_config(self) -> TaskConfig:
@@ -162,17 +165,12 @@ def training_examples(config: PolicyTrainConfig, task: Task, tokenizer: Tokenize
     if isinstance(task, ArithmeticTask):
         problems = training_problems(config)
         restate = config.solution_format == "restate"
-        return [encode_example(tokenizer, p, steps, restate)
+        return [(task.encode_prompt(arithmetic_record(p), tokenizer), encode_example(tokenizer, p, steps, restate)[1])
                 for p, steps in zip(problems, training_solutions(config, problems))]
     eos = [] if tokenizer.eos_id is None else [tokenizer.eos_id]
     return [(task.encode_prompt(r, tokenizer),
              tokenizer.encode(task.solution_text(r) + (task.solution_end or "")) + eos)
             for r in task.problems("train", limit=config.num_train, seed=config.seed)]
-
-
-def stop_conditions(tokenizer: Tokenizer) -> StopConditions:
-    return StopConditions(eos_ids=tuple(tokenizer.eos_ids),
-                          stop_sequences=(tuple(tokenizer.encode_stop_sequence(arithmetic.EXAMPLE_END)),))
 
 
 # ---- evaluation ---------------------------------------------------------------------------------------
@@ -242,7 +240,7 @@ def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokeni
 
 def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_after: int | None = None,
                  progress: bool = True) -> dict[str, Any]:
-    """Fine-tune a policy on the built-in task's training split; returns (and writes) the summary.
+    """Fine-tune a policy on the task's training split; returns (and writes) the summary.
 
     Rerunning with the same `out_dir` resumes from the last checkpoint. The final model and its tokenizer
     go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.

@@ -32,7 +32,7 @@ from ttcjax.io import atomic_path, check_options
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
-from ttcjax.tasks.registry import task_from_dict
+from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
 from ttcjax.verifiers.base import AGGREGATIONS
@@ -173,10 +173,10 @@ class PRMTrainConfig:
             raise ValueError(f"samples and rollouts must be >= 1; got {self.samples}, {self.rollouts}.")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
-        self.make_task()
+        self.make_task().check_split("train")
 
     def make_task(self) -> Task:
-        return task_from_dict(self.task if "name" in self.task else {"name": "arithmetic", **self.task}, "task")
+        return training_task(self.task)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any], source: str = "config") -> "PRMTrainConfig":
@@ -221,7 +221,8 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         engine, tokenizer, questions, [checker(p, q) for p, q in zip(problems, questions)], samples=config.samples,
         rollouts=config.rollouts, key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
         stop=solution_stop(task, tokenizer), max_new_tokens=config.max_new_tokens, delimiter=task.step_delimiter,
-        problem_ids=[p.id for p in problems], difficulties=[p.difficulty or 0 for p in problems], progress=progress)
+        problem_ids=[p.id for p in problems], difficulties=[p.difficulty or 0 for p in problems],
+        add_bos=task.prompt_bos(tokenizer), steps_of=task.split_steps, progress=progress)
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
                    "labelled_solutions": len(labelled)}
@@ -239,7 +240,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
     mesh = parse_mesh(config.mesh)
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
-    step_format = StepFormat(delimiter=config.make_task().step_delimiter)
+    task = config.make_task()
+    step_format = StepFormat(delimiter=task.step_delimiter, add_bos=task.prompt_bos(tokenizer))
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
     if not val or not train:

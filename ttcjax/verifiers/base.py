@@ -65,6 +65,7 @@ class Verifier(abc.ABC):
     """Scores the steps of candidates. `aggregation` turns a solution's step scores into one score."""
 
     aggregation: str = "last"
+    step_delimiter: str | None = None  # the text its steps end with (None: it reads any)
 
     @property
     @abc.abstractmethod
@@ -76,14 +77,15 @@ class Verifier(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def score(self, questions: Sequence[str], solutions: Sequence[Sequence[str]]) -> list[np.ndarray]:
-        """Step scores (probabilities) of each solution: `solutions[i]` is the list of step texts that
-        answer prompt text `questions[i]`; one array of len(solutions[i]) per solution."""
+    def score(self, questions: Sequence[str | Sequence[int]], solutions: Sequence[Sequence[str]]) -> list[np.ndarray]:
+        """Step scores (probabilities) of each solution: `solutions[i]` is the list of step texts that answer
+        `questions[i]`, the prompt as text or as the policy's prompt ids (`Task.encode_prompt`: exactly what the
+        search loop reads); one array of len(solutions[i]) per solution."""
 
     @abc.abstractmethod
     def step_scorer(self, tokenizer, mesh=None, rules=None) -> tuple[StepScorer, Any]:
         """(scorer, params) for the compiled episode, reading the policy's tokens (`tokenizer`). ValueError
-        if this verifier cannot read them."""
+        if this verifier cannot read them (another tokenizer)."""
 
     def solution_score(self, step_scores: Sequence[float]) -> float:
         return aggregate(step_scores, self.aggregation)

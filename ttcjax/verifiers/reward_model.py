@@ -10,7 +10,7 @@ still on a path to the right answer at that point; a step's score is read at its
     TwoClassHead     softmax(W2 relu(W1 h + b1) + b2)[1]                   Qwen2.5-Math-PRM
 
 where h is the backbone's final normalised hidden state. An outcome reward model (ORM) is the same model
-read only at the end of the solution (`Aggregation("last")` over one score, or `orm=True` when training).
+read only at the end of the solution (trained with `orm=True`: one label, the outcome, at the last step).
 """
 
 from __future__ import annotations
@@ -236,8 +236,11 @@ class StepFormat:
     delimiter: str = "\n"
     add_bos: bool = True
 
-    def encode(self, tokenizer, question: str, steps: Sequence[str]) -> ScoringInput:
-        ids = tokenizer.encode(question, add_bos=self.add_bos and tokenizer.bos_id is not None)
+    def encode(self, tokenizer, question: str | Sequence[int], steps: Sequence[str]) -> ScoringInput:
+        """The prompt (text, encoded with BOS where `add_bos` and the tokenizer has one; or the policy's prompt
+        ids as they are), then each step and the delimiter; a step's score is read at its delimiter."""
+        ids = (list(question) if not isinstance(question, str) else
+               tokenizer.encode(question, add_bos=self.add_bos and tokenizer.bos_id is not None))
         read_at = []
         for step in steps:
             ids += tokenizer.encode(step + self.delimiter)
@@ -300,7 +303,7 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
 # ---- the Verifier interface for our reward models ----------------------------------------------------------
 
 
-PRM_STEP_WIDTHS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
+PRM_STEP_BUCKETS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
 
 
 def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
@@ -315,7 +318,7 @@ def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Ar
 @dataclasses.dataclass(frozen=True)
 class PRMStepScorer:
     """Our reward model inside the compiled episode: its own KV cache per row, extended by each round's step.
-    Reads only as wide as the round's longest step (the narrowest of `PRM_STEP_WIDTHS` that holds it)."""
+    Reads only as many columns as the round's longest step needs (the smallest of `PRM_STEP_BUCKETS` that holds it)."""
 
     graphdef: nnx.GraphDef
     reads_tokens: bool = True
@@ -329,11 +332,11 @@ class PRMStepScorer:
     def extend(self, params, cache: KVCache, step_tokens, step_lengths):
         prm = nnx.merge(self.graphdef, params)
         t = step_tokens.shape[1]
-        widths = sorted({w for w in PRM_STEP_WIDTHS if w < t} | {t})
-        if len(widths) == 1:
+        buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
+        if len(buckets) == 1:
             return _extend(prm, cache, step_tokens, step_lengths)
-        index = jnp.searchsorted(jnp.asarray(widths), jnp.max(step_lengths))  # the first width >= the longest step
-        branches = [lambda c, tk, ln, w=w: _extend(prm, c, tk[:, :w], ln) for w in widths]
+        index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(step_lengths))  # the first bucket >= the longest step
+        branches = [lambda c, tk, ln, b=b: _extend(prm, c, tk[:, :b], ln) for b in buckets]
         return jax.lax.switch(index, branches, cache, step_tokens, step_lengths)
 
 
@@ -347,6 +350,8 @@ class RewardModelVerifier(Verifier):
             raise ValueError(f"aggregation={aggregation!r} is not one of {AGGREGATIONS}.")
         self.prm, self.tokenizer, self.aggregation = prm, tokenizer, aggregation
         self.step_format, self.kind, self.mesh, self.rules = step_format, kind, mesh, rules
+        self.step_delimiter = step_format.delimiter
+        self._scorers: dict = {}  # (mesh, rules) -> (scorer, params): sharded and split once
 
     @property
     def num_params(self) -> int:
@@ -357,13 +362,20 @@ class RewardModelVerifier(Verifier):
         return score_inputs(self.prm, inputs, mesh=self.mesh, rules=self.rules)
 
     def step_scorer(self, tokenizer, mesh=None, rules=None):
+        probe = "Q: 12+3*4=\nThe answer is 24.\n\n"
+        if tokenizer is not self.tokenizer and tokenizer.encode(probe) != self.tokenizer.encode(probe):
+            raise ValueError("the reward model reads another tokenizer than the policy's; inside search it reads "
+                             "the policy's tokens, so use the reward model trained for this policy.")
         if self.prm.config.vocab_size < tokenizer.vocab_size:
             raise ValueError("the reward model's vocabulary is smaller than the policy tokenizer's; use the "
                              "reward model trained for this policy.")
-        if mesh is not None:
-            shard_model(self.prm, mesh, rules or ShardingRules())
-        graphdef, params = nnx.split(self.prm)
-        return PRMStepScorer(graphdef), params
+        rules = rules or ShardingRules()
+        if (mesh, rules) not in self._scorers:
+            if mesh is not None:
+                shard_model(self.prm, mesh, rules)
+            graphdef, params = nnx.split(self.prm)
+            self._scorers[(mesh, rules)] = PRMStepScorer(graphdef), params
+        return self._scorers[(mesh, rules)]
 
     def __repr__(self) -> str:
         return f"RewardModelVerifier({self.kind}, aggregation={self.aggregation!r})"
