@@ -154,19 +154,14 @@ class GSM8KTask(_FileTask):
     reference solution; the answer is the number after ``####``."""
 
     name: ClassVar[str] = "gsm8k"
-    splits: ClassVar[tuple[str, ...]] = ("train", "test")
-    step_delimiter: ClassVar[str] = "\n"
-    solution_end: ClassVar[str | None] = None
+    step_delimiter: ClassVar[str] = "\n"  # splits: train and test; solution end: EOS only (the defaults)
 
 
 @dataclass(frozen=True)
 class MathTask(_FileTask):
     """Hendrycks MATH (train and test): steps are paragraphs; answers are graded by math-verify."""
 
-    name: ClassVar[str] = "math"
-    splits: ClassVar[tuple[str, ...]] = ("train", "test")
-    step_delimiter: ClassVar[str] = "\n\n"
-    solution_end: ClassVar[str | None] = None
+    name: ClassVar[str] = "math"  # splits train and test, steps are paragraphs, EOS ends a solution: the defaults
 
 
 @dataclass(frozen=True)
@@ -174,6 +169,4 @@ class Math500Task(_FileTask):
     """MATH-500 (test only): steps are paragraphs; answers are graded by math-verify."""
 
     name: ClassVar[str] = "math500"
-    splits: ClassVar[tuple[str, ...]] = ("test",)
-    step_delimiter: ClassVar[str] = "\n\n"
-    solution_end: ClassVar[str | None] = None
+    splits: ClassVar[tuple[str, ...]] = ("test",)  # steps are paragraphs, EOS ends a solution: the defaults
