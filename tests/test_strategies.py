@@ -73,6 +73,8 @@ def test_search_settings_round_trip_and_refuse_nonsense():
     assert SearchSettings.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     assert s.sampling.temperature == 0.5
     for bad, message in (({"max_len": 0}, "max_len=0"), ({"temperature": -1}, "temperature"),
+                         ({"temperature": float("nan")}, "must be finite"), ({"top_p": float("inf")}, "finite"),
+                         ([1, 2], "must be a mapping"),
                          ({"max_step_tokens": 200}, "below max_len"), ({"temprature": 1}, "temprature")):
         with pytest.raises(ValueError, match=message):
             SearchSettings.from_dict(bad, source="config.yaml: search")

@@ -48,6 +48,12 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     records = [json.loads(ln) for ln in redone]
     assert all(r["generated_tokens"] > 0 and r["budget"] == 4 for r in records)
     assert np.all([isinstance(r["correct"], bool) for r in records])
+    # a damaged line before the end is not an interruption: named by file and line, and nothing is cut
+    damaged = redone[:1] + [redone[1][:30]] + redone[2:]
+    cut.write_text("\n".join(damaged) + "\n")
+    assert main(["sweep", "--config", str(path), "--no-progress"]) == 2
+    assert cut.read_text() == "\n".join(damaged) + "\n"
+    cut.write_text("\n".join(redone) + "\n")
     # a run directory may move: the config it is bound to leaves out where it lives
     moved = tmp_path / "moved"
     os.rename(tmp_path / "sweep", moved)

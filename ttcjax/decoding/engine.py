@@ -41,6 +41,8 @@ class Sampling:
     top_p: float = 1.0
 
     def __post_init__(self):
+        if not all(math.isfinite(x) for x in (self.temperature, self.top_p)):
+            raise ValueError(f"temperature={self.temperature} and top_p={self.top_p} must be finite numbers.")
         if self.temperature < 0:
             raise ValueError(f"temperature={self.temperature} must be >= 0 (0 is greedy).")
         if self.top_k < 0:

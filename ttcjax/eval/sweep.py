@@ -169,21 +169,30 @@ class SweepConfig:
 
 
 def _read_done(path: str) -> dict[str, dict]:
-    """Complete records already written; a trailing partial line is dropped (and the file cut there)."""
+    """Complete records already written. Only the last line can be cut by an interruption: it is dropped (and
+    the file cut there) and its question redone. A damaged line before it is an error naming the file and the
+    line: the file is not this process's to cut."""
     done: dict[str, dict] = {}
     if not os.path.exists(path):
         return done
-    good = 0
     with open(path, "rb") as f:
         data = f.read()
-    for line in data.split(b"\n")[:-1] if not data.endswith(b"\n") else data.split(b"\n"):
+    lines = data.split(b"\n")
+    good = 0
+    for number, line in enumerate(lines, 1):
+        last = number == len(lines) or (number == len(lines) - 1 and not lines[-1])
         if not line.strip():
             good += len(line) + 1
             continue
         try:
             record = json.loads(line)
-        except json.JSONDecodeError:
-            break
+            if not isinstance(record, dict) or "id" not in record:
+                raise ValueError("not a record")
+        except ValueError:
+            if last:  # cut by an interruption: redo it
+                break
+            raise ValueError(f"{path}:{number}: a damaged record before the end of the file; move the file away to "
+                             "redo its cell, or repair the line.") from None
         done[record["id"]] = record
         good += len(line) + 1
     if good < len(data):
