@@ -64,3 +64,24 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     path.write_text(yaml.safe_dump({**config, "questions": 4}))
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 2
     assert cut.read_text().splitlines() == redone
+
+
+def test_a_sweep_on_eight_devices_gives_the_one_device_results(tmp_path):
+    policy, tok = toy_policy(0.5, 0.2, 0.3)
+    save_model(policy, tmp_path / "policy")
+    tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
+    save_prm(y_fraction_prm(), str(tmp_path / "prm"))
+    results = {}
+    for mesh in ("none", "4,2"):
+        out = tmp_path / f"sweep-{mesh}"
+        config = {"out_dir": str(out), "policy": str(tmp_path / "policy"), "verifier": str(tmp_path / "prm"),
+                  "task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 8, "budgets": [4],
+                  "strategies": [{"kind": "best_of_n"}, {"kind": "beam", "width": 2}],
+                  "search": {"max_rounds": 4, "max_step_tokens": 8, "max_len": 64}, "mesh": mesh}
+        path = tmp_path / f"sweep-{mesh}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
+        results[mesh] = {f: [{k: r[k] for k in ("id", "answer", "solution", "generated_tokens", "verifier_tokens")}
+                             for r in map(json.loads, (out / "results" / f).read_text().splitlines())]
+                         for f in sorted(os.listdir(out / "results"))}
+    assert results["none"] == results["4,2"] and len(results["none"]) == 2
