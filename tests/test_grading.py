@@ -32,9 +32,25 @@ def _boom(predicted: str, reference: str) -> bool:
     ("", None),
     (r"\boxed{}", None),
     (r"\boxed{unbalanced", None),
+    # instruct models' phrasings
+    ("Final Answer: 42", "42"),
+    ("**Answer:** 42 dollars", "42"),
+    ("The answer is **18**.", "18"),
+    ("So 3/4 is left.\nAnswer: 3/4 of the cake", "3/4"),
+    ("Answer: x = 5", "x = 5"),
+    ("**Final Answer**: $\\frac{1}{2}$", r"\frac{1}{2}"),
+    ("The answer is 1,000 apples.", "1,000"),
+    ("Answer: 7\nOn reflection, the answer is 8.", "8"),  # the later statement wins
 ])
 def test_extract_answer(text, expected):
     assert extract_answer(text) == expected
+
+
+def test_extract_answer_is_linear_in_the_text():
+    """140 KB of unbalanced boxes (the quadratic scan took about a minute) is read in one pass."""
+    started = time.perf_counter()
+    assert extract_answer("\\boxed{" * 20000 + " the answer is 3") == "3"
+    assert time.perf_counter() - started < 5
 
 
 @pytest.mark.parametrize("pred, ref", [

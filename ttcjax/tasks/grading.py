@@ -27,6 +27,10 @@ CompareFn = Callable[[str, str], bool]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
 _ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
+# "Answer: 42", "Final Answer: 42", "**Answer:** 42", "**Final Answer**: 42"
+_ANSWER_COLON_RE = re.compile(r"\banswer\s*(?:\*\*|__)?\s*[:\uff1a]\s*(.+)", re.IGNORECASE)
+# a number followed by prose: "42 dollars", "3/4 of the cake", "1,000 apples"
+_NUMBER_THEN_WORDS_RE = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)\s+[A-Za-z][A-Za-z\s,'-]*")
 _GSM8K_RE = re.compile(r"####\s*(.+)")
 _THOUSANDS_RE = re.compile(r"^-?\d{1,3}(?:,\d{3})+$")
 _STARTUP_TIMEOUT_S = 120.0
@@ -42,23 +46,29 @@ class GradeResult:
 
 
 def _last_braced(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, else None."""
-    for m in reversed(list(_BOXED_RE.finditer(text))):
-        depth, start = 1, m.end()
-        for i in range(start, len(text)):
-            if text[i] == "{":
-                depth += 1
-            elif text[i] == "}":
-                depth -= 1
-                if depth == 0:
-                    return text[start:i]
-        # unbalanced: try an earlier occurrence
+    """Content of the last ``\\boxed{...}`` / ``\\fbox{...}`` with balanced braces, else None. Linear in the
+    text: every brace is matched in one pass, then the last box whose brace closes wins."""
+    starts = [m.end() for m in _BOXED_RE.finditer(text)]  # just after each box's opening brace
+    if not starts:
+        return None
+    closing: dict[int, int] = {}  # an opening brace's index -> its closing brace's
+    open_braces: list[int] = []
+    for i, ch in enumerate(text):
+        if ch == "{":
+            open_braces.append(i)
+        elif ch == "}" and open_braces:
+            closing[open_braces.pop()] = i
+    for start in reversed(starts):  # an unbalanced box: try an earlier one
+        if start - 1 in closing:
+            return text[start:closing[start - 1]]
     return None
 
 
 def _clean(ans: str) -> str | None:
-    ans = ans.strip().strip("$").strip()
-    ans = ans.rstrip(".").strip().strip("$").strip()
+    ans = ans.strip().strip("*_`").strip().strip("$").strip()
+    ans = ans.rstrip(".").strip().strip("*_`").strip().strip("$").strip()
+    if m := _NUMBER_THEN_WORDS_RE.fullmatch(ans):
+        ans = m.group(1)
     return ans or None
 
 
@@ -66,22 +76,31 @@ def extract_answer(text: str) -> str | None:
     """Extract the final answer from a solution, trying in priority order:
 
     1. the content of the last balanced ``\\boxed{...}`` or ``\\fbox{...}``;
-    2. the text after the last "The (final) answer is" up to the end of that line
-       (surrounding ``$`` and a trailing period removed);
+    2. the text after the last "The (final) answer is" or "(Final) Answer:" (markdown bold allowed), whichever
+       comes later, up to the end of that line;
     3. the text after the last GSM8K marker ``#### `` up to the end of that line.
 
-    Returns the stripped answer, or ``None`` when nothing is found or the answer is empty.
+    The answer is cleaned of surrounding ``$``, markdown emphasis and a trailing period; a number followed by
+    prose ("42 dollars", "3/4 of the cake") keeps the number. Returns the answer, or ``None`` when nothing is
+    found or the answer is empty. Time is linear in the text.
     """
     if not isinstance(text, str) or not text:
         return None
     boxed = _last_braced(text)
     if boxed is not None:
         return _clean(boxed)
-    for regex in (_ANSWER_IS_RE, _GSM8K_RE):
-        matches = regex.findall(text)
-        if matches:
-            return _clean(matches[-1])
-    return None
+    stated = [m for regex in (_ANSWER_IS_RE, _ANSWER_COLON_RE) for m in [_last_match(regex, text)] if m]
+    if stated:
+        return _clean(max(stated, key=lambda m: m.start()).group(1))
+    last = _last_match(_GSM8K_RE, text)
+    return _clean(last.group(1)) if last else None
+
+
+def _last_match(regex: re.Pattern, text: str) -> re.Match | None:
+    last = None
+    for last in regex.finditer(text):  # noqa: B007 (the last one is wanted)
+        pass
+    return last
 
 
 def normalize_answer(ans: str) -> str:
