@@ -40,3 +40,38 @@ def test_config_errors_name_the_file_and_key(tmp_path, capsys):
     assert "missing" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["generate", "--mesh"])
+
+
+def test_generate_renders_prompts_in_the_checkpoints_chat_template(tmp_path, capsys):
+    from test_prm_hub import CHATML, _save_tokenizer, _train_tokenizer
+
+    from ttcjax.checkpoints.native import save_model
+    from ttcjax.cli import _unescape
+    from ttcjax.models import ModelConfig, init_model
+
+    ckpt = tmp_path / "instruct"
+    ckpt.mkdir()
+    hf = _save_tokenizer(_train_tokenizer(["<|endoftext|>", "<|im_start|>", "<|im_end|>"]), ckpt, CHATML,
+                         eos_token="<|im_end|>")
+    config = ModelConfig(vocab_size=len(hf), hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2,
+                         num_kv_heads=1)
+    save_model(init_model(config), ckpt / "model")
+    base = ["generate", "--model", str(ckpt / "model"), "--tokenizer", str(ckpt), "--prompt", "What is 2+3?",
+            "--n", "1", "--max-new-tokens", "2", "--temperature", "0", "--mesh", "none"]
+
+    def first(*flags):
+        out = tmp_path / "out.jsonl"
+        assert main([*base, *flags, "--output", str(out)]) == 0
+        return json.loads(out.read_text().splitlines()[0])
+
+    chat = first()
+    # transformers' own rendering of the same conversation
+    assert chat["input"] == hf.apply_chat_template([{"role": "user", "content": "What is 2+3?"}], tokenize=False,
+                                                   add_generation_prompt=True)
+    assert chat["input"].endswith("<|im_start|>assistant\n")
+    assert "<|im_start|>system\nBe brief.<|im_end|>" in first("--system", "Be brief.")["input"]
+    assert first("--chat-template", "off")["input"] == "What is 2+3?"
+    assert _unescape(r"\n\n") == "\n\n" and _unescape(r"a\\n") == "a\\n"
+    capsys.readouterr()
+    assert main([*base[:-2], "--chat-template", "on", "--tokenizer", "char", "--max-new-tokens", "2"]) == 2
+    assert "has no chat template" in capsys.readouterr().err

@@ -58,9 +58,12 @@ GENERATE_DEFAULTS: dict[str, Any] = {
     "stop": ["\n\n"],
     "seed": 0,
     "mesh": "auto",
+    "chat_template": "auto",
 }
+CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
 
 GENERATE_KEYS = {"model", "tokenizer", "prompts", "prompts_file", "n", "max_new_tokens", "temperature", "top_k",
+                 "chat_template", "system",
                  "top_p", "stop", "seed", "mesh", "dtype", "batch_size", "output", "model_config"}
 
 
@@ -114,6 +117,36 @@ def _read_prompts(opts: dict[str, Any]) -> list[str]:
     return prompts
 
 
+def _render_prompt(tokenizer, prompt: str, opts: dict[str, Any]) -> tuple[str, bool]:
+    """(text, add BOS): the prompt in the tokenizer's chat template (one user turn after an optional system
+    message, with the generation prompt; the template writes its own BOS) where the tokenizer ships one and
+    chat_template is auto or on, else as it is with BOS."""
+    mode = opts.get("chat_template", "auto")
+    if mode not in CHAT_TEMPLATE_CHOICES:
+        raise ValueError(f"chat_template={mode!r} is not one of {CHAT_TEMPLATE_CHOICES}.")
+    if mode == "on" and tokenizer.chat_template is None:
+        raise ValueError("chat_template on: the tokenizer has no chat template (tokenizer_config.json or "
+                         "chat_template.jinja); use --chat-template off.")
+    if mode == "off" or tokenizer.chat_template is None:
+        return prompt, tokenizer.bos_id is not None
+    system = opts.get("system")
+    messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": prompt}]
+    return tokenizer.apply_chat_template(messages, add_generation_prompt=True), False
+
+
+def _unescape(text: str) -> str:
+    """A command-line string with \\n, \\t and \\\\ written as escapes ('\\n\\n' ends at a blank line)."""
+    out, i = [], 0
+    while i < len(text):
+        if text[i] == "\\" and i + 1 < len(text) and text[i + 1] in "nt\\":
+            out.append({"n": "\n", "t": "\t", "\\": "\\"}[text[i + 1]])
+            i += 2
+        else:
+            out.append(text[i])
+            i += 1
+    return "".join(out)
+
+
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Generate completions for every prompt; returns one record per completion."""
 
@@ -130,7 +163,8 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
         stop_sequences=tuple(tuple(tokenizer.encode_stop_sequence(s)) for s in opts.get("stop") or ()),
     )
     prompts = _read_prompts(opts)
-    encoded = [tokenizer.encode(p, add_bos=tokenizer.bos_id is not None) for p in prompts]
+    inputs = [_render_prompt(tokenizer, p, opts) for p in prompts]
+    encoded = [tokenizer.encode(text, add_bos=add_bos) for text, add_bos in inputs]
     batch_size = int(opts.get("batch_size") or 64)
     key = jax.random.key(int(opts.get("seed", 0)))
     records, generated, started = [], 0, time.perf_counter()
@@ -144,6 +178,7 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
             records.append({
                 "prompt_index": start + c.prompt_index,
                 "prompt": prompts[start + c.prompt_index],
+                "input": inputs[start + c.prompt_index][0],
                 "completion": tokenizer.decode(c.tokens),
                 "num_tokens": len(c.tokens),
                 "logprob": float(sum(c.logprobs)),
@@ -236,6 +271,10 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
+    if args.stop is not None:
+        args.stop = [_unescape(s) for s in args.stop]  # typed on a command line: '\\n\\n' is a blank line
+    if args.no_stop:
+        args.stop = []
     opts = _options(args, GENERATE_DEFAULTS, GENERATE_KEYS)
     records = run_generation(opts)
     if not opts.get("output"):
@@ -349,7 +388,12 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--temperature", type=float, help="0 is greedy")
     p.add_argument("--top-k", type=int)
     p.add_argument("--top-p", type=float)
-    p.add_argument("--stop", action="append", help="stop string, e.g. '\\n\\n' (repeatable)")
+    p.add_argument("--stop", action="append", help="stop string, e.g. '\\n\\n' (repeatable; replaces the default "
+                                                 "blank line; \\n and \\t are escapes)")
+    p.add_argument("--no-stop", action="store_true", help="no stop string: only EOS or the token limit end a row")
+    p.add_argument("--chat-template", choices=CHAT_TEMPLATE_CHOICES, help="render each prompt in the tokenizer's "
+                   "chat template: auto (the default) where the tokenizer ships one, on, or off")
+    p.add_argument("--system", help="a system message for chat-template prompts")
     p.add_argument("--seed", type=int)
     p.add_argument("--mesh", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
