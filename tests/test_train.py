@@ -170,6 +170,11 @@ def test_interrupted_run_resumes_from_its_checkpoint(tmp_path):
     steps = [m["step"] for m in _metrics(tmp_path / "resumed") if "loss" in m]
     assert steps == list(range(2, 9, 2))
     assert straight["last_train_metrics"]["loss"] == pytest.approx(second["last_train_metrics"]["loss"], rel=1e-5)
+    # the directory belongs to its config: resuming under another learning rate is refused before any work
+    metrics = (tmp_path / "resumed" / METRICS_FILE).read_text()
+    with pytest.raises(ValueError, match=r"another config \(keys that differ: \['lr'\]\)"):
+        train_policy(tiny_config(tmp_path / "resumed", steps=8, lr=1e-3), progress=False)
+    assert (tmp_path / "resumed" / METRICS_FILE).read_text() == metrics
 
 
 def test_data_parallel_training_equals_one_device(tmp_path):

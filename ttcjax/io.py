@@ -47,6 +47,14 @@ def check_options(allowed, data: Mapping[str, Any], source: str, required: tuple
 RUN_CONFIG_FILE = "run_config.json"
 
 
+def bound_fields(config, leave_out: tuple[str, ...] = ("out_dir", "mesh")) -> dict[str, Any]:
+    """A config (a dataclass, or its JSON form) as what a run directory is bound to: without where it lives and
+    how it is sharded (neither changes a result), so a directory can move or resume on other hardware."""
+    items = config.items() if isinstance(config, Mapping) else ((f.name, getattr(config, f.name))
+                                                                 for f in dataclasses.fields(config))
+    return {k: v for k, v in items if k not in leave_out}
+
+
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str) -> None:
     """Make `out_dir` belong to `config` (JSON-ready): the first run writes it to run_config.json; a rerun
     with a different config stops before any work, naming the keys that differ."""

@@ -38,8 +38,8 @@ from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import SweepConfig, answer_equal, bound_config, load_policy, plan_cells, run_grid
-from ttcjax.io import atomic_path, bind_run_dir, read_yaml, write_jsonl
+from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_jsonl
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import delimiter_id, inference_flops, search
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -144,7 +144,7 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     out = config.out_dir
-    bind_run_dir(out, bound_config(config), "experiment")
+    bind_run_dir(out, bound_fields(config.to_dict()), "experiment")
     task = config.make_task()
     settings = config.search.for_task(task)
     mesh = parse_mesh(config.mesh)

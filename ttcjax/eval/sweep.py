@@ -34,7 +34,7 @@ from ttcjax.checkpoints.assets import resolve
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import atomic_path, bind_run_dir, check_options
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import delimiter_id, search
 from ttcjax.search.selection import SELECTION_RULES, select
@@ -317,14 +317,8 @@ def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
     return Engine(model, mesh=mesh, pad_id=tokenizer.pad_id), tokenizer, directory
 
 
-def bound_config(config: SweepConfig) -> dict[str, Any]:
-    """What a run directory is bound to: the config without where it lives and how it is sharded (neither
-    changes a result), so a directory can be moved or resumed on other hardware."""
-    return {k: v for k, v in config.to_dict().items() if k not in ("out_dir", "mesh")}
-
-
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
-    bind_run_dir(config.out_dir, bound_config(config), "sweep")
+    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep")
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
     settings = config.search.for_task(task)

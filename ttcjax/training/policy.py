@@ -22,7 +22,7 @@ import numpy as np
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.io import atomic_path, check_options
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -246,6 +246,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
     """
     started = time.perf_counter()
+    bind_run_dir(config.out_dir, bound_fields(config), "train policy")
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)

@@ -28,7 +28,7 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import atomic_path, check_options
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -236,7 +236,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                        stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Label, then train a PRM (or an ORM) on the labels; returns (and writes) the summary."""
     started = time.perf_counter()
-    os.makedirs(config.out_dir, exist_ok=True)
+    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
+                 "train orm" if orm else "train prm")
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
     mesh = parse_mesh(config.mesh)
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
