@@ -332,3 +332,20 @@ def test_pickled_checkpoint_is_refused_without_unpickling(llama_copy, tmp_path, 
     assert not marker.exists()
     pickle.loads((llama_copy / filename).read_bytes())  # the payload is live: unpickling does create it
     assert marker.exists()
+
+
+@pytest.mark.parametrize("escape", ["../outside.safetensors", "/tmp/outside.safetensors",
+                                    "sub/../../outside.safetensors"])
+def test_index_shards_outside_the_checkpoint_are_refused_unopened(llama_bias_sharded, tmp_path, escape):
+    """A shard name that leaves the directory is refused, whether or not such a file exists (real weights
+    outside the checkpoint would otherwise load silently)."""
+    path = tmp_path / "ckpt" / "sharded"
+    shutil.copytree(llama_bias_sharded[1], path)
+    first = sorted(glob.glob(str(path / "model-*-of-*.safetensors")))[0]
+    shutil.copy(first, tmp_path / "ckpt" / "outside.safetensors")  # valid weights just outside
+    index = json.loads((path / "model.safetensors.index.json").read_text())
+    name = next(iter(index["weight_map"]))
+    index["weight_map"][name] = escape
+    (path / "model.safetensors.index.json").write_text(json.dumps(index))
+    with pytest.raises(ValueError, match="is not a file inside"):
+        load_hf_model(path)
