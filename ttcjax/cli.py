@@ -147,8 +147,24 @@ def _unescape(text: str) -> str:
     return "".join(out)
 
 
+def _check_generation_options(opts: dict[str, Any]) -> None:
+    """Counts, and the output's directory, checked before any model is loaded or token generated."""
+    for key in ("n", "max_new_tokens", "batch_size"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
+            raise ValueError(f"{key}={value!r} must be an integer >= 1.")
+    if opts.get("output"):
+        directory = os.path.dirname(os.path.abspath(opts["output"])) or "."
+        if os.path.isdir(opts["output"]):
+            raise ValueError(f"--output {opts['output']}: is a directory; name a file such as out.jsonl.")
+        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+            raise ValueError(f"--output {opts['output']}: cannot write in {directory}; choose a writable place "
+                             "before anything is generated.")
+
+
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Generate completions for every prompt; returns one record per completion."""
+    _check_generation_options(opts)
 
     model = _build_model(opts)
     tok_path = opts.get("tokenizer") or opts.get("model")
@@ -295,7 +311,7 @@ def cmd_init_model(args: argparse.Namespace) -> int:
 def cmd_convert(args: argparse.Namespace) -> int:
     model = load_any(args.src)
     if args.to == "hf":
-        save_hf_model(model, args.dst)
+        save_hf_model(model, args.dst, overwrite=args.overwrite)
     else:
         save_model(model, args.dst, overwrite=args.overwrite)
     print(f"converted {args.src} -> {args.dst} ({args.to})")
@@ -307,7 +323,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(config_cls)})
     if args.out_dir:
         data["out_dir"] = args.out_dir
-    if args.steps:
+    if args.steps is not None:
         data["steps"] = args.steps
     config = config_cls.from_dict(data, source=args.config)
     command = " ".join(["ttcjax"] + list(sys.argv[1:] if args.argv is None else args.argv))

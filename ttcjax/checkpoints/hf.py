@@ -367,12 +367,17 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
-def save_hf_model(model: Transformer, path: str | os.PathLike) -> None:
+def save_hf_model(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Write `config.json` and `model.safetensors` that transformers' `from_pretrained` loads as `model`.
 
-    Each file is written to a temporary name and renamed, so a crash leaves no half-written file.
+    Each file is written to a temporary name and renamed, so a crash leaves no half-written file. An existing
+    checkpoint in `path` is replaced only with `overwrite`.
     """
     path = os.fspath(path)
+    existing = [n for n in (SAFETENSORS_FILE, "config.json") if os.path.exists(os.path.join(path, n))]
+    if existing and not overwrite:
+        raise FileExistsError(f"{path}: already holds a checkpoint ({', '.join(existing)}); pass --overwrite "
+                              "(overwrite=True) to replace it, or choose another directory.")
     config: ModelConfig = model.config
     hf_config = hf_config_dict(config)  # refuses what the architecture cannot express, before writing
     if os.path.exists(os.path.join(path, SAFETENSORS_INDEX)):  # loaders would follow its stale shards

@@ -102,6 +102,7 @@ class PolicyTrainConfig:
             raise ValueError(f"solution_order must be 'reference' or 'random'; got {self.solution_order!r}.")
         if self.solution_format not in ("plain", "restate"):
             raise ValueError(f"solution_format must be 'plain' or 'restate'; got {self.solution_format!r}.")
+        self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
         task = self.make_task()
         if not isinstance(task, ArithmeticTask):
             for name, default in (("num_train_per_difficulty", None), ("solution_order", "reference"),

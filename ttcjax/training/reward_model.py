@@ -174,6 +174,7 @@ class PRMTrainConfig:
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
         self.make_task().check_split("train")
+        self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
 
     def make_task(self) -> Task:
         return training_task(self.task)

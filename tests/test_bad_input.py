@@ -1,0 +1,82 @@
+"""Bad input is refused before any work, with one line that names the field or file and the fix, and no file is
+lost or half-written (the start of issue 16's catalogue)."""
+
+import json
+import os
+
+import pytest
+import yaml
+
+from ttcjax.checkpoints.native import save_model
+from ttcjax.cli import main
+from ttcjax.models import ModelConfig, init_model
+
+TINY = ModelConfig(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=1, num_heads=2, num_kv_heads=1)
+
+
+@pytest.fixture
+def ckpt(tmp_path):
+    save_model(init_model(TINY), tmp_path / "ckpt")
+    return tmp_path / "ckpt"
+
+
+def one_error_line(capsys, *words):
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "Traceback" not in err, err
+    for word in words:
+        assert word in err, (word, err)
+
+
+def test_convert_never_overwrites_a_checkpoint_without_the_flag(ckpt, tmp_path, capsys):
+    assert main(["convert", str(ckpt), str(tmp_path / "hf"), "--to", "hf"]) == 0
+    before = {p: (tmp_path / "hf" / p).read_bytes() for p in os.listdir(tmp_path / "hf")}
+    capsys.readouterr()
+    assert main(["convert", str(ckpt), str(tmp_path / "hf"), "--to", "hf"]) == 2
+    one_error_line(capsys, "already holds a checkpoint", "--overwrite")
+    assert {p: (tmp_path / "hf" / p).read_bytes() for p in os.listdir(tmp_path / "hf")} == before
+    assert main(["convert", str(ckpt), str(tmp_path / "hf"), "--to", "hf", "--overwrite"]) == 0
+
+
+@pytest.mark.parametrize("flags, words", [
+    (["--n", "0"], ["n=0", ">= 1"]),
+    (["--max-new-tokens", "-1"], ["max_new_tokens=-1"]),
+    (["--batch-size", "0"], ["batch_size=0"]),
+    (["--temperature", "nan"], ["finite"]),
+])
+def test_generate_refuses_counts_before_touching_the_output(ckpt, tmp_path, capsys, flags, words):
+    out = tmp_path / "out.jsonl"
+    out.write_text('{"kept": true}\n')
+    assert main(["generate", "--model", str(ckpt), "--tokenizer", "char", "--prompt", "x", "--output", str(out),
+                 *flags]) == 2
+    one_error_line(capsys, *words)
+    assert out.read_text() == '{"kept": true}\n'  # the user's file is untouched
+
+
+def test_generate_to_an_unwritable_place_fails_before_any_work(ckpt, tmp_path, capsys):
+    for output, words in ((tmp_path / "missing" / "out.jsonl", ["cannot write in"]), (tmp_path, ["is a directory"])):
+        assert main(["generate", "--model", str(ckpt), "--tokenizer", "char", "--prompt", "x",
+                     "--output", str(output)]) == 2
+        one_error_line(capsys, *words)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_training_steps_zero_is_refused_not_ignored(tmp_path, capsys):
+    config = tmp_path / "policy.yaml"
+    config.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "run"), "model_config": TINY.to_dict(),
+                                      "num_train": 10}))
+    assert main(["train", "policy", "--config", str(config), "--steps", "0"]) == 2
+    one_error_line(capsys, "steps=0")
+    assert not (tmp_path / "run").exists()  # refused before the run directory was made
+
+
+def test_eval_refuses_negative_samples(ckpt, capsys):
+    assert main(["eval", "policy", "--model", str(ckpt), "--tokenizer", "char", "--per-difficulty", "1",
+                 "--samples", "-3"]) == 2
+    one_error_line(capsys, "samples=-3")
+
+
+def test_a_scheduler_file_of_another_kind_names_the_file(tmp_path, capsys):
+    path = tmp_path / "scheduler.json"
+    path.write_text(json.dumps({"signal": "verifier", "edges": [], "choices": {}}))
+    assert main(["run", "--scheduler", str(path), "--question", "2+3"]) == 2
+    one_error_line(capsys, str(path), "rerun the experiment")
