@@ -80,3 +80,38 @@ def test_a_scheduler_file_of_another_kind_names_the_file(tmp_path, capsys):
     path.write_text(json.dumps({"signal": "verifier", "edges": [], "choices": {}}))
     assert main(["run", "--scheduler", str(path), "--question", "2+3"]) == 2
     one_error_line(capsys, str(path), "rerun the experiment")
+
+
+def _with_nan(model):
+    model.lm_head[...] = model.lm_head[...].at[0, 0].set(float("nan"))
+    return model
+
+
+def test_non_finite_weights_are_named_at_load(tmp_path, capsys):
+    from ttcjax.checkpoints.hf import save_hf_model
+
+    model = _with_nan(init_model(TINY))
+    save_model(model, tmp_path / "native")
+    save_hf_model(model, tmp_path / "hf")
+    for path, words in ((tmp_path / "native", ["lm_head", "1 non-finite"]),
+                        (tmp_path / "hf", ["lm_head.weight", "model.safetensors", "non-finite"])):
+        assert main(["generate", "--model", str(path), "--tokenizer", "char", "--prompt", "x"]) == 2
+        one_error_line(capsys, *words)
+
+
+def test_non_finite_logits_end_a_row_with_their_own_reason():
+    import jax
+
+    from ttcjax.checkpoints.tokenizer import CharTokenizer
+    from ttcjax.decoding.engine import Engine, Sampling
+
+    tok = CharTokenizer()
+    model = init_model(TINY)
+    model.lm_head[...] = model.lm_head[...].at[:, 5].set(float("nan"))  # every row's logits hold a NaN
+    (completion,) = Engine(model, pad_id=tok.pad_id).generate([tok.encode("Q: 1+2=", add_bos=True)],
+                                                              jax.random.key(0), max_new_tokens=4,
+                                                              sampling=Sampling(temperature=1.0))
+    assert completion.finish_reason == "nonfinite_logits" and len(completion.tokens) == 0
+    healthy = Engine(init_model(TINY), pad_id=tok.pad_id).generate([tok.encode("Q: 1+2=", add_bos=True)],
+                                                                   jax.random.key(0), max_new_tokens=4)
+    assert healthy[0].finish_reason == "length" and len(healthy[0].tokens) == 4

@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ttcjax.checkpoints.hf import save_hf_model
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
-from ttcjax.decoding.engine import Engine, Sampling, StopConditions
+from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions
 from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_config, run_experiment
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
@@ -201,6 +201,11 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
                 "finish_reason": c.finish_reason,
             })
     elapsed = time.perf_counter() - started
+    broken = sum(r["finish_reason"] == FINISH_REASONS[FINISHED_NONFINITE] for r in records)
+    if broken:
+        print(f"ttcjax generate: warning: {broken} of {len(records)} completions ended on non-finite logits "
+              f"(finish_reason {FINISH_REASONS[FINISHED_NONFINITE]!r}): a NaN or inf in the model's weights or "
+              "activations.", file=sys.stderr)
     if opts.get("output"):
         write_jsonl(opts["output"], records)
     print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape "

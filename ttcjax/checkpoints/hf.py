@@ -240,7 +240,7 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dt
                     "num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size)."
                 )
         for name, (entry, param) in expected.items():
-            loaded[param] = _to_ours(entry, read(name), params[param].shape)
+            loaded[param] = _to_ours(entry, check_finite(read(name), name, files[name]), params[param].shape)
         if tied_head:  # tying is checked, not assumed: a differing lm_head would be silently dropped
             head = read("lm_head.weight")
             if head.shape != loaded[("embedding",)].shape or not np.array_equal(head, loaded[("embedding",)]):
@@ -270,6 +270,18 @@ def read_hf_tensors(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]],
                 raise ValueError(f"{files[name]}: tensor {name} has shape {list(got)}, expected {list(want)} from "
                                  f"{os.path.join(path, 'config.json')}.{hint and ' ' + hint}")
         return {name: read(name) for name in shapes}
+
+
+def check_finite(tensor, name: str, source: str):
+    """`tensor` as it is; ValueError naming the tensor and its file where a weight is NaN or infinite (such a
+    model would decode nothing but non-finite logits)."""
+    xp = jnp if isinstance(tensor, jax.Array) else np  # a restored array is checked where it lies
+    # (ml_dtypes' bfloat16 is no numpy floating subtype: test for what cannot be non-finite instead)
+    if xp.issubdtype(tensor.dtype, xp.integer) or tensor.dtype == bool or bool(xp.all(xp.isfinite(tensor))):
+        return tensor
+    bad = int(tensor.size - int(xp.count_nonzero(xp.isfinite(tensor))))
+    raise ValueError(f"{source}: tensor {name} holds {bad} non-finite value(s) (NaN or inf); the checkpoint is "
+                     "damaged or diverged in training: use an earlier or a re-saved one.")
 
 
 # Tensor-name prefixes of the process reward models' heads that ttcjax.verifiers.hub loads.

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from ttcjax.checkpoints.hf import load_hf_model, model_from_params
+from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params
 from ttcjax.io import atomic_path
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
@@ -111,7 +111,8 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
         target = {p: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device) for p, a in abstract.items()}
         restored = checkpointer.restore(params_path, traverse_util.unflatten_dict(target))
     restored = traverse_util.flatten_dict(restored)
-    return model_from_params(config, {path: restored[_str_path(path)] for path in model_params})
+    return model_from_params(config, {path: check_finite(restored[_str_path(path)], _str_path(path), params_path)
+                                      for path in model_params})
 
 
 def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Transformer:

@@ -28,8 +28,9 @@ from ttcjax.models.llama import Transformer
 from ttcjax.models.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
 
 # Why a row stopped.
-RUNNING, FINISHED_EOS, FINISHED_STOP, FINISHED_LENGTH, FINISHED_CACHE_FULL = 0, 1, 2, 3, 4
-FINISH_REASONS = {0: "running", 1: "eos", 2: "stop_sequence", 3: "length", 4: "cache_full"}
+RUNNING, FINISHED_EOS, FINISHED_STOP, FINISHED_LENGTH, FINISHED_CACHE_FULL, FINISHED_NONFINITE = 0, 1, 2, 3, 4, 5
+FINISH_REASONS = {0: "running", 1: "eos", 2: "stop_sequence", 3: "length", 4: "cache_full",
+                  5: "nonfinite_logits"}  # a NaN or inf among the next-token logits: nothing can be sampled
 
 
 @dataclasses.dataclass(frozen=True)
@@ -187,7 +188,9 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
         cache = st.cache
         full = cache.lengths >= max_len
         reason = jnp.where(~st.done & full, FINISHED_CACHE_FULL, out.finish_reason)
-        active = ~st.done & ~full
+        nonfinite = ~st.done & ~full & ~jnp.all(jnp.isfinite(st.logits), axis=-1)
+        reason = jnp.where(nonfinite, FINISHED_NONFINITE, reason)
+        active = ~st.done & ~full & ~nonfinite
         token = sample_tokens(st.logits, jax.random.fold_in(key, step_i), sampling, row_ids)
         token = jnp.where(active, token, pad_id)
         logprob = jnp.take_along_axis(jax.nn.log_softmax(st.logits), token[:, None], axis=1)[:, 0]
@@ -202,7 +205,7 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
         reason = jnp.where(active & at_limit, FINISHED_LENGTH, reason)
         reason = jnp.where(active & is_stop, FINISHED_STOP, reason)
         reason = jnp.where(active & is_eos, FINISHED_EOS, reason)
-        done = st.done | full | (active & (is_eos | is_stop | at_limit))
+        done = st.done | full | nonfinite | (active & (is_eos | is_stop | at_limit))
 
         # Feed the token to the model even for rows that just stopped: their cache then holds it and
         # their logits predict what follows, so a later decode can continue them.
