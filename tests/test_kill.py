@@ -1,0 +1,94 @@
+"""kill -9 at a point inside a long job, then the same command again: the result equals an uninterrupted run's.
+The job runs as a subprocess (`python -m ttcjax.cli ...`), killed with SIGKILL once it has written part of its
+work; the rerun resumes from what was written."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import numpy as np
+import yaml
+from flax import nnx
+
+from ttcjax.checkpoints.native import load_model
+from ttcjax.cli import main
+
+
+def kill_when(args, ready, timeout=240.0):
+    """Run `python -m ttcjax.cli *args` and SIGKILL it as soon as `ready()` holds; True if it was killed
+    mid-run (False: it finished first, which would make the test check nothing)."""
+    proc = subprocess.Popen([sys.executable, "-m", "ttcjax.cli", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + timeout
+    try:
+        while proc.poll() is None and time.monotonic() < deadline:
+            if ready():
+                os.kill(proc.pid, signal.SIGKILL)
+                proc.wait()
+                return True
+            time.sleep(0.02)
+        return False
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
+def lines(path):
+    return [line for line in path.read_text().splitlines() if line.strip()] if path.exists() else []
+
+
+def without_times(record):
+    return {k: v for k, v in record.items() if k != "seconds"}
+
+
+def test_an_experiment_killed_mid_search_resumes_to_the_uninterrupted_result(tmp_path):
+    config = {"task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 8, "policy": "tiny",
+              "verifier": "tiny", "difficulty_samples": 2, "bins": 2, "budgets": [2, 4],
+              "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}],
+              "search": {"max_rounds": 8, "max_step_tokens": 20}, "rows_per_batch": 8, "probe_samples": 1}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(config))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["experiment", "--config", str(path), "--out-dir", str(straight), "--no-progress"]) == 0
+    # killed once the first cell has written some of its questions (batches of 4 or 2 questions)
+    first_cell = killed / "results" / "best_of_n-b2.jsonl"
+    assert kill_when(["experiment", "--config", str(path), "--out-dir", str(killed), "--no-progress"],
+                     lambda: 0 < len(lines(first_cell)))
+    assert not (killed / "report.json").exists()
+    assert main(["experiment", "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
+    a, b = (json.loads((d / "report.json").read_text()) for d in (straight, killed))
+    for key in ("accuracy", "per_level", "compute_optimal", "coverage", "mean_generated_tokens",
+                "difficulty_cost_tokens", "findings"):
+        assert a[key] == b[key], key
+    for name in sorted(os.listdir(straight / "results")):
+        assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
+                == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
+
+
+def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(tmp_path):
+    config = {"model_config": {"vocab_size": 101, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                               "num_heads": 2, "num_kv_heads": 1, "max_position_embeddings": 128},
+              "task": {"difficulties": [2, 3]}, "num_train": 240, "seq_len": 96, "batch_size": 8, "steps": 40,
+              "lr": 0.01, "warmup_steps": 3, "log_every": 2, "checkpoint_every": 4, "eval_problems": 0,
+              "mesh": "none"}
+    paths = {}
+    for name in ("straight", "killed"):
+        paths[name] = tmp_path / f"{name}.yaml"
+        paths[name].write_text(yaml.safe_dump({**config, "out_dir": str(tmp_path / name)}))
+    assert main(["train", "policy", "--config", str(paths["straight"]), "--no-progress"]) == 0
+    checkpoints = tmp_path / "killed" / "checkpoints"
+    assert kill_when(["train", "policy", "--config", str(paths["killed"]), "--no-progress"],
+                     lambda: checkpoints.is_dir() and any(p.name.isdigit() and int(p.name) >= 8
+                                                          for p in checkpoints.iterdir()))
+    assert not (tmp_path / "killed" / "model").exists()
+    assert main(["train", "policy", "--config", str(paths["killed"]), "--no-progress"]) == 0
+    summary = json.loads((tmp_path / "killed" / "train_summary.json").read_text())
+    assert summary["finished"] and summary["resumed_from"] >= 8
+    a, b = (load_model(tmp_path / name / "model") for name in ("straight", "killed"))
+    for x, y in zip(jax.tree.leaves(nnx.state(a)), jax.tree.leaves(nnx.state(b))):
+        np.testing.assert_allclose(np.asarray(x), np.asarray(y), rtol=1e-5, atol=1e-6)
