@@ -76,7 +76,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     open the loop returns, the finished questions' rows are read out and dropped, and the rest continue in a
     batch half the size or less: a finished question stops costing compute. Batches are not shrunk below
     `compact_min_rows` rows, where a smaller batch saves less time than compiling its loop costs. The results
-    are the same either way (a row's random draws depend on its id, not on its place in the batch).
+    are the same either way: a row's random draws depend on its id (its question's index among this call's
+    prompts, and its beam), not on where compaction moves it; other prompts in the call do change the ids.
     `on_segment(rows)` is called before each compiled segment with its batch's rows.
     """
     if strategy.needs_verifier and not verifier.scores_steps:
