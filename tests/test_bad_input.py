@@ -115,3 +115,17 @@ def test_non_finite_logits_end_a_row_with_their_own_reason():
     healthy = Engine(init_model(TINY), pad_id=tok.pad_id).generate([tok.encode("Q: 1+2=", add_bos=True)],
                                                                    jax.random.key(0), max_new_tokens=4)
     assert healthy[0].finish_reason == "length" and len(healthy[0].tokens) == 4
+
+
+def test_what_ttcjax_writes_is_strict_json(tmp_path):
+    from ttcjax.io import json_line, write_json, write_jsonl
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    record = {"loss": float("nan"), "auc": float("inf"), "nested": [1.0, float("-inf")], "ok": 0.5}
+    write_json(tmp_path / "a.json", record)
+    write_jsonl(tmp_path / "b.jsonl", [record])
+    for text in ((tmp_path / "a.json").read_text(), (tmp_path / "b.jsonl").read_text(), json_line(record)):
+        assert json.loads(text, parse_constant=refuse) == {"loss": None, "auc": None, "nested": [1.0, None],
+                                                           "ok": 0.5}

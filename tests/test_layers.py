@@ -64,6 +64,7 @@ def test_no_function_local_imports_except_optional_heavy_libraries():
 
 def test_loading_a_verifier_never_imports_training_or_eval():
     code = ("import sys; import ttcjax.verifiers.reward_model, ttcjax.verifiers.hub; "
-            "print(sorted(m for m in sys.modules if m.startswith(('ttcjax.training', 'ttcjax.eval', 'ttcjax.search'))))")
+            "print(sorted(m for m in sys.modules "
+            "if m.startswith(('ttcjax.training', 'ttcjax.eval', 'ttcjax.search'))))")
     out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"

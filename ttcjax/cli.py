@@ -39,7 +39,7 @@ from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_con
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, check_options, read_yaml, write_jsonl
+from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
@@ -300,7 +300,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     records = run_generation(opts)
     if not opts.get("output"):
         for r in records:
-            print(json.dumps(r))
+            print(json.dumps(strict(r), allow_nan=False))
     return 0
 
 
@@ -382,7 +382,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens)
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
-    text = json.dumps(result, indent=2)
+    text = json.dumps(strict(result), indent=2, allow_nan=False)
     if args.output:
         with atomic_path(args.output) as tmp, open(tmp, "w") as f:
             f.write(text + "\n")

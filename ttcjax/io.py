@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import math
 import os
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
@@ -25,11 +26,33 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
+def strict(value: Any) -> Any:
+    """`value` with every non-finite float (NaN, inf: not JSON) as None, so what ttcjax writes is strict JSON."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: strict(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict(v) for v in value]
+    return value
+
+
+def json_line(record: Any) -> str:
+    """One strict-JSON line (non-finite numbers as null)."""
+    return json.dumps(strict(record), allow_nan=False) + "\n"
+
+
+def write_json(path: str | os.PathLike, data: Any) -> None:
+    """Strict JSON (non-finite numbers as null), indented, written atomically."""
+    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
+        json.dump(strict(data), f, indent=2, allow_nan=False)
+
+
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
-    """Write one JSON object per line, atomically."""
+    """Write one strict-JSON object per line, atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         for record in records:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
 
 
 def check_options(allowed, data: Mapping[str, Any], source: str, required: tuple[str, ...] = ()) -> None:
@@ -73,8 +96,7 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
                              "use another out_dir, or delete it to start afresh.")
         return
     os.makedirs(os.fspath(out_dir), exist_ok=True)
-    with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
-        json.dump(config, f, indent=2)
+    write_json(path, config)
 
 
 def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:

@@ -28,7 +28,7 @@ from flax import nnx, traverse_util
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
 
@@ -404,5 +404,4 @@ def save_hf_model(model: Transformer, path: str | os.PathLike, *, overwrite: boo
     # transformers refuses safetensors files whose metadata lacks a known "format"
     with atomic_path(os.path.join(path, SAFETENSORS_FILE)) as tmp:
         save_file(tensors, tmp, metadata={"format": "pt"})
-    with atomic_path(os.path.join(path, "config.json")) as tmp, open(tmp, "w") as f:
-        json.dump(hf_config, f, indent=2)
+    write_json(os.path.join(path, "config.json"), hf_config)

@@ -17,7 +17,7 @@ import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
 from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params
-from ttcjax.io import atomic_path
+from ttcjax.io import write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
 
@@ -52,8 +52,7 @@ def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: b
         os.remove(config_path)
     with ocp.StandardCheckpointer() as checkpointer:
         checkpointer.save(params_path, _params_tree(model), force=overwrite)
-    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
-        json.dump(model.config.to_dict(), f, indent=2)
+    write_json(config_path, model.config.to_dict())
 
 
 def _check_saved_shapes(params_path: str, config_path: str, expected: dict[tuple[str, ...], tuple[int, ...]],
@@ -86,8 +85,9 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"{directory}: no such checkpoint directory.")
     if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: missing; write checkpoints with ttcjax.checkpoints.native.save_model "
-                                "(a Hugging Face directory with config.json loads with ttcjax.checkpoints.hf.load_hf_model).")
+        raise FileNotFoundError(f"{config_path}: missing; write checkpoints with "
+                                "ttcjax.checkpoints.native.save_model (a Hugging Face directory with config.json "
+                                "loads with ttcjax.checkpoints.hf.load_hf_model).")
     if not os.path.isdir(params_path):
         raise FileNotFoundError(f"{params_path}: missing; the checkpoint is incomplete, save it again.")
     try:

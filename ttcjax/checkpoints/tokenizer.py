@@ -28,7 +28,8 @@ from typing import Any
 import numpy as np
 
 __all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "CharTokenizer",
-           "load_tokenizer", "check_tokenizer_fits", "save_tokenizer_beside", "CHAR_TOKENIZER_FILE", "CHAT_TEMPLATE_FILE"]
+           "load_tokenizer", "check_tokenizer_fits", "save_tokenizer_beside", "CHAR_TOKENIZER_FILE",
+           "CHAT_TEMPLATE_FILE"]
 
 CHAR_TOKENIZER_FILE = "ttcjax_tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"

@@ -27,7 +27,7 @@ import os
 import sys
 import time
 from pathlib import Path
-from typing import Any, ClassVar, Sequence
+from typing import ClassVar, Sequence
 
 import jax
 import numpy as np
@@ -39,7 +39,7 @@ from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
 from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_jsonl
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import delimiter_id, inference_flops, search
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -97,11 +97,6 @@ def named_config(name: str) -> Path:
 def _absolute(path: str | None) -> str | None:
     """A local file or directory as an absolute path (a scheduler is applied from anywhere); names stay."""
     return os.path.abspath(path) if path is not None and os.path.exists(path) else path
-
-
-def _write_json(path: str, data: Any) -> None:
-    with atomic_path(path) as tmp, open(tmp, "w") as f:
-        json.dump(data, f, indent=2)
 
 
 def _read_jsonl(path: str) -> list[dict]:
@@ -257,7 +252,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         report["seconds_total"] = report["seconds"]
     findings = analyze(report)
     report["findings"] = findings.to_dict()
-    _write_json(os.path.join(out, "report.json"), report)
+    write_json(os.path.join(out, "report.json"), report)
     plots(report, out)
     with atomic_path(os.path.join(out, "summary.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown(report, findings))

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from ttcjax.io import atomic_path
+from ttcjax.io import write_json
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import StrategySpec
 
@@ -172,8 +172,7 @@ class BudgetScheduler:
         return {**dataclasses.asdict(self), "edges": list(self.edges), "search": self.search.to_dict()}
 
     def save(self, path: str) -> None:
-        with atomic_path(path) as tmp, open(tmp, "w") as f:
-            json.dump(self.to_json(), f, indent=2)
+        write_json(path, self.to_json())
 
     @classmethod
     def load(cls, path: str) -> "BudgetScheduler":

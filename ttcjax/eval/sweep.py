@@ -34,7 +34,7 @@ from ttcjax.checkpoints.assets import resolve
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, json_line, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import delimiter_id, search
 from ttcjax.search.selection import SELECTION_RULES, select
@@ -249,7 +249,7 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
                           "generations": r.generations, "generated_tokens": r.generated_tokens,
                           "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
                           "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
-                out.write(json.dumps(record) + "\n")
+                out.write(json_line(record))
                 done[p.id] = record
             out.flush()
             os.fsync(out.fileno())
@@ -332,8 +332,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
                     progress=progress)
     summary = summarize(config.to_dict(), problems, grid)
-    with atomic_path(os.path.join(config.out_dir, "summary.json")) as tmp, open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(config.out_dir, "summary.json"), summary)
     with atomic_path(os.path.join(config.out_dir, "summary.md")) as tmp, open(tmp, "w") as f:
         f.write(summary_markdown(summary))
     plot(summary, os.path.join(config.out_dir, "accuracy_vs_budget.png"))

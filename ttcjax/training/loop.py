@@ -34,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, json_line
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.sharding import ShardingRules, batch_sharding, param_axes
 
@@ -229,7 +229,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     history = _read_metrics(metrics_path, start)
     with atomic_path(metrics_path) as tmp, open(tmp, "w") as f:
         for record in history:
-            f.write(json.dumps(record) + "\n")
+            f.write(json_line(record))
 
     def place(batch):
         if mesh is None:
@@ -253,7 +253,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
                dynamic_ncols=True)
     with open(metrics_path, "a") as metrics_file:
         def log(record):
-            metrics_file.write(json.dumps(record) + "\n")
+            metrics_file.write(json_line(record))
             metrics_file.flush()
 
         for step in range(start, end):

@@ -10,7 +10,6 @@ config's options for the mix per difficulty, the solution order and format.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 import platform
 import time
@@ -22,7 +21,7 @@ import numpy as np
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
+from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -290,6 +289,5 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         model_dir = os.path.join(config.out_dir, MODEL_DIR)
         save_model(result.model, model_dir, overwrite=True)
         save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
-    with atomic_path(os.path.join(config.out_dir, SUMMARY_FILE)) as tmp, open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
     return summary

@@ -28,7 +28,7 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options
+from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -228,8 +228,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
                    "seconds": time.perf_counter() - started, "questions": len(problems),
                    "labelled_solutions": len(labelled)}
     save_labels(labels_path, labelled)
-    with atomic_path(cost_path) as tmp, open(tmp, "w") as f:
-        json.dump(cost_record, f, indent=2)
+    write_json(cost_path, cost_record)
     return labelled, cost_record
 
 
@@ -288,6 +287,5 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
         "validation": [m for m in result.metrics if "eval" in m],
     }
-    with atomic_path(os.path.join(config.out_dir, SUMMARY_FILE)) as tmp, open(tmp, "w") as f:
-        json.dump(summary, f, indent=2)
+    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
     return summary

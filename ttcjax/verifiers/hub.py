@@ -8,9 +8,10 @@
     skywork          Qwen2ForPrmModel (Skywork-o1-Open-PRM)      v_head.summary            its appended "\\n"
 
 Each format's `encode(tokenizer, question, steps)` reproduces the public reference code's token ids and
-read positions, so `ttcjax.verifiers.reward_model.score_inputs` gives in one pass per batch the step probabilities that code
-computes with one forward per prefix (causal attention makes the two equal). The token ids a format or head
-needs are taken from the tokenizer the way the reference code takes them, and must be single tokens.
+read positions, so `ttcjax.verifiers.reward_model.score_inputs` gives in one pass per batch the step
+probabilities that code computes with one forward per prefix (causal attention makes the two equal). The token
+ids a format or head needs are taken from the tokenizer the way the reference code takes them, and must be single
+tokens.
 """
 
 from __future__ import annotations

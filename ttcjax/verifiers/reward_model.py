@@ -28,7 +28,7 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from ttcjax.checkpoints.native import load_model, save_model
-from ttcjax.io import atomic_path
+from ttcjax.io import atomic_path, write_json
 from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer
 from ttcjax.models.sharding import ShardingRules, batch_sharding, shard_model
@@ -273,8 +273,7 @@ def save_prm(prm: RewardModel, directory: str, *, kind: str = "prm", aggregation
         save_file(head, tmp)
     meta = {"kind": kind, "head": dataclasses.asdict(prm.head), "aggregation": aggregation,
             "format": dataclasses.asdict(step_format)}
-    with atomic_path(config_path) as tmp, open(tmp, "w") as f:
-        json.dump(meta, f, indent=2)
+    write_json(config_path, meta)
 
 
 def load_prm(directory: str) -> tuple[RewardModel, dict]:
