@@ -166,7 +166,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         records = []
         for p, ts, value in zip(problems, texts, predicted):
             records.append({"id": p.id, "difficulty": p.difficulty,
-                            "pass_rate": float(np.mean([task.is_correct(p, task.extract_answer(t)) for t in ts])),
+                            "pass_rate": float(np.mean(task.grade(p, [task.extract_answer(t) for t in ts]))),
                             "signal": signal, "predicted": value,
                             "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))})
         write_jsonl(difficulty_path, records)

@@ -234,18 +234,12 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
             for p, r in zip(batch, results):
                 answers = [c.answer for c in r.candidates]
                 scores = [c.score for c in r.candidates]
-                verdicts: dict[Any, bool] = {}  # one grading per distinct answer
-
-                def right(answer, p=p, verdicts=verdicts):
-                    key = task.answer_key(answer)
-                    if key not in verdicts:
-                        verdicts[key] = task.is_correct(p, answer)
-                    return verdicts[key]
+                right = task.grade(p, answers)
                 # every answer-selection rule over the same candidates: best-of-N variants share one sampling
-                by_selection = {rule: right(answers[select(rule, answers, scores, equal)]) for rule in rules}
+                by_selection = {rule: right[select(rule, answers, scores, equal)] for rule in rules}
                 record = {"id": p.id, "question": p.question, "difficulty": p.difficulty, "strategy": cell.spec.name,
-                          "budget": cell.budget, "answer": r.answer, "correct": right(r.answer),
-                          "pass": any(right(a) for a in answers), "by_selection": by_selection,
+                          "budget": cell.budget, "answer": r.answer, "correct": right[r.chosen],
+                          "pass": any(right), "by_selection": by_selection,
                           "generations": r.generations, "generated_tokens": r.generated_tokens,
                           "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
                           "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}

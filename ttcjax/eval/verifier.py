@@ -53,10 +53,7 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
     chosen: dict[str, list[bool]] = {k: [] for k in (*rules, "pass@n")}
     for p, cands in zip(problems, per_problem):
         answers = [a for a, _ in cands]
-        verdict = {}
-        for a in answers:
-            verdict.setdefault(task.answer_key(a), task.is_correct(p, a))
-        ok = [verdict[task.answer_key(a)] for a in answers]
+        ok = task.grade(p, answers)
         for name, rule in rules.items():
             chosen[name].append(ok[select(rule, answers, [s for _, s in cands], equal)])
         chosen["pass@n"].append(any(ok))

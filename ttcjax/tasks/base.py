@@ -15,7 +15,7 @@ import dataclasses
 import functools
 import hashlib
 from abc import ABC, abstractmethod
-from collections.abc import Hashable, Mapping
+from collections.abc import Hashable, Mapping, Sequence
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, ClassVar
@@ -224,6 +224,18 @@ class Task(ABC):
         if answer is None:
             return False
         return grading.compare_answers(str(answer), problem.answer).correct
+
+    def grade(self, problem: ProblemRecord, answers: Sequence[Any]) -> list[bool]:
+        """:meth:`is_correct` for each of many answers to one problem, grading each distinct answer (by
+        :meth:`answer_key`) once: N samples often share a few answers, and math-verify runs in a worker."""
+        verdicts: dict[Hashable, bool] = {}
+        out = []
+        for answer in answers:
+            key = self.answer_key(answer)
+            if key not in verdicts:
+                verdicts[key] = self.is_correct(problem, answer)
+            out.append(verdicts[key])
+        return out
 
     def answer_key(self, answer: Any) -> Hashable:
         """What makes two answers "the same" for voting: by default

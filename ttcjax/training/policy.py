@@ -194,17 +194,16 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, proble
     engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
     key = jax.random.key(seed)
 
-    def right(p, text):
-        return task.is_correct(p, task.extract_answer(text))
     greedy = sample_solutions(task, engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size,
                               max_new_tokens=max_new_tokens)
-    greedy_ok = np.array([right(p, g[0]) for p, g in zip(problems, greedy)])
+    greedy_ok = np.array([task.grade(p, [task.extract_answer(g[0])])[0] for p, g in zip(problems, greedy)])
     counts = None
     if samples:
         sampled = sample_solutions(task, engine, tokenizer, problems, n=samples,
                                    sampling=Sampling(temperature=temperature), key=jax.random.fold_in(key, 1),
                                    batch_size=batch_size, max_new_tokens=max_new_tokens)
-        counts = np.array([sum(right(p, s) for s in ss) for p, ss in zip(problems, sampled)])
+        counts = np.array([sum(task.grade(p, [task.extract_answer(s) for s in ss]))
+                           for p, ss in zip(problems, sampled)])
     difficulties = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
     def summary(mask):
