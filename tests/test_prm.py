@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from flax import nnx
+from toys import toy_policy
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.decoding.engine import Engine, Sampling, StopConditions
@@ -20,8 +21,6 @@ from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_rew
 from ttcjax.verifiers.base import aggregate
 from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
                                            load_prm, save_prm, score_inputs)
-
-from toys import toy_policy
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=256)

@@ -6,6 +6,7 @@ import dataclasses
 import jax
 import numpy as np
 import pytest
+from toys import p_solution_without_y, toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.assets import model_dir
 from ttcjax.checkpoints.native import load_any
@@ -19,8 +20,6 @@ from ttcjax.search.strategies import DVTS, Beam, BestOfN, Lookahead
 from ttcjax.tasks import arithmetic
 from ttcjax.verifiers.base import NoVerifier
 from ttcjax.verifiers.reward_model import RewardModelVerifier, StepFormat, load_prm, score_inputs
-
-from toys import p_solution_without_y, toy_policy, y_fraction_prm
 
 P_X, P_Y, P_NEWLINE = 0.5, 0.2, 0.3
 SETTINGS = SearchSettings(delimiter="\n", max_step_tokens=16, max_len=96, max_rounds=40, temperature=1.0)

@@ -5,12 +5,11 @@ import os
 
 import numpy as np
 import yaml
+from toys import toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
 from ttcjax.verifiers.reward_model import save_prm
-
-from toys import toy_policy, y_fraction_prm
 
 
 def test_sweep_writes_every_cell_and_resumes(tmp_path):

@@ -126,9 +126,9 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     if not verifier.scores_steps:
         return "agreement", [agreement(task, ts) for ts in texts]
     prompts = [task.encode_prompt(p, tokenizer) for p in problems]  # the ids search reads
-    questions = [prompt for prompt, ts in zip(prompts, texts) for _ in ts]
+    questions = [p.question for p, ts in zip(problems, texts) for _ in ts]
     solutions = [task.split_steps(t) or [""] for ts in texts for t in ts]
-    scores = verifier.score(questions, solutions)
+    scores = verifier.score(questions, solutions, prompts=[prompt for prompt, ts in zip(prompts, texts) for _ in ts])
     out, at = [], 0
     for ts in texts:
         out.append(float(np.mean([verifier.solution_score(s) for s in scores[at:at + len(ts)]])))
@@ -347,7 +347,8 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
     for strategy, members in groups.items():
         results = search(strategy, engine, judge, tok, [task.encode_prompt(problems[i], tok) for i in members],
                          jax.random.fold_in(jax.random.key(seed), 1), extract_answer=task.extract_answer,
-                         equal=answer_equal(task), settings=scheduler.search)
+                         equal=answer_equal(task), settings=scheduler.search,
+                         questions=[problems[i].question for i in members])
         for i, r in zip(members, results):
             o, p = out[i], problems[i]
             verifier_tokens = r.verifier_tokens + o["probe_verifier_tokens"]

@@ -229,7 +229,8 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
             t0 = time.perf_counter()
             results = search(strategy, engine, verifier, tokenizer, [task.encode_prompt(p, tokenizer) for p in batch],
                              jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell.name}/{first}".encode())),
-                             extract_answer=task.extract_answer, equal=equal, settings=settings)
+                             extract_answer=task.extract_answer, equal=equal, settings=settings,
+                             questions=[p.question for p in batch])
             seconds = (time.perf_counter() - t0) / len(batch)
             for p, r in zip(batch, results):
                 answers = [c.answer for c in r.candidates]

@@ -28,8 +28,8 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                              key=jax.random.key(seed), max_new_tokens=max_new_tokens)
     owners = [(i, task.split_steps(t) or [""], t) for i, ts in enumerate(texts) for t in ts]
     prompts = [task.encode_prompt(p, tokenizer) for p in problems]  # the ids search reads
-    scores = verifier.score([prompts[i] for i, _, _ in owners],
-                            [steps for _, steps, _ in owners])
+    scores = verifier.score([problems[i].question for i, _, _ in owners], [steps for _, steps, _ in owners],
+                            prompts=[prompts[i] for i, _, _ in owners])
     step_scores, step_labels, step_difficulty = [], [], []
     per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):

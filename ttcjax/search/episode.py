@@ -75,6 +75,7 @@ class SearchState:
     tokens: jax.Array  # [R, L] the row's solution so far
     length: jax.Array  # [R] int32
     step_scores: jax.Array  # [R, rounds] verifier score of each step (nan where none)
+    step_ends: jax.Array  # [R, rounds] int32 the solution's length after each step (its tokens up to there)
     num_steps: jax.Array  # [R] int32
     finished: jax.Array  # [R] bool: the solution has ended (or cannot continue)
     generated: jax.Array  # [R] int32 tokens this row's lineage generated, rollouts included (cost)
@@ -119,20 +120,25 @@ def _take_rows(state: SearchState, rows: jax.Array) -> SearchState:
     return dataclasses.replace(moved, rounds=state.rounds)
 
 
-def _start(spec: EpisodeSpec, policy_params, scorer_params, prompt_tokens, prompt_lengths, active) -> SearchState:
-    """Prefill every prompt once (policy and verifier) and fork it into N rows. Rows of inactive questions
-    (padding) start finished."""
+def _start(spec: EpisodeSpec, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
+           verifier_lengths, active) -> SearchState:
+    """Prefill every prompt once (the policy's, and what the verifier reads for it: `verifier_tokens` [Q, P'],
+    `verifier_lengths` [Q]) and fork it into N rows. Rows of inactive questions (padding) start finished. The
+    verifier's reading of a prompt is counted once, on the question's first row."""
     n = spec.strategy.n
     rows = prompt_tokens.shape[0] * n
     policy = _prefill(spec.policy_graphdef, policy_params, prompt_tokens, prompt_lengths,
                       max_len=spec.max_len).fork(n)
-    verifier_cache = spec.scorer.start(scorer_params, prompt_tokens, prompt_lengths, n=n, max_len=spec.max_len)
+    verifier_cache = spec.scorer.start(scorer_params, verifier_tokens, verifier_lengths, n=n, max_len=spec.max_len)
     finished = jnp.repeat(~active, n)
+    first_row = jnp.arange(rows) % n == 0
     state = SearchState(
         policy=dataclasses.replace(policy, done=finished), verifier_cache=verifier_cache,
         tokens=jnp.full((rows, spec.max_len), spec.pad_id, jnp.int32), length=jnp.zeros(rows, jnp.int32),
-        step_scores=jnp.full((rows, spec.rounds), jnp.nan, jnp.float32), num_steps=jnp.zeros(rows, jnp.int32),
-        finished=finished, generated=jnp.zeros(rows, jnp.int32), scored=jnp.zeros(rows, jnp.int32),
+        step_scores=jnp.full((rows, spec.rounds), jnp.nan, jnp.float32),
+        step_ends=jnp.zeros((rows, spec.rounds), jnp.int32), num_steps=jnp.zeros(rows, jnp.int32),
+        finished=finished, generated=jnp.zeros(rows, jnp.int32),
+        scored=jnp.where(first_row, jnp.repeat(verifier_lengths, n), 0).astype(jnp.int32),
         slot=jnp.arange(rows, dtype=jnp.int32), rounds=jnp.int32(0))
     return _constrain(state, spec)
 
@@ -159,19 +165,16 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
         empty = (first == spec.delimiter_id) | jnp.any(first[:, None] == eos, axis=1)
         real = ~finished & ~empty
         ended = ~finished & (empty | (gen.finish_reason != FINISHED_STOP))
-        score_logit, verifier_cache = scorer.extend(scorer_params, verifier_cache, gen.tokens,
-                                                    jnp.where(real, gen.lengths, 0))
-        return gen, policy, verifier_cache, jax.nn.sigmoid(score_logit), real, ended
-
-    def read(real, lengths):
-        return jnp.where(real, lengths, 0) if scorer.reads_tokens else jnp.zeros_like(lengths)
+        score_logit, verifier_cache, read = scorer.extend(scorer_params, verifier_cache, gen.tokens,
+                                                          jnp.where(real, gen.lengths, 0))
+        return gen, policy, verifier_cache, jax.nn.sigmoid(score_logit), real, ended, jnp.where(real, read, 0)
 
     def body(st: SearchState) -> SearchState:
         round_key = jax.random.fold_in(key, st.rounds)
-        gen, policy, verifier_cache, score, real, ended = one_step(st.policy, st.verifier_cache, st.finished,
-                                                                   st.slot, round_key, spec.sampling)
+        gen, policy, verifier_cache, score, real, ended, read = one_step(
+            st.policy, st.verifier_cache, st.finished, st.slot, round_key, spec.sampling)
         generated = st.generated + gen.lengths
-        scored = st.scored + read(real, gen.lengths)
+        scored = st.scored + read
         # append the step to each row's solution
         col = st.length[:, None] + jnp.arange(spec.max_step_tokens)[None, :]
         col = jnp.where(jnp.arange(spec.max_step_tokens)[None, :] < gen.lengths[:, None], col, sol_len)
@@ -182,20 +185,21 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
             # roll out up to k more steps greedily on copies; the step's score is the verifier's at the end
             la_policy, la_cache, la_done, la_score = policy, verifier_cache, st.finished | ended, score
             for j in range(strategy.lookahead):
-                g2, la_policy, la_cache, s2, real2, ended2 = one_step(la_policy, la_cache, la_done, st.slot,
-                                                                      jax.random.fold_in(round_key, j + 1), GREEDY)
+                g2, la_policy, la_cache, s2, real2, ended2, read2 = one_step(
+                    la_policy, la_cache, la_done, st.slot, jax.random.fold_in(round_key, j + 1), GREEDY)
                 la_score = jnp.where(real2, s2, la_score)
                 generated = generated + g2.lengths
-                scored = scored + read(real2, g2.lengths)
+                scored = scored + read2
                 la_done = la_done | ended2
             select_score = la_score
-        step_scores = jnp.where(
-            (jnp.arange(spec.rounds)[None, :] == st.num_steps[:, None]) & real[:, None], score[:, None],
-            st.step_scores)
+        this_step = (jnp.arange(spec.rounds)[None, :] == st.num_steps[:, None]) & real[:, None]  # [R, rounds]
+        step_scores = jnp.where(this_step, score[:, None], st.step_scores)
+        step_ends = jnp.where(this_step, length[:, None], st.step_ends)
         num_steps = st.num_steps + real
         finished = st.finished | ended | (length >= sol_len)
         new = SearchState(policy=dataclasses.replace(policy, done=finished), verifier_cache=verifier_cache,
-                          tokens=tokens, length=length, step_scores=step_scores, num_steps=num_steps,
+                          tokens=tokens, length=length, step_scores=step_scores, step_ends=step_ends,
+                          num_steps=num_steps,
                           finished=finished, generated=generated, scored=scored, slot=st.slot,
                           rounds=st.rounds + 1)
         if group:
@@ -238,18 +242,19 @@ def _stop_at_open(questions: int, data: int, floor: int = 1) -> int:
                default=0)
 
 
-HOST_FIELDS = ("tokens", "length", "step_scores", "num_steps", "generated", "scored")
+HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps", "generated", "scored")
 
 
-def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, lengths, active, key, n_real: int, *,
-                compact: bool, compact_min_rows: int, on_segment: Callable[[int], None] | None = None
-                ) -> tuple[np.ndarray, ...]:
-    """One search episode for a batch of questions (tokens [Q, P], lengths [Q], active [Q] placed on the
+def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,
+                active, key, n_real: int, *, compact: bool, compact_min_rows: int,
+                on_segment: Callable[[int], None] | None = None) -> tuple[np.ndarray, ...]:
+    """One search episode for a batch of questions (the policy's prompts tokens [Q, P], lengths [Q]; the
+    verifier's reading of them verifier_tokens [Q, P'], verifier_lengths [Q]; active [Q]; all placed on the
     engine's mesh); the host fields (`HOST_FIELDS`, rows question-major) of the first `n_real` questions,
     each as it was when its question finished. `on_segment(rows)` is called before each compiled segment
     with the rows of its batch (compaction shrinks it)."""
     n = spec.strategy.n
-    st = _start_jit(spec, engine.params, scorer_params, tokens, lengths, active)
+    st = _start_jit(spec, engine.params, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active)
     where = np.arange(tokens.shape[0])  # the question (index into the batch) at each place; -1: padding
     where[n_real:] = -1
     out: list[np.ndarray | None] = [None] * len(HOST_FIELDS)

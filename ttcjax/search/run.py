@@ -19,7 +19,7 @@ from ttcjax.search.episode import EpisodeSpec, run_episode
 from ttcjax.search.selection import select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Strategy
-from ttcjax.verifiers.base import Verifier
+from ttcjax.verifiers.base import Verifier, step_texts
 
 
 @dataclasses.dataclass
@@ -28,6 +28,7 @@ class Candidate:
     answer: Any
     step_scores: list[float]
     score: float  # aggregated
+    steps: list[str] = dataclasses.field(default_factory=list)  # the step texts the verifier scored
 
 
 @dataclasses.dataclass
@@ -64,11 +65,12 @@ def delimiter_id(tokenizer, delimiter: str | None) -> int:
 
 def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, prompts: Sequence[str | Sequence[int]],
            key: jax.Array, *, extract_answer: Callable[[str], Any], settings: SearchSettings,
-           equal: Callable[[Any, Any], bool] | None = None, questions_per_batch: int | None = None,
-           compact: bool = True, compact_min_rows: int = 128, on_segment: Callable[[int], None] | None = None
-           ) -> list[SearchResult]:
+           equal: Callable[[Any, Any], bool] | None = None, questions: Sequence[str] | None = None,
+           questions_per_batch: int | None = None, compact: bool = True, compact_min_rows: int = 128,
+           on_segment: Callable[[int], None] | None = None) -> list[SearchResult]:
     """Run `strategy` for every prompt (text, encoded with BOS where the tokenizer has one, or token ids) with
-    the policy in `engine` and `verifier` scoring each step.
+    the policy in `engine` and `verifier` scoring each step. `questions` are the problems' texts, which a
+    verifier with its own input format renders (default: the prompts, where they are text).
 
     `extract_answer(solution_text)` gives a candidate's answer (None if it has none); `equal` compares two
     answers (default ==). Questions are searched `questions_per_batch` at a time (default: all), each with N
@@ -90,6 +92,10 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     scorer, scorer_params = verifier.step_scorer(tokenizer, engine.mesh, engine.rules)
     encoded = [list(p) if not isinstance(p, str) else tokenizer.encode(p, add_bos=tokenizer.bos_id is not None)
                for p in prompts]
+    if questions is None:
+        questions = [p if isinstance(p, str) else tokenizer.decode(p) for p in prompts]
+    if len(questions) != len(prompts):
+        raise ValueError(f"search: {len(questions)} questions for {len(prompts)} prompts; pass one per prompt.")
     per_batch = questions_per_batch or len(encoded)
     # the loop never reads the selection rule: one program serves every rule
     spec = EpisodeSpec(strategy=dataclasses.replace(strategy, selection="weighted"), policy_graphdef=engine.graphdef,
@@ -103,6 +109,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     results: list[SearchResult] = []
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
+        chunk_questions = list(questions[start:start + per_batch])
         longest = max(map(len, chunk))
         if longest >= settings.max_len:
             raise ValueError(f"a prompt of {longest} tokens leaves no room to generate in max_len="
@@ -115,20 +122,29 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             tokens[i, :min(len(p), prompt_bucket)] = p[:prompt_bucket]
         lengths = np.array([len(p) for p in padded], np.int32)  # [Q]
         active = np.arange(len(padded)) < len(chunk)  # [Q]
-        host = run_episode(spec, engine, scorer_params, engine.place_rows(tokens), engine.place_rows(lengths),
-                           engine.place_rows(active), jax.random.fold_in(key, start), len(chunk), compact=compact,
+        padded_questions = chunk_questions + [chunk_questions[0]] * (len(padded) - len(chunk))
+        read = verifier.scorer_prompts(padded_questions, padded)  # what the verifier reads for each prompt
+        v_tokens = np.full((len(padded), bucket(max(1, max(map(len, read))))), tokenizer.pad_id, np.int32)
+        for i, p in enumerate(read):
+            v_tokens[i, :len(p)] = p
+        v_lengths = np.array([len(p) for p in read], np.int32)
+        verifier.bind_batch(padded_questions, settings.delimiter)
+        host = run_episode(spec, engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
+                                                                                  active)),
+                           jax.random.fold_in(key, start), len(chunk), compact=compact,
                            compact_min_rows=compact_min_rows, on_segment=on_segment)
-        sol_tokens, sol_len, step_scores, num_steps, generated, scored = host  # rows [len(chunk) * n, ...]
+        sol_tokens, sol_len, step_scores, step_ends, num_steps, generated, scored = host  # [len(chunk) * n, ...]
         for i in range(len(chunk)):
             cands = []
             for r in range(i * n, (i + 1) * n):
                 text = tokenizer.decode(sol_tokens[r, :sol_len[r]])
                 s = [float(x) for x in step_scores[r, :num_steps[r]]] if verifier.scores_steps else []
+                steps = step_texts(tokenizer, sol_tokens[r], step_ends[r, :num_steps[r]], settings.delimiter)
                 cands.append(Candidate(text=text, answer=extract_answer(text), step_scores=s,
-                                       score=verifier.solution_score(s)))
+                                       score=verifier.solution_score(s), steps=steps))
             chosen = select(strategy.selection, [c.answer for c in cands], [c.score for c in cands], equal)
             gen_tokens = int(generated[i * n:(i + 1) * n].sum())
-            verifier_tokens = int(scored[i * n:(i + 1) * n].sum()) + (len(chunk[i]) if scorer.reads_tokens else 0)
+            verifier_tokens = int(scored[i * n:(i + 1) * n].sum())
             results.append(SearchResult(
                 answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
                 generations=strategy.budget, generated_tokens=gen_tokens, verifier_tokens=verifier_tokens,

@@ -9,10 +9,12 @@ A verifier scores the steps of candidate solutions. It answers in two places:
   one step per round and returns that step's score logit. The episode carries the cache like its own
   state (a pytree whose leaves have rows on axis 0), so selection moves it with the policy's rows.
 
+A verifier that reads the policy's own tokens (ttcjax's reward models) extends its cache with them on the
+device. A public PRM with its own tokenizer and input format (`ttcjax.verifiers.public`) renders each new
+step in its format on the host, from inside the compiled loop, and extends its cache with its own ids.
+
 `NoVerifier` is verifier-free selection (majority voting): it scores nothing, carries no cache and
-costs no second model pass. A verifier whose tokenizer differs from the policy's scores on the host only;
-its `step_scorer` says so (step-level search with it needs a re-tokenizing scorer, which the public PRM
-families will bring).
+costs no second model pass.
 """
 
 from __future__ import annotations
@@ -42,23 +44,35 @@ def aggregate(step_scores: np.ndarray | Sequence[float], how: str = "last") -> f
     return float({"last": s[-1], "min": s.min(), "prod": s.prod(), "mean": s.mean()}[how])
 
 
+def step_texts(tokenizer, tokens: Sequence[int] | np.ndarray, step_ends: Sequence[int] | np.ndarray,
+               delimiter: str | None) -> list[str]:
+    """The text of each step of a solution as search wrote it: `tokens` (the policy's ids), step k being
+    tokens[step_ends[k-1]:step_ends[k]], decoded, without the `delimiter` that ended it. A step the token cap
+    cut keeps all of its text. What a verifier scores inside search is exactly these texts."""
+    out, at = [], 0
+    for end in step_ends:
+        text = tokenizer.decode(tokens[at:int(end)])
+        out.append(text.removesuffix(delimiter) if delimiter else text)
+        at = int(end)
+    return out
+
+
 # ---- the interface -------------------------------------------------------------------------------------
 
 
 class StepScorer(Protocol):
     """The static (hashable) half of a verifier inside the compiled episode; its weights come separately."""
 
-    reads_tokens: bool  # whether it reads the policy's tokens (their count is the verifier's cost)
-
     def start(self, params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array, *, n: int,
               max_len: int) -> Any:
-        """Read each question's prompt (tokens [Q, P], lengths [Q]); the cache for its n rows ([Q * n] rows,
-        question-major)."""
+        """Read each question's prompt (`Verifier.scorer_prompts`: tokens [Q, P], lengths [Q]); the cache for
+        its n rows ([Q * n] rows, question-major). `max_len`: the policy's cache slots per row."""
 
     def extend(self, params: Any, cache: Any, step_tokens: jax.Array, step_lengths: jax.Array
-               ) -> tuple[jax.Array, Any]:
-        """Feed one step per row (tokens [R, T], the first step_lengths[r] real; 0: nothing) into the cache;
-        the score logit at each row's last real token [R], and the advanced cache."""
+               ) -> tuple[jax.Array, Any, jax.Array]:
+        """Feed one step per row (the policy's tokens [R, T], the first step_lengths[r] real; 0: nothing)
+        into the cache: the step's score logit [R], the advanced cache, and the tokens the verifier read
+        for it [R] (its cost)."""
 
 
 class Verifier(abc.ABC):
@@ -77,15 +91,26 @@ class Verifier(abc.ABC):
         return True
 
     @abc.abstractmethod
-    def score(self, questions: Sequence[str | Sequence[int]], solutions: Sequence[Sequence[str]]) -> list[np.ndarray]:
+    def score(self, questions: Sequence[str], solutions: Sequence[Sequence[str]],
+              prompts: Sequence[Sequence[int]] | None = None) -> list[np.ndarray]:
         """Step scores (probabilities) of each solution: `solutions[i]` is the list of step texts that answer
-        `questions[i]`, the prompt as text or as the policy's prompt ids (`Task.encode_prompt`: exactly what the
-        search loop reads); one array of len(solutions[i]) per solution."""
+        `questions[i]` (the problem's text); one array of len(solutions[i]) per solution. `prompts[i]`, where
+        given, is the policy's prompt ids for it (`Task.encode_prompt`: exactly what the search loop reads),
+        which a verifier that reads the policy's own text reads in place of the question."""
 
     @abc.abstractmethod
     def step_scorer(self, tokenizer, mesh=None, rules=None) -> tuple[StepScorer, Any]:
-        """(scorer, params) for the compiled episode, reading the policy's tokens (`tokenizer`). ValueError
-        if this verifier cannot read them (another tokenizer)."""
+        """(scorer, params) for the compiled episode of a policy with `tokenizer`. ValueError if this
+        verifier cannot follow that policy's steps."""
+
+    def scorer_prompts(self, questions: Sequence[str], prompts: Sequence[Sequence[int]]) -> list[list[int]]:
+        """What the scorer's `start` reads for each question: by default the policy's prompt ids `prompts`
+        (a verifier that reads the policy's text); a verifier with its own format renders `questions`."""
+        return [list(p) for p in prompts]
+
+    def bind_batch(self, questions: Sequence[str], delimiter: str | None) -> None:
+        """The question texts of the batch the next episode searches, and the delimiter that ends its steps
+        (for a scorer that renders steps on the host; its rows carry their question's index into the list)."""
 
     def solution_score(self, step_scores: Sequence[float]) -> float:
         return aggregate(step_scores, self.aggregation)
@@ -93,13 +118,12 @@ class Verifier(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class _NoScorer:
-    reads_tokens: bool = False
-
     def start(self, params, prompt_tokens, prompt_lengths, *, n, max_len):
         return ()
 
     def extend(self, params, cache, step_tokens, step_lengths):
-        return jnp.zeros(step_tokens.shape[:1], jnp.float32), cache
+        rows = step_tokens.shape[:1]
+        return jnp.zeros(rows, jnp.float32), cache, jnp.zeros(rows, jnp.int32)
 
 
 class NoVerifier(Verifier):
@@ -115,11 +139,14 @@ class NoVerifier(Verifier):
     def scores_steps(self) -> bool:
         return False
 
-    def score(self, questions, solutions):
+    def score(self, questions, solutions, prompts=None):
         return [np.zeros(len(s)) for s in solutions]
 
     def step_scorer(self, tokenizer, mesh=None, rules=None):
         return _NoScorer(), ()
+
+    def scorer_prompts(self, questions, prompts):
+        return [[] for _ in prompts]  # reads nothing, costs nothing
 
     def __repr__(self) -> str:
         return "NoVerifier()"

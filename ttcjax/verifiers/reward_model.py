@@ -305,38 +305,44 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
 PRM_STEP_BUCKETS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
 
 
-def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array):
-    """Feed tokens [R, T] (row r's first lengths[r] are real) into the PRM cache; the score logit at each
-    row's last real token [R], and the cache advanced by lengths."""
+def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
+    """Feed tokens [R, T] (row r's first lengths[r] are real) into the PRM cache: the score logit at each row's
+    position read_at[r] among them [R], and the cache advanced by lengths."""
     _, new_cache, hidden = prm.backbone(tokens, cache=cache, return_hidden=True, return_logits=False)
     logits = prm.head_logits(hidden[-1])  # [R, T]
-    read = jnp.take_along_axis(logits, jnp.maximum(lengths - 1, 0)[:, None], axis=1)[:, 0]
+    read = jnp.take_along_axis(logits, jnp.clip(read_at, 0, tokens.shape[1] - 1)[:, None], axis=1)[:, 0]
     return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
+
+
+def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
+    """`_extend`, reading only as many of the T columns as the longest row needs: the narrowest of
+    `PRM_STEP_BUCKETS` (and T) that holds max(lengths), chosen on the device."""
+    t = tokens.shape[1]
+    buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
+    if len(buckets) == 1:
+        return _extend(prm, cache, tokens, lengths, read_at)
+    index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))  # the first bucket >= the longest row
+    branches = [lambda c, tk, ln, at, b=b: _extend(prm, c, tk[:, :b], ln, at) for b in buckets]
+    return jax.lax.switch(index, branches, cache, tokens, lengths, read_at)
 
 
 @dataclasses.dataclass(frozen=True)
 class PRMStepScorer:
-    """Our reward model inside the compiled episode: its own KV cache per row, extended by each round's step.
-    Reads only as many columns as the round's longest step needs (the smallest of `PRM_STEP_BUCKETS` that holds it)."""
+    """Our reward model inside the compiled episode: its own KV cache per row, extended by each round's step
+    in the policy's own tokens (it reads what the policy wrote)."""
 
     graphdef: nnx.GraphDef
-    reads_tokens: bool = True
 
     def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int) -> KVCache:
         prm = nnx.merge(self.graphdef, params)
         cache = KVCache.for_model(prm.config, prompt_tokens.shape[0], max_len)
-        _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths)
+        _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths, prompt_lengths - 1)
         return cache.fork(n)
 
     def extend(self, params, cache: KVCache, step_tokens, step_lengths):
         prm = nnx.merge(self.graphdef, params)
-        t = step_tokens.shape[1]
-        buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
-        if len(buckets) == 1:
-            return _extend(prm, cache, step_tokens, step_lengths)
-        index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(step_lengths))  # the first bucket >= the longest step
-        branches = [lambda c, tk, ln, b=b: _extend(prm, c, tk[:, :b], ln) for b in buckets]
-        return jax.lax.switch(index, branches, cache, step_tokens, step_lengths)
+        logit, cache = extend_bucketed(prm, cache, step_tokens, step_lengths, step_lengths - 1)
+        return logit, cache, step_lengths
 
 
 class RewardModelVerifier(Verifier):
@@ -356,8 +362,9 @@ class RewardModelVerifier(Verifier):
     def num_params(self) -> int:
         return self.prm.config.num_params()
 
-    def score(self, questions, solutions):
-        inputs = [self.step_format.encode(self.tokenizer, q, steps) for q, steps in zip(questions, solutions)]
+    def score(self, questions, solutions, prompts=None):
+        read = questions if prompts is None else prompts
+        inputs = [self.step_format.encode(self.tokenizer, q, steps) for q, steps in zip(read, solutions)]
         return score_inputs(self.prm, inputs, mesh=self.mesh, rules=self.rules)
 
     def step_scorer(self, tokenizer, mesh=None, rules=None):
