@@ -43,7 +43,7 @@ def test_config_errors_name_the_file_and_key(tmp_path, capsys):
 
 
 def test_generate_renders_prompts_in_the_checkpoints_chat_template(tmp_path, capsys):
-    from test_prm_hub import CHATML, _save_tokenizer, _train_tokenizer
+    from prm_twins import CHATML, _save_tokenizer, _train_tokenizer
 
     from ttcjax.checkpoints.native import save_model
     from ttcjax.cli import _unescape

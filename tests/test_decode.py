@@ -1,14 +1,18 @@
 """The decoding core: cached decoding against teacher forcing, fork/gather, sampling, stopping, sharding."""
 
 import dataclasses
+import tempfile
+from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from prm_twins import _save_tokenizer, _train_tokenizer
 
+from ttcjax.checkpoints.tokenizer import HFTokenizer
 from ttcjax.decoding.engine import (GREEDY, Engine, Sampling, StopConditions, _decode_jit, _prefill_jit, bucket,
-                                    sample_tokens, segment_widths)
+                                    sample_tokens, segment_widths, stop_text, token_texts)
 from ttcjax.models import ModelConfig, forward, init_model
 from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import make_mesh
@@ -263,3 +267,42 @@ def test_bfloat16_compute_tracks_float32(model):
     assert float(jnp.abs(state16.logits - state32.logits).max()) < 0.05 * scale
     gen, _ = Engine(bf16).decode(state16, jax.random.key(0), max_new_tokens=8)
     assert gen.lengths.tolist() == [8] * len(PROMPTS)
+
+
+# ---- stop strings on the text, whatever the tokenization --------------------------------------------------
+
+
+@pytest.mark.parametrize("style", ["byte_level", "sentencepiece_like"])
+def test_stop_strings_match_the_text_whatever_the_tokenization(style):
+    """The automaton's first hit, over random token sequences of a real BPE vocabulary (where "\\n\\n" is one
+    token, two, or merged with a neighbour), is the first token at which the decoded text holds the string."""
+    with tempfile.TemporaryDirectory() as d:
+        specials = ["<unk>", "<s>", "</s>"] if style != "byte_level" else ["<|endoftext|>"]
+        rust = _train_tokenizer(specials, sentencepiece_like=style != "byte_level")
+        rust.add_tokens([".\n\n", " \n\n", "\n\nThe", "\n\n\n"])  # merged forms, as Llama 3's vocabulary has
+        _save_tokenizer(rust, Path(d))
+        tok = HFTokenizer(d)
+    strings = ("\n\n", "ки", " - ")
+    table = stop_text(tok, strings)
+    texts = token_texts(tok)
+    merged = [t for t, text in enumerate(texts) if "\n\n" in text and text != "\n\n"]
+    assert len(merged) == 4
+    rng = np.random.default_rng(0)
+    likely = [t for t, text in enumerate(texts) if set(text) & set("".join(strings))]
+    anchor_text = tok.decode(tok.encode("Step"))
+    for trial in range(300):
+        ids = tok.encode("Step") + [int(rng.choice(likely)) if rng.random() < 0.5 else int(rng.integers(tok.vocab_size))
+                                    for _ in range(12)]
+        state = np.zeros(len(strings), np.int64)
+        first_hit = None
+        for k, t in enumerate(ids):
+            hit = table.hit[np.arange(len(strings)), t, state]
+            state = table.next_state[np.arange(len(strings)), t, state]
+            if hit.any() and first_hit is None:
+                first_hit = k
+        want = next((k for k in range(len(ids))
+                     if any(s in tok.decode(ids[:k + 1])[len(anchor_text):] for s in strings)), None)
+        assert first_hit == want, (trial, [texts[t] for t in ids])
+    assert stop_text(tok, strings) is table  # cached: one compiled program per tokenizer and strings
+    with pytest.raises(ValueError, match="non-empty"):
+        stop_text(tok, ("",))

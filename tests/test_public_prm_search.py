@@ -5,7 +5,6 @@ Every step a row writes is rendered in the family's format and fed into the veri
 scores search reads must equal a one-pass scoring of the finished candidates in that format, and the
 verifier must read each prefix once (only a format's few closing tokens are read again)."""
 
-import dataclasses
 
 import jax
 import numpy as np

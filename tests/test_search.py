@@ -113,13 +113,17 @@ def test_same_key_same_result_and_a_new_key_differs(toys):
 
 def test_cost_accounting_on_a_hand_counted_case(toys):
     engine, prm, tok = toys
-    # greedy: every row writes 'x' until the step's 16-token limit, which ends the solution after one step
+    # greedy: every row writes 'x' in steps cut at the 16-token cap, each scored and continued, until the
+    # cache (96 slots, the prompt BOS + "Q" in 2) is full: 94 tokens in steps of 16, 16, 16, 16, 16, 14
     (r,) = run(toys, BestOfN(3), temperature=0.0)
-    assert [c.text for c in r.candidates] == ["x" * 16] * 3
-    assert r.generated_tokens == 3 * 16
-    assert r.verifier_tokens == 3 * 16 + 2  # each row's step, and the prompt (BOS + "Q") once
-    assert r.policy_flops == 2 * engine.config.num_params() * (3 * 16 + 2)
-    assert r.verifier_flops == 2 * prm.config.num_params() * (3 * 16 + 2)
+    written = SETTINGS.max_len - 2
+    assert [c.text for c in r.candidates] == ["x" * written] * 3
+    assert [c.steps for c in r.candidates] == [["x" * 16] * 5 + ["x" * 14]] * 3
+    assert all(len(c.step_scores) == 6 for c in r.candidates)
+    assert r.generated_tokens == 3 * written
+    assert r.verifier_tokens == 3 * written + 2  # each row's steps, and the prompt once
+    assert r.policy_flops == 2 * engine.config.num_params() * (3 * written + 2)
+    assert r.verifier_flops == 2 * prm.config.num_params() * (3 * written + 2)
     assert r.generations == 3
     # sampled: a best-of-N row's tokens are exactly its text's characters
     (s,) = run(toys, BestOfN(8), key=2)
@@ -224,9 +228,17 @@ def test_a_verifier_that_reads_other_steps_is_refused(toys):
     with pytest.raises(ValueError, match="the verifier reads steps ended by .* and the search ends them with 'x'"):
         search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, ["Q"], jax.random.key(0), extract_answer=no_y,
                settings=dataclasses.replace(SETTINGS, delimiter="x"))
-    with pytest.raises(ValueError, match="must be one token"):
-        search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, ["Q"], jax.random.key(0), extract_answer=no_y,
-               settings=dataclasses.replace(SETTINGS, delimiter="xy"))
+
+
+def test_a_delimiter_of_several_tokens_ends_steps_where_its_text_completes(toys):
+    engine, _, tok = toys
+    (r,) = search(BestOfN(8, selection="majority"), engine, NoVerifier(), tok, ["Q"], jax.random.key(4),
+                  extract_answer=no_y, settings=dataclasses.replace(SETTINGS, delimiter="xy", max_step_tokens=64))
+    steps = [s for c in r.candidates for s in c.steps]
+    assert len(steps) > 8  # the toy writes "xy" often: most rows have several steps
+    for c in r.candidates:
+        assert all("xy" not in s for s in c.steps)  # a step ends at its delimiter's first occurrence
+        assert "".join(c.steps) == c.text.replace("xy", "")  # ... and every occurrence ends a step
 
 
 def test_verifier_free_best_of_n_samples_the_same_candidates_and_costs_no_verifier_pass(toys):

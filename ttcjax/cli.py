@@ -34,7 +34,7 @@ from tqdm import tqdm
 from ttcjax.checkpoints.hf import save_hf_model
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
-from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions
+from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
 from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_config, run_experiment
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
@@ -174,10 +174,8 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=str(opts.get("model") or "model_config"))
     engine = Engine(model, mesh=parse_mesh(opts.get("mesh")), pad_id=tokenizer.pad_id)
     sampling = Sampling(temperature=float(opts["temperature"]), top_k=int(opts["top_k"]), top_p=float(opts["top_p"]))
-    stop = StopConditions(
-        eos_ids=tuple(tokenizer.eos_ids),
-        stop_sequences=tuple(tuple(tokenizer.encode_stop_sequence(s)) for s in opts.get("stop") or ()),
-    )
+    strings = tuple(opts.get("stop") or ())  # matched on the text, whatever the tokenization
+    stop = StopConditions(eos_ids=tuple(tokenizer.eos_ids), text=stop_text(tokenizer, strings) if strings else None)
     prompts = _read_prompts(opts)
     inputs = [_render_prompt(tokenizer, p, opts) for p in prompts]
     encoded = [tokenizer.encode(text, add_bos=add_bos) for text, add_bos in inputs]

@@ -59,12 +59,92 @@ class Sampling:
 GREEDY = Sampling(temperature=0.0)
 
 
+@dataclasses.dataclass(frozen=True, eq=False)
+class StopText:
+    """Stop strings matched on the generated text, whatever its tokenization: "\n\n" stops a row whether it
+    came as one token, as two, merged with what precedes it (".\n\n", " \n\n") or split across tokens.
+
+    One Knuth-Morris-Pratt automaton per string over characters, precomputed per token: from state j (the
+    longest prefix of the string that the text so far ends with), token t moves to next_state[s, t, j] and
+    completes a match inside its text where hit[s, t, j]. Built by `stop_text` once per tokenizer and strings,
+    and hashed by identity, so that it is a static argument of the compiled loop."""
+
+    strings: tuple[str, ...]
+    next_state: np.ndarray  # [S, V, M] int32, M = the longest string's length
+    hit: np.ndarray  # [S, V, M] bool
+    text_length: np.ndarray  # [V] int32: characters of each token's text
+    blank: np.ndarray  # [V] bool: the token's text is whitespace (or nothing)
+
+
+def token_texts(tokenizer) -> list[str]:
+    """Each token's text as it reads inside generated text (after another token: a SentencePiece "▁x" is
+    " x" there, though alone it decodes to "x"); special tokens read as nothing."""
+    cached = getattr(tokenizer, "_token_texts", None)
+    if cached is not None:
+        return cached
+    vocab = tokenizer.vocab_size
+    anchor = next((i for i in range(vocab) if tokenizer.decode([i]).strip().isalnum()), None)
+    if anchor is None:
+        texts = [tokenizer.decode([t]) for t in range(vocab)]
+    else:
+        head = len(tokenizer.decode([anchor]))
+        texts = [text[head:] for text in tokenizer.decode_batch([[anchor, t] for t in range(vocab)])]
+    tokenizer._token_texts = texts
+    return texts
+
+
+def _kmp(pattern: str) -> list[int]:
+    fail = [0] * (len(pattern) + 1)
+    k = 0
+    for i in range(1, len(pattern)):
+        while k and pattern[i] != pattern[k]:
+            k = fail[k]
+        k += pattern[i] == pattern[k]
+        fail[i + 1] = k
+    return fail
+
+
+def stop_text(tokenizer, strings: Sequence[str]) -> StopText:
+    """The automata of `strings` over `tokenizer`'s tokens (cached on the tokenizer)."""
+    strings = tuple(strings)
+    if not strings or any(not isinstance(x, str) or not x for x in strings):
+        raise ValueError(f"stop strings {list(strings)!r} must be non-empty texts.")
+    cache = tokenizer.__dict__.setdefault("_stop_texts", {})
+    if strings in cache:
+        return cache[strings]
+    texts = token_texts(tokenizer)
+    vocab, longest = len(texts), max(map(len, strings))
+    next_state = np.zeros((len(strings), vocab, longest), np.int32)
+    hit = np.zeros((len(strings), vocab, longest), bool)
+    chars = set("".join(strings))
+    for s, pattern in enumerate(strings):
+        fail, m = _kmp(pattern), len(pattern)
+        for t, text in enumerate(texts):
+            if not chars.intersection(text):
+                continue  # any other character breaks every partial match: state 0, no hit
+            for j in range(m):
+                k, matched = j, False
+                for c in text:
+                    while k and c != pattern[k]:
+                        k = fail[k]
+                    k += c == pattern[k]
+                    if k == m:
+                        matched, k = True, fail[m]
+                next_state[s, t, j], hit[s, t, j] = k, matched
+    lengths = np.array([len(text) for text in texts], np.int32)
+    blank = np.array([not text.strip() for text in texts])
+    cache[strings] = StopText(strings, next_state, hit, lengths, blank)
+    return cache[strings]
+
+
 @dataclasses.dataclass(frozen=True)
 class StopConditions:
-    """Per-row stopping: any of `eos_ids`, or the last generated tokens equal to a stop sequence."""
+    """Per-row stopping: any of `eos_ids`, the last generated tokens equal to a stop sequence (ids), or the
+    generated text containing one of `text`'s stop strings (`stop_text`: whatever the tokenization)."""
 
     eos_ids: tuple[int, ...] = ()
     stop_sequences: tuple[tuple[int, ...], ...] = ()
+    text: StopText | None = None
 
     def __post_init__(self):
         if any(len(s) == 0 for s in self.stop_sequences):
@@ -183,8 +263,17 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
             return cache
         return jax.lax.with_sharding_constraint(cache, cache_sharding)
 
+    def text_hit(token, text_state):
+        """Advance each row's stop-string automata by its token: (hit [B], new state [B, S])."""
+        if stop.text is None:
+            return jnp.zeros(batch, bool), text_state
+        strings = jnp.arange(len(stop.text.strings))[None, :]
+        nxt = jnp.asarray(stop.text.next_state)[strings, token[:, None], text_state]  # [B, S]
+        hit = jnp.asarray(stop.text.hit)[strings, token[:, None], text_state]
+        return jnp.any(hit, axis=1), nxt
+
     def step(carry, width):
-        st, out, step_i = carry
+        st, out, step_i, text_state = carry
         cache = st.cache
         full = cache.lengths >= max_len
         reason = jnp.where(~st.done & full, FINISHED_CACHE_FULL, out.finish_reason)
@@ -201,6 +290,9 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
 
         is_eos = jnp.any(token[:, None] == eos[None, :], axis=1)
         is_stop = stop_hit(tokens, count) if stop_len else jnp.zeros(batch, bool)
+        text_stop, moved = text_hit(token, text_state)
+        is_stop |= text_stop
+        text_state = jnp.where(active[:, None], moved, text_state)
         at_limit = count >= max_new_tokens
         reason = jnp.where(active & at_limit, FINISHED_LENGTH, reason)
         reason = jnp.where(active & is_stop, FINISHED_STOP, reason)
@@ -214,7 +306,7 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
         logits = jnp.where(active[:, None], logits[:, 0], st.logits)
         st = DecodeState(cache=constrain(new_cache), logits=logits, done=done)
         out = Generation(tokens=tokens, logprobs=logprobs, lengths=count, finish_reason=reason)
-        return st, out, step_i + 1
+        return st, out, step_i + 1, text_state
 
     out = Generation(
         tokens=jnp.full((batch, max_new_tokens), pad_id, jnp.int32),
@@ -222,17 +314,18 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
         lengths=jnp.zeros(batch, jnp.int32),
         finish_reason=jnp.zeros(batch, jnp.int32),
     )
-    carry = (state, out, jnp.int32(0))
+    n_strings = 0 if stop.text is None else len(stop.text.strings)
+    carry = (state, out, jnp.int32(0), jnp.zeros((batch, n_strings), jnp.int32))
     for width in segment_widths(max_len, attn_chunk):
         def cond(carry, width=width):
-            st, out, _ = carry
+            st, out, _, _ = carry
             running = ~st.done & (out.lengths < max_new_tokens) & (st.cache.lengths < max_len)
             # every running row's next slot must lie inside this segment's attention width
             fits = jnp.all(~running | (st.cache.lengths < width))
             return jnp.any(running) & fits
         carry = jax.lax.while_loop(cond, functools.partial(step, width=width), carry)
 
-    st, out, _ = carry
+    st, out, _, _ = carry
     # rows still running here ran out of cache in the last segment
     reason = jnp.where(~st.done & (st.cache.lengths >= max_len), FINISHED_CACHE_FULL, out.finish_reason)
     st = dataclasses.replace(st, done=st.done | (st.cache.lengths >= max_len))

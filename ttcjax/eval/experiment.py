@@ -41,7 +41,7 @@ from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_lev
 from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.run import delimiter_id, inference_flops, search
+from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.search.strategies import Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
@@ -144,7 +144,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     settings = config.search.for_task(task)
     mesh = parse_mesh(config.mesh)
     engine, tok, _ = load_policy(config.policy, mesh)
-    delimiter_id(tok, settings.delimiter)  # before any work
+    step_end(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if len(problems) < config.bins:

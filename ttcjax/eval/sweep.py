@@ -36,7 +36,7 @@ from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, json_line, write_json
 from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.run import delimiter_id, search
+from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Strategy, StrategySpec
@@ -317,7 +317,7 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
     settings = config.search.for_task(task)
-    delimiter_id(tokenizer, settings.delimiter)  # before any work
+    step_end(tokenizer, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if not problems:

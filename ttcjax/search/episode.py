@@ -38,8 +38,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.decoding.engine import (FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling, StopConditions, _decode,
-                                    _prefill)
+from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
+                                    StopConditions, StopText, _decode, _prefill)
 from ttcjax.search.strategies import Strategy
 from ttcjax.verifiers.base import StepScorer
 
@@ -56,7 +56,7 @@ class EpisodeSpec:
     max_step_tokens: int
     max_len: int  # cache slots per row (prompt + solution)
     sampling: Sampling
-    delimiter_id: int
+    step_end: StopText  # the step delimiter, matched on the text whatever its tokenization
     eos_ids: tuple[int, ...]
     pad_id: int
     attn_chunk: int
@@ -150,8 +150,9 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
     n, (group, keep), width = strategy.n, strategy.groups, strategy.width
     rows = state.slot.shape[0]
     sol_len = state.tokens.shape[1]  # solution buffer width (a solution never exceeds the cache)
-    step_stop = StopConditions(eos_ids=spec.eos_ids, stop_sequences=((spec.delimiter_id,),))
-    eos = jnp.asarray(spec.eos_ids or (-1,), jnp.int32)
+    step_stop = StopConditions(eos_ids=spec.eos_ids, text=spec.step_end)
+    text_length, blank = jnp.asarray(spec.step_end.text_length), jnp.asarray(spec.step_end.blank)  # [V]
+    delimiter = spec.step_end.strings[0]
 
     def one_step(policy, verifier_cache, finished, slot, step_key, sampling):
         """Generate one step on unfinished rows and score it; returns what changed."""
@@ -159,12 +160,17 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
         gen, policy = _decode(spec.policy_graphdef, policy_params, policy, step_key,
                               max_new_tokens=spec.max_step_tokens, sampling=sampling, stop=step_stop,
                               pad_id=spec.pad_id, attn_chunk=spec.attn_chunk, row_ids=slot)
-        first = gen.tokens[:, 0]
-        # an empty step (the blank line that ends an example) or an immediate EOS ends the solution; a step
-        # that stopped other than at its delimiter (EOS, token limit, full cache) is scored and ends it
-        empty = (first == spec.delimiter_id) | jnp.any(first[:, None] == eos, axis=1)
+        # an empty step (the delimiter alone, or only whitespace before a whitespace delimiter: the blank line
+        # that ends an example) or an immediate EOS ends the solution; a step that reached the step token cap
+        # is scored and continues next round; one that stopped otherwise (EOS, a full cache) is scored and
+        # ends the solution
+        written = jnp.arange(spec.max_step_tokens)[None, :] < gen.lengths[:, None]  # [R, T]
+        chars = jnp.sum(jnp.where(written, text_length[gen.tokens], 0), axis=1)
+        bare = (chars == len(delimiter)) | (delimiter.isspace() & jnp.all(~written | blank[gen.tokens], axis=1))
+        empty = ((gen.finish_reason == FINISHED_STOP) & bare) | ((gen.finish_reason == FINISHED_EOS) &
+                                                                  (gen.lengths == 1))
         real = ~finished & ~empty
-        ended = ~finished & (empty | (gen.finish_reason != FINISHED_STOP))
+        ended = ~finished & (empty | ((gen.finish_reason != FINISHED_STOP) & (gen.finish_reason != FINISHED_LENGTH)))
         score_logit, verifier_cache, read = scorer.extend(scorer_params, verifier_cache, gen.tokens,
                                                           jnp.where(real, gen.lengths, 0))
         return gen, policy, verifier_cache, jax.nn.sigmoid(score_logit), real, ended, jnp.where(real, read, 0)

@@ -14,7 +14,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ttcjax.decoding.engine import Engine, bucket
+from ttcjax.decoding.engine import Engine, StopText, bucket, stop_text
 from ttcjax.search.episode import EpisodeSpec, run_episode
 from ttcjax.search.selection import select
 from ttcjax.search.settings import SearchSettings
@@ -51,16 +51,12 @@ def inference_flops(params: float, tokens: float) -> float:
     return 2.0 * params * tokens
 
 
-def delimiter_id(tokenizer, delimiter: str | None) -> int:
-    """The one token that ends a step, as it appears inside generated text; ValueError where the delimiter is
-    unset or takes several tokens of this tokenizer."""
+def step_end(tokenizer, delimiter: str | None) -> StopText:
+    """What ends a step: the delimiter's text, matched whatever the policy's tokenization (one token, several,
+    or merged with its neighbours); ValueError where the delimiter is unset."""
     if delimiter is None:
         raise ValueError("the step delimiter is unset: SearchSettings.for_task(task) takes the task's.")
-    ids = tokenizer.encode_stop_sequence(delimiter)
-    if len(ids) != 1:
-        raise ValueError(f"the step delimiter {delimiter!r} must be one token of the policy's tokenizer; it is "
-                         f"{len(ids)} ({ids}); set search.delimiter to one that is.")
-    return ids[0]
+    return stop_text(tokenizer, (delimiter,))
 
 
 def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, prompts: Sequence[str | Sequence[int]],
@@ -85,7 +81,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     if strategy.needs_verifier and not verifier.scores_steps:
         raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
                          "selection='majority' with best-of-N, or name a verifier.")
-    delimiter = delimiter_id(tokenizer, settings.delimiter)
+    delimiter = step_end(tokenizer, settings.delimiter)
     if verifier.step_delimiter not in (None, settings.delimiter):
         raise ValueError(f"the verifier reads steps ended by {verifier.step_delimiter!r} and the search ends them with "
                          f"{settings.delimiter!r}; set search.delimiter to the verifier's.")
@@ -102,7 +98,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                        scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
                        max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
-                       sampling=settings.sampling, delimiter_id=delimiter, eos_ids=tuple(tokenizer.eos_ids),
+                       sampling=settings.sampling, step_end=delimiter, eos_ids=tuple(tokenizer.eos_ids),
                        pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
                        data_axis=engine.rules.batch if engine.mesh is not None else None)
     n = strategy.n

@@ -8,7 +8,7 @@ from typing import Sequence
 import jax
 
 from ttcjax.checkpoints.tokenizer import Tokenizer
-from ttcjax.decoding.engine import Engine, Sampling, StopConditions
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions, stop_text
 from ttcjax.tasks.base import ProblemRecord, Task
 
 # The default token limit of a full solution: the built-in task's (its longest restated 5-operation solution is 98
@@ -17,9 +17,10 @@ MAX_NEW_TOKENS = 160
 
 
 def solution_stop(task: Task, tokenizer: Tokenizer) -> StopConditions:
-    """A full solution ends at EOS or at the task's solution end (arithmetic: the blank line)."""
-    stops = () if task.solution_end is None else (tuple(tokenizer.encode_stop_sequence(task.solution_end)),)
-    return StopConditions(eos_ids=tuple(tokenizer.eos_ids), stop_sequences=stops)
+    """A full solution ends at EOS or at the task's solution end (arithmetic: the blank line), matched on the
+    text whatever the tokenization."""
+    text = None if task.solution_end is None else stop_text(tokenizer, (task.solution_end,))
+    return StopConditions(eos_ids=tuple(tokenizer.eos_ids), text=text)
 
 
 def sample_solutions(task: Task, engine: Engine, tokenizer: Tokenizer, problems: Sequence[ProblemRecord], *, n: int,

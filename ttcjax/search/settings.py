@@ -12,9 +12,9 @@ from ttcjax.io import check_options
 
 @dataclasses.dataclass(frozen=True)
 class SearchSettings:
-    """delimiter        the text that ends a reasoning step (one token of the policy's tokenizer); None: the
-                     task's step delimiter (`for_task`)
-    max_step_tokens  tokens one step may take; a longer step is cut there and ends its solution
+    """delimiter        the text that ends a reasoning step, matched on the generated text whatever its
+                     tokenization; None: the task's step delimiter (`for_task`)
+    max_step_tokens  tokens one step may take; a longer step is cut there, scored, and continued next round
     max_rounds       rounds (steps) of selection for strategies that select between rounds; best-of-N
                      samples run until they end or fill the cache
     max_len          the KV cache per row: prompt plus solution
