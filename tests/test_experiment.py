@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from ttcjax.cli import main
-from ttcjax.eval.experiment import read_config
+from ttcjax.eval.experiment import ExperimentConfig, read_config
 from ttcjax.eval.sweep import SweepConfig
 from ttcjax.io import read_yaml
 from ttcjax.tasks import arithmetic
@@ -212,3 +212,14 @@ def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     assert gsm8k_result["all"]["problems"] == 4 and gsm8k_result["task"]["name"] == "gsm8k"
     assert gsm8k_result["all"]["step_auc"] is None and gsm8k_result["steps_scored"] == 0  # no exact oracle
     assert gsm8k_result["all"]["pass@n"] >= gsm8k_result["all"]["weighted"]
+
+
+def test_search_settings_a_config_leaves_out_come_from_its_task():
+    natural = ExperimentConfig.from_dict({"out_dir": "x", "task": {"name": "gsm8k", "path": "data/gsm8k"},
+                                          "verifier": "prm:tiny", "search": {"max_rounds": 7}})
+    assert (natural.search.max_step_tokens, natural.search.max_rounds, natural.search.max_len) == (256, 7, 2048)
+    builtin = ExperimentConfig.from_dict({"out_dir": "x"})
+    assert (builtin.search.max_step_tokens, builtin.search.max_rounds, builtin.search.max_len) == (24, 12, 160)
+    with pytest.raises(ValueError, match="max_step_tokens=4096 must be below max_len=2048"):
+        ExperimentConfig.from_dict({"out_dir": "x", "task": {"name": "gsm8k", "path": "d"},
+                                    "search": {"max_step_tokens": 4096}})

@@ -110,6 +110,9 @@ def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None
                              "{kind: best_of_n, selection: majority} or name a verifier.")
 
 
+DEFAULT_TASK = {"name": "arithmetic"}
+
+
 @dataclasses.dataclass(frozen=True)
 class SweepConfig:
     """Everything `ttcjax sweep --config FILE` reads (each field is a YAML key)."""
@@ -117,7 +120,7 @@ class SweepConfig:
     out_dir: str
     policy: str = "tiny"  # a shipped asset name or a checkpoint directory
     verifier: str = "tiny"  # a shipped reward model, a directory, or "none" (verifier-free selection)
-    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: {"name": "arithmetic"})
+    task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TASK))
     split: str = "test"
     questions: int | None = 100  # the first this many of the split (after a shuffle by seed where the task has one)
     seed: int = 0
@@ -139,7 +142,11 @@ class SweepConfig:
             data["strategies"] = read_strategies(data["strategies"], source)
         if "budgets" in data:
             data["budgets"] = read_budgets(data["budgets"], source)
-        data["search"] = SearchSettings.from_dict(data.get("search"), f"{source}: search")
+        search = data.get("search")
+        if search is None or isinstance(search, Mapping):  # what the config leaves out, the task's defaults give
+            task = task_from_dict(data.get("task", DEFAULT_TASK), "task")
+            search = {**task.search_defaults, **(search or {})}
+        data["search"] = SearchSettings.from_dict(search, f"{source}: search")
         for key in cls.COUNTS:
             value = data.get(key, getattr(cls, key))
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:

@@ -18,6 +18,8 @@ class SearchSettings:
     max_rounds       rounds (steps) of selection for strategies that select between rounds; best-of-N
                      samples run until they end or fill the cache
     max_len          the KV cache per row: prompt plus solution
+    A config's search settings that it leaves out come from its task (`Task.search_defaults`: the built-in
+    task's small sizes are the defaults here; natural-language tasks take 256-token steps, 40 rounds, 2048)
     temperature, top_k, top_p   how each step is sampled"""
 
     delimiter: str | None = None

@@ -137,6 +137,9 @@ class Task(ABC):
     step_delimiter: str = "\n\n"
     solution_end: str | None = None
     prompt: Prompt
+    # search settings a config leaves out: sized for natural-language steps (the public reproduction's: up to
+    # 2048 tokens, 40 rounds); the built-in task's are its own small sizes
+    search_defaults: ClassVar[Mapping[str, int]] = {"max_step_tokens": 256, "max_rounds": 40, "max_len": 2048}
 
     # --- problems ---------------------------------------------------------------------------------------------
     @abstractmethod

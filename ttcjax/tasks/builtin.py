@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Mapping
 
 from ttcjax.io import check_options
 from ttcjax.tasks import arithmetic
@@ -43,6 +43,8 @@ class ArithmeticTask(Task):
     splits: ClassVar[tuple[str, ...]] = arithmetic.SPLITS
     step_delimiter: ClassVar[str] = arithmetic.STEP_DELIMITER
     solution_end: ClassVar[str | None] = arithmetic.EXAMPLE_END
+    # a step line is at most 18 characters, a solution at most 6 lines
+    search_defaults: ClassVar[Mapping[str, int]] = {"max_step_tokens": 24, "max_rounds": 12, "max_len": 160}
 
     def __post_init__(self) -> None:
         _check_few_shot_split(self)
