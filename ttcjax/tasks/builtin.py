@@ -8,7 +8,7 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, ClassVar, Mapping
+from typing import Any, ClassVar
 
 from ttcjax.io import check_options
 from ttcjax.tasks import arithmetic
