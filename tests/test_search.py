@@ -258,3 +258,23 @@ def test_verifier_free_best_of_n_samples_the_same_candidates_and_costs_no_verifi
         with pytest.raises(ValueError, match="reads verifier scores"):
             search(strategy, engine, NoVerifier(), tok, questions, jax.random.key(0), extract_answer=no_y,
                    settings=settings)
+
+
+def test_a_step_holding_a_final_answer_mark_ends_its_solution(toys):
+    engine, _, tok = toys
+    settings = dataclasses.replace(SETTINGS, answer_marks=("yy",))
+    (r,) = search(BestOfN(16, selection="majority"), engine, NoVerifier(), tok, ["Q"], jax.random.key(5),
+                  extract_answer=no_y, settings=settings)
+    (free,) = search(BestOfN(16, selection="majority"), engine, NoVerifier(), tok, ["Q"], jax.random.key(5),
+                     extract_answer=no_y, settings=dataclasses.replace(settings, answer_marks=()))
+    marked = 0
+    for c, f in zip(r.candidates, free.candidates):
+        at = [k for k, step in enumerate(c.steps) if "yy" in step]
+        # the same draws: the solution is the unmarked one up to (and with) its first step holding the mark
+        assert f.text.startswith(c.text)
+        if at:
+            marked += 1
+            assert at == [len(c.steps) - 1]
+        else:
+            assert c.text == f.text
+    assert 0 < marked < 16

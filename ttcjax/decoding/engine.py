@@ -137,6 +137,24 @@ def stop_text(tokenizer, strings: Sequence[str]) -> StopText:
     return cache[strings]
 
 
+def contains_text(text: StopText, tokens: jax.Array, lengths: jax.Array) -> jax.Array:
+    """Whether each row's first lengths[r] tokens (tokens [R, T]) hold one of `text`'s strings -> [R] bool."""
+    strings = jnp.arange(len(text.strings))[None, :]
+    next_state, hit = jnp.asarray(text.next_state), jnp.asarray(text.hit)
+
+    def read(carry, column):
+        state, found = carry
+        token, real = column
+        found |= real & jnp.any(hit[strings, token[:, None], state], axis=1)
+        return (jnp.where(real[:, None], next_state[strings, token[:, None], state], state), found), None
+
+    rows, width = tokens.shape
+    start = (jnp.zeros((rows, len(text.strings)), jnp.int32), jnp.zeros(rows, bool))
+    real = jnp.arange(width)[None, :] < lengths[:, None]
+    (_, found), _ = jax.lax.scan(read, start, (tokens.T, real.T))
+    return found
+
+
 @dataclasses.dataclass(frozen=True)
 class StopConditions:
     """Per-row stopping: any of `eos_ids`, the last generated tokens equal to a stop sequence (ids), or the

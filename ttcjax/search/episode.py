@@ -14,7 +14,9 @@ episode's rounds; each iteration
      gather of the policy's and the verifier's cache rows (the shared prefix is never prefilled again).
      Finished rows keep their place. Best-of-N selects nothing.
 
-A solution ends when its row emits EOS or an empty step (the blank line that ends an example). Finished
+A step ends where its text completes the delimiter, whatever the tokenization, or at the step token cap (it
+is scored, and the row continues it next round). A solution ends when its row emits EOS, an empty step (the
+blank line that ends an example), or a step holding one of the task's final-answer marks. Finished
 rows, and every row of a finished question, generate nothing further, so they add no tokens; the loop ends
 when every row has finished or after the strategy's rounds. A finished question also stops costing compute:
 once no more than half of the batch's questions are open, the loop returns early, the host reads the
@@ -39,7 +41,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
-                                    StopConditions, StopText, _decode, _prefill)
+                                    StopConditions, StopText, _decode, _prefill, contains_text)
 from ttcjax.search.strategies import Strategy
 from ttcjax.verifiers.base import StepScorer
 
@@ -57,6 +59,7 @@ class EpisodeSpec:
     max_len: int  # cache slots per row (prompt + solution)
     sampling: Sampling
     step_end: StopText  # the step delimiter, matched on the text whatever its tokenization
+    answer_end: StopText | None  # marks of a step that holds the final answer: the solution ends after it
     eos_ids: tuple[int, ...]
     pad_id: int
     attn_chunk: int
@@ -162,8 +165,8 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
                               pad_id=spec.pad_id, attn_chunk=spec.attn_chunk, row_ids=slot)
         # an empty step (the delimiter alone, or only whitespace before a whitespace delimiter: the blank line
         # that ends an example) or an immediate EOS ends the solution; a step that reached the step token cap
-        # is scored and continues next round; one that stopped otherwise (EOS, a full cache) is scored and
-        # ends the solution
+        # is scored and continues next round; one that stopped otherwise (EOS, a full cache) or that holds a
+        # final-answer mark is scored and ends the solution
         written = jnp.arange(spec.max_step_tokens)[None, :] < gen.lengths[:, None]  # [R, T]
         chars = jnp.sum(jnp.where(written, text_length[gen.tokens], 0), axis=1)
         bare = (chars == len(delimiter)) | (delimiter.isspace() & jnp.all(~written | blank[gen.tokens], axis=1))
@@ -171,6 +174,8 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
                                                                   (gen.lengths == 1))
         real = ~finished & ~empty
         ended = ~finished & (empty | ((gen.finish_reason != FINISHED_STOP) & (gen.finish_reason != FINISHED_LENGTH)))
+        if spec.answer_end is not None:
+            ended |= real & contains_text(spec.answer_end, gen.tokens, gen.lengths)
         score_logit, verifier_cache, read = scorer.extend(scorer_params, verifier_cache, gen.tokens,
                                                           jnp.where(real, gen.lengths, 0))
         return gen, policy, verifier_cache, jax.nn.sigmoid(score_logit), real, ended, jnp.where(real, read, 0)

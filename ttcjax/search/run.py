@@ -98,7 +98,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                        scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
                        max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
-                       sampling=settings.sampling, step_end=delimiter, eos_ids=tuple(tokenizer.eos_ids),
+                       sampling=settings.sampling, step_end=delimiter,
+                       answer_end=stop_text(tokenizer, settings.answer_marks) if settings.answer_marks else None, eos_ids=tuple(tokenizer.eos_ids),
                        pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
                        data_axis=engine.rules.batch if engine.mesh is not None else None)
     n = strategy.n

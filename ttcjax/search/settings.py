@@ -18,6 +18,9 @@ class SearchSettings:
     max_rounds       rounds (steps) of selection for strategies that select between rounds; best-of-N
                      samples run until they end or fill the cache
     max_len          the KV cache per row: prompt plus solution
+    answer_marks     texts that mark a step holding the final answer ("\\boxed{", "answer is"): the solution
+                     ends after that step; None: the task's (`Task.answer_marks`); []: only EOS, an empty step
+                     or the length limit end a solution
     A config's search settings that it leaves out come from its task (`Task.search_defaults`: the built-in
     task's small sizes are the defaults here; natural-language tasks take 256-token steps, 40 rounds, 2048)
     temperature, top_k, top_p   how each step is sampled"""
@@ -29,8 +32,14 @@ class SearchSettings:
     temperature: float = 0.8
     top_k: int = 0
     top_p: float = 1.0
+    answer_marks: tuple[str, ...] | None = None
 
     def __post_init__(self):
+        if self.answer_marks is not None:
+            if isinstance(self.answer_marks, str) or not all(isinstance(m, str) and m for m in self.answer_marks):
+                raise ValueError(f"search settings: answer_marks={self.answer_marks!r} must be a list of non-empty "
+                                 "texts (or null: the task's).")
+            object.__setattr__(self, "answer_marks", tuple(self.answer_marks))
         for name in ("max_step_tokens", "max_rounds", "max_len"):
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
@@ -44,15 +53,19 @@ class SearchSettings:
         self.sampling  # checks temperature, top_k and top_p
 
     def for_task(self, task) -> "SearchSettings":
-        """These settings with the task's step delimiter where none is set."""
-        return self if self.delimiter is not None else dataclasses.replace(self, delimiter=task.step_delimiter)
+        """These settings with the task's step delimiter and answer marks where none are set."""
+        return dataclasses.replace(
+            self, delimiter=task.step_delimiter if self.delimiter is None else self.delimiter,
+            answer_marks=tuple(task.answer_marks) if self.answer_marks is None else self.answer_marks)
 
     @property
     def sampling(self) -> Sampling:
         return Sampling(temperature=self.temperature, top_k=self.top_k, top_p=self.top_p)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        data["answer_marks"] = None if self.answer_marks is None else list(self.answer_marks)
+        return data
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any] | None, source: str = "search") -> "SearchSettings":

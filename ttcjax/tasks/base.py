@@ -140,6 +140,8 @@ class Task(ABC):
     # search settings a config leaves out: sized for natural-language steps (the public reproduction's: up to
     # 2048 tokens, 40 rounds); the built-in task's are its own small sizes
     search_defaults: ClassVar[Mapping[str, int]] = {"max_step_tokens": 256, "max_rounds": 40, "max_len": 2048}
+    # a step holding one of these holds the final answer: search ends the solution after it
+    answer_marks: ClassVar[tuple[str, ...]] = ("\\boxed{", "answer is", "Answer:", "#### ")
 
     # --- problems ---------------------------------------------------------------------------------------------
     @abstractmethod

@@ -45,6 +45,7 @@ class ArithmeticTask(Task):
     solution_end: ClassVar[str | None] = arithmetic.EXAMPLE_END
     # a step line is at most 18 characters, a solution at most 6 lines
     search_defaults: ClassVar[Mapping[str, int]] = {"max_step_tokens": 24, "max_rounds": 12, "max_len": 160}
+    answer_marks: ClassVar[tuple[str, ...]] = ()  # a solution ends with a blank line, after its answer line
 
     def __post_init__(self) -> None:
         _check_few_shot_split(self)
