@@ -35,7 +35,7 @@ import json
 import math
 import os
 import re
-from typing import Any, Mapping, Sequence
+from typing import Any, Mapping
 
 import jax
 import numpy as np
@@ -540,9 +540,8 @@ class MemoryPlan:
 
     def to_dict(self) -> dict[str, Any]:
         return {"mesh": list(self.mesh), "rows_per_batch": self.rows_per_batch, "budgets": list(self.budgets),
-                "usable_bytes": self.usable,
-                "fits": self.fits, "peak_stage": self.peak.name, "peak_bytes": self.peak.total,
-                "stages": [s.to_dict() for s in self.stages]}
+                "usable_bytes": self.usable, "fits": self.fits, "peak_stage": self.peak.name,
+                "peak_bytes": self.peak.total, "stages": [s.to_dict() for s in self.stages]}
 
 
 def memory_plan(w: Workload, mesh: tuple[int, int], rows_per_batch: int, usable: int | None) -> MemoryPlan:
