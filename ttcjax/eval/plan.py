@@ -19,6 +19,7 @@ each model-axis device.
 Constants below were read off XLA's own `compiled.memory_analysis()` of the compiled programs on CPU (small
 models, shapes scaled one at a time): the search loop keeps a second copy of the verifier's cache (its switch
 over step widths) and the lookahead rollout one of the policy's, while beam and DVTS row gathers add none;
+`Engine.decode` holds a compute-dtype copy of every weight stored in another dtype (a cast hoisted out of its loop);
 attention materialises its float32 scores (2 copies with a cache, 3 in the packed scoring pass); next-token
 logits take 4 float32 copies of [rows, vocab] in the search loop and 6 in `Engine.decode` (3 more with
 top_p < 1). What the planner cannot know before the run is an `Estimates` field: the longest prompt of a
@@ -496,7 +497,11 @@ def sample_stage(w: Workload, stage: SampleStage, mesh: tuple[int, int]) -> Stag
               + (TOP_P_LOGIT_COPIES * rows * c.vocab_size * F32 if w.search.top_p < 1 and not stage.larger else 0))
     prefill = _forward(c, q, prompt, prompt, model, CACHED_ATTENTION_COPIES)
     which = "larger policy" if stage.larger else "policy"
-    terms = _weights(w, mesh, larger=stage.larger) + [
+    terms = _weights(w, mesh, larger=stage.larger)
+    if c.dtype != c.param_dtype:  # the decode loop casts every weight to the compute dtype once, outside the loop
+        terms.append((f"{which} weights, {c.dtype} copy", param_bytes(c, mesh) * np.dtype(c.jnp_dtype).itemsize
+                      // np.dtype(c.jnp_param_dtype).itemsize))
+    terms += [
         (f"{which} KV cache", cache),
         ("loop state", rows * (c.vocab_size * F32 + stage.max_new_tokens * 8)),  # logits, tokens, logprobs
         ("working set", max(decode, prefill))]
