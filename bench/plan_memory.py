@@ -7,7 +7,8 @@ attention scores, a cache) were read off such runs on CPU; rerun this on an acce
 
     python bench/plan_memory.py        # ~1 min on 2 CPU cores; writes bench/results/plan_memory_<platform>.json
 
-Programs: the search loop (`ttcjax.search.episode._rounds`) with a ttcjax PRM, for best-of-N and lookahead;
+Programs: the search loop (`ttcjax.search.episode._rounds`) with a ttcjax PRM, for best-of-N and lookahead, and
+with a public PRM's `RenderingStepScorer`;
 `Engine.decode` (`ttcjax.decoding.engine._decode`); the verifier's one-pass scoring (`_score_jit` of
 `ttcjax.verifiers.reward_model.score_inputs`).
 """
@@ -30,6 +31,7 @@ from ttcjax.models import ModelConfig, init_model
 from ttcjax.search.episode import EpisodeSpec, _rounds, _start
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Lookahead
+from ttcjax.verifiers.public import RenderingStepScorer
 from ttcjax.verifiers.reward_model import PRMStepScorer, RewardModel, ValueHead, _score_jit
 
 POLICY = ModelConfig(vocab_size=4096, hidden_size=128, intermediate_size=256, num_layers=2, num_heads=4,
@@ -42,24 +44,34 @@ def _xla(compiled) -> int:
     return int(m.argument_size_in_bytes + m.temp_size_in_bytes)
 
 
-def search_case(strategy, rows: int, max_len: int, step: int) -> dict:
+class _Renderer:
+    """Stands in for a public PRM's host renderer: compiling the loop never calls it."""
+
+    def render_round(self, *args, width):
+        raise AssertionError("not called when compiling")
+
+
+def search_case(strategy, rows: int, max_len: int, step: int, public: bool = False) -> dict:
     engine = Engine(init_model(POLICY))
     graphdef, params = nnx.split(RewardModel(init_model(VERIFIER), ValueHead()))
     settings = SearchSettings(max_step_tokens=step, max_rounds=8, max_len=max_len, temperature=0.8)
-    spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=PRMStepScorer(graphdef),
+    scorer = RenderingStepScorer(graphdef, _Renderer()) if public else PRMStepScorer(graphdef)
+    spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, max_len), max_step_tokens=step,
                        max_len=max_len, sampling=settings.sampling, delimiter_id=3, eos_ids=(1,), pad_id=0,
                        attn_chunk=engine.attn_chunk)
     questions, prompt = rows // strategy.n, 32
-    shapes = (jax.ShapeDtypeStruct((questions, prompt), jnp.int32), jax.ShapeDtypeStruct((questions,), jnp.int32),
-              jax.ShapeDtypeStruct((questions,), bool))
+    prompts = (jax.ShapeDtypeStruct((questions, prompt), jnp.int32), jax.ShapeDtypeStruct((questions,), jnp.int32))
+    shapes = (*prompts, *prompts, jax.ShapeDtypeStruct((questions,), bool))  # the verifier reads as many tokens
     state = jax.eval_shape(lambda *a: _start(spec, *a), engine.params, params, *shapes)
     compiled = jax.jit(_rounds, static_argnames=("spec",), donate_argnames=("state",)).lower(
         spec, engine.params, params, state, jax.random.key(0)).compile()
-    workload = Workload(POLICY, VerifierModel("bench", TTCJAX, VERIFIER, "value"), (strategy,), settings, rows,
-                        estimates=Estimates(prompt_tokens=prompt))
+    verifier = VerifierModel("bench", "skywork" if public else TTCJAX, VERIFIER, "value")
+    workload = Workload(POLICY, verifier, (strategy,), settings, rows,
+                        estimates=Estimates(prompt_tokens=prompt, verifier_len_ratio=1.0))
     planned = search_stage(workload, strategy, (1, 1), rows)
-    return {"program": "search rounds", "strategy": strategy.label, "rows": rows, "max_len": max_len,
+    return {"program": "search rounds", "verifier": verifier.family, "strategy": strategy.label, "rows": rows,
+            "max_len": max_len,
             "max_step_tokens": step, "xla_bytes": _xla(compiled), "planner_bytes": planned.total}
 
 
@@ -99,6 +111,7 @@ def main() -> None:
     args = parser.parse_args()
     cases = [search_case(BestOfN(16), 64, 512, 64), search_case(BestOfN(16), 64, 512, 32),
              search_case(Lookahead(16, width=4, k=1), 64, 512, 64), search_case(BestOfN(8), 128, 256, 64),
+             search_case(BestOfN(16), 64, 256, 32, public=True),
              decode_case(64, 448, 1.0), decode_case(64, 448, 0.9), decode_case(256, 192, 1.0),
              scoring_case(256), scoring_case(512)]
     for case in cases:

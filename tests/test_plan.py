@@ -20,6 +20,8 @@ from ttcjax.models.sharding import ShardingRules, make_mesh, shard_model
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Beam, BestOfN
 from ttcjax.verifiers.hub import FAMILIES
+from ttcjax.verifiers.public import RenderingStepScorer
+from ttcjax.verifiers.reward_model import RewardModel, ValueHead
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 HF = ROOT / "tests" / "data" / "hf_configs"
@@ -54,6 +56,20 @@ def test_the_model_axis_splits_heads_kv_heads_mlp_and_vocab_where_it_divides():
     assert param_bytes(TINY, (1, 2)) == on_device_0
     assert kv_bytes(TINY, 3, 10, kv_ways=2) == kv_bytes(TINY, 3, 10) // 2  # Engine.decode's cache on 2 model devices
     assert kv_bytes(TINY, 3, 10, kv_ways=4) == kv_bytes(TINY, 3, 10)  # 4 does not divide 2 kv heads
+
+
+def test_a_public_prm_in_search_carries_what_the_planner_counts():
+    backbone = TINY.replace(has_lm_head=False)
+    graphdef, params = nnx.split(RewardModel(init_model(backbone), ValueHead()))
+    scorer = RenderingStepScorer(graphdef, renderer=None)  # start() renders nothing
+    prompts = (jax.ShapeDtypeStruct((3, 8), jax.numpy.int32), jax.ShapeDtypeStruct((3,), jax.numpy.int32))
+    cache = jax.eval_shape(lambda p, t, n: scorer.start(p, t, n, n=2, max_len=32), params, *prompts)
+    slots, _ = planner.public_scorer_shape(32, 16)
+    assert cache.ids.shape == (6, slots) and cache.steps.shape == cache.step_ends.shape == (6, 32)
+    assert kv_bytes(backbone, 6, slots) == sum(x.size * x.dtype.itemsize for x in (*cache.kv.k, *cache.kv.v))
+    verifier = VerifierModel("public", "skywork", backbone, "value")
+    terms = dict(memory_plan(_workload(verifier=verifier, max_len=32), (1, 1), 8, None).stages[0].terms)
+    assert terms["verifier KV cache"] == kv_bytes(backbone, 8, slots) + 8 * (slots + 2 * 32) * 4
 
 
 def _workload(policy=TINY, verifier=None, strategies=(BestOfN(4),), rows_per_batch=8, max_len=64, **kw):
@@ -168,7 +184,7 @@ def test_plan_command_on_a_recipe(capsys):
     assert main([*args, "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
     assert result["fits"] is False and result["configured"]["mesh"] == [4, 1] and result["hardware"]["devices"] == 4
-    assert result["fix"] == "rows_per_batch=64 budgets=[4,16]" and result["suggestion"]["fits"] is True
+    assert result["fix"] == "mesh=2,2 rows_per_batch=32 budgets=[4,16]" and result["suggestion"]["fits"] is True
     assert main(["plan", "--config", str(path), "--device-memory", "80"]) == 2  # a unit is needed
     assert "80GB or 16GiB" in capsys.readouterr().err
 

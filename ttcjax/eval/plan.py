@@ -316,7 +316,8 @@ class Estimates:
                         question); prompts are padded to its power-of-two bucket
     verifier_len_ratio  the verifier's tokens per policy token: None means 1 for a ttcjax reward model (it reads
                         the policy's own tokens) and 1.5 for a public PRM (its own tokenizer, chat template and
-                        step tags); it scales the verifier's cache, steps and prompts
+                        step tags); it scales what the verifier reads of a prompt and of a whole solution (inside
+                        search a public PRM's cache and step width are set by its scorer, not by this)
     usable_fraction     the share of each device's memory the plan may fill; the rest is left to XLA's own
                         buffers, fragmentation and what the plan does not count"""
 
@@ -424,6 +425,13 @@ def _verifier_lengths(w: Workload, policy_tokens: int) -> int:
     return math.ceil(w.estimates.ratio(w.verifier) * policy_tokens)
 
 
+def public_scorer_shape(max_len: int, max_step_tokens: int) -> tuple[int, int]:
+    """(cache slots per row, ids fed per row and round) of a public PRM inside search: the defaults of
+    `ttcjax.verifiers.public.RenderingStepScorer`, twice the policy's max_len plus 256 (room for a chat format's
+    turns) and twice the step cap plus 64 (a step rendered in the verifier's tokens, and the format's closing)."""
+    return 2 * max_len + 256, 2 * max_step_tokens + 64
+
+
 def _prompt_bucket(w: Workload) -> int:
     """The padded width of a batch's prompts: the estimate's bucket, and no wider than search.max_len (search
     refuses longer prompts, so no run of this config reads one)."""
@@ -452,10 +460,15 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
                   + (TOP_P_LOGIT_COPIES * rows * p.vocab_size * F32 if s.top_p < 1 else 0))]
     start = [("the policy's prefill", _forward(p, q, prompt, prompt, model, CACHED_ATTENTION_COPIES))]
     if v is not None:
-        v_slots, v_step, v_prompt = (_verifier_lengths(w, x) for x in (slots, s.max_step_tokens, prompt))
+        if v.family == TTCJAX:  # it reads the policy's own tokens into a cache as long as the policy's
+            v_slots, v_step, carried = slots, s.max_step_tokens, 0
+        else:  # RenderingStepScorer also carries its ids [R, slots] and the steps' policy ids and ends [R, max_len]
+            v_slots, v_step = public_scorer_shape(slots, s.max_step_tokens)
+            carried = rows * (v_slots + 2 * slots) * 4
+        v_prompt = bucket(_verifier_lengths(w, prompt))  # search pads the verifier's prompts to their bucket
         cache = kv_bytes(v.config, rows, v_slots)
-        terms.append(("verifier KV cache", cache))
-        if s.max_step_tokens > min(PRM_STEP_BUCKETS):  # the scorer's switch over step widths holds a second copy
+        terms.append(("verifier KV cache", cache + carried))
+        if v_step > min(PRM_STEP_BUCKETS):  # the switch over step widths (extend_bucketed) holds a second copy
             terms.append(("verifier KV cache, second copy", cache))
         transient.append((f"the verifier reading a {v_step}-token step against {v_slots} slots",
                           _forward(v.config, rows, v_step, v_slots, model, CACHED_ATTENTION_COPIES)))
@@ -701,8 +714,9 @@ def _notes(w: Workload) -> tuple[str, ...]:
         notes.append("the KV caches are float32, the models' compute dtype (checkpoints load with dtype float32 "
                      "whatever their weights' dtype); bfloat16 compute would halve them.")
     if w.verifier is not None and w.verifier.family != TTCJAX and w.estimates.verifier_len_ratio is None:
-        notes.append("the public PRM's cache, steps and prompts are counted at 1.5 of its tokens per policy token "
-                     "(its own tokenizer, chat template and step tags): an estimate; set --verifier-len-ratio.")
+        notes.append("the public PRM's reading of a prompt and of a whole solution is counted at 1.5 of its tokens "
+                     "per policy token (its own tokenizer, chat template and step tags): an estimate; set "
+                     "--verifier-len-ratio. Its cache and step width inside search are its scorer's own.")
     return tuple(notes)
 
 
