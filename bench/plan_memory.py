@@ -23,7 +23,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from ttcjax.decoding.engine import Engine, Sampling, StopConditions, _decode_jit, _prefill_jit
+from ttcjax.checkpoints.tokenizer import CharTokenizer
+from ttcjax.decoding.engine import Engine, Sampling, StopConditions, _decode_jit, _prefill_jit, stop_text
 from ttcjax.eval.plan import (SCORE_ROWS, TTCJAX, Estimates, SampleStage, VerifierModel, Workload, sample_stage,
                               scoring_stage, search_stage)
 from ttcjax.io import write_json
@@ -58,7 +59,8 @@ def search_case(strategy, rows: int, max_len: int, step: int, public: bool = Fal
     scorer = RenderingStepScorer(graphdef, _Renderer()) if public else PRMStepScorer(graphdef)
     spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, max_len), max_step_tokens=step,
-                       max_len=max_len, sampling=settings.sampling, delimiter_id=3, eos_ids=(1,), pad_id=0,
+                       max_len=max_len, sampling=settings.sampling, step_end=stop_text(CharTokenizer(), ["\n\n"]),
+                       eos_ids=(1,), pad_id=0,
                        attn_chunk=engine.attn_chunk)
     questions, prompt = rows // strategy.n, 32
     prompts = (jax.ShapeDtypeStruct((questions, prompt), jnp.int32), jax.ShapeDtypeStruct((questions,), jnp.int32))
