@@ -11,8 +11,9 @@
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
     ttcjax eval prm --model PRM_DIR --policy DIR [--samples 16]
     ttcjax sweep --config configs/sweep-tiny.yaml [KEY=VALUE ...]
+    ttcjax plan --config configs/experiments/math500.yaml [--devices 8 --device-memory 80GB] [KEY=VALUE ...]
 
-`experiment`, `demo` and `sweep` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
+`experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
 given on the command line win over the file.
 """
@@ -35,7 +36,9 @@ from ttcjax.checkpoints.hf import save_hf_model
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
-from ttcjax.eval.experiment import answer_with_scheduler, named_config, read_config, run_experiment
+from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experiment_plan, named_config, read_config,
+                                    run_experiment)
+from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
@@ -224,6 +227,8 @@ def _experiment(config, progress: bool) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
     config = read_config(args.config, overrides)
+    if not args.skip_plan:
+        check_memory(config, args.config)  # before any work: a run that cannot fit the devices stops here
     print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
           f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
           file=sys.stderr)
@@ -237,6 +242,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
     config = read_config(path, overrides)
+    if not args.skip_plan:
+        check_memory(config, str(path))
     print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
           f"PRM and a 4x larger sibling ({'full size' if args.full else 'reduced; --full for budgets up to 256'}; "
           f"the config: {path}).\n"
@@ -396,6 +403,22 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_plan(args: argparse.Namespace) -> int:
+    estimates = Estimates(prompt_tokens=args.prompt_tokens, verifier_len_ratio=args.verifier_len_ratio,
+                          usable_fraction=args.usable_fraction)
+    hardware = Hardware.detect(args.devices, args.device_memory)
+    if args.sweep:
+        config = SweepConfig.from_dict(read_yaml(args.config, args.overrides), source=args.config)
+        run_plan = sweep_plan(config, hardware, estimates)
+    else:
+        run_plan = experiment_plan(read_config(args.config, args.overrides), hardware, estimates)
+    if args.json:
+        print(json.dumps(strict(run_plan.to_dict()), indent=1, allow_nan=False))
+    else:
+        print(run_plan.describe(f"{'sweep' if args.sweep else 'experiment'} {args.config}"))
+    return 0
+
+
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with any of these options")
     p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax)")
@@ -430,6 +453,8 @@ def build_parser() -> argparse.ArgumentParser:
                      help="override config keys, e.g. questions=32 search.max_len=192 task.path=data/gsm8k")
     exp.add_argument("--out-dir", help="override the config's out_dir")
     exp.add_argument("--no-progress", action="store_true")
+    exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
+                                                             "not fit the devices")
     exp.set_defaults(func=cmd_experiment)
     demo = sub.add_parser("demo", help="the paper's experiment on the built-in task with the shipped models "
                                        "(the named config configs/experiments/demo.yaml)")
@@ -439,6 +464,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--out-dir", help="report directory (default runs/demo, or runs/demo-full)")
     demo.add_argument("--questions", type=int, help="test questions (spread evenly over the difficulty levels)")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
+                                                              "fit the devices")
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler (its policy, verifier, "
                                      "task and search settings)")
@@ -509,6 +536,22 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out-dir", help="override the config's out_dir")
     sw.add_argument("--no-progress", action="store_true")
     sw.set_defaults(func=cmd_sweep)
+    pl = sub.add_parser("plan", help="before a run: the memory each device needs for an experiment (or sweep) config, "
+                                     "whether it fits, and which mesh, rows_per_batch or budgets would")
+    pl.add_argument("--config", required=True, help="YAML experiment config (or a sweep config with --sweep)")
+    pl.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. mesh=4,2")
+    pl.add_argument("--sweep", action="store_true", help="plan `ttcjax sweep` (search only) instead of an experiment")
+    pl.add_argument("--devices", type=int, help="devices to plan for (default: this machine's)")
+    pl.add_argument("--device-memory", help="memory of each device, e.g. 80GB or 16GiB (default: what the "
+                                            "accelerator reports; on CPU the host's available memory)")
+    pl.add_argument("--prompt-tokens", type=int, default=Estimates.prompt_tokens,
+                    help="the longest prompt of a batch in the policy's tokens (an estimate)")
+    pl.add_argument("--verifier-len-ratio", type=float, help="a public PRM's tokens per policy token (default 1.5; "
+                                                             "a ttcjax reward model reads the policy's own: 1)")
+    pl.add_argument("--usable-fraction", type=float, default=Estimates.usable_fraction,
+                    help="the share of each device's memory the plan may fill")
+    pl.add_argument("--json", action="store_true", help="print the plan as JSON")
+    pl.set_defaults(func=cmd_plan)
     return parser
 
 

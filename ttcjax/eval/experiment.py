@@ -35,12 +35,13 @@ import numpy as np
 from ttcjax.checkpoints.assets import ASSETS
 from ttcjax.decoding.engine import GREEDY
 from ttcjax.eval.analysis import BASELINE, analyze
+from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
 from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
-from ttcjax.models.sharding import parse_mesh
+from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.search.strategies import Strategy, StrategySpec
@@ -83,6 +84,45 @@ class ExperimentConfig(SweepConfig):
 def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
     """An experiment config from a YAML file with `key=value` overrides (`ttcjax.io.read_yaml`)."""
     return ExperimentConfig.from_dict(read_yaml(path, overrides), source=os.fspath(path))
+
+
+def experiment_workload(config: ExperimentConfig, estimates: Estimates = Estimates()) -> Workload:
+    """What `ttcjax experiment` runs, for the memory planner: the sweep's search grid, the difficulty samples and
+    the verifier's one-pass scoring of them (stage 1), and the larger policy's greedy answers (stage 4)."""
+    workload = sweep_workload(config, estimates)
+    samples = [SampleStage("difficulty", config.difficulty_samples, config.max_new_tokens)]
+    larger = None
+    if config.large_policy:
+        larger = policy_config(config.large_policy, "large_policy")
+        samples.append(SampleStage("larger", 1, config.max_new_tokens, larger=True))
+    return dataclasses.replace(workload, samples=tuple(samples), larger_policy=larger,
+                               score_max_new_tokens=config.max_new_tokens if workload.verifier else None,
+                               names={**workload.names, "larger_policy": config.large_policy})
+
+
+def experiment_plan(config: ExperimentConfig, hardware: Hardware | None = None,
+                    estimates: Estimates = Estimates()) -> RunPlan:
+    """The memory plan of `ttcjax experiment` with this config on `hardware` (default: this machine's)."""
+    hardware = hardware or Hardware.detect()
+    return plan(experiment_workload(config, estimates), hardware, mesh_shape(config.mesh, hardware.devices))
+
+
+def check_memory(config: ExperimentConfig, source: str, warn=lambda msg: print(msg, file=sys.stderr)) -> None:
+    """Before any work: a one-line ValueError naming the fix where the plan says the run does not fit the memory
+    an accelerator reports. Where the memory is the host's estimate (CPU devices), or the planner cannot read a
+    model's config, `warn` says so and the run goes on."""
+    try:
+        run_plan = experiment_plan(config)
+    except (ValueError, FileNotFoundError) as e:
+        warn(f"ttcjax experiment: warning: no memory plan ({e})")
+        return
+    if run_plan.fits is not False:
+        return
+    message = f"{run_plan.verdict()} `ttcjax plan --config {source}` shows the plan; --skip-plan runs anyway."
+    if not run_plan.hardware.measured:
+        warn(f"ttcjax experiment: warning: {message}")
+        return
+    raise ValueError(message)
 
 
 def named_config(name: str) -> Path:

@@ -94,14 +94,23 @@ def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
                    lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))
 
 
-def parse_mesh(spec: str | None):
-    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
+def mesh_shape(spec: str | None, devices: int) -> tuple[int, int]:
+    """(data, model) of a mesh spec on `devices` devices: 'none' (one device), 'auto' (every device on 'data')
+    or 'D,M'. The one grammar of `--mesh` and config `mesh:` keys; `parse_mesh` builds the Mesh."""
     if spec in (None, "none", "1", "1,1"):
-        return None
+        return 1, 1
     if spec == "auto":
-        return make_mesh() if jax.device_count() > 1 else None
+        return devices, 1
     try:
         data, model = (int(x) for x in spec.split(","))
     except ValueError:
         raise ValueError(f"--mesh {spec!r}: use 'auto', 'none' or DATA,MODEL such as 4,2.") from None
-    return make_mesh(data, model)
+    if data < 1 or model < 1:
+        raise ValueError(f"--mesh {spec!r}: DATA and MODEL must be integers >= 1.")
+    return data, model
+
+
+def parse_mesh(spec: str | None):
+    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
+    data, model = mesh_shape(spec, jax.device_count())
+    return None if (data, model) == (1, 1) else make_mesh(data, model)
