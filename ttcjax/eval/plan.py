@@ -71,6 +71,7 @@ MLP_COPIES = 3  # [rows, tokens, intermediate]: gate, up and their product (an e
 SAMPLE_ROWS = inspect.signature(sample_solutions).parameters["batch_size"].default  # rows per generate call
 SCORE_ROWS = inspect.signature(score_inputs).parameters["rows_per_call"].default  # packed rows per scoring call
 SCORE_ROW_TOKENS = inspect.signature(score_inputs).parameters["row_tokens"].default  # the narrowest packed row
+SCORE_TOKENS = inspect.signature(score_inputs).parameters["tokens_per_call"].default  # tokens per scoring call
 
 # The head each public PRM family scores with (`ttcjax.verifiers.hub`): its parameters besides the backbone.
 FAMILY_HEADS = {"math-shepherd": "token", "rlhflow": "token", "qwen-prm": "two_class", "skywork": "value"}
@@ -524,13 +525,14 @@ def sample_stage(w: Workload, stage: SampleStage, mesh: tuple[int, int]) -> Stag
 
 
 def scoring_stage(w: Workload, mesh: tuple[int, int]) -> StageMemory:
-    """The verifier's one pass over whole solutions (`score_inputs`): SCORE_ROWS packed rows per call split over
+    """The verifier's one pass over whole solutions (`score_inputs`): SCORE_ROWS packed rows per call (fewer
+    for long solutions: at most SCORE_TOKENS tokens) split over
     the data axis, each as wide as the power-of-two bucket of the longest solution in the verifier's tokens."""
     data, model = mesh
     v = w.verifier
     longest = _verifier_lengths(w, _prompt_bucket(w) + w.score_max_new_tokens)
     width = bucket(max(SCORE_ROW_TOKENS, longest))
-    rows = _ceil_div(SCORE_ROWS, data)
+    rows = _ceil_div(max(1, min(SCORE_ROWS, SCORE_TOKENS // width)), data)
     terms = _weights(w, mesh) + [("working set", _forward(v.config, rows, width, width, model,
                                                           PACKED_ATTENTION_COPIES))]
     return StageMemory("scoring", f"{rows} packed rows of {width} tokens per device", tuple(terms),

@@ -178,7 +178,8 @@ def pack_rows(lengths: Sequence[int], capacity: int) -> list[list[int]]:
 
 
 def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None, rules=None,
-                 row_tokens: int = 256, rows_per_call: int = 32, pad_id: int = 0) -> list[np.ndarray]:
+                 row_tokens: int = 256, rows_per_call: int = 32, tokens_per_call: int = 8192, pad_id: int = 0
+                 ) -> list[np.ndarray]:
     """Step scores (probabilities) of each input: one forward pass per call scores every step of every
     solution packed into it. Solutions are packed into rows of `row_tokens` (attention stays inside each
     solution), so padding costs little; row width and steps per row are bucketed to powers of two, so calls
@@ -193,8 +194,10 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
     capacity = max(row_tokens, max(len(x.tokens) for x in inputs))
     packed = pack_rows([len(x.tokens) for x in inputs], capacity)
     out: list[np.ndarray | None] = [None] * len(inputs)
-    for start in range(0, len(packed), rows_per_call):
-        rows = packed[start:start + rows_per_call]
+    # long solutions take fewer rows per call: a call holds at most tokens_per_call tokens (and one row)
+    per_call = max(1, min(rows_per_call, tokens_per_call // _bucket(capacity, 16)))
+    for start in range(0, len(packed), per_call):
+        rows = packed[start:start + per_call]
         n_rows = -(-len(rows) // data) * data
         width = _bucket(max(sum(len(inputs[i].tokens) for i in row) for row in rows), 16)
         steps = _bucket(max(sum(len(inputs[i].read_at) for i in row) for row in rows), 4)
