@@ -11,8 +11,9 @@ against half as Hugging Face does. `_undo_rope_interleave` puts them back, as tr
 
 `gguf_tokenizer` builds a Hugging Face `tokenizers` tokenizer from the vocabulary, merges and token types
 of a 'gpt2' (byte-level BPE) or 'llama' (SentencePiece BPE) vocabulary, with the pre-tokenizer that
-llama.cpp applies for the file's `tokenizer.ggml.pre`; `save_gguf_tokenizer` writes it as tokenizer.json
-and tokenizer_config.json (special tokens, chat template), which `ttcjax.checkpoints.tokenizer` reads.
+llama.cpp applies for the file's `tokenizer.ggml.pre`; `save_gguf_tokenizer` writes it as tokenizer.json,
+tokenizer_config.json (special tokens, chat template) and generation_config.json (end-of-generation ids), which
+`ttcjax.checkpoints.tokenizer` reads.
 
 The `gguf` package is an optional dependency (`pip install 'ttcjax[gguf]'`), imported when a file is read.
 
@@ -83,7 +84,8 @@ def _reader(path: str, mtime_ns: int, size: int):
     try:
         return gguf.GGUFReader(path)
     except (ValueError, IndexError, OSError) as e:
-        raise ValueError(f"{path}: a damaged or unsupported GGUF file ({e}); download it again.") from e
+        raise ValueError(f"{path}: unreadable GGUF file ({e}): damaged (download it again), or written with a tensor "
+                         "type newer than this gguf package knows (upgrade gguf).") from e
 
 
 def _metadata(reader, key: str, default: Any = None) -> Any:
@@ -128,7 +130,7 @@ def _config(reader, path: str, **overrides) -> ModelConfig:
     tensors = {t.name for t in reader.tensors}
     if "rope_freqs.weight" in tensors:
         raise ValueError(f"{path}: holds rope_freqs.weight (Llama 3.1-style RoPE scaling baked into per-frequency "
-                         "factors), which ttcjax cannot read back into its parameters; load the model from its "
+                         "factors, without the parameters ttcjax's rope_scaling needs); load the model from its "
                          "Hugging Face checkpoint.")
     tokens = reader.fields.get("tokenizer.ggml.tokens")
     embedding = next((t for t in reader.tensors if t.name == "token_embd.weight"), None)
