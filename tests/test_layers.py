@@ -11,8 +11,9 @@ from importlinter import api as importlinter_api  # noqa: F401  (the package mus
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "ttcjax"
-# libraries that may be imported inside a function: optional or heavy, needed by few calls
-LAZY_OK = {"matplotlib", "math_verify", "pyarrow", "jinja2", "tokenizers", "sentencepiece", "logging"}
+# libraries that may be imported inside a function: optional or heavy, needed by few calls (gguf: the optional
+# extra ttcjax[gguf], needed only to read .gguf files)
+LAZY_OK = {"matplotlib", "math_verify", "pyarrow", "jinja2", "tokenizers", "sentencepiece", "logging", "gguf"}
 
 
 def test_import_linter_layers_contract_holds():

@@ -5,7 +5,7 @@
     ttcjax run --scheduler runs/demo/scheduler.json --budget 16
     ttcjax generate --model DIR --prompt "Q: 3+4=" --n 4 --temperature 0.8
     ttcjax init-model --config configs/models/tiny-3m.yaml --out runs/tiny
-    ttcjax convert SRC DST --to hf|ttcjax
+    ttcjax convert SRC DST --to hf|ttcjax [--from auto|hf|ttcjax|gguf]    # SRC: a directory or a .gguf file
     ttcjax train policy --config configs/train/policy-tiny.yaml [--out-dir DIR] [--steps N]
     ttcjax train prm|orm --config configs/train/prm-tiny.yaml
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
@@ -32,8 +32,9 @@ import jax
 import yaml
 from tqdm import tqdm
 
-from ttcjax.checkpoints.hf import save_hf_model
-from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model, save_gguf_tokenizer
+from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
+from ttcjax.checkpoints.native import load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
 from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experiment_plan, named_config, read_config,
@@ -95,7 +96,8 @@ def _build_model(opts: dict[str, Any]):
         if opts.get("dtype"):
             config = config.replace(dtype=opts["dtype"])
         return init_model(config, seed=opts.get("seed", 0))
-    raise ValueError("no model: pass --model DIR (a Hugging Face or ttcjax checkpoint) or model_config in --config.")
+    raise ValueError("no model: pass --model DIR (a Hugging Face or ttcjax checkpoint, or a .gguf file) or "
+                     "model_config in --config.")
 
 
 def _read_prompts(opts: dict[str, Any]) -> list[str]:
@@ -318,12 +320,18 @@ def cmd_init_model(args: argparse.Namespace) -> int:
     return 0
 
 
+# `ttcjax convert --from`: how each source format is read ("auto" tells them apart).
+CONVERT_READERS = {"auto": load_any, "hf": load_hf_model, "ttcjax": load_model, "gguf": load_gguf_model}
+
+
 def cmd_convert(args: argparse.Namespace) -> int:
-    model = load_any(args.src)
+    model = CONVERT_READERS[args.source_format](args.src)
     if args.to == "hf":
         save_hf_model(model, args.dst, overwrite=args.overwrite)
     else:
         save_model(model, args.dst, overwrite=args.overwrite)
+    if is_gguf_file(args.src):  # a GGUF file carries its tokenizer: keep it beside the converted model
+        save_gguf_tokenizer(args.src, args.dst)
     print(f"converted {args.src} -> {args.dst} ({args.to})")
     return 0
 
@@ -421,7 +429,8 @@ def cmd_plan(args: argparse.Namespace) -> int:
 
 def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--config", help="YAML file with any of these options")
-    p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax)")
+    p.add_argument("--model", help="checkpoint directory (Hugging Face safetensors or ttcjax/orbax) or a llama.cpp "
+                                   ".gguf file (its tokenizer and chat template inside it)")
     p.add_argument("--tokenizer", help="tokenizer.json, tokenizer.model, a directory, or 'char'")
     p.add_argument("--prompt", dest="prompts", action="append", help="a prompt (repeatable)")
     p.add_argument("--prompts-file", help="one prompt per line (.txt) or {\"prompt\": ...} per line (.jsonl)")
@@ -491,9 +500,12 @@ def build_parser() -> argparse.ArgumentParser:
     init.add_argument("--seed", type=int, default=0)
     init.add_argument("--overwrite", action="store_true")
     init.set_defaults(func=cmd_init_model)
-    conv = sub.add_parser("convert", help="convert between Hugging Face safetensors and ttcjax checkpoints")
-    conv.add_argument("src")
+    conv = sub.add_parser("convert", help="convert Hugging Face safetensors, ttcjax checkpoints and llama.cpp GGUF "
+                                          "files (dequantized; with their tokenizer) to Hugging Face or ttcjax")
+    conv.add_argument("src", help="a checkpoint directory or a .gguf file")
     conv.add_argument("dst")
+    conv.add_argument("--from", dest="source_format", choices=sorted(CONVERT_READERS), default="auto",
+                      help="the source's format (default: told from the source)")
     conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)

@@ -43,8 +43,8 @@ def model_dir(kind: str, name: str = "tiny") -> str:
 
 
 def resolve(kind: str, name_or_dir: str) -> str:
-    """A checkpoint directory as given, or the loadable model of the shipped asset of that name."""
-    return name_or_dir if os.path.isdir(name_or_dir) else model_dir(kind, name_or_dir)
+    """A checkpoint directory or GGUF file as given, or the loadable model of the shipped asset of that name."""
+    return name_or_dir if os.path.isdir(name_or_dir) or name_or_dir.endswith(".gguf") else model_dir(kind, name_or_dir)
 
 
 def read_json(kind: str, name: str, file: str) -> dict:

@@ -16,6 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
+from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model
 from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params
 from ttcjax.io import write_json
 from ttcjax.models.config import ModelConfig
@@ -116,10 +117,13 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
 
 
 def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Transformer:
-    """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from `path`."""
+    """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from directory `path`,
+    or a llama-architecture GGUF file (`ttcjax.checkpoints.gguf`)."""
     path = os.fspath(path)
+    if os.path.isfile(path) and (path.endswith(".gguf") or is_gguf_file(path)):
+        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype)
     if not os.path.isdir(path):
-        raise FileNotFoundError(f"{path}: no such checkpoint directory.")
+        raise FileNotFoundError(f"{path}: no such checkpoint directory or .gguf file.")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
         return load_model(path, dtype=dtype, param_dtype=param_dtype)
     if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):

@@ -20,6 +20,7 @@ import os
 import shutil
 import string
 import sys
+import tempfile
 from abc import ABC, abstractmethod
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -27,9 +28,11 @@ from typing import Any
 
 import numpy as np
 
+from ttcjax.checkpoints.gguf import is_gguf_file, save_gguf_tokenizer
+
 __all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "CharTokenizer",
-           "load_tokenizer", "check_tokenizer_fits", "save_tokenizer_beside", "CHAR_TOKENIZER_FILE",
-           "CHAT_TEMPLATE_FILE"]
+           "load_tokenizer", "load_gguf_tokenizer", "check_tokenizer_fits", "save_tokenizer_beside",
+           "CHAR_TOKENIZER_FILE", "CHAT_TEMPLATE_FILE"]
 
 CHAR_TOKENIZER_FILE = "ttcjax_tokenizer.json"
 CHAT_TEMPLATE_FILE = "chat_template.jinja"
@@ -468,11 +471,22 @@ class CharTokenizer(Tokenizer):
         return cls(data["alphabet"])
 
 
+def load_gguf_tokenizer(path: str | Path) -> HFTokenizer:
+    """The tokenizer of a GGUF file (its vocabulary, special tokens and chat template), as an :class:`HFTokenizer`
+    (see ``ttcjax.checkpoints.gguf.save_gguf_tokenizer``); ValueError naming the file where it cannot be built."""
+    with tempfile.TemporaryDirectory() as directory:
+        save_gguf_tokenizer(path, directory)
+        tokenizer = HFTokenizer(directory)
+    tokenizer.path = Path(path)  # everything is read: name the file it came from, not the temporary copy
+    return tokenizer
+
+
 def load_tokenizer(path: str | Path) -> Tokenizer:
     """Pick the backend for ``path``: the string "char" → default :class:`CharTokenizer`;
     a directory → its tokenizer.json, else tokenizer.model, else ttcjax_tokenizer.json;
     a file → ``.model`` is SentencePiece, ``.json`` is a char tokenizer if it says
-    ``"type": "char"`` and a Hugging Face tokenizer.json otherwise."""
+    ``"type": "char"`` and a Hugging Face tokenizer.json otherwise, a GGUF file (``.gguf``) the
+    vocabulary it carries."""
     if isinstance(path, str) and path == "char":
         return CharTokenizer()
     p = Path(path)
@@ -492,14 +506,16 @@ def load_tokenizer(path: str | Path) -> Tokenizer:
             "from the model's checkpoint into it or pass their path")
     if p.suffix == ".model":
         return SentencePieceTokenizer(p)
+    if p.suffix == ".gguf" or is_gguf_file(p):
+        return load_gguf_tokenizer(p)
     if p.suffix == ".json":
         data = _read_json(p)
         if isinstance(data, dict) and data.get("type") == "char":
             return CharTokenizer.load(p)
         return HFTokenizer(p)
     raise ValueError(
-        f"cannot tell the tokenizer type of {p}: expected a .json (Hugging Face or ttcjax char) "
-        "or .model (SentencePiece) file, or a directory containing one")
+        f"cannot tell the tokenizer type of {p}: expected a .json (Hugging Face or ttcjax char), "
+        ".model (SentencePiece) or .gguf file, or a directory containing one")
 
 
 def check_tokenizer_fits(tokenizer: Tokenizer, vocab_size: int, source: str = "model") -> None:
@@ -518,6 +534,9 @@ def save_tokenizer_beside(tokenizer: Tokenizer, source: str, model_dir: str) -> 
     """Keep the tokenizer beside the model, so `--model DIR` is enough to sample from it."""
     if isinstance(tokenizer, CharTokenizer):
         tokenizer.save(os.path.join(model_dir, CHAR_TOKENIZER_FILE))
+        return
+    if is_gguf_file(source):  # the vocabulary inside the model file, not the file itself
+        save_gguf_tokenizer(source, model_dir)
         return
     src = source if os.path.isfile(source) else None
     if src is None:

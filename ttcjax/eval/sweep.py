@@ -310,8 +310,8 @@ def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord
 
 
 def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
-    """(engine, tokenizer, directory) of a shipped policy name or a checkpoint directory (its tokenizer
-    beside it)."""
+    """(engine, tokenizer, directory) of a shipped policy name, a checkpoint directory (its tokenizer beside it) or
+    a GGUF file (its tokenizer inside it; "directory" is then the file)."""
     directory = resolve("policy", name_or_dir)
     tokenizer = load_tokenizer(directory)
     model = load_any(directory)
