@@ -25,6 +25,7 @@ import numpy as np
 import pytest
 import torch
 import transformers
+import yaml
 from flax import nnx, traverse_util
 from safetensors.torch import save_model
 from tokenizers import pre_tokenizers
@@ -405,3 +406,50 @@ def test_errors_name_the_file_and_what_is_supported(tiny_gguf, tmp_path):
     with pytest.raises(ValueError, match=r"blk.0.attn_q_norm.weight.*no place for"):
         load_gguf_model(extra)
     assert main(["generate", "--model", str(tmp_path / "missing.gguf"), "--prompt", "x"]) == 2
+
+
+# ---- the paper's experiment with the real model ---------------------------------------------------------------
+
+GSM8K_FIXTURE = [  # openai/grade-school-math's format: the reasoning, then "#### answer"
+    ("Tom has 3 apples and buys 2 more. How many apples does he have?", "3 + 2 = 5\n#### 5"),
+    ("A box holds 4 pens. How many pens are in 2 boxes?", "4 * 2 = 8\n#### 8"),
+    ("Sara had 10 stickers and gave away 4. How many are left?", "10 - 4 = 6\n#### 6"),
+    ("What is 7 plus 6?", "7 + 6 = 13\n#### 13"),
+]
+
+
+def _gsm8k_dir(tmp_path) -> Path:
+    data = tmp_path / "gsm8k"
+    data.mkdir()
+    with open(data / "test.jsonl", "w") as f:
+        for question, answer in GSM8K_FIXTURE:
+            f.write(json.dumps({"question": question, "answer": answer}) + "\n")
+    return data
+
+
+def test_the_experiment_with_the_real_model_and_a_public_prm_twin_then_without_a_verifier(smollm2_converted, qwen_prm,
+                                                                                          tmp_path):
+    """SmolLM2 (a BPE vocabulary of 49k) searched with beam search under a Qwen2.5-Math-PRM twin (another
+    tokenizer of 400 tokens and a chat format), then by majority voting with no verifier."""
+    data = _gsm8k_dir(tmp_path)
+    common = {"task": {"name": "gsm8k", "path": str(data),
+                       "prompt": {"style": "chat", "system": "Answer briefly. End with 'The answer is N.'"}},
+              "questions": 4, "policy": smollm2_converted, "difficulty_samples": 2, "bins": 2, "folds": 2,
+              "budgets": [4], "max_new_tokens": 32, "probe_samples": 1, "mesh": "none",
+              "search": {"max_step_tokens": 12, "max_rounds": 2, "max_len": 128}}
+    runs = {"prm": {**common, "out_dir": str(tmp_path / "prm"), "verifier": str(qwen_prm[0]),
+                    "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}]},
+            "none": {**common, "out_dir": str(tmp_path / "none"), "verifier": "none",
+                     "strategies": [{"kind": "best_of_n", "selection": "majority"}]}}
+    for name, config in runs.items():
+        path = tmp_path / f"{name}.yaml"
+        path.write_text(yaml.safe_dump(config))
+        assert main(["experiment", "--config", str(path), "--no-progress", "--skip-plan"]) == 0
+    beam = [json.loads(line) for line in open(tmp_path / "prm" / "results" / "beam-width2-b4.jsonl")]
+    assert len(beam) == 4
+    assert all(r["generated_tokens"] > 0 and r["verifier_tokens"] > 0 for r in beam)
+    report = json.loads((tmp_path / "prm" / "report.json").read_text())
+    assert report["params"]["verifier"] > 0 and report["difficulty_signal"] == "verifier"
+    free = [json.loads(line) for line in open(tmp_path / "none" / "results" / "best_of_n-b4.jsonl")]
+    assert all(r["verifier_tokens"] == 0 for r in free)
+    assert sum(r["answer"] is not None for r in free) >= 2  # the instruct model states answers the task reads
