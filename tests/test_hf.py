@@ -23,6 +23,8 @@ from safetensors.torch import load_file, save_file  # noqa: E402
 from ttcjax.checkpoints.hf import abstract_model, load_hf_model, model_from_params, save_hf_model  # noqa: E402
 from ttcjax.models import ModelConfig, RopeScaling  # noqa: E402
 
+from prm_twins import _randomize  # noqa: E402
+
 ATOL = 1e-4
 PROMPT_LEN = 600
 TOKENS = np.random.default_rng(0).integers(0, 256, size=(2, PROMPT_LEN))  # [B, T]
@@ -40,13 +42,7 @@ def _tiny_hf_model(family: str, seed: int = 0, **overrides):
     torch.manual_seed(seed)
     model = transformers.AutoModelForCausalLM.from_config(config, attn_implementation="eager",
                                                           dtype=torch.float32)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith("bias"):
-                param.copy_(0.1 * torch.randn_like(param))
-            elif "norm" in name:
-                param.copy_(1.0 + 0.2 * torch.randn_like(param))
-    return model.eval()
+    return _randomize(model, seed)
 
 
 def _hf_forward(model, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:

@@ -116,9 +116,8 @@ def stop_text(tokenizer, strings: Sequence[str]) -> StopText:
     vocab, longest = len(texts), max(map(len, strings))
     next_state = np.zeros((len(strings), vocab, longest), np.int32)
     hit = np.zeros((len(strings), vocab, longest), bool)
-    chars = set("".join(strings))
     for s, pattern in enumerate(strings):
-        fail, m = _kmp(pattern), len(pattern)
+        fail, m, chars = _kmp(pattern), len(pattern), set(pattern)
         for t, text in enumerate(texts):
             if not chars.intersection(text):
                 continue  # any other character breaks every partial match: state 0, no hit
