@@ -10,3 +10,18 @@ jax.config.update("jax_num_cpu_devices", 8)
 
 # the public PRM families' tiny twins, built once per session for every test module that asks for one
 from prm_twins import math_shepherd, qwen_prm, rlhflow, skywork  # noqa: E402, F401
+
+
+import gc  # noqa: E402
+
+import pytest  # noqa: E402
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drop every compiled program after each test module. Each XLA CPU executable holds memory maps of its
+    own, and one process running the whole suite otherwise reaches the kernel's ``vm.max_map_count`` (65530),
+    where LLVM's next mmap fails and the compiler segfaults (CI exit 139 mid-suite)."""
+    yield
+    jax.clear_caches()
+    gc.collect()
