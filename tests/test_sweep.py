@@ -3,12 +3,14 @@
 import json
 import os
 
+import jax
 import numpy as np
 import yaml
 from toys import toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
+from ttcjax.eval.sweep import memory_maps, release_compiled_programs_when_crowded
 from ttcjax.verifiers.reward_model import save_prm
 
 
@@ -84,3 +86,19 @@ def test_a_sweep_on_eight_devices_gives_the_one_device_results(tmp_path):
                              for r in map(json.loads, (out / "results" / f).read_text().splitlines())]
                          for f in sorted(os.listdir(out / "results"))}
     assert results["none"] == results["4,2"] and len(results["none"]) == 2
+
+
+def test_a_process_crowded_with_memory_maps_drops_its_compiled_programs():
+    held, limit = memory_maps()
+    assert 0 < held < limit
+
+    @jax.jit
+    def double(x):
+        return 2 * x
+
+    double(1.0)
+    assert double._cache_size() == 1
+    assert not release_compiled_programs_when_crowded(fraction=1.0)
+    assert double._cache_size() == 1
+    assert release_compiled_programs_when_crowded(fraction=held / limit / 2)
+    assert double._cache_size() == 0

@@ -19,6 +19,7 @@ Output directory:
 from __future__ import annotations
 
 import dataclasses
+import gc
 import json
 import os
 import sys
@@ -271,6 +272,30 @@ class GridResult:
     records: dict[tuple[str, int], list[dict]]
 
 
+def memory_maps() -> tuple[int, int] | None:
+    """(memory maps this process holds, the kernel's limit vm.max_map_count), or None where /proc says neither."""
+    try:
+        with open("/proc/self/maps", "rb") as f:
+            held = sum(1 for _ in f)
+        with open("/proc/sys/vm/max_map_count") as f:
+            return held, int(f.read())
+    except (OSError, ValueError):
+        return None
+
+
+def release_compiled_programs_when_crowded(fraction: float = 0.5) -> bool:
+    """Drop JAX's compiled programs (``jax.clear_caches``) once this process holds more than ``fraction`` of the
+    memory maps the kernel allows; True if it did. Every compiled XLA CPU program holds maps of its own, and a
+    long sweep compiles one per strategy and budget: at the limit the compiler's next mmap fails and the process
+    dies (a segfault, not an error). Recompiling a program is cheaper than losing the run."""
+    maps = memory_maps()
+    if maps is None or maps[0] <= fraction * maps[1]:
+        return False
+    jax.clear_caches()
+    gc.collect()
+    return True
+
+
 def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
              verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
              rows_per_batch: int, progress: bool = True) -> GridResult:
@@ -299,6 +324,7 @@ def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord
                                os.path.join(results_dir, f"{cell.name}.jsonl"), settings=settings, seed=seed,
                                rows_per_batch=rows_per_batch, bar=bar)
             out.correct[key] = np.array([r["correct"] for r in records], int)
+        release_compiled_programs_when_crowded()
         out.tokens[key] = float(np.mean([r["generated_tokens"] for r in records]))
         out.coverage[key] = float(np.mean([r["pass"] for r in records]))
         out.records[key] = records
