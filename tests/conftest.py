@@ -8,13 +8,11 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-# the public PRM families' tiny twins, built once per session for every test module that asks for one
-from prm_twins import math_shepherd, qwen_prm, rlhflow, skywork  # noqa: E402, F401
-
-
 import gc  # noqa: E402
 
 import pytest  # noqa: E402
+# the public PRM families' tiny twins, built once per session for every test module that asks for one
+from prm_twins import math_shepherd, qwen_prm, rlhflow, skywork  # noqa: E402, F401
 
 
 @pytest.fixture(autouse=True, scope="module")

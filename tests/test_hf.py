@@ -18,12 +18,11 @@ import pytest
 import torch  # noqa: E402
 import transformers  # noqa: E402
 from flax import nnx, traverse_util  # noqa: E402
+from prm_twins import _randomize  # noqa: E402
 from safetensors.torch import load_file, save_file  # noqa: E402
 
 from ttcjax.checkpoints.hf import abstract_model, load_hf_model, model_from_params, save_hf_model  # noqa: E402
 from ttcjax.models import ModelConfig, RopeScaling  # noqa: E402
-
-from prm_twins import _randomize  # noqa: E402
 
 ATOL = 1e-4
 PROMPT_LEN = 600

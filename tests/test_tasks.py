@@ -184,9 +184,37 @@ def test_chat_prompt_uses_the_tokenizer_chat_template(gsm8k_dir, chat_tokenizer)
     assert ids.count(chat_tokenizer.bos_id) == 1
     no_system = GSM8KTask(str(gsm8k_dir), Prompt(style="chat"))
     assert no_system.prompt_text(problem, chat_tokenizer) == "<s><|user|>What is 40 + 2?<|end|><|assistant|>"
-    plain = GSM8KTask(str(gsm8k_dir))
+    plain = GSM8KTask(str(gsm8k_dir), Prompt(style="plain"))
     assert plain.encode_prompt(problem, chat_tokenizer) == [chat_tokenizer.bos_id] + chat_tokenizer.encode(
         problem.question)
+
+
+def test_auto_prompt_is_chat_for_instruct_tokenizers_few_shot_from_separate_data_else_plain(gsm8k_dir, chat_tokenizer,
+                                                                                            tmp_path):
+    auto = GSM8KTask(str(gsm8k_dir))  # the default style
+    problem = auto.problems("test")[0]
+    assert auto.prompt.style == "auto" and auto.prompt_style(chat_tokenizer) == "chat"
+    assert auto.encode_prompt(problem, chat_tokenizer) == chat_tokenizer.encode(
+        "<s><|user|>What is 40 + 2?<|end|><|assistant|>")  # the template's BOS, once
+    assert auto.prompt_style(CHARS) == "few_shot"  # a base model: 4 of the 6 solved train problems first
+    assert auto.prompt_text(problem, CHARS) == GSM8KTask(str(gsm8k_dir), Prompt(style="few_shot")).prompt_text(
+        problem, CHARS)
+    assert GSM8KTask(str(gsm8k_dir), Prompt(shots=7)).prompt_style(CHARS) == "plain"  # too few solved examples
+    # a single file answers every split: it is never its own examples
+    assert GSM8KTask(str(gsm8k_dir / "train.jsonl")).prompt_style(CHARS) == "plain"
+    rows = [{"q": f"{i} + 1?", "a": i + 1, "s": f"{i} + 1 = {i + 1}"} for i in range(6)]
+    single = JsonlTask(str(_jsonl(tmp_path / "one.jsonl", rows)), "q", "a", "s")
+    assert single.prompt_style(CHARS) == "plain" and single.prompt_text(single.problems()[0], CHARS) == "0 + 1?"
+    _jsonl(tmp_path / "split" / "train.jsonl", rows[:5])
+    _jsonl(tmp_path / "split" / "test.jsonl", rows[5:])
+    assert JsonlTask(str(tmp_path / "split"), "q", "a", "s").prompt_style(CHARS) == "few_shot"
+    assert JsonlTask(str(tmp_path / "split"), "q", "a").prompt_style(CHARS) == "plain"  # no solutions to show
+    _jsonl(tmp_path / "same" / "train.jsonl", rows)  # the test questions again: not examples
+    _jsonl(tmp_path / "same" / "test.jsonl", rows)
+    assert JsonlTask(str(tmp_path / "same"), "q", "a", "s").prompt_style(CHARS) == "plain"
+    # the built-in task's shipped models read plain prompts; MATH-500 has no split to draw examples from
+    assert ArithmeticTask().prompt_style(CHARS) == "plain"
+    assert Math500Task(str(gsm8k_dir)).prompt_style(CHARS) == "plain"
 
 
 def test_chat_prompt_without_a_chat_template_is_an_error(gsm8k_dir):

@@ -30,8 +30,7 @@ from typing import Any, Callable
 import numpy as np
 from flax import nnx, traverse_util
 
-from ttcjax.checkpoints.hf import TENSORS as HF_TENSORS
-from ttcjax.checkpoints.hf import check_finite, model_from_params
+from ttcjax.checkpoints.hf import TENSORS as HF_TENSORS, check_finite, model_from_params
 from ttcjax.io import atomic_path, write_json
 from ttcjax.models.config import ModelConfig, RopeScaling
 from ttcjax.models.llama import Transformer, abstract_model

@@ -26,9 +26,9 @@ from ttcjax.checkpoints.tokenizer import Tokenizer
 from ttcjax.io import check_options
 from ttcjax.tasks import grading
 
-__all__ = ["ProblemRecord", "Prompt", "PROMPT_STYLES", "Task"]
+__all__ = ["ProblemRecord", "Prompt", "PROMPT_STYLES", "Task", "separate_shots"]
 
-PROMPT_STYLES = ("plain", "chat", "few_shot")
+PROMPT_STYLES = ("auto", "plain", "chat", "few_shot")
 DEFAULT_SOLUTION_END = "\n\n"  # ends a few-shot example when the task names no solution end
 ANSWER_SENTENCE = "The answer is {answer}."  # closes a reference solution that states no extractable answer
 
@@ -66,6 +66,9 @@ class ProblemRecord:
 class Prompt:
     """How a task writes the policy's prompt for a question.
 
+    * ``style="auto"`` (the default): ``chat`` where the policy's tokenizer ships a chat template (an instruct
+      model), else ``few_shot`` where the task has solved examples of its own apart from the problems (a base
+      model; see :meth:`Task.has_solved_examples`), else ``plain``. :meth:`Task.prompt_style` resolves it.
     * ``style="plain"``: ``template`` with ``{question}`` replaced by the question.
     * ``style="few_shot"``: ``shots`` solved examples from split ``shots_split`` (drawn by ``shots_seed``, never
       the problem itself), each written as the template, its reference solution and the task's solution end,
@@ -77,7 +80,7 @@ class Prompt:
     ``{question}`` is the template's only placeholder; any other braces (``\\boxed{}``) are literal text.
     """
 
-    style: str = "plain"
+    style: str = "auto"
     template: str = "{question}"
     system: str | None = None
     instruction: str = ""
@@ -173,25 +176,38 @@ class Task(ABC):
         """The policy's prompt for ``problem`` as text (see :class:`Prompt` for each style). A chat prompt needs a
         tokenizer with a chat template (ValueError otherwise); a few-shot prompt needs ``prompt.shots`` other
         records in ``prompt.shots_split`` (ValueError otherwise)."""
-        prompt = self.prompt
-        if prompt.style == "chat":
+        prompt, style = self.prompt, self.prompt_style(tokenizer)
+        if style == "chat":
             content = prompt.write(problem.question)
             if prompt.instruction:
                 content = prompt.instruction + "\n\n" + content
             messages = [] if prompt.system is None else [{"role": "system", "content": prompt.system}]
             return tokenizer.apply_chat_template(messages + [{"role": "user", "content": content}],
                                                  add_generation_prompt=True)
-        if prompt.style == "few_shot":
+        if style == "few_shot":
             end = DEFAULT_SOLUTION_END if self.solution_end is None else self.solution_end
             examples = "".join(prompt.write(r.question) + self.solution_text(r) + end
                                for r in self.few_shot_examples(problem))
             return examples + prompt.write(problem.question)
         return prompt.write(problem.question)
 
+    def prompt_style(self, tokenizer: Tokenizer) -> str:
+        """The prompt style used with ``tokenizer``: ``prompt.style``, with ``auto`` resolved (see :class:`Prompt`)."""
+        if self.prompt.style != "auto":
+            return self.prompt.style
+        if tokenizer.chat_template is not None:
+            return "chat"
+        return "few_shot" if self.has_solved_examples() else "plain"
+
+    def has_solved_examples(self) -> bool:
+        """Whether ``prompt.shots`` solved examples can be drawn from ``prompt.shots_split`` without ever showing a
+        problem set its own problems: the default is no; tasks whose shots split is separate data say yes."""
+        return False
+
     def prompt_bos(self, tokenizer: Tokenizer) -> bool:
         """Whether the prompt's ids start with BOS: where the tokenizer has one and the style is not chat (a chat
         template writes its own BOS text)."""
-        return tokenizer.bos_id is not None and self.prompt.style != "chat"
+        return tokenizer.bos_id is not None and self.prompt_style(tokenizer) != "chat"
 
     def encode_prompt(self, problem: ProblemRecord, tokenizer: Tokenizer) -> list[int]:
         """Token ids of :meth:`prompt_text`; BOS first when the tokenizer has one and the style is not chat (a chat
@@ -267,6 +283,28 @@ class Task(ABC):
     def from_dict(cls, data: Mapping[str, Any], source: str = "task") -> Task:
         """The task of its YAML form (``name`` included); an unknown option is a ValueError naming ``source``,
         the key and the allowed keys. Use :func:`ttcjax.tasks.registry.task_from_dict` to pick the class."""
+
+
+def separate_shots(task: Task, other_splits: Sequence[str]) -> bool:
+    """Whether ``task``'s ``prompt.shots_split`` holds ``prompt.shots`` solved problems (reference solutions) that
+    are not among the problems of ``other_splits`` (a split that cannot be read counts as empty). A single file
+    read for every split fails this, so it never few-shots from itself. Cached per task and splits."""
+    return _separate_shots(task, tuple(s for s in other_splits if s != task.prompt.shots_split))
+
+
+@functools.lru_cache(maxsize=32)
+def _separate_shots(task: Task, other_splits: tuple[str, ...]) -> bool:
+    def problems(split: str) -> list[ProblemRecord]:
+        try:
+            return task.load(split)
+        except (FileNotFoundError, ValueError):
+            return []
+
+    if task.prompt.shots == 0:
+        return False
+    asked = {r.question for split in other_splits for r in problems(split)}
+    solved = [r for r in problems(task.prompt.shots_split) if r.solution and r.question not in asked]
+    return len(solved) >= task.prompt.shots
 
 
 @functools.lru_cache(maxsize=32)

@@ -8,11 +8,12 @@ import os
 import re
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any, ClassVar
 
 from ttcjax.io import check_options
 from ttcjax.tasks import arithmetic
-from ttcjax.tasks.base import ProblemRecord, Prompt, Task
+from ttcjax.tasks.base import ProblemRecord, Prompt, Task, separate_shots
 from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.datasets import load_dataset
 
@@ -138,6 +139,12 @@ class _FileTask(Task):
     def load(self, split: str) -> list[ProblemRecord]:
         self.check_split(split)
         return load_dataset(self.name, self.path, split)
+
+    def has_solved_examples(self) -> bool:
+        """Yes where ``path`` is a directory whose ``prompt.shots_split`` holds solved problems that no other split
+        asks (GSM8K's or MATH's train split beside its test split); a single file is never its own examples."""
+        return (self.prompt.shots_split in self.splits and Path(self.path).is_dir()
+                and separate_shots(self, self.splits))
 
     def to_dict(self) -> dict[str, Any]:
         return {"name": self.name, "path": self.path, "prompt": self.prompt.to_dict()}

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from ttcjax.io import check_options
-from ttcjax.tasks.base import ProblemRecord, Prompt, Task
+from ttcjax.tasks.base import ProblemRecord, Prompt, Task, separate_shots
 from ttcjax.tasks.benchmarks import NEVER_DOWNLOADS
 
 __all__ = ["JsonlTask"]
@@ -99,6 +99,15 @@ class JsonlTask(Task):
                 if line.strip():
                     records.append(self._record(file, lineno, line, split, len(records)))
         return records
+
+    def has_solved_examples(self) -> bool:
+        """Yes where ``path`` is a directory whose ``<prompt.shots_split>.jsonl`` holds solved problems
+        (``solution_field``) that no other split file asks; a single file is never its own examples."""
+        path = Path(self.path)
+        if self.solution_field is None or not path.is_dir():
+            return False
+        splits = self.splits if self.splits is not None else tuple(sorted(p.stem for p in path.glob("*.jsonl")))
+        return self.prompt.shots_split in splits and separate_shots(self, splits)
 
     def _record(self, file: Path, lineno: int, line: str, split: str, index: int) -> ProblemRecord:
         where = f"{file}:{lineno}"
