@@ -5,7 +5,8 @@ import json
 import pytest
 
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import DVTS, STRATEGIES, Beam, BestOfN, Lookahead, StrategySpec, strategy_from_dict
+from ttcjax.search.strategies import (DVTS, STRATEGIES, Beam, BestOfN, Lookahead, Revisions, StrategySpec,
+                                      strategy_from_dict)
 
 
 def spec(**data):
@@ -41,14 +42,15 @@ def test_two_forms_of_one_strategy_are_the_same_strategy():
 
 
 def test_one_form_round_trips_through_json():
-    for strategy in (BestOfN(4, selection="vanilla"), Beam(16, 4), Lookahead(8, 2, k=2), DVTS(16, 4)):
+    for strategy in (BestOfN(4, selection="vanilla"), Beam(16, 4), Lookahead(8, 2, k=2), DVTS(16, 4),
+                     Revisions(16, 4, selection="majority")):
         data = json.loads(json.dumps(strategy.to_dict()))
         assert strategy_from_dict(data) == strategy
         assert strategy.spec().at(strategy.budget) == strategy
     s = spec(kind="lookahead", width=4, k=1)
     assert StrategySpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     assert s.name == "lookahead-k1-width4" and spec(kind="best_of_n").name == "best_of_n"
-    assert set(STRATEGIES) == {"best_of_n", "beam", "lookahead", "dvts"}
+    assert set(STRATEGIES) == {"best_of_n", "beam", "lookahead", "dvts", "revisions"}
 
 
 @pytest.mark.parametrize("data, message", [

@@ -40,7 +40,7 @@ from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import BestOfN, Strategy, StrategySpec
+from ttcjax.search.strategies import BestOfN, Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.verifiers.base import Verifier
@@ -245,13 +245,16 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
                 scores = [c.score for c in r.candidates]
                 right = task.grade(p, answers)
                 # every answer-selection rule over the same candidates: best-of-N variants share one sampling
-                by_selection = {rule: right[select(rule, answers, scores, equal)] for rule in rules}
+                chains = [c.chain for c in r.candidates]
+                by_selection = {rule: right[select(rule, answers, scores, equal, chains)] for rule in rules}
                 record = {"id": p.id, "question": p.question, "difficulty": p.difficulty, "strategy": cell.spec.name,
                           "budget": cell.budget, "answer": r.answer, "correct": right[r.chosen],
                           "pass": any(right), "by_selection": by_selection,
                           "generations": r.generations, "generated_tokens": r.generated_tokens,
                           "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
                           "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
+                if isinstance(strategy, Revisions):
+                    record.update(revision_record(r.candidates, right, strategy.sequential), reread_tokens=r.reread_tokens)
                 out.write(json_line(record))
                 done[p.id] = record
             out.flush()
@@ -259,6 +262,17 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
             if bar is not None:
                 bar.update(len(batch))
     return [done[p.id] for p in problems]
+
+
+def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
+    """What a revision cell adds to a question's record: the fraction of chains right at each attempt
+    (`pass_by_attempt`, pass@1 by revision step), and how many right attempts were followed by a wrong one
+    (`right_to_wrong` of `right_followed`: the correct-to-incorrect rate)."""
+    grid = np.zeros((max(c.chain for c in candidates) + 1, sequential), bool)  # [chains, sequential]
+    for c, ok in zip(candidates, right):
+        grid[c.chain, c.attempt] = ok
+    return {"pass_by_attempt": grid.mean(axis=0).tolist(),
+            "right_to_wrong": int(np.sum(grid[:, :-1] & ~grid[:, 1:])), "right_followed": int(grid[:, :-1].sum())}
 
 
 @dataclasses.dataclass

@@ -15,10 +15,11 @@ import jax
 import numpy as np
 
 from ttcjax.decoding.engine import Engine, StopText, bucket, stop_text
+from ttcjax.search.chains import ChainSpec, run_chains
 from ttcjax.search.episode import EpisodeSpec, run_episode
 from ttcjax.search.selection import select
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import Strategy
+from ttcjax.search.strategies import BestOfN, Revisions, Strategy
 from ttcjax.verifiers.base import Verifier, step_texts
 
 
@@ -29,6 +30,9 @@ class Candidate:
     step_scores: list[float]
     score: float  # aggregated
     steps: list[str] = dataclasses.field(default_factory=list)  # the step texts the verifier scored
+    tokens: tuple[int, ...] = ()  # the policy's ids as generated (the text decodes them without special tokens)
+    chain: int = 0  # revisions: the candidate's chain, and its attempt within the chain (from 0)
+    attempt: int = 0
 
 
 @dataclasses.dataclass
@@ -44,6 +48,7 @@ class SearchResult:
     verifier_tokens: int
     policy_flops: float
     verifier_flops: float
+    reread_tokens: int = 0  # revisions: tokens the policy read again between attempts (the window's attempts)
 
 
 def inference_flops(params: float, tokens: float) -> float:
@@ -78,6 +83,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     prompts, and its beam), not on where compaction moves it; other prompts in the call do change the ids.
     `on_segment(rows)` is called before each compiled segment with its batch's rows.
     """
+    revisions = isinstance(strategy, Revisions)
     if strategy.needs_verifier and not verifier.scores_steps:
         raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
                          "selection='majority' with best-of-N, or name a verifier.")
@@ -102,7 +108,15 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                        answer_end=stop_text(tokenizer, settings.answer_marks) if settings.answer_marks else None, eos_ids=tuple(tokenizer.eos_ids),
                        pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
                        data_axis=engine.rules.batch if engine.mesh is not None else None)
-    n = strategy.n
+    if revisions:
+        if not hasattr(scorer, "rewind"):
+            raise ValueError(f"{strategy.label}: the verifier {verifier!r} renders steps in its own format; revision "
+                             "chains need one that reads the policy's own text (a ttcjax ORM trained on the revision "
+                             "model's outputs) or none (selection='majority').")
+        sep = tokenizer.encode(settings.revision_separator) if settings.revision_separator else []
+        chain_spec = ChainSpec(attempt=dataclasses.replace(spec, strategy=BestOfN(strategy.chains)),
+                               sequential=strategy.sequential, window=strategy.window, separator=tuple(sep))
+    n = strategy.chains if revisions else strategy.n
     results: list[SearchResult] = []
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]
@@ -126,6 +140,14 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             v_tokens[i, :len(p)] = p
         v_lengths = np.array([len(p) for p in read], np.int32)
         verifier.bind_batch(padded_questions, settings.delimiter)
+        if revisions:
+            placed = map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths, active))
+            if on_segment is not None:
+                on_segment(len(padded) * n)
+            host = run_chains(chain_spec, engine, scorer_params, *placed, jax.random.fold_in(key, start))
+            results += [_chain_result(strategy, engine, verifier, tokenizer, settings, host, i, len(chunk[i]),
+                                      extract_answer, equal) for i in range(len(chunk))]
+            continue
         host = run_episode(spec, engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
                                                                                   active)),
                            jax.random.fold_in(key, start), len(chunk), compact=compact,
@@ -138,7 +160,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                 s = [float(x) for x in step_scores[r, :num_steps[r]]] if verifier.scores_steps else []
                 steps = step_texts(tokenizer, sol_tokens[r], step_ends[r, :num_steps[r]], settings.delimiter)
                 cands.append(Candidate(text=text, answer=extract_answer(text), step_scores=s,
-                                       score=verifier.solution_score(s), steps=steps))
+                                       score=verifier.solution_score(s), steps=steps,
+                                       tokens=tuple(map(int, sol_tokens[r, :sol_len[r]]))))
             chosen = select(strategy.selection, [c.answer for c in cands], [c.score for c in cands], equal)
             gen_tokens = int(generated[i * n:(i + 1) * n].sum())
             verifier_tokens = int(scored[i * n:(i + 1) * n].sum())
@@ -148,3 +171,28 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                 policy_flops=inference_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
                 verifier_flops=inference_flops(verifier.num_params, verifier_tokens)))
     return results
+
+
+def _chain_result(strategy: Revisions, engine: Engine, verifier: Verifier, tokenizer, settings: SearchSettings,
+                  host: dict, i: int, prompt_len: int, extract_answer, equal) -> SearchResult:
+    """Question i's result from the chain episode's host fields: every attempt of every chain a candidate
+    (chain-major), the answer by the strategy's selection rule."""
+    chains, s = strategy.chains, strategy.sequential
+    cands = []
+    for c, r in enumerate(range(i * chains, (i + 1) * chains)):
+        for a in range(s):
+            tokens, k = host["tokens"][r, a], host["num_steps"][r, a]
+            text = tokenizer.decode(tokens[:host["length"][r, a]])
+            scores = [float(x) for x in host["step_scores"][r, a, :k]] if verifier.scores_steps else []
+            cands.append(Candidate(text=text, answer=extract_answer(text), step_scores=scores,
+                                   score=verifier.solution_score(scores), chain=c, attempt=a,
+                                   tokens=tuple(map(int, tokens[:host["length"][r, a]])),
+                                   steps=step_texts(tokenizer, tokens, host["step_ends"][r, a, :k], settings.delimiter)))
+    chosen = select(strategy.selection, [c.answer for c in cands], [c.score for c in cands], equal,
+                    [c.chain for c in cands])
+    rows = slice(i * chains, (i + 1) * chains)
+    generated, scored, reread = (int(host[f][rows].sum()) for f in ("generated", "scored", "reread"))
+    return SearchResult(answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
+                        generations=strategy.budget, generated_tokens=generated, verifier_tokens=scored,
+                        policy_flops=inference_flops(engine.config.num_params(), generated + reread + prompt_len),
+                        verifier_flops=inference_flops(verifier.num_params, scored), reread_tokens=reread)

@@ -3,6 +3,11 @@
     vanilla     the candidate with the highest verifier score (`best_of_n`)
     weighted    sum the scores of candidates whose answers are equivalent; the best group's top candidate
     majority    the most frequent answer (no verifier); ties go to the answer seen first
+    hierarchical  (revision chains) weighted within each chain, then weighted across the chains' winners, each
+                winner weighing its own score; with one candidate per chain it is `weighted`
+
+Every rule but `hierarchical` is flat: it reads all candidates at once, whichever chain they come from (the
+paper's majority over revisions is flat).
 
 Candidates without an answer (None) never win a vote unless every candidate lacks one.
 """
@@ -62,17 +67,32 @@ def majority(answers: Sequence[object], equal: Equal | None = None) -> int:
     return _by_group(answers, [1.0] * len(answers), equal)
 
 
-# The selection rules by name: rule(answers, scores, equal) -> index of the chosen candidate.
-SELECTION_RULES: dict[str, Callable[[Sequence[object], Sequence[float], Equal | None], int]] = {
-    "weighted": lambda answers, scores, equal: weighted(answers, scores, equal),
-    "vanilla": lambda answers, scores, equal: best_of_n(scores),
-    "majority": lambda answers, scores, equal: majority(answers, equal),
+def hierarchical(answers: Sequence[object], scores: Sequence[float], chains: Sequence[int],
+                 equal: Equal | None = None) -> int:
+    """Index of the chosen candidate under hierarchical selection: weighted best-of-N among each chain's
+    candidates (`chains[i]`: candidate i's chain), then weighted best-of-N over the chains' winners."""
+    members: dict[int, list[int]] = {}
+    for i, c in enumerate(chains):
+        members.setdefault(int(c), []).append(i)
+    winners = [m[weighted([answers[i] for i in m], [scores[i] for i in m], equal)] for m in members.values()]
+    return winners[weighted([answers[i] for i in winners], [scores[i] for i in winners], equal)]
+
+
+Rule = Callable[[Sequence[object], Sequence[float], Equal | None, Sequence[int]], int]
+# The selection rules by name: rule(answers, scores, equal, chains) -> index of the chosen candidate.
+SELECTION_RULES: dict[str, Rule] = {
+    "weighted": lambda answers, scores, equal, chains: weighted(answers, scores, equal),
+    "vanilla": lambda answers, scores, equal, chains: best_of_n(scores),
+    "majority": lambda answers, scores, equal, chains: majority(answers, equal),
+    "hierarchical": lambda answers, scores, equal, chains: hierarchical(answers, scores, chains, equal),
 }
 VERIFIER_FREE_RULES = ("majority",)  # rules that read no verifier score
 
 
-def select(rule: str, answers: Sequence[object], scores: Sequence[float], equal: Equal | None = None) -> int:
-    """Index of the candidate that `rule` (a key of SELECTION_RULES) chooses."""
+def select(rule: str, answers: Sequence[object], scores: Sequence[float], equal: Equal | None = None,
+           chains: Sequence[int] | None = None) -> int:
+    """Index of the candidate that `rule` (a key of SELECTION_RULES) chooses; `chains[i]` is candidate i's
+    revision chain (default: each candidate a chain of its own)."""
     if rule not in SELECTION_RULES:
         raise ValueError(f"selection {rule!r} is not one of {sorted(SELECTION_RULES)}.")
-    return SELECTION_RULES[rule](answers, scores, equal)
+    return SELECTION_RULES[rule](answers, scores, equal, range(len(answers)) if chains is None else chains)

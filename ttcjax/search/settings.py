@@ -8,6 +8,7 @@ from typing import Any, Mapping
 
 from ttcjax.decoding.engine import Sampling
 from ttcjax.io import check_options
+from ttcjax.search.revisions import REVISION_SEPARATOR
 
 
 @dataclasses.dataclass(frozen=True)
@@ -23,7 +24,9 @@ class SearchSettings:
                      or the length limit end a solution
     A config's search settings that it leaves out come from its task (`Task.search_defaults`: the built-in
     task's small sizes are the defaults here; natural-language tasks take 256-token steps, 40 rounds, 2048)
-    temperature, top_k, top_p   how each step is sampled"""
+    temperature, top_k, top_p   how each step is sampled
+    revision_separator   (revision strategies) the text after each earlier attempt in a revision model's context:
+                     the one it was trained with (`ttcjax.search.revisions`)"""
 
     delimiter: str | None = None
     max_step_tokens: int = 24
@@ -33,6 +36,7 @@ class SearchSettings:
     top_k: int = 0
     top_p: float = 1.0
     answer_marks: tuple[str, ...] | None = None
+    revision_separator: str = REVISION_SEPARATOR
 
     def __post_init__(self):
         if self.answer_marks is not None:

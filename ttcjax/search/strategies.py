@@ -184,7 +184,51 @@ class DVTS(_Tree):
         return self.width, 1
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.kind: cls for cls in (BestOfN, Beam, Lookahead, DVTS)}
+@dataclasses.dataclass(frozen=True)
+class Revisions(Strategy):
+    """A revision model's chains (the paper's section 6): N generations as N/sequential parallel chains of
+    `sequential` attempts, each attempt reading the chain's last `window` attempts before it. The answer by
+    `selection`: `hierarchical` (weighted best-of-N within each chain, then across the chains' winners, the
+    paper's verifier selection), or a flat rule over every attempt of every chain (`majority`, as the paper
+    votes; `weighted`; `vanilla`). Budget: N generations."""
+
+    kind: ClassVar[str] = "revisions"
+    sequential: int = 4
+    window: int = 4
+    selection: str = dataclasses.field(default="hierarchical", kw_only=True)
+
+    def __post_init__(self):
+        super().__post_init__()
+        s = self.sequential
+        _check(isinstance(s, int) and not isinstance(s, bool) and s >= 1,
+               f"{self.label}: sequential (attempts per chain) must be an integer >= 1.")
+        _check(self.n % s == 0, f"{self.label}: sequential={s} must divide n={self.n} (n/sequential parallel "
+                                "chains of sequential attempts each).")
+        _check(isinstance(self.window, int) and not isinstance(self.window, bool) and self.window >= 1,
+               f"{self.label}: window (earlier attempts a revision reads) must be an integer >= 1.")
+
+    @property
+    def chains(self) -> int:
+        return self.n // self.sequential
+
+    def max_rounds(self, settings_max_rounds: int, max_len: int) -> int:
+        """Rounds (steps) of each attempt: the settings' max_rounds."""
+        return settings_max_rounds
+
+    @classmethod
+    def for_budget(cls, budget: int, sequential: int | str = 4, **options) -> "Strategy | None":
+        """`sequential` attempts per chain (`all`: one chain of `budget` attempts), or None where it does not
+        divide the budget."""
+        if sequential == "all":
+            sequential = budget
+        if not isinstance(sequential, int) or isinstance(sequential, bool) or sequential < 1:
+            raise ValueError(f"strategy revisions: sequential must be an integer >= 1 or 'all', got {sequential!r}.")
+        if budget % sequential:
+            return None
+        return cls(budget, sequential, **options)
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.kind: cls for cls in (BestOfN, Beam, Lookahead, DVTS, Revisions)}
 
 
 def strategy_from_dict(data: Mapping[str, Any], source: str = "strategy") -> Strategy:
@@ -226,12 +270,15 @@ class StrategySpec:
         return spec
 
     def example(self) -> Strategy:
-        """The strategy at the smallest number of rows its options allow (width "sqrt" as width 1): what the
+        """The strategy at the smallest number of rows its options allow (width "sqrt" as width 1, sequential
+        "all" as 1): what the
         options mean, independent of any budget."""
         options = dict(self.options)
         if options.get("width") == "sqrt":
             options["width"] = 1
-        width = options.get("width", 1)
+        if options.get("sequential") == "all":
+            options["sequential"] = 1
+        width = options.get("width", options.get("sequential", 1))
         rows = width if isinstance(width, int) and not isinstance(width, bool) and width >= 1 else 1
         return STRATEGIES[self.kind](rows, **options)
 

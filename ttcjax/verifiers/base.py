@@ -74,6 +74,9 @@ class StepScorer(Protocol):
         into the cache: the step's score logit [R], the advanced cache, and the tokens the verifier read
         for it [R] (its cost)."""
 
+    # Optional, for revision chains (`ttcjax.search.chains`), where a scorer reads the policy's own tokens:
+    # def rewind(self, cache, lengths [R]) -> cache   keeps each row's first lengths[r] tokens read
+
 
 class Verifier(abc.ABC):
     """Scores the steps of candidates. `aggregation` turns a solution's step scores into one score."""
@@ -124,6 +127,9 @@ class _NoScorer:
     def extend(self, params, cache, step_tokens, step_lengths):
         rows = step_tokens.shape[:1]
         return jnp.zeros(rows, jnp.float32), cache, jnp.zeros(rows, jnp.int32)
+
+    def rewind(self, cache, lengths):
+        return cache
 
 
 class NoVerifier(Verifier):

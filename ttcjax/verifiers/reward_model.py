@@ -347,6 +347,10 @@ class PRMStepScorer:
         logit, cache = extend_bucketed(prm, cache, step_tokens, step_lengths, step_lengths - 1)
         return logit, cache, step_lengths
 
+    def rewind(self, cache: KVCache, lengths) -> KVCache:
+        """Keep each row's first lengths[r] tokens (the rest are overwritten by what it reads next)."""
+        return dataclasses.replace(cache, lengths=lengths.astype(jnp.int32))
+
 
 class RewardModelVerifier(Verifier):
     """A ttcjax reward model (PRM or ORM) that reads the policy's own text in `step_format`: the policy's

@@ -1,0 +1,222 @@
+"""Revision chains: the compiled chain episode against a host replay, toy revisers whose pass@1 per step and best
+sequential:parallel ratio are known in closed form, hierarchical versus flat selection, costs, 8 devices."""
+
+import json
+import os
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import yaml
+from flax import nnx
+from toys import _path_name, toy_policy, y_fraction_prm
+
+from ttcjax.checkpoints.native import save_model
+from ttcjax.checkpoints.tokenizer import CharTokenizer
+from ttcjax.cli import main
+from ttcjax.decoding.engine import Engine
+from ttcjax.models import ModelConfig, init_model
+from ttcjax.models.sharding import make_mesh
+from ttcjax.search.revisions import revision_context, without_eos
+from ttcjax.search.run import search
+from ttcjax.search.selection import hierarchical, select
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import Beam, Revisions, StrategySpec, strategy_from_dict
+from ttcjax.verifiers.base import NoVerifier
+from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, ValueHead, save_prm
+
+TOY = CharTokenizer(alphabet="Qxy")
+X, Y, Q = (TOY.token_to_id(c) for c in "xyQ")
+
+
+def bigram(next_x: dict[int, float], hidden: int = 8) -> nnx.Module:
+    """A policy whose next token depends only on the current one: 'x' with probability next_x[token], else 'y'.
+    Embeddings are one-hot, every other weight but the LM head zero, so the final norm gives sqrt(D) one-hot."""
+    config = ModelConfig(vocab_size=TOY.vocab_size, hidden_size=hidden, intermediate_size=8, num_layers=1,
+                         num_heads=1, num_kv_heads=1, max_position_embeddings=256)
+    graphdef, state = nnx.split(init_model(config))
+    head = np.full((hidden, TOY.vocab_size), -30.0)
+    for token, p in next_x.items():
+        head[token, X], head[token, Y] = np.log(p), np.log(1 - p)
+    head /= np.sqrt(hidden)
+
+    def set_param(path, leaf):
+        name = _path_name(path)
+        if name == "embedding":
+            return jnp.asarray(np.eye(leaf.shape[0], leaf.shape[1]) * 10.0, leaf.dtype)
+        if name == "scale":
+            return jnp.ones_like(leaf)
+        if name == "lm_head":
+            return jnp.asarray(head, leaf.dtype)
+        return jnp.zeros_like(leaf)
+
+    return nnx.merge(graphdef, jax.tree_util.tree_map_with_path(set_param, state))
+
+
+def x_verifier(hidden: int = 8, strength: float = 20.0) -> RewardModelVerifier:
+    """A perfect verifier for one-token attempts: the score at a token is high for 'x', low for anything else."""
+    prm = RewardModel(bigram({}, hidden), ValueHead())
+    prm.v_w[...] = jnp.zeros_like(prm.v_w[...]).at[X].set(strength / np.sqrt(hidden) * 2)
+    prm.v_b[...] = jnp.asarray(-strength, prm.v_b[...].dtype)
+    return RewardModelVerifier(prm, TOY, kind="orm")
+
+
+# one-token attempts: a single round of a single token, no separator
+ONE_TOKEN = SearchSettings(delimiter="\n", max_step_tokens=1, max_rounds=1, max_len=64, temperature=1.0,
+                           answer_marks=(), revision_separator="")
+
+
+def chains(strategy, policy, verifier, questions: int, key: int = 0, mesh=None, settings=ONE_TOKEN):
+    engine = Engine(policy, pad_id=TOY.pad_id, mesh=mesh)
+    return search(strategy, engine, verifier, TOY, [[TOY.bos_id, Q]] * questions, jax.random.key(key),
+                  extract_answer=lambda text: text or None, settings=settings)
+
+
+def pass_at_step(results, s: int) -> np.ndarray:
+    """The fraction of right attempts at each revision step."""
+    return np.array([np.mean([c.answer == "x" for r in results for c in r.candidates if c.attempt == a])
+                     for a in range(s)])
+
+
+def test_pass_at_1_per_revision_step_follows_the_toy_revisers_chain():
+    # first attempt right with q; a wrong attempt is fixed with p_fix; a right one stays right with p_keep
+    q, p_fix, p_keep = 0.2, 0.6, 0.9
+    results = chains(Revisions(64, sequential=4, selection="majority"), bigram({Q: q, Y: p_fix, X: p_keep}),
+                     NoVerifier(), questions=8)
+    expected = [q]
+    for _ in range(3):
+        expected.append(expected[-1] * p_keep + (1 - expected[-1]) * p_fix)
+    measured = pass_at_step(results, 4)
+    samples = 8 * 16  # chains per attempt
+    assert np.all(np.abs(measured - expected) < 4 * np.sqrt(np.array(expected) * (1 - np.array(expected)) / samples))
+    assert all(len(r.candidates) == 64 and r.generations == 64 for r in results)
+    # one token per attempt; with no separator each later attempt re-reads one token (fresh logits)
+    assert all(r.generated_tokens == 64 and r.reread_tokens == 16 * 3 and r.verifier_tokens == 0 for r in results)
+
+
+@pytest.mark.parametrize("q, p_fix, best", [(0.1, 0.5, 4), (0.5, 0.1, 1)])
+def test_the_best_sequential_to_parallel_ratio_is_the_closed_form_one(q, p_fix, best):
+    # a perfect verifier and hierarchical selection: a question is right iff some attempt is; a chain of s
+    # attempts misses with (1-q)(1-p_fix)^(s-1), so N/s chains miss with that to the power N/s
+    n, questions = 4, 300
+    policy, verifier = bigram({Q: q, Y: p_fix, X: 1.0 - 1e-6}), x_verifier()
+    accuracy = {}
+    for s in (1, 2, 4):
+        results = chains(Revisions(n, sequential=s), policy, verifier, questions, key=s)
+        accuracy[s] = np.mean([r.answer == "x" for r in results])
+        expected = 1 - ((1 - q) * (1 - p_fix) ** (s - 1)) ** (n // s)
+        assert abs(accuracy[s] - expected) < 4 * np.sqrt(expected * (1 - expected) / questions) + 1e-3, (s, accuracy)
+    assert max(accuracy, key=accuracy.get) == best
+
+
+def test_chains_read_what_a_fresh_prefill_of_the_revision_context_reads():
+    """A random policy and verifier, greedy: every attempt (multi-token, the window sliding, a separator) and its
+    step scores equal a search that prefills the explicit revision context from scratch."""
+    tok = CharTokenizer()
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, max_position_embeddings=512)
+    policy = init_model(config, seed=3, std=0.5)
+    prm = RewardModel(init_model(config, seed=4, std=0.5), ValueHead(), seed=5)
+    verifier = RewardModelVerifier(prm, tok, kind="orm")
+    settings = SearchSettings(delimiter="\n", max_step_tokens=3, max_rounds=2, max_len=128, temperature=0.0,
+                              answer_marks=(), revision_separator="|\n")
+    engine = Engine(policy, pad_id=tok.pad_id)
+    prompts = [tok.encode("Q: 3+4=\n", add_bos=True), tok.encode("Q: 12*2-5=\n", add_bos=True)]
+    strategy = Revisions(10, sequential=5, window=2)
+    results = search(strategy, engine, verifier, tok, prompts, jax.random.key(0), extract_answer=lambda t: t,
+                     settings=settings)
+    sep = tok.encode(settings.revision_separator)
+    for prompt, result in zip(prompts, results):
+        attempts: list[list[int]] = []
+        for cand in [c for c in result.candidates if c.chain == 0]:
+            context = revision_context(prompt, attempts, sep, eos_ids=tok.eos_ids, window=2)
+            [fresh] = search(Beam(1, width=1), engine, verifier, tok, [context], jax.random.key(1),
+                             extract_answer=lambda t: t, settings=settings)
+            assert cand.tokens == fresh.candidates[0].tokens and cand.tokens
+            np.testing.assert_allclose(cand.step_scores, fresh.candidates[0].step_scores, atol=2e-5)
+            attempts.append(list(cand.tokens))
+        assert len(attempts) == 5 and len({a for a in map(tuple, attempts)}) > 1
+        # the other chain is the same greedy chain
+        assert [list(c.tokens) for c in result.candidates if c.chain == 1] == attempts
+
+
+def test_costs_are_counted_exactly_on_a_hand_counted_chain():
+    # window 2 over 6 one-token attempts, no separator: before attempts 2..3 one token is re-read (the last
+    # attempt, for fresh logits), before attempts 4..6 the window slides and its 2 attempts are read again;
+    # the verifier reads the prompt once, each attempt, and the slid windows
+    results = chains(Revisions(12, sequential=6, window=2), bigram({Q: 0.5, X: 0.5, Y: 0.5}), x_verifier(),
+                     questions=3)
+    for r in results:
+        assert r.generated_tokens == 12
+        assert r.reread_tokens == 2 * (1 + 1 + 2 + 2 + 2)
+        assert r.verifier_tokens == 2 + 2 * (6 + 3 * 2)
+        assert [(c.chain, c.attempt) for c in r.candidates] == [(c, a) for c in range(2) for a in range(6)]
+        # the perfect verifier's scores say which attempts are right
+        assert all((c.score > 0.5) == (c.answer == "x") for c in r.candidates)
+
+
+def test_eight_devices_run_chains_like_one():
+    policy = bigram({Q: 0.3, X: 0.8, Y: 0.4})
+    strategy = Revisions(8, sequential=4, window=2)
+    one = chains(strategy, policy, x_verifier(), questions=8, key=5)
+    eight = chains(strategy, policy, x_verifier(), questions=8, key=5, mesh=make_mesh(4, 2))
+    assert [c.text for r in one for c in r.candidates] == [c.text for r in eight for c in r.candidates]
+    assert [r.answer for r in one] == [r.answer for r in eight]
+    assert [r.verifier_tokens for r in one] == [r.verifier_tokens for r in eight]
+
+
+def test_hierarchical_selection_differs_from_flat_on_hand_made_chains():
+    # chain 0: a, a, b (b scores highest); chain 1: b; chain 2: c, c
+    answers = ["a", "a", "b", "b", "c", "c"]
+    scores = [0.5, 0.5, 0.9, 0.2, 0.45, 0.45]
+    chain_of = [0, 0, 0, 1, 2, 2]
+    # within chains: a (1.0 > 0.9), b, c; across the winners (each its own score): a 0.5, b 0.2, c 0.45 -> a
+    assert answers[hierarchical(answers, scores, chain_of)] == "a"
+    assert answers[select("hierarchical", answers, scores, chains=chain_of)] == "a"
+    # flat weighted: b 1.1 > a 1.0 > c 0.9; flat majority over all attempts: a and c tie 2-2, a seen first
+    assert answers[select("weighted", answers, scores)] == "b"
+    assert answers[select("majority", answers, scores)] == "a"
+    # one candidate per chain: hierarchical is weighted
+    assert select("hierarchical", answers, scores) == select("weighted", answers, scores)
+
+
+def test_revision_strategies_are_one_spec_form_and_refuse_bad_settings():
+    assert StrategySpec.from_dict({"kind": "revisions", "sequential": 4}).at(16) == Revisions(16, 4)
+    assert StrategySpec.from_dict({"kind": "revisions", "sequential": "all"}).at(8) == Revisions(8, 8)
+    assert StrategySpec.from_dict({"kind": "revisions", "sequential": 4}).at(6) is None
+    assert Revisions(16, 4).chains == 4 and Revisions(16, 4).budget == 16
+    assert strategy_from_dict(Revisions(8, 2, selection="majority").to_dict()) == Revisions(8, 2, selection="majority")
+    assert not Revisions(8, 2, selection="majority").needs_verifier and Revisions(8, 2).needs_verifier
+    with pytest.raises(ValueError, match="sequential=4 must divide n=6"):
+        Revisions(6, 4)
+    with pytest.raises(ValueError, match="window"):
+        Revisions(8, 4, window=0)
+    with pytest.raises(ValueError, match="sequential"):
+        StrategySpec.from_dict({"kind": "revisions", "sequential": 0})
+    with pytest.raises(ValueError, match="revision window=0"):
+        revision_context([1], [[2]], [3], window=0)
+    assert revision_context([1], [[2, 9], [3], [4], [5, 6]], [7], eos_ids=[9], window=2) == [1, 4, 7, 5, 6, 7]
+    assert without_eos([5, 9], [9]) == [5] and without_eos([], [9]) == []
+
+
+def test_a_sweep_runs_revision_cells_and_records_pass_by_step(tmp_path):
+    policy, tok = toy_policy(0.5, 0.2, 0.3)
+    save_model(policy, tmp_path / "policy")
+    tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
+    save_prm(y_fraction_prm(), str(tmp_path / "prm"))
+    out = tmp_path / "sweep"
+    config = {"out_dir": str(out), "policy": str(tmp_path / "policy"), "verifier": str(tmp_path / "prm"),
+              "task": {"name": "arithmetic", "difficulties": [2]}, "questions": 4, "budgets": [4],
+              "strategies": [{"kind": "best_of_n"}, {"kind": "revisions", "sequential": 2}],
+              "search": {"max_rounds": 4, "max_step_tokens": 8, "max_len": 96}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    assert main(["sweep", "--config", str(path), "--no-progress"]) == 0
+    [cell] = [f for f in os.listdir(out / "results") if f.startswith("revisions")]
+    records = [json.loads(line) for line in (out / "results" / cell).read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        assert r["generations"] == 4 and len(r["pass_by_attempt"]) == 2 and r["reread_tokens"] > 0
+        assert 0 <= r["right_to_wrong"] <= r["right_followed"] <= 2
+        assert r["correct"] == r["by_selection"]["hierarchical"]
