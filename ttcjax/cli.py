@@ -8,6 +8,7 @@
     ttcjax convert SRC DST --to hf|ttcjax [--from auto|hf|ttcjax|gguf]    # SRC: a directory or a .gguf file
     ttcjax train policy --config configs/train/policy-tiny.yaml [--out-dir DIR] [--steps N]
     ttcjax train prm|orm --config configs/train/prm-tiny.yaml
+    ttcjax train revision --config configs/train/revision-tiny.yaml
     ttcjax eval policy --model DIR [--split test] [--per-difficulty 100] [--samples 16]
     ttcjax eval prm --model PRM_DIR --policy DIR [--samples 16]
     ttcjax sweep --config configs/sweep-tiny.yaml [KEY=VALUE ...]
@@ -49,6 +50,7 @@ from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
+from ttcjax.training.revisions import RevisionTrainConfig, train_revision
 from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
 from ttcjax.verifiers.loading import verifier_by_name
 
@@ -337,7 +339,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    config_cls = PolicyTrainConfig if args.what == "policy" else PRMTrainConfig
+    config_cls = {"policy": PolicyTrainConfig, "revision": RevisionTrainConfig}.get(args.what, PRMTrainConfig)
     data = load_yaml_config(args.config, {f.name for f in dataclasses.fields(config_cls)})
     if args.out_dir:
         data["out_dir"] = args.out_dir
@@ -347,6 +349,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     command = " ".join(["ttcjax"] + list(sys.argv[1:] if args.argv is None else args.argv))
     if args.what == "policy":
         summary = train_policy(config, command=command, progress=not args.no_progress)
+    elif args.what == "revision":
+        summary = train_revision(config, command=command, progress=not args.no_progress)
     else:
         summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress)
     print(json.dumps({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
@@ -509,9 +513,10 @@ def build_parser() -> argparse.ArgumentParser:
     conv.add_argument("--to", choices=["hf", "ttcjax"], required=True)
     conv.add_argument("--overwrite", action="store_true")
     conv.set_defaults(func=cmd_convert)
-    train = sub.add_parser("train", help="train a policy (supervised fine-tuning on a task), or a "
-                                         "process / outcome reward model on Monte-Carlo labels of a policy")
-    train.add_argument("what", choices=["policy", "prm", "orm"])
+    train = sub.add_parser("train", help="train a policy (supervised fine-tuning on a task), a process / outcome "
+                                         "reward model on Monte-Carlo labels of a policy, or a revision model on "
+                                         "a policy's own incorrect-then-correct answers")
+    train.add_argument("what", choices=["policy", "prm", "orm", "revision"])
     train.add_argument("--config", required=True, help="YAML training config (see configs/train/)")
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.add_argument("--steps", type=int, help="override the config's steps")

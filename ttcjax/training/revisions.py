@@ -1,0 +1,455 @@
+"""`ttcjax train revision`: the paper's revision model (section 6.1). Sample many answers per training question from
+the policy at a high temperature, pair each correct answer with up to four of the question's incorrect ones in
+context, and fine-tune a model on the correct answer as the final turn.
+
+The recipe, as the paper gives it: answers without a final answer are dropped; for each correct answer the number
+of incorrect answers in context, k, is drawn uniformly from {0, ..., min(4, incorrect answers of the question)};
+when k > 0 the last of them (the one just before the correct answer) is the incorrect answer nearest to the correct
+one by character edit distance, and the other k - 1 are drawn at random without replacement from the rest, in a
+random order. A training example is
+
+    context = revision_context(prompt, the k incorrect attempts, separator)   (ttcjax.search.revisions)
+    target  = the correct attempt's tokens without a final EOS, then EOS      (the only tokens the loss covers)
+
+Output directory (besides the training loop's checkpoints/ and metrics.jsonl):
+    data/samples/<split>-<start>.json  the policy's samples, one shard per generate call (a rerun reuses them)
+    data/train.jsonl                   the training examples (one JSON object per line; see `example_record`)
+    data/validation.jsonl              held-out examples from split "validation", built the same way
+    data/summary.json                  what the data cost (samples, tokens, questions without a correct answer,
+                                       examples per k, seconds); written last, so the data are complete with it
+    model/                             the fine-tuned model, its tokenizer and revision.json (separator, window)
+    train_summary.json                 config, command, time, metrics
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import platform
+import time
+from typing import Any, Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from rapidfuzz.distance import Levenshtein
+from rapidfuzz.process import cdist
+
+from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
+from ttcjax.decoding.engine import Engine, Sampling
+from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json, write_jsonl
+from ttcjax.models import Transformer
+from ttcjax.models.sharding import parse_mesh
+from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
+from ttcjax.search.sampling import MAX_NEW_TOKENS, solution_stop
+from ttcjax.tasks.base import ProblemRecord, Task
+from ttcjax.tasks.registry import training_task
+from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, epoch_batches, lm_loss,
+                                  pack_examples, train_loop)
+
+DATA_DIR = "data"
+SAMPLES_DIR = "samples"
+DATA_SUMMARY_FILE = "summary.json"
+REVISION_FILE = "revision.json"  # beside a revision model: {"separator": text, "window": 4}
+SPLITS = ("train", "validation")
+
+
+# ---- pairing ------------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Pairing:
+    """One training example's choice of attempts: `context` indexes the incorrect answers in context order (the
+    last is the nearest to the correct answer), `correct` the correct answer trained on; `distance` is the
+    character edit distance between that last incorrect answer and the correct one (None when k = 0)."""
+
+    k: int
+    context: tuple[int, ...]
+    correct: int
+    distance: int | None
+
+
+def pair_attempts(correct: Sequence[str], incorrect: Sequence[str], rng: np.random.Generator,
+                  max_k: int = REVISION_WINDOW) -> list[Pairing]:
+    """One `Pairing` per correct answer, in order: k uniform on {0, ..., min(max_k, len(incorrect))}; when k > 0
+    the last incorrect answer in context is the one nearest to the correct answer by character edit distance
+    (ties: the lowest index), the other k - 1 drawn without replacement from the rest, in a random order."""
+    if max_k < 0:
+        raise ValueError(f"max_k={max_k} must be >= 0.")
+    top = min(max_k, len(incorrect))
+    distances = (cdist(list(correct), list(incorrect), scorer=Levenshtein.distance, dtype=np.int64)
+                 if correct and incorrect else np.zeros((len(correct), 0), np.int64))  # [correct, incorrect]
+    out = []
+    for c in range(len(correct)):
+        k = int(rng.integers(0, top + 1))
+        if k == 0:
+            out.append(Pairing(0, (), c, None))
+            continue
+        nearest = int(np.argmin(distances[c]))  # the first of equal minima
+        rest = np.delete(np.arange(len(incorrect)), nearest)
+        others = rng.choice(rest, size=k - 1, replace=False).tolist()
+        out.append(Pairing(k, tuple(others) + (nearest,), c, int(distances[c, nearest])))
+    return out
+
+
+# ---- the config ---------------------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class RevisionTrainConfig:
+    """Everything `ttcjax train revision --config FILE` reads (each field is a YAML key)."""
+
+    out_dir: str
+    init_from: str  # the checkpoint to fine-tune (the paper fine-tunes the base model)
+    policy: str | None = None  # the checkpoint whose samples make the data; default: init_from
+    tokenizer: str | None = None  # default: the policy directory's tokenizer
+    task: dict = dataclasses.field(default_factory=dict)  # the task as YAML ({name: gsm8k, path: ...}); without a
+    #   name, the built-in arithmetic task's fields
+    num_questions: int = 1000  # training-split questions to sample
+    eval_questions: int = 100  # validation-split questions whose examples give the validation loss (0: none)
+    samples_per_question: int = 64  # answers sampled in parallel per question (the paper's 64)
+    temperature: float = 1.0  # "a higher temperature" than the policy's usual 0.8
+    max_new_tokens: int = MAX_NEW_TOKENS  # per answer
+    sample_batch_size: int = 256  # rows per generate call (questions per call: this // samples_per_question)
+    separator: str = REVISION_SEPARATOR  # text after each earlier attempt in context (saved with the model)
+    seq_len: int = 512  # packed row length; longer examples are dropped (counted in data/summary.json)
+    batch_size: int = 32  # packed rows per step (global; split over the mesh's data axis)
+    steps: int = 300
+    lr: float = 1e-3  # the paper: 1e-5 at batch 128 for a large model; a tiny char model wants more
+    warmup_steps: int = 30
+    min_lr_ratio: float = 0.1
+    weight_decay: float = 0.1
+    b1: float = 0.9
+    b2: float = 0.95
+    clip_norm: float = 1.0
+    seed: int = 0
+    log_every: int = 10
+    checkpoint_every: int = 50
+    keep_checkpoints: int = 2
+    eval_every: int = 50  # validation loss every this many steps (0: at the end only); the paper picks a checkpoint
+    #   slightly after it starts rising
+    mesh: str = "auto"
+
+    def __post_init__(self):
+        for name in ("num_questions", "samples_per_question", "max_new_tokens", "sample_batch_size", "batch_size"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
+        if self.eval_questions < 0:
+            raise ValueError(f"eval_questions={self.eval_questions} must be >= 0 (0: no validation loss).")
+        if self.temperature <= 0:
+            raise ValueError(f"temperature={self.temperature} must be > 0 (the data need varied answers).")
+        if self.seq_len < 8:
+            raise ValueError(f"seq_len={self.seq_len} must be >= 8.")
+        if not isinstance(self.separator, str) or not self.separator:
+            raise ValueError(f"separator={self.separator!r} must be non-empty text (e.g. {REVISION_SEPARATOR!r}).")
+        for name in ("init_from", "policy"):
+            path = getattr(self, name)
+            if path is not None and not os.path.exists(path):
+                raise FileNotFoundError(f"{name}: {path} does not exist; point it at a checkpoint directory "
+                                        "(e.g. ttcjax/assets/policies/tiny/model).")
+        self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        task = self.make_task()
+        task.check_split("train")
+        if self.eval_questions:
+            task.check_split("validation")
+        check_separator(load_tokenizer(self.tokenizer_path), self.separator)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any], source: str = "config") -> "RevisionTrainConfig":
+        check_options(cls, data, source, required=("out_dir", "init_from"))
+        try:
+            return cls(**data)
+        except TypeError as e:
+            raise ValueError(f"{source}: {e}") from None
+
+    def make_task(self) -> Task:
+        return training_task(self.task)
+
+    @property
+    def policy_path(self) -> str:
+        return self.policy or self.init_from
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.policy_path
+
+    @property
+    def optim(self) -> OptimConfig:
+        return OptimConfig.from_fields(self)
+
+
+def check_separator(tokenizer: Tokenizer, separator: str) -> list[int]:
+    """The separator's ids; ValueError naming the field when the tokenizer cannot write it (it would read back as
+    other text, e.g. an unknown character)."""
+    ids = tokenizer.encode(separator)
+    if not ids or tokenizer.decode(ids, skip_special=False) != separator:
+        raise ValueError(f"separator={separator!r}: tokenizer {tokenizer!r} cannot encode it (it reads back as "
+                         f"{tokenizer.decode(ids, skip_special=False)!r}); choose text it can write, e.g. "
+                         f"{REVISION_SEPARATOR!r}.")
+    return ids
+
+
+def save_revision_settings(model_dir: str, separator: str, window: int = REVISION_WINDOW) -> None:
+    """`model_dir/revision.json`: what a revision model reads between attempts, so inference uses the same."""
+    write_json(os.path.join(model_dir, REVISION_FILE), {"separator": separator, "window": window})
+
+
+def load_revision_settings(model_dir: str) -> dict[str, Any]:
+    """{"separator": text, "window": int} from `model_dir/revision.json` (ValueError naming the file if bad)."""
+    path = os.path.join(model_dir, REVISION_FILE)
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} not found: {model_dir} is not a revision model (ttcjax train revision "
+                                "writes one).")
+    with open(path) as f:
+        data = json.load(f)
+    if not (isinstance(data, dict) and isinstance(data.get("separator"), str) and isinstance(data.get("window"), int)
+            and data["window"] >= 1):
+        raise ValueError(f"{path}: expected {{\"separator\": text, \"window\": int >= 1}}; got {data!r}.")
+    return data
+
+
+# ---- sampling -----------------------------------------------------------------------------------------------
+
+
+def _shard_path(config: RevisionTrainConfig, split: str, start: int) -> str:
+    return os.path.join(config.out_dir, DATA_DIR, SAMPLES_DIR, f"{split}-{start:06d}.json")
+
+
+def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tokenizer: Tokenizer,
+                    problems: Sequence[ProblemRecord], split: str, progress: bool = False) -> list[dict]:
+    """`samples_per_question` generated token lists per problem, problem-major, as shards of one generate call each
+    ({"start", "tokens": [[ids] per sample of each problem], "generated_tokens", "seconds"}); each shard is written
+    atomically and reused by a rerun. A call's key is the seed folded with the split and the call's first problem,
+    so a resumed build draws exactly what an uninterrupted one would have."""
+    n = config.samples_per_question
+    per_call = max(1, config.sample_batch_size // n)
+    key = jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split))
+    sampling, stop = Sampling(temperature=config.temperature), solution_stop(task, tokenizer)
+    shards = []
+    for start in range(0, len(problems), per_call):
+        path = _shard_path(config, split, start)
+        if os.path.exists(path):
+            with open(path) as f:
+                shards.append(json.load(f))
+            continue
+        started = time.perf_counter()
+        chunk = problems[start:start + per_call]
+        completions = engine.generate([task.encode_prompt(p, tokenizer) for p in chunk],
+                                      jax.random.fold_in(key, start), max_new_tokens=config.max_new_tokens,
+                                      sampling=sampling, stop=stop, n=n)
+        tokens = [[c.tokens for c in completions[i * n:(i + 1) * n]] for i in range(len(chunk))]
+        shard = {"start": start, "problem_ids": [p.id for p in chunk], "tokens": tokens,
+                 "generated_tokens": sum(len(c.tokens) for c in completions),
+                 "seconds": time.perf_counter() - started}
+        write_json(path, shard)
+        shards.append(shard)
+        if progress:
+            print(f"revision data ({split}): sampled {min(start + per_call, len(problems))}/{len(problems)} "
+                  "questions", flush=True)
+    return shards
+
+
+# ---- examples -----------------------------------------------------------------------------------------------
+
+
+def example_record(problem: ProblemRecord, prompt: list[int], attempts: Sequence[list[int]],
+                   texts: Sequence[str], pairing: Pairing, incorrect: Sequence[int], correct: Sequence[int]) -> dict:
+    """One line of data/<split>.jsonl: the question, its prompt ids, the k incorrect attempts in context order
+    (ids as generated, and text), the correct attempt, k and the nearest edit distance. `incorrect` and `correct`
+    map the pairing's indices to sample indices."""
+    context = [incorrect[i] for i in pairing.context]
+    target = correct[pairing.correct]
+    return {"problem_id": problem.id, "question": problem.question, "prompt_tokens": prompt, "k": pairing.k,
+            "incorrect": [{"tokens": attempts[s], "text": texts[s]} for s in context],
+            "correct": {"tokens": attempts[target], "text": texts[target]},
+            "nearest_distance": pairing.distance}
+
+
+def encode_revision_example(record: dict, separator_ids: Sequence[int], eos_ids: Sequence[int],
+                            eos_id: int | None) -> tuple[list[int], list[int]]:
+    """(context ids, target ids) of one data record: the context as `revision_context` writes it, the target the
+    correct attempt without a final EOS, then `eos_id` (when the tokenizer has one). The loss covers the target."""
+    context = revision_context(record["prompt_tokens"], [a["tokens"] for a in record["incorrect"]], separator_ids,
+                               eos_ids=eos_ids, window=REVISION_WINDOW)
+    target = without_eos(record["correct"]["tokens"], eos_ids) + ([] if eos_id is None else [eos_id])
+    return context, target
+
+
+def build_split(config: RevisionTrainConfig, task: Task, engine: Engine, tokenizer: Tokenizer, split: str,
+                progress: bool = False) -> tuple[list[dict], dict]:
+    """Sample, grade and pair one split's questions: (records, cost)."""
+    count = config.num_questions if split == "train" else config.eval_questions
+    problems = task.problems(split, limit=count, seed=config.seed)
+    shards = sample_attempts(config, task, engine, tokenizer, problems, split, progress)
+    sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)
+    records, per_k = [], [0] * (REVISION_WINDOW + 1)
+    dropped = no_correct = correct_total = incorrect_total = too_long = 0
+    attempts_of = [attempts for shard in shards for attempts in shard["tokens"]]
+    for index, (problem, attempts) in enumerate(zip(problems, attempts_of)):
+        texts = [tokenizer.decode(without_eos(a, eos_ids)) for a in attempts]
+        answers = [task.extract_answer(t) for t in texts]
+        valid = [s for s, a in enumerate(answers) if a is not None]
+        dropped += len(attempts) - len(valid)
+        verdicts = task.grade(problem, [answers[s] for s in valid])
+        correct = [s for s, ok in zip(valid, verdicts) if ok]
+        incorrect = [s for s, ok in zip(valid, verdicts) if not ok]
+        correct_total, incorrect_total = correct_total + len(correct), incorrect_total + len(incorrect)
+        no_correct += not correct
+        rng = np.random.default_rng([config.seed, SPLITS.index(split), index])
+        prompt = task.encode_prompt(problem, tokenizer)
+        for pairing in pair_attempts([texts[s] for s in correct], [texts[s] for s in incorrect], rng):
+            record = example_record(problem, prompt, attempts, texts, pairing, incorrect, correct)
+            context, target = encode_revision_example(record, sep, eos_ids, tokenizer.eos_id)
+            if len(context) + len(target) > config.seq_len + 1:
+                too_long += 1
+                continue
+            records.append(record)
+            per_k[pairing.k] += 1
+    cost = {"questions": len(problems), "samples_drawn": len(problems) * config.samples_per_question,
+            "generated_tokens": sum(s["generated_tokens"] for s in shards),
+            "sampling_seconds": sum(s["seconds"] for s in shards),
+            "answers_without_final_answer": dropped, "correct_answers": correct_total,
+            "incorrect_answers": incorrect_total, "questions_without_correct": no_correct,
+            "examples": len(records), "examples_per_k": {str(k): c for k, c in enumerate(per_k)},
+            "examples_too_long": too_long}
+    return records, cost
+
+
+def read_examples(path: str) -> list[dict]:
+    """The records of a data/<split>.jsonl (ValueError naming the file and line if one is malformed)."""
+    records = []
+    with open(path) as f:
+        for number, line in enumerate(f, start=1):
+            try:
+                record = json.loads(line)
+                fields = [record["prompt_tokens"], record["correct"]["tokens"]]
+                fields += [a["tokens"] for a in record["incorrect"]]
+                if not all(isinstance(ids, list) for ids in fields):
+                    raise TypeError("token ids are not lists")
+            except (json.JSONDecodeError, KeyError, TypeError) as e:
+                raise ValueError(f"{path}:{number}: not a revision example ({e!r}); delete "
+                                 f"{os.path.dirname(path)} to build the data again.") from None
+            records.append(record)
+    return records
+
+
+def build_revision_data(config: RevisionTrainConfig, tokenizer: Tokenizer, mesh=None,
+                        progress: bool = False) -> tuple[dict[str, list[dict]], dict]:
+    """The examples of each split and data/summary.json's cost record. Reuses complete data (summary.json present);
+    otherwise samples what is missing (completed shards are kept), pairs and writes every file atomically, the
+    summary last."""
+    data_dir = os.path.join(config.out_dir, DATA_DIR)
+    summary_path = os.path.join(data_dir, DATA_SUMMARY_FILE)
+    splits = SPLITS if config.eval_questions else SPLITS[:1]
+    if os.path.exists(summary_path):
+        with open(summary_path) as f:
+            summary = json.load(f)
+        return {s: read_examples(os.path.join(data_dir, f"{s}.jsonl")) for s in splits}, summary
+    started = time.perf_counter()
+    task = config.make_task()
+    policy = load_any(config.policy_path)
+    check_tokenizer_fits(tokenizer, policy.config.vocab_size, source=f"policy {config.policy_path}")
+    engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
+    data, summary = {}, {"policy": config.policy_path, "temperature": config.temperature,
+                         "samples_per_question": config.samples_per_question, "separator": config.separator,
+                         "window": REVISION_WINDOW}
+    for split in splits:
+        data[split], summary[split] = build_split(config, task, engine, tokenizer, split, progress)
+        write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), data[split])
+    summary["wall_seconds_this_run"] = time.perf_counter() - started
+    summary["sampling_seconds"] = sum(summary[s]["sampling_seconds"] for s in splits)  # over every run's shards
+    write_json(summary_path, summary)
+    return data, summary
+
+
+# ---- training -----------------------------------------------------------------------------------------------
+
+
+_eval_batch = jax.jit(lambda graphdef, state, batch: lm_loss(nnx.merge(graphdef, state), batch)[:2],
+                      static_argnums=(0,))
+
+
+def validation_loss(model: Transformer, packed: PackedRows, batch_size: int) -> float:
+    """Mean next-token cross-entropy over the targets of `packed` (every row once, in batches of `batch_size`)."""
+    graphdef, state = nnx.split(model)
+    total, weight = 0.0, 0.0
+    for start in range(0, len(packed), batch_size):
+        index = np.arange(start, min(start + batch_size, len(packed)))
+        index = np.pad(index, (0, batch_size - len(index)), constant_values=-1)
+        batch = packed.rows(np.maximum(index, 0))
+        batch["loss_mask"] = batch["loss_mask"] * (index >= 0)[:, None]  # padding rows count for nothing
+        loss, w = _eval_batch(graphdef, state, jax.tree.map(jnp.asarray, batch))
+        total, weight = total + float(loss), weight + float(w)
+    return total / max(weight, 1.0)
+
+
+ChainEval = Callable[[Transformer, int], dict]
+
+
+def train_revision(config: RevisionTrainConfig, *, command: str | None = None, stop_after: int | None = None,
+                   progress: bool = True, chain_eval: ChainEval | None = None) -> dict[str, Any]:
+    """Build (or reuse) the revision data, then fine-tune `init_from` on it; returns (and writes) the summary.
+
+    Rerunning with the same `out_dir` reuses the data and resumes from the last checkpoint; another config there is
+    refused. The validation loss is logged every `eval_every` steps and at the end. `chain_eval(model, step)` is the
+    hook for pass@1 per revision step (the compiled chain episode, ttcjax.search.chains): its metrics join each
+    evaluation's.
+    """
+    started = time.perf_counter()
+    bind_run_dir(config.out_dir, bound_fields(config), "train revision")
+    tokenizer = load_tokenizer(config.tokenizer_path)
+    model = load_any(config.init_from)
+    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
+    mesh = parse_mesh(config.mesh)
+    data, data_summary = build_revision_data(config, tokenizer, mesh, progress)
+    sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)
+
+    def packed_split(split):
+        return pack_examples([encode_revision_example(r, sep, eos_ids, tokenizer.eos_id) for r in data[split]],
+                             config.seq_len, tokenizer.pad_id)
+
+    if not data["train"]:
+        raise ValueError(f"no training examples: the policy {config.policy_path} answered none of "
+                         f"{config.num_questions} questions correctly; raise num_questions or samples_per_question.")
+    packed = packed_split("train")
+    packed_val = packed_split("validation") if data.get("validation") else None
+    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+
+    def evaluate(model, step):
+        result = {} if packed_val is None else {"loss": validation_loss(model, packed_val, config.batch_size)}
+        return {**result, **(chain_eval(model, step) if chain_eval is not None else {})}
+
+    evaluates = packed_val is not None or chain_eval is not None  # eval_questions 0 and no hook: nothing to log
+
+    result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                        evaluate=evaluate if evaluates else None, eval_every=config.eval_every,
+                        stop_after=stop_after, progress=progress, desc="train revision")
+    summary: dict[str, Any] = {
+        "kind": "revision",
+        "command": command,
+        "config": dataclasses.asdict(config),
+        "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
+        "data": {"train_examples": len(data["train"]), "packed_rows": len(packed),
+                 "target_tokens": int(packed.loss_mask.sum()),
+                 "validation_examples": len(data.get("validation", [])), "cost": data_summary},
+        "step": result.final_step,
+        "finished": result.final_step == config.steps,
+        "resumed_from": result.resumed_from,
+        "wall_seconds_this_run": time.perf_counter() - started,
+        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                   f"({jax.default_backend()}, {jax.device_count()} devices)",
+        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+        "validation": [m for m in result.metrics if "eval" in m],
+    }
+    if summary["finished"]:
+        model_dir = os.path.join(config.out_dir, MODEL_DIR)
+        save_model(result.model, model_dir, overwrite=True)
+        save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
+        save_revision_settings(model_dir, config.separator)
+    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
+    return summary
