@@ -12,10 +12,10 @@ import ttcjax
 from ttcjax.checkpoints.native import load_model, save_model
 from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.cli import main
-from ttcjax.decoding.engine import Completion
 from ttcjax.io import read_yaml
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.search.revisions import REVISION_SEPARATOR, revision_context, without_eos
+from ttcjax.training import revisions
 from ttcjax.training.loop import pack_examples
 from ttcjax.training.revisions import (DATA_DIR, RevisionTrainConfig, build_revision_data, build_split,
                                        encode_revision_example, load_revision_settings, pair_attempts, train_revision)
@@ -80,27 +80,26 @@ def test_k_is_uniform_on_zero_to_four():
     assert frequencies.size == 3 and np.all(np.abs(frequencies - 1 / 3) < 4 * np.sqrt(2 / 9 / ks.size)), frequencies
 
 
-class ScriptedEngine:
-    """Stands in for `Engine.generate`: every prompt gets the same scripted answers, `n` of them."""
+def scripted(monkeypatch, tokenizer, texts):
+    """Every prompt's sampled answers are `texts` (in place of the search loop's best-of-N)."""
+    answers = [tokenizer.encode(t) + ([tokenizer.eos_id] if t.endswith("\n\n") else []) for t in texts]
 
-    def __init__(self, tokenizer, texts):
-        self.answers = [tokenizer.encode(t) + ([tokenizer.eos_id] if t.endswith("\n\n") else []) for t in texts]
+    def first_attempts(engine, tokenizer, task, prompts, key, *, n, settings):
+        assert n == len(answers)
+        return [list(answers) for _ in prompts], sum(map(len, answers)) * len(prompts)
 
-    def generate(self, prompts, key=None, *, max_new_tokens, sampling, stop, n=1, max_len=None):
-        assert n == len(self.answers)
-        return [Completion(row // n, self.answers[row % n], [0.0] * len(self.answers[row % n]), "stop")
-                for row in range(len(prompts) * n)]
+    monkeypatch.setattr(revisions, "first_attempts", first_attempts)
 
 
 def _config(tmp_path, **overrides):
     base = dict(out_dir=str(tmp_path / "run"), init_from=SHIPPED_POLICY, task={"difficulties": [2]},
-                num_questions=1, eval_questions=0, samples_per_question=7, max_new_tokens=64, seq_len=512,
+                num_questions=1, eval_questions=0, samples_per_question=7, seq_len=512,
                 batch_size=2, steps=2, warmup_steps=1, mesh="none")
     base.update(overrides)
     return RevisionTrainConfig(**base)
 
 
-def test_answers_without_a_final_answer_are_dropped(tmp_path):
+def test_answers_without_a_final_answer_are_dropped(tmp_path, monkeypatch):
     config = _config(tmp_path)
     task, tok = config.make_task(), CharTokenizer()
     (problem,) = task.problems("train", limit=1, seed=config.seed)
@@ -109,7 +108,8 @@ def test_answers_without_a_final_answer_are_dropped(tmp_path):
     wrong = [f"The answer is {answer + 1}\n\n", f"The answer is {answer + 2}\n\n", f"x\nThe answer is {answer + 3}\n\n"]
     unfinished = ["7*3=", "1+2=3\n\n"]  # cut off, or ended without an answer
     texts = [right[0], unfinished[0], wrong[0], wrong[1], unfinished[1], right[1], wrong[2]]
-    records, cost = build_split(config, task, ScriptedEngine(tok, texts), tok, "train")
+    scripted(monkeypatch, tok, texts)
+    records, cost = build_split(config, task, None, tok, "train")
     assert cost["answers_without_final_answer"] == 2
     assert (cost["correct_answers"], cost["incorrect_answers"], cost["examples"]) == (2, 3, 2)
     assert cost["samples_drawn"] == 7 and cost["questions_without_correct"] == 0
@@ -120,8 +120,8 @@ def test_answers_without_a_final_answer_are_dropped(tmp_path):
         assert all(a["text"] in wrong for a in record["incorrect"]) and len(record["incorrect"]) == record["k"]
         assert record["prompt_tokens"] == task.encode_prompt(problem, tok)
     # a question whose answers are all wrong or unfinished gives no example and is counted
-    records, cost = build_split(_config(tmp_path / "none"), task, ScriptedEngine(tok, wrong + unfinished + wrong[:2]),
-                                tok, "train")
+    scripted(monkeypatch, tok, wrong + unfinished + wrong[:2])
+    records, cost = build_split(_config(tmp_path / "none"), task, None, tok, "train")
     assert records == [] and cost["questions_without_correct"] == 1 and cost["answers_without_final_answer"] == 2
 
 
@@ -161,7 +161,7 @@ def test_cli_train_revision_end_to_end_with_resume(tmp_path, capsys):
     out = tmp_path / "run"
     cfg = tmp_path / "revision.yaml"
     cfg.write_text(f"out_dir: {out}\ninit_from: {init}\npolicy: {SHIPPED_POLICY}\ntask: {{difficulties: [2]}}\n"
-                   "num_questions: 6\neval_questions: 3\nsamples_per_question: 4\nmax_new_tokens: 64\n"
+                   "num_questions: 6\neval_questions: 3\nsamples_per_question: 4\n"
                    "sample_batch_size: 8\nseq_len: 256\nbatch_size: 2\nsteps: 4\nwarmup_steps: 1\nlog_every: 1\n"
                    "checkpoint_every: 2\neval_every: 2\nmesh: none\n")
     config = RevisionTrainConfig.from_dict(read_yaml(cfg))
@@ -177,6 +177,11 @@ def test_cli_train_revision_end_to_end_with_resume(tmp_path, capsys):
     assert len(lines) == train_cost["examples"]
     record = json.loads(lines[0])
     assert {"problem_id", "question", "k", "incorrect", "correct", "nearest_distance"} <= set(record)
+    # the answers were sampled by the search loop, which ends them where a chain's attempts end (on the built-in
+    # task: the empty step, the blank line after the answer)
+    for line in lines:
+        text = json.loads(line)["correct"]["text"]
+        assert text.endswith("The answer is " + text.split("The answer is ")[-1].strip() + "\n\n")
     stamps = {p: os.path.getmtime(p) for p in [data / "train.jsonl", *(data / "samples").iterdir()]}
 
     assert main(["train", "revision", "--config", str(cfg), "--no-progress"]) == 0
@@ -189,6 +194,16 @@ def test_cli_train_revision_end_to_end_with_resume(tmp_path, capsys):
     assert [m["step"] for m in evals if "eval" in m] == [2, 4]  # every eval_every, across the resume
     assert load_revision_settings(str(out / "model")) == {"separator": "\n", "window": 4}
     assert load_model(out / "model").config.hidden_size == 32 and (out / "model" / "ttcjax_tokenizer.json").exists()
+
+    # pass@1 per revision step of the fine-tuned model (4 steps of a random model: the numbers are only consistent)
+    path = tmp_path / "eval.json"
+    assert main(["eval", "revision", "--model", str(out / "model"), "--task", "{name: arithmetic, difficulties: [2]}", "--questions", "3",
+                 "--chains", "2", "--sequential", "3", "--mesh", "none", "--output", str(path)]) == 0
+    result = json.loads(path.read_text())
+    overall = result["all"]
+    assert overall["problems"] == 3 and len(overall["pass@1_by_step"]) == 3 and result["by_difficulty"]["2"]
+    assert max(overall["pass@1_by_step"]) <= overall["pass@6"] and overall["majority"] <= overall["pass@6"]
+    assert result["generated_tokens"] > 0 and result["reread_tokens"] > 0 and result["separator"] == "\n"
 
     # the data rebuild from the kept samples when the paired files are lost, equal to the first
     before = (data / "train.jsonl").read_text()

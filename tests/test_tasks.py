@@ -199,6 +199,10 @@ def test_auto_prompt_is_chat_for_instruct_tokenizers_few_shot_from_separate_data
     assert auto.prompt_style(CHARS) == "few_shot"  # a base model: 4 of the 6 solved train problems first
     assert auto.prompt_text(problem, CHARS) == GSM8KTask(str(gsm8k_dir), Prompt(style="few_shot")).prompt_text(
         problem, CHARS)
+    # training on the shots split itself: plain (its examples would be its own neighbours)
+    train_problem = auto.problems("train")[0]
+    assert auto.prompt_style(CHARS, train_problem) == "plain" and auto.prompt_style(CHARS, problem) == "few_shot"
+    assert auto.prompt_text(train_problem, CHARS) == train_problem.question
     assert GSM8KTask(str(gsm8k_dir), Prompt(shots=7)).prompt_style(CHARS) == "plain"  # too few solved examples
     # a single file answers every split: it is never its own examples
     assert GSM8KTask(str(gsm8k_dir / "train.jsonl")).prompt_style(CHARS) == "plain"

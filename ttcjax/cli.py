@@ -48,9 +48,10 @@ from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
+from ttcjax.search.settings import SearchSettings
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
-from ttcjax.training.revisions import RevisionTrainConfig, train_revision
+from ttcjax.training.revisions import RevisionTrainConfig, evaluate_revision, load_revision_settings, train_revision
 from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
 from ttcjax.verifiers.loading import verifier_by_name
 
@@ -386,6 +387,15 @@ def cmd_eval(args: argparse.Namespace) -> int:
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
+    elif args.what == "revision":
+        model = load_any(args.model)
+        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
+        revision = load_revision_settings(args.model)
+        settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature}).for_task(task)
+        result = evaluate_revision(model, tokenizer, task, problems, settings=settings, separator=revision["separator"],
+                                   window=revision["window"], chains=args.chains, sequential=args.sequential,
+                                   seed=args.seed, mesh=mesh)
     else:
         if not args.policy:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
@@ -525,7 +535,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev = sub.add_parser("eval", help="evaluate on a task: a policy (greedy accuracy, pass@k) or a verifier (best-of-N, "
                                      "weighted and majority selection over the policy's samples; the step ROC-AUC "
                                      "against the exact oracle where the task has one)")
-    ev.add_argument("what", choices=["policy", "prm"])
+    ev.add_argument("what", choices=["policy", "prm", "revision"])
     ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm directory, a shipped "
                                                    "name, or 'none') to judge")
     ev.add_argument("--policy", help="eval prm: the policy whose samples are scored")
@@ -542,6 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--temperature", type=float, default=0.8)
     ev.add_argument("--max-new-tokens", type=int, default=MAX_NEW_TOKENS, help="tokens a solution may take "
                     f"(default {MAX_NEW_TOKENS}, the built-in task's; raise it for GSM8K or MATH)")
+    ev.add_argument("--chains", type=int, default=4, help="eval revision: chains per question")
+    ev.add_argument("--sequential", type=int, default=8, help="eval revision: attempts per chain (pass@1 is "
+                    "reported at each)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")

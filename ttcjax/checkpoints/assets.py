@@ -22,7 +22,7 @@ import sys
 from pathlib import Path
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # ttcjax/assets
-KINDS = {"policy": "policies", "prm": "prms", "orm": "orms"}
+KINDS = {"policy": "policies", "prm": "prms", "orm": "orms", "revision": "revisions"}
 
 
 def asset_path(kind: str, name: str = "tiny") -> str:

@@ -68,7 +68,9 @@ class Prompt:
 
     * ``style="auto"`` (the default): ``chat`` where the policy's tokenizer ships a chat template (an instruct
       model), else ``few_shot`` where the task has solved examples of its own apart from the problems (a base
-      model; see :meth:`Task.has_solved_examples`), else ``plain``. :meth:`Task.prompt_style` resolves it.
+      model; see :meth:`Task.has_solved_examples`) and the problem is not from the shots split (training on
+      it: plain), else ``plain``. :meth:`Task.prompt_style` resolves it. A model fine-tuned on the task's plain
+      prompts is best asked with ``style="plain"``.
     * ``style="plain"``: ``template`` with ``{question}`` replaced by the question.
     * ``style="few_shot"``: ``shots`` solved examples from split ``shots_split`` (drawn by ``shots_seed``, never
       the problem itself), each written as the template, its reference solution and the task's solution end,
@@ -176,7 +178,7 @@ class Task(ABC):
         """The policy's prompt for ``problem`` as text (see :class:`Prompt` for each style). A chat prompt needs a
         tokenizer with a chat template (ValueError otherwise); a few-shot prompt needs ``prompt.shots`` other
         records in ``prompt.shots_split`` (ValueError otherwise)."""
-        prompt, style = self.prompt, self.prompt_style(tokenizer)
+        prompt, style = self.prompt, self.prompt_style(tokenizer, problem)
         if style == "chat":
             content = prompt.write(problem.question)
             if prompt.instruction:
@@ -191,13 +193,16 @@ class Task(ABC):
             return examples + prompt.write(problem.question)
         return prompt.write(problem.question)
 
-    def prompt_style(self, tokenizer: Tokenizer) -> str:
-        """The prompt style used with ``tokenizer``: ``prompt.style``, with ``auto`` resolved (see :class:`Prompt`)."""
+    def prompt_style(self, tokenizer: Tokenizer, problem: ProblemRecord | None = None) -> str:
+        """The prompt style used with ``tokenizer`` (for ``problem``): ``prompt.style``, with ``auto`` resolved (see
+        :class:`Prompt`). A problem of the shots split itself (training on it) is never few-shot: its examples
+        would be its own neighbours."""
         if self.prompt.style != "auto":
             return self.prompt.style
         if tokenizer.chat_template is not None:
             return "chat"
-        return "few_shot" if self.has_solved_examples() else "plain"
+        own_split = problem is not None and problem.metadata.get("split") == self.prompt.shots_split
+        return "few_shot" if self.has_solved_examples() and not own_split else "plain"
 
     def has_solved_examples(self) -> bool:
         """Whether ``prompt.shots`` solved examples can be drawn from ``prompt.shots_split`` without ever showing a

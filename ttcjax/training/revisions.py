@@ -39,16 +39,19 @@ from rapidfuzz.process import cdist
 
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
-from ttcjax.decoding.engine import Engine, Sampling
+from ttcjax.decoding.engine import Engine
 from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json, write_jsonl
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
-from ttcjax.search.sampling import MAX_NEW_TOKENS, solution_stop
+from ttcjax.search.run import search
+from ttcjax.search.settings import SearchSettings
+from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, epoch_batches, lm_loss,
                                   pack_examples, train_loop)
+from ttcjax.verifiers.base import NoVerifier
 
 DATA_DIR = "data"
 SAMPLES_DIR = "samples"
@@ -112,7 +115,8 @@ class RevisionTrainConfig:
     eval_questions: int = 100  # validation-split questions whose examples give the validation loss (0: none)
     samples_per_question: int = 64  # answers sampled in parallel per question (the paper's 64)
     temperature: float = 1.0  # "a higher temperature" than the policy's usual 0.8
-    max_new_tokens: int = MAX_NEW_TOKENS  # per answer
+    search: dict | None = None  # the search settings the answers are sampled with (max_step_tokens, max_rounds,
+    #   max_len, answer_marks, ...), which should be those the revision chains run with; left out: the task's
     sample_batch_size: int = 256  # rows per generate call (questions per call: this // samples_per_question)
     separator: str = REVISION_SEPARATOR  # text after each earlier attempt in context (saved with the model)
     seq_len: int = 512  # packed row length; longer examples are dropped (counted in data/summary.json)
@@ -134,7 +138,7 @@ class RevisionTrainConfig:
     mesh: str = "auto"
 
     def __post_init__(self):
-        for name in ("num_questions", "samples_per_question", "max_new_tokens", "sample_batch_size", "batch_size"):
+        for name in ("num_questions", "samples_per_question", "sample_batch_size", "batch_size"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)} must be >= 1.")
         if self.eval_questions < 0:
@@ -152,6 +156,7 @@ class RevisionTrainConfig:
                                         "(e.g. ttcjax/assets/policies/tiny/model).")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
         task = self.make_task()
+        self.search_settings(task)  # checks the search settings
         task.check_split("train")
         if self.eval_questions:
             task.check_split("validation")
@@ -164,6 +169,11 @@ class RevisionTrainConfig:
             return cls(**data)
         except TypeError as e:
             raise ValueError(f"{source}: {e}") from None
+
+    def search_settings(self, task: Task) -> SearchSettings:
+        """The settings the answers are sampled with: the task's, then the config's `search`, at `temperature`."""
+        data = {**task.search_defaults, "temperature": self.temperature, **(self.search or {})}
+        return SearchSettings.from_dict(data, source="search").for_task(task)
 
     def make_task(self) -> Task:
         return training_task(self.task)
@@ -218,6 +228,16 @@ def _shard_path(config: RevisionTrainConfig, split: str, start: int) -> str:
     return os.path.join(config.out_dir, DATA_DIR, SAMPLES_DIR, f"{split}-{start:06d}.json")
 
 
+def first_attempts(engine: Engine, tokenizer: Tokenizer, task: Task, prompts: Sequence[Sequence[int]], key: jax.Array,
+                   *, n: int, settings: SearchSettings) -> tuple[list[list[list[int]]], int]:
+    """`n` answers per prompt (ids as generated), and the tokens generated: best-of-N in the search loop, so an
+    answer ends exactly where a revision chain's attempt ends (EOS, an empty step, a step holding a final-answer
+    mark, the cache) and the data's attempts read as the chains' will."""
+    results = search(BestOfN(n, selection="majority"), engine, NoVerifier(), tokenizer, prompts, key,
+                     extract_answer=task.extract_answer, settings=settings)
+    return [[list(c.tokens) for c in r.candidates] for r in results], sum(r.generated_tokens for r in results)
+
+
 def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tokenizer: Tokenizer,
                     problems: Sequence[ProblemRecord], split: str, progress: bool = False) -> list[dict]:
     """`samples_per_question` generated token lists per problem, problem-major, as shards of one generate call each
@@ -227,7 +247,7 @@ def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tok
     n = config.samples_per_question
     per_call = max(1, config.sample_batch_size // n)
     key = jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split))
-    sampling, stop = Sampling(temperature=config.temperature), solution_stop(task, tokenizer)
+    settings = config.search_settings(task)
     shards = []
     for start in range(0, len(problems), per_call):
         path = _shard_path(config, split, start)
@@ -237,13 +257,10 @@ def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tok
             continue
         started = time.perf_counter()
         chunk = problems[start:start + per_call]
-        completions = engine.generate([task.encode_prompt(p, tokenizer) for p in chunk],
-                                      jax.random.fold_in(key, start), max_new_tokens=config.max_new_tokens,
-                                      sampling=sampling, stop=stop, n=n)
-        tokens = [[c.tokens for c in completions[i * n:(i + 1) * n]] for i in range(len(chunk))]
+        tokens, generated = first_attempts(engine, tokenizer, task, [task.encode_prompt(p, tokenizer) for p in chunk],
+                                           jax.random.fold_in(key, start), n=n, settings=settings)
         shard = {"start": start, "problem_ids": [p.id for p in chunk], "tokens": tokens,
-                 "generated_tokens": sum(len(c.tokens) for c in completions),
-                 "seconds": time.perf_counter() - started}
+                 "generated_tokens": generated, "seconds": time.perf_counter() - started}
         write_json(path, shard)
         shards.append(shard)
         if progress:
@@ -387,6 +404,45 @@ def validation_loss(model: Transformer, packed: PackedRows, batch_size: int) -> 
 
 
 ChainEval = Callable[[Transformer, int], dict]
+
+
+def evaluate_revision(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequence[ProblemRecord], *,
+                      settings: SearchSettings, separator: str = REVISION_SEPARATOR, chains: int = 4,
+                      sequential: int = 8, window: int = REVISION_WINDOW, seed: int = 0, mesh=None,
+                      questions_per_batch: int = 64) -> dict[str, Any]:
+    """A revision model on a task's problems (the paper's figure 6, left): `chains` chains of `sequential` attempts
+    per question, sampled at `settings`; pass@1 at each revision step (the fraction of chains right at that
+    attempt), majority over all attempts, pass@n (some attempt right), and the right-to-wrong rate (how often a
+    right attempt is followed by a wrong one), overall and per difficulty."""
+    engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
+    strategy = Revisions(chains * sequential, sequential, window=window, selection="majority")
+    settings = dataclasses.replace(settings, revision_separator=separator)
+    results = search(strategy, engine, NoVerifier(), tokenizer, [task.encode_prompt(p, tokenizer) for p in problems],
+                     jax.random.key(seed), extract_answer=task.extract_answer, settings=settings,
+                     questions=[p.question for p in problems], questions_per_batch=questions_per_batch)
+    grids, majority = [], []
+    for problem, result in zip(problems, results):
+        right = task.grade(problem, [c.answer for c in result.candidates])
+        grid = np.zeros((chains, sequential), bool)  # [chains, sequential]
+        for c, ok in zip(result.candidates, right):
+            grid[c.chain, c.attempt] = ok
+        grids.append(grid)
+        majority.append(bool(right[result.chosen]))
+    grids, majority = np.asarray(grids), np.asarray(majority)  # [Q, chains, sequential], [Q]
+
+    def summary(mask) -> dict[str, Any]:
+        g = grids[mask]
+        followed = int(g[:, :, :-1].sum())
+        return {"problems": int(mask.sum()), "pass@1_by_step": g.mean(axis=(0, 1)).round(4).tolist(),
+                "majority": float(majority[mask].mean()), f"pass@{chains * sequential}": float(g.any(axis=(1, 2)).mean()),
+                "right_to_wrong": (int((g[:, :, :-1] & ~g[:, :, 1:]).sum()) / followed) if followed else None}
+
+    difficulties = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
+    return {"chains": chains, "sequential": sequential, "window": window, "temperature": settings.temperature,
+            "separator": separator, "all": summary(np.ones(len(problems), bool)),
+            "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()) - {-1})},
+            "generated_tokens": int(sum(r.generated_tokens for r in results)),
+            "reread_tokens": int(sum(r.reread_tokens for r in results))}
 
 
 def train_revision(config: RevisionTrainConfig, *, command: str | None = None, stop_after: int | None = None,
