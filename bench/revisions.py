@@ -108,7 +108,8 @@ def main(argv=None):
         "revision_model": os.path.relpath(revision_dir, ROOT), "revision_max_len": args.revision_max_len,
         "seconds": best, "all_seconds": times,
         "revisions_over_best_of_n": best["revisions"] / best["best_of_n"],
-        "accuracy": {k: float(np.mean([r.answer == q.answer for r, q in zip(v, problems)])) for k, v in outcomes.items()},
+        "accuracy": {k: float(np.mean([task.grade(q, [r.answer])[0] for r, q in zip(v, problems)]))
+                     for k, v in outcomes.items()},
         "generated_tokens": {k: int(sum(r.generated_tokens for r in v)) for k, v in outcomes.items()},
         "reread_tokens": {k: int(sum(r.reread_tokens for r in v)) for k, v in outcomes.items()},
         "verifier_tokens": {k: int(sum(r.verifier_tokens for r in v)) for k, v in outcomes.items()},

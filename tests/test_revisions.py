@@ -3,6 +3,7 @@ sequential:parallel ratio are known in closed form, hierarchical versus flat sel
 
 import json
 import os
+import shutil
 
 import jax
 import jax.numpy as jnp
@@ -12,8 +13,9 @@ import yaml
 from flax import nnx
 from toys import _path_name, toy_policy, y_fraction_prm
 
-from ttcjax.checkpoints.native import save_model
-from ttcjax.checkpoints.tokenizer import CharTokenizer
+from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.tokenizer import CharTokenizer, load_tokenizer
 from ttcjax.cli import main
 from ttcjax.decoding.engine import Engine
 from ttcjax.models import ModelConfig, init_model
@@ -23,8 +25,10 @@ from ttcjax.search.run import search
 from ttcjax.search.selection import hierarchical, select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Beam, Revisions, StrategySpec, strategy_from_dict
+from ttcjax.tasks.registry import task_from_dict
+from ttcjax.training.revisions import revision_labels, save_revision_settings
 from ttcjax.verifiers.base import NoVerifier
-from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, ValueHead, save_prm
+from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, StepFormat, ValueHead, save_prm
 
 TOY = CharTokenizer(alphabet="Qxy")
 X, Y, Q = (TOY.token_to_id(c) for c in "xyQ")
@@ -220,3 +224,35 @@ def test_a_sweep_runs_revision_cells_and_records_pass_by_step(tmp_path):
         assert r["generations"] == 4 and len(r["pass_by_attempt"]) == 2 and r["reread_tokens"] > 0
         assert 0 <= r["right_to_wrong"] <= r["right_followed"] <= 2
         assert r["correct"] == r["by_selection"]["hierarchical"]
+
+
+def test_the_revision_verifiers_labels_read_what_the_verifier_reads_inside_the_chains(tmp_path):
+    """`revision_labels` writes each attempt after its chain's earlier ones; scored in one pass in the ORM's format,
+    an attempt's last step scores what the same verifier read for it inside the chains. (The shipped tiny policy
+    stands in for a revision model: its steps end at the delimiter, as the one-pass format writes them.)"""
+    shutil.copytree(model_dir("policy", "tiny"), tmp_path / "reviser")
+    tok = load_tokenizer(str(tmp_path / "reviser"))
+    save_revision_settings(str(tmp_path / "reviser"), "|\n")
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, max_position_embeddings=512)
+    task = task_from_dict({"name": "arithmetic", "difficulties": [2]})
+    problems = task.problems("train", limit=3, seed=0)
+    SHORT = {"max_len": 512}  # every window fits the cache
+    labelled, cost = revision_labels(str(tmp_path / "reviser"), tok, task, problems, chains=2, sequential=6,
+                                     temperature=1.0, seed=0, search_settings=SHORT)
+    assert cost["attempts"] == 36 and cost["reread_tokens"] > 0 and len(labelled) == cost["labelled_solutions"] > 6
+    assert all(x.step_labels == (float(x.correct),) * len(x.steps) for x in labelled)
+    orm = RewardModelVerifier(RewardModel(init_model(config, seed=8, std=0.5), ValueHead(), seed=9), tok,
+                              step_format=StepFormat(delimiter="\n", add_bos=True), kind="orm")
+    settings = SearchSettings.from_dict({**task.search_defaults, **SHORT, "temperature": 1.0,
+                                         "revision_separator": "|\n"}).for_task(task)
+    results = search(Revisions(12, 6, selection="majority"), Engine(load_any(str(tmp_path / "reviser"))), orm, tok,
+                     [task.encode_prompt(p, tok) for p in problems], jax.random.key(0),
+                     extract_answer=task.extract_answer, settings=settings, questions=[p.question for p in problems])
+    attempts = [c for r in results for c in r.candidates if c.steps]
+    assert [tuple(c.steps) for c in attempts] == [x.steps for x in labelled]
+    # where every step ended at the delimiter (not at EOS or the step cap), the one-pass format is what was written
+    same = [i for i, c in enumerate(attempts) if tok.decode(c.tokens).startswith("".join(s + "\n" for s in c.steps))]
+    assert len(same) > 6 and any(labelled[i].question.count("|\n") >= 2 for i in same)  # some with history
+    one_pass = orm.score([labelled[i].question for i in same], [list(labelled[i].steps) for i in same])
+    np.testing.assert_allclose([s[-1] for s in one_pass], [attempts[i].step_scores[-1] for i in same], atol=2e-5)

@@ -146,18 +146,18 @@ def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt
         prompt, v_prompt = st.policy_prompt, st.verifier_prompt
         # the policy: keep what already stands where it belongs, read at least one token (fresh logits)
         kept = jnp.where(slid, prompt, prompt + st.body + in_context[:, a])
-        kept = jnp.minimum(kept, prompt + body_len - 1)
+        kept = jnp.minimum(jnp.minimum(kept, prompt + body_len - 1), search.policy.cache.lengths)
         col = kept[:, None] + jnp.arange(sol_len)[None, :] - prompt[:, None]  # body index of each read token
         feed = jnp.where(col < 0, st.prompt_last[:, None],
                          jnp.take_along_axis(body, jnp.clip(col, 0, sol_len - 1), axis=1))
-        feed_len = jnp.where(st.active, jnp.minimum(prompt + body_len, episode.max_len) - kept, 0)
+        feed_len = jnp.where(st.active, jnp.maximum(jnp.minimum(prompt + body_len, episode.max_len) - kept, 0), 0)
         policy = dataclasses.replace(search.policy, cache=dataclasses.replace(search.policy.cache, lengths=kept))
         policy = _extend_policy(episode.policy_graphdef, policy_params, policy, feed, feed_len)
         # the verifier read the attempt's scored steps (an ending empty step and nothing else is unread)
         last_end = jnp.take_along_axis(st.step_ends[:, a], jnp.maximum(st.num_steps[:, a] - 1, 0)[:, None],
                                        axis=1)[:, 0]
         read = jnp.where(st.num_steps[:, a] > 0, jnp.minimum(last_end, in_context[:, a]), 0)
-        v_kept = jnp.where(slid, v_prompt, v_prompt + st.body + read)
+        v_kept = jnp.minimum(jnp.where(slid, v_prompt, v_prompt + st.body + read), episode.max_len)
         v_col = v_kept[:, None] + jnp.arange(sol_len)[None, :] - v_prompt[:, None]
         v_feed = jnp.take_along_axis(body, jnp.clip(v_col, 0, sol_len - 1), axis=1)
         v_len = jnp.where(st.active, jnp.maximum(jnp.minimum(v_prompt + body_len, episode.max_len) - v_kept, 0), 0)

@@ -49,6 +49,7 @@ from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import training_task
+from ttcjax.training.labels import LabelledSolution
 from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, epoch_batches, lm_loss,
                                   pack_examples, train_loop)
 from ttcjax.verifiers.base import NoVerifier
@@ -443,6 +444,46 @@ def evaluate_revision(model: Transformer, tokenizer: Tokenizer, task: Task, prob
             "by_difficulty": {str(d): summary(difficulties == d) for d in sorted(set(difficulties.tolist()) - {-1})},
             "generated_tokens": int(sum(r.generated_tokens for r in results)),
             "reread_tokens": int(sum(r.reread_tokens for r in results))}
+
+
+def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: Sequence[ProblemRecord], *,
+                    chains: int, sequential: int, temperature: float, seed: int, mesh=None,
+                    search_settings: dict | None = None, questions_per_batch: int = 64
+                    ) -> tuple[list[LabelledSolution], dict[str, Any]]:
+    """The revision verifier's data (the paper's appendix: an ORM trained on the revision model's outputs, with
+    the earlier attempts in context): `chains` chains of `sequential` attempts of the revision model in
+    `model_dir` per problem; every attempt with steps becomes a labelled solution whose question is the text
+    the attempt was written after (the prompt and the chain's window of earlier attempts, `revision_context`),
+    labelled by its outcome on every step (an ORM reads the last). `search_settings`: settings other than the
+    task's. Returns (labelled, cost)."""
+    started = time.perf_counter()
+    revision = load_revision_settings(model_dir)
+    settings = SearchSettings.from_dict({**task.search_defaults, **(search_settings or {}), "temperature": temperature,
+                                         "revision_separator": revision["separator"]}).for_task(task)
+    engine = Engine(load_any(model_dir), mesh=mesh, pad_id=tokenizer.pad_id)
+    strategy = Revisions(chains * sequential, sequential, window=revision["window"], selection="majority")
+    prompts = [task.encode_prompt(p, tokenizer) for p in problems]
+    results = search(strategy, engine, NoVerifier(), tokenizer, prompts, jax.random.key(seed),
+                     extract_answer=task.extract_answer, settings=settings, questions=[p.question for p in problems],
+                     questions_per_batch=questions_per_batch)
+    sep, eos_ids = tokenizer.encode(revision["separator"]), tuple(tokenizer.eos_ids)
+    labelled = []
+    for problem, prompt, result in zip(problems, prompts, results):
+        right = task.grade(problem, [c.answer for c in result.candidates])
+        earlier: dict[int, list[list[int]]] = {}
+        for cand, ok in zip(result.candidates, right):
+            context = revision_context(prompt, earlier.setdefault(cand.chain, []), sep, eos_ids=eos_ids,
+                                       window=revision["window"])
+            earlier[cand.chain].append(list(cand.tokens))
+            if cand.steps:
+                labelled.append(LabelledSolution(
+                    problem_id=problem.id, question=tokenizer.decode(context), steps=tuple(cand.steps),
+                    step_labels=(float(ok),) * len(cand.steps), correct=bool(ok), difficulty=problem.difficulty or 0))
+    cost = {"revision_model": model_dir, "chains": chains, "sequential": sequential, "questions": len(problems),
+            "attempts": len(problems) * chains * sequential, "labelled_solutions": len(labelled),
+            "generated_tokens": int(sum(r.generated_tokens for r in results)),
+            "reread_tokens": int(sum(r.reread_tokens for r in results)), "seconds": time.perf_counter() - started}
+    return labelled, cost
 
 
 def train_revision(config: RevisionTrainConfig, *, command: str | None = None, stop_after: int | None = None,

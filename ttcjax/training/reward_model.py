@@ -35,6 +35,7 @@ from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
 from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
+from ttcjax.training.revisions import revision_labels
 from ttcjax.verifiers.base import AGGREGATIONS
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
                                            save_prm)
@@ -139,6 +140,8 @@ class PRMTrainConfig:
     init_from: str | None = None  # backbone initialisation; default: the policy
     tokenizer: str | None = None  # default: the policy directory's tokenizer
     labels: str | None = None  # reuse this labels.jsonl (e.g. a PRM run's, for an ORM) instead of sampling
+    revision_chains: dict | None = None  # (orm) {chains: 4, sequential: 4}: label the chains of the revision model
+    #   `policy` (each attempt after its chain's earlier ones, by its outcome), the paper's revision verifier
     task: dict = dataclasses.field(default_factory=dict)  # the task as YAML ({name: gsm8k, path: ...}); without a
     #   name, the built-in arithmetic task's fields
     num_questions: int = 1000  # training-split questions to sample
@@ -175,6 +178,13 @@ class PRMTrainConfig:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
         self.make_task().check_split("train")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        chains = self.revision_chains
+        if chains is not None and not (isinstance(chains, dict) and set(chains) == {"chains", "sequential"} and all(
+                isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in chains.values())):
+            raise ValueError(f"revision_chains={chains!r}: write {{chains: 4, sequential: 4}} (integers >= 1).")
+        if chains is not None and self.labels:
+            raise ValueError("set one of revision_chains (label the revision model's chains) and labels (reuse "
+                             "labels.jsonl).")
 
     def make_task(self) -> Task:
         return training_task(self.task)
@@ -210,6 +220,13 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
     started = time.perf_counter()
     task = config.make_task()
     problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
+    if config.revision_chains is not None:
+        labelled, cost_record = revision_labels(config.policy, tokenizer, task, problems,
+                                                temperature=config.temperature, seed=config.seed, mesh=mesh,
+                                                **config.revision_chains)
+        save_labels(labels_path, labelled)
+        write_json(cost_path, cost_record)
+        return labelled, cost_record
     policy = load_any(config.policy)
     engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
     questions = [task.prompt_text(p, tokenizer) for p in problems]
@@ -236,6 +253,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                        stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
     """Label, then train a PRM (or an ORM) on the labels; returns (and writes) the summary."""
     started = time.perf_counter()
+    if config.revision_chains is not None and not orm:
+        raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
                  "train orm" if orm else "train prm")
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
