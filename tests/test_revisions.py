@@ -20,7 +20,7 @@ from ttcjax.cli import main
 from ttcjax.decoding.engine import Engine
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import make_mesh
-from ttcjax.search.revisions import revision_context, without_eos
+from ttcjax.search.revisions import REVISION_SEPARATOR, revision_context, without_eos
 from ttcjax.search.run import search
 from ttcjax.search.selection import hierarchical, select
 from ttcjax.search.settings import SearchSettings
@@ -209,8 +209,10 @@ def test_a_sweep_runs_revision_cells_and_records_pass_by_step(tmp_path):
     save_model(policy, tmp_path / "policy")
     tok.save(tmp_path / "policy" / "ttcjax_tokenizer.json")
     save_prm(y_fraction_prm(), str(tmp_path / "prm"))
+    save_revision_settings(str(tmp_path / "policy"), REVISION_SEPARATOR)  # the policy stands in for a revision model
     out = tmp_path / "sweep"
     config = {"out_dir": str(out), "policy": str(tmp_path / "policy"), "verifier": str(tmp_path / "prm"),
+              "revision_policy": str(tmp_path / "policy"), "revision_verifier": str(tmp_path / "prm"),
               "task": {"name": "arithmetic", "difficulties": [2]}, "questions": 4, "budgets": [4],
               "strategies": [{"kind": "best_of_n"}, {"kind": "revisions", "sequential": 2}],
               "search": {"max_rounds": 4, "max_step_tokens": 8, "max_len": 96}}

@@ -288,7 +288,9 @@ def cmd_run(args: argparse.Namespace) -> int:
     if not problems:
         raise ValueError("no questions: pass --question TEXT, --questions-file FILE or a split with questions.")
     records = answer_with_scheduler(scheduler, problems, args.budget, task=task, policy=args.policy,
-                                    verifier=args.verifier, seed=args.seed, mesh=parse_mesh(args.mesh))
+                                    verifier=args.verifier, revision_policy=args.revision_policy,
+                                    revision_verifier=args.revision_verifier, seed=args.seed,
+                                    mesh=parse_mesh(args.mesh))
     if args.output:
         write_jsonl(args.output, records)
     for r in records:
@@ -501,6 +503,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--questions", type=int, default=40, help="without questions: this many of the split")
     run.add_argument("--policy", help="override the scheduler's policy (a shipped name or a directory)")
     run.add_argument("--verifier", help="override the scheduler's verifier")
+    run.add_argument("--revision-policy", help="override the scheduler's revision model (what revision strategies run)")
+    run.add_argument("--revision-verifier", help="override the scheduler's revision verifier")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--mesh", default="none", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
     run.add_argument("--output", help="write the answers as JSONL here")

@@ -96,6 +96,20 @@ class FlopsMatched:
 
 
 @dataclasses.dataclass(frozen=True)
+class RevisionChains:
+    """One revision strategy at one budget (the paper's figure 6): pass@1 at each revision step (the share of
+    chains right at that attempt), and how often a right attempt is followed by a wrong one."""
+
+    strategy: str
+    budget: int
+    pass_by_step: tuple[float, ...]  # one per attempt of a chain, first attempt first
+    right_to_wrong: int  # right attempts followed by a wrong one, over every chain of every question
+    right_followed: int  # right attempts followed by any attempt
+    right_to_wrong_rate: float | None  # right_to_wrong / right_followed; None where no right attempt was followed
+    improves: bool  # pass@1 at the last step above the first's by more than a tie
+
+
+@dataclasses.dataclass(frozen=True)
 class Findings:
     budgets: tuple[int, ...]  # every budget in the report, ascending
     baseline: str | None  # the weighted best-of-N strategy's name
@@ -103,6 +117,7 @@ class Findings:
     coverage: Coverage | None  # at the top budget; None when the report has no coverage for the baseline
     beam_on_hard_bins: BeamOnHardBins | None  # None without a beam strategy or the baseline
     flops_matched: tuple[FlopsMatched, ...]  # ratios without a usable budget are left out
+    revisions: tuple[RevisionChains, ...] = ()  # per revision strategy and budget; () without revision cells
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON types: dicts, lists, strings, numbers, booleans and None."""
@@ -139,7 +154,20 @@ def analyze(report: dict) -> Findings:
         budgets=tuple(budgets), baseline=baseline_name(report),
         efficiency={signal: _efficiency(report, signal, budgets) for signal in ("oracle", "predicted")},
         coverage=_coverage(report, budgets[-1]), beam_on_hard_bins=_beam_on_hard_bins(report, budgets),
-        flops_matched=_flops_matched(report))
+        flops_matched=_flops_matched(report), revisions=_revisions(report))
+
+
+def _revisions(report: dict) -> tuple[RevisionChains, ...]:
+    rows = []
+    for name, by_budget in report.get("revisions", {}).items():
+        for budget, cell in sorted(by_budget.items(), key=lambda kv: int(kv[0])):
+            steps = tuple(cell["pass_by_attempt"])
+            followed = cell["right_followed"]
+            rows.append(RevisionChains(
+                strategy=name, budget=int(budget), pass_by_step=steps, right_to_wrong=cell["right_to_wrong"],
+                right_followed=followed, right_to_wrong_rate=cell["right_to_wrong"] / followed if followed else None,
+                improves=steps[-1] > steps[0] + _BETTER))
+    return tuple(rows)
 
 
 def _efficiency(report: dict, signal: str, budgets: list[int]) -> Efficiency:

@@ -39,12 +39,13 @@ from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import SweepConfig, answer_equal, load_policy, plan_cells, run_grid
+from ttcjax.eval.sweep import (Models, SweepConfig, answer_equal, load_policy, load_revision_models, plan_cells,
+                               revision_role, run_grid)
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
-from ttcjax.search.strategies import Strategy, StrategySpec
+from ttcjax.search.strategies import Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.verifiers.base import Verifier
@@ -186,6 +187,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     engine, tok, _ = load_policy(config.policy, mesh)
     step_end(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
+    revision = revision_role(config, tok, engine.mesh)  # revision cells run the revision model and its verifier
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if len(problems) < config.bins:
         raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
@@ -224,7 +226,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
     grid = run_grid(cells, task, problems, engine, verifier, tok, os.path.join(out, "results"),
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
-                    progress=progress)
+                    progress=progress, revision=revision)
 
     # 3. compute-optimal selection ---------------------------------------------------------------------------
     log(f"[3/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)")
@@ -241,7 +243,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     scheduler = BudgetScheduler.from_selection(
         selections["predicted"]["selection"], predicted_edges, specs, signal=signal,
         probe_samples=config.probe_samples, search=settings, policy=_absolute(config.policy),
-        verifier=_absolute(config.verifier), task=task_form, max_new_tokens=config.max_new_tokens)
+        verifier=_absolute(config.verifier), task=task_form, max_new_tokens=config.max_new_tokens,
+        revision_policy=_absolute(config.revision_policy), revision_verifier=_absolute(config.revision_verifier))
     scheduler.save(os.path.join(out, "scheduler.json"))
 
     # 4. FLOPs exchange with a larger model -----------------------------------------------------------------
@@ -279,6 +282,10 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
                      exchange, small_params, large_params, verifier.num_params, large_correct,
                      time.perf_counter() - started)
     report["baseline"] = baseline
+    if revision is not None:
+        report["params"].update(revision_policy=revision.engine.config.num_params(),
+                                revision_verifier=revision.verifier.num_params)
+        report["revisions"] = revision_summary(grid.records, config.strategies)
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
 
@@ -298,6 +305,20 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         f.write(markdown(report, findings))
     log(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(out, 'summary.md')}")
     return report
+
+
+def revision_summary(records: dict[tuple[str, int], list[dict]], specs: Sequence[StrategySpec]) -> dict:
+    """Per revision strategy and budget (name -> budget -> ...): pass@1 at each revision step (the mean over
+    questions of each record's `pass_by_attempt`), and the right-to-wrong counts summed over questions."""
+    names = {s.name for s in specs if s.kind == Revisions.kind}
+    out: dict[str, dict] = {}
+    for (name, budget), rows in records.items():
+        if name in names:
+            out.setdefault(name, {})[str(budget)] = {
+                "pass_by_attempt": np.mean([r["pass_by_attempt"] for r in rows], axis=0).tolist(),
+                "right_to_wrong": int(sum(r["right_to_wrong"] for r in rows)),
+                "right_followed": int(sum(r["right_followed"] for r in rows))}
+    return out
 
 
 def _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections, exchange,
@@ -334,9 +355,11 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
 
 def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[ProblemRecord], budget: int, *,
                           task: Task | None = None, policy: str | None = None, verifier: str | None = None,
+                          revision_policy: str | None = None, revision_verifier: str | None = None,
                           seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
     """Answer `problems` under `budget` generations each, as the scheduler was chosen: its policy, verifier,
-    task and search settings unless given here. `scheduler.probe_samples` samples predict each question's
+    revision model and revision verifier (what a level's revision strategy runs), task and search settings
+    unless given here. `scheduler.probe_samples` samples predict each question's
     level (their generated tokens and the verifier's reading of them are counted), then the level's strategy
     runs with what is left of the budget. Where that strategy does not fit the budget left, weighted best-of-N
     (majority without a verifier) runs instead: `warn` says so and the record names both. Questions that share
@@ -384,17 +407,28 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
                     "probe_verifier_tokens": k * prompt_tokens + probe_tokens if judge.scores_steps else 0,
                     "probe_policy_tokens": prompt_tokens + probe_tokens})
         groups.setdefault(strategy, []).append(i)
+    revision: Models | None = None  # loaded when a level's strategy revises
     for strategy, members in groups.items():
-        results = search(strategy, engine, judge, tok, [task.encode_prompt(problems[i], tok) for i in members],
+        role = Models(engine, judge)
+        if isinstance(strategy, Revisions):
+            if revision is None:
+                revision = load_revision_models(revision_policy or scheduler.revision_policy,
+                                                revision_verifier or scheduler.revision_verifier, tok, engine.mesh)
+            role = revision
+        results = search(strategy, role.engine, role.verifier, tok,
+                         [task.encode_prompt(problems[i], tok) for i in members],
                          jax.random.fold_in(jax.random.key(seed), 1), extract_answer=task.extract_answer,
                          equal=answer_equal(task), settings=scheduler.search,
                          questions=[problems[i].question for i in members])
         for i, r in zip(members, results):
             o, p = out[i], problems[i]
-            verifier_tokens = r.verifier_tokens + o["probe_verifier_tokens"]
+            probe_verifier_tokens = o["probe_verifier_tokens"]
+            # the probes are the policy's and its verifier's; the search is its role's (the revision model's)
             o.update({"answer": r.answer, "correct": task.is_correct(p, r.answer) if p.answer else None,
-                      "solution": r.solution, "generated_tokens": r.generated_tokens + o["probe_tokens"],
-                      "verifier_tokens": verifier_tokens,
+                      "solution": r.solution, "role": "revision" if role is revision else "search",
+                      "generated_tokens": r.generated_tokens + o["probe_tokens"],
+                      "verifier_tokens": r.verifier_tokens + probe_verifier_tokens,
                       "policy_flops": r.policy_flops + inference_flops(policy_params, o.pop("probe_policy_tokens")),
-                      "verifier_flops": inference_flops(judge.num_params, verifier_tokens)})
+                      "verifier_flops": (inference_flops(role.verifier.num_params, r.verifier_tokens)
+                                         + inference_flops(judge.num_params, probe_verifier_tokens))})
     return out

@@ -11,7 +11,7 @@ import os
 import numpy as np
 
 from ttcjax.eval.analysis import (BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched,
-                                  baseline_name)
+                                  RevisionChains, baseline_name)
 from ttcjax.io import atomic_path
 
 
@@ -65,6 +65,8 @@ def markdown(report: dict, findings: Findings) -> str:
               + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
               "held-out estimates are noisy, which more questions reduce.", "",
               "![](compute_optimal_vs_best_of_n.png)", ""]
+    if findings.revisions:
+        lines += _revisions_section(findings.revisions)
     if r["flops_exchange"]:
         lines += _flops_section(r, findings)
     lines += ["Raw per-question results: results/*.jsonl, difficulty.jsonl"
@@ -88,6 +90,24 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
         lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
                      + " | ".join(cells) + " |")
     lines += ["", _flops_matched(findings.flops_matched), "", "![](flops_matched.png)", ""]
+    return lines
+
+
+def _revisions_section(rows: tuple[RevisionChains, ...]) -> list[str]:
+    steps = max(len(row.pass_by_step) for row in rows)
+    lines = ["## Revisions: pass@1 by revision step", "",
+             "The revision model's chains (its own verifier selects): the share of chains right at each attempt, and "
+             "how often a right attempt is revised into a wrong one.", "",
+             "| strategy | budget | " + " | ".join(f"step {k + 1}" for k in range(steps)) + " | right-to-wrong |",
+             "|---|---|" + "---|" * (steps + 1)]
+    for row in rows:
+        cells = [f"{p:.3f}" for p in row.pass_by_step] + [""] * (steps - len(row.pass_by_step))
+        rate = ("-" if row.right_to_wrong_rate is None else
+                f"{row.right_to_wrong_rate:.3f} ({row.right_to_wrong}/{row.right_followed})")
+        lines.append(f"| {row.strategy} | {row.budget} | " + " | ".join(cells) + f" | {rate} |")
+    better = [f"{row.strategy} at N={row.budget}" for row in rows if row.improves]
+    lines += ["", ("pass@1 rises from the first attempt to the last for " + ", ".join(better) + "." if better else
+                   "pass@1 does not rise from the first attempt to the last on this run."), ""]
     return lines
 
 

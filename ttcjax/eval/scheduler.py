@@ -19,7 +19,9 @@ import numpy as np
 
 from ttcjax.io import write_json
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import StrategySpec
+from ttcjax.search.strategies import Revisions, StrategySpec
+
+REVISIONS = Revisions.kind
 
 # ---- difficulty bins -------------------------------------------------------------------------------------
 
@@ -144,6 +146,9 @@ class BudgetScheduler:
     verifier: str
     task: dict[str, Any]
     max_new_tokens: int  # the probe samples' token limit
+    # what revision strategies run: the revision model and its verifier (None where the run had no revision model)
+    revision_policy: str | None = None
+    revision_verifier: str | None = None
 
     def __post_init__(self):
         if self.signal not in SIGNALS:
@@ -152,7 +157,10 @@ class BudgetScheduler:
             raise ValueError(f"scheduler probe_samples={self.probe_samples!r} must be an integer >= 1 (the samples "
                              "that predict a question's level).")
         for key, spec in self.choices.items():
-            StrategySpec.from_dict(spec, f"scheduler choices[{key!r}]")
+            revises = StrategySpec.from_dict(spec, f"scheduler choices[{key!r}]").kind == REVISIONS
+            if revises and not self.revision_policy:
+                raise ValueError(f"scheduler choices[{key!r}] revises and revision_policy is not set; name the "
+                                 "revision model it was chosen with.")
 
     def level(self, signal_value: float) -> int:
         return int(assign_levels([signal_value], np.asarray(self.edges))[0])
@@ -186,10 +194,13 @@ class BudgetScheduler:
             raise ValueError(f"{path}: not JSON ({e}); expected a scheduler.json written by ttcjax experiment."
                              ) from None
         names = [f.name for f in dataclasses.fields(cls)]
-        if not isinstance(data, dict) or sorted(data) != sorted(names):
-            missing = sorted(set(names) - set(data)) if isinstance(data, dict) else names
-            raise ValueError(f"{path}: not a BudgetScheduler of this ttcjax (missing {missing}); rerun the "
-                             "experiment that made it, so the scheduler records the settings it was chosen under.")
+        required = [f.name for f in dataclasses.fields(cls) if f.default is dataclasses.MISSING]
+        if not isinstance(data, dict) or not set(required) <= set(data) or not set(data) <= set(names):
+            missing = sorted(set(required) - set(data)) if isinstance(data, dict) else required
+            unknown = sorted(set(data) - set(names)) if isinstance(data, dict) else []
+            raise ValueError(f"{path}: not a BudgetScheduler of this ttcjax (missing {missing}"
+                             + (f", unknown {unknown}" if unknown else "") + "); rerun the experiment that made it, so "
+                             "the scheduler records the settings it was chosen under.")
         try:
             return cls(**{**data, "edges": tuple(data["edges"]),
                           "search": SearchSettings.from_dict(data["search"], f"{path}: search")})
@@ -199,7 +210,8 @@ class BudgetScheduler:
     @classmethod
     def from_selection(cls, selection: Selection, edges: np.ndarray, specs: dict[str, StrategySpec], *,
                        signal: str, **run) -> "BudgetScheduler":
-        """`run`: probe_samples, search, policy, verifier, task, max_new_tokens."""
+        """`run`: probe_samples, search, policy, verifier, task, max_new_tokens (and revision_policy,
+        revision_verifier where revision strategies were among the choices)."""
         return cls(signal=signal, edges=tuple(float(e) for e in edges),
                    choices={f"{lv}/{b}": specs[name].to_dict() for (lv, b), name in selection.choice.items()}, **run)
 

@@ -43,6 +43,7 @@ from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
+from ttcjax.training.revisions import load_revision_settings
 from ttcjax.verifiers.base import Verifier
 from ttcjax.verifiers.loading import is_verifier_free, verifier_by_name
 
@@ -111,6 +112,42 @@ def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None
                              "{kind: best_of_n, selection: majority} or name a verifier.")
 
 
+def is_revision(spec: StrategySpec) -> bool:
+    """Whether a spec runs the revision model (and the revision verifier) rather than the policy."""
+    return spec.kind == Revisions.kind
+
+
+def check_revision_models(specs: Sequence[StrategySpec], revision_policy: str | None, revision_verifier: str | None,
+                          source: str) -> None:
+    """Revision strategies need a model fine-tuned to revise (the policy never saw its own earlier attempts in
+    context), and the verifier they read must be a revision verifier."""
+    for spec in filter(is_revision, specs):
+        if revision_policy is None:
+            raise ValueError(f"{source}: strategy {spec.to_dict()} revises with a revision model and revision_policy "
+                             "is not set; name one (a shipped revision model or a `ttcjax train revision` model "
+                             "directory).")
+        if spec.needs_verifier and is_verifier_free(revision_verifier):
+            raise ValueError(f"{source}: strategy {spec.to_dict()} reads verifier scores and revision_verifier is "
+                             "none; name an ORM trained on the revision model's outputs or use selection: majority.")
+
+
+def revision_policy_dir(name_or_dir: str, source: str = "config") -> str:
+    """The directory of a revision model a config names (a shipped name or a directory), checked to hold one."""
+    try:
+        directory = resolve("revision", name_or_dir)
+        load_revision_settings(directory)
+    except FileNotFoundError as e:
+        raise ValueError(f"{source}: revision_policy={name_or_dir!r}: {e}") from None
+    return directory
+
+
+def revision_verifier_name(name: str | None) -> str | None:
+    """A config's revision_verifier as `verifier_by_name` reads it: a bare shipped name is an ORM's."""
+    if is_verifier_free(name) or os.path.isdir(name) or ":" in name:
+        return name
+    return f"orm:{name}"
+
+
 DEFAULT_TASK = {"name": "arithmetic"}
 
 
@@ -121,6 +158,10 @@ class SweepConfig:
     out_dir: str
     policy: str = "tiny"  # a shipped asset name or a checkpoint directory
     verifier: str = "tiny"  # a shipped reward model, a directory, or "none" (verifier-free selection)
+    # revision strategies run these instead: a revision model (a shipped name or a directory with revision.json)
+    # and an ORM trained on its outputs (a directory, a shipped ORM name, or "none")
+    revision_policy: str | None = None
+    revision_verifier: str | None = None
     task: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_TASK))
     split: str = "test"
     questions: int | None = 100  # the first this many of the split (after a shuffle by seed where the task has one)
@@ -139,6 +180,9 @@ class SweepConfig:
         search setting and the task; one ValueError naming `source` and the field otherwise."""
         check_options(cls, data, source, required=("out_dir",))
         data = dict(data)
+        for key in ("revision_policy", "revision_verifier"):
+            if not (data.get(key) is None or isinstance(data[key], str) and data[key]):
+                raise ValueError(f"{source}: {key}={data[key]!r} must be a name or a directory (or null).")
         if "strategies" in data:
             data["strategies"] = read_strategies(data["strategies"], source)
         if "budgets" in data:
@@ -146,7 +190,10 @@ class SweepConfig:
         search = data.get("search")
         if search is None or isinstance(search, Mapping):  # what the config leaves out, the task's defaults give
             task = task_from_dict(data.get("task", DEFAULT_TASK), "task")
-            search = {**task.search_defaults, **(search or {})}
+            revision = data.get("revision_policy")  # the separator it was trained with, unless search sets one
+            separator = ({} if revision is None else {"revision_separator": load_revision_settings(
+                revision_policy_dir(revision, source))["separator"]})
+            search = {**task.search_defaults, **separator, **(search or {})}
         data["search"] = SearchSettings.from_dict(search, f"{source}: search")
         for key in cls.COUNTS:
             value = data.get(key, getattr(cls, key))
@@ -162,7 +209,8 @@ class SweepConfig:
     def validate(self, source: str) -> None:
         self.make_task()  # a bad task is an error now, not after the models load
         plan_cells(self.strategies, self.budgets, source)
-        check_verifier_fits(self.strategies, self.verifier, source)
+        check_verifier_fits([s for s in self.strategies if not is_revision(s)], self.verifier, source)
+        check_revision_models(self.strategies, self.revision_policy, self.revision_verifier, source)
 
     def make_task(self) -> Task:
         return task_from_dict(self.task, "task")
@@ -310,11 +358,24 @@ def release_compiled_programs_when_crowded(fraction: float = 0.5) -> bool:
     return True
 
 
+@dataclasses.dataclass(frozen=True)
+class Models:
+    """The policy and verifier of one role: search (the base policy and its PRM) or revision (a revision model and
+    an ORM trained on its outputs). Both roles read the one tokenizer."""
+
+    engine: Engine
+    verifier: Verifier
+
+
 def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
              verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
-             rows_per_batch: int, progress: bool = True) -> GridResult:
+             rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> GridResult:
     """Every cell on every problem, best-of-N sampled once per budget (`SHARED_BEST_OF_N`, scored by each
-    best-of-N spec's own selection rule); results in results_dir/<cell>.jsonl."""
+    best-of-N spec's own selection rule); results in results_dir/<cell>.jsonl. Revision cells run `revision`'s
+    model and verifier (their costs are theirs), every other cell `engine` and `verifier`."""
+    if revision is None and any(isinstance(c.strategy, Revisions) for c in cells):
+        raise ValueError("run_grid: revision cells need the revision model and verifier (revision=Models(...)); "
+                         "set revision_policy in the config.")
     os.makedirs(results_dir, exist_ok=True)
     bar = tqdm(total=len(cells) * len(problems), desc="search", unit="question", file=sys.stderr,
                disable=not progress, dynamic_ncols=True)
@@ -334,7 +395,8 @@ def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord
             records = shared[cell.budget]
             out.correct[key] = np.array([r["by_selection"][cell.strategy.selection] for r in records], int)
         else:
-            records = run_cell(cell, task, problems, engine, verifier, tokenizer,
+            role = revision if isinstance(cell.strategy, Revisions) else Models(engine, verifier)
+            records = run_cell(cell, task, problems, role.engine, role.verifier, tokenizer,
                                os.path.join(results_dir, f"{cell.name}.jsonl"), settings=settings, seed=seed,
                                rows_per_batch=rows_per_batch, bar=bar)
             out.correct[key] = np.array([r["correct"] for r in records], int)
@@ -359,6 +421,30 @@ def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
     return Engine(model, mesh=mesh, pad_id=tokenizer.pad_id), tokenizer, directory
 
 
+TOKENIZER_PROBE = "Q: 12+3*4=\nThe answer is 24.\n\n"  # text two tokenizers that agree encode alike
+
+
+def load_revision_models(revision_policy: str, revision_verifier: str | None, tokenizer, mesh=None) -> Models:
+    """The revision role: the revision model, which must read the policy's tokenizer (prompts, answers and the
+    verifier's reading are the policy's), and the revision verifier."""
+    directory = revision_policy_dir(revision_policy, "revision_policy")
+    engine, revision_tokenizer, _ = load_policy(directory, mesh)
+    if (revision_tokenizer.vocab_size != tokenizer.vocab_size
+            or revision_tokenizer.encode(TOKENIZER_PROBE) != tokenizer.encode(TOKENIZER_PROBE)):
+        raise ValueError(f"revision_policy {directory}: its tokenizer differs from the policy's; use a revision model "
+                         "fine-tuned from this policy (`ttcjax train revision` with init_from the policy).")
+    verifier = verifier_by_name(revision_verifier_name(revision_verifier), tokenizer, mesh=engine.mesh,
+                                rules=engine.rules)
+    return Models(engine, verifier)
+
+
+def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
+    """The revision models where the config's strategies revise (None otherwise)."""
+    if not any(map(is_revision, config.strategies)):
+        return None
+    return load_revision_models(config.revision_policy, config.revision_verifier, tokenizer, mesh)
+
+
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep")
     task = config.make_task()
@@ -366,13 +452,14 @@ def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
     settings = config.search.for_task(task)
     step_end(tokenizer, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
+    revision = revision_role(config, tokenizer, engine.mesh)
     problems = task.problems(config.split, limit=config.questions, seed=config.seed)
     if not problems:
         raise ValueError(f"task {task.name}: split {config.split!r} holds no questions.")
     cells = plan_cells(config.strategies, config.budgets)
     grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
-                    progress=progress)
+                    progress=progress, revision=revision)
     summary = summarize(config.to_dict(), problems, grid)
     write_json(os.path.join(config.out_dir, "summary.json"), summary)
     with atomic_path(os.path.join(config.out_dir, "summary.md")) as tmp, open(tmp, "w") as f:
