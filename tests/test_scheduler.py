@@ -91,3 +91,26 @@ def test_tied_pass_rates_still_fill_every_bin_equally():
     levels, _ = difficulty_levels(rates, 5, seed=0)
     assert np.bincount(levels)[1:].tolist() == [20] * 5
     assert levels[rates == 1].max() <= 2 and levels[rates == 0].min() >= 3  # order is kept across ties
+
+
+def test_a_scheduler_without_revision_fields_loads_and_one_that_revises_names_its_model(tmp_path):
+    sel = select_strategies({("best_of_n", 4): np.array([1, 0]), ("revisions", 4): np.array([0, 1])}, np.array([1, 2]))
+    specs = {"best_of_n": StrategySpec("best_of_n"),
+             "revisions": StrategySpec.from_dict({"kind": "revisions", "sequential": 2})}
+    run = dict(signal="verifier", probe_samples=1, search=SearchSettings(), policy="tiny", verifier="tiny",
+               task={"name": "arithmetic"}, max_new_tokens=16)
+    with pytest.raises(ValueError, match=r"choices\['2/4'\] revises and revision_policy is not set"):
+        BudgetScheduler.from_selection(sel, np.array([0.5]), specs, **run)
+    sched = BudgetScheduler.from_selection(sel, np.array([0.5]), specs, revision_policy="/models/reviser",
+                                           revision_verifier="/models/orm", **run)
+    sched.save(str(tmp_path / "s.json"))
+    assert BudgetScheduler.load(str(tmp_path / "s.json")) == sched
+    # a scheduler saved before revision models (no such fields) still loads; an unknown field is named
+    data = json.loads((tmp_path / "s.json").read_text())
+    data["choices"] = {k: v for k, v in data["choices"].items() if v["kind"] != "revisions"}
+    old = {k: v for k, v in data.items() if not k.startswith("revision_")}
+    (tmp_path / "old.json").write_text(json.dumps(old))
+    assert BudgetScheduler.load(str(tmp_path / "old.json")).revision_policy is None
+    (tmp_path / "bad.json").write_text(json.dumps({**old, "revision_polic": "x"}))
+    with pytest.raises(ValueError, match=r"unknown \['revision_polic'\]"):
+        BudgetScheduler.load(str(tmp_path / "bad.json"))
