@@ -6,13 +6,17 @@
    over the same samples (no answers needed; with no verifier, the share of samples that agree with the most
    common answer). Both are saved per question with their cost.
 2. Search. Every strategy at every budget on every question (`ttcjax.eval.sweep.run_grid`: resumable JSONL).
+   Revision strategies run `revision_policy` (a model fine-tuned to revise) with `revision_verifier` (an ORM
+   trained on its outputs); every other strategy the policy with its verifier, as the paper compares them.
 3. Compute-optimal. Per bin and budget, the best strategy by k-fold cross-validation inside the bin
-   (oracle and predicted bins); the efficiency against weighted best-of-N; a saved BudgetScheduler that
-   records the search settings, task, policy and verifier it was chosen with.
+   (oracle and predicted bins), search and revision strategies alike; the efficiency against weighted
+   best-of-N; a saved BudgetScheduler that records the search settings, task, policy and verifier (and the
+   revision model and its verifier) it was chosen with.
 4. FLOPs exchange (when `large_policy` is set). The larger model answering greedily, against the policy with
    search at the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
 5. Report: report.json with its findings (`ttcjax.eval.analysis`), summary.md and plots rendered from them
-   (`ttcjax.eval.report`), per-question results, scheduler.json.
+   (`ttcjax.eval.report`), per-question results, scheduler.json. With revision strategies: pass@1 by revision
+   step and the right-to-wrong rate per revision cell (report["revisions"]).
 
 Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted experiment
 resumes where it stopped. The run directory belongs to one config (run_config.json).
