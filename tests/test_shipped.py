@@ -22,7 +22,8 @@ def _size_mb(path):
     return sum(os.path.getsize(os.path.join(d, f)) for d, _, fs in os.walk(path) for f in fs) / 1e6
 
 
-@pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny")])
+@pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny"),
+                                       ("revision", "tiny")])
 def test_shipped_models_are_small_and_documented(kind, name):
     path = asset_path(kind, name)
     assert _size_mb(path) <= 20
@@ -101,3 +102,15 @@ def test_shipped_prm_judges_steps():
     for kind in ("prm", "orm"):
         prm, meta = load_prm(model_dir(kind, "tiny"))
         assert meta["kind"] == kind
+
+
+def test_shipped_revision_model_records_pass_at_1_per_revision_step():
+    from ttcjax.training.revisions import load_revision_settings
+
+    assert load_revision_settings(model_dir("revision", "tiny")) == {"separator": "\n", "window": 4}
+    record = read_json("revision", "tiny", "eval.json")
+    assert record["chains"] * record["sequential"] == 32 and record["all"]["problems"] == 400
+    steps = record["all"]["pass@1_by_step"]
+    assert len(steps) == 8 and all(0 <= p <= 1 for p in steps) and max(steps) <= record["all"]["pass@32"]
+    # its first attempt is a policy's answer: the shipped policy's own pass@1 (0.565), within sampling noise
+    assert abs(steps[0] - read_json("policy", "tiny", "eval.json")["all"]["pass@1"]) < 0.05

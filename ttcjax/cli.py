@@ -394,7 +394,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         revision = load_revision_settings(args.model)
-        settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature}).for_task(task)
+        # a chain's cache holds the prompt, the window of earlier attempts and the attempt: the model's whole context
+        max_len = args.max_len or model.config.max_position_embeddings
+        settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature,
+                                             "max_len": max_len}).for_task(task)
         result = evaluate_revision(model, tokenizer, task, problems, settings=settings, separator=revision["separator"],
                                    window=revision["window"], chains=args.chains, sequential=args.sequential,
                                    seed=args.seed, mesh=mesh)
@@ -559,6 +562,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--chains", type=int, default=4, help="eval revision: chains per question")
     ev.add_argument("--sequential", type=int, default=8, help="eval revision: attempts per chain (pass@1 is "
                     "reported at each)")
+    ev.add_argument("--max-len", type=int, help="eval revision: cache slots per chain (default: the model's "
+                    "max_position_embeddings; the prompt, the window of earlier attempts and the attempt must fit)")
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
