@@ -8,18 +8,18 @@ import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
 
-import gc  # noqa: E402
-
 import pytest  # noqa: E402
 # the public PRM families' tiny twins, built once per session for every test module that asks for one
 from prm_twins import math_shepherd, qwen_prm, rlhflow, skywork  # noqa: E402, F401
 
+from ttcjax.eval.sweep import release_compiled_programs_when_crowded  # noqa: E402
+
 
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
-    """Drop every compiled program after each test module. Each XLA CPU executable holds memory maps of its
-    own, and one process running the whole suite otherwise reaches the kernel's ``vm.max_map_count`` (65530),
-    where LLVM's next mmap fails and the compiler segfaults (CI exit 139 mid-suite)."""
+    """Drop the compiled programs after a test module once the process holds a third of the memory maps the
+    kernel allows. Each XLA CPU executable holds maps of its own, and one process running the whole suite
+    otherwise reaches ``vm.max_map_count`` (65530), where LLVM's next mmap fails and the compiler segfaults (CI
+    exit 139 mid-suite); clearing after every module instead recompiles what the next module shares."""
     yield
-    jax.clear_caches()
-    gc.collect()
+    release_compiled_programs_when_crowded(1 / 3)

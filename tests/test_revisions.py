@@ -1,9 +1,11 @@
 """Revision chains: the compiled chain episode against a host replay, toy revisers whose pass@1 per step and best
 sequential:parallel ratio are known in closed form, hierarchical versus flat selection, costs, 8 devices."""
 
+import dataclasses
 import json
 import os
 import shutil
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -158,6 +160,20 @@ def test_costs_are_counted_exactly_on_a_hand_counted_chain():
         assert [(c.chain, c.attempt) for c in r.candidates] == [(c, a) for c in range(2) for a in range(6)]
         # the perfect verifier's scores say which attempts are right
         assert all((c.score > 0.5) == (c.answer == "x") for c in r.candidates)
+
+
+def test_a_window_that_does_not_fit_the_cache_is_counted_and_warned():
+    # one-token attempts after a 2-token prompt, window 4: the context before attempt a+1 is 2 + min(a, 4) tokens;
+    # with max_len 4 it leaves no room to write from the third attempt on (3 of a chain's 5 attempts)
+    policy, strategy = bigram({Q: 0.5, X: 0.5, Y: 0.5}), Revisions(10, sequential=5, selection="majority")
+    with pytest.warns(UserWarning, match=r"Revisions\(.*\): 12 of 20 attempts had a context .* max_len=4 .* raise "
+                                         r"search.max_len"):
+        results = chains(strategy, policy, NoVerifier(), questions=2,
+                         settings=dataclasses.replace(ONE_TOKEN, max_len=4))
+    assert [r.overflowed_contexts for r in results] == [2 * 3, 2 * 3]
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert [r.overflowed_contexts for r in chains(strategy, policy, NoVerifier(), questions=2)] == [0, 0]
 
 
 def test_eight_devices_run_chains_like_one():

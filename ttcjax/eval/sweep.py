@@ -302,7 +302,8 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
                           "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
                           "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
                 if isinstance(strategy, Revisions):
-                    record.update(revision_record(r.candidates, right, strategy.sequential), reread_tokens=r.reread_tokens)
+                    record.update(revision_record(r.candidates, right, strategy.sequential),
+                                  reread_tokens=r.reread_tokens, overflowed_contexts=r.overflowed_contexts)
                 out.write(json_line(record))
                 done[p.id] = record
             out.flush()

@@ -13,7 +13,8 @@ per attempt,
      is dropped) and only the separator is read; once the window slides, the cache is cut back to the prompt
      and the last `window` attempts are read again. The prompt is never read again. What either cache reads
      is counted: `generated` (policy tokens sampled) and `scored` (verifier tokens read) per row, and
-     `reread` (policy tokens read into the cache between attempts).
+     `reread` (policy tokens read into the cache between attempts). An attempt whose context does not fit the
+     cache with room to write is cut (counted in `overflowed`: `ttcjax.search.run.search` warns).
 
 Rows draw from keys folded with their id and the attempt, so a chain's samples do not depend on its place in
 the batch. The program's static argument is one hashable `ChainSpec`.
@@ -63,6 +64,7 @@ class ChainState:
     verifier_prompt: jax.Array  # [R] int32 what the verifier read for the prompt
     active: jax.Array  # [R] bool: a real question's row (not padding)
     reread: jax.Array  # [R] int32 policy tokens read into the cache between attempts
+    overflowed: jax.Array  # [R] int32 attempts whose context (prompt and window) did not fit the cache and was cut
 
 
 def _extend_policy(graphdef, params, state: DecodeState, tokens: jax.Array, lengths: jax.Array) -> DecodeState:
@@ -133,7 +135,7 @@ def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt
         prompt_last=jnp.repeat(jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0],
                                chains),
         verifier_prompt=jnp.repeat(verifier_lengths, chains), active=jnp.repeat(active, chains),
-        reread=jnp.zeros(rows, jnp.int32))
+        reread=jnp.zeros(rows, jnp.int32), overflowed=jnp.zeros(rows, jnp.int32))
 
     def next_context(a, st: ChainState) -> ChainState:
         """Both caches hold the context for the attempt after `a`."""
@@ -166,7 +168,9 @@ def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt
         _, verifier_cache, v_read = scorer.extend(scorer_params, verifier_cache, v_feed, v_len)
         search = dataclasses.replace(search, policy=policy, verifier_cache=verifier_cache,
                                      scored=search.scored + jnp.where(v_len > 0, v_read, 0))
-        return dataclasses.replace(st, search=search, body=body_len, reread=st.reread + feed_len)
+        overflowed = st.overflowed + (st.active & (prompt + body_len >= episode.max_len))  # no room left to write
+        return dataclasses.replace(st, search=search, body=body_len, reread=st.reread + feed_len,
+                                   overflowed=overflowed)
 
     def attempt(a, st: ChainState) -> ChainState:
         search = _rounds(episode, policy_params, scorer_params, _reset(st.search, st.active, episode),
@@ -190,9 +194,10 @@ def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, 
                active, key) -> dict[str, Any]:
     """The chain episode for a batch of questions (as `ttcjax.search.episode.run_episode` takes them); on the
     host: every attempt's `HOST_FIELDS` ([rows, S, ...], rows question-major) and each row's costs
-    (`generated`, `scored`, `reread`)."""
+    (`generated`, `scored`, `reread`, `overflowed`)."""
     st = _chains_jit(spec, engine.params, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active,
                      key)
     fields = {f: getattr(st, f) for f in HOST_FIELDS}
-    fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread)
+    fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread,
+                  overflowed=st.overflowed)
     return {k: np.asarray(v) for k, v in jax.device_get(fields).items()}

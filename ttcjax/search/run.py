@@ -9,6 +9,7 @@ tokens each row's lineage generated (rollouts included) and the tokens the verif
 from __future__ import annotations
 
 import dataclasses
+import warnings
 from typing import Any, Callable, Sequence
 
 import jax
@@ -49,6 +50,7 @@ class SearchResult:
     policy_flops: float
     verifier_flops: float
     reread_tokens: int = 0  # revisions: tokens the policy read again between attempts (the window's attempts)
+    overflowed_contexts: int = 0  # revisions: attempts whose context (prompt and window) was cut to fit max_len
 
 
 def inference_flops(params: float, tokens: float) -> float:
@@ -170,6 +172,11 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                 generations=strategy.budget, generated_tokens=gen_tokens, verifier_tokens=verifier_tokens,
                 policy_flops=inference_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
                 verifier_flops=inference_flops(verifier.num_params, verifier_tokens)))
+    overflowed = sum(r.overflowed_contexts for r in results)
+    if overflowed:
+        warnings.warn(f"{strategy.label}: {overflowed} of {len(results) * strategy.budget} attempts had a context (the "
+                      f"prompt and the window's earlier attempts) that did not fit max_len={settings.max_len} and was "
+                      "cut; raise search.max_len or lower the strategy's window.", stacklevel=2)
     return results
 
 
@@ -195,4 +202,5 @@ def _chain_result(strategy: Revisions, engine: Engine, verifier: Verifier, token
     return SearchResult(answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
                         generations=strategy.budget, generated_tokens=generated, verifier_tokens=scored,
                         policy_flops=inference_flops(engine.config.num_params(), generated + reread + prompt_len),
-                        verifier_flops=inference_flops(verifier.num_params, scored), reread_tokens=reread)
+                        verifier_flops=inference_flops(verifier.num_params, scored), reread_tokens=reread,
+                        overflowed_contexts=int(host["overflowed"][rows].sum()))
