@@ -118,11 +118,12 @@ def _revisions_section(rows: tuple[RevisionChains, ...]) -> list[str]:
     return lines
 
 
-def _ratio_name(row: RatioAccuracy) -> str:
-    """A ratio as the summary names it: "fully sequential (16:1)", "fully parallel (1:16)" or "4:4"."""
+def _ratio_name(row: RatioAccuracy, side: str) -> str:
+    """The most sequential or parallel ratio (`side`) as the summary names it: "fully sequential (16:1)", "fully
+    parallel (1:16)" or "the most sequential ratio (4:4)"."""
     if row.chains == 1:
         return f"fully sequential ({row.ratio})"
-    return f"fully parallel ({row.ratio})" if row.sequential == 1 else row.ratio
+    return f"fully parallel ({row.ratio})" if row.sequential == 1 else f"the most {side} ratio ({row.ratio})"
 
 
 def _ratio_cells(ratios: tuple[RatioAccuracy, ...]) -> str:
@@ -143,12 +144,12 @@ def _sequential_vs_parallel_section(findings: Findings, label: str) -> list[str]
         most_sequential, most_parallel = row.ratios[-1], row.ratios[0]
         against = []
         if row.sequential_vs_parallel is not None:
-            against.append(f"{_BEATS[row.sequential_vs_parallel]} {_ratio_name(most_parallel)} "
+            against.append(f"{_BEATS[row.sequential_vs_parallel]} {_ratio_name(most_parallel, 'parallel')} "
                            f"{most_parallel.accuracy:.3f}")
         if row.sequential_vs_best_of_n is not None:
             against.append(f"{_BEATS[row.sequential_vs_best_of_n]} {label} {row.best_of_n:.3f}")
         if against:
-            words.append(f"at N={row.budget} ({row.family}) {_ratio_name(most_sequential)} "
+            words.append(f"at N={row.budget} ({row.family}) {_ratio_name(most_sequential, 'sequential')} "
                          f"{most_sequential.accuracy:.3f} " + " and ".join(against))
     text = "; ".join(words)
     lines += ["", (text[:1].upper() + text[1:] + ". " if text else "")
