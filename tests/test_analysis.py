@@ -6,9 +6,9 @@ import pathlib
 
 import pytest
 
-from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, analyze,
-                                  baseline_name)
-from ttcjax.eval.report import markdown
+from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, RatioPlace,
+                                  Winner, analyze, baseline_name)
+from ttcjax.eval.report import markdown, plots
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "demo_reduced_golden.json"
 BON, BEAM = "best_of_n-selectionweighted", "beam-width4"
@@ -19,7 +19,7 @@ def spec_of(name: str) -> dict:
     kind, *options = name.split("-")
     spec = {"kind": kind}
     for option in options:
-        key = next(k for k in ("selection", "width", "k") if option.startswith(k))
+        key = next(k for k in ("selection", "width", "k", "sequential") if option.startswith(k))
         value = option[len(key):]
         spec[key] = int(value) if value.isdigit() else value
     return spec
@@ -32,7 +32,8 @@ def make_report(per_level: dict[str, dict[str, dict[str, float]]], *, best_of_n:
     `best_of_n` and `efficiency` override best-of-N weighted's held-out accuracy and compute-optimal's efficiency."""
     names = list(dict.fromkeys(n for table in per_level.values() for n in table))
     budgets = sorted({b for table in per_level.values() for row in table.values() for b in row}, key=int)
-    accuracy = {n: {b: sum(t[n][b] for t in per_level.values()) / len(per_level) for b in budgets} for n in names}
+    accuracy = {n: {b: sum(t[n][b] for t in per_level.values()) / len(per_level) for b in budgets
+                    if all(b in t[n] for t in per_level.values())} for n in names}
     best_of_n = best_of_n or accuracy[BON]
     optimal = {"choice": {}, "cv_accuracy": dict(best_of_n), "best_of_n_weighted": dict(best_of_n),
                "efficiency": efficiency or {b: int(b) for b in budgets}}
@@ -215,3 +216,132 @@ def test_the_summary_states_a_saving_and_the_beam_verdict():
     assert "Compute-optimal reaches best-of-N weighted's accuracy at N=64 with N=4 generations (16x fewer)." in text
     assert "Best-of-N weighted itself already reaches its N=64 accuracy at N=16 (0.600 against 0.600)." in text
     assert "beam search beats best-of-N there (N=4: beam-width4 0.300 vs best-of-N weighted 0.100;" in text
+
+
+# ---- revisions: sequential against parallel, the ratio by difficulty, compute-optimal revisions -----------------
+
+PARALLEL, SEQ4, SEQ16 = "revisions-sequential1", "revisions-sequential4", "revisions-sequential16"
+FAMILY = "selection hierarchical, window 4"
+
+
+def revision_levels() -> dict:
+    """Three oracle levels at N=4 (ratios 1:4, 4:1) and N=16 (1:16, 4:4, 16:1). At N=16 the easy level does best
+    fully sequential and the others at 4:4; at N=4 level 1 ties (0.6 both) and levels 2, 3 do best fully parallel."""
+    def lv(bon, parallel, seq4, seq16):
+        return {BON: dict(zip(("4", "16"), bon)), PARALLEL: dict(zip(("4", "16"), parallel)),
+                SEQ4: dict(zip(("4", "16"), seq4)), SEQ16: {"16": seq16}}
+
+    return {"1": lv((0.7, 0.8), (0.6, 0.6), (0.6, 0.8), 1.0), "2": lv((0.4, 0.5), (0.5, 0.5), (0.3, 0.7), 0.6),
+            "3": lv((0.1, 0.2), (0.1, 0.2), (0.0, 0.4), 0.0)}
+
+
+def revision_report(with_best_of_n: bool = True) -> dict:
+    """Overall (mean of the levels) at N=4: best-of-N 0.4, 1:4 0.4, 4:1 0.3; at N=16: best-of-N 0.5, 1:16 0.433,
+    4:4 0.633, 16:1 0.533. Compute-optimal revisions, oracle bins: 0.5 and 0.6 against best-of-N's 0.4 and 0.5, so
+    N=4 matches best-of-N at 4 and at 16 (4x fewer); predicted bins: 0.3 and 0.45, reaching best-of-N's N=4
+    accuracy only at N=16 and its N=16 accuracy never."""
+    report = make_report(revision_levels())
+    bon = {"4": 0.4, "16": 0.5}
+    report["revisions_compute_optimal"] = {
+        "oracle": {"choice": {"1/4": SEQ4, "1/16": SEQ16, "2/4": PARALLEL, "2/16": SEQ4, "3/4": PARALLEL,
+                              "3/16": SEQ4},
+                   "cv_accuracy": {"4": 0.5, "16": 0.6}, "best_of_n_weighted": bon, "efficiency": {"4": 4, "16": 4}},
+        "predicted": {"choice": {}, "cv_accuracy": {"4": 0.3, "16": 0.45}, "best_of_n_weighted": bon,
+                      "efficiency": {"4": 16, "16": None}}}
+    if not with_best_of_n:
+        del report["strategies"][BON]
+        for opt in report["revisions_compute_optimal"].values():
+            opt["best_of_n_weighted"] = opt["efficiency"] = None
+    return report
+
+
+def test_sequential_against_parallel_and_best_of_n_at_equal_budget():
+    findings = analyze(revision_report())
+    low, high = findings.sequential_vs_parallel
+    assert (low.budget, low.family, high.budget, high.family) == (4, FAMILY, 16, FAMILY)
+    assert [(r.strategy, r.ratio) for r in low.ratios] == [(PARALLEL, "1:4"), (SEQ4, "4:1")]
+    assert [(r.strategy, r.ratio) for r in high.ratios] == [(PARALLEL, "1:16"), (SEQ4, "4:4"), (SEQ16, "16:1")]
+    assert [r.accuracy for r in high.ratios] == pytest.approx([1.3 / 3, 1.9 / 3, 1.6 / 3])
+    assert low.best_of_n == pytest.approx(0.4) and high.best_of_n == pytest.approx(0.5)
+    # N=4: fully sequential 0.3 loses to fully parallel 0.4 and to best-of-N 0.4; N=16: 0.533 beats 0.433 and 0.5
+    assert (low.sequential_vs_parallel, low.sequential_vs_best_of_n) == (Winner.PARALLEL, Winner.PARALLEL)
+    assert (high.sequential_vs_parallel, high.sequential_vs_best_of_n) == (Winner.SEQUENTIAL, Winner.SEQUENTIAL)
+
+
+def test_the_best_ratio_per_difficulty_level():
+    sweep = {(row.level, row.budget): row for row in analyze(revision_report()).ratio_by_difficulty}
+    assert sorted(sweep) == [("1", 4), ("1", 16), ("2", 4), ("2", 16), ("3", 4), ("3", 16)]
+    best = {key: (row.best.ratio, row.place, row.tied) for key, row in sweep.items()}
+    assert best == {("1", 16): ("16:1", RatioPlace.FULLY_SEQUENTIAL, False),  # easy: fully sequential
+                    ("2", 16): ("4:4", RatioPlace.INTERIOR, False), ("3", 16): ("4:4", RatioPlace.INTERIOR, False),
+                    ("1", 4): ("4:1", RatioPlace.FULLY_SEQUENTIAL, True),  # 0.6 both: the more sequential
+                    ("2", 4): ("1:4", RatioPlace.FULLY_PARALLEL, False),
+                    ("3", 4): ("1:4", RatioPlace.FULLY_PARALLEL, False)}
+    assert [r.accuracy for r in sweep[("3", 16)].ratios] == [0.2, 0.4, 0.0]
+
+
+def test_compute_optimal_revisions_against_best_of_n():
+    opt = analyze(revision_report()).revisions_compute_optimal
+    oracle, predicted = opt["oracle"], opt["predicted"]
+    assert [(r.budget, r.compute_optimal, r.best_of_n, r.matched_at, r.factor) for r in oracle.by_budget] == [
+        (4, 0.5, 0.4, 4, 1.0), (16, 0.6, 0.5, 4, 4.0)]
+    assert oracle.best_factor == 4.0 and oracle.choice["1/16"] == SEQ16
+    assert oracle.efficiency.verdict is EfficiencyVerdict.FEWER_GENERATIONS and oracle.efficiency.factor == 4.0
+    assert [(r.matched_at, r.factor) for r in predicted.by_budget] == [(16, 0.25), (None, None)]
+    assert predicted.efficiency.verdict is EfficiencyVerdict.NOT_REACHED and predicted.best_factor == 0.25
+
+
+def test_the_summary_states_the_revision_findings(tmp_path):
+    report = revision_report()
+    text = markdown(report, analyze(report))
+    assert "## Revisions: sequential versus parallel at equal budget" in text
+    assert (f"| 16 | {FAMILY} | 1:16 0.433, 4:4 0.633, 16:1 0.533 | 0.500 |") in text
+    assert ("At N=4 (selection hierarchical, window 4) fully sequential (4:1) 0.300 loses to fully parallel (1:4) "
+            "0.400 and loses to best-of-N weighted 0.400; at N=16 (selection hierarchical, window 4) fully sequential "
+            "(16:1) 0.533 beats fully parallel (1:16) 0.433 and beats best-of-N weighted 0.500.") in text
+    assert "| 2 | 16 | selection hierarchical, window 4 | 1:16 0.500, 4:4 0.700, 16:1 0.600 | 4:4 |" in text
+    assert "| 1 | 4 | selection hierarchical, window 4 | 1:4 0.600, 4:1 0.600 | 4:1 (tied) |" in text
+    assert ("By level: level 1 at N=4 does best fully sequential (4:1, 0.600, tied); level 1 at N=16 does best fully "
+            "sequential (16:1, 1.000); level 2 at N=4 does best fully parallel (1:4, 0.500); level 2 at N=16 does best "
+            "at an interior ratio (4:4, 0.700);") in text
+    assert "| compute-optimal revisions (oracle bins) | 0.500 | 0.600 |" in text
+    assert ("- Efficiency (oracle bins): the smallest budget at which compute-optimal revisions match best-of-N "
+            "weighted at N=4: 4, N=16: 4 (4x fewer). At most 4x fewer.") in text
+    assert "N=4: 16 (4x more), N=16: not reached." in text
+    assert ("The compute-optimal ratio reaches best-of-N weighted's accuracy at N=16 with N=4 generations "
+            "(4x fewer).") in text
+    assert "![](revision_ratio_by_difficulty.png)" in text and "![](revisions_vs_best_of_n.png)" in text
+    plots(report, str(tmp_path))
+    assert (tmp_path / "revision_ratio_by_difficulty.png").stat().st_size > 0
+    assert (tmp_path / "revisions_vs_best_of_n.png").stat().st_size > 0
+
+
+def test_without_best_of_n_weighted_the_revisions_are_not_compared_with_it(tmp_path):
+    report = revision_report(with_best_of_n=False)
+    findings = analyze(report)
+    assert findings.baseline is None
+    assert all(row.best_of_n is None and row.sequential_vs_best_of_n is None
+               for row in findings.sequential_vs_parallel)
+    assert findings.sequential_vs_parallel[1].sequential_vs_parallel is Winner.SEQUENTIAL
+    opt = findings.revisions_compute_optimal["oracle"]
+    assert opt.efficiency is None and opt.best_factor is None
+    assert [(r.best_of_n, r.matched_at) for r in opt.by_budget] == [(None, None), (None, None)]
+    text = markdown(report, findings)
+    assert "This run has no best-of-N weighted strategy, so compute-optimal revisions are not compared with it." in text
+    assert "This run has no best-of-N weighted strategy, so the revisions are not compared with it." in text
+    assert "(16:1) 0.533 beats fully parallel (1:16) 0.433. The paper found" in text
+    plots(report, str(tmp_path))
+    assert (tmp_path / "revisions_vs_best_of_n.png").exists()
+    assert "| compute-optimal revisions (predicted bins) | 0.300 | 0.450 |" in text
+
+
+def test_a_report_without_revisions_has_no_revision_findings():
+    report = make_report(five_levels())
+    findings = analyze(report)
+    assert findings.sequential_vs_parallel == () and findings.ratio_by_difficulty == ()
+    assert findings.revisions_compute_optimal == {}
+    assert "Revisions" not in markdown(report, findings)
+    data = analyze(revision_report()).to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["ratio_by_difficulty"][0]["place"] in {p.value for p in RatioPlace}
+    assert data["revisions_compute_optimal"]["oracle"]["efficiency"]["verdict"] == "fewer_generations"

@@ -1,5 +1,6 @@
 """Revision strategies in sweeps, experiments and `ttcjax run`: they run the revision model and its verifier (a config
-without a revision model is refused), the scheduler names them, and the report gives pass@1 by revision step."""
+without a revision model is refused), the scheduler names them, and the report gives pass@1 by revision step,
+sequential against parallel, the ratio per difficulty level and compute-optimal revisions against best-of-N."""
 
 import json
 import zlib
@@ -24,6 +25,7 @@ from ttcjax.verifiers.reward_model import save_prm
 
 SEPARATOR = "Q\n"  # text the toy tokenizer writes (its alphabet is Qxy and the newline)
 REVISIONS = {"kind": "revisions", "sequential": 2}
+PARALLEL = {"kind": "revisions", "sequential": 1}  # one attempt per chain
 SEARCH = {"max_rounds": 3, "max_step_tokens": 6, "max_len": 64}
 
 
@@ -138,7 +140,7 @@ def test_an_experiment_with_revisions_saves_a_scheduler_that_run_applies_with_th
     out = tmp_path / "run"
     config = sweep_config(out, models, revision_policy=models["reviser"], revision_verifier=models["verifier"],
                           questions=4, difficulty_samples=2, bins=2, probe_samples=1, max_new_tokens=16,
-                          strategies=[{"kind": "best_of_n", "selection": "weighted"}, REVISIONS])
+                          strategies=[{"kind": "best_of_n", "selection": "weighted"}, REVISIONS, PARALLEL])
     path = tmp_path / "experiment.yaml"
     path.write_text(yaml.safe_dump(config))
     assert main(["experiment", "--config", str(path), "--no-progress"]) == 0
@@ -146,7 +148,7 @@ def test_an_experiment_with_revisions_saves_a_scheduler_that_run_applies_with_th
     assert scheduler["revision_policy"] == models["reviser"] and scheduler["revision_verifier"] == models["verifier"]
     assert scheduler["search"]["revision_separator"] == SEPARATOR
     report = json.loads((out / "report.json").read_text())
-    assert set(report["accuracy"]) == {"best_of_n-selectionweighted", "revisions-sequential2"}
+    assert set(report["accuracy"]) == {"best_of_n-selectionweighted", "revisions-sequential2", "revisions-sequential1"}
     records = [json.loads(line) for line in (out / "results" / "revisions-sequential2-b4.jsonl").read_text()
                .splitlines()]
     [cell] = report["revisions"]["revisions-sequential2"].values()
@@ -154,11 +156,39 @@ def test_an_experiment_with_revisions_saves_a_scheduler_that_run_applies_with_th
     assert cell["right_followed"] == sum(r["right_followed"] for r in records)
     assert report["params"]["revision_policy"] == report["params"]["policy"] > 0
     findings = analyze(report)
-    [row] = findings.revisions
-    assert row.strategy == "revisions-sequential2" and row.budget == 4
+    [row] = [row for row in findings.revisions if row.strategy == "revisions-sequential2"]
+    assert row.budget == 4
     assert row.right_to_wrong_rate == (cell["right_to_wrong"] / cell["right_followed"] if cell["right_followed"]
                                        else None)
-    assert "pass@1 by revision step" in (out / "summary.md").read_text()
+    summary = (out / "summary.md").read_text()
+    assert "pass@1 by revision step" in summary
+
+    # sequential against parallel at N=4 (2:2 against 1:4), the ratio per level, compute-optimal revisions
+    [equal_budget] = findings.sequential_vs_parallel
+    assert [(r.strategy, r.ratio) for r in equal_budget.ratios] == [("revisions-sequential1", "1:4"),
+                                                                    ("revisions-sequential2", "2:2")]
+    assert [r.accuracy for r in equal_budget.ratios] == [report["accuracy"][r.strategy]["4"]
+                                                         for r in equal_budget.ratios]
+    assert equal_budget.best_of_n == report["accuracy"]["best_of_n-selectionweighted"]["4"]
+    assert [row.level for row in findings.ratio_by_difficulty] == ["1", "2"]
+    for row in findings.ratio_by_difficulty:
+        table = report["per_level"]["oracle"][row.level]
+        assert row.best.accuracy == max(table[r.strategy]["4"] for r in row.ratios)
+    assert set(report["revisions_compute_optimal"]) == {"oracle", "predicted"}
+    for signal, opt in report["revisions_compute_optimal"].items():
+        assert set(opt["choice"].values()) <= {"revisions-sequential1", "revisions-sequential2"}
+        bon = report["compute_optimal"][signal]["best_of_n_weighted"]["4"]
+        assert opt["best_of_n_weighted"] == {"4": bon}
+        assert opt["efficiency"] == {"4": 4 if opt["cv_accuracy"]["4"] >= bon - 1e-12 else None}
+        assert findings.revisions_compute_optimal[signal].by_budget[0].compute_optimal == opt["cv_accuracy"]["4"]
+    assert report["findings"]["revisions_compute_optimal"]["oracle"]["signal"] == "oracle"
+    for section in ("## Revisions: sequential versus parallel at equal budget",
+                    "## Revisions: the sequential:parallel ratio by difficulty",
+                    "## Compute-optimal revisions versus best-of-N"):
+        assert section in summary
+    verdict = {"sequential": "beats", "parallel": "loses to", "tie": "ties with"}[equal_budget.sequential_vs_parallel]
+    assert f"the most sequential ratio (2:2) {equal_budget.ratios[1].accuracy:.3f} {verdict} fully parallel" in summary
+    assert (out / "revision_ratio_by_difficulty.png").exists() and (out / "revisions_vs_best_of_n.png").exists()
 
     # the revision strategy chosen at every level: `ttcjax run` answers with the revision model
     scheduler["choices"] = {k: REVISIONS for k in scheduler["choices"]}

@@ -16,7 +16,11 @@
    search at the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
 5. Report: report.json with its findings (`ttcjax.eval.analysis`), summary.md and plots rendered from them
    (`ttcjax.eval.report`), per-question results, scheduler.json. With revision strategies: pass@1 by revision
-   step and the right-to-wrong rate per revision cell (report["revisions"]).
+   step and the right-to-wrong rate per revision cell (report["revisions"]); sequential against parallel at
+   equal budget (each sequential:parallel ratio next to best-of-N weighted); the ratio sweep per oracle level
+   with its best ratio (revision_ratio_by_difficulty.png); and compute-optimal revisions, the ratio chosen per
+   bin by the same cross-validation among the revision strategies only, against best-of-N weighted with its
+   efficiency (report["revisions_compute_optimal"], oracle and predicted bins; revisions_vs_best_of_n.png).
 
 Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted experiment
 resumes where it stopped. The run directory belongs to one config (run_config.json).
@@ -237,10 +241,18 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     specs = {s.name: s for s in config.strategies}
     baseline = next((s.name for s in config.strategies if s.effective() == BASELINE.effective()),
                     config.strategies[0].name)
-    selections = {}
+    weighted = next((s.name for s in config.strategies if s.effective() == BASELINE.effective()), None)
+    revision_names = {s.name for s in config.strategies if s.kind == Revisions.kind}
+    revision_correct = {cell: c for cell, c in grid.correct.items() if cell[0] in revision_names}
+    selections, revision_selections = {}, {}
     for name, levels in (("oracle", oracle_levels), ("predicted", predicted_levels)):
         sel = select_strategies(grid.correct, levels, folds=config.folds, seed=config.seed, baseline=baseline)
         selections[name] = {"selection": sel, "levels": levels, "efficiency": efficiency(sel, levels)}
+        if revision_correct:  # the ratio per bin, among revision strategies only, against best-of-N weighted
+            rev = select_strategies(revision_correct, levels, folds=config.folds, seed=config.seed)
+            rev = dataclasses.replace(rev, best_of_n_accuracy=sel.best_of_n_accuracy if weighted else {})
+            revision_selections[name] = {"selection": rev, "levels": levels,
+                                         "efficiency": efficiency(rev, levels) if weighted else None}
     task_form = task.to_dict()
     if "path" in task_form:
         task_form["path"] = _absolute(task_form["path"])
@@ -290,6 +302,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
         report["params"].update(revision_policy=revision.engine.config.num_params(),
                                 revision_verifier=revision.verifier.num_params)
         report["revisions"] = revision_summary(grid.records, config.strategies)
+    if revision_selections:
+        report["revisions_compute_optimal"] = {signal: _compute_optimal(s) for signal, s in revision_selections.items()}
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
 
@@ -304,7 +318,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     findings = analyze(report)
     report["findings"] = findings.to_dict()
     write_json(os.path.join(out, "report.json"), report)
-    plots(report, out)
+    plots(report, out, findings)
     with atomic_path(os.path.join(out, "summary.md")) as tmp, open(tmp, "w") as f:
         f.write(markdown(report, findings))
     log(f"done in {time.perf_counter() - started:.0f} s: {os.path.join(out, 'summary.md')}")
@@ -325,6 +339,20 @@ def revision_summary(records: dict[tuple[str, int], list[dict]], specs: Sequence
     return out
 
 
+def _compute_optimal(selected: dict) -> dict:
+    """A selection in report.json's form (`compute_optimal.<signal>`): the choice per "level/budget", and per
+    budget the held-out accuracy, best-of-N weighted's and the efficiency (those two None where the selection has
+    no best-of-N to compare with)."""
+    sel, levels = selected["selection"], selected["levels"]
+    budgets = sorted({b for _, b in sel.cv_accuracy})
+    compared = selected["efficiency"] is not None
+    return {"choice": {f"{lv}/{b}": name for (lv, b), name in sel.choice.items()},
+            "cv_accuracy": {str(b): overall(sel.cv_accuracy, levels, b) for b in budgets},
+            "best_of_n_weighted": ({str(b): overall(sel.best_of_n_accuracy, levels, b) for b in budgets}
+                                   if compared else None),
+            "efficiency": {str(b): v for b, v in selected["efficiency"].items()} if compared else None}
+
+
 def _report(config, problems, diff, oracle_levels, predicted_levels, correct, tokens, selections, exchange,
             small_params, large_params, verifier_params, large_correct, seconds) -> dict:
     budgets = sorted({b for _, b in correct})
@@ -335,15 +363,7 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
         per_level[signal] = {str(lv): {n: {str(b): float(correct[(n, b)][levels == lv].mean())
                                           for b in budgets if (n, b) in correct} for n in names}
                              for lv in range(1, config.bins + 1) if (levels == lv).any()}
-    optimal = {}
-    for signal, s in selections.items():
-        sel, levels = s["selection"], s["levels"]
-        optimal[signal] = {
-            "choice": {f"{lv}/{b}": name for (lv, b), name in sel.choice.items()},
-            "cv_accuracy": {str(b): overall(sel.cv_accuracy, levels, b) for b in budgets},
-            "best_of_n_weighted": {str(b): overall(sel.best_of_n_accuracy, levels, b) for b in budgets},
-            "efficiency": {str(b): v for b, v in s["efficiency"].items()},
-        }
+    optimal = {signal: _compute_optimal(s) for signal, s in selections.items()}
     return {"config": config.to_dict(), "questions": len(problems), "seconds": seconds,
             "strategies": {s.name: s.to_dict() for s in config.strategies},
             "params": {"policy": small_params, "large_policy": large_params, "verifier": verifier_params},

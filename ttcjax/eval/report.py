@@ -11,7 +11,8 @@ import os
 import numpy as np
 
 from ttcjax.eval.analysis import (BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched,
-                                  RevisionChains, baseline_name)
+                                  RatioAccuracy, RatioPlace, RevisionChains, RevisionsComputeOptimal, Winner, analyze,
+                                  baseline_name)
 from ttcjax.io import atomic_path
 
 
@@ -67,6 +68,12 @@ def markdown(report: dict, findings: Findings) -> str:
               "![](compute_optimal_vs_best_of_n.png)", ""]
     if findings.revisions:
         lines += _revisions_section(findings.revisions)
+    if findings.sequential_vs_parallel:
+        lines += _sequential_vs_parallel_section(findings, label)
+    if findings.ratio_by_difficulty:
+        lines += _ratio_by_difficulty_section(findings)
+    if findings.revisions_compute_optimal:
+        lines += _revisions_compute_optimal_section(findings, label)
     if r["flops_exchange"]:
         lines += _flops_section(r, findings)
     lines += ["Raw per-question results: results/*.jsonl, difficulty.jsonl"
@@ -111,6 +118,105 @@ def _revisions_section(rows: tuple[RevisionChains, ...]) -> list[str]:
     return lines
 
 
+def _ratio_name(row: RatioAccuracy, side: str) -> str:
+    """The most sequential or parallel ratio (`side`) as the summary names it: "fully sequential (16:1)", "fully
+    parallel (1:16)" or "the most sequential ratio (4:4)"."""
+    if row.chains == 1:
+        return f"fully sequential ({row.ratio})"
+    return f"fully parallel ({row.ratio})" if row.sequential == 1 else f"the most {side} ratio ({row.ratio})"
+
+
+def _ratio_cells(ratios: tuple[RatioAccuracy, ...]) -> str:
+    return ", ".join(f"{r.ratio} {r.accuracy:.3f}" for r in ratios)
+
+
+_BEATS = {Winner.SEQUENTIAL: "beats", Winner.PARALLEL: "loses to", Winner.TIE: "ties with"}
+
+
+def _sequential_vs_parallel_section(findings: Findings, label: str) -> list[str]:
+    lines = ["## Revisions: sequential versus parallel at equal budget", "",
+             "Accuracy of the revision strategies at each budget N by their sequential:parallel ratio (attempts per "
+             f"chain : N / attempts parallel chains), next to {label} from the policy (the paper's figure 6 right).",
+             "", f"| N | revision strategies | accuracy by ratio, most parallel first | {label} |", "|---|---|---|---|"]
+    words = []
+    for row in findings.sequential_vs_parallel:
+        lines.append(f"| {row.budget} | {row.family} | {_ratio_cells(row.ratios)} | {_three(row.best_of_n)} |")
+        most_sequential, most_parallel = row.ratios[-1], row.ratios[0]
+        against = []
+        if row.sequential_vs_parallel is not None:
+            against.append(f"{_BEATS[row.sequential_vs_parallel]} {_ratio_name(most_parallel, 'parallel')} "
+                           f"{most_parallel.accuracy:.3f}")
+        if row.sequential_vs_best_of_n is not None:
+            against.append(f"{_BEATS[row.sequential_vs_best_of_n]} {label} {row.best_of_n:.3f}")
+        if against:
+            words.append(f"at N={row.budget} ({row.family}) {_ratio_name(most_sequential, 'sequential')} "
+                         f"{most_sequential.accuracy:.3f} " + " and ".join(against))
+    text = "; ".join(words)
+    lines += ["", (text[:1].upper() + text[1:] + ". " if text else "")
+              + "The paper found sequential revisions narrowly ahead of parallel samples at equal budget.", ""]
+    if findings.baseline is None:
+        lines += ["This run has no best-of-N weighted strategy, so the revisions are not compared with it.", ""]
+    return lines
+
+
+_PLACES = {RatioPlace.FULLY_SEQUENTIAL: "fully sequential", RatioPlace.INTERIOR: "at an interior ratio",
+           RatioPlace.FULLY_PARALLEL: "fully parallel"}
+
+
+def _ratio_by_difficulty_section(findings: Findings) -> list[str]:
+    lines = ["## Revisions: the sequential:parallel ratio by difficulty (oracle bins, 1 = easiest)", "",
+             "| level | N | revision strategies | accuracy by ratio, most parallel first | best ratio |",
+             "|---|---|---|---|---|"]
+    for row in findings.ratio_by_difficulty:
+        lines.append(f"| {row.level} | {row.budget} | {row.family} | {_ratio_cells(row.ratios)} | "
+                     f"{row.best.ratio}{' (tied)' if row.tied else ''} |")
+    parts = [f"level {row.level} at N={row.budget} does best {_PLACES[row.place]} ({row.best.ratio}, "
+             f"{row.best.accuracy:.3f}{', tied' if row.tied else ''})" for row in findings.ratio_by_difficulty]
+    lines += ["", "By level: " + "; ".join(parts) + ". The paper found easy questions best fully sequential and "
+              "hard ones at an interior ratio (ties go to the more sequential ratio here).", "",
+              "![](revision_ratio_by_difficulty.png)", ""]
+    return lines
+
+
+def _revisions_compute_optimal_section(findings: Findings, label: str) -> list[str]:
+    by_signal = findings.revisions_compute_optimal
+    budgets = [row.budget for row in next(iter(by_signal.values())).by_budget]
+    lines = ["## Compute-optimal revisions versus best-of-N (held-out folds)", "",
+             "The sequential:parallel ratio chosen per bin by the same cross-validation, among the revision strategies "
+             "only (the paper's figure 7 left).", "",
+             "| | " + " | ".join(f"N={b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
+    for signal, opt in by_signal.items():
+        lines.append(f"| compute-optimal revisions ({signal} bins) | "
+                     + " | ".join(f"{row.compute_optimal:.3f}" for row in opt.by_budget) + " |")
+    if any(opt.efficiency is None for opt in by_signal.values()):
+        return lines + ["", "This run has no best-of-N weighted strategy, so compute-optimal revisions are not "
+                        "compared with it.", ""]
+    first = next(iter(by_signal.values()))
+    lines += [f"| {label} | " + " | ".join(f"{row.best_of_n:.3f}" for row in first.by_budget) + " |", ""]
+    for signal, opt in by_signal.items():
+        lines.append(f"- Efficiency ({signal} bins): the smallest budget at which compute-optimal revisions match "
+                     f"{label} at " + ", ".join(f"N={row.budget}: " + _matched(row.matched_at, row.factor)
+                                                for row in opt.by_budget) + "."
+                     + _most_saved(opt))
+    lines += ["", "**What this shows.** " + _efficiency(by_signal["oracle"].efficiency, label,
+                                                          subject="The compute-optimal ratio", method="revisions")
+              + " The paper: compute-optimal revisions outperform best-of-N with up to 4x less test-time compute "
+              "(64 samples against 256). Choices per bin are in report.json (`revisions_compute_optimal.*.choice`).",
+              "", "![](revisions_vs_best_of_n.png)", ""]
+    return lines
+
+
+def _matched(budget: int | None, factor: float | None) -> str:
+    if budget is None:
+        return "not reached"
+    return (f"{budget}" if factor == 1 else f"{budget} ({factor:g}x fewer)" if factor > 1 else
+            f"{budget} ({1 / factor:g}x more)")
+
+
+def _most_saved(opt: RevisionsComputeOptimal) -> str:
+    return "" if opt.best_factor is None or opt.best_factor <= 1 else f" At most {opt.best_factor:g}x fewer."
+
+
 def baseline_label(report: dict) -> str:
     """How the summary names the strategy compute-optimal is measured against."""
     name = report.get("baseline")
@@ -125,17 +231,18 @@ def _two(x: float | None) -> str:
     return "-" if x is None else f"{x:.2f}"
 
 
-def _efficiency(e: Efficiency, label: str) -> str:
+def _efficiency(e: Efficiency, label: str, subject: str = "Compute-optimal", method: str = "search strategies"
+                ) -> str:
     top, label_ = e.top_budget, label[0].upper() + label[1:]
     if e.verdict is EfficiencyVerdict.SEARCH_ADDS_NOTHING:
-        return (f"Compute-optimal matches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
+        return (f"{subject} matches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
                 f"generations, but {label} itself already does so at N={e.best_of_n_budget}: on this run "
-                "search strategies add nothing over best-of-N at that budget.")
+                f"{method} add nothing over best-of-N at that budget.")
     if e.verdict is EfficiencyVerdict.FEWER_GENERATIONS:
-        text = (f"Compute-optimal reaches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
+        text = (f"{subject} reaches {label}'s accuracy at N={top} with N={e.compute_optimal_budget} "
                 f"generations ({e.factor:.0f}x fewer).")
     else:
-        text = f"Compute-optimal does not reach {label}'s accuracy at N={top} within these budgets."
+        text = f"{subject} does not reach {label}'s accuracy at N={top} within these budgets."
     if e.best_of_n_saturates:
         text += (f" {label_} itself already reaches its N={top} accuracy at N={e.best_of_n_budget} "
                  f"({e.best_of_n_accuracy:.3f} against {e.best_of_n_top_accuracy:.3f}).")
@@ -173,8 +280,11 @@ def _flops_matched(rows: tuple[FlopsMatched, ...]) -> str:
             "use of FLOPs on easy and intermediate questions when R is small, and pretraining on the hardest.")
 
 
-def plots(report: dict, out: str) -> None:
-    """The report's four figures as PNG files in `out`."""
+def plots(report: dict, out: str, findings: Findings | None = None) -> None:
+    """The report's figures as PNG files in `out` (`findings`: analyze(report), computed here when not given).
+    With revision strategies also revision_ratio_by_difficulty.png (where a budget has two ratios or more) and
+    revisions_vs_best_of_n.png."""
+    findings = findings or analyze(report)
     import matplotlib
 
     matplotlib.use("Agg")
@@ -221,6 +331,37 @@ def plots(report: dict, out: str) -> None:
     ax.set_ylabel("accuracy (held-out folds)")
     ax.legend(fontsize=7)
     save(fig, "compute_optimal_vs_best_of_n.png")
+
+    if findings.ratio_by_difficulty:
+        sweep_levels = list(dict.fromkeys(row.level for row in findings.ratio_by_difficulty))
+        families = {row.family for row in findings.ratio_by_difficulty}
+        fig, axes = plt.subplots(1, len(sweep_levels), figsize=(2.8 * len(sweep_levels), 3), sharey=True)
+        for ax, lv in zip(np.atleast_1d(axes), sweep_levels):
+            for row in findings.ratio_by_difficulty:
+                if row.level == lv:
+                    ax.plot([r.sequential for r in row.ratios], [r.accuracy for r in row.ratios], marker="o",
+                            label=f"N={row.budget}" + (f" {row.family}" if len(families) > 1 else ""))
+            ax.set_xscale("log", base=2)
+            ax.set_xlabel("sequential attempts per chain")
+            ax.set_title(f"level {lv} (oracle)")
+        np.atleast_1d(axes)[0].set_ylabel("accuracy")
+        np.atleast_1d(axes)[0].legend(fontsize=5)
+        save(fig, "revision_ratio_by_difficulty.png")
+
+    if findings.revisions_compute_optimal:
+        fig, ax = plt.subplots(figsize=(5, 3.6))
+        for (signal, opt), style in zip(findings.revisions_compute_optimal.items(), ("-", "--")):
+            ax.plot([r.budget for r in opt.by_budget], [r.compute_optimal for r in opt.by_budget], style, marker="o",
+                    label=f"compute-optimal revisions ({signal})")
+        opt = next(iter(findings.revisions_compute_optimal.values()))
+        if opt.efficiency is not None:
+            ax.plot([r.budget for r in opt.by_budget], [r.best_of_n for r in opt.by_budget], ":", marker="s",
+                    label=baseline_label(report))
+        ax.set_xscale("log", base=2)
+        ax.set_xlabel("generation budget")
+        ax.set_ylabel("accuracy (held-out folds)")
+        ax.legend(fontsize=7)
+        save(fig, "revisions_vs_best_of_n.png")
 
     ex = report["flops_exchange"]
     if not ex:
