@@ -83,7 +83,7 @@ def main(argv=None):
                                                        SearchSettings(**{**base.to_dict(),
                                                                          "max_len": args.revision_max_len})),
         "revisions": (Revisions(args.n, args.sequential), reviser,
-                      SearchSettings(**{**base.to_dict(), "max_len": args.revision_max_len})),
+                      SearchSettings(**{**base.to_dict(), "revision_max_len": args.revision_max_len})),
     }
 
     def run(name, seed):

@@ -70,7 +70,7 @@ def x_verifier(hidden: int = 8, strength: float = 20.0) -> RewardModelVerifier:
 
 # one-token attempts: a single round of a single token, no separator
 ONE_TOKEN = SearchSettings(delimiter="\n", max_step_tokens=1, max_rounds=1, max_len=64, temperature=1.0,
-                           answer_marks=(), revision_separator="")
+                           answer_marks=(), revision_separator="", revision_max_len=64)
 
 
 def chains(strategy, policy, verifier, questions: int, key: int = 0, mesh=None, settings=ONE_TOKEN):
@@ -164,12 +164,12 @@ def test_costs_are_counted_exactly_on_a_hand_counted_chain():
 
 def test_a_window_that_does_not_fit_the_cache_is_counted_and_warned():
     # one-token attempts after a 2-token prompt, window 4: the context before attempt a+1 is 2 + min(a, 4) tokens;
-    # with max_len 4 it leaves no room to write from the third attempt on (3 of a chain's 5 attempts)
+    # with a cache of 4 it leaves no room to write from the third attempt on (3 of a chain's 5 attempts)
     policy, strategy = bigram({Q: 0.5, X: 0.5, Y: 0.5}), Revisions(10, sequential=5, selection="majority")
-    with pytest.warns(UserWarning, match=r"Revisions\(.*\): 12 of 20 attempts had a context .* max_len=4 .* raise "
-                                         r"search.max_len"):
+    with pytest.warns(UserWarning, match=r"Revisions\(.*\): 12 of 20 attempts had a context .* cache of 4 "
+                                         r"tokens and was cut; raise search.revision_max_len"):
         results = chains(strategy, policy, NoVerifier(), questions=2,
-                         settings=dataclasses.replace(ONE_TOKEN, max_len=4))
+                         settings=dataclasses.replace(ONE_TOKEN, revision_max_len=4))
     assert [r.overflowed_contexts for r in results] == [2 * 3, 2 * 3]
     with warnings.catch_warnings():
         warnings.simplefilter("error")

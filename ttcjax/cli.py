@@ -394,10 +394,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         revision = load_revision_settings(args.model)
-        # a chain's cache holds the prompt, the window of earlier attempts and the attempt: the model's whole context
-        max_len = args.max_len or model.config.max_position_embeddings
+        # a chain's cache holds the prompt, the window of earlier attempts and the attempt: by default the model's
+        # whole context
         settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature,
-                                             "max_len": max_len}).for_task(task)
+                                             "revision_max_len": args.max_len}).for_task(task)
         result = evaluate_revision(model, tokenizer, task, problems, settings=settings, separator=revision["separator"],
                                    window=revision["window"], chains=args.chains, sequential=args.sequential,
                                    seed=args.seed, mesh=mesh)

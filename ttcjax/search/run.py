@@ -86,6 +86,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     `on_segment(rows)` is called before each compiled segment with its batch's rows.
     """
     revisions = isinstance(strategy, Revisions)
+    if revisions:  # a chain's cache holds the prompt, the window's earlier attempts and the attempt being written
+        settings = dataclasses.replace(settings, max_len=settings.chain_max_len(engine))
     if strategy.needs_verifier and not verifier.scores_steps:
         raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
                          "selection='majority' with best-of-N, or name a verifier.")
@@ -175,8 +177,9 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     overflowed = sum(r.overflowed_contexts for r in results)
     if overflowed:
         warnings.warn(f"{strategy.label}: {overflowed} of {len(results) * strategy.budget} attempts had a context (the "
-                      f"prompt and the window's earlier attempts) that did not fit max_len={settings.max_len} and was "
-                      "cut; raise search.max_len or lower the strategy's window.", stacklevel=2)
+                      f"prompt and the window's earlier attempts) that did not fit its cache of {settings.max_len} "
+                      "tokens and was cut; raise search.revision_max_len or lower the strategy's window.",
+                      stacklevel=2)
     return results
 
 

@@ -26,7 +26,10 @@ class SearchSettings:
     task's small sizes are the defaults here; natural-language tasks take 256-token steps, 40 rounds, 2048)
     temperature, top_k, top_p   how each step is sampled
     revision_separator   (revision strategies) the text after each earlier attempt in a revision model's context:
-                     the one it was trained with (`ttcjax.search.revisions`)"""
+                     the one it was trained with (`ttcjax.search.revisions`)
+    revision_max_len     (revision strategies) the KV cache per chain: the prompt, the window's earlier attempts
+                     and the attempt being written; None: the revision model's whole context
+                     (max_position_embeddings). A context that does not fit is cut, and search warns"""
 
     delimiter: str | None = None
     max_step_tokens: int = 24
@@ -37,6 +40,7 @@ class SearchSettings:
     top_p: float = 1.0
     answer_marks: tuple[str, ...] | None = None
     revision_separator: str = REVISION_SEPARATOR
+    revision_max_len: int | None = None
 
     def __post_init__(self):
         if self.answer_marks is not None:
@@ -48,6 +52,11 @@ class SearchSettings:
             value = getattr(self, name)
             if not isinstance(value, int) or isinstance(value, bool) or value < 1:
                 raise ValueError(f"search settings: {name}={value!r} must be an integer >= 1.")
+        if self.revision_max_len is not None and (not isinstance(self.revision_max_len, int)
+                                                  or isinstance(self.revision_max_len, bool)
+                                                  or self.revision_max_len <= self.max_step_tokens):
+            raise ValueError(f"search settings: revision_max_len={self.revision_max_len!r} must be an integer above "
+                             f"max_step_tokens={self.max_step_tokens} (or null: the revision model's whole context).")
         if self.delimiter is not None and (not isinstance(self.delimiter, str) or not self.delimiter):
             raise ValueError(f"search settings: delimiter={self.delimiter!r} must be a non-empty string (or null: "
                              "the task's step delimiter).")
@@ -55,6 +64,10 @@ class SearchSettings:
             raise ValueError(f"search settings: max_step_tokens={self.max_step_tokens} must be below "
                              f"max_len={self.max_len}.")
         self.sampling  # checks temperature, top_k and top_p
+
+    def chain_max_len(self, engine) -> int:
+        """The KV cache per revision chain with `engine`'s model: revision_max_len, or the model's context."""
+        return self.revision_max_len or engine.config.max_position_embeddings
 
     def for_task(self, task) -> "SearchSettings":
         """These settings with the task's step delimiter and answer marks where none are set."""
