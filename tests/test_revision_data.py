@@ -197,13 +197,17 @@ def test_cli_train_revision_end_to_end_with_resume(tmp_path, capsys):
 
     # pass@1 per revision step of the fine-tuned model (4 steps of a random model: the numbers are only consistent)
     path = tmp_path / "eval.json"
-    assert main(["eval", "revision", "--model", str(out / "model"), "--task", "{name: arithmetic, difficulties: [2]}", "--questions", "3",
-                 "--chains", "2", "--sequential", "3", "--mesh", "none", "--output", str(path)]) == 0
+    assert main(["eval", "revision", "--model", str(out / "model"), "--task", "{name: arithmetic, difficulties: [2]}",
+                 "--questions", "3", "--chains", "2", "--sequential", "3", "--mesh", "none", "--verifier", "tiny",
+                 "--output", str(path)]) == 0
     result = json.loads(path.read_text())
     overall = result["all"]
     assert overall["problems"] == 3 and len(overall["pass@1_by_step"]) == 3 and result["by_difficulty"]["2"]
     assert max(overall["pass@1_by_step"]) <= overall["pass@6"] and overall["majority"] <= overall["pass@6"]
     assert result["generated_tokens"] > 0 and result["reread_tokens"] > 0 and result["separator"] == "\n"
+    # a revision verifier (here the shipped ORM) scores every attempt: each selection rule's accuracy
+    assert set(overall["by_selection"]) == {"hierarchical", "weighted", "vanilla", "majority"}
+    assert all(v <= overall["pass@6"] for v in overall["by_selection"].values())
 
     # the data rebuild from the kept samples when the paired files are lost, equal to the first
     before = (data / "train.jsonl").read_text()

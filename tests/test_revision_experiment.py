@@ -17,7 +17,7 @@ from ttcjax.cli import main
 from ttcjax.decoding.engine import Engine
 from ttcjax.eval.analysis import analyze
 from ttcjax.eval.experiment import ExperimentConfig
-from ttcjax.eval.sweep import SweepConfig, answer_equal, load_revision_models, plan_cells
+from ttcjax.eval.sweep import SweepConfig, load_revision_models, plan_cells
 from ttcjax.search.run import search
 from ttcjax.training.revisions import save_revision_settings
 from ttcjax.verifiers.loading import verifier_by_name
@@ -119,7 +119,7 @@ def test_a_sweep_runs_revision_cells_with_the_revision_model(tmp_path, models):
     def direct(model_dir):
         return search(cell.strategy, Engine(load_any(model_dir), pad_id=tok.pad_id), verifier, tok,
                       [task.encode_prompt(p, tok) for p in problems], key, extract_answer=task.extract_answer,
-                      equal=answer_equal(task), settings=settings, questions=[p.question for p in problems])
+                      equal=task.same_answer, settings=settings, questions=[p.question for p in problems])
 
     revised, base = direct(models["reviser"]), direct(models["policy"])
     assert [r["solution"] for r in records] == [r.solution for r in revised]

@@ -6,6 +6,7 @@ import json
 import os
 import shutil
 import warnings
+from typing import ClassVar
 
 import jax
 import jax.numpy as jnp
@@ -27,8 +28,9 @@ from ttcjax.search.run import search
 from ttcjax.search.selection import hierarchical, select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Beam, Revisions, StrategySpec, strategy_from_dict
+from ttcjax.tasks.base import ProblemRecord, Prompt, Task
 from ttcjax.tasks.registry import task_from_dict
-from ttcjax.training.revisions import revision_labels, save_revision_settings
+from ttcjax.training.revisions import evaluate_revision, revision_labels, save_revision_settings
 from ttcjax.verifiers.base import NoVerifier
 from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, StepFormat, ValueHead, save_prm
 
@@ -174,6 +176,53 @@ def test_a_window_that_does_not_fit_the_cache_is_counted_and_warned():
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         assert [r.overflowed_contexts for r in chains(strategy, policy, NoVerifier(), questions=2)] == [0, 0]
+
+
+@dataclasses.dataclass(frozen=True)
+class XTask(Task):
+    """The toys' task: every question is the prompt [BOS, Q], an attempt's answer is its text, and 'x' is right."""
+
+    name: ClassVar[str] = "x"
+    splits: ClassVar[tuple[str, ...]] = ("test",)
+    prompt: Prompt = Prompt(style="plain")
+    questions: int = 64
+
+    def load(self, split):
+        return [ProblemRecord(str(i), "Q", "x", metadata={"difficulty": 1 + i % 2}) for i in range(self.questions)]
+
+    def encode_prompt(self, problem, tokenizer):
+        return [TOY.bos_id, Q]
+
+    def extract_answer(self, text):
+        return text or None
+
+    def is_correct(self, problem, answer):
+        return answer == "x"
+
+    def to_dict(self):
+        return {"name": self.name, "questions": self.questions}
+
+    @classmethod
+    def from_dict(cls, data, source="task"):
+        return cls(questions=data["questions"])
+
+
+def test_eval_revision_with_a_perfect_verifier_picks_a_right_attempt_whenever_one_exists():
+    # the verifier scores 'x' high and 'y' low: hierarchical, weighted and vanilla selection are right exactly when
+    # some attempt is (pass@n), the scores separate right attempts perfectly, and majority is right less often
+    task = XTask()
+    result = evaluate_revision(bigram({Q: 0.2, Y: 0.3, X: 0.5}), TOY, task, task.problems(), settings=ONE_TOKEN,
+                               separator="", chains=2, sequential=3, window=4, verifier=x_verifier())
+    for part in (result["all"], *result["by_difficulty"].values()):
+        assert {rule: part["by_selection"][rule] for rule in ("hierarchical", "weighted", "vanilla")} == dict.fromkeys(
+            ("hierarchical", "weighted", "vanilla"), part["pass@6"])
+        assert part["attempt_auc"] == 1.0 and part["majority"] == part["by_selection"]["majority"]
+    assert result["all"]["majority"] < result["all"]["pass@6"] - 0.1
+    assert [result["by_difficulty"][d]["problems"] for d in ("1", "2")] == [32, 32]
+    # without a verifier the rules that read scores are left out
+    bare = evaluate_revision(bigram({Q: 0.2, Y: 0.3, X: 0.5}), TOY, task, task.problems(), settings=ONE_TOKEN,
+                             separator="", chains=2, sequential=3, window=4)
+    assert "by_selection" not in bare["all"] and "attempt_auc" not in bare["all"]
 
 
 def test_eight_devices_run_chains_like_one():

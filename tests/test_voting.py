@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from ttcjax.eval.verifier import roc_auc
 from ttcjax.search.selection import best_of_n, group_answers, majority, weighted
+from ttcjax.verifiers.base import roc_auc
 
 
 def test_the_three_selections_disagree_where_they_should():

@@ -42,7 +42,7 @@ from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experim
                                     run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
-from ttcjax.eval.sweep import SweepConfig, load_policy, run_sweep, summary_markdown
+from ttcjax.eval.sweep import SweepConfig, load_policy, revision_verifier_name, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
 from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
 from ttcjax.models import ModelConfig, init_model
@@ -53,7 +53,7 @@ from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.policy import PolicyTrainConfig, evaluate_policy, train_policy
 from ttcjax.training.revisions import RevisionTrainConfig, evaluate_revision, load_revision_settings, train_revision
 from ttcjax.training.reward_model import PRMTrainConfig, train_reward_model
-from ttcjax.verifiers.loading import verifier_by_name
+from ttcjax.verifiers.loading import is_verifier_free, verifier_by_name
 
 # `ttcjax generate`'s sampling defaults.
 GENERATE_DEFAULTS: dict[str, Any] = {
@@ -398,9 +398,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         # whole context
         settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature,
                                              "revision_max_len": args.max_len}).for_task(task)
+        verifier = None if is_verifier_free(args.verifier) else verifier_by_name(
+            revision_verifier_name(args.verifier), tokenizer, mesh=mesh)
         result = evaluate_revision(model, tokenizer, task, problems, settings=settings, separator=revision["separator"],
                                    window=revision["window"], chains=args.chains, sequential=args.sequential,
-                                   seed=args.seed, mesh=mesh)
+                                   seed=args.seed, mesh=mesh, verifier=verifier)
     else:
         if not args.policy:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
@@ -546,6 +548,8 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm directory, a shipped "
                                                    "name, or 'none') to judge")
     ev.add_argument("--policy", help="eval prm: the policy whose samples are scored")
+    ev.add_argument("--verifier", help="eval revision: the revision verifier (an orm directory or a shipped name) that "
+                                       "scores every attempt; adds each selection rule's accuracy")
     ev.add_argument("--task", default="arithmetic", help="the task as YAML, e.g. arithmetic or "
                                                          "\"{name: gsm8k, path: data/gsm8k}\" (default: arithmetic)")
     ev.add_argument("--aggregation", choices=["last", "min", "prod", "mean"], help="eval prm: step scores -> "

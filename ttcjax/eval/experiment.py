@@ -47,8 +47,8 @@ from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import (Models, SweepConfig, answer_equal, load_policy, load_revision_models, plan_cells,
-                               revision_role, run_grid)
+from ttcjax.eval.sweep import (Models, SweepConfig, load_policy, load_revision_models, plan_cells, revision_role,
+                               run_grid)
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.run import inference_flops, search, step_end
@@ -442,7 +442,7 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
         results = search(strategy, role.engine, role.verifier, tok,
                          [task.encode_prompt(problems[i], tok) for i in members],
                          jax.random.fold_in(jax.random.key(seed), 1), extract_answer=task.extract_answer,
-                         equal=answer_equal(task), settings=scheduler.search,
+                         equal=task.same_answer, settings=scheduler.search,
                          questions=[problems[i].question for i in members])
         for i, r in zip(members, results):
             o, p = out[i], problems[i]

@@ -257,11 +257,6 @@ def _read_done(path: str) -> dict[str, dict]:
     return done
 
 
-def answer_equal(task: Task):
-    """Two answers are the same vote when the task's answer keys agree."""
-    return lambda a, b: task.answer_key(a) == task.answer_key(b)
-
-
 def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: Engine, verifier: Verifier,
              tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None
              ) -> list[dict]:
@@ -276,7 +271,7 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
     todo = [p for p in problems if p.id not in done]
     strategy = cell.strategy
     per_batch = max(1, rows_per_batch // strategy.n)
-    equal = answer_equal(task)
+    equal = task.same_answer
     rules = SELECTION_RULES if verifier.scores_steps else {r: SELECTION_RULES[r] for r in ("majority",)}
     with open(path, "a") as out:
         for start in range(0, len(todo), per_batch):

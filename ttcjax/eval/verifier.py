@@ -18,7 +18,7 @@ from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.search.selection import select
 from ttcjax.tasks.base import ProblemRecord, Task
-from ttcjax.verifiers.base import Verifier
+from ttcjax.verifiers.base import Verifier, roc_auc
 
 
 def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer, problems: Sequence[ProblemRecord],
@@ -44,9 +44,6 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
     step_scores, step_labels = np.array(step_scores), np.array(step_labels, bool)
     step_difficulty = np.array(step_difficulty)
 
-    def equal(a, b):
-        return task.answer_key(a) == task.answer_key(b)
-
     rules = {"best_of_n": "vanilla", "weighted": "weighted", "majority": "majority"}
     if not verifier.scores_steps:
         rules = {"majority": "majority"}
@@ -55,7 +52,7 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
         answers = [a for a, _ in cands]
         ok = task.grade(p, answers)
         for name, rule in rules.items():
-            chosen[name].append(ok[select(rule, answers, [s for _, s in cands], equal)])
+            chosen[name].append(ok[select(rule, answers, [s for _, s in cands], task.same_answer)])
         chosen["pass@n"].append(any(ok))
     difficulty = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
@@ -71,25 +68,3 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)
                               for d in sorted(set(difficulty.tolist())) if d >= 0}}
-
-
-def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
-    """Area under the ROC curve: the probability that a random positive outscores a random negative (ties
-    count half). NaN when either class is empty."""
-    s = np.asarray(scores, np.float64)
-    y = np.asarray(labels, bool)
-    pos, neg = s[y], s[~y]
-    if len(pos) == 0 or len(neg) == 0:
-        return float("nan")
-    order = np.argsort(np.concatenate([pos, neg]), kind="mergesort")
-    ranks = np.empty(len(order))
-    values = np.concatenate([pos, neg])[order]
-    # average ranks over ties
-    i = 0
-    while i < len(values):
-        j = i
-        while j + 1 < len(values) and values[j + 1] == values[i]:
-            j += 1
-        ranks[order[i:j + 1]] = (i + j) / 2 + 1
-        i = j + 1
-    return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))

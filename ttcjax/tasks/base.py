@@ -251,6 +251,11 @@ class Task(ABC):
             return False
         return grading.compare_answers(str(answer), problem.answer).correct
 
+    def same_answer(self, a: Any, b: Any) -> bool:
+        """Whether two extracted answers are the same vote (majority and weighted selection): their
+        :meth:`answer_key` agree."""
+        return self.answer_key(a) == self.answer_key(b)
+
     def grade(self, problem: ProblemRecord, answers: Sequence[Any]) -> list[bool]:
         """:meth:`is_correct` for each of many answers to one problem, grading each distinct answer (by
         :meth:`answer_key`) once: N samples often share a few answers, and math-verify runs in a worker."""

@@ -45,6 +45,7 @@ from ttcjax.models import Transformer
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
 from ttcjax.search.run import search
+from ttcjax.search.selection import select
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
@@ -52,7 +53,7 @@ from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution
 from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, epoch_batches, lm_loss,
                                   pack_examples, train_loop)
-from ttcjax.verifiers.base import NoVerifier
+from ttcjax.verifiers.base import NoVerifier, Verifier, roc_auc
 
 DATA_DIR = "data"
 SAMPLES_DIR = "samples"
@@ -410,33 +411,46 @@ ChainEval = Callable[[Transformer, int], dict]
 def evaluate_revision(model: Transformer, tokenizer: Tokenizer, task: Task, problems: Sequence[ProblemRecord], *,
                       settings: SearchSettings, separator: str = REVISION_SEPARATOR, chains: int = 4,
                       sequential: int = 8, window: int = REVISION_WINDOW, seed: int = 0, mesh=None,
-                      questions_per_batch: int = 64) -> dict[str, Any]:
+                      questions_per_batch: int = 64, verifier: Verifier | None = None) -> dict[str, Any]:
     """A revision model on a task's problems (the paper's figure 6, left): `chains` chains of `sequential` attempts
     per question, sampled at `settings`; pass@1 at each revision step (the fraction of chains right at that
     attempt), majority over all attempts, pass@n (some attempt right), and the right-to-wrong rate (how often a
-    right attempt is followed by a wrong one), overall and per difficulty."""
+    right attempt is followed by a wrong one), overall and per difficulty. With a `verifier` (the revision
+    verifier: it reads each attempt after its chain's earlier ones) every attempt is scored too, and the result
+    adds the accuracy of each selection rule over all of a question's attempts (`by_selection`: hierarchical,
+    weighted, vanilla, majority) and how well the scores separate right attempts from wrong ones (`attempt_auc`)."""
     engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
-    strategy = Revisions(chains * sequential, sequential, window=window, selection="majority")
+    rules = ("majority",) if verifier is None else ("hierarchical", "weighted", "vanilla", "majority")
+    strategy = Revisions(chains * sequential, sequential, window=window, selection=rules[0])
     settings = dataclasses.replace(settings, revision_separator=separator)
-    results = search(strategy, engine, NoVerifier(), tokenizer, [task.encode_prompt(p, tokenizer) for p in problems],
-                     jax.random.key(seed), extract_answer=task.extract_answer, settings=settings,
-                     questions=[p.question for p in problems], questions_per_batch=questions_per_batch)
-    grids, majority = [], []
+    results = search(strategy, engine, verifier or NoVerifier(), tokenizer,
+                     [task.encode_prompt(p, tokenizer) for p in problems], jax.random.key(seed),
+                     extract_answer=task.extract_answer, settings=settings, questions=[p.question for p in problems],
+                     questions_per_batch=questions_per_batch, equal=task.same_answer)
+    grids, chosen, scores = [], [], []  # [Q, chains, sequential] right, [Q, rules] right, [Q, chains, sequential]
     for problem, result in zip(problems, results):
-        right = task.grade(problem, [c.answer for c in result.candidates])
-        grid = np.zeros((chains, sequential), bool)  # [chains, sequential]
-        for c, ok in zip(result.candidates, right):
-            grid[c.chain, c.attempt] = ok
+        cands = result.candidates
+        right = task.grade(problem, [c.answer for c in cands])
+        grid, score = np.zeros((chains, sequential), bool), np.zeros((chains, sequential))
+        for c, ok in zip(cands, right):
+            grid[c.chain, c.attempt], score[c.chain, c.attempt] = ok, c.score
         grids.append(grid)
-        majority.append(bool(right[result.chosen]))
-    grids, majority = np.asarray(grids), np.asarray(majority)  # [Q, chains, sequential], [Q]
+        scores.append(score)
+        chosen.append([bool(right[select(rule, [c.answer for c in cands], [c.score for c in cands],
+                                         task.same_answer, [c.chain for c in cands])]) for rule in rules])
+    grids, chosen, scores = np.asarray(grids), np.asarray(chosen), np.asarray(scores)
 
     def summary(mask) -> dict[str, Any]:
         g = grids[mask]
         followed = int(g[:, :, :-1].sum())
-        return {"problems": int(mask.sum()), "pass@1_by_step": g.mean(axis=(0, 1)).round(4).tolist(),
-                "majority": float(majority[mask].mean()), f"pass@{chains * sequential}": float(g.any(axis=(1, 2)).mean()),
-                "right_to_wrong": (int((g[:, :, :-1] & ~g[:, :, 1:]).sum()) / followed) if followed else None}
+        out = {"problems": int(mask.sum()), "pass@1_by_step": g.mean(axis=(0, 1)).round(4).tolist(),
+               "majority": float(chosen[mask, rules.index("majority")].mean()),
+               f"pass@{chains * sequential}": float(g.any(axis=(1, 2)).mean()),
+               "right_to_wrong": (int((g[:, :, :-1] & ~g[:, :, 1:]).sum()) / followed) if followed else None}
+        if verifier is not None:
+            out["by_selection"] = {rule: float(chosen[mask, k].mean()) for k, rule in enumerate(rules)}
+            out["attempt_auc"] = roc_auc(scores[mask].ravel(), g.ravel())
+        return out
 
     difficulties = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
     return {"chains": chains, "sequential": sequential, "window": window, "temperature": settings.temperature,
