@@ -2,6 +2,7 @@
 arrays (a sharded model, a KV cache), the suggestion where a run does not fit, every experiment config under
 configs/experiments planned from the checkpoints' config.json alone, and `ttcjax plan` / `ttcjax experiment`."""
 
+import dataclasses
 import json
 import pathlib
 
@@ -18,7 +19,7 @@ from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import ShardingRules, make_mesh, shard_model
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import Beam, BestOfN
+from ttcjax.search.strategies import Beam, BestOfN, Revisions
 from ttcjax.verifiers.hub import FAMILIES
 from ttcjax.verifiers.public import RenderingStepScorer
 from ttcjax.verifiers.reward_model import RewardModel, ValueHead
@@ -91,6 +92,27 @@ def test_a_search_stage_counts_each_devices_rows_and_both_caches():
     # a question's rows never split: one question padded to the data axis puts all N rows on every device
     wide = memory_plan(_workload(verifier=verifier, strategies=(BestOfN(16),)), (2, 1), 8, None).stages[0]
     assert dict(wide.terms)["policy KV cache"] == kv_bytes(TINY, 16, 64)
+
+
+def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_cache():
+    reviser = TINY.replace(max_position_embeddings=256, num_layers=3)
+    verifier = VerifierModel("orm", planner.TTCJAX, TINY.replace(has_lm_head=False), "value")
+    strategy = Revisions(8, sequential=4)  # 2 chains per question: 8 rows per batch hold 4 questions
+    w = _workload(verifier=verifier, strategies=(strategy,), revision_policy=reviser, revision_verifier=verifier)
+    stage = memory_plan(w, (1, 1), 8, None).stages[0]
+    terms = dict(stage.terms)
+    # the revision model's cache, 8 chains of its whole context (256 slots), not the policy's 64
+    assert terms["policy KV cache"] == kv_bytes(reviser, 8, 256)
+    assert terms["verifier KV cache"] == kv_bytes(verifier.config, 8, 256)
+    rounds = strategy.max_rounds(4, 256)
+    assert terms["the chains' attempts"] == 8 * (4 * (256 + 2 * rounds) + 256) * 4
+    # every model is resident: the policy and verifier besides the revision model and its verifier
+    assert terms["revision model weights"] == param_bytes(reviser, (1, 1)) and terms["policy weights"] == param_bytes(
+        TINY, (1, 1)) and terms["revision verifier weights"] == terms["verifier weights"]
+    assert ("revisions n=8 sequential 4 (the revision model): 4 question(s) x 2 rows per device, 256 slots"
+            in stage.detail)
+    narrower = dataclasses.replace(w, search=dataclasses.replace(w.search, revision_max_len=96))
+    assert dict(memory_plan(narrower, (1, 1), 8, None).stages[0].terms)["policy KV cache"] == kv_bytes(reviser, 8, 96)
 
 
 def test_where_only_a_model_axis_mesh_fits_it_is_suggested():

@@ -90,6 +90,20 @@ def test_the_revision_separator_is_the_revision_models_unless_search_sets_it(mod
     assert config.search.revision_separator == "x"
 
 
+def test_plan_counts_the_revision_model_and_its_verifier(tmp_path, models, capsys):
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(sweep_config(tmp_path / "out", models, revision_policy=models["reviser"],
+                                                revision_verifier=models["verifier"])))
+    assert main(["plan", "--config", str(path), "--devices", "1", "--device-memory", "1GiB", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert result["revision_policy"] == {"name": models["reviser"], "params": load_any(models["reviser"]).config
+                                         .num_params()}
+    assert result["revision_verifier"]["name"] == models["verifier"]
+    search = {s["detail"].split(":")[0]: s for s in result["configured"]["stages"] if s["name"] == "search"}
+    assert "revision model weights" in search["revisions n=4 sequential 2 (the revision model)"]["terms"]
+    assert not (tmp_path / "out").exists()
+
+
 def test_a_revision_model_must_read_the_policys_tokenizer(tmp_path, models):
     tok = load_tokenizer(models["policy"])
     assert load_revision_models(models["reviser"], "none", tok).engine.config.vocab_size == tok.vocab_size

@@ -304,10 +304,11 @@ def test_the_revision_verifiers_labels_read_what_the_verifier_reads_inside_the_c
                          num_kv_heads=2, max_position_embeddings=512)
     task = task_from_dict({"name": "arithmetic", "difficulties": [2]})
     problems = task.problems("train", limit=3, seed=0)
-    SHORT = {"max_len": 512}  # every window fits the cache
+    SHORT = {"revision_max_len": 512}  # every window fits the cache
     labelled, cost = revision_labels(str(tmp_path / "reviser"), tok, task, problems, chains=2, sequential=6,
                                      temperature=1.0, seed=0, search_settings=SHORT)
     assert cost["attempts"] == 36 and cost["reread_tokens"] > 0 and len(labelled) == cost["labelled_solutions"] > 6
+    assert cost["left_out_cut_contexts"] == 0
     assert all(x.step_labels == (float(x.correct),) * len(x.steps) for x in labelled)
     orm = RewardModelVerifier(RewardModel(init_model(config, seed=8, std=0.5), ValueHead(), seed=9), tok,
                               step_format=StepFormat(delimiter="\n", add_bos=True), kind="orm")
@@ -323,3 +324,8 @@ def test_the_revision_verifiers_labels_read_what_the_verifier_reads_inside_the_c
     assert len(same) > 6 and any(labelled[i].question.count("|\n") >= 2 for i in same)  # some with history
     one_pass = orm.score([labelled[i].question for i in same], [list(labelled[i].steps) for i in same])
     np.testing.assert_allclose([s[-1] for s in one_pass], [attempts[i].step_scores[-1] for i in same], atol=2e-5)
+    # a cache too short for the window: the attempts written after a cut context are left out, and counted
+    with pytest.warns(UserWarning, match="did not fit its cache of 64 tokens"):
+        cut, cost = revision_labels(str(tmp_path / "reviser"), tok, task, problems, chains=2, sequential=6,
+                                    temperature=1.0, seed=0, search_settings={"revision_max_len": 64})
+    assert cost["left_out_cut_contexts"] > 0 and len(cut) + cost["left_out_cut_contexts"] <= 36

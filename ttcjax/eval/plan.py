@@ -45,13 +45,13 @@ from flax import nnx
 from ttcjax.checkpoints.assets import resolve
 from ttcjax.checkpoints.native import CONFIG_FILE, HF_CONFIG_FILE
 from ttcjax.decoding.engine import bucket
-from ttcjax.eval.sweep import SweepConfig, plan_cells
+from ttcjax.eval.sweep import SweepConfig, is_revision, plan_cells, revision_policy_dir, revision_verifier_name
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import abstract_model, param_path
 from ttcjax.models.sharding import DATA, MODEL, ShardingRules, mesh_shape, param_axes
 from ttcjax.search.sampling import sample_solutions
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import Strategy
+from ttcjax.search.strategies import Revisions, Strategy
 from ttcjax.verifiers.hub import ARCHITECTURE_FAMILIES, FAMILIES
 from ttcjax.verifiers.loading import is_verifier_free
 from ttcjax.verifiers.reward_model import BACKBONE_DIR, PRM_CONFIG_FILE, PRM_STEP_BUCKETS, score_inputs
@@ -367,6 +367,9 @@ class Workload:
     larger_policy: ModelConfig | None = None
     estimates: Estimates = Estimates()
     names: Mapping[str, str] = dataclasses.field(default_factory=dict)  # role -> the config's name for it
+    # revision strategies run the revision model and its verifier, resident beside the policy and its verifier
+    revision_policy: ModelConfig | None = None
+    revision_verifier: VerifierModel | None = None
 
     @property
     def budgets(self) -> tuple[int, ...]:
@@ -380,10 +383,18 @@ class Workload:
 def sweep_workload(config: SweepConfig, estimates: Estimates = Estimates()) -> Workload:
     """What `ttcjax sweep` runs: every (strategy, budget) cell, one episode per batch of questions."""
     strategies = {cell.strategy for cell in plan_cells(config.strategies, config.budgets)}
+    revises = any(map(is_revision, config.strategies))
+    names = {"policy": config.policy, "verifier": config.verifier}
+    if revises:
+        names.update(revision_policy=config.revision_policy, revision_verifier=config.revision_verifier)
     return Workload(policy=policy_config(config.policy), verifier=verifier_model(config.verifier),
                     strategies=tuple(sorted(strategies, key=lambda s: (s.n, s.kind, repr(s)))),
                     search=config.search, rows_per_batch=config.rows_per_batch, questions=config.questions,
-                    estimates=estimates, names={"policy": config.policy, "verifier": config.verifier})
+                    estimates=estimates, names=names,
+                    revision_policy=_model_config(revision_policy_dir(config.revision_policy, "revision_policy"),
+                                                  "revision_policy") if revises else None,
+                    revision_verifier=verifier_model(revision_verifier_name(config.revision_verifier))
+                    if revises else None)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -408,17 +419,24 @@ class StageMemory:
                 "terms": dict(self.terms), "total_bytes": self.total}
 
 
-WEIGHTS = ("policy weights", "verifier weights", "larger policy weights")
+WEIGHTS = ("policy weights", "verifier weights", "larger policy weights", "revision model weights",
+           "revision verifier weights")
+
+
+def _verifier_bytes(v: VerifierModel, mesh: tuple[int, int]) -> int:
+    return param_bytes(v.config, mesh) + v.head_params * np.dtype(v.config.jnp_param_dtype).itemsize
 
 
 def _weights(w: Workload, mesh: tuple[int, int], larger: bool = False) -> list[tuple[str, int]]:
     terms = [(WEIGHTS[0], param_bytes(w.policy, mesh))]
     if w.verifier is not None:
-        v = w.verifier
-        terms.append((WEIGHTS[1], param_bytes(v.config, mesh) + v.head_params * np.dtype(v.config.jnp_param_dtype)
-                      .itemsize))
+        terms.append((WEIGHTS[1], _verifier_bytes(w.verifier, mesh)))
     if larger and w.larger_policy is not None:
         terms.append((WEIGHTS[2], param_bytes(w.larger_policy, mesh)))
+    if w.revision_policy is not None:
+        terms.append((WEIGHTS[3], param_bytes(w.revision_policy, mesh)))
+    if w.revision_verifier is not None:
+        terms.append((WEIGHTS[4], _verifier_bytes(w.revision_verifier, mesh)))
     return terms
 
 
@@ -440,19 +458,21 @@ def _prompt_bucket(w: Workload) -> int:
 
 
 def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_per_batch: int) -> StageMemory:
-    """The search episode of one strategy: `ttcjax.search.run.search` batches max(1, rows_per_batch // N)
-    questions, padded to a multiple of the data axis, N rows each."""
+    """The search episode of one strategy: `ttcjax.search.run.search` batches max(1, rows_per_batch // rows)
+    questions, padded to a multiple of the data axis, `strategy.rows` rows each (N; a revision strategy's
+    chains, run by the revision model and its verifier with a cache of `search.chain_max_len` per chain)."""
     data, model = mesh
-    p, v, s = w.policy, w.verifier, w.search
-    n = strategy.n
+    revision = isinstance(strategy, Revisions)
+    p, v, s = (w.revision_policy, w.revision_verifier, w.search) if revision else (w.policy, w.verifier, w.search)
+    n = strategy.rows
     questions = max(1, rows_per_batch // n)
     if w.questions is not None:
         questions = min(questions, w.questions)
     q = _ceil_div(questions, data)  # questions per device
     rows = q * n
-    slots = s.max_len
-    prompt = _prompt_bucket(w)
-    rounds = strategy.max_rounds(s.max_rounds, s.max_len)
+    slots = s.chain_max_len(p) if revision else s.max_len
+    prompt = min(_prompt_bucket(w), slots)
+    rounds = strategy.max_rounds(s.max_rounds, slots)
     terms = _weights(w, mesh)
     terms.append(("policy KV cache", kv_bytes(p, rows, slots)))
     transient = [("the policy's decode step", SEARCH_LOGIT_COPIES * rows * p.vocab_size * F32
@@ -477,6 +497,8 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
                       _forward(v.config, q, v_prompt, v_slots, model, CACHED_ATTENTION_COPIES)))
     if strategy.lookahead:  # the rollout runs on a copy of the policy's cache
         terms.append(("lookahead rollout copy", kv_bytes(p, rows, slots)))
+    if revision:  # every attempt's tokens, step scores and ends, and the window's context read between attempts
+        terms.append(("the chains' attempts", rows * (strategy.sequential * (slots + 2 * rounds) + slots) * F32))
     terms.append(("loop state", rows * (slots + rounds + p.vocab_size) * F32))  # tokens, step scores, logits
     rounds_set = sum(b for _, b in transient)  # measured: the step's pieces add up in the loop's program
     start_set = max(b for _, b in start)
@@ -485,9 +507,11 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
     else:
         working = max(start, key=lambda t: t[1])[0]
     terms.append(("working set", max(rounds_set, start_set)))
-    label = f"{strategy.kind} n={n}" + (f" width {strategy.width}" if strategy.groups != (0, 0) else "")
+    label = f"{strategy.kind} n={strategy.n}" + (f" width {strategy.width}" if strategy.groups != (0, 0) else "")
     if strategy.lookahead:
         label += f" k={strategy.lookahead}"
+    if revision:
+        label += f" sequential {strategy.sequential} (the revision model)"
     return StageMemory("search", f"{label}: {q} question(s) x {n} rows per device, {slots} slots per row",
                        tuple(terms), working)
 
@@ -657,6 +681,11 @@ class RunPlan:
                          + (" (estimate)" if v.family != TTCJAX else ""))
         if w.larger_policy is not None:
             lines.append(f"  larger    {w.names.get('larger_policy', '')}: {_model_line(w.larger_policy)}")
+        if w.revision_policy is not None:
+            lines.append(f"  reviser   {w.names.get('revision_policy', '')}: {_model_line(w.revision_policy)}")
+        if w.revision_verifier is not None:
+            v = w.revision_verifier
+            lines.append(f"  revision verifier {v.name}: {_model_line(v.config, v.head_params)}")
         usable = "" if c.usable is None else (f"; usable {w.estimates.usable_fraction:.0%}: {gib(c.usable)} GiB")
         lines.append(f"  hardware  {self.hardware.describe()}{usable}")
         lines.append(f"  run       mesh {c.mesh[0]} x {c.mesh[1]} (data x model), rows_per_batch "
@@ -675,6 +704,10 @@ class RunPlan:
                 "policy": {"name": w.names.get("policy"), "params": w.policy.num_params()},
                 "verifier": None if w.verifier is None else {"name": w.verifier.name, "family": w.verifier.family,
                                                              "params": w.verifier.num_params},
+                "revision_policy": None if w.revision_policy is None else {
+                    "name": w.names.get("revision_policy"), "params": w.revision_policy.num_params()},
+                "revision_verifier": None if w.revision_verifier is None else {
+                    "name": w.revision_verifier.name, "params": w.revision_verifier.num_params},
                 "configured": self.configured.to_dict(),
                 "suggestion": None if self.suggestion is None else self.suggestion.to_dict(),
                 "notes": list(self.notes)}

@@ -169,7 +169,8 @@ class SweepConfig:
     strategies: tuple[StrategySpec, ...] = DEFAULT_STRATEGIES
     budgets: tuple[int, ...] = (4, 16, 64, 256)
     search: SearchSettings = SearchSettings()
-    rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // N
+    rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // rows per
+    # question (N; a revision strategy's chains)
     mesh: str = "auto"
 
     COUNTS: ClassVar[tuple[str, ...]] = ("rows_per_batch",)  # fields that must be integers >= 1
@@ -270,7 +271,7 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
         bar.update(sum(p.id in done for p in problems))
     todo = [p for p in problems if p.id not in done]
     strategy = cell.strategy
-    per_batch = max(1, rows_per_batch // strategy.n)
+    per_batch = max(1, rows_per_batch // strategy.rows)
     equal = task.same_answer
     rules = SELECTION_RULES if verifier.scores_steps else {r: SELECTION_RULES[r] for r in ("majority",)}
     with open(path, "a") as out:

@@ -87,7 +87,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     """
     revisions = isinstance(strategy, Revisions)
     if revisions:  # a chain's cache holds the prompt, the window's earlier attempts and the attempt being written
-        settings = dataclasses.replace(settings, max_len=settings.chain_max_len(engine))
+        settings = dataclasses.replace(settings, max_len=settings.chain_max_len(engine.config))
     if strategy.needs_verifier and not verifier.scores_steps:
         raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
                          "selection='majority' with best-of-N, or name a verifier.")
@@ -120,7 +120,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
         sep = tokenizer.encode(settings.revision_separator) if settings.revision_separator else []
         chain_spec = ChainSpec(attempt=dataclasses.replace(spec, strategy=BestOfN(strategy.chains)),
                                sequential=strategy.sequential, window=strategy.window, separator=tuple(sep))
-    n = strategy.chains if revisions else strategy.n
+    n = strategy.rows
     results: list[SearchResult] = []
     for start in range(0, len(encoded), per_batch):
         chunk = encoded[start:start + per_batch]

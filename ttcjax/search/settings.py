@@ -65,9 +65,10 @@ class SearchSettings:
                              f"max_len={self.max_len}.")
         self.sampling  # checks temperature, top_k and top_p
 
-    def chain_max_len(self, engine) -> int:
-        """The KV cache per revision chain with `engine`'s model: revision_max_len, or the model's context."""
-        return self.revision_max_len or engine.config.max_position_embeddings
+    def chain_max_len(self, config) -> int:
+        """The KV cache per revision chain of the revision model of `config` (its ModelConfig): revision_max_len,
+        or the model's whole context."""
+        return self.revision_max_len or config.max_position_embeddings
 
     def for_task(self, task) -> "SearchSettings":
         """These settings with the task's step delimiter and answer marks where none are set."""

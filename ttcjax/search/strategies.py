@@ -53,6 +53,11 @@ class Strategy:
         return self.n
 
     @property
+    def rows(self) -> int:
+        """Rows of a search batch per question (beams, samples; a revision strategy's chains)."""
+        return self.n
+
+    @property
     def groups(self) -> tuple[int, int]:
         return 0, 0
 
@@ -210,6 +215,10 @@ class Revisions(Strategy):
     @property
     def chains(self) -> int:
         return self.n // self.sequential
+
+    @property
+    def rows(self) -> int:
+        return self.chains
 
     def max_rounds(self, settings_max_rounds: int, max_len: int) -> int:
         """Rounds (steps) of each attempt: the settings' max_rounds."""

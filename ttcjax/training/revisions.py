@@ -468,8 +468,9 @@ def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: 
     the earlier attempts in context): `chains` chains of `sequential` attempts of the revision model in
     `model_dir` per problem; every attempt with steps becomes a labelled solution whose question is the text
     the attempt was written after (the prompt and the chain's window of earlier attempts, `revision_context`),
-    labelled by its outcome on every step (an ORM reads the last). `search_settings`: settings other than the
-    task's. Returns (labelled, cost)."""
+    labelled by its outcome on every step (an ORM reads the last). An attempt whose context was cut to fit the
+    chain's cache is left out (it was written after something else; counted in the cost). `search_settings`:
+    settings other than the task's. Returns (labelled, cost)."""
     started = time.perf_counter()
     revision = load_revision_settings(model_dir)
     settings = SearchSettings.from_dict({**task.search_defaults, **(search_settings or {}), "temperature": temperature,
@@ -481,7 +482,8 @@ def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: 
                      extract_answer=task.extract_answer, settings=settings, questions=[p.question for p in problems],
                      questions_per_batch=questions_per_batch)
     sep, eos_ids = tokenizer.encode(revision["separator"]), tuple(tokenizer.eos_ids)
-    labelled = []
+    cache = settings.chain_max_len(engine.config)
+    labelled, cut = [], 0  # an attempt whose context did not fit the chain's cache is left out (search warns)
     for problem, prompt, result in zip(problems, prompts, results):
         right = task.grade(problem, [c.answer for c in result.candidates])
         earlier: dict[int, list[list[int]]] = {}
@@ -489,12 +491,15 @@ def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: 
             context = revision_context(prompt, earlier.setdefault(cand.chain, []), sep, eos_ids=eos_ids,
                                        window=revision["window"])
             earlier[cand.chain].append(list(cand.tokens))
-            if cand.steps:
+            if len(context) + len(cand.tokens) > cache:  # its context was cut: the chain read something else
+                cut += 1
+            elif cand.steps:
                 labelled.append(LabelledSolution(
                     problem_id=problem.id, question=tokenizer.decode(context), steps=tuple(cand.steps),
                     step_labels=(float(ok),) * len(cand.steps), correct=bool(ok), difficulty=problem.difficulty or 0))
     cost = {"revision_model": model_dir, "chains": chains, "sequential": sequential, "questions": len(problems),
             "attempts": len(problems) * chains * sequential, "labelled_solutions": len(labelled),
+            "left_out_cut_contexts": cut,
             "generated_tokens": int(sum(r.generated_tokens for r in results)),
             "reread_tokens": int(sum(r.reread_tokens for r in results)), "seconds": time.perf_counter() - started}
     return labelled, cost
