@@ -42,7 +42,8 @@ from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experim
                                     run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
-from ttcjax.eval.sweep import SweepConfig, load_policy, revision_verifier_name, run_sweep, summary_markdown
+from ttcjax.eval.sweep import (SweepConfig, load_policy, revision_policy_dir, revision_verifier_name, run_sweep,
+                               summary_markdown)
 from ttcjax.eval.verifier import evaluate_verifier
 from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
 from ttcjax.models import ModelConfig, init_model
@@ -390,10 +391,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
     elif args.what == "revision":
-        model = load_any(args.model)
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
-        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
-        revision = load_revision_settings(args.model)
+        directory = revision_policy_dir(args.model, "--model")  # a directory or a shipped revision model's name
+        model = load_any(directory)
+        tokenizer = load_tokenizer(args.tokenizer or directory)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
+        revision = load_revision_settings(directory)
         # a chain's cache holds the prompt, the window of earlier attempts and the attempt: by default the model's
         # whole context
         settings = SearchSettings.from_dict({**task.search_defaults, "temperature": args.temperature,
@@ -545,8 +547,9 @@ def build_parser() -> argparse.ArgumentParser:
                                      "weighted and majority selection over the policy's samples; the step ROC-AUC "
                                      "against the exact oracle where the task has one)")
     ev.add_argument("what", choices=["policy", "prm", "revision"])
-    ev.add_argument("--model", required=True, help="the policy, or the reward model (prm / orm directory, a shipped "
-                                                   "name, or 'none') to judge")
+    ev.add_argument("--model", required=True, help="the policy, the reward model (prm / orm directory, a shipped "
+                                                   "name, or 'none') or the revision model (a directory or a shipped "
+                                                   "name) to judge")
     ev.add_argument("--policy", help="eval prm: the policy whose samples are scored")
     ev.add_argument("--verifier", help="eval revision: the revision verifier (an orm directory or a shipped name) that "
                                        "scores every attempt; adds each selection rule's accuracy")
