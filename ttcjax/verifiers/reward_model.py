@@ -306,27 +306,44 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
 
 
 PRM_STEP_BUCKETS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
+HALF_WIDTH_FROM = 512  # a cache at least this long is also read at half its width while every row fits there
 
 
-def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
+def attention_widths(max_len: int) -> tuple[int, ...]:
+    """The cache widths a PRM's step may be read against: the whole cache, and half of a long one (a search's
+    rows mostly fill less than half of a cache sized for its longest solution, a revision chain's for its window).
+    Two at most, so the programs compiled per step bucket stay two."""
+    return (max_len // 2, max_len) if max_len >= HALF_WIDTH_FROM else (max_len,)
+
+
+def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array,
+            attn_len: int | None = None):
     """Feed tokens [R, T] (row r's first lengths[r] are real) into the PRM cache: the score logit at each row's
-    position read_at[r] among them [R], and the cache advanced by lengths."""
-    _, new_cache, hidden = prm.backbone(tokens, cache=cache, return_hidden=True, return_logits=False)
+    position read_at[r] among them [R], and the cache advanced by lengths. `attn_len`: attend to the cache's
+    first slots only (they must hold every row's tokens)."""
+    _, new_cache, hidden = prm.backbone(tokens, cache=cache, attn_len=attn_len, return_hidden=True,
+                                        return_logits=False)
     logits = prm.head_logits(hidden[-1])  # [R, T]
     read = jnp.take_along_axis(logits, jnp.clip(read_at, 0, tokens.shape[1] - 1)[:, None], axis=1)[:, 0]
     return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
 
 
 def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
-    """`_extend`, reading only as many of the T columns as the longest row needs: the narrowest of
-    `PRM_STEP_BUCKETS` (and T) that holds max(lengths), chosen on the device."""
+    """`_extend`, reading only as many of the T columns as the longest row needs (the narrowest of
+    `PRM_STEP_BUCKETS` and T that holds max(lengths)) against only as much of the cache as the fullest row needs
+    (`attention_widths`), both chosen on the device."""
     t = tokens.shape[1]
     buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
-    if len(buckets) == 1:
+    widths = attention_widths(cache.max_len)
+    if len(buckets) == 1 and len(widths) == 1:
         return _extend(prm, cache, tokens, lengths, read_at)
-    index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))  # the first bucket >= the longest row
-    branches = [lambda c, tk, ln, at, b=b: _extend(prm, c, tk[:, :b], ln, at) for b in buckets]
-    return jax.lax.switch(index, branches, cache, tokens, lengths, read_at)
+    step = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))  # the first bucket >= the longest row
+    # the first width that holds every row's tokens after this step (a full cache reads all of it)
+    width = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.lengths + jnp.minimum(lengths, t)))
+    width = jnp.minimum(width, len(widths) - 1)
+    branches = [lambda c, tk, ln, at, b=b, w=w: _extend(prm, c, tk[:, :b], ln, at, attn_len=w)
+                for b in buckets for w in widths]
+    return jax.lax.switch(step * len(widths) + width, branches, cache, tokens, lengths, read_at)
 
 
 @dataclasses.dataclass(frozen=True)
