@@ -44,7 +44,7 @@ from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, revision_verifier_name, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
+from ttcjax.io import atomic_path, check_options, check_output_dir, check_output_file, read_yaml, strict, write_jsonl
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
@@ -115,7 +115,10 @@ def _read_prompts(opts: dict[str, Any]) -> list[str]:
                     continue
                 if path.endswith(".jsonl"):
                     try:
-                        prompts.append(json.loads(line)["prompt"])
+                        prompt = json.loads(line)["prompt"]
+                        if not isinstance(prompt, str):
+                            raise TypeError(prompt)
+                        prompts.append(prompt)
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise ValueError(f"{path}:{line_no}: each JSONL line needs a \"prompt\" string.") from None
                 else:
@@ -156,18 +159,28 @@ def _unescape(text: str) -> str:
 
 
 def _check_generation_options(opts: dict[str, Any]) -> None:
-    """Counts, and the output's directory, checked before any model is loaded or token generated."""
+    """Counts, sampling numbers, prompts and the output's directory, checked before any model is loaded or token
+    generated."""
     for key in ("n", "max_new_tokens", "batch_size"):
         value = opts.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{key}={value!r} must be an integer >= 1.")
+    for key in ("top_k", "seed"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} must be an integer.")
+    for key in ("temperature", "top_p"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} must be a number.")
+    for key in ("prompts", "stop"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{key}={value!r} must be a list of strings, e.g. [\"Q: 3+4=\"].")
+    Sampling(temperature=float(opts.get("temperature", 1.0)), top_k=int(opts.get("top_k", 0)),
+             top_p=float(opts.get("top_p", 1.0)))  # refuses non-finite or out-of-range values now
     if opts.get("output"):
-        directory = os.path.dirname(os.path.abspath(opts["output"])) or "."
-        if os.path.isdir(opts["output"]):
-            raise ValueError(f"--output {opts['output']}: is a directory; name a file such as out.jsonl.")
-        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-            raise ValueError(f"--output {opts['output']}: cannot write in {directory}; choose a writable place "
-                             "before anything is generated.")
+        check_output_file(opts["output"])
 
 
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -282,6 +295,13 @@ def _questions(args: argparse.Namespace, task) -> list:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output)
+    if args.questions_file and not os.path.isfile(args.questions_file):
+        raise FileNotFoundError(f"--questions-file {args.questions_file}: no such file; write JSONL with a "
+                                "\"question\" per line.")
+    if args.questions < 1:
+        raise ValueError(f"questions={args.questions} (--questions) must be an integer >= 1.")
     scheduler = BudgetScheduler.load(args.scheduler)
     task = task_from_dict(scheduler.task, f"{args.scheduler}: task")
     problems = _questions(args, task)
@@ -330,6 +350,9 @@ CONVERT_READERS = {"auto": load_any, "hf": load_hf_model, "ttcjax": load_model, 
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_output_dir(args.dst, "DST")  # before the source is read
+    if os.path.realpath(args.src) == os.path.realpath(args.dst):
+        raise ValueError(f"DST {args.dst} is SRC: write the converted checkpoint to another directory.")
     model = CONVERT_READERS[args.source_format](args.src)
     if args.to == "hf":
         save_hf_model(model, args.dst, overwrite=args.overwrite)
@@ -374,7 +397,21 @@ def _task_option(text: str, source: str = "--task"):
     return task_from_dict(data, source)
 
 
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """eval's counts, sampling and output, checked before any model is loaded."""
+    for flag, value, least in (("--questions", args.questions, 1), ("--per-difficulty", args.per_difficulty, 1),
+                               ("--samples", args.samples, 0), ("--max-new-tokens", args.max_new_tokens, 1),
+                               ("--chains", args.chains, 1), ("--sequential", args.sequential, 1),
+                               ("--max-len", args.max_len, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag[2:].replace('-', '_')}={value} ({flag}) must be an integer >= {least}.")
+    Sampling(temperature=args.temperature)  # a non-finite or negative temperature is refused now
+    if args.output:
+        check_output_file(args.output)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_eval_options(args)
     task = _task_option(args.task)
     questions = args.questions if args.questions is not None else (
         args.per_difficulty * len(task.config.difficulties) if task.name == "arithmetic" else None)

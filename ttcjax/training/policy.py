@@ -124,7 +124,7 @@ class PolicyTrainConfig:
         check_options(cls, data, source, required=("out_dir",))
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
 
     def make_task(self) -> Task:
