@@ -38,13 +38,14 @@ from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
 from ttcjax.checkpoints.native import load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
-from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experiment_plan, named_config, read_config,
-                                    run_experiment)
+from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, check_run, experiment_plan, named_config,
+                                    read_config, run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import SweepConfig, load_policy, revision_verifier_name, run_sweep, summary_markdown
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, check_options, check_output_dir, check_output_file, read_yaml, strict, write_jsonl
+from ttcjax.io import (atomic_path, check_options, check_output_dir, check_output_file, read_yaml, strict, write_jsonl,
+                       yaml_problem)
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
@@ -245,6 +246,7 @@ def _experiment(config, progress: bool) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
     config = read_config(args.config, overrides)
+    check_run(config)  # the models it names and its out_dir, before the banner
     if not args.skip_plan:
         check_memory(config, args.config)  # before any work: a run that cannot fit the devices stops here
     print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
@@ -260,6 +262,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
     config = read_config(path, overrides)
+    check_run(config)
     if not args.skip_plan:
         check_memory(config, str(path))
     print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
@@ -390,7 +393,7 @@ def _task_option(text: str, source: str = "--task"):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{source} {text!r}: not valid YAML ({e}); write e.g. "
+        raise ValueError(f"{source} {text!r}: not valid YAML ({yaml_problem(e)}); write e.g. "
                          "\"{name: gsm8k, path: data/gsm8k}\".") from None
     if isinstance(data, str):
         data = {"name": data}

@@ -130,6 +130,13 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     write_json(path, config)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where (line, column)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or ' '.join(str(error).split())}{where}"
+
+
 def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A YAML mapping from a file, with `key=value` overrides applied (values in YAML; dotted keys reach into
     mappings: `search.max_len=192`, `task.path=data/gsm8k`)."""
@@ -142,7 +149,7 @@ def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[st
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e}).") from None
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(e)}); fix the file there.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of option: value.")
     for item in overrides:
@@ -152,7 +159,8 @@ def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[st
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({e}).") from None
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({yaml_problem(e)}); quote it, e.g. "
+                             "'key=\"text\"'.") from None
         node, parts = data, key.split(".")
         for part in parts[:-1]:
             if node.get(part) is None:  # absent, or an empty mapping written as `key:`
