@@ -38,14 +38,15 @@ from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
 from ttcjax.checkpoints.native import load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
-from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, experiment_plan, named_config, read_config,
-                                    run_experiment)
+from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, check_run, experiment_plan, named_config,
+                                    read_config, run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.sweep import (SweepConfig, load_policy, revision_policy_dir, revision_verifier_name, run_sweep,
                                summary_markdown)
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import atomic_path, check_options, read_yaml, strict, write_jsonl
+from ttcjax.io import (atomic_path, check_options, check_output_dir, check_output_file, read_yaml, strict, write_jsonl,
+                       yaml_problem)
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
@@ -116,7 +117,10 @@ def _read_prompts(opts: dict[str, Any]) -> list[str]:
                     continue
                 if path.endswith(".jsonl"):
                     try:
-                        prompts.append(json.loads(line)["prompt"])
+                        prompt = json.loads(line)["prompt"]
+                        if not isinstance(prompt, str):
+                            raise TypeError(prompt)
+                        prompts.append(prompt)
                     except (json.JSONDecodeError, KeyError, TypeError):
                         raise ValueError(f"{path}:{line_no}: each JSONL line needs a \"prompt\" string.") from None
                 else:
@@ -157,18 +161,28 @@ def _unescape(text: str) -> str:
 
 
 def _check_generation_options(opts: dict[str, Any]) -> None:
-    """Counts, and the output's directory, checked before any model is loaded or token generated."""
+    """Counts, sampling numbers, prompts and the output's directory, checked before any model is loaded or token
+    generated."""
     for key in ("n", "max_new_tokens", "batch_size"):
         value = opts.get(key)
         if value is not None and (not isinstance(value, int) or isinstance(value, bool) or value < 1):
             raise ValueError(f"{key}={value!r} must be an integer >= 1.")
+    for key in ("top_k", "seed"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} must be an integer.")
+    for key in ("temperature", "top_p"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
+            raise ValueError(f"{key}={value!r} must be a number.")
+    for key in ("prompts", "stop"):
+        value = opts.get(key)
+        if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
+            raise ValueError(f"{key}={value!r} must be a list of strings, e.g. [\"Q: 3+4=\"].")
+    Sampling(temperature=float(opts.get("temperature", 1.0)), top_k=int(opts.get("top_k", 0)),
+             top_p=float(opts.get("top_p", 1.0)))  # refuses non-finite or out-of-range values now
     if opts.get("output"):
-        directory = os.path.dirname(os.path.abspath(opts["output"])) or "."
-        if os.path.isdir(opts["output"]):
-            raise ValueError(f"--output {opts['output']}: is a directory; name a file such as out.jsonl.")
-        if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
-            raise ValueError(f"--output {opts['output']}: cannot write in {directory}; choose a writable place "
-                             "before anything is generated.")
+        check_output_file(opts["output"])
 
 
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -233,6 +247,7 @@ def _experiment(config, progress: bool) -> int:
 def cmd_experiment(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
     config = read_config(args.config, overrides)
+    check_run(config)  # the models it names and its out_dir, before the banner
     if not args.skip_plan:
         check_memory(config, args.config)  # before any work: a run that cannot fit the devices stops here
     print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
@@ -248,6 +263,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
     config = read_config(path, overrides)
+    check_run(config)
     if not args.skip_plan:
         check_memory(config, str(path))
     print("ttcjax demo: the paper's experiment on the built-in arithmetic task with the shipped tiny policy, its\n"
@@ -283,6 +299,13 @@ def _questions(args: argparse.Namespace, task) -> list:
 
 
 def cmd_run(args: argparse.Namespace) -> int:
+    if args.output:
+        check_output_file(args.output)
+    if args.questions_file and not os.path.isfile(args.questions_file):
+        raise FileNotFoundError(f"--questions-file {args.questions_file}: no such file; write JSONL with a "
+                                "\"question\" per line.")
+    if args.questions < 1:
+        raise ValueError(f"questions={args.questions} (--questions) must be an integer >= 1.")
     scheduler = BudgetScheduler.load(args.scheduler)
     task = task_from_dict(scheduler.task, f"{args.scheduler}: task")
     problems = _questions(args, task)
@@ -331,6 +354,9 @@ CONVERT_READERS = {"auto": load_any, "hf": load_hf_model, "ttcjax": load_model, 
 
 
 def cmd_convert(args: argparse.Namespace) -> int:
+    check_output_dir(args.dst, "DST")  # before the source is read
+    if os.path.realpath(args.src) == os.path.realpath(args.dst):
+        raise ValueError(f"DST {args.dst} is SRC: write the converted checkpoint to another directory.")
     model = CONVERT_READERS[args.source_format](args.src)
     if args.to == "hf":
         save_hf_model(model, args.dst, overwrite=args.overwrite)
@@ -368,14 +394,28 @@ def _task_option(text: str, source: str = "--task"):
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:
-        raise ValueError(f"{source} {text!r}: not valid YAML ({e}); write e.g. "
+        raise ValueError(f"{source} {text!r}: not valid YAML ({yaml_problem(e)}); write e.g. "
                          "\"{name: gsm8k, path: data/gsm8k}\".") from None
     if isinstance(data, str):
         data = {"name": data}
     return task_from_dict(data, source)
 
 
+def _check_eval_options(args: argparse.Namespace) -> None:
+    """eval's counts, sampling and output, checked before any model is loaded."""
+    for flag, value, least in (("--questions", args.questions, 1), ("--per-difficulty", args.per_difficulty, 1),
+                               ("--samples", args.samples, 0), ("--max-new-tokens", args.max_new_tokens, 1),
+                               ("--chains", args.chains, 1), ("--sequential", args.sequential, 1),
+                               ("--max-len", args.max_len, 1)):
+        if value is not None and value < least:
+            raise ValueError(f"{flag[2:].replace('-', '_')}={value} ({flag}) must be an integer >= {least}.")
+    Sampling(temperature=args.temperature)  # a non-finite or negative temperature is refused now
+    if args.output:
+        check_output_file(args.output)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
+    _check_eval_options(args)
     task = _task_option(args.task)
     questions = args.questions if args.questions is not None else (
         args.per_difficulty * len(task.config.difficulties) if task.name == "arithmetic" else None)

@@ -67,6 +67,36 @@ def check_options(allowed, data: Mapping[str, Any], source: str, required: tuple
             raise ValueError(f"{source}: {key} is required.")
 
 
+def check_output_dir(path: str | os.PathLike, field: str = "out_dir") -> None:
+    """Refuse, before any work, a directory that cannot be made or written: a file in its place, or a parent
+    that cannot be written. One ValueError naming `field`, the path and the fix."""
+    path = os.path.abspath(os.fspath(path))
+    if os.path.exists(path):
+        if not os.path.isdir(path):
+            raise ValueError(f"{field} {path}: is a file, not a directory; name a directory (new or existing).")
+        if not os.access(path, os.W_OK | os.X_OK):
+            raise ValueError(f"{field} {path}: not writable; choose a directory you can write to.")
+        return
+    parent = os.path.dirname(path)
+    while not os.path.exists(parent):  # the nearest existing ancestor is where the directory will be made
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent) or not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"{field} {path}: cannot be made ({parent} is not a writable directory); choose a "
+                         "writable place.")
+
+
+def check_output_file(path: str | os.PathLike, flag: str = "--output") -> None:
+    """Refuse, before any work, an output file that could not be written when the work is done: a directory in
+    its place, or a missing or unwritable directory to hold it."""
+    path = os.fspath(path)
+    if os.path.isdir(path):
+        raise ValueError(f"{flag} {path}: is a directory; name a file such as out.jsonl.")
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
+        raise ValueError(f"{flag} {path}: cannot write in {directory}; choose a writable place before anything "
+                         "is computed.")
+
+
 RUN_CONFIG_FILE = "run_config.json"
 
 
@@ -81,6 +111,7 @@ def bound_fields(config, leave_out: tuple[str, ...] = ("out_dir", "mesh")) -> di
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str) -> None:
     """Make `out_dir` belong to `config` (JSON-ready): the first run writes it to run_config.json; a rerun
     with a different config stops before any work, naming the keys that differ."""
+    check_output_dir(out_dir)
     path = os.path.join(os.fspath(out_dir), RUN_CONFIG_FILE)
     config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
     if os.path.exists(path):
@@ -99,17 +130,26 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     write_json(path, config)
 
 
+def yaml_problem(error: yaml.YAMLError) -> str:
+    """A YAML parse error in one line: what is wrong and where (line, column)."""
+    mark = getattr(error, "problem_mark", None)
+    where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+    return f"{getattr(error, 'problem', None) or ' '.join(str(error).split())}{where}"
+
+
 def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[str, Any]:
     """A YAML mapping from a file, with `key=value` overrides applied (values in YAML; dotted keys reach into
     mappings: `search.max_len=192`, `task.path=data/gsm8k`)."""
     path = os.fspath(path)
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path}: config file not found.")
+    if os.path.isdir(path):
+        raise ValueError(f"{path}: is a directory; pass a YAML config file such as configs/sweep-tiny.yaml.")
     with open(path) as f:
         try:
             data = yaml.safe_load(f) or {}
         except yaml.YAMLError as e:
-            raise ValueError(f"{path}: not valid YAML ({e}).") from None
+            raise ValueError(f"{path}: not valid YAML ({yaml_problem(e)}); fix the file there.") from None
     if not isinstance(data, dict):
         raise ValueError(f"{path}: the top level must be a mapping of option: value.")
     for item in overrides:
@@ -119,7 +159,8 @@ def read_yaml(path: str | os.PathLike, overrides: Sequence[str] = ()) -> dict[st
         try:
             value = yaml.safe_load(text)
         except yaml.YAMLError as e:
-            raise ValueError(f"override {item!r}: the value is not valid YAML ({e}).") from None
+            raise ValueError(f"override {item!r}: the value is not valid YAML ({yaml_problem(e)}); quote it, e.g. "
+                             "'key=\"text\"'.") from None
         node, parts = data, key.split(".")
         for part in parts[:-1]:
             if node.get(part) is None:  # absent, or an empty mapping written as `key:`

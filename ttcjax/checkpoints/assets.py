@@ -31,6 +31,9 @@ def asset_path(kind: str, name: str = "tiny") -> str:
         raise ValueError(f"asset kind {kind!r} is not one of {sorted(KINDS)}.")
     path = ASSETS / KINDS[kind] / name
     if not path.is_dir():
+        if os.sep in name or name.startswith("."):  # meant as a directory
+            raise FileNotFoundError(f"{name}: no such checkpoint directory (nor a shipped {kind} of that name); "
+                                    "check the path.")
         shipped = sorted(p.name for p in (ASSETS / KINDS[kind]).glob("*")) if (ASSETS / KINDS[kind]).is_dir() else []
         raise FileNotFoundError(f"no shipped {kind} named {name!r} (shipped: {shipped}); train one with "
                                 f"`ttcjax train {kind} --config configs/train/{kind}-{name}.yaml`.")

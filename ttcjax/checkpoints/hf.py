@@ -25,7 +25,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
-from safetensors import safe_open
+from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ttcjax.io import atomic_path, write_json
@@ -171,9 +171,25 @@ def _weight_files(path: str) -> dict[str, str]:
         )
     names: dict[str, str] = {}
     for file in files:
-        with safe_open(file, framework="flax") as f:
+        with _safe_open(file) as f:
             names.update({name: file for name in f.keys()})
     return names
+
+
+def _damaged(file: str, error: Exception) -> ValueError:
+    return ValueError(f"{file}: not a readable safetensors file ({' '.join(str(error).split())}); it is damaged or "
+                      "cut short: download or save it again.")
+
+
+@contextlib.contextmanager
+def _safe_open(file: str):
+    """safe_open, with a damaged or truncated file reported as one ValueError naming it."""
+    try:
+        handle = safe_open(file, framework="flax")
+    except (SafetensorError, OSError) as e:
+        raise _damaged(file, e) from None
+    with handle as f:
+        yield f
 
 
 def _on_host() -> contextlib.AbstractContextManager:
@@ -306,7 +322,10 @@ class _TensorReader:
         return tuple(self._handles[self._files[name]].get_slice(name).get_shape())
 
     def __call__(self, name: str) -> np.ndarray:
-        return np.asarray(self._handles[self._files[name]].get_tensor(name))
+        try:
+            return np.asarray(self._handles[self._files[name]].get_tensor(name))
+        except SafetensorError as e:
+            raise _damaged(self._files[name], e) from None
 
 
 @contextlib.contextmanager
@@ -314,7 +333,7 @@ def _open_tensors(files: dict[str, str]):
     # The flax backend reads bfloat16, which numpy cannot; pinning it to the host keeps the
     # reshaping in numpy and the device holding one copy, made at the end.
     with contextlib.ExitStack() as stack, _on_host():
-        handles = {f: stack.enter_context(safe_open(f, framework="flax")) for f in sorted(set(files.values()))}
+        handles = {f: stack.enter_context(_safe_open(f)) for f in sorted(set(files.values()))}
         yield _TensorReader(handles, files)
 
 

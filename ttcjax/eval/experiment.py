@@ -47,9 +47,9 @@ from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import (Models, SweepConfig, load_policy, load_revision_models, plan_cells, revision_role,
-                               run_grid)
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, read_yaml, write_json, write_jsonl
+from ttcjax.eval.sweep import (Models, SweepConfig, check_model_name, load_policy, load_revision_models, plan_cells,
+                               revision_role, run_grid)
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_output_dir, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -185,9 +185,19 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     return "verifier", out
 
 
+def check_run(config: ExperimentConfig) -> None:
+    """What a run needs besides its config's own fields, checked before its directory is made: the models it names
+    and a writable out_dir."""
+    for field in ("policy", "large_policy"):
+        if getattr(config, field) is not None:
+            check_model_name("policy", getattr(config, field), field, "experiment")
+    check_output_dir(config.out_dir)
+
+
 def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
     started = time.perf_counter()
     out = config.out_dir
+    check_run(config)
     bind_run_dir(out, bound_fields(config.to_dict()), "experiment")
     task = config.make_task()
     settings = config.search.for_task(task)

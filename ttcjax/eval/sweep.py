@@ -141,6 +141,19 @@ def revision_policy_dir(name_or_dir: str, source: str = "config") -> str:
     return directory
 
 
+def check_model_name(kind: str, name_or_dir: Any, field: str, source: str) -> None:
+    """A model a config names (a shipped name, a checkpoint directory or a .gguf file) checked to exist, when the
+    config is read: one ValueError naming `source`, the field and the fix."""
+    if not isinstance(name_or_dir, str) or not name_or_dir:
+        raise ValueError(f"{source}: {field}={name_or_dir!r} must be a shipped name or a checkpoint directory.")
+    if os.path.isdir(name_or_dir) or os.path.isfile(name_or_dir) and name_or_dir.endswith(".gguf"):
+        return
+    try:
+        resolve(kind, name_or_dir)
+    except FileNotFoundError as e:
+        raise ValueError(f"{source}: {field}={name_or_dir!r}: {e}") from None
+
+
 def revision_verifier_name(name: str | None) -> str | None:
     """A config's revision_verifier as `verifier_by_name` reads it: a bare shipped name is an ORM's."""
     if is_verifier_free(name) or os.path.isdir(name) or ":" in name:
@@ -443,6 +456,7 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
 
 
 def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
+    check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
     bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep")
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))

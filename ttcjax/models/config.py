@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-from typing import Any
+from typing import Any, ClassVar
 
 import jax.numpy as jnp
 
@@ -80,7 +80,14 @@ class ModelConfig:
     pad_token_id: int | None = None
     architecture: str = "LlamaForCausalLM"
 
+    SIZES: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
+                                        "num_kv_heads", "max_position_embeddings")  # integers >= 1
+
     def __post_init__(self):
+        for name in self.SIZES + (("head_dim",) if self.head_dim is not None else ()):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"{name}={value!r} must be an integer >= 1.")
         if self.hidden_size % self.num_heads and self.head_dim is None:
             raise ValueError(
                 f"hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}; "
@@ -227,7 +234,10 @@ class ModelConfig:
             d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
         if d.get("sliding_layers") is not None:
             d["sliding_layers"] = tuple(bool(x) for x in d["sliding_layers"])
-        return cls(**d)
+        try:
+            return cls(**d)
+        except (TypeError, ValueError) as e:
+            raise ValueError(f"{source}: {e}") from None
 
 
 _ARCH_BY_MODEL_TYPE = {"llama": "LlamaForCausalLM", "mistral": "MistralForCausalLM", "qwen2": "Qwen2ForCausalLM"}

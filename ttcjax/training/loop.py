@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import math
 import os
 import sys
 import time
@@ -62,6 +63,16 @@ class OptimConfig:
     clip_norm: float = 1.0
 
     def __post_init__(self):
+        for name in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "clip_norm"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
+                raise ValueError(f"{name}={value!r} must be a finite number.")
+        for name in ("steps", "warmup_steps"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be an integer.")
+        if self.clip_norm <= 0 or self.weight_decay < 0 or not (0 <= self.b1 < 1 and 0 <= self.b2 < 1):
+            raise ValueError(f"need clip_norm > 0, weight_decay >= 0 and b1, b2 in [0, 1); got clip_norm="
+                             f"{self.clip_norm}, weight_decay={self.weight_decay}, b1={self.b1}, b2={self.b2}.")
         if self.steps < 1:
             raise ValueError(f"steps={self.steps} must be >= 1.")
         if not 0 <= self.warmup_steps <= self.steps:

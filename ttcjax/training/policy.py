@@ -94,6 +94,10 @@ class PolicyTrainConfig:
     def __post_init__(self):
         if (self.model_config is None) == (self.init_from is None):
             raise ValueError("set exactly one of model_config (train a fresh model) and init_from (a checkpoint).")
+        if self.model_config is not None:
+            if not isinstance(self.model_config, dict):
+                raise ValueError(f"model_config={self.model_config!r} must be a mapping of model fields.")
+            ModelConfig.from_dict(self.model_config, source="model_config")  # refused now, not after the data
         if self.batch_size < 1 or self.seq_len < 8 or self.num_train < 1:
             raise ValueError(f"need batch_size >= 1, seq_len >= 8, num_train >= 1; got {self.batch_size}, "
                              f"{self.seq_len}, {self.num_train}.")
@@ -124,7 +128,7 @@ class PolicyTrainConfig:
         check_options(cls, data, source, required=("out_dir",))
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
 
     def make_task(self) -> Task:

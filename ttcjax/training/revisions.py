@@ -169,7 +169,7 @@ class RevisionTrainConfig:
         check_options(cls, data, source, required=("out_dir", "init_from"))
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
 
     def search_settings(self, task: Task) -> SearchSettings:

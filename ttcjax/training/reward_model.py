@@ -177,6 +177,9 @@ class PRMTrainConfig:
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
         self.make_task().check_split("train")
+        Sampling(temperature=self.temperature)  # the labels' samples: a finite temperature >= 0
+        if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
+            raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1.")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
         chains = self.revision_chains
         if chains is not None and not (isinstance(chains, dict) and set(chains) == {"chains", "sequential"} and all(
@@ -194,7 +197,7 @@ class PRMTrainConfig:
         check_options(cls, data, source, required=("out_dir", "policy"))
         try:
             return cls(**data)
-        except TypeError as e:
+        except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None
 
     @property

@@ -1,0 +1,381 @@
+"""Issue 16's catalogue: bad inputs across every command and the API, each refused before any model compute with
+one line that names the field or file (and the fix), and no file lost or written: the files under the test's
+directory are byte for byte what they were before the command ran."""
+
+import json
+import os
+import types
+
+import numpy as np
+import pytest
+import yaml
+from test_bad_input import TINY, one_error_line
+
+from ttcjax.checkpoints.assets import model_dir
+from ttcjax.checkpoints.hf import SAFETENSORS_INDEX, save_hf_model
+from ttcjax.checkpoints.native import save_model
+from ttcjax.cli import main
+from ttcjax.eval.scheduler import BudgetScheduler
+from ttcjax.models import init_model
+from ttcjax.search.settings import SearchSettings
+
+NAN, INF = float("nan"), float("inf")
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory):
+    """A native and a Hugging Face tiny checkpoint, outside each case's directory (cases compare that directory)."""
+    root = tmp_path_factory.mktemp("models")
+    model = init_model(TINY)
+    save_model(model, root / "native")
+    save_hf_model(model, root / "hf")
+    return types.SimpleNamespace(native=str(root / "native"), hf=str(root / "hf"))
+
+
+def snapshot(root) -> dict[str, bytes | None]:
+    """Every file (its bytes) and directory (None) under `root`."""
+    out = {}
+    for directory, dirs, files in os.walk(root):
+        for name in dirs:
+            out[os.path.join(directory, name)] = None
+        for name in files:
+            with open(os.path.join(directory, name), "rb") as f:
+                out[os.path.join(directory, name)] = f.read()
+    return out
+
+
+class Case:
+    """The files one case needs, written under `tmp`."""
+
+    def __init__(self, tmp, models):
+        self.tmp, self.models = tmp, models
+        self.ckpt = models.native
+        (tmp / "a_file").write_text("the user's file\n")
+        self.file = str(tmp / "a_file")
+
+    def path(self, name: str) -> str:
+        return str(self.tmp / name)
+
+    def write(self, name: str, text: str) -> str:
+        (self.tmp / name).write_text(text)
+        return self.path(name)
+
+    def yaml(self, name: str, data) -> str:
+        return self.write(name, yaml.safe_dump(data))
+
+    # ---- each command's argv, from a good config made bad by `changes` / `flags` ----
+
+    def sweep(self, *overrides, **changes):
+        data = {"out_dir": self.path("sweep"), "questions": 2, "budgets": [4], "verifier": "none",
+                "strategies": [{"kind": "best_of_n", "selection": "majority"}], **changes}
+        return ["sweep", "--config", self.yaml("sweep.yaml", data), *overrides]
+
+    def experiment(self, *overrides, command="experiment"):
+        with open(os.path.join(os.path.dirname(__file__), "..", "configs", "experiments", "demo.yaml")) as f:
+            data = {**yaml.safe_load(f), "out_dir": self.path("experiment")}
+        return [command, "--config", self.yaml("experiment.yaml", data), *overrides]
+
+    def train_policy(self, *flags, **changes):
+        data = {"out_dir": self.path("run"), "model_config": TINY.to_dict(), "num_train": 10, **changes}
+        return ["train", "policy", "--config", self.yaml("policy.yaml", data), *flags]
+
+    def train_prm(self, **changes):
+        data = {"out_dir": self.path("prm"), "policy": model_dir("policy", "tiny"), "num_questions": 8, **changes}
+        return ["train", "prm", "--config", self.yaml("prm.yaml", data)]
+
+    def generate(self, *flags, model=None):
+        return ["generate", "--model", model or self.ckpt, "--tokenizer", "char", "--prompt", "x",
+                "--output", self.path("out.jsonl"), *flags]
+
+    def generate_config(self, **options):
+        data = {"model": self.ckpt, "tokenizer": "char", "prompts": ["x"], **options}
+        return ["generate", "--config", self.yaml("generate.yaml", data)]
+
+    def eval(self, *flags, what="policy"):
+        return ["eval", what, "--model", self.ckpt, "--tokenizer", "char", "--per-difficulty", "1",
+                "--output", self.path("eval.json"), *flags]
+
+    def run(self, *flags, **changes):
+        scheduler = BudgetScheduler(
+            signal="agreement", edges=(0.5,), choices={f"{lv}/4": {"kind": "best_of_n", "selection": "majority"}
+                                                       for lv in (1, 2)},
+            probe_samples=2, search=SearchSettings(), policy="tiny", verifier="none", task={"name": "arithmetic"},
+            max_new_tokens=64)
+        data = {**scheduler.to_json(), **changes}
+        return ["run", "--scheduler", self.write("scheduler.json", json.dumps(data)), "--question", "Q: 1+2=",
+                "--output", self.path("answers.jsonl"), *flags]
+
+    def hf_with_index(self, shard: str) -> str:
+        """A copy of the Hugging Face checkpoint whose index names `shard` for every tensor."""
+        directory = self.tmp / "hf"
+        directory.mkdir()
+        for name in os.listdir(self.models.hf):
+            (directory / name).write_bytes(open(os.path.join(self.models.hf, name), "rb").read())
+        from safetensors import safe_open
+        with safe_open(str(directory / "model.safetensors"), framework="numpy") as f:
+            weight_map = {k: shard for k in f.keys()}
+        (directory / SAFETENSORS_INDEX).write_text(json.dumps({"weight_map": weight_map}))
+        os.remove(directory / "model.safetensors")
+        return str(directory)
+
+    def hf_damaged(self, cut: int) -> str:
+        """A copy of the Hugging Face checkpoint whose weights file is cut after `cut` bytes."""
+        directory = self.tmp / "hf"
+        directory.mkdir()
+        for name in os.listdir(self.models.hf):
+            data = open(os.path.join(self.models.hf, name), "rb").read()
+            (directory / name).write_bytes(data[:cut] if name == "model.safetensors" else data)
+        return str(directory)
+
+
+# (id, argv from a Case, words the one error line must hold)
+CLI_CASES = [
+    # sweep: every field checked when the config is read
+    ("sweep-temperature-nan", lambda c: c.sweep("search.temperature=.nan"),
+     ["sweep.yaml", "temperature=nan", "finite"]),
+    ("sweep-temperature-inf", lambda c: c.sweep("search.temperature=.inf"), ["temperature=inf", "finite"]),
+    ("sweep-top-p-2", lambda c: c.sweep("search.top_p=2"), ["top_p=2", "(0, 1]"]),
+    ("sweep-top-k-negative", lambda c: c.sweep("search.top_k=-1"), ["top_k=-1", ">= 0"]),
+    ("sweep-max-len-0", lambda c: c.sweep("search.max_len=0"), ["max_len=0", ">= 1"]),
+    ("sweep-step-over-max-len", lambda c: c.sweep("search.max_step_tokens=200"), ["max_step_tokens=200", "below"]),
+    ("sweep-unknown-search-key", lambda c: c.sweep("search.max_lenn=3"), ["max_lenn", "allowed"]),
+    ("sweep-search-not-mapping", lambda c: c.sweep("search=[1]"), ["search must be a mapping"]),
+    ("sweep-questions-0", lambda c: c.sweep("questions=0"), ["questions=0", ">= 1"]),
+    ("sweep-questions-string", lambda c: c.sweep("questions=many"), ["questions='many'"]),
+    ("sweep-rows-per-batch-0", lambda c: c.sweep("rows_per_batch=0"), ["rows_per_batch=0", ">= 1"]),
+    ("sweep-budgets-string", lambda c: c.sweep("budgets=abc"), ["budgets", "integers >= 1"]),
+    ("sweep-budgets-empty", lambda c: c.sweep("budgets=[]"), ["budgets", "non-empty"]),
+    ("sweep-budget-0", lambda c: c.sweep("budgets=[0, 4]"), ["budgets", ">= 1"]),
+    ("sweep-strategy-typo", lambda c: c.sweep("strategies=[{kind: beam, widht: 4}]"), ["strategies[0]", "widht"]),
+    ("sweep-strategy-kind", lambda c: c.sweep("strategies=[{kind: beem}]"), ["strategies[0]", "beem"]),
+    ("sweep-strategy-fits-no-budget", lambda c: c.sweep("strategies=[{kind: beam, width: 3}]"),
+     ["width': 3", "fits none of the budgets"]),
+    ("sweep-strategy-twice", lambda c: c.sweep("strategies=[{kind: best_of_n, selection: majority}, "
+                                               "{kind: best_of_n, selection: majority}]"), ["same strategy", "once"]),
+    ("sweep-verifier-none-beam", lambda c: c.sweep("strategies=[{kind: beam, width: 2}]"),
+     ["reads verifier scores", "verifier is none"]),
+    ("sweep-selection-unknown", lambda c: c.sweep("strategies=[{kind: best_of_n, selection: best}]"), ["'best'"]),
+    ("sweep-unknown-key", lambda c: c.sweep("questons=3"), ["sweep.yaml", "unknown option 'questons'"]),
+    ("sweep-task-unknown", lambda c: c.sweep("task={name: nope}"), ["unknown task name 'nope'", "known"]),
+    ("sweep-task-not-mapping", lambda c: c.sweep("task=5"), ["task", "mapping with 'name'"]),
+    ("sweep-revision-without-model", lambda c: c.sweep("strategies=[{kind: revisions, sequential: 2}]"),
+     ["revision_policy is not set"]),
+    ("sweep-policy-missing", lambda c: c.sweep(policy=c.path("nope")), ["policy=", "nope", "no such checkpoint"]),
+    ("sweep-policy-not-a-name", lambda c: c.sweep(policy=5), ["policy=5", "shipped name"]),
+    ("sweep-out-dir-is-file", lambda c: c.sweep(out_dir=c.file), ["out_dir", "a_file", "is a file"]),
+    ("sweep-out-dir-under-file", lambda c: c.sweep(out_dir=c.file + "/run"), ["out_dir", "cannot be made"]),
+    ("sweep-config-missing", lambda c: ["sweep", "--config", c.path("nope.yaml")], ["nope.yaml", "not found"]),
+    ("sweep-config-directory", lambda c: ["sweep", "--config", str(c.tmp)], ["is a directory", "YAML config file"]),
+    ("sweep-config-not-yaml", lambda c: ["sweep", "--config", c.write("bad.yaml", "a: [1,\n")],
+     ["bad.yaml", "not valid YAML"]),
+    ("sweep-config-a-list", lambda c: ["sweep", "--config", c.write("list.yaml", "- 1\n")], ["list.yaml", "mapping"]),
+    ("sweep-override-no-key", lambda c: c.sweep("=5"), ["override '=5'", "key=value"]),
+    ("sweep-override-no-equals", lambda c: c.sweep("questions"), ["override 'questions'", "key=value"]),
+    ("sweep-override-into-scalar", lambda c: c.sweep("questions.x=1"), ["questions is not a mapping"]),
+    # experiment / demo / plan read the same fields and their own
+    ("experiment-probe-samples-negative", lambda c: c.experiment("probe_samples=-1"), ["probe_samples=-1", ">= 1"]),
+    ("experiment-bins-0", lambda c: c.experiment("bins=0"), ["bins=0"]),
+    ("experiment-folds-0", lambda c: c.experiment("folds=0"), ["folds=0"]),
+    ("experiment-difficulty-samples-0", lambda c: c.experiment("difficulty_samples=0"), ["difficulty_samples=0"]),
+    ("experiment-max-new-tokens-0", lambda c: c.experiment("max_new_tokens=0"), ["max_new_tokens=0"]),
+    ("experiment-temperature-nan", lambda c: c.experiment("search.temperature=.nan"), ["temperature=nan"]),
+    ("experiment-unknown-key", lambda c: c.experiment("signall=oracle"), ["experiment.yaml", "signall"]),
+    ("experiment-out-dir-is-file", lambda c: c.experiment(f"out_dir={c.file}"), ["out_dir", "is a file"]),
+    ("experiment-large-policy-missing", lambda c: c.experiment(f"large_policy={c.tmp}/nope", "--skip-plan"),
+     ["large_policy=", "nope", "no such checkpoint"]),
+    ("demo-questions-0", lambda c: ["demo", "--questions", "0", "--out-dir", c.path("demo")], ["questions=0"]),
+    ("plan-devices-0", lambda c: c.experiment("--devices", "0", command="plan"), ["--devices 0"]),
+    ("plan-device-memory", lambda c: c.experiment("--device-memory", "lots", command="plan"),
+     ["'lots'", "80GB"]),
+    ("plan-usable-fraction-nan", lambda c: c.experiment("--usable-fraction", "nan", command="plan"),
+     ["usable_fraction=nan"]),
+    ("plan-prompt-tokens", lambda c: c.experiment("--prompt-tokens", "-1", command="plan"), ["prompt_tokens=-1"]),
+    ("plan-sweep-bad", lambda c: ["plan", "--sweep", *c.sweep("questions=0")[1:]], ["questions=0"]),
+    # train
+    ("train-steps-negative", lambda c: c.train_policy("--steps", "-5"), ["steps=-5"]),
+    ("train-lr-nan", lambda c: c.train_policy(lr=NAN), ["policy.yaml", "lr=nan", "finite"]),
+    ("train-lr-negative", lambda c: c.train_policy(lr=-1), ["lr=-1", "lr > 0"]),
+    ("train-clip-norm-inf", lambda c: c.train_policy(clip_norm=INF), ["clip_norm=inf"]),
+    ("train-weight-decay-string", lambda c: c.train_policy(weight_decay="x"), ["weight_decay='x'"]),
+    ("train-min-lr-ratio", lambda c: c.train_policy(min_lr_ratio=2), ["min_lr_ratio=2"]),
+    ("train-warmup-negative", lambda c: c.train_policy(warmup_steps=-1), ["warmup_steps=-1"]),
+    ("train-batch-size-0", lambda c: c.train_policy(batch_size=0), ["batch_size >= 1"]),
+    ("train-num-layers-0", lambda c: c.train_policy(model_config={**TINY.to_dict(), "num_layers": 0}),
+     ["num_layers=0"]),
+    ("train-heads-mismatch", lambda c: c.train_policy(model_config={**TINY.to_dict(), "num_kv_heads": 3}),
+     ["num_kv_heads=3"]),
+    ("train-model-config-typo", lambda c: c.train_policy(model_config={**TINY.to_dict(), "layers": 2}),
+     ["unknown model config field", "layers"]),
+    ("train-unknown-key", lambda c: c.train_policy(learning_rate=1), ["policy.yaml", "learning_rate"]),
+    ("train-out-dir-is-file", lambda c: c.train_policy(out_dir=c.file), ["out_dir", "is a file"]),
+    ("train-prm-samples-0", lambda c: c.train_prm(samples=0), ["samples and rollouts", ">= 1"]),
+    ("train-prm-temperature-nan", lambda c: c.train_prm(temperature=NAN), ["prm.yaml", "temperature=nan"]),
+    ("train-prm-validation-fraction", lambda c: c.train_prm(validation_fraction=1.5), ["validation_fraction=1.5"]),
+    ("train-prm-aggregation", lambda c: c.train_prm(aggregation="max"), ["aggregation='max'"]),
+    ("train-prm-max-new-tokens-0", lambda c: c.train_prm(max_new_tokens=0), ["max_new_tokens=0"]),
+    # generate
+    ("generate-n-0", lambda c: c.generate("--n", "0"), ["n=0", ">= 1"]),
+    ("generate-temperature-nan", lambda c: c.generate("--temperature", "nan"), ["temperature=nan", "finite"]),
+    ("generate-temperature-inf", lambda c: c.generate("--temperature", "inf"), ["temperature=inf", "finite"]),
+    ("generate-temperature-negative", lambda c: c.generate("--temperature", "-1"), ["temperature=-1"]),
+    ("generate-top-p-nan", lambda c: c.generate("--top-p", "nan"), ["top_p=nan"]),
+    ("generate-top-p-0", lambda c: c.generate("--top-p", "0"), ["top_p=0.0"]),
+    ("generate-top-k-negative", lambda c: c.generate("--top-k", "-1"), ["top_k=-1"]),
+    ("generate-mesh", lambda c: c.generate("--mesh", "3,x"), ["--mesh '3,x'", "DATA,MODEL"]),
+    ("generate-model-missing", lambda c: c.generate(model=c.path("nope")), ["nope", "no such checkpoint"]),
+    ("generate-tokenizer-missing", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", c.path("tok.json"),
+                                              "--prompt", "x"], ["tok.json", "does not exist"]),
+    ("generate-tokenizer-damaged", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", c.write("tok.json", "{"),
+                                              "--prompt", "x"], ["tok.json", "not valid JSON"]),
+    ("generate-prompts-file-missing", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", "char",
+                                                 "--prompts-file", c.path("p.txt")], ["p.txt", "not found"]),
+    ("generate-prompt-not-string", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", "char", "--prompts-file",
+                                              c.write("p.jsonl", '{"prompt": 5}\n')],
+     ["p.jsonl:1", "\"prompt\" string"]),
+    ("generate-prompts-empty", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", "char", "--prompts-file",
+                                          c.write("p.txt", "")], ["no prompts", "--prompt"]),
+    ("generate-output-directory", lambda c: c.generate("--output", str(c.tmp)), ["--output", "is a directory"]),
+    ("generate-output-missing-dir", lambda c: c.generate("--output", c.path("missing/out.jsonl")),
+     ["cannot write in"]),
+    ("generate-config-unknown", lambda c: c.generate_config(modle="x"), ["generate.yaml", "unknown option 'modle'"]),
+    ("generate-config-prompts-string", lambda c: c.generate_config(prompts="abc"),
+     ["prompts='abc'", "list of strings"]),
+    ("generate-config-prompts-int", lambda c: c.generate_config(prompts=[5]), ["prompts=[5]"]),
+    ("generate-config-stop-int", lambda c: c.generate_config(stop=5), ["stop=5"]),
+    ("generate-config-temperature-word", lambda c: c.generate_config(temperature="hot"), ["temperature='hot'"]),
+    ("generate-config-seed-word", lambda c: c.generate_config(seed="a"), ["seed='a'"]),
+    ("generate-config-n-string", lambda c: c.generate_config(n="4"), ["n='4'"]),
+    ("generate-model-config-word", lambda c: ["generate", "--config", c.yaml("g.yaml", {
+        "model_config": {"hidden_size": "x"}, "tokenizer": "char", "prompts": ["x"]})], ["hidden_size='x'"]),
+    ("generate-vocab-too-small", lambda c: ["generate", "--config", c.yaml("g.yaml", {
+        "model_config": {**TINY.to_dict(), "vocab_size": 50}, "tokenizer": "char", "prompts": ["x"]})],
+     ["vocab_size 50", "tokenizer"]),
+    ("generate-chat-template-on-without-one", lambda c: c.generate("--chat-template", "on"),
+     ["no chat template", "--chat-template off"]),
+    ("generate-shard-absolute", lambda c: c.generate(model=c.hf_with_index("/etc/passwd")),
+     ["'/etc/passwd'", "not a file inside"]),
+    ("generate-shard-escapes", lambda c: c.generate(model=c.hf_with_index("../a_file")),
+     ["'../a_file'", "not a file inside"]),
+    ("generate-shard-missing", lambda c: c.generate(model=c.hf_with_index("model-1-of-2.safetensors")),
+     ["model-1-of-2.safetensors", "missing"]),
+    ("generate-safetensors-truncated", lambda c: c.generate(model=c.hf_damaged(200)), ["model.safetensors"]),
+    ("generate-safetensors-header-cut", lambda c: c.generate(model=c.hf_damaged(5)), ["model.safetensors"]),
+    # eval
+    ("eval-samples-negative", lambda c: c.eval("--samples", "-3"), ["samples=-3"]),
+    ("eval-per-difficulty-0", lambda c: c.eval("--per-difficulty", "0"), ["per_difficulty=0", "--per-difficulty"]),
+    ("eval-questions-0", lambda c: c.eval("--questions", "0"), ["questions=0"]),
+    ("eval-max-new-tokens-0", lambda c: c.eval("--max-new-tokens", "0"), ["max_new_tokens=0"]),
+    ("eval-temperature-nan", lambda c: c.eval("--temperature", "nan"), ["temperature=nan", "finite"]),
+    ("eval-output-directory", lambda c: c.eval("--output", str(c.tmp)), ["--output", "is a directory"]),
+    ("eval-output-missing-dir", lambda c: c.eval("--output", c.path("missing/e.json")), ["cannot write in"]),
+    ("eval-task-not-yaml", lambda c: c.eval("--task", "{a:"), ["--task", "not valid YAML"]),
+    ("eval-task-unknown", lambda c: c.eval("--task", "nope"), ["unknown task name 'nope'"]),
+    ("eval-split-unknown", lambda c: c.eval("--split", "nope"), ["no split 'nope'", "its splits"]),
+    ("eval-prm-without-policy", lambda c: ["eval", "prm", "--model", "tiny"], ["--policy"]),
+    ("eval-revision-chains-0", lambda c: c.eval("--chains", "0", what="revision"), ["chains=0"]),
+    ("eval-revision-sequential-0", lambda c: c.eval("--sequential", "0", what="revision"), ["sequential=0"]),
+    # run
+    ("run-scheduler-missing", lambda c: ["run", "--scheduler", c.path("s.json")], ["s.json", "no scheduler"]),
+    ("run-scheduler-not-json", lambda c: ["run", "--scheduler", c.write("s.json", "{")], ["s.json", "not JSON"]),
+    ("run-scheduler-probe-negative", lambda c: c.run(probe_samples=-1), ["scheduler.json", "probe_samples=-1"]),
+    ("run-scheduler-signal", lambda c: c.run(signal="vibes"), ["scheduler.json", "'vibes'"]),
+    ("run-scheduler-temperature-nan", lambda c: c.run(search={**SearchSettings().to_dict(), "temperature": NAN}),
+     ["scheduler.json", "temperature"]),
+    ("run-scheduler-strategy-typo", lambda c: c.run(choices={"1/4": {"kind": "beam", "widht": 2}}),
+     ["scheduler.json", "widht"]),
+    ("run-budget-below-probes", lambda c: c.run("--budget", "0"), ["budget 0", "at least"]),
+    ("run-questions-file-missing", lambda c: c.run("--questions-file", c.path("q.jsonl")),
+     ["q.jsonl", "no such file"]),
+    ("run-questions-file-bad-line", lambda c: c.run("--questions-file", c.write("q.jsonl", '{"question": 5}\n')),
+     ["q.jsonl:1", "\"question\" string"]),
+    ("run-output-missing-dir", lambda c: c.run("--output", c.path("missing/a.jsonl")), ["cannot write in"]),
+    ("run-mesh", lambda c: c.run("--mesh", "x"), ["--mesh 'x'"]),
+    ("run-policy-missing", lambda c: c.run("--policy", c.path("nope")), ["nope", "no such checkpoint"]),
+    # convert / init-model
+    ("convert-source-missing", lambda c: ["convert", c.path("nope"), c.path("dst"), "--to", "hf"],
+     ["nope", "no such checkpoint"]),
+    ("convert-into-a-file", lambda c: ["convert", c.ckpt, c.file, "--to", "hf"], ["DST", "is a file"]),
+    ("convert-onto-itself", lambda c: ["convert", c.ckpt, c.ckpt, "--to", "ttcjax", "--overwrite"], ["is SRC"]),
+    ("convert-wrong-format", lambda c: ["convert", c.ckpt, c.path("dst"), "--to", "hf", "--from", "hf"],
+     ["config.json"]),
+    ("convert-damaged-gguf", lambda c: ["convert", c.write("m.gguf", "GGUFxxxx"), c.path("dst"), "--to", "hf"],
+     ["m.gguf", "unreadable GGUF"]),
+    ("init-model-num-layers-0", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": {
+        "num_layers": 0}}), "--out", c.path("m")], ["m.yaml", "num_layers=0"]),
+    ("init-model-exists", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": TINY.to_dict()}),
+                                     "--out", c.ckpt], ["already holds", "overwrite"]),
+]
+
+
+@pytest.mark.parametrize("build, words", [case[1:] for case in CLI_CASES], ids=[case[0] for case in CLI_CASES])
+def test_a_bad_command_is_one_line_and_touches_nothing(models, tmp_path, capsys, build, words):
+    case = Case(tmp_path, models)
+    argv = build(case)
+    native = snapshot(models.native)
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    one_error_line(capsys, *words)
+    assert snapshot(tmp_path) == before  # nothing written, nothing lost
+    assert snapshot(models.native) == native
+
+
+def _api_cases():
+    from ttcjax.decoding.engine import Sampling
+    from ttcjax.eval.experiment import ExperimentConfig
+    from ttcjax.eval.sweep import SweepConfig
+    from ttcjax.io import bind_run_dir
+    from ttcjax.models import ModelConfig
+    from ttcjax.search.strategies import StrategySpec
+    from ttcjax.training.loop import OptimConfig
+
+    def bound_then_other(tmp):
+        bind_run_dir(tmp / "run", {"lr": 1}, "train policy")
+        bind_run_dir(tmp / "run", {"lr": 2}, "train policy")
+
+    return [
+        ("sampling-temperature-nan", lambda t: Sampling(temperature=NAN), ["temperature=nan", "finite"]),
+        ("sampling-top-p-inf", lambda t: Sampling(top_p=INF), ["top_p=inf"]),
+        ("model-config-hidden-0", lambda t: ModelConfig(hidden_size=0), ["hidden_size=0"]),
+        ("model-config-from-dict-word", lambda t: ModelConfig.from_dict({"num_heads": "4"}, "m.yaml"),
+         ["m.yaml", "num_heads='4'"]),
+        ("optim-b1", lambda t: OptimConfig(b1=1.5), ["b1=1.5"]),
+        ("search-settings-revision-max-len", lambda t: SearchSettings(revision_max_len=4),
+         ["revision_max_len=4"]),
+        ("strategy-spec-typo", lambda t: StrategySpec.from_dict({"kind": "dvts", "widht": 4}, "s"), ["widht"]),
+        ("sweep-config-no-out-dir", lambda t: SweepConfig.from_dict({}, "s.yaml"), ["s.yaml", "out_dir is required"]),
+        ("experiment-config-bins", lambda t: ExperimentConfig.from_dict({"out_dir": "x", "bins": -2}, "e.yaml"),
+         ["e.yaml", "bins=-2"]),
+        ("scheduler-load-other-kind", lambda t: BudgetScheduler.load(
+            str(t / "s.json") if (t / "s.json").write_text("[]") else ""), ["s.json", "rerun the experiment"]),
+        ("run-dir-of-another-config", bound_then_other, ["keys that differ: ['lr']", "another out_dir"]),
+    ]
+
+
+API_CASES = _api_cases()
+
+
+@pytest.mark.parametrize("call, words", [case[1:] for case in API_CASES], ids=[case[0] for case in API_CASES])
+def test_a_bad_api_call_is_one_clear_error(tmp_path, call, words):
+    with pytest.raises((ValueError, FileNotFoundError)) as info:
+        call(tmp_path)
+    message = str(info.value)
+    assert "\n" not in message.strip(), message
+    for word in words:
+        assert word in message, (word, message)
+
+
+def test_the_catalogue_holds_at_least_sixty_bad_inputs():
+    assert len(CLI_CASES) + len(API_CASES) >= 60
+    assert len({case[0] for case in CLI_CASES + API_CASES}) == len(CLI_CASES) + len(API_CASES)
+
+
+def test_nan_in_a_native_checkpoint_is_named_without_writing(tmp_path, capsys):
+    model = init_model(TINY)
+    model.embedding[...] = model.embedding[...].at[1, 1].set(np.inf)
+    save_model(model, tmp_path / "ckpt")
+    before = snapshot(tmp_path)
+    assert main(["generate", "--model", str(tmp_path / "ckpt"), "--tokenizer", "char", "--prompt", "x",
+                 "--output", str(tmp_path / "out.jsonl")]) == 2
+    one_error_line(capsys, "embedding", "non-finite")
+    assert snapshot(tmp_path) == before
