@@ -123,8 +123,8 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
                                  "afresh.") from None
         differ = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
         if differ:
-            raise ValueError(f"{out_dir} holds a {command} run of another config (keys that differ: {differ}); "
-                             "use another out_dir, or delete it to start afresh.")
+            raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
+                             f"{differ}); use another out_dir, or delete it to start afresh.")
         return
     os.makedirs(os.fspath(out_dir), exist_ok=True)
     write_json(path, config)
