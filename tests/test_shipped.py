@@ -5,6 +5,7 @@ import dataclasses
 import os
 
 import jax
+import numpy as np
 import pytest
 
 from ttcjax.checkpoints.assets import asset_path, model_dir, read_json
@@ -23,7 +24,7 @@ def _size_mb(path):
 
 
 @pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny"),
-                                       ("revision", "tiny")])
+                                       ("revision", "tiny"), ("orm", "revision-tiny")])
 def test_shipped_models_are_small_and_documented(kind, name):
     path = asset_path(kind, name)
     assert _size_mb(path) <= 20
@@ -114,3 +115,20 @@ def test_shipped_revision_model_records_pass_at_1_per_revision_step():
     assert len(steps) == 8 and all(0 <= p <= 1 for p in steps) and max(steps) <= record["all"]["pass@32"]
     # its first attempt is a policy's answer: the shipped policy's own pass@1 (0.565), within sampling noise
     assert abs(steps[0] - read_json("policy", "tiny", "eval.json")["all"]["pass@1"]) < 0.05
+
+
+def test_shipped_revision_verifier_reads_the_revision_models_chains():
+    from ttcjax.verifiers.reward_model import load_prm
+
+    _, meta = load_prm(model_dir("orm", "revision-tiny"))
+    assert meta["kind"] == "orm"
+    cost = read_json("orm", "revision-tiny", "labels_cost.json")
+    assert cost["revision_model"].endswith("revisions/tiny/model") and cost["attempts"] == 12800
+    record = read_json("orm", "revision-tiny", "eval.json")
+    overall = record["all"]
+    assert overall["problems"] == 400 and record["chains"] * record["sequential"] == 16
+    # it tells right attempts from wrong ones, and selecting with it beats a random attempt of a chain
+    assert overall["attempt_auc"] >= 0.8
+    assert overall["by_selection"]["hierarchical"] > np.mean(overall["pass@1_by_step"])
+    assert max(overall["by_selection"].values()) <= overall["pass@16"]
+

@@ -4,6 +4,8 @@
     ttcjax/assets/policies/small    its 4x larger sibling       configs/train/policy-small.yaml
     ttcjax/assets/prms/tiny         PRM for the tiny policy     configs/train/prm-tiny.yaml
     ttcjax/assets/orms/tiny         ORM for the tiny policy     configs/train/orm-tiny.yaml
+    ttcjax/assets/revisions/tiny    revision model (section 6)  configs/train/revision-tiny.yaml
+    ttcjax/assets/orms/revision-tiny  its revision verifier     configs/train/orm-revision-tiny.yaml
 
 Each directory holds the model, `train_summary.json` (the training command's own record: config, command,
 wall time, metrics), `eval.json` (`ttcjax eval ...` on the test split) and TRAINING.md. They are copied
