@@ -72,25 +72,30 @@ def main(argv=None):
     policy = Engine(load_any(policy_dir), pad_id=tok.pad_id)
     reviser = Engine(load_any(revision_dir), pad_id=tok.pad_id)
     orm = load_verifier(model_dir("orm", "tiny"), tok)
+    try:  # the revision verifier reads the chains (the ORM trained on the policy's samples where none is shipped)
+        revision_orm = load_verifier(model_dir("orm", "revision-tiny"), tok)
+        revision_verifier = "orms/revision-tiny"
+    except FileNotFoundError:
+        revision_orm, revision_verifier = orm, "orms/tiny"
     task = task_from_dict({"name": "arithmetic"})
     problems = task.problems("test", limit=args.questions, seed=1)
     prompts = [task.encode_prompt(q, tok) for q in problems]
     base = SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=12, temperature=0.8,
                           revision_separator=separator).for_task(task)
-    runs = {  # name: (strategy, engine, settings)
-        "best_of_n": (BestOfN(args.n), policy, base),
-        f"best_of_n_max_len_{args.revision_max_len}": (BestOfN(args.n), policy,
+    runs = {  # name: (strategy, engine, verifier, settings)
+        "best_of_n": (BestOfN(args.n), policy, orm, base),
+        f"best_of_n_max_len_{args.revision_max_len}": (BestOfN(args.n), policy, orm,
                                                        SearchSettings(**{**base.to_dict(),
                                                                          "max_len": args.revision_max_len})),
-        "revisions": (Revisions(args.n, args.sequential), reviser,
+        "revisions": (Revisions(args.n, args.sequential), reviser, revision_orm,
                       SearchSettings(**{**base.to_dict(), "revision_max_len": args.revision_max_len})),
     }
 
     def run(name, seed):
-        strategy, engine, settings = runs[name]
+        strategy, engine, verifier, settings = runs[name]
         t = time.perf_counter()
-        results = search(strategy, engine, orm, tok, prompts, jax.random.key(seed), extract_answer=task.extract_answer,
-                         settings=settings)
+        results = search(strategy, engine, verifier, tok, prompts, jax.random.key(seed),
+                         extract_answer=task.extract_answer, settings=settings)
         return time.perf_counter() - t, results
 
     for name in runs:  # warm-up: compile every episode
@@ -105,7 +110,8 @@ def main(argv=None):
     report = {
         "command": "python bench/revisions.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
         "questions": args.questions, "n": args.n, "sequential": args.sequential,
-        "revision_model": os.path.relpath(revision_dir, ROOT), "revision_max_len": args.revision_max_len,
+        "revision_model": os.path.relpath(revision_dir, ROOT), "revision_verifier": revision_verifier,
+        "revision_max_len": args.revision_max_len,
         "seconds": best, "all_seconds": times,
         "revisions_over_best_of_n": best["revisions"] / best["best_of_n"],
         "revisions_over_best_of_n_same_cache": best["revisions"] / best[f"best_of_n_max_len_{args.revision_max_len}"],
@@ -127,11 +133,13 @@ def main(argv=None):
 
 def markdown(r: dict) -> str:
     m = r["machine"]
+    same = f"best_of_n_max_len_{r['revision_max_len']}"
     return "\n".join([
         SECTION, "",
         f"`{r['command'].strip()}` on a {m['cpu_count']}-core {m['cpu']} ({m['backend']}; load average "
         f"{m['loadavg_start']} -> {m['loadavg_end']}), commit {m['git']['commit']}; revision model "
-        f"`{r['revision_model']}`, shipped tiny policy and ORM, {r['questions']} built-in test questions searched "
+        f"`{r['revision_model']}` with its verifier `{r.get('revision_verifier', 'orms/tiny')}`, the shipped tiny "
+        f"policy with its ORM, {r['questions']} built-in test questions searched "
         f"together, best of {len(r['all_seconds']['revisions'])} interleaved repeats, compilation excluded.", "",
         "| run | seconds | generated tokens | tokens read again | verifier tokens | accuracy |",
         "|---|---|---|---|---|---|",
@@ -141,10 +149,10 @@ def markdown(r: dict) -> str:
         f"(N={r['n']}, cache 160) = {r['revisions_over_best_of_n']:.2f}** (target <= 1.5: "
         f"{'met' if r['meets_target'] else 'NOT met'}). A chain's attempt reads the chain's earlier attempts, so its "
         f"cache is longer; best-of-N at the chains' cache length is the second row, and against it the chains take "
-        f"{r['revisions_over_best_of_n_same_cache']:.2f}x: most of the gap is the decode loop's cost growing with the "
-        "cache's length even where the rows fill little of it (the decoding core's, not the chains'). Accuracy: the "
-        "revision model's chains with the ORM trained on the policy's samples (hierarchical selection); the "
-        "shipped revision model does not improve with revisions (see its TRAINING.md).", ""])
+        f"{r['revisions_over_best_of_n_same_cache']:.2f}x (the chains' {r['sequential']} sequential attempts on "
+        f"{r['sequential']}x fewer rows, filling more of the cache), while the longer cache alone costs best-of-N "
+        f"{r['seconds'][same] / r['seconds']['best_of_n']:.2f}x. Accuracy: hierarchical selection with the revision "
+        "verifier; the shipped revision model does not improve with revisions (see its TRAINING.md).", ""])
 
 
 if __name__ == "__main__":
