@@ -235,6 +235,8 @@ CLI_CASES = [
     ("generate-prompts-empty", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", "char", "--prompts-file",
                                           c.write("p.txt", "")], ["no prompts", "--prompt"]),
     ("generate-output-directory", lambda c: c.generate("--output", str(c.tmp)), ["--output", "is a directory"]),
+    ("generate-beyond-positions", lambda c: c.generate("--max-new-tokens", "100000"),
+     ["max_new_tokens=100000", "max_position_embeddings", "lower --max-new-tokens"]),
     ("generate-output-missing-dir", lambda c: c.generate("--output", c.path("missing/out.jsonl")),
      ["cannot write in"]),
     ("generate-config-unknown", lambda c: c.generate_config(modle="x"), ["generate.yaml", "unknown option 'modle'"]),

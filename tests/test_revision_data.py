@@ -199,7 +199,7 @@ def test_cli_train_revision_end_to_end_with_resume(tmp_path, capsys):
     path = tmp_path / "eval.json"
     assert main(["eval", "revision", "--model", str(out / "model"), "--task", "{name: arithmetic, difficulties: [2]}",
                  "--questions", "3", "--chains", "2", "--sequential", "3", "--mesh", "none", "--verifier", "tiny",
-                 "--output", str(path)]) == 0
+                 "--max-len", "384", "--output", str(path)]) == 0
     result = json.loads(path.read_text())
     overall = result["all"]
     assert overall["problems"] == 3 and len(overall["pass@1_by_step"]) == 3 and result["by_difficulty"]["2"]

@@ -304,7 +304,7 @@ def test_the_revision_verifiers_labels_read_what_the_verifier_reads_inside_the_c
                          num_kv_heads=2, max_position_embeddings=512)
     task = task_from_dict({"name": "arithmetic", "difficulties": [2]})
     problems = task.problems("train", limit=3, seed=0)
-    SHORT = {"revision_max_len": 512}  # every window fits the cache
+    SHORT = {"revision_max_len": 384}  # every window fits the cache
     labelled, cost = revision_labels(str(tmp_path / "reviser"), tok, task, problems, chains=2, sequential=6,
                                      temperature=1.0, seed=0, search_settings=SHORT)
     assert cost["attempts"] == 36 and cost["reread_tokens"] > 0 and len(labelled) == cost["labelled_solutions"] > 6

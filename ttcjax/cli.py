@@ -202,6 +202,11 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     prompts = _read_prompts(opts)
     inputs = [_render_prompt(tokenizer, p, opts) for p in prompts]
     encoded = [tokenizer.encode(text, add_bos=add_bos) for text, add_bos in inputs]
+    longest, positions = max(map(len, encoded), default=0), model.config.max_position_embeddings
+    if longest + int(opts["max_new_tokens"]) > positions:
+        raise ValueError(f"max_new_tokens={opts['max_new_tokens']}: the longest prompt ({longest} tokens) and the "
+                         f"completion exceed the model's {positions} positions (max_position_embeddings); lower "
+                         f"--max-new-tokens to {max(positions - longest, 0)} or less.")
     batch_size = int(opts.get("batch_size") or 64)
     key = jax.random.key(int(opts.get("seed", 0)))
     records, generated, started = [], 0, time.perf_counter()
