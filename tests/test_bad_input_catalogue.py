@@ -138,6 +138,14 @@ CLI_CASES = [
     ("sweep-top-k-negative", lambda c: c.sweep("search.top_k=-1"), ["top_k=-1", ">= 0"]),
     ("sweep-max-len-0", lambda c: c.sweep("search.max_len=0"), ["max_len=0", ">= 1"]),
     ("sweep-step-over-max-len", lambda c: c.sweep("search.max_step_tokens=200"), ["max_step_tokens=200", "below"]),
+    ("sweep-max-len-over-positions", lambda c: c.sweep("search.max_len=600"),
+     ["search.max_len=600", "512 positions of policy", "at most 512"]),
+    ("sweep-revision-max-len-over-positions", lambda c: c.sweep(
+        "search.revision_max_len=1000", "revision_policy=tiny",
+        "strategies=[{kind: revisions, sequential: 2, selection: majority}]"),
+     ["search.revision_max_len=1000", "512 positions of revision_policy"]),
+    ("experiment-max-new-tokens-over-positions", lambda c: c.experiment("max_new_tokens=1000"),
+     ["max_new_tokens=1000", "512 positions of policy"]),
     ("sweep-unknown-search-key", lambda c: c.sweep("search.max_lenn=3"), ["max_lenn", "allowed"]),
     ("sweep-search-not-mapping", lambda c: c.sweep("search=[1]"), ["search must be a mapping"]),
     ("sweep-questions-0", lambda c: c.sweep("questions=0"), ["questions=0", ">= 1"]),
@@ -213,6 +221,10 @@ CLI_CASES = [
     ("train-prm-validation-fraction", lambda c: c.train_prm(validation_fraction=1.5), ["validation_fraction=1.5"]),
     ("train-prm-aggregation", lambda c: c.train_prm(aggregation="max"), ["aggregation='max'"]),
     ("train-prm-max-new-tokens-0", lambda c: c.train_prm(max_new_tokens=0), ["max_new_tokens=0"]),
+    ("train-prm-policy-missing", lambda c: c.train_prm(policy=c.path("nope")), ["policy=", "nope", "nothing was"]),
+    ("train-prm-init-from-missing", lambda c: c.train_prm(init_from=c.path("nope")), ["init_from=", "no such"]),
+    ("train-policy-init-from-missing", lambda c: c.train_policy(model_config=None, init_from=c.path("nope")),
+     ["init_from=", "no such"]),
     # generate
     ("generate-n-0", lambda c: c.generate("--n", "0"), ["n=0", ">= 1"]),
     ("generate-temperature-nan", lambda c: c.generate("--temperature", "nan"), ["temperature=nan", "finite"]),
@@ -350,7 +362,8 @@ def _api_cases():
          ["e.yaml", "bins=-2"]),
         ("scheduler-load-other-kind", lambda t: BudgetScheduler.load(
             str(t / "s.json") if (t / "s.json").write_text("[]") else ""), ["s.json", "rerun the experiment"]),
-        ("run-dir-of-another-config", bound_then_other, ["keys that differ: ['lr']", "another out_dir"]),
+        ("run-dir-of-another-config", bound_then_other, ["keys that differ: ['lr']", "--continue", "--fresh"]),
+        ("run-dir-rerun-mode", lambda t: bind_run_dir(t / "run", {}, "sweep", rerun="again"), ["rerun='again'"]),
     ]
 
 

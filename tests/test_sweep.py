@@ -65,6 +65,20 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     path.write_text(yaml.safe_dump({**config, "questions": 4}))
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 2
     assert cut.read_text().splitlines() == redone
+    # ... unless told on purpose: --continue goes on in it (its records kept) and logs the change
+    assert main(["sweep", "--config", str(path), "--no-progress", "--continue"]) == 0
+    assert cut.read_text().splitlines() == redone
+    log = [json.loads(ln) for ln in (tmp_path / "sweep" / "run_log.jsonl").read_text().splitlines()]
+    assert [e["rerun"] for e in log] == ["resume"] * 4 + ["continue"]
+    assert log[-1]["changed"] == {"questions": [6, 4]} and "changed" not in log[0]
+    assert json.loads((tmp_path / "sweep" / "run_config.json").read_text())["questions"] == 4
+    # --fresh moves the earlier run aside, whole, and starts anew
+    path.write_text(yaml.safe_dump({**config, "questions": 2}))
+    assert main(["sweep", "--config", str(path), "--no-progress", "--fresh"]) == 0
+    (aside,) = [p for p in os.listdir(tmp_path) if p.startswith("sweep.before-")]
+    assert (tmp_path / aside / "results" / "beam-width2-b4.jsonl").read_text().splitlines() == redone
+    assert all(len((results / f).read_text().splitlines()) == 2 for f in files)
+    assert [e["rerun"] for e in map(json.loads, (tmp_path / "sweep" / "run_log.jsonl").open())] == ["fresh"]
 
 
 def test_a_sweep_on_eight_devices_gives_the_one_device_results(tmp_path):

@@ -239,8 +239,8 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def _experiment(config, progress: bool) -> int:
-    report = run_experiment(config, progress=progress)
+def _experiment(config, args: argparse.Namespace) -> int:
+    report = run_experiment(config, progress=not args.no_progress, rerun=_rerun(args))
     opt = report["compute_optimal"]["oracle"]
     print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
                       "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
@@ -258,7 +258,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
           f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
           file=sys.stderr)
-    return _experiment(config, progress=not args.no_progress)
+    return _experiment(config, args)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
@@ -276,7 +276,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"the config: {path}).\n"
           f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
           file=sys.stderr)
-    return _experiment(config, progress=not args.no_progress)
+    return _experiment(config, args)
 
 
 def _questions(args: argparse.Namespace, task) -> list:
@@ -383,11 +383,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     config = config_cls.from_dict(data, source=args.config)
     command = " ".join(["ttcjax"] + list(sys.argv[1:] if args.argv is None else args.argv))
     if args.what == "policy":
-        summary = train_policy(config, command=command, progress=not args.no_progress)
+        summary = train_policy(config, command=command, progress=not args.no_progress, rerun=_rerun(args))
     elif args.what == "revision":
-        summary = train_revision(config, command=command, progress=not args.no_progress)
+        summary = train_revision(config, command=command, progress=not args.no_progress, rerun=_rerun(args))
     else:
-        summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress)
+        summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress,
+                                     rerun=_rerun(args))
     print(json.dumps({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
                                                "validation")}, indent=2))
     if summary["finished"]:
@@ -474,7 +475,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
     config = SweepConfig.from_dict(read_yaml(args.config, overrides), source=args.config)
-    summary = run_sweep(config, progress=not args.no_progress)
+    summary = run_sweep(config, progress=not args.no_progress, rerun=_rerun(args))
     print(summary_markdown(summary))
     return 0
 
@@ -520,6 +521,21 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--output", help="write completions as JSONL here (atomically)")
 
 
+def _rerun_flags(parser: argparse.ArgumentParser) -> None:
+    """What a rerun does in an out_dir made by another config or code version (by default it stops, naming what
+    differs; the same run resumes)."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument("--fresh", action="store_true", help="move an existing out_dir aside (to OUT_DIR.before-TIME; "
+                                                            "nothing is deleted) and start anew")
+    group.add_argument("--continue", dest="continue_run", action="store_true",
+                       help="go on in an out_dir made by another config or code version, on purpose (the change "
+                            "is logged in its run_log.jsonl)")
+
+
+def _rerun(args: argparse.Namespace) -> str:
+    return "fresh" if args.fresh else "continue" if args.continue_run else "resume"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttcjax", description="Compute-optimal test-time scaling in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -532,6 +548,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--no-progress", action="store_true")
     exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
                                                              "not fit the devices")
+    _rerun_flags(exp)
     exp.set_defaults(func=cmd_experiment)
     demo = sub.add_parser("demo", help="the paper's experiment on the built-in task with the shipped models "
                                        "(the named config configs/experiments/demo.yaml)")
@@ -543,6 +560,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
                                                               "fit the devices")
+    _rerun_flags(demo)
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler (its policy, verifier, "
                                      "task and search settings)")
@@ -587,6 +605,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out-dir", help="override the config's out_dir")
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    _rerun_flags(train)
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate on a task: a policy (greedy accuracy, pass@k) or a verifier (best-of-N, "
                                      "weighted and majority selection over the policy's samples; the step ROC-AUC "
@@ -626,6 +645,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. questions=20")
     sw.add_argument("--out-dir", help="override the config's out_dir")
     sw.add_argument("--no-progress", action="store_true")
+    _rerun_flags(sw)
     sw.set_defaults(func=cmd_sweep)
     pl = sub.add_parser("plan", help="before a run: the memory each device needs for an experiment (or sweep) config, "
                                      "whether it fits, and which mesh, rows_per_batch or budgets would")

@@ -4,12 +4,18 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import os
+import subprocess
+import sys
+import time
 from typing import Any, Iterable, Iterator, Mapping, Sequence
 
 import yaml
+
+from ttcjax.version import __version__
 
 
 @contextlib.contextmanager
@@ -108,12 +114,90 @@ def bound_fields(config, leave_out: tuple[str, ...] = ("out_dir", "mesh")) -> di
     return {k: v for k, v in items if k not in leave_out}
 
 
-def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str) -> None:
-    """Make `out_dir` belong to `config` (JSON-ready): the first run writes it to run_config.json; a rerun
-    with a different config stops before any work, naming the keys that differ."""
+def check_inputs_exist(config, fields: Sequence[str], command: str) -> None:
+    """The checkpoints and files a training config names (`fields` that are set), checked to exist before its run
+    directory is made: one line naming the field and the path."""
+    for field in fields:
+        value = getattr(config, field, None)
+        if value is not None and value != "char" and not os.path.exists(os.fspath(value)):
+            raise ValueError(f"ttcjax {command}: {field}={value!r}: no such checkpoint directory or file; check the "
+                             "path (nothing was written).")
+
+
+RUN_LOG_FILE = "run_log.jsonl"
+#: What a rerun into a directory made by another config or other code does: stop (resume only the same run),
+#: move the earlier run aside and start anew (fresh), or go on in it on purpose (continue, the change logged).
+RERUN_MODES = ("resume", "fresh", "continue")
+
+
+@functools.lru_cache(maxsize=1)
+def code_version() -> dict[str, Any]:
+    """The code a run's results come from: ttcjax's version and, when it runs from a git checkout, the commit and
+    whether the package's files differ from it (only version and commit are compared: edits are not told apart)."""
+    package = os.path.dirname(os.path.abspath(__file__))
+
+    def git(*args: str) -> str | None:
+        try:
+            done = subprocess.run(["git", "-C", package, *args], capture_output=True, text=True, timeout=10)
+        except (OSError, subprocess.SubprocessError):
+            return None
+        return done.stdout.strip() if done.returncode == 0 else None
+
+    commit = git("rev-parse", "HEAD")
+    edited = bool(git("status", "--porcelain", "--untracked-files=no", "--", ".")) if commit else None
+    return {"version": __version__, "commit": commit, "edited": edited}
+
+
+def _code_name(code: Mapping[str, Any]) -> str:
+    return f"ttcjax {code.get('version')}" + (f" at {str(code['commit'])[:12]}" if code.get("commit") else "")
+
+
+def read_run_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
+    """The invocations a run directory has seen (oldest first). A line cut by a kill is left out; a damaged line
+    before the last is reported by file and line."""
+    path = os.path.join(os.fspath(out_dir), RUN_LOG_FILE)
+    if not os.path.exists(path):
+        return []
+    with open(path, encoding="utf-8") as f:
+        lines = f.read().split("\n")
+    entries = []
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+        except ValueError as e:
+            if number == len(lines):  # the last line, cut by a kill mid-append (no newline after it)
+                continue
+            raise ValueError(f"{path}:{number}: damaged ({e}); remove that line, or move the run directory "
+                             "away to start afresh.") from None
+        entries.append(entry)
+    return entries
+
+
+def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume") -> None:
+    """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
+    to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
+    changed). A rerun with a different config or code version stops before any work, naming what differs, unless
+    `rerun` says what to do on purpose: "fresh" moves the earlier run aside (to OUT_DIR.before-TIME: nothing is
+    deleted) and starts anew; "continue" goes on in it with the new config, logging the keys that changed."""
+    if rerun not in RERUN_MODES:
+        raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
-    path = os.path.join(os.fspath(out_dir), RUN_CONFIG_FILE)
+    out = os.fspath(out_dir)
+    flags = "pass --continue to go on in it on purpose, --fresh to move it aside and start anew, or use another out_dir"
+    if rerun == "fresh" and os.path.isdir(out) and os.listdir(out):
+        aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
+        while os.path.exists(aside):
+            aside += "x"
+        os.rename(out, aside)
+        print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
+    path = os.path.join(out, RUN_CONFIG_FILE)
     config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
+    code, changed = code_version(), {}
+    log = read_run_log(out) if os.path.isdir(out) else []
     if os.path.exists(path):
         with open(path) as f:
             try:
@@ -121,13 +205,26 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}: damaged ({e}); move the directory away or delete that file to start "
                                  "afresh.") from None
-        differ = sorted(k for k in set(before) | set(config) if before.get(k) != config.get(k))
-        if differ:
-            raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
-                             f"{differ}); use another out_dir, or delete it to start afresh.")
-        return
-    os.makedirs(os.fspath(out_dir), exist_ok=True)
-    write_json(path, config)
+        changed = {k: [before.get(k), config.get(k)] for k in sorted(set(before) | set(config))
+                   if before.get(k) != config.get(k)}
+        made_by = log[-1].get("code", {}) if log else {}
+        other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
+        if (changed or other_code) and rerun != "continue":
+            what = [f"keys that differ: {sorted(changed)}"] if changed else []
+            if other_code:
+                what.append(f"made by {_code_name(made_by)}, this is {_code_name(code)}")
+            raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another "
+                             f"{'config' if changed else 'code version'} ({'; '.join(what)}); {flags}.")
+        if changed:
+            write_json(path, config)
+    else:
+        os.makedirs(out, exist_ok=True)
+        write_json(path, config)
+    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command, "rerun": rerun,
+             "code": code}
+    if changed:
+        entry["changed"] = changed  # key: [before, now], continued on purpose
+    write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

@@ -22,6 +22,7 @@ import os
 import shutil
 import sys
 from pathlib import Path
+from typing import Any
 
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # ttcjax/assets
 KINDS = {"policy": "policies", "prm": "prms", "orm": "orms", "revision": "revisions"}
@@ -50,6 +51,19 @@ def model_dir(kind: str, name: str = "tiny") -> str:
 def resolve(kind: str, name_or_dir: str) -> str:
     """A checkpoint directory or GGUF file as given, or the loadable model of the shipped asset of that name."""
     return name_or_dir if os.path.isdir(name_or_dir) or name_or_dir.endswith(".gguf") else model_dir(kind, name_or_dir)
+
+
+def check_model_name(kind: str, name_or_dir: Any, field: str, source: str) -> None:
+    """A model a config names (a shipped name, a checkpoint directory or a .gguf file) checked to exist, when the
+    config is read: one ValueError naming `source`, the field and the fix."""
+    if not isinstance(name_or_dir, str) or not name_or_dir:
+        raise ValueError(f"{source}: {field}={name_or_dir!r} must be a shipped name or a checkpoint directory.")
+    if os.path.isdir(name_or_dir) or os.path.isfile(name_or_dir) and name_or_dir.endswith(".gguf"):
+        return
+    try:
+        resolve(kind, name_or_dir)
+    except FileNotFoundError as e:
+        raise ValueError(f"{source}: {field}={name_or_dir!r}: {e}") from None
 
 
 def read_json(kind: str, name: str, file: str) -> dict:

@@ -16,7 +16,7 @@ import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 
-from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model
+from ttcjax.checkpoints.gguf import gguf_config, is_gguf_file, load_gguf_model
 from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params
 from ttcjax.io import write_json
 from ttcjax.models.config import ModelConfig
@@ -114,6 +114,22 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
     restored = traverse_util.flatten_dict(restored)
     return model_from_params(config, {path: check_finite(restored[_str_path(path)], _str_path(path), params_path)
                                       for path in model_params})
+
+
+def checkpoint_config(path: str | os.PathLike, what: str = "checkpoint", **overrides) -> ModelConfig:
+    """The config a checkpoint loads with, read without its weights: ttcjax's own (ttcjax_config.json), Hugging
+    Face's (config.json) or a GGUF file's metadata."""
+    path = os.fspath(path)
+    if os.path.isfile(path) and (path.endswith(".gguf") or is_gguf_file(path)):
+        return gguf_config(path, **overrides)
+    native = os.path.join(path, CONFIG_FILE)
+    if os.path.exists(native):
+        with open(native) as f:
+            return ModelConfig.from_dict({**json.load(f), **overrides}, source=native)
+    if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
+        return ModelConfig.from_hf_json(path, **overrides)
+    raise FileNotFoundError(f"{what} {path}: neither {CONFIG_FILE} nor {HF_CONFIG_FILE} there; point it at the "
+                            "checkpoint directory.")
 
 
 def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Transformer:

@@ -40,14 +40,14 @@ from typing import ClassVar, Sequence
 import jax
 import numpy as np
 
-from ttcjax.checkpoints.assets import ASSETS
+from ttcjax.checkpoints.assets import ASSETS, check_model_name
 from ttcjax.decoding.engine import GREEDY
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import (Models, SweepConfig, check_model_name, load_policy, load_revision_models, plan_cells,
+from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, load_policy, load_revision_models, plan_cells,
                                revision_role, run_grid)
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_output_dir, read_yaml, write_json, write_jsonl
 from ttcjax.models.sharding import mesh_shape, parse_mesh
@@ -191,14 +191,16 @@ def check_run(config: ExperimentConfig) -> None:
     for field in ("policy", "large_policy"):
         if getattr(config, field) is not None:
             check_model_name("policy", getattr(config, field), field, "experiment")
+    check_positions(config, "experiment", [("max_new_tokens", config.max_new_tokens, field, getattr(config, field))
+                                           for field in ("policy", "large_policy") if getattr(config, field)])
     check_output_dir(config.out_dir)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True) -> dict:
+def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str = "resume") -> dict:
     started = time.perf_counter()
     out = config.out_dir
     check_run(config)
-    bind_run_dir(out, bound_fields(config.to_dict()), "experiment")
+    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun)
     task = config.make_task()
     settings = config.search.for_task(task)
     mesh = parse_mesh(config.mesh)
@@ -401,14 +403,14 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
     if scheduler.signal == "oracle":
         raise ValueError("a scheduler binned by oracle difficulty cannot bin new questions (that needs their "
                          "answers); use the one binned by predicted difficulty (scheduler.json).")
+    k = scheduler.probe_samples
+    remaining = budget - k
+    if remaining < 1:  # before any model is loaded
+        raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples; use a budget of at "
+                         f"least {k + 1}.")
     task = task or task_from_dict(scheduler.task, "scheduler task")
     engine, tok, _ = load_policy(policy or scheduler.policy, mesh)
     judge = verifier_by_name(verifier or scheduler.verifier, tok, mesh=engine.mesh, rules=engine.rules)
-    k = scheduler.probe_samples
-    remaining = budget - k
-    if remaining < 1:
-        raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples; use a budget of at "
-                         f"least {k + 1}.")
     texts = sample_solutions(task, engine, tok, problems, n=k, sampling=scheduler.search.sampling,
                              key=jax.random.key(seed), max_new_tokens=scheduler.max_new_tokens)
     signal, values = predicted_signal(task, judge, problems, texts, tok)

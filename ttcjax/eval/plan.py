@@ -43,7 +43,7 @@ import numpy as np
 from flax import nnx
 
 from ttcjax.checkpoints.assets import resolve
-from ttcjax.checkpoints.native import CONFIG_FILE, HF_CONFIG_FILE
+from ttcjax.checkpoints.native import HF_CONFIG_FILE, checkpoint_config
 from ttcjax.decoding.engine import bucket
 from ttcjax.eval.sweep import SweepConfig, is_revision, plan_cells, revision_policy_dir, revision_verifier_name
 from ttcjax.models.config import ModelConfig
@@ -152,20 +152,8 @@ class Hardware:
 # ---- the models, from their configs --------------------------------------------------------------------------
 
 
-def _model_config(directory: str, what: str, **overrides) -> ModelConfig:
-    """The config a checkpoint directory loads with: ttcjax's own (ttcjax_config.json) or Hugging Face's."""
-    native = os.path.join(directory, CONFIG_FILE)
-    if os.path.exists(native):
-        with open(native) as f:
-            return ModelConfig.from_dict({**json.load(f), **overrides}, source=native)
-    if os.path.exists(os.path.join(directory, HF_CONFIG_FILE)):
-        return ModelConfig.from_hf_json(directory, **overrides)
-    raise FileNotFoundError(f"{what} {directory}: neither {CONFIG_FILE} nor {HF_CONFIG_FILE} there; the planner "
-                            "reads the checkpoint's config (no weights), so point it at the checkpoint directory.")
-
-
 def _directory(kind: str, name: str, what: str) -> str:
-    if os.path.isdir(name):
+    if os.path.isdir(name) or os.path.isfile(name) and name.endswith(".gguf"):
         return name
     if os.sep in name or name.startswith("."):
         raise FileNotFoundError(f"{what} {name}: no such checkpoint directory.")
@@ -175,7 +163,7 @@ def _directory(kind: str, name: str, what: str) -> str:
 def policy_config(name_or_dir: str, what: str = "policy") -> ModelConfig:
     """The config of a policy as a config names it (a shipped name or a checkpoint directory), as
     `ttcjax.eval.sweep.load_policy` loads it."""
-    return _model_config(_directory("policy", name_or_dir, what), what)
+    return checkpoint_config(_directory("policy", name_or_dir, what), what)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +194,7 @@ def _ttcjax_verifier(name: str, directory: str) -> VerifierModel:
     head = meta.get("head", {}).get("kind")
     if head not in ("value", "two_class", "token"):
         raise ValueError(f"{meta_path}: head kind {head!r} is not one the planner knows.")
-    return VerifierModel(name, TTCJAX, _model_config(os.path.join(directory, BACKBONE_DIR), "verifier"), head)
+    return VerifierModel(name, TTCJAX, checkpoint_config(os.path.join(directory, BACKBONE_DIR), "verifier"), head)
 
 
 def _public_verifier(name: str, directory: str, family: str) -> VerifierModel:
@@ -391,7 +379,7 @@ def sweep_workload(config: SweepConfig, estimates: Estimates = Estimates()) -> W
                     strategies=tuple(sorted(strategies, key=lambda s: (s.n, s.kind, repr(s)))),
                     search=config.search, rows_per_batch=config.rows_per_batch, questions=config.questions,
                     estimates=estimates, names=names,
-                    revision_policy=_model_config(revision_policy_dir(config.revision_policy, "revision_policy"),
+                    revision_policy=checkpoint_config(revision_policy_dir(config.revision_policy, "revision_policy"),
                                                   "revision_policy") if revises else None,
                     revision_verifier=verifier_model(revision_verifier_name(config.revision_verifier))
                     if revises else None)

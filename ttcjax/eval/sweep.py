@@ -31,8 +31,8 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from ttcjax.checkpoints.assets import resolve
-from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.assets import check_model_name, resolve
+from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, json_line, write_json
@@ -141,17 +141,22 @@ def revision_policy_dir(name_or_dir: str, source: str = "config") -> str:
     return directory
 
 
-def check_model_name(kind: str, name_or_dir: Any, field: str, source: str) -> None:
-    """A model a config names (a shipped name, a checkpoint directory or a .gguf file) checked to exist, when the
-    config is read: one ValueError naming `source`, the field and the fix."""
-    if not isinstance(name_or_dir, str) or not name_or_dir:
-        raise ValueError(f"{source}: {field}={name_or_dir!r} must be a shipped name or a checkpoint directory.")
-    if os.path.isdir(name_or_dir) or os.path.isfile(name_or_dir) and name_or_dir.endswith(".gguf"):
-        return
-    try:
-        resolve(kind, name_or_dir)
-    except FileNotFoundError as e:
-        raise ValueError(f"{source}: {field}={name_or_dir!r}: {e}") from None
+def check_positions(config: SweepConfig, source: str, more: Sequence[tuple[str, int, str, str]] = ()) -> None:
+    """Every cache a run fills against the positions of the model that fills it (max_position_embeddings), when the
+    config is read: a search row (search.max_len) in the policy, a revision chain (search.revision_max_len) in the
+    revision model, and `more` as (field, tokens, model field, model name). Past its positions a model's rotary
+    embeddings go where it was never trained: the results would be silently wrong."""
+    needs = [("search.max_len", config.search.max_len, "policy", config.policy)]
+    if config.search.revision_max_len is not None and any(map(is_revision, config.strategies)) \
+            and config.revision_policy is not None:
+        needs.append(("search.revision_max_len", config.search.revision_max_len, "revision_policy",
+                      revision_policy_dir(config.revision_policy, source)))
+    for field, tokens, model_field, name in [*needs, *more]:
+        kind = "revision" if model_field == "revision_policy" else "policy"
+        positions = checkpoint_config(resolve(kind, name), model_field).max_position_embeddings
+        if tokens > positions:
+            raise ValueError(f"{source}: {field}={tokens} exceeds the {positions} positions of {model_field} {name} "
+                             f"(max_position_embeddings); lower {field} to at most {positions}.")
 
 
 def revision_verifier_name(name: str | None) -> str | None:
@@ -455,9 +460,10 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
     return load_revision_models(config.revision_policy, config.revision_verifier, tokenizer, mesh)
 
 
-def run_sweep(config: SweepConfig, progress: bool = True) -> dict:
+def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume") -> dict:
     check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
-    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep")
+    check_positions(config, "sweep")
+    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun)
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
     settings = config.search.for_task(task)

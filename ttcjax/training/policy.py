@@ -21,7 +21,7 @@ import numpy as np
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json
+from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -242,14 +242,15 @@ def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokeni
 
 
 def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_after: int | None = None,
-                 progress: bool = True) -> dict[str, Any]:
+                 progress: bool = True, rerun: str = "resume") -> dict[str, Any]:
     """Fine-tune a policy on the task's training split; returns (and writes) the summary.
 
     Rerunning with the same `out_dir` resumes from the last checkpoint. The final model and its tokenizer
     go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
     """
     started = time.perf_counter()
-    bind_run_dir(config.out_dir, bound_fields(config), "train policy")
+    check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train policy")
+    bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)
     mesh = parse_mesh(config.mesh)

@@ -40,7 +40,7 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json, write_jsonl
+from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json, write_jsonl
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -506,7 +506,8 @@ def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: 
 
 
 def train_revision(config: RevisionTrainConfig, *, command: str | None = None, stop_after: int | None = None,
-                   progress: bool = True, chain_eval: ChainEval | None = None) -> dict[str, Any]:
+                   progress: bool = True, chain_eval: ChainEval | None = None,
+                   rerun: str = "resume") -> dict[str, Any]:
     """Build (or reuse) the revision data, then fine-tune `init_from` on it; returns (and writes) the summary.
 
     Rerunning with the same `out_dir` reuses the data and resumes from the last checkpoint; another config there is
@@ -515,7 +516,8 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     evaluation's.
     """
     started = time.perf_counter()
-    bind_run_dir(config.out_dir, bound_fields(config), "train revision")
+    check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
+    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun)
     tokenizer = load_tokenizer(config.tokenizer_path)
     model = load_any(config.init_from)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")

@@ -28,7 +28,7 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_options, write_json
+from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -253,13 +253,15 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
 
 
 def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: str | None = None,
-                       stop_after: int | None = None, progress: bool = True) -> dict[str, Any]:
+                       stop_after: int | None = None, progress: bool = True,
+                       rerun: str = "resume") -> dict[str, Any]:
     """Label, then train a PRM (or an ORM) on the labels; returns (and writes) the summary."""
     started = time.perf_counter()
     if config.revision_chains is not None and not orm:
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
+    check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
-                 "train orm" if orm else "train prm")
+                 "train orm" if orm else "train prm", rerun)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
     mesh = parse_mesh(config.mesh)
     labelled, cost = make_labels(config, tokenizer, mesh, progress)

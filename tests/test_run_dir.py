@@ -1,0 +1,77 @@
+"""A run directory belongs to one config and one code version; a rerun that differs stops before any work unless
+told on purpose (continue, logged; fresh, the earlier run moved aside), and every invocation is logged."""
+
+import json
+import os
+
+import pytest
+
+from ttcjax import io
+from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, read_run_log
+
+
+def _files(root):
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(root) for f in names}
+
+
+def test_the_first_run_records_its_config_and_code_and_every_invocation_is_logged(tmp_path):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"lr": 0.1, "steps": [1, 2]}, "sweep")
+    bind_run_dir(out, {"lr": 0.1, "steps": (1, 2)}, "sweep")  # the same config (tuples are lists on disk)
+    assert json.loads((out / "run_config.json").read_text()) == {"lr": 0.1, "steps": [1, 2]}
+    log = read_run_log(out)
+    assert [e["command"] for e in log] == ["sweep", "sweep"] and all(e["code"] == code_version() for e in log)
+    assert code_version()["version"] == io.__version__
+    assert code_version()["commit"] is None or len(code_version()["commit"]) == 40  # a git checkout: its commit
+
+
+def test_another_config_or_code_version_stops_naming_what_differs_and_touches_nothing(tmp_path, monkeypatch):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"lr": 0.1, "seed": 0}, "train policy")
+    before = _files(out)
+    with pytest.raises(ValueError, match=r"another config \(keys that differ: \['lr'\]\); pass --continue .*--fresh"):
+        bind_run_dir(out, {"lr": 0.2, "seed": 0}, "train policy")
+    assert _files(out) == before
+    other = {"version": "9.9.9", "commit": "f" * 40, "edited": False}
+    monkeypatch.setattr(io, "code_version", lambda: other)
+    with pytest.raises(ValueError, match=r"another code version \(made by ttcjax .* this is ttcjax 9\.9\.9 at "
+                                         r"ffffffffffff\)"):
+        bind_run_dir(out, {"lr": 0.1, "seed": 0}, "train policy")
+    assert _files(out) == before
+    # on purpose: continue in it with the new code and config; the change is logged, key by key
+    bind_run_dir(out, {"lr": 0.2, "seed": 0}, "train policy", rerun="continue")
+    assert json.loads((out / "run_config.json").read_text()) == {"lr": 0.2, "seed": 0}
+    last = read_run_log(out)[-1]
+    assert last["rerun"] == "continue" and last["changed"] == {"lr": [0.1, 0.2]} and last["code"] == other
+    bind_run_dir(out, {"lr": 0.2, "seed": 0}, "train policy")  # now the same run: resumes without a flag
+    with pytest.raises(ValueError, match="rerun='again'"):
+        bind_run_dir(out, {"lr": 0.2, "seed": 0}, "train policy", rerun="again")
+
+
+def test_fresh_moves_the_earlier_run_aside_whole(tmp_path):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"questions": 6}, "experiment")
+    (out / "results.jsonl").write_text('{"id": 1}\n')
+    before = _files(out)
+    bind_run_dir(out, {"questions": 4}, "experiment", rerun="fresh")
+    (aside,) = [p for p in os.listdir(tmp_path) if p.startswith("run.before-")]
+    assert _files(tmp_path / aside) == before
+    assert sorted(os.listdir(out)) == ["run_config.json", RUN_LOG_FILE]
+    assert json.loads((out / "run_config.json").read_text()) == {"questions": 4}
+    bind_run_dir(tmp_path / "new", {"questions": 4}, "experiment", rerun="fresh")  # nothing to move: a new run
+    assert [p for p in os.listdir(tmp_path) if p.startswith("new.before-")] == []
+
+
+def test_a_damaged_log_is_named_by_line_and_a_cut_last_line_is_dropped(tmp_path):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"a": 1}, "sweep")
+    log = out / RUN_LOG_FILE
+    good = log.read_text()
+    log.write_text(good + good[:20])  # a kill mid-append
+    bind_run_dir(out, {"a": 1}, "sweep")
+    assert [json.loads(ln)["command"] for ln in log.read_text().splitlines()] == ["sweep", "sweep"]
+    log.write_text(good[:20] + "\n" + good)
+    with pytest.raises(ValueError, match=rf"{RUN_LOG_FILE}:1: damaged"):
+        bind_run_dir(out, {"a": 1}, "sweep")
+    assert log.read_text() == good[:20] + "\n" + good
