@@ -43,7 +43,7 @@ def lines(path):
 
 
 def without_times(record):
-    return {k: v for k, v in record.items() if k != "seconds"}
+    return {k: v for k, v in record.items() if k not in ("seconds", "seconds_per_question")}
 
 
 def test_an_experiment_killed_mid_search_resumes_to_the_uninterrupted_result(tmp_path):
@@ -68,6 +68,31 @@ def test_an_experiment_killed_mid_search_resumes_to_the_uninterrupted_result(tmp
     for name in sorted(os.listdir(straight / "results")):
         assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
                 == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
+
+
+def test_a_sweep_killed_mid_cell_resumes_to_the_uninterrupted_result(tmp_path):
+    config = {"task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 6, "policy": "tiny",
+              "verifier": "tiny", "budgets": [2], "rows_per_batch": 4,
+              "strategies": [{"kind": "best_of_n", "selection": "weighted"}],
+              "search": {"max_rounds": 8, "max_step_tokens": 20}}
+    path = tmp_path / "sweep.yaml"
+    path.write_text(yaml.safe_dump(config))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main(["sweep", "--config", str(path), "--out-dir", str(straight), "--no-progress"]) == 0
+    # killed once the first cell has written its first batch (2 questions of 6)
+    first_cell = killed / "results" / "best_of_n-b2.jsonl"
+    assert kill_when(["sweep", "--config", str(path), "--out-dir", str(killed), "--no-progress"],
+                     lambda: 0 < len(lines(first_cell)))
+    assert not (killed / "summary.json").exists() and len(lines(first_cell)) < 6
+    assert main(["sweep", "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
+    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    untimed = [{s: {n: without_times(c) for n, c in cells.items()} for s, cells in t["table"].items()} for t in (a, b)]
+    assert untimed[0] == untimed[1]
+    for name in sorted(os.listdir(straight / "results")):
+        assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
+                == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
+    log = [json.loads(x) for x in lines(killed / "run_log.jsonl")]
+    assert len(log) == 2  # both invocations, the killed one included
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(tmp_path):
