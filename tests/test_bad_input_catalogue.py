@@ -335,6 +335,7 @@ def test_a_bad_command_is_one_line_and_touches_nothing(models, tmp_path, capsys,
 
 
 def _api_cases():
+    from ttcjax.checkpoints.chat_template import render_chat_template
     from ttcjax.decoding.engine import Sampling
     from ttcjax.eval.experiment import ExperimentConfig
     from ttcjax.eval.sweep import SweepConfig
@@ -363,6 +364,8 @@ def _api_cases():
         ("scheduler-load-other-kind", lambda t: BudgetScheduler.load(
             str(t / "s.json") if (t / "s.json").write_text("[]") else ""), ["s.json", "rerun the experiment"]),
         ("run-dir-of-another-config", bound_then_other, ["keys that differ: ['lr']", "--continue", "--fresh"]),
+        ("chat-template-unbounded", lambda t: render_chat_template("{{ 'ab' * 10 ** 10 }}"),
+         ["chat template", "rendering limits", "repetition"]),
         ("run-dir-rerun-mode", lambda t: bind_run_dir(t / "run", {}, "sweep", rerun="again"), ["rerun='again'"]),
     ]
 

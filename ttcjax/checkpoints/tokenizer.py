@@ -13,8 +13,6 @@ Conventions shared by every backend:
 
 from __future__ import annotations
 
-import datetime
-import functools
 import json
 import os
 import shutil
@@ -28,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ttcjax.checkpoints.chat_template import render_chat_template
 from ttcjax.checkpoints.gguf import is_gguf_file, save_gguf_tokenizer
 
 __all__ = ["Tokenizer", "HFTokenizer", "SentencePieceTokenizer", "CharTokenizer",
@@ -207,40 +206,6 @@ def _read_chat_template(directory: Path, configured: Any) -> str | None:
     return configured if isinstance(configured, str) else None
 
 
-@functools.lru_cache(maxsize=16)
-def _compile_chat_template(source: str):
-    """The template in the environment transformers renders chat templates in: Jinja's immutable sandbox
-    (templates come from the Hub: untrusted), trim_blocks/lstrip_blocks, loop controls, a JSON ``tojson``
-    that does not escape HTML, ``raise_exception`` and ``strftime_now``; ``{% generation %}`` blocks
-    (assistant-mask markers) render their body."""
-    import jinja2
-    from jinja2.ext import Extension, loopcontrols
-    from jinja2.sandbox import ImmutableSandboxedEnvironment
-
-    class Generation(Extension):
-        tags = {"generation"}
-
-        def parse(self, parser):
-            lineno = next(parser.stream).lineno
-            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
-            return jinja2.nodes.Scope(body).set_lineno(lineno)
-
-    def raise_exception(message):
-        raise jinja2.exceptions.TemplateError(message)
-
-    def tojson(x, ensure_ascii=False, indent=None, separators=None, sort_keys=False):
-        return json.dumps(x, ensure_ascii=ensure_ascii, indent=indent, separators=separators, sort_keys=sort_keys)
-
-    env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, extensions=[Generation, loopcontrols])
-    env.filters["tojson"] = tojson
-    env.globals["raise_exception"] = raise_exception
-    env.globals["strftime_now"] = lambda fmt: datetime.datetime.now().strftime(fmt)
-    try:
-        return env.from_string(source)
-    except jinja2.exceptions.TemplateSyntaxError as e:
-        raise ValueError(f"the tokenizer's chat template is not valid Jinja ({e}, line {e.lineno})") from e
-
-
 class HFTokenizer(Tokenizer):
     """A Hugging Face ``tokenizer.json`` (file, or a checkpoint directory holding one).
 
@@ -325,8 +290,8 @@ class HFTokenizer(Tokenizer):
                 "the model's checkpoint")
         chat = [{k: v for k, v in dict(m).items() if v is not None} for m in messages]
         variables = {**self.special_tokens, **kwargs}
-        return _compile_chat_template(self.chat_template).render(
-            messages=chat, add_generation_prompt=add_generation_prompt, **variables)
+        return render_chat_template(self.chat_template, messages=chat, add_generation_prompt=add_generation_prompt,
+                                    **variables)
 
     def encode_batch(self, texts: Iterable[str], add_bos: bool = False) -> list[list[int]]:
         encs = self._tok.encode_batch(list(texts), add_special_tokens=False)
