@@ -62,6 +62,7 @@ def test_an_experiment_killed_mid_search_resumes_to_the_uninterrupted_result(tmp
     assert not (killed / "report.json").exists()
     assert main(["experiment", "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
     a, b = (json.loads((d / "report.json").read_text()) for d in (straight, killed))
+    assert b["invocations"]["invocations"] == 2 and b["invocations"]["interrupted_invocations"] == 1
     for key in ("accuracy", "per_level", "compute_optimal", "coverage", "mean_generated_tokens",
                 "difficulty_cost_tokens", "findings"):
         assert a[key] == b[key], key
@@ -91,8 +92,9 @@ def test_a_sweep_killed_mid_cell_resumes_to_the_uninterrupted_result(tmp_path):
     for name in sorted(os.listdir(straight / "results")):
         assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
                 == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
-    log = [json.loads(x) for x in lines(killed / "run_log.jsonl")]
-    assert len(log) == 2  # both invocations, the killed one included
+    # the totals count both invocations: the killed one has no time of its own
+    assert b["invocations"]["invocations"] == 2 and b["invocations"]["interrupted_invocations"] == 1
+    assert a["invocations"] == {**a["invocations"], "invocations": 1, "interrupted_invocations": 0}
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(tmp_path):

@@ -7,7 +7,7 @@ import os
 import pytest
 
 from ttcjax import io
-from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, read_run_log
+from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, finish_invocation, read_run_log
 
 
 def _files(root):
@@ -75,3 +75,13 @@ def test_a_damaged_log_is_named_by_line_and_a_cut_last_line_is_dropped(tmp_path)
     with pytest.raises(ValueError, match=rf"{RUN_LOG_FILE}:1: damaged"):
         bind_run_dir(out, {"a": 1}, "sweep")
     assert log.read_text() == good[:20] + "\n" + good
+
+
+def test_the_totals_count_every_invocation_the_interrupted_ones_too(tmp_path):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"a": 1}, "sweep")
+    assert finish_invocation(out, 3.0) == {"invocations": 1, "interrupted_invocations": 0, "seconds": 3.0}
+    bind_run_dir(out, {"a": 1}, "sweep")  # killed: never finished
+    bind_run_dir(out, {"a": 1}, "sweep")
+    assert finish_invocation(out, 4.5) == {"invocations": 3, "interrupted_invocations": 1, "seconds": 7.5}
+    assert [e.get("seconds") for e in read_run_log(out)] == [3.0, None, 4.5]

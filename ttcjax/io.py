@@ -227,6 +227,19 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
 
 
+def finish_invocation(out_dir: str | os.PathLike, seconds: float) -> dict[str, Any]:
+    """Record that this invocation (the run log's last entry) finished after `seconds`, and return the totals over
+    every invocation: how many, how many were interrupted (no time recorded: killed or failed), the seconds of the
+    finished ones."""
+    out = os.fspath(out_dir)
+    log = read_run_log(out)
+    if log:
+        log[-1]["seconds"] = seconds
+        write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+    timed = [e["seconds"] for e in log if isinstance(e.get("seconds"), (int, float))]
+    return {"invocations": len(log), "interrupted_invocations": len(log) - len(timed), "seconds": sum(timed)}
+
+
 def yaml_problem(error: yaml.YAMLError) -> str:
     """A YAML parse error in one line: what is wrong and where (line, column)."""
     mark = getattr(error, "problem_mark", None)

@@ -49,7 +49,8 @@ from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_lev
                                    overall, select_strategies)
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, load_policy, load_revision_models, plan_cells,
                                revision_role, run_grid)
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_output_dir, read_yaml, write_json, write_jsonl
+from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
+                       write_json, write_jsonl)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -319,14 +320,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
 
-    # a rerun reuses finished work: the total counts the earlier invocations whose report was written
-    earlier = os.path.join(out, "report.json")
-    if os.path.exists(earlier):
-        with open(earlier) as f:
-            before = json.load(f)
-        report["seconds_total"] = before.get("seconds_total", before.get("seconds", 0.0)) + report["seconds"]
-    else:
-        report["seconds_total"] = report["seconds"]
+    # a rerun reuses finished work: the totals count every invocation of this run directory (run_log.jsonl)
+    report["invocations"] = finish_invocation(out, report["seconds"])
+    report["seconds_total"] = report["invocations"]["seconds"]
     findings = analyze(report)
     report["findings"] = findings.to_dict()
     write_json(os.path.join(out, "report.json"), report)

@@ -35,7 +35,7 @@ from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, json_line, write_json
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, finish_invocation, json_line, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
@@ -461,6 +461,7 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
 
 
 def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume") -> dict:
+    started = time.perf_counter()
     check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
     check_positions(config, "sweep")
     bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun)
@@ -478,6 +479,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume")
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
                     progress=progress, revision=revision)
     summary = summarize(config.to_dict(), problems, grid)
+    summary["invocations"] = finish_invocation(config.out_dir, time.perf_counter() - started)
     write_json(os.path.join(config.out_dir, "summary.json"), summary)
     with atomic_path(os.path.join(config.out_dir, "summary.md")) as tmp, open(tmp, "w") as f:
         f.write(summary_markdown(summary))

@@ -21,7 +21,7 @@ import numpy as np
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json
+from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -293,5 +293,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         model_dir = os.path.join(config.out_dir, MODEL_DIR)
         save_model(result.model, model_dir, overwrite=True)
         save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
+    # every invocation of this run directory, the interrupted ones counted
+    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
     return summary

@@ -40,7 +40,8 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json, write_jsonl
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json,
+                       write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -569,5 +570,7 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
         save_model(result.model, model_dir, overwrite=True)
         save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
         save_revision_settings(model_dir, config.separator)
+    # every invocation of this run directory, the interrupted ones counted
+    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
     return summary

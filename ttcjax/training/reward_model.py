@@ -28,7 +28,7 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, write_json
+from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -311,5 +311,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
         "validation": [m for m in result.metrics if "eval" in m],
     }
+    # every invocation of this run directory, the interrupted ones counted
+    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
     return summary
