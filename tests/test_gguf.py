@@ -255,7 +255,7 @@ def _interleave_for_llama_cpp(w: np.ndarray, heads: int) -> np.ndarray:
 
 
 def _write_gguf(path, *, arch="llama", tokenizer_model="gpt2", types: dict | None = None,
-                extra_tensors: dict[str, np.ndarray] | None = None, seed=0) -> None:
+                extra_tensors: dict[str, np.ndarray] | None = None, seed=0, nan_in: str | None = None) -> None:
     """A random llama GGUF with a byte-level vocabulary (or a SentencePiece one). `types`: quantization per GGUF
     tensor name (default F32)."""
     rng, types = np.random.default_rng(seed), types or {}
@@ -291,6 +291,9 @@ def _write_gguf(path, *, arch="llama", tokenizer_model="gpt2", types: dict | Non
     writer.add_eos_token_id(2)
     def add(name: str, w: np.ndarray, heads: int | None = None):
         stored = _interleave_for_llama_cpp(w, heads) if heads else w
+        if name == nan_in:  # one weight that is not a number
+            stored = stored.copy()
+            stored.flat[7] = np.nan
         qtype = types.get(name, gguf.GGMLQuantizationType.F32)
         if qtype == gguf.GGMLQuantizationType.Q8_1:  # no quantizer for it either: random blocks of the right size
             block, size = gguf.GGML_QUANT_SIZES[qtype]
@@ -406,6 +409,11 @@ def test_errors_name_the_file_and_what_is_supported(tiny_gguf, tmp_path):
     with pytest.raises(ValueError, match=r"blk.0.attn_q_norm.weight.*no place for"):
         load_gguf_model(extra)
     assert main(["generate", "--model", str(tmp_path / "missing.gguf"), "--prompt", "x"]) == 2
+
+    nan = tmp_path / "nan.gguf"
+    _write_gguf(nan, nan_in="blk.1.ffn_gate.weight")
+    with pytest.raises(ValueError, match=r"nan.gguf: tensor blk.1.ffn_gate.weight holds 1 non-finite value"):
+        load_gguf_model(nan)
 
 
 # ---- the paper's experiment with the real model ---------------------------------------------------------------
