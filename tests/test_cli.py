@@ -61,7 +61,7 @@ def test_generate_renders_prompts_in_the_checkpoints_chat_template(tmp_path, cap
 
     def first(*flags):
         out = tmp_path / "out.jsonl"
-        assert main([*base, *flags, "--output", str(out)]) == 0
+        assert main([*base, *flags, "--output", str(out), "--overwrite"]) == 0
         return json.loads(out.read_text().splitlines()[0])
 
     chat = first()

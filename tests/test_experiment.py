@@ -124,7 +124,7 @@ def test_a_verifier_free_experiment_on_a_generic_jsonl_file_then_run(tmp_path):
     # the saved scheduler answers new questions with the task, verifier and settings it was chosen under
     answers = tmp_path / "answers.jsonl"
     assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "5",
-                 "--question", "Q: 7*3-4+8=\n", "--output", str(answers)]) == 0
+                 "--question", "Q: 7*3-4+8=\n", "--output", str(answers), "--overwrite"]) == 0
     (record,) = records(answers)
     assert record["strategy"]["kind"] == "best_of_n" and record["strategy"]["n"] == 4
     assert record["generated_tokens"] > record["probe_tokens"] > 0 and record["verifier_tokens"] == 0
@@ -134,13 +134,13 @@ def test_a_verifier_free_experiment_on_a_generic_jsonl_file_then_run(tmp_path):
     questions.write_text(json.dumps({"question": arithmetic.format_prompt(problems[0]), "answer": problems[0].answer})
                          + "\n" + json.dumps({"question": "Q: 2+3=\n"}) + "\n")
     assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "3",
-                 "--questions-file", str(questions), "--output", str(answers)]) == 0
+                 "--questions-file", str(questions), "--output", str(answers), "--overwrite"]) == 0
     graded, typed = records(answers)
     assert graded["correct"] == (graded["answer"] is not None and float(graded["answer"]) == problems[0].answer)
     assert typed["correct"] is None
     # 3 - 1 probe = 2 generations: below every budget the scheduler knows (2 is, here); 2 - 1 = 1 is not
     assert main(["run", "--scheduler", str(tmp_path / "run" / "scheduler.json"), "--budget", "2",
-                 "--question", "Q: 2+3=\n", "--output", str(answers)]) == 0
+                 "--question", "Q: 2+3=\n", "--output", str(answers), "--overwrite"]) == 0
     (low,) = records(answers)
     assert low["chosen"] is None and low["strategy"] == {"kind": "best_of_n", "n": 1, "selection": "majority"}
     bad = tmp_path / "bad.jsonl"
@@ -160,7 +160,7 @@ def test_run_says_when_the_chosen_strategy_does_not_fit_the_budget_left(tmp_path
     capsys.readouterr()
     # 5 generations - 1 probe = 4 left: beam width 4 fits; 6 - 1 = 5 does not, so weighted best-of-N runs
     assert main(["run", "--scheduler", str(out / "scheduler.json"), "--budget", "6", "--question", "2+3",
-                 "--output", str(answers)]) == 0
+                 "--output", str(answers), "--overwrite"]) == 0
     (record,) = records(answers)
     assert record["chosen"] == {"kind": "beam", "width": 4}
     assert record["strategy"] == {"kind": "best_of_n", "n": 5, "selection": "weighted"}

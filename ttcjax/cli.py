@@ -33,6 +33,7 @@ import jax
 import yaml
 from tqdm import tqdm
 
+from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model, save_gguf_tokenizer
 from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
 from ttcjax.checkpoints.native import load_any, load_model, save_model
@@ -73,7 +74,7 @@ CHAT_TEMPLATE_CHOICES = ("auto", "on", "off")
 
 GENERATE_KEYS = {"model", "tokenizer", "prompts", "prompts_file", "n", "max_new_tokens", "temperature", "top_k",
                  "chat_template", "system",
-                 "top_p", "stop", "seed", "mesh", "dtype", "batch_size", "output", "model_config"}
+                 "top_p", "stop", "seed", "mesh", "dtype", "batch_size", "output", "overwrite", "model_config"}
 
 
 def load_yaml_config(path: str, allowed: set[str]) -> dict[str, Any]:
@@ -182,13 +183,15 @@ def _check_generation_options(opts: dict[str, Any]) -> None:
     Sampling(temperature=float(opts.get("temperature", 1.0)), top_k=int(opts.get("top_k", 0)),
              top_p=float(opts.get("top_p", 1.0)))  # refuses non-finite or out-of-range values now
     if opts.get("output"):
-        check_output_file(opts["output"])
+        check_output_file(opts["output"], overwrite=bool(opts.get("overwrite")))
 
 
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     """Generate completions for every prompt; returns one record per completion."""
     _check_generation_options(opts)
-
+    if opts.get("model"):  # a shipped policy's name reads as its directory
+        check_model_name("policy", opts["model"], "model", "--model")
+        opts = {**opts, "model": resolve("policy", opts["model"])}
     model = _build_model(opts)
     tok_path = opts.get("tokenizer") or opts.get("model")
     if not tok_path:
@@ -305,7 +308,7 @@ def _questions(args: argparse.Namespace, task) -> list:
 
 def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
-        check_output_file(args.output)
+        check_output_file(args.output, overwrite=args.overwrite)
     if args.questions_file and not os.path.isfile(args.questions_file):
         raise FileNotFoundError(f"--questions-file {args.questions_file}: no such file; write JSONL with a "
                                 "\"question\" per line.")
@@ -417,7 +420,7 @@ def _check_eval_options(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag[2:].replace('-', '_')}={value} ({flag}) must be an integer >= {least}.")
     Sampling(temperature=args.temperature)  # a non-finite or negative temperature is refused now
     if args.output:
-        check_output_file(args.output)
+        check_output_file(args.output, overwrite=args.overwrite)
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
@@ -519,6 +522,7 @@ def _add_generation_flags(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dtype", choices=["float32", "bfloat16"], help="compute dtype")
     p.add_argument("--batch-size", type=int, help="prompts per compiled batch")
     p.add_argument("--output", help="write completions as JSONL here (atomically)")
+    p.add_argument("--overwrite", action="store_true", default=None, help="replace an existing --output file")
 
 
 def _rerun_flags(parser: argparse.ArgumentParser) -> None:
@@ -577,7 +581,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--revision-verifier", help="override the scheduler's revision verifier")
     run.add_argument("--seed", type=int, default=0)
     run.add_argument("--mesh", default="none", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
-    run.add_argument("--output", help="write the answers as JSONL here")
+    run.add_argument("--output", help="write the answers as JSONL here (atomically)")
+    run.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="sample completions from a checkpoint")
     _add_generation_flags(gen)
@@ -638,6 +643,7 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
     ev.set_defaults(func=cmd_eval)
     sw = sub.add_parser("sweep", help="search strategies x budgets on any task: per-question JSONL "
                                       "(resumable), accuracy-versus-budget tables and plots")

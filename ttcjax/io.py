@@ -91,12 +91,16 @@ def check_output_dir(path: str | os.PathLike, field: str = "out_dir") -> None:
                          "writable place.")
 
 
-def check_output_file(path: str | os.PathLike, flag: str = "--output") -> None:
-    """Refuse, before any work, an output file that could not be written when the work is done: a directory in
-    its place, or a missing or unwritable directory to hold it."""
+def check_output_file(path: str | os.PathLike, flag: str = "--output", overwrite: bool = False) -> None:
+    """Refuse, before any work, an output file that could not be written when the work is done (a directory in
+    its place, a missing or unwritable directory to hold it) or that would replace an existing file without
+    `overwrite`."""
     path = os.fspath(path)
     if os.path.isdir(path):
         raise ValueError(f"{flag} {path}: is a directory; name a file such as out.jsonl.")
+    if os.path.exists(path) and not overwrite:
+        raise ValueError(f"{flag} {path}: the file exists; pass --overwrite to replace it (once the new one is "
+                         "complete), or name another file.")
     directory = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(directory) or not os.access(directory, os.W_OK):
         raise ValueError(f"{flag} {path}: cannot write in {directory}; choose a writable place before anything "
