@@ -46,55 +46,49 @@ def without_times(record):
     return {k: v for k, v in record.items() if k not in ("seconds", "seconds_per_question")}
 
 
+def run_killed_and_straight(command: str, config: dict, tmp_path, result: str) -> tuple[dict, dict]:
+    """`ttcjax COMMAND` run straight, and run again killed once its first cell has written part of its questions
+    and then rerun: the two `result` files (JSON), after both runs' per-question records were found equal."""
+    path = tmp_path / f"{command}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    assert main([command, "--config", str(path), "--out-dir", str(straight), "--no-progress"]) == 0
+    first_cell = killed / "results" / "best_of_n-b2.jsonl"
+    assert kill_when([command, "--config", str(path), "--out-dir", str(killed), "--no-progress"],
+                     lambda: 0 < len(lines(first_cell)))
+    assert not (killed / result).exists() and len(lines(first_cell)) < config["questions"]
+    assert main([command, "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
+    for name in sorted(os.listdir(straight / "results")):
+        assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
+                == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
+    a, b = (json.loads((d / result).read_text()) for d in (straight, killed))
+    # the totals count both invocations: the killed one has no time of its own
+    assert b["invocations"]["invocations"] == 2 and b["invocations"]["interrupted_invocations"] == 1
+    assert a["invocations"]["invocations"] == 1 and a["invocations"]["interrupted_invocations"] == 0
+    return a, b
+
+
 def test_an_experiment_killed_mid_search_resumes_to_the_uninterrupted_result(tmp_path):
+    # killed once the first cell has written some of its questions (batches of 4 or 2 questions)
     config = {"task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 8, "policy": "tiny",
               "verifier": "tiny", "difficulty_samples": 2, "bins": 2, "budgets": [2, 4],
               "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}],
               "search": {"max_rounds": 8, "max_step_tokens": 20}, "rows_per_batch": 8, "probe_samples": 1}
-    path = tmp_path / "exp.yaml"
-    path.write_text(yaml.safe_dump(config))
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(["experiment", "--config", str(path), "--out-dir", str(straight), "--no-progress"]) == 0
-    # killed once the first cell has written some of its questions (batches of 4 or 2 questions)
-    first_cell = killed / "results" / "best_of_n-b2.jsonl"
-    assert kill_when(["experiment", "--config", str(path), "--out-dir", str(killed), "--no-progress"],
-                     lambda: 0 < len(lines(first_cell)))
-    assert not (killed / "report.json").exists()
-    assert main(["experiment", "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
-    a, b = (json.loads((d / "report.json").read_text()) for d in (straight, killed))
-    assert b["invocations"]["invocations"] == 2 and b["invocations"]["interrupted_invocations"] == 1
+    a, b = run_killed_and_straight("experiment", config, tmp_path, "report.json")
     for key in ("accuracy", "per_level", "compute_optimal", "coverage", "mean_generated_tokens",
                 "difficulty_cost_tokens", "findings"):
         assert a[key] == b[key], key
-    for name in sorted(os.listdir(straight / "results")):
-        assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
-                == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
 
 
 def test_a_sweep_killed_mid_cell_resumes_to_the_uninterrupted_result(tmp_path):
+    # killed once the first cell has written its first batch (2 questions of 6)
     config = {"task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 6, "policy": "tiny",
               "verifier": "tiny", "budgets": [2], "rows_per_batch": 4,
               "strategies": [{"kind": "best_of_n", "selection": "weighted"}],
               "search": {"max_rounds": 8, "max_step_tokens": 20}}
-    path = tmp_path / "sweep.yaml"
-    path.write_text(yaml.safe_dump(config))
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    assert main(["sweep", "--config", str(path), "--out-dir", str(straight), "--no-progress"]) == 0
-    # killed once the first cell has written its first batch (2 questions of 6)
-    first_cell = killed / "results" / "best_of_n-b2.jsonl"
-    assert kill_when(["sweep", "--config", str(path), "--out-dir", str(killed), "--no-progress"],
-                     lambda: 0 < len(lines(first_cell)))
-    assert not (killed / "summary.json").exists() and len(lines(first_cell)) < 6
-    assert main(["sweep", "--config", str(path), "--out-dir", str(killed), "--no-progress"]) == 0
-    a, b = (json.loads((d / "summary.json").read_text()) for d in (straight, killed))
+    a, b = run_killed_and_straight("sweep", config, tmp_path, "summary.json")
     untimed = [{s: {n: without_times(c) for n, c in cells.items()} for s, cells in t["table"].items()} for t in (a, b)]
     assert untimed[0] == untimed[1]
-    for name in sorted(os.listdir(straight / "results")):
-        assert ([without_times(json.loads(x)) for x in lines(straight / "results" / name)]
-                == [without_times(json.loads(x)) for x in lines(killed / "results" / name)]), name
-    # the totals count both invocations: the killed one has no time of its own
-    assert b["invocations"]["invocations"] == 2 and b["invocations"]["interrupted_invocations"] == 1
-    assert a["invocations"] == {**a["invocations"], "invocations": 1, "interrupted_invocations": 0}
 
 
 def test_training_killed_after_a_checkpoint_resumes_to_the_uninterrupted_model(tmp_path):
