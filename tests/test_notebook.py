@@ -48,6 +48,7 @@ def test_the_quickstart_notebook_runs_at_its_small_size(tmp_path):
     NotebookClient(nb, timeout=300, startup_timeout=120, kernel_name="python3",
                    resources={"metadata": {"path": str(NOTEBOOK.parent)}}).execute(env=env)
 
+    assert f"ttcjax from {ROOT / 'ttcjax'};" in text(tagged(nb, "install"))  # this checkout, not a clone
     assert f"ttcjax demo --out-dir {out_dir}" in text(tagged(nb, "experiment"))
     report = json.loads((out_dir / "report.json").read_text())
     assert report["questions"] == 4
