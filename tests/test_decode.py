@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from prm_twins import _save_tokenizer, _train_tokenizer
 
-from ttcjax.checkpoints.tokenizer import HFTokenizer
+from ttcjax.checkpoints.tokenizer import CharTokenizer, HFTokenizer
 from ttcjax.decoding.engine import (GREEDY, Engine, Sampling, StopConditions, _decode_jit, _prefill_jit, bucket,
                                     sample_tokens, segment_widths, stop_text, token_texts)
 from ttcjax.models import ModelConfig, forward, init_model
@@ -306,3 +306,18 @@ def test_stop_strings_match_the_text_whatever_the_tokenization(style):
     assert stop_text(tok, strings) is table  # cached: one compiled program per tokenizer and strings
     with pytest.raises(ValueError, match="non-empty"):
         stop_text(tok, ("",))
+
+
+def test_a_tokenizer_loaded_again_reuses_the_compiled_programs():
+    """Stop strings are a static argument of the decode loop, compared by content: the same strings over another
+    copy of the vocabulary compile nothing new (a notebook loads the shipped policy once per cell)."""
+    first, again = CharTokenizer(), CharTokenizer()
+    table = stop_text(first, ("\n\n",))
+    assert stop_text(again, ("\n\n",)) == table and hash(stop_text(again, ("\n\n",))) == hash(table)
+    assert stop_text(again, ("\n",)) != table and stop_text(again, ("\n", "\n\n")) != table
+    engine = Engine(init_model(CFG.replace(vocab_size=first.vocab_size), seed=1))
+    prompt = [first.encode("Q: 1+2=", add_bos=True)]
+    engine.generate(prompt, max_new_tokens=8, stop=StopConditions(text=table))
+    compiled = _decode_jit._cache_size()
+    engine.generate(prompt, max_new_tokens=8, stop=StopConditions(text=stop_text(again, ("\n\n",))))
+    assert _decode_jit._cache_size() == compiled

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import math
 from typing import Sequence
 
@@ -66,14 +67,31 @@ class StopText:
 
     One Knuth-Morris-Pratt automaton per string over characters, precomputed per token: from state j (the
     longest prefix of the string that the text so far ends with), token t moves to next_state[s, t, j] and
-    completes a match inside its text where hit[s, t, j]. Built by `stop_text` once per tokenizer and strings,
-    and hashed by identity, so that it is a static argument of the compiled loop."""
+    completes a match inside its text where hit[s, t, j]. Built by `stop_text` once per tokenizer and strings.
+
+    A static argument of the compiled loop, so it is hashed and compared by content (the strings and a digest of
+    the tables): a tokenizer loaded again, or another model's tokenizer with the same vocabulary, reuses the
+    programs compiled for the first (a notebook or `ttcjax run` after `ttcjax experiment` in one process)."""
 
     strings: tuple[str, ...]
     next_state: np.ndarray  # [S, V, M] int32, M = the longest string's length
     hit: np.ndarray  # [S, V, M] bool
     text_length: np.ndarray  # [V] int32: characters of each token's text
     blank: np.ndarray  # [V] bool: the token's text is whitespace (or nothing)
+    digest: bytes = dataclasses.field(init=False, repr=False)
+
+    def __post_init__(self):
+        tables = hashlib.sha256()
+        for table in (self.next_state, self.hit, self.text_length, self.blank):
+            tables.update(repr((table.dtype.str, table.shape)).encode())
+            tables.update(np.ascontiguousarray(table).tobytes())
+        object.__setattr__(self, "digest", tables.digest())
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, StopText) and (self.strings, self.digest) == (other.strings, other.digest)
+
+    def __hash__(self) -> int:
+        return hash((self.strings, self.digest))
 
 
 def token_texts(tokenizer) -> list[str]:
