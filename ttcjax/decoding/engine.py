@@ -8,6 +8,10 @@ scores, gathers the kept rows, and continues).
 
 Attention only reads the filled part of the cache: the loop runs in segments, each with a static
 attention width (a multiple of `attn_chunk`), and a segment ends when a row's next slot passes its width.
+The segments are not a CPU tuning and run on every backend: a decode step is memory-bound on TPUs and GPUs
+too, so reading the filled slots only cuts its traffic there as well, for at most 8 copies of the loop body
+(`segment_widths`). What is chosen by backend is the attention inside a step (`Transformer.platform`: the
+key layout and its kernels; `Engine(platform=...)`).
 """
 
 from __future__ import annotations
@@ -25,7 +29,8 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from ttcjax.models.cache import KVCache
-from ttcjax.models.llama import Transformer
+from ttcjax.models.llama import Transformer, set_platform
+from ttcjax.models.program import Program
 from ttcjax.models.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
 
 # Why a row stopped.
@@ -260,8 +265,7 @@ def sample_tokens(logits: jax.Array, key: jax.Array, sampling: Sampling, row_ids
 def _prefill(graphdef, params, tokens, lengths, *, max_len: int) -> DecodeState:
     """tokens [B, P] right-padded, lengths [B] >= 1 -> a state whose cache holds each prompt."""
     model = nnx.merge(graphdef, params)
-    cfg = model.config
-    cache = KVCache.for_model(cfg, tokens.shape[0], max_len)
+    cache = model.new_cache(tokens.shape[0], max_len)
     logits, cache, _ = model(tokens, cache=cache, attn_len=tokens.shape[1],
                              logits_at=jnp.maximum(lengths - 1, 0))
     cache = dataclasses.replace(cache, lengths=lengths.astype(jnp.int32))
@@ -395,12 +399,19 @@ class Completion:
 
 
 class Engine:
-    """Holds a model's parameters (optionally sharded over a mesh) and its compiled decode programs."""
+    """Holds a model's parameters (optionally sharded over a mesh) and its compiled decode programs.
+
+    `platform`: the JAX platform the programs are lowered for (`set_platform`; default: the model's, JAX's
+    default backend). Name 'tpu' or 'cuda' to export them for an accelerator from a CPU host
+    (`prefill_program(...).export(("tpu",))`); the accelerator path runs on CPUs too, as the tests check."""
 
     def __init__(self, model: Transformer, *, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
-                 pad_id: int = 0, attn_chunk: int = 128):
+                 pad_id: int = 0, attn_chunk: int = 128, platform: str | None = None):
         self.config = model.config
         self.mesh, self.rules = mesh, rules
+        if platform is not None:
+            set_platform(model, platform)
+        self.platform = model.platform
         if mesh is not None:
             shard_model(model, mesh, rules)
         self.graphdef, self.params = nnx.split(model)
@@ -445,8 +456,12 @@ class Engine:
         if longest > tokens.shape[1] or lengths.min(initial=1) < 1:
             raise ValueError(f"prompt lengths must be in [1, {tokens.shape[1]}]; got {lengths.tolist()}.")
         self._check_ids(tokens)
-        return self._prefill(self.graphdef, self.params, self.place_rows(tokens), self.place_rows(lengths),
-                             max_len=max_len)
+        return self.prefill_program(self.place_rows(tokens), self.place_rows(lengths), max_len)()
+
+    def prefill_program(self, tokens, lengths, max_len: int) -> Program:
+        """The compiled prefill that `prefill` runs, on placed tokens [B, P] and lengths [B] (or their
+        jax.ShapeDtypeStructs): call it, or `.export(platforms)` it."""
+        return Program(self._prefill, (self.graphdef, self.params, tokens, lengths), dict(max_len=max_len))
 
     def decode(self, state: DecodeState, key: jax.Array, *, max_new_tokens: int,
                sampling: Sampling = GREEDY, stop: StopConditions = StopConditions()) -> tuple[Generation, DecodeState]:
@@ -457,9 +472,14 @@ class Engine:
         """
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={max_new_tokens} must be >= 1.")
-        return self._decode(self.graphdef, self.params, state, key, max_new_tokens=max_new_tokens,
-                             sampling=sampling, stop=stop, pad_id=self.pad_id, attn_chunk=self.attn_chunk,
-                             cache_sharding=self._cache_sharding(state))
+        return self.decode_program(state, key, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)()
+
+    def decode_program(self, state: DecodeState, key: jax.Array, *, max_new_tokens: int,
+                       sampling: Sampling = GREEDY, stop: StopConditions = StopConditions()) -> Program:
+        """The compiled decode loop that `decode` runs (`state` donated): call it, or `.export(platforms)` it."""
+        return Program(self._decode, (self.graphdef, self.params, state, key),
+                       dict(max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, pad_id=self.pad_id,
+                            attn_chunk=self.attn_chunk, cache_sharding=self._cache_sharding(state)))
 
     def _check_ids(self, tokens: np.ndarray):
         vocab = self.config.vocab_size

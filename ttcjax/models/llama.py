@@ -5,10 +5,17 @@ sliding windows. One forward pass serves training (no cache), prefill and decode
 
 Shapes: B batch, T new tokens, S cache slots, D embed, H query heads, K kv heads, G = H // K,
 Dh head dim, F mlp width, V vocab.
+
+Attention is lowered for one platform, `Transformer.platform` (static, in the model's graph; `set_platform`):
+on CPUs keys are stored transposed and a decode step multiplies and sums (`transposes_keys` says why), and
+the score dot runs in float32 (XLA:CPU has no native bf16 dot); on accelerators keys keep
+head_dim last and every attention product is a dot_general accumulating in float32. It defaults to JAX's
+default backend, so a program exported for TPU or CUDA from a CPU host needs `set_platform` first.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -16,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ttcjax.models.cache import KVCache
+from ttcjax.models.cache import KVCache, transposes_keys
 from ttcjax.models.config import ModelConfig
 
 # Logical axes of every parameter, by its attribute name. ttcjax.models.sharding maps them onto a mesh.
@@ -153,13 +160,15 @@ class Attention(nnx.Module):
         x: jax.Array,  # [B, T, D]
         positions: jax.Array,  # [B, T] RoPE positions
         rope: tuple[np.ndarray, float],
-        kv: tuple[jax.Array, jax.Array] | None,  # this layer's cache, each [B, K, S, Dh]
+        kv: tuple[jax.Array, jax.Array] | None,  # this layer's cache: keys as `_attend` has them, values [B, K, S, Dh]
         write_slots: jax.Array | None,  # [B, T] cache slot of each new token
         attn_len: int | None,
         key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
         segment_ids: jax.Array | None = None,  # [B, T] (no cache) packed sequences: attend within a segment
+        platform: str = "cpu",  # the platform attention is lowered for: Transformer.platform, which passes it
     ):
         cfg, dt = self.config, x.dtype
+        transposed = transposes_keys(platform)
         q = jnp.einsum("BTD,DHd->BTHd", x, self.wq[...].astype(dt))
         k = jnp.einsum("BTD,DKd->BTKd", x, self.wk[...].astype(dt))
         v = jnp.einsum("BTD,DKd->BTKd", x, self.wv[...].astype(dt))
@@ -167,7 +176,8 @@ class Attention(nnx.Module):
             q, k, v = q + self.bq[...].astype(dt), k + self.bk[...].astype(dt), v + self.bv[...].astype(dt)
         q = apply_rope(q, positions, *rope)
         k = apply_rope(k, positions, *rope)
-        k = k.transpose(0, 2, 3, 1)  # [B, K, Dh, T]: keys are stored transposed, see KVCache
+        key_slot_axis = 3 if transposed else 2
+        k = k.transpose(0, 2, 3, 1) if transposed else k.transpose(0, 2, 1, 3)  # [B, K, Dh, T] or [B, K, T, Dh]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
 
         if kv is None:
@@ -175,15 +185,16 @@ class Attention(nnx.Module):
             q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         else:
             cache_k, cache_v = kv
-            cache_k = _write(cache_k, k, write_slots, slot_axis=3)
+            cache_k = _write(cache_k, k, write_slots, slot_axis=key_slot_axis)
             cache_v = _write(cache_v, v, write_slots, slot_axis=2)
             kv = (cache_k, cache_v)
             width = attn_len or cache_v.shape[2]
-            keys, values = cache_k[..., :width], cache_v[:, :, :width]
+            keys = jax.lax.slice_in_dim(cache_k, 0, width, axis=key_slot_axis)
+            values = cache_v[:, :, :width]
             q_slots = write_slots
 
         out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None,
-                      segment_ids if kv is None else None)
+                      segment_ids if kv is None else None, platform=platform)
         out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)
@@ -193,8 +204,8 @@ class Attention(nnx.Module):
 def _write(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -> jax.Array:
     """Write new tokens into a cache at per-row slots [B, T].
 
-    Keys: cache [B, K, Dh, S], new [B, K, Dh, T] (slot_axis=3). Values: cache [B, K, S, Dh], new
-    [B, K, T, Dh] (slot_axis=2). Out-of-range slots are dropped.
+    Transposed keys: cache [B, K, Dh, S], new [B, K, Dh, T] (slot_axis=3). Values, and keys on accelerators:
+    cache [B, K, S, Dh], new [B, K, T, Dh] (slot_axis=2). Out-of-range slots are dropped.
     """
     b, t = slots.shape
     rows = jnp.arange(b)[:, None]
@@ -204,8 +215,9 @@ def _write(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -
     return cache.at[index].set(update, mode="drop")
 
 
-def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None) -> jax.Array:
-    """Grouped-query attention. q [B, T, H, Dh]; keys [B, K, Dh, S]; values [B, K, S, Dh]; q_slots [B, T].
+def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None, *, platform: str) -> jax.Array:
+    """Grouped-query attention. q [B, T, H, Dh]; keys [B, K, Dh, S] on CPUs, [B, K, S, Dh] on accelerators
+    (`transposes_keys(platform)`); values [B, K, S, Dh]; q_slots [B, T].
 
     Query t of row b sees key slot s iff s <= q_slots[b, t] (and within the sliding window, and, without a
     cache, s is a real token of the same packed segment: key_mask [B, S], segment_ids [B, S] with S == T).
@@ -213,8 +225,9 @@ def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None) -> jax
     """
     b, t, h, dh = q.shape
     kh = keys.shape[1]
+    transposed = transposes_keys(platform)
     q = q.reshape(b, t, kh, h // kh, dh)
-    key_slots = jnp.arange(keys.shape[3])
+    key_slots = jnp.arange(values.shape[2])
     allowed = key_slots[None, None, :] <= q_slots[:, :, None]  # [B, T, S]
     if window is not None:
         allowed &= q_slots[:, :, None] - key_slots[None, None, :] < window
@@ -222,20 +235,21 @@ def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None) -> jax
         allowed &= key_mask[:, None, :].astype(bool)
     if segment_ids is not None:
         allowed &= segment_ids[:, :, None] == segment_ids[:, None, :]
-    if t == 1:
-        # One query per row (decoding) is memory-bound: multiply-and-sum over a non-minor axis streams the
-        # cache once and fuses the window slice, where a batched matmul with 1-row operands does not.
+    if t == 1 and transposed:
+        # On CPUs one query per row (decoding) is memory-bound: multiply-and-sum over a non-minor axis streams
+        # the cache once and fuses the window slice, where a batched matmul with 1-row operands does not.
         qf = q[:, 0].astype(jnp.float32)  # [B, K, G, Dh]
         scores = jnp.sum(qf[..., None] * keys[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, S]
         scores = jnp.where(allowed[:, 0][:, None, None], scores * dh**-0.5, _MASK_VALUE)
         probs = jax.nn.softmax(scores, axis=-1)
         out = jnp.sum(probs[..., None] * values[:, :, None].astype(jnp.float32), axis=3)  # [B, K, G, Dh]
         return out.reshape(b, 1, h, dh).astype(q.dtype)
-    if jax.default_backend() == "cpu":
-        # XLA:CPU has no bf16 x bf16 -> f32 dot; accelerators accumulate in f32 natively
-        scores = jnp.einsum("BTKGd,BKdS->BKGTS", q.astype(jnp.float32), keys.astype(jnp.float32))
+    key_axes = "BKdS" if transposed else "BKSd"
+    if platform == "cpu":
+        # XLA:CPU has no native bf16 x bf16 -> f32 dot (it emulates one); accelerators accumulate in f32 natively
+        scores = jnp.einsum(f"BTKGd,{key_axes}->BKGTS", q.astype(jnp.float32), keys.astype(jnp.float32))
     else:
-        scores = jnp.einsum("BTKGd,BKdS->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
+        scores = jnp.einsum(f"BTKGd,{key_axes}->BKGTS", q, keys.astype(q.dtype), preferred_element_type=jnp.float32)
     scores = jnp.where(allowed[:, None, None], scores * dh**-0.5, _MASK_VALUE)
     probs = jax.nn.softmax(scores, axis=-1).astype(values.dtype)
     out = jnp.einsum("BKGTS,BKSd->BTKGd", probs, values)
@@ -272,18 +286,22 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None):
+    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None, platform="cpu"):
         attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask,
-                                 segment_ids)
+                                 segment_ids, platform)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), kv
 
 
 class Transformer(nnx.Module):
-    """The decoder. `__call__` runs training (no cache), prefill and decode steps alike."""
+    """The decoder. `__call__` runs training (no cache), prefill and decode steps alike.
 
-    def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
+    `platform` (static): the JAX platform its attention is lowered for (see the module docstring), JAX's
+    default backend unless `set_platform` names another."""
+
+    def __init__(self, config: ModelConfig, rngs: nnx.Rngs, platform: str | None = None):
         self.config = config
+        self.platform = platform or jax.default_backend()
         pd = config.jnp_param_dtype
         self.embedding = _normal(rngs, (config.vocab_size, config.hidden_size), pd)
         self.layers = nnx.List([Block(config, i, rngs) for i in range(config.num_layers)])
@@ -319,6 +337,9 @@ class Transformer(nnx.Module):
         dt = cfg.jnp_dtype
         b, t = tokens.shape
         write_slots = None
+        if cache is not None and cache.keys_transposed != transposes_keys(self.platform):
+            raise ValueError(f"a KV cache laid out for another platform (keys_transposed={cache.keys_transposed}) "
+                             f"was fed to a model lowered for {self.platform!r}; make caches with model.new_cache.")
         if cache is not None:
             write_slots = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T]
         if positions is None:
@@ -332,7 +353,7 @@ class Transformer(nnx.Module):
             if return_hidden:
                 hidden.append(x)
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids)
+            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
@@ -340,7 +361,7 @@ class Transformer(nnx.Module):
         if return_hidden:
             hidden.append(x)
         if cache is not None:
-            cache = KVCache(k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
+            cache = dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
         if not return_logits:
             return None, cache, (tuple(hidden) if return_hidden else None)
         if not cfg.has_lm_head:
@@ -354,6 +375,20 @@ class Transformer(nnx.Module):
             logits = jnp.einsum("...D,DV->...V", x, self.lm_head[...].astype(dt))
         logits = logits.astype(jnp.float32)
         return logits, cache, (tuple(hidden) if return_hidden else None)
+
+    def new_cache(self, batch: int, max_len: int) -> KVCache:
+        """An empty KV cache of `max_len` slots per row, laid out for this model's platform."""
+        return KVCache.for_model(self.config, batch, max_len, self.platform)
+
+
+def set_platform(model: nnx.Module, platform: str) -> nnx.Module:
+    """Lower the attention of every Transformer in `model` (a policy, or a reward model's backbone) for
+    `platform` ('cpu', or an accelerator: 'tpu', 'cuda', 'rocm', a device's 'gpu'); in place, returns the
+    model. Split the model again afterwards: the platform is part of its graph."""
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, Transformer):
+            module.platform = platform
+    return model
 
 
 def abstract_model(config: ModelConfig) -> Transformer:

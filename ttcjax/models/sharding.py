@@ -86,12 +86,14 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules, shape: tuple[int, ...]) -> 
 
 
 def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
-    """NamedShardings for a KVCache (keys [batch, kv_heads, head_dim, max_len], values [batch, kv_heads,
-    max_len, head_dim], per layer) and its lengths [batch]."""
-    k = lambda x: rules.sharding(("batch", "kv_heads", "head_dim", "cache_slots"), x.shape, mesh)  # noqa: E731
+    """NamedShardings for a KVCache (keys [batch, kv_heads, head_dim, max_len] or [batch, kv_heads, max_len,
+    head_dim] as its layout says, values [batch, kv_heads, max_len, head_dim], per layer) and its lengths [batch]."""
+    key_axes = ("batch", "kv_heads", "head_dim", "cache_slots") if cache.keys_transposed else (
+        "batch", "kv_heads", "cache_slots", "head_dim")
+    k = lambda x: rules.sharding(key_axes, x.shape, mesh)  # noqa: E731
     v = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
     return KVCache(k=tuple(map(k, cache.k)), v=tuple(map(v, cache.v)),
-                   lengths=rules.sharding(("batch",), cache.lengths.shape, mesh))
+                   lengths=rules.sharding(("batch",), cache.lengths.shape, mesh), keys_transposed=cache.keys_transposed)
 
 
 def mesh_shape(spec: str | None, devices: int) -> tuple[int, int]:

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from ttcjax.decoding.engine import DecodeState, Engine
+from ttcjax.models.program import Program
 from ttcjax.search.episode import EpisodeSpec, SearchState, _constrain, _rounds, _start
 
 CONTEXT_BUCKETS = (8, 32, 128, 512)  # the narrowest of these (or the cache) holding a re-read is the one compiled
@@ -187,6 +188,13 @@ def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt
 
 _chains_jit = jax.jit(_chains, static_argnames=("spec",))
 
+
+def chains_program(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,
+                   active, key) -> Program:
+    """The compiled chain episode that `run_chains` runs (arguments as there): call it, or `.export(platforms)` it."""
+    return Program(_chains_jit, (spec, engine.params, scorer_params, tokens, lengths, verifier_tokens,
+                                 verifier_lengths, active, key))
+
 HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps")
 
 
@@ -195,8 +203,7 @@ def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, 
     """The chain episode for a batch of questions (as `ttcjax.search.episode.run_episode` takes them); on the
     host: every attempt's `HOST_FIELDS` ([rows, S, ...], rows question-major) and each row's costs
     (`generated`, `scored`, `reread`, `overflowed`)."""
-    st = _chains_jit(spec, engine.params, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active,
-                     key)
+    st = chains_program(spec, engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active, key)()
     fields = {f: getattr(st, f) for f in HOST_FIELDS}
     fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread,
                   overflowed=st.overflowed)

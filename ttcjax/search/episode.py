@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
                                     StopConditions, StopText, _decode, _prefill, contains_text)
+from ttcjax.models.program import Program
 from ttcjax.search.strategies import Strategy
 from ttcjax.verifiers.base import StepScorer
 
@@ -238,6 +239,19 @@ _rounds_jit = jax.jit(_rounds, static_argnames=("spec",), donate_argnames=("stat
 _compact_jit = jax.jit(_compact, static_argnames=("spec",))
 
 
+def start_program(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens,
+                  verifier_lengths, active) -> Program:
+    """The compiled start of an episode that `run_episode` runs (arguments as there): call it for the first
+    `SearchState`, or `.export(platforms)` it."""
+    return Program(_start_jit, (spec, engine.params, scorer_params, tokens, lengths, verifier_tokens,
+                                verifier_lengths, active))
+
+
+def rounds_program(spec: EpisodeSpec, engine: Engine, scorer_params, state: SearchState, key) -> Program:
+    """The compiled round loop that `run_episode` runs on `state` (donated): call it, or `.export(platforms)` it."""
+    return Program(_rounds_jit, (spec, engine.params, scorer_params, state, key))
+
+
 def _questions_after_compaction(open_questions: int, data: int, floor: int = 1) -> int:
     """The batch (in questions) that `open_questions` are compacted into: a power of two times the data
     axis, and no fewer than `floor` questions, so that an episode compiles at most log2(questions) loop
@@ -265,7 +279,7 @@ def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, length
     each as it was when its question finished. `on_segment(rows)` is called before each compiled segment
     with the rows of its batch (compaction shrinks it)."""
     n = spec.strategy.n
-    st = _start_jit(spec, engine.params, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active)
+    st = start_program(spec, engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active)()
     where = np.arange(tokens.shape[0])  # the question (index into the batch) at each place; -1: padding
     where[n_real:] = -1
     out: list[np.ndarray | None] = [None] * len(HOST_FIELDS)
@@ -276,7 +290,7 @@ def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, length
         if on_segment is not None:
             on_segment(places * n)
         segment = dataclasses.replace(spec, stop_at_open=_stop_at_open(places, data, floor) if compact else 0)
-        st = _rounds_jit(segment, engine.params, scorer_params, st, key)
+        st = rounds_program(segment, engine, scorer_params, st, key)()
         # one transfer per segment: what closed, and every host field
         finished, rounds, fields = jax.device_get((st.finished, st.rounds,
                                                    tuple(getattr(st, f) for f in HOST_FIELDS)))

@@ -66,6 +66,45 @@ def step_end(tokenizer, delimiter: str | None) -> StopText:
     return stop_text(tokenizer, (delimiter,))
 
 
+def episode_spec(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, settings: SearchSettings
+                 ) -> tuple[EpisodeSpec, Any]:
+    """The static spec of `strategy`'s compiled episode with the policy in `engine` and `verifier` (its step
+    scorer), as `search` runs it, and the scorer's parameters; ValueError where the verifier cannot serve."""
+    if strategy.needs_verifier and not verifier.scores_steps:
+        raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
+                         "selection='majority' with best-of-N, or name a verifier.")
+    delimiter = step_end(tokenizer, settings.delimiter)
+    if verifier.step_delimiter not in (None, settings.delimiter):
+        raise ValueError(f"the verifier reads steps ended by {verifier.step_delimiter!r} and the search ends them with "
+                         f"{settings.delimiter!r}; set search.delimiter to the verifier's.")
+    scorer, scorer_params = verifier.step_scorer(tokenizer, engine.mesh, engine.rules)
+    # the loop never reads the selection rule: one program serves every rule
+    spec = EpisodeSpec(strategy=dataclasses.replace(strategy, selection="weighted"), policy_graphdef=engine.graphdef,
+                       scorer=scorer,
+                       rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
+                       max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
+                       sampling=settings.sampling, step_end=delimiter,
+                       answer_end=stop_text(tokenizer, settings.answer_marks) if settings.answer_marks else None,
+                       eos_ids=tuple(tokenizer.eos_ids),
+                       pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
+                       data_axis=engine.rules.batch if engine.mesh is not None else None)
+    return spec, scorer_params
+
+
+def chain_spec(strategy: Revisions, spec: EpisodeSpec, verifier: Verifier, tokenizer, settings: SearchSettings
+               ) -> ChainSpec:
+    """The static spec of `strategy`'s chain episode, whose attempts run `spec` (`episode_spec` with the chains'
+    settings: max_len `settings.chain_max_len`) as best-of-N over the chains; ValueError where the verifier
+    cannot follow a chain."""
+    if not hasattr(spec.scorer, "rewind"):
+        raise ValueError(f"{strategy.label}: the verifier {verifier!r} renders steps in its own format; revision "
+                         "chains need one that reads the policy's own text (a ttcjax ORM trained on the revision "
+                         "model's outputs) or none (selection='majority').")
+    sep = tokenizer.encode(settings.revision_separator) if settings.revision_separator else []
+    return ChainSpec(attempt=dataclasses.replace(spec, strategy=BestOfN(strategy.chains)),
+                     sequential=strategy.sequential, window=strategy.window, separator=tuple(sep))
+
+
 def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, prompts: Sequence[str | Sequence[int]],
            key: jax.Array, *, extract_answer: Callable[[str], Any], settings: SearchSettings,
            equal: Callable[[Any, Any], bool] | None = None, questions: Sequence[str] | None = None,
@@ -88,14 +127,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     revisions = isinstance(strategy, Revisions)
     if revisions:  # a chain's cache holds the prompt, the window's earlier attempts and the attempt being written
         settings = dataclasses.replace(settings, max_len=settings.chain_max_len(engine.config))
-    if strategy.needs_verifier and not verifier.scores_steps:
-        raise ValueError(f"{strategy.label} reads verifier scores, and the verifier is {verifier!r}; use "
-                         "selection='majority' with best-of-N, or name a verifier.")
-    delimiter = step_end(tokenizer, settings.delimiter)
-    if verifier.step_delimiter not in (None, settings.delimiter):
-        raise ValueError(f"the verifier reads steps ended by {verifier.step_delimiter!r} and the search ends them with "
-                         f"{settings.delimiter!r}; set search.delimiter to the verifier's.")
-    scorer, scorer_params = verifier.step_scorer(tokenizer, engine.mesh, engine.rules)
+    spec, scorer_params = episode_spec(strategy, engine, verifier, tokenizer, settings)
     encoded = [list(p) if not isinstance(p, str) else tokenizer.encode(p, add_bos=tokenizer.bos_id is not None)
                for p in prompts]
     if questions is None:
@@ -103,23 +135,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
     if len(questions) != len(prompts):
         raise ValueError(f"search: {len(questions)} questions for {len(prompts)} prompts; pass one per prompt.")
     per_batch = questions_per_batch or len(encoded)
-    # the loop never reads the selection rule: one program serves every rule
-    spec = EpisodeSpec(strategy=dataclasses.replace(strategy, selection="weighted"), policy_graphdef=engine.graphdef,
-                       scorer=scorer,
-                       rounds=strategy.max_rounds(settings.max_rounds, settings.max_len),
-                       max_step_tokens=settings.max_step_tokens, max_len=settings.max_len,
-                       sampling=settings.sampling, step_end=delimiter,
-                       answer_end=stop_text(tokenizer, settings.answer_marks) if settings.answer_marks else None, eos_ids=tuple(tokenizer.eos_ids),
-                       pad_id=tokenizer.pad_id, attn_chunk=engine.attn_chunk, mesh=engine.mesh,
-                       data_axis=engine.rules.batch if engine.mesh is not None else None)
     if revisions:
-        if not hasattr(scorer, "rewind"):
-            raise ValueError(f"{strategy.label}: the verifier {verifier!r} renders steps in its own format; revision "
-                             "chains need one that reads the policy's own text (a ttcjax ORM trained on the revision "
-                             "model's outputs) or none (selection='majority').")
-        sep = tokenizer.encode(settings.revision_separator) if settings.revision_separator else []
-        chain_spec = ChainSpec(attempt=dataclasses.replace(spec, strategy=BestOfN(strategy.chains)),
-                               sequential=strategy.sequential, window=strategy.window, separator=tuple(sep))
+        chains = chain_spec(strategy, spec, verifier, tokenizer, settings)
     n = strategy.rows
     results: list[SearchResult] = []
     for start in range(0, len(encoded), per_batch):
@@ -148,7 +165,7 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             placed = map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths, active))
             if on_segment is not None:
                 on_segment(len(padded) * n)
-            host = run_chains(chain_spec, engine, scorer_params, *placed, jax.random.fold_in(key, start))
+            host = run_chains(chains, engine, scorer_params, *placed, jax.random.fold_in(key, start))
             results += [_chain_result(strategy, engine, verifier, tokenizer, settings, host, i, len(chunk[i]),
                                       extract_answer, equal) for i in range(len(chunk))]
             continue

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from ttcjax.io import atomic_path, json_line
 from ttcjax.models.llama import Transformer, param_path
+from ttcjax.models.program import Program
 from ttcjax.models.sharding import ShardingRules, batch_sharding, param_axes
 
 METRICS_FILE = "metrics.jsonl"
@@ -170,6 +171,25 @@ def _train_step(graphdef, tx, loss_fn, state: TrainState, batch: dict):
 _train_step_jit = jax.jit(_train_step, static_argnums=(0, 1, 2), donate_argnums=(3,))
 
 
+def init_train_state(model: nnx.Module, optim: OptimConfig, mesh: Mesh | None = None,
+                     rules: ShardingRules = ShardingRules()) -> tuple[nnx.GraphDef, TrainState]:
+    """The model's graph and a fresh TrainState (step 0, its parameters, the optimiser's state), placed on
+    `mesh` by `state_shardings` where one is given."""
+    graphdef, params = nnx.split(model, nnx.Param)
+    # the graphdef must not carry non-Param state; the Transformer has none
+    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.optimizer().init(params))
+    if mesh is not None:
+        state = jax.device_put(state, state_shardings(state, mesh, rules))
+    return graphdef, state
+
+
+def train_step_program(graphdef: nnx.GraphDef, optim: OptimConfig, loss_fn: LossFn, state: TrainState,
+                       batch: dict) -> Program:
+    """The compiled training step that `train_loop` runs on `state` (donated) and a placed `batch`: call it for
+    (the next state, its metrics), or `.export(platforms)` it."""
+    return Program(_train_step_jit, (graphdef, optim.optimizer(), loss_fn, state, batch))
+
+
 @dataclasses.dataclass
 class LoopResult:
     model: Transformer
@@ -217,14 +237,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     """
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
-    tx = optim.optimizer()
-    graphdef, params = nnx.split(model, nnx.Param)
-    # the graphdef must not carry non-Param state; the Transformer has none
-    state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params))
-    shardings = None
-    if mesh is not None:
-        shardings = state_shardings(state, mesh, rules)
-        state = jax.device_put(state, shardings)
+    graphdef, state = init_train_state(model, optim, mesh, rules)
 
     manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
@@ -268,7 +281,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
             metrics_file.flush()
 
         for step in range(start, end):
-            state, metrics = _train_step_jit(graphdef, tx, loss_fn, state, place(batch_at(step)))
+            state, metrics = train_step_program(graphdef, optim, loss_fn, state, place(batch_at(step)))()
             pending.append(metrics)
             done = step + 1
             if done % log_every == 0 or done == end:

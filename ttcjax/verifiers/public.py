@@ -110,7 +110,7 @@ class RenderingStepScorer:
         if p > slots:
             raise ValueError(f"the verifier's rendering of a question takes up to {p} tokens, more than its cache "
                              f"of {slots}; raise the verifier's max_len.")
-        kv = KVCache.for_model(prm.config, q, slots)
+        kv = prm.backbone.new_cache(q, slots)
         _, kv = _extend(prm, kv, prompt_tokens, prompt_lengths, prompt_lengths - 1)
         ids = jnp.zeros((q, slots), jnp.int32).at[:, :p].set(prompt_tokens)
         cache = RenderedCache(kv=kv, ids=ids, steps=jnp.zeros((q, max_len), jnp.int32),

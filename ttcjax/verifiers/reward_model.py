@@ -312,7 +312,9 @@ HALF_WIDTH_FROM = 512  # a cache at least this long is also read at half its wid
 def attention_widths(max_len: int) -> tuple[int, ...]:
     """The cache widths a PRM's step may be read against: the whole cache, and half of a long one (a search's
     rows mostly fill less than half of a cache sized for its longest solution, a revision chain's for its window).
-    Two at most, so the programs compiled per step bucket stay two."""
+    Two at most, so the programs compiled per step bucket stay two. Chosen on every backend, like the decode loop's
+    segments: reading half the cache halves a memory-bound step's traffic on accelerators too, and the choice is
+    a `lax.switch` on the device."""
     return (max_len // 2, max_len) if max_len >= HALF_WIDTH_FROM else (max_len,)
 
 
@@ -355,7 +357,7 @@ class PRMStepScorer:
 
     def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int) -> KVCache:
         prm = nnx.merge(self.graphdef, params)
-        cache = KVCache.for_model(prm.config, prompt_tokens.shape[0], max_len)
+        cache = prm.backbone.new_cache(prompt_tokens.shape[0], max_len)
         _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths, prompt_lengths - 1)
         return cache.fork(n)
 
