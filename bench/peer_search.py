@@ -101,13 +101,19 @@ class PeerSettings:
 # ---- the models on transformers ----------------------------------------------------------------------------
 
 
-def export_models(directory: str) -> dict[str, str]:
-    """The shipped tiny policy and the tiny PRM's backbone as Hugging Face checkpoints (ttcjax's exporter), and
-    the PRM's head file: {"policy": dir, "prm": dir, "head": file}."""
+def load_ttcjax_models():
+    """The shipped tiny policy (a Transformer) and PRM (a RewardModel, and its metadata)."""
+    return load_any(model_dir("policy", "tiny")), *load_prm(model_dir("prm", "tiny"))
+
+
+def export_models(directory: str, policy=None, prm=None) -> dict[str, str]:
+    """The shipped tiny policy and the tiny PRM's backbone (or the loaded `policy` and `prm`) as Hugging Face
+    checkpoints (ttcjax's exporter), and the PRM's head file: {"policy": dir, "prm": dir, "head": file}."""
+    if policy is None or prm is None:
+        policy, prm, _ = load_ttcjax_models()
     paths = {"policy": os.path.join(directory, "policy"), "prm": os.path.join(directory, "prm"),
              "head": os.path.join(model_dir("prm", "tiny"), HEAD_FILE)}
-    save_hf_model(load_any(model_dir("policy", "tiny")), paths["policy"])
-    prm, _ = load_prm(model_dir("prm", "tiny"))
+    save_hf_model(policy, paths["policy"])
     save_hf_model(prm.backbone, paths["prm"])
     return paths
 
@@ -136,6 +142,8 @@ class HfPolicy:
         self.model = transformers.AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
         self.tok, self.settings = tokenizer, settings
         self.eos = tokenizer.eos_ids[0]
+        self.seconds = 0.0  # inside `generate` (the host loop's time on the policy)
+        self.prefix_tokens = 0  # prefix tokens read again (prefilled) by `generate`
 
     def generate(self, prefixes: Sequence[Sequence[int]], *, max_new_tokens: int, stop: Sequence[int] | None,
                  temperature: float | None = None) -> list[Generation]:
@@ -150,11 +158,14 @@ class HfPolicy:
             mask[r, width - len(p):] = 1
         sampling = dict(do_sample=True, temperature=temperature, top_k=0, top_p=1.0) if temperature > 0 else \
             dict(do_sample=False)
+        start = time.perf_counter()
+        self.prefix_tokens += sum(map(len, prefixes))
         with torch.no_grad():
             out = self.model.generate(ids, attention_mask=mask, max_new_tokens=new, eos_token_id=self.eos,
                                       pad_token_id=self.tok.pad_id, num_beams=1,
                                       stopping_criteria=transformers.StoppingCriteriaList(
                                           [StopAfter(stop)] if stop else []), **sampling)
+        self.seconds += time.perf_counter() - start
         return [self._cut(out[r, width:].tolist(), list(prefixes[r]), room[r], stop, max_new_tokens)
                 for r in range(len(prefixes))]
 
@@ -186,10 +197,14 @@ class HfPRM:
             self.head.weight.copy_(torch.from_numpy(head["v_w"])[None, :])
             self.head.bias.copy_(torch.from_numpy(head["v_b"]).reshape(1))
         self.batch_size = batch_size
+        self.seconds = 0.0  # inside `score`
+        self.tokens = 0  # tokens read
 
     def score(self, sequences: Sequence[Sequence[int]], read_at: Sequence[Sequence[int]]) -> list[np.ndarray]:
         """The probability at each position read_at[i] of sequence i (its step ends)."""
         out = []
+        began = time.perf_counter()
+        self.tokens += sum(map(len, sequences))
         for start in range(0, len(sequences), self.batch_size):
             batch = sequences[start:start + self.batch_size]
             width = max(map(len, batch))
@@ -202,6 +217,7 @@ class HfPRM:
                 hidden = self.backbone(input_ids=ids, attention_mask=mask).last_hidden_state  # [B, T, D]
                 probs = torch.sigmoid(self.head(hidden)[..., 0]).numpy()  # [B, T]
             out += [probs[r, list(read_at[start + r])].astype(np.float64) for r in range(len(batch))]
+        self.seconds += time.perf_counter() - began
         return out
 
 
@@ -332,13 +348,11 @@ def _choose(beams: list[HostBeam], tok, settings: PeerSettings, generated: int, 
 # ---- parity --------------------------------------------------------------------------------------------------
 
 
-def parity(policy: HfPolicy, prm: HfPRM, tokenizer, problems) -> dict:
-    """Largest differences between the exported models and ttcjax's on the problems' reference solutions and
-    a wrong one each: PRM step scores (ttcjax `RewardModelVerifier.score`), and the policy's logits at every
-    position."""
-    ttc_prm, meta = load_prm(model_dir("prm", "tiny"))
-    verifier = RewardModelVerifier(ttc_prm, tokenizer, aggregation=meta["aggregation"])
-    ttc_policy = load_any(model_dir("policy", "tiny"))
+def parity(policy: HfPolicy, prm: HfPRM, tokenizer, problems, ttc_policy, ttc_prm) -> dict:
+    """Largest differences between the exported models and ttcjax's (`ttc_policy`, `ttc_prm`) on the problems'
+    reference solutions and a wrong one each: PRM step scores (ttcjax `RewardModelVerifier.score`), and the
+    policy's logits at every position."""
+    verifier = RewardModelVerifier(ttc_prm, tokenizer)
     prompts, solutions = [], []
     for q in problems:
         steps = arithmetic.format_solution(q).split("\n")
@@ -357,12 +371,13 @@ def parity(policy: HfPolicy, prm: HfPRM, tokenizer, problems) -> dict:
         reads.append(at)
     theirs = prm.score(seqs, reads)
     prm_diff = max(float(np.max(np.abs(np.asarray(a) - b))) for a, b in zip(ours, theirs))
-    logit_diff = 0.0
-    for ids in seqs:
-        ttc_logits = np.asarray(ttc_policy(jax.numpy.asarray([ids]))[0])[0]
-        with torch.no_grad():
-            hf_logits = policy.model(torch.tensor([ids])).logits[0].numpy()
-        logit_diff = max(logit_diff, float(np.max(np.abs(ttc_logits - hf_logits))))
+    width = max(map(len, seqs))  # right-padded: a causal model's logits at the real positions do not see it
+    padded = np.array([ids + [tokenizer.pad_id] * (width - len(ids)) for ids in seqs], np.int32)
+    ttc_logits = np.asarray(ttc_policy(jax.numpy.asarray(padded))[0])  # [B, T, V]
+    with torch.no_grad():
+        hf_logits = policy.model(torch.from_numpy(padded).long()).logits.numpy()
+    logit_diff = max(float(np.max(np.abs(ttc_logits[r, :len(ids)] - hf_logits[r, :len(ids)])))
+                     for r, ids in enumerate(seqs))
     return {"solutions": len(seqs), "steps": sum(map(len, reads)), "prm_max_abs_diff": prm_diff,
             "policy_logits_max_abs_diff": logit_diff}
 
@@ -415,15 +430,15 @@ def main(argv=None):
     prompt_texts = [arithmetic.format_prompt(q) for q in problems]
     prompts = [tok.encode(t, add_bos=True) for t in prompt_texts]
 
-    engine = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id)
-    prm_model, meta = load_prm(model_dir("prm", "tiny"))
+    ttc_policy, prm_model, meta = load_ttcjax_models()
+    engine = Engine(ttc_policy, pad_id=tok.pad_id)
     verifier = RewardModelVerifier(prm_model, tok, aggregation=meta["aggregation"])
     assert meta["aggregation"] == settings.aggregation
     with tempfile.TemporaryDirectory(prefix="ttcjax-peer-") as d:
-        paths = export_models(d)
+        paths = export_models(d, ttc_policy, prm_model)
         policy = HfPolicy(paths["policy"], tok, settings)
         prm = HfPRM(paths["prm"], paths["head"], settings.prm_batch_size)
-    check = parity(policy, prm, tok, problems[:4])
+    check = parity(policy, prm, tok, problems[:4], ttc_policy, prm_model)
     print("parity:", check, flush=True)
     if check["prm_max_abs_diff"] > 1e-4 or check["policy_logits_max_abs_diff"] > 1e-4:
         raise SystemExit(f"parity failed: {check}")
@@ -432,16 +447,24 @@ def main(argv=None):
         t = time.perf_counter()
         out = search(strategy, engine, verifier, tok, prompt_texts, jax.random.key(seed),
                      extract_answer=arithmetic.extract_answer, settings=settings.ttcjax())
-        return time.perf_counter() - t, [r.answer for r in out], sum(r.generated_tokens for r in out)
+        seconds = time.perf_counter() - t
+        return seconds, [r.answer for r in out], sum(r.generated_tokens for r in out), {
+            "verifier_tokens": sum(r.verifier_tokens for r in out)}
 
     def host_run(kind, n, seed):
         torch.manual_seed(seed)
+        policy.seconds = prm.seconds = 0.0
+        policy.prefix_tokens = prm.tokens = 0
         t = time.perf_counter()
         if kind == "beam":
             out = [host_beam_search(policy, prm, pr, n, args.width, settings) for pr in prompts]
         else:
             out = host_best_of_n(policy, prm, prompts, n, settings)
-        return time.perf_counter() - t, [r.answer for r in out], sum(r.generated_tokens for r in out)
+        seconds = time.perf_counter() - t
+        return seconds, [r.answer for r in out], sum(r.generated_tokens for r in out), {
+            "generate_s": policy.seconds, "prm_s": prm.seconds,
+            "host_s": seconds - policy.seconds - prm.seconds, "prefix_tokens_reread": policy.prefix_tokens,
+            "verifier_tokens": prm.tokens, "rounds": sum(r.rounds for r in out) / len(out)}
 
     cells = []
     for n in ns:
@@ -454,11 +477,11 @@ def main(argv=None):
                 ttc.append(ttcjax_run(strategy, args.seed))
                 threads.append(pick_threads(policy, prompts[0]))
                 host.append(host_run(kind, n, args.seed))
-            ttc_s, ttc_answers, ttc_tokens = min(ttc, key=lambda x: x[0])
-            host_s, host_answers, host_tokens = min(host, key=lambda x: x[0])
+            ttc_s, ttc_answers, ttc_tokens, ttc_more = min(ttc, key=lambda x: x[0])
+            host_s, host_answers, host_tokens, host_more = min(host, key=lambda x: x[0])
             cell = {"strategy": kind, "n": n, "width": args.width if kind == "beam" else None,
-                    "ttcjax": _side(ttc_s, ttc_answers, ttc_tokens, problems),
-                    "host": _side(host_s, host_answers, host_tokens, problems),
+                    "ttcjax": {**_side(ttc_s, ttc_answers, ttc_tokens, problems), **ttc_more},
+                    "host": {**_side(host_s, host_answers, host_tokens, problems), **host_more},
                     "ttcjax_all_s": [x[0] for x in ttc], "host_all_s": [x[0] for x in host],
                     "ttcjax_first_call_s": first, "torch_threads": threads, "loadavg": loadavg()}
             cell["ttcjax"]["compile_s"] = max(0.0, first - ttc_s)
@@ -528,6 +551,15 @@ def markdown(r: dict) -> str:
         "| per generated token |",
         "|---|---:|---|---:|---:|---|---:|---:|",
         *rows, "",
+        "Where the host loop's time goes, and what it reads again (PRM tokens: every token the PRM read, prompts "
+        "included; ttcjax's PRM reads each token once, into its per-row cache):", "",
+        "| strategy | N | generate s | PRM s | Python s | policy prefix tokens re-read | PRM tokens host "
+        "| PRM tokens ttcjax | mean rounds |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
+        *[f"| {'best-of-N' if c['strategy'] == 'best_of_n' else 'beam'} | {c['n']} | {c['host']['generate_s']:.2f} | "
+          f"{c['host']['prm_s']:.2f} | {c['host']['host_s']:.2f} | {c['host']['prefix_tokens_reread']} | "
+          f"{c['host']['verifier_tokens']} | {c['ttcjax']['verifier_tokens']} | {c['host']['rounds']:.1f} |"
+          for c in r["cells"]], "",
         f"**Host-loop beam / ttcjax beam: {verdict}** (target >= {TARGET:.0f}x: "
         f"{'met' if r['meets_target'] else 'NOT met'}). Accuracies differ by sampling only (the two sides draw "
         "different random numbers); 'per generated token' divides each side's time by the tokens it generated "
