@@ -418,7 +418,16 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="4 questions, N=16, one repeat")
     p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--render", action="store_true",
+                   help="only rewrite the docs/benchmarks.md section from bench/results/peer_search.json")
     args = p.parse_args(argv)
+    if args.render:
+        with open(RESULTS) as f:
+            report = json.load(f)
+        report["findings"] = findings(report)
+        write_atomic(RESULTS, json.dumps(report, indent=2) + "\n")
+        update_doc(DOC, markdown(report), title=SECTION)
+        return
     if args.quick:
         args.questions, args.ns, args.repeats = 4, "16", 1
     ns = [int(x) for x in args.ns.split(",")]
@@ -501,6 +510,7 @@ def main(argv=None):
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
                     "loadavg_start": load_start, "loadavg_end": loadavg(), "git": git_revision()},
     }
+    report["findings"] = findings(report)
     print(json.dumps({k: v for k, v in report.items() if k != "cells"}, indent=2))
     if not args.no_doc:
         write_atomic(RESULTS, json.dumps(report, indent=2) + "\n")
@@ -512,6 +522,26 @@ def _side(seconds: float, answers, tokens: int, problems) -> dict:
     return {"seconds": seconds, "correct": int(correct), "accuracy": correct / len(problems),
             "accuracy_ci95": wilson(int(correct), len(problems)), "generated_tokens": int(tokens),
             "tokens_per_s": tokens / seconds}
+
+
+def findings(r: dict) -> dict:
+    """Per cell ("beam_64", ...): the ratio, what it would be if the host loop's PRM and Python cost nothing
+    (its `generate` calls alone against ttcjax's whole search), the PRM's share of the host loop's time, and how
+    many times as many tokens the host loop's PRM and policy read as ttcjax's."""
+    out = {}
+    for c in r["cells"]:
+        host, ttc = c["host"], c["ttcjax"]
+        out[f"{c['strategy']}_{c['n']}"] = {
+            "host_over_ttcjax": c["host_over_ttcjax"],
+            "host_generate_only_over_ttcjax": host["generate_s"] / ttc["seconds"],
+            "host_prm_share": host["prm_s"] / host["seconds"],
+            "prm_tokens_host_over_ttcjax": host["verifier_tokens"] / ttc["verifier_tokens"],
+            "policy_tokens_read_over_generated": (host["prefix_tokens_reread"] + host["generated_tokens"])
+            / host["generated_tokens"],
+            "accuracy_intervals_overlap": (host["accuracy_ci95"][0] <= ttc["accuracy_ci95"][1]
+                                           and ttc["accuracy_ci95"][0] <= host["accuracy_ci95"][1]),
+        }
+    return out
 
 
 def markdown(r: dict) -> str:
@@ -527,6 +557,13 @@ def markdown(r: dict) -> str:
                         + (f"{c['host_over_ttcjax']:.2f}x | {c['host_over_ttcjax_per_token']:.2f}x |"
                            if side == "host" else f"compile {x['compile_s']:.1f} s | |"))
     verdict = ", ".join(f"N={n}: {v:.2f}x" for n, v in r["beam_ratios"].items())
+    last_n = r["ns"][-1]
+    reread = r["findings"][f"beam_{last_n}"]["policy_tokens_read_over_generated"]
+    apart = [k for k, f in r["findings"].items() if not f["accuracy_intervals_overlap"]]
+    overlap = ("in every cell the two 95% intervals overlap" if not apart else
+               f"the two 95% intervals do not overlap in {', '.join(apart)}")
+    python = max(c["host"]["host_s"] / c["host"]["seconds"] for c in r["cells"])
+    spread = max(max(c[k]) / min(c[k]) - 1 for c in r["cells"] for k in ("ttcjax_all_s", "host_all_s"))
     return "\n".join([
         SECTION, "",
         f"`{r['command'].strip()}` on a {m['cpu_count']}-core {m['cpu']}, shared with other jobs ({m['backend']}; "
@@ -562,8 +599,24 @@ def markdown(r: dict) -> str:
           for c in r["cells"]], "",
         f"**Host-loop beam / ttcjax beam: {verdict}** (target >= {TARGET:.0f}x: "
         f"{'met' if r['meets_target'] else 'NOT met'}). Accuracies differ by sampling only (the two sides draw "
-        "different random numbers); 'per generated token' divides each side's time by the tokens it generated "
-        "(search-and-learn's beam search refills all N beams every round, ttcjax's leaves finished beams in place).",
+        f"different random numbers; {overlap}); 'per generated token' divides each "
+        "side's time by the tokens it generated (the two generate about as many).", "",
+        "Why the target is not met: " + "; ".join(
+            f"at N={f_n}, the host loop's `generate` calls alone take {f['host_generate_only_over_ttcjax']:.2f}x "
+            f"ttcjax's whole beam search, and its PRM, reading {f['prm_tokens_host_over_ttcjax']:.1f}x the tokens "
+            f"ttcjax's PRM reads, takes {f['host_prm_share']:.0%} of its time"
+            for f_n, f in ((c["n"], r["findings"][f"beam_{c['n']}"]) for c in r["cells"] if c["strategy"] == "beam"))
+        + ". So even with its PRM and Python free the host loop would not be 5x slower: on these CPU cores a "
+        "transformers decoding step of a 0.76M-parameter model at a batch of 16-64 rows costs about what ttcjax's "
+        "compiled step costs per row (the 'Decoding core' section measures 1.0-1.3x at batches 64-256), and ttcjax's "
+        "remaining advantage is its larger batch (every question's rows at once) and reading each token once. The "
+        "host loop's design costs are real but small here: the policy re-reads every prefix each round "
+        f"({reread:.1f}x the tokens it generates, at N={last_n}), but as prefill, which is cheap per token, and its "
+        f"Python bookkeeping is at most {python:.0%} of its time. The PRM's re-reading is the design cost that grows "
+        "with N and with the length of the prefixes; where a 5x gap could come from (long solutions re-read every "
+        "round, per-call overhead on an accelerator) is not measured here. The machine was shared (load average "
+        f"{m['loadavg_start'][0]} -> {m['loadavg_end'][0]} on {m['cpu_count']} cores): one cell's repeats differ "
+        f"by up to {spread:.0%}.",
         ""])
 
 
