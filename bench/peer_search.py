@@ -418,6 +418,7 @@ def main(argv=None):
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--quick", action="store_true", help="4 questions, N=16, one repeat")
     p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--out", default=RESULTS, help="the results file; the doc section is written only with the default")
     p.add_argument("--render", action="store_true",
                    help="only rewrite the docs/benchmarks.md section from bench/results/peer_search.json")
     args = p.parse_args(argv)
@@ -508,13 +509,15 @@ def main(argv=None):
         "meets_target": all(c["host_over_ttcjax"] >= TARGET for c in beams),
         "versions": {"jax": jax.__version__, "torch": torch.__version__, "transformers": transformers.__version__},
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+                    "xla_flags": os.environ.get("XLA_FLAGS", ""),
                     "loadavg_start": load_start, "loadavg_end": loadavg(), "git": git_revision()},
     }
     report["findings"] = findings(report)
     print(json.dumps({k: v for k, v in report.items() if k != "cells"}, indent=2))
     if not args.no_doc:
-        write_atomic(RESULTS, json.dumps(report, indent=2) + "\n")
-        update_doc(DOC, markdown(report), title=SECTION)
+        write_atomic(args.out, json.dumps(report, indent=2) + "\n")
+        if args.out == RESULTS:
+            update_doc(DOC, markdown(report), title=SECTION)
 
 
 def _side(seconds: float, answers, tokens: int, problems) -> dict:
