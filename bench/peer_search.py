@@ -75,6 +75,8 @@ from ttcjax.verifiers.base import aggregate  # noqa: E402
 from ttcjax.verifiers.reward_model import HEAD_FILE, RewardModelVerifier, load_prm  # noqa: E402
 
 RESULTS = os.path.join(ROOT, "bench", "results", "peer_search.json")
+# a second run with XLA on one thread (as torch runs here): `--out` this file with XLA_FLAGS set, then `--render`
+ONE_THREAD_RESULTS = os.path.join(ROOT, "bench", "results", "peer_search_xla_one_thread.json")
 DOC = os.path.join(ROOT, "docs", "benchmarks.md")
 SECTION = "## The peer's design: search-and-learn's host loop beside ttcjax"
 TARGET = 5.0  # host-loop beam seconds / ttcjax beam seconds
@@ -173,10 +175,13 @@ class HfPolicy:
         """The row's own tokens: up to its EOS, its stop sequence (read with the prefix's last tokens, as the
         stopping criterion reads them), its token cap or its cache, whichever comes first."""
         stop = list(stop or [])
+        tail = prefix[-len(stop):] if stop else []
+        joined = tail + row  # row[k] is joined[len(tail) + k]
         for k, t in enumerate(row[:room]):
             if t == self.eos:
                 return Generation(row[:k + 1], "eos")
-            if stop and (prefix + row[:k + 1])[-len(stop):] == stop:
+            end = len(tail) + k + 1
+            if stop and end >= len(stop) and joined[end - len(stop):end] == stop:
                 return Generation(row[:k + 1], "stop")
         if max_new_tokens < room:
             return Generation(row[:max_new_tokens], "cap")
@@ -426,6 +431,19 @@ def main(argv=None):
         with open(RESULTS) as f:
             report = json.load(f)
         report["findings"] = findings(report)
+        if os.path.exists(ONE_THREAD_RESULTS):
+            with open(ONE_THREAD_RESULTS) as f:
+                second = json.load(f)
+            report["second_run"] = {
+                "file": os.path.relpath(ONE_THREAD_RESULTS, ROOT), "xla_flags": second["machine"].get("xla_flags", ""),
+                "loadavg": [second["machine"]["loadavg_start"][0], second["machine"]["loadavg_end"][0]],
+                "cells": [{"strategy": c["strategy"], "n": c["n"], "ttcjax_s": c["ttcjax"]["seconds"],
+                           "host_s": c["host"]["seconds"], "host_over_ttcjax": c["host_over_ttcjax"],
+                           "same_outcomes": all(c[side][k] == first[side][k] for side in ("ttcjax", "host")
+                                                for k in ("correct", "generated_tokens"))}
+                          for c in second["cells"]
+                          for first in [next(f for f in report["cells"]
+                                             if (f["strategy"], f["n"]) == (c["strategy"], c["n"]))]]}
         write_atomic(RESULTS, json.dumps(report, indent=2) + "\n")
         update_doc(DOC, markdown(report), title=SECTION)
         return
@@ -619,8 +637,22 @@ def markdown(r: dict) -> str:
         "with N and with the length of the prefixes; where a 5x gap could come from (long solutions re-read every "
         "round, per-call overhead on an accelerator) is not measured here. The machine was shared (load average "
         f"{m['loadavg_start'][0]} -> {m['loadavg_end'][0]} on {m['cpu_count']} cores): one cell's repeats differ "
-        f"by up to {spread:.0%}.",
-        ""])
+        f"by up to {spread:.0%}.", "", *_second_run(r)])
+
+
+def _second_run(r: dict) -> list[str]:
+    """A sentence on the second run (XLA on one thread), where there is one."""
+    second = r.get("second_run")
+    if not second:
+        return []
+    cells = "; ".join(f"{'best-of-N' if c['strategy'] == 'best_of_n' else 'beam'} N={c['n']}: ttcjax "
+                      f"{c['ttcjax_s']:.1f} s, host loop {c['host_s']:.1f} s, {c['host_over_ttcjax']:.2f}x"
+                      for c in second["cells"])
+    return [f"A second run with `XLA_FLAGS=\"{second['xla_flags']}\"` (XLA asked for one thread, as torch used one; "
+            f"load average {second['loadavg'][0]} -> {second['loadavg'][1]}; `{second['file']}`): {cells}. "
+            + ("Each side's answers and generated tokens equal the first run's (same seeds); only the times move."
+               if all(c["same_outcomes"] for c in second["cells"]) else
+               "Some outcomes differ from the first run's (see the file)."), ""]
 
 
 if __name__ == "__main__":
