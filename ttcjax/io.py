@@ -108,9 +108,10 @@ def bound_fields(config, leave_out: tuple[str, ...] = ("out_dir", "mesh")) -> di
     return {k: v for k, v in items if k not in leave_out}
 
 
-def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str) -> None:
+def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, write: bool = True) -> None:
     """Make `out_dir` belong to `config` (JSON-ready): the first run writes it to run_config.json; a rerun
-    with a different config stops before any work, naming the keys that differ."""
+    with a different config stops before any work, naming the keys that differ. `write=False` (every process of
+    a run but the one that writes shared files) checks and makes the directory, and writes nothing."""
     check_output_dir(out_dir)
     path = os.path.join(os.fspath(out_dir), RUN_CONFIG_FILE)
     config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
@@ -127,7 +128,8 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
                              f"{differ}); use another out_dir, or delete it to start afresh.")
         return
     os.makedirs(os.fspath(out_dir), exist_ok=True)
-    write_json(path, config)
+    if write:
+        write_json(path, config)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:
