@@ -10,11 +10,14 @@ import subprocess
 import sys
 import time
 
+import pytest
 import yaml
 from toys import toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
+from ttcjax.eval.shards import merge, shard_path, shard_paths
+from ttcjax.tasks.base import ProblemRecord
 from ttcjax.verifiers.reward_model import save_prm
 
 PROCESSES = 2
@@ -107,3 +110,28 @@ def test_two_processes_merge_to_the_one_process_sweep_and_resume_after_a_kill(tm
     merged = records(two / "results" / "best_of_n-b2.jsonl")
     assert all(merged[[r["id"] for r in merged].index(qid)] == r for qid, r in before.items())  # kept, not redone
     assert sorted(os.listdir(two / "results")) == ["best_of_n-b2.jsonl"]  # the shards merged away
+
+
+def test_the_merge_takes_each_question_once_and_names_what_is_missing_or_twice(tmp_path):
+    problems = [ProblemRecord(id=f"q{i}", question=f"Q{i}", answer=str(i)) for i in range(4)]
+    path = str(tmp_path / "cell.jsonl")
+
+    def write(name, ids, seconds=1.0):
+        with open(name, "a") as f:
+            for qid in ids:
+                f.write(json.dumps({"id": qid, "answer": qid, "seconds": seconds}) + "\n")
+
+    write(shard_path(path, 0, 2), ["q0", "q2"])
+    write(shard_path(path, 1, 2), ["q1"])
+    with pytest.raises(ValueError, match="1 of 4 questions have no record.*q3.*rerun the same command"):
+        merge(path, problems)
+    write(shard_path(path, 1, 2), ["q2", "q3"])
+    with pytest.raises(ValueError, match="'q2' is written twice"):
+        merge(path, problems)
+    os.remove(shard_path(path, 1, 2))
+    write(shard_path(path, 1, 2), ["q3", "q1"])
+    assert [r["id"] for r in merge(path, problems)] == ["q0", "q1", "q2", "q3"]  # question order
+    assert shard_paths(path) == [] and len(records(tmp_path / "cell.jsonl")) == 4
+    # a merge cut between writing the file and removing the shards: the shard's copies agree and count once
+    write(shard_path(path, 0, 2), ["q0"], seconds=2.0)
+    assert [r["id"] for r in merge(path, problems)] == ["q0", "q1", "q2", "q3"] and shard_paths(path) == []
