@@ -14,6 +14,12 @@
     ttcjax sweep --config configs/sweep-tiny.yaml [KEY=VALUE ...]
     ttcjax plan --config configs/experiments/math500.yaml [--devices 8 --device-memory 80GB] [KEY=VALUE ...]
 
+Every command that runs a model also runs on several processes (`ttcjax.distributed`): a multi-host TPU pod needs
+nothing more; a GPU or CPU cluster starts the same command in each process with --coordinator HOST:PORT
+--num-processes N --process-id I (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, TTCJAX_PROCESS_ID). `sweep`,
+`experiment` and `demo` split the questions across processes and merge their shards; process 0 writes every
+shared file.
+
 `experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
 given on the command line win over the file.
@@ -39,6 +45,7 @@ from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
 from ttcjax.checkpoints.native import load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
+from ttcjax.distributed import initialize, is_writer, process_index
 from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, check_run, experiment_plan, named_config,
                                     read_config, run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
@@ -94,9 +101,9 @@ def _options(args: argparse.Namespace, defaults: dict[str, Any], allowed: set[st
     return opts
 
 
-def _build_model(opts: dict[str, Any]):
+def _build_model(opts: dict[str, Any], mesh=None):
     if opts.get("model"):
-        return load_any(opts["model"], dtype=opts.get("dtype"))
+        return load_any(opts["model"], dtype=opts.get("dtype"), mesh=mesh)
     if opts.get("model_config"):
         config = ModelConfig.from_dict(opts["model_config"], source="model_config")
         if opts.get("dtype"):
@@ -192,13 +199,14 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     if opts.get("model"):  # a shipped policy's name reads as its directory
         check_model_name("policy", opts["model"], "model", "--model")
         opts = {**opts, "model": resolve("policy", opts["model"])}
-    model = _build_model(opts)
+    mesh = parse_mesh(opts.get("mesh"))  # over every process's devices: with several, each holds its slices
+    model = _build_model(opts, mesh)
     tok_path = opts.get("tokenizer") or opts.get("model")
     if not tok_path:
         raise ValueError("no tokenizer: pass --tokenizer PATH (tokenizer.json, tokenizer.model or 'char').")
     tokenizer = load_tokenizer(tok_path)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=str(opts.get("model") or "model_config"))
-    engine = Engine(model, mesh=parse_mesh(opts.get("mesh")), pad_id=tokenizer.pad_id)
+    engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
     sampling = Sampling(temperature=float(opts["temperature"]), top_k=int(opts["top_k"]), top_p=float(opts["top_p"]))
     strings = tuple(opts.get("stop") or ())  # matched on the text, whatever the tokenization
     stop = StopConditions(eos_ids=tuple(tokenizer.eos_ids), text=stop_text(tokenizer, strings) if strings else None)
@@ -235,7 +243,7 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
         print(f"ttcjax generate: warning: {broken} of {len(records)} completions ended on non-finite logits "
               f"(finish_reason {FINISH_REASONS[FINISHED_NONFINITE]!r}): a NaN or inf in the model's weights or "
               "activations.", file=sys.stderr)
-    if opts.get("output"):
+    if opts.get("output") and is_writer():  # every process holds every completion; one writes them
         write_jsonl(opts["output"], records)
     print(f"{len(records)} completions, {generated} tokens in {elapsed:.2f} s wall (a first call of each shape "
           f"compiles) on {engine.mesh.devices.size if engine.mesh is not None else 1} device(s)", file=sys.stderr)
@@ -244,6 +252,10 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
 
 def _experiment(config, args: argparse.Namespace) -> int:
     report = run_experiment(config, progress=not args.no_progress, rerun=_rerun(args))
+    if report is None:  # one of several processes: its share is written; process 0 writes the report
+        print(f"process {process_index()}: its share of the questions is written; process 0 writes the report.",
+              file=sys.stderr)
+        return 0
     opt = report["compute_optimal"]["oracle"]
     print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
                       "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
@@ -253,7 +265,8 @@ def _experiment(config, args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
+                                        if getattr(args, key) is not None]
     config = read_config(args.config, overrides)
     check_run(config)  # the models it names and its out_dir, before the banner
     if not args.skip_plan:
@@ -266,7 +279,7 @@ def cmd_experiment(args: argparse.Namespace) -> int:
 
 def cmd_demo(args: argparse.Namespace) -> int:
     overrides = list(args.overrides)
-    for key in ("out_dir", "questions"):
+    for key in ("out_dir", "questions", "mesh"):
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
@@ -323,6 +336,8 @@ def cmd_run(args: argparse.Namespace) -> int:
                                     verifier=args.verifier, revision_policy=args.revision_policy,
                                     revision_verifier=args.revision_verifier, seed=args.seed,
                                     mesh=parse_mesh(args.mesh))
+    if not is_writer():  # every process holds every answer (gathered from the mesh); process 0 reports them
+        return 0
     if args.output:
         write_jsonl(args.output, records)
     for r in records:
@@ -342,7 +357,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
         args.stop = []
     opts = _options(args, GENERATE_DEFAULTS, GENERATE_KEYS)
     records = run_generation(opts)
-    if not opts.get("output"):
+    if not opts.get("output") and is_writer():
         for r in records:
             print(json.dumps(strict(r), allow_nan=False))
     return 0
@@ -434,7 +449,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mesh = parse_mesh(args.mesh)
     if args.what == "policy":
-        model = load_any(args.model)
+        model = load_any(args.model, mesh=mesh)
         tokenizer = load_tokenizer(args.tokenizer or args.model)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
@@ -468,6 +483,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
     text = json.dumps(strict(result), indent=2, allow_nan=False)
+    if not is_writer():
+        return 0
     if args.output:
         with atomic_path(args.output) as tmp, open(tmp, "w") as f:
             f.write(text + "\n")
@@ -476,9 +493,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
-    overrides = list(args.overrides) + ([f"out_dir={args.out_dir}"] if args.out_dir else [])
+    overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
+                                        if getattr(args, key) is not None]
     config = SweepConfig.from_dict(read_yaml(args.config, overrides), source=args.config)
     summary = run_sweep(config, progress=not args.no_progress, rerun=_rerun(args))
+    if summary is None:  # one of several processes: its share is written; process 0 merges and summarizes
+        print(f"process {process_index()}: its share of the questions is written; process 0 writes the summary.",
+              file=sys.stderr)
+        return 0
     print(summary_markdown(summary))
     return 0
 
@@ -540,6 +562,19 @@ def _rerun(args: argparse.Namespace) -> str:
     return "fresh" if args.fresh else "continue" if args.continue_run else "resume"
 
 
+MESH_HELP = ("'auto' (every device on the data axis), 'none' (one device) or DATA,MODEL (e.g. 4,2); with several "
+             "processes, sweep, experiment and demo build it from each process's own devices")
+
+
+def _add_process_flags(p: argparse.ArgumentParser) -> None:
+    """Several processes (`ttcjax.distributed`): a GPU or CPU cluster names them here or in the environment;
+    a multi-host TPU pod needs none of these."""
+    g = p.add_argument_group("several processes (each runs the same command with its own --process-id)")
+    g.add_argument("--coordinator", help="host:port of process 0 (or TTCJAX_COORDINATOR / JAX_COORDINATOR_ADDRESS)")
+    g.add_argument("--num-processes", type=int, help="processes in the run (or TTCJAX_NUM_PROCESSES)")
+    g.add_argument("--process-id", type=int, help="this process's index, 0 .. N-1 (or TTCJAX_PROCESS_ID)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="ttcjax", description="Compute-optimal test-time scaling in JAX.")
     sub = parser.add_subparsers(dest="command", required=True)
@@ -549,10 +584,12 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("overrides", nargs="*", metavar="KEY=VALUE",
                      help="override config keys, e.g. questions=32 search.max_len=192 task.path=data/gsm8k")
     exp.add_argument("--out-dir", help="override the config's out_dir")
+    exp.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     exp.add_argument("--no-progress", action="store_true")
     exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
                                                              "not fit the devices")
     _rerun_flags(exp)
+    _add_process_flags(exp)
     exp.set_defaults(func=cmd_experiment)
     demo = sub.add_parser("demo", help="the paper's experiment on the built-in task with the shipped models "
                                        "(the named config configs/experiments/demo.yaml)")
@@ -561,10 +598,12 @@ def build_parser() -> argparse.ArgumentParser:
                                                           "(configs/experiments/demo-full.yaml)")
     demo.add_argument("--out-dir", help="report directory (default runs/demo, or runs/demo-full)")
     demo.add_argument("--questions", type=int, help="test questions (spread evenly over the difficulty levels)")
+    demo.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     demo.add_argument("--no-progress", action="store_true")
     demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
                                                               "fit the devices")
     _rerun_flags(demo)
+    _add_process_flags(demo)
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler (its policy, verifier, "
                                      "task and search settings)")
@@ -580,12 +619,15 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--revision-policy", help="override the scheduler's revision model (what revision strategies run)")
     run.add_argument("--revision-verifier", help="override the scheduler's revision verifier")
     run.add_argument("--seed", type=int, default=0)
-    run.add_argument("--mesh", default="none", help="'auto', 'none' or DATA,MODEL (e.g. 4,2)")
+    run.add_argument("--mesh", default="none", help="'auto', 'none' or DATA,MODEL (e.g. 4,2), over every process's "
+                                                    "devices")
     run.add_argument("--output", help="write the answers as JSONL here (atomically)")
     run.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    _add_process_flags(run)
     run.set_defaults(func=cmd_run)
     gen = sub.add_parser("generate", help="sample completions from a checkpoint")
     _add_generation_flags(gen)
+    _add_process_flags(gen)
     gen.set_defaults(func=cmd_generate)
     init = sub.add_parser("init-model", help="write a random model from a YAML model config")
     init.add_argument("--config", required=True)
@@ -644,14 +686,17 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
     ev.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    _add_process_flags(ev)
     ev.set_defaults(func=cmd_eval)
     sw = sub.add_parser("sweep", help="search strategies x budgets on any task: per-question JSONL "
                                       "(resumable), accuracy-versus-budget tables and plots")
     sw.add_argument("--config", required=True, help="YAML sweep config (see configs/sweep-tiny.yaml)")
     sw.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="override config keys, e.g. questions=20")
     sw.add_argument("--out-dir", help="override the config's out_dir")
+    sw.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     sw.add_argument("--no-progress", action="store_true")
     _rerun_flags(sw)
+    _add_process_flags(sw)
     sw.set_defaults(func=cmd_sweep)
     pl = sub.add_parser("plan", help="before a run: the memory each device needs for an experiment (or sweep) config, "
                                      "whether it fits, and which mesh, rows_per_batch or budgets would")
@@ -676,6 +721,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
     try:
+        # before anything touches a device: with several processes, every device of the run is then visible
+        initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                   getattr(args, "process_id", None))
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"ttcjax {args.command}: error: {e}", file=sys.stderr)

@@ -181,16 +181,35 @@ def read_run_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return entries
 
 
-def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume") -> None:
+def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
+                 write: bool = True) -> None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
     to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
     changed). A rerun with a different config or code version stops before any work, naming what differs, unless
     `rerun` says what to do on purpose: "fresh" moves the earlier run aside (to OUT_DIR.before-TIME: nothing is
-    deleted) and starts anew; "continue" goes on in it with the new config, logging the keys that changed."""
+    deleted) and starts anew; "continue" goes on in it with the new config, logging the keys that changed.
+    `write=False` (every process of a run but the one that writes shared files) makes the directory and, for a
+    plain resume, checks it; it moves, writes and logs nothing."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
     out = os.fspath(out_dir)
+    if not write:
+        if rerun != "resume":  # the writing process moves or rebinds the directory
+            os.makedirs(out, exist_ok=True)
+            return
+        path = os.path.join(out, RUN_CONFIG_FILE)
+        if os.path.exists(path):
+            with open(path) as f:
+                before = json.load(f)
+            on_disk = json.loads(json.dumps(config))
+            differ = sorted(k for k in set(before) | set(on_disk) if before.get(k) != on_disk.get(k))
+            if differ:
+                raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
+                                 f"{differ}); pass --continue to go on in it on purpose, --fresh to move it aside "
+                                 "and start anew, or use another out_dir.")
+        os.makedirs(out, exist_ok=True)
+        return
     flags = "pass --continue to go on in it on purpose, --fresh to move it aside and start anew, or use another out_dir"
     if rerun == "fresh" and os.path.isdir(out) and os.listdir(out):
         aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"

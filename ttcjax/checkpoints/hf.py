@@ -25,12 +25,14 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from flax import nnx, traverse_util
+from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
 from ttcjax.io import atomic_path, write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
+from ttcjax.models.sharding import ShardingRules, param_axes, place
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -194,21 +196,24 @@ def _safe_open(file: str):
 
 def _on_host() -> contextlib.AbstractContextManager:
     try:
-        return jax.default_device(jax.devices("cpu")[0])
+        return jax.default_device(jax.local_devices(backend="cpu")[0])  # this process's: another's is not readable
     except RuntimeError:  # JAX_PLATFORMS without cpu: read onto the default device instead
         return contextlib.nullcontext()
 
 
 def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
-                  lm_head: bool = True, skip_prefixes: tuple[str, ...] = ()) -> Transformer:
+                  lm_head: bool = True, skip_prefixes: tuple[str, ...] = (), mesh: Mesh | None = None,
+                  rules: ShardingRules = ShardingRules()) -> Transformer:
     """Load a Hugging Face Llama / Qwen2 / Mistral checkpoint directory (config.json + *.safetensors).
 
     `dtype` / `param_dtype` override the compute dtype and the stored parameter dtype (default: the
     checkpoint's `torch_dtype`). `lm_head=False` loads the backbone only (`config.has_lm_head=False`): a
     reward model's, whose checkpoint may hold no lm_head; an `lm_head.weight` there is ignored.
     Tensors whose names start with one of `skip_prefixes` (a reward head: "score.", "v_head.") are left to
-    the caller, who reads them with `read_hf_tensors`. Raises FileNotFoundError / ValueError naming the
-    file and tensor at fault.
+    the caller, who reads them with `read_hf_tensors`. With `mesh`, each tensor is placed on it by `rules` as
+    soon as it is read and checked (`ttcjax.models.sharding.place`): the host holds one tensor at a time, and
+    each process of a mesh that spans several keeps only its own devices' slices of it. Raises
+    FileNotFoundError / ValueError naming the file and tensor at fault.
     """
     path = _checkpoint_dir(path)
     overrides = {k: v for k, v in (("dtype", dtype), ("param_dtype", param_dtype)) if v is not None}
@@ -256,15 +261,29 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dt
                     "num_attention_heads, num_key_value_heads, head_dim, intermediate_size, vocab_size)."
                 )
         for name, (entry, param) in expected.items():
-            loaded[param] = _to_ours(entry, check_finite(read(name), name, files[name]), params[param].shape)
-        if tied_head:  # tying is checked, not assumed: a differing lm_head would be silently dropped
-            head = read("lm_head.weight")
-            if head.shape != loaded[("embedding",)].shape or not np.array_equal(head, loaded[("embedding",)]):
-                raise ValueError(
-                    f"{files['lm_head.weight']}: lm_head.weight differs from model.embed_tokens.weight but "
-                    f"{config_file} sets tie_word_embeddings=true; set it to false to load the separate head."
-                )
+            ours = _to_ours(entry, check_finite(read(name), name, files[name]), params[param].shape)
+            if tied_head and param == ("embedding",):  # tying is checked, not assumed: a differing lm_head
+                head = read("lm_head.weight")  # would be silently dropped
+                if head.shape != ours.shape or not np.array_equal(head, ours):
+                    raise ValueError(
+                        f"{files['lm_head.weight']}: lm_head.weight differs from model.embed_tokens.weight but "
+                        f"{config_file} sets tie_word_embeddings=true; set it to false to load the separate head."
+                    )
+            # one tensor on the host at a time: placed on the mesh, each process keeps its devices' slices
+            loaded[param] = ours if mesh is None else place(ours.astype(config.jnp_param_dtype),
+                                                            param_sharding(param, ours.shape, mesh, rules))
     return model_from_params(config, loaded)
+
+
+def param_sharding(path: tuple, shape: tuple[int, ...], mesh: Mesh | None,
+                   rules: ShardingRules = ShardingRules()) -> jax.sharding.Sharding:
+    """Where a loader puts the parameter at `path`: its sharding on `mesh` by `rules`, or without a mesh this
+    process's first device (every process of a multi-process run then holds its own copy)."""
+    if mesh is None:
+        return jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
+    return rules.sharding(param_axes(path), shape, mesh)
+
+
 
 
 def read_hf_tensors(path: str | os.PathLike, shapes: dict[str, tuple[int, ...]], *,

@@ -15,12 +15,14 @@ import os
 import jax
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
+from jax.sharding import Mesh
 
 from ttcjax.checkpoints.gguf import gguf_config, is_gguf_file, load_gguf_model
-from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params
+from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params, param_sharding
 from ttcjax.io import write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
+from ttcjax.models.sharding import ShardingRules
 
 CONFIG_FILE = "ttcjax_config.json"
 PARAMS_DIR = "params"
@@ -78,9 +80,13 @@ def _check_saved_shapes(params_path: str, config_path: str, expected: dict[tuple
                          "the config does not match the parameters.")
 
 
-def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
-               param_dtype: str | None = None) -> Transformer:
-    """Read a checkpoint written by `save_model`. `dtype` / `param_dtype` override the saved config's."""
+def load_model(directory: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+               mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()) -> Transformer:
+    """Read a checkpoint written by `save_model`. `dtype` / `param_dtype` override the saved config's.
+
+    With `mesh`, each parameter is restored straight into its sharding there (`rules`): on a mesh that spans
+    several processes, each reads only the slices its own devices hold. Without one, onto this process's first
+    device."""
     directory = os.path.abspath(os.fspath(directory))
     config_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_DIR)
     if not os.path.isdir(directory):
@@ -107,9 +113,9 @@ def load_model(directory: str | os.PathLike, *, dtype: str | None = None,
         saved = traverse_util.flatten_dict(checkpointer.metadata(params_path).item_metadata.tree)
         _check_saved_shapes(params_path, config_path, {p: a.shape for p, a in abstract.items()},
                             {p: m.shape for p, m in saved.items()})
-        # restoring into the abstract tree casts each array to config.param_dtype on the default device
-        device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
-        target = {p: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device) for p, a in abstract.items()}
+        # restoring into the abstract tree casts each array to config.param_dtype where it is placed
+        target = {p: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=param_sharding(p, a.shape, mesh, rules))
+                  for p, a in abstract.items()}
         restored = checkpointer.restore(params_path, traverse_util.unflatten_dict(target))
     restored = traverse_util.flatten_dict(restored)
     return model_from_params(config, {path: check_finite(restored[_str_path(path)], _str_path(path), params_path)
@@ -132,18 +138,21 @@ def checkpoint_config(path: str | os.PathLike, what: str = "checkpoint", **overr
                             "checkpoint directory.")
 
 
-def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None) -> Transformer:
+def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+             mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()) -> Transformer:
     """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from directory `path`,
-    or a llama-architecture GGUF file (`ttcjax.checkpoints.gguf`)."""
+    or a llama-architecture GGUF file (`ttcjax.checkpoints.gguf`). With `mesh`, the parameters are placed on it
+    by `rules` as they are read (each process of a mesh that spans several reads only its devices' slices of a
+    ttcjax or Hugging Face checkpoint)."""
     path = os.fspath(path)
     if os.path.isfile(path) and (path.endswith(".gguf") or is_gguf_file(path)):
         return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory or .gguf file.")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
-        return load_model(path, dtype=dtype, param_dtype=param_dtype)
+        return load_model(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules)
     if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
-        return load_hf_model(path, dtype=dtype, param_dtype=param_dtype)
+        return load_hf_model(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules)
     raise FileNotFoundError(
         f"{path}: not a checkpoint directory; looked for {CONFIG_FILE} (ttcjax.checkpoints.native.save_model) and "
         f"{HF_CONFIG_FILE} (Hugging Face save_pretrained)."

@@ -28,10 +28,11 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
+from ttcjax.distributed import to_host
 from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer, set_platform
 from ttcjax.models.program import Program
-from ttcjax.models.sharding import ShardingRules, batch_sharding, cache_shardings, shard_model
+from ttcjax.models.sharding import ShardingRules, batch_sharding, cache_shardings, place, shard_model
 
 # Why a row stopped.
 RUNNING, FINISHED_EOS, FINISHED_STOP, FINISHED_LENGTH, FINISHED_CACHE_FULL, FINISHED_NONFINITE = 0, 1, 2, 3, 4, 5
@@ -430,7 +431,7 @@ class Engine:
         """`x` (rows first) on the device(s): split over the mesh's data axis where it divides the rows."""
         if self.mesh is None:
             return jnp.asarray(x)
-        return jax.device_put(x, batch_sharding(self.mesh, self.rules, np.shape(x)))
+        return place(x, batch_sharding(self.mesh, self.rules, np.shape(x)))  # every process passes the same rows
 
     def _cache_sharding(self, state: DecodeState):
         if self.mesh is None:
@@ -521,7 +522,7 @@ class Engine:
             state = dataclasses.replace(state, done=jnp.arange(padded) >= rows)
         key = jax.random.key(0) if key is None else key
         gen, _ = self.decode(state, key, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
-        gen = jax.device_get(gen)
+        gen = to_host(gen)  # every row, also those other processes' devices hold
         out = []
         for row in range(len(prompts) * n):
             length = int(gen.lengths[row])

@@ -22,15 +22,20 @@
    bin by the same cross-validation among the revision strategies only, against best-of-N weighted with its
    efficiency (report["revisions_compute_optimal"], oracle and predicted bins; revisions_vs_best_of_n.png).
 
-Every stage writes its results atomically and is skipped when a rerun finds them: an interrupted experiment
-resumes where it stopped. The run directory belongs to one config (run_config.json).
+Every stage writes its results per question as batches finish (`ttcjax.eval.shards`), or atomically, and a
+rerun skips what it finds: an interrupted experiment resumes where it stopped. The run directory belongs to one
+config (run_config.json).
+
+On several processes (`--coordinator HOST:PORT --num-processes P --process-id p`, or a TPU pod) each process
+samples and searches its share of the questions (whole batches: the same draws as one process) on its own
+devices, writing shards; process 0 then merges them, checking every question is there once, and does stage 3,
+the FLOPs exchange and the report, so the files equal one process's.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-import json
 import os
 import sys
 import time
@@ -42,18 +47,20 @@ import numpy as np
 
 from ttcjax.checkpoints.assets import ASSETS, check_model_name
 from ttcjax.decoding.engine import GREEDY
+from ttcjax.distributed import barrier, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, load_policy, load_revision_models, plan_cells,
-                               revision_role, run_grid)
+from ttcjax.eval.shards import merge, run_batches
+from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, load_policy, load_revision_models,
+                               plan_cells, process_mesh, revision_role, search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
-                       write_json, write_jsonl)
-from ttcjax.models.sharding import mesh_shape, parse_mesh
+                       write_json)
+from ttcjax.models.sharding import mesh_shape
 from ttcjax.search.run import inference_flops, search, step_end
-from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
+from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, sample_solutions
 from ttcjax.search.strategies import Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
@@ -149,18 +156,6 @@ def _absolute(path: str | None) -> str | None:
     return os.path.abspath(path) if path is not None and os.path.exists(path) else path
 
 
-def _read_jsonl(path: str) -> list[dict]:
-    with open(path) as f:
-        return [json.loads(line) for line in f if line.strip()]
-
-
-def _check_ids(path: str, records: Sequence[dict], problems: Sequence[ProblemRecord]) -> None:
-    """Saved per-question rows line up with this run's questions (the data behind the task may have changed)."""
-    if [r["id"] for r in records] != [p.id for p in problems]:
-        raise ValueError(f"{path} was written for other questions than this run's (has the task's data changed?); "
-                         "move the run directory away to start afresh.")
-
-
 def agreement(task: Task, texts: Sequence[str]) -> float:
     """The share of samples whose answer is the most common answer (no answer counts against): a
     verifier-free confidence signal."""
@@ -197,14 +192,17 @@ def check_run(config: ExperimentConfig) -> None:
     check_output_dir(config.out_dir)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str = "resume") -> dict:
+def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str = "resume") -> dict | None:
+    """The experiment, resumable; its report. With several processes each samples and searches its share of the
+    questions on its own devices (`ttcjax.eval.shards`: difficulty samples, every search cell, the larger model's
+    answers), then process 0 merges the shares, selects and writes the report (the others return None)."""
     started = time.perf_counter()
     out = config.out_dir
     check_run(config)
-    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun)
+    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
     task = config.make_task()
     settings = config.search.for_task(task)
-    mesh = parse_mesh(config.mesh)
+    mesh = process_mesh(config.mesh)
     engine, tok, _ = load_policy(config.policy, mesh)
     step_end(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
@@ -213,44 +211,65 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     if len(problems) < config.bins:
         raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
                          f"{config.bins} difficulty bins; lower bins or raise questions.")
-    log = (lambda msg: print(msg, file=sys.stderr)) if progress else (lambda msg: None)
+    log = (lambda msg: print(msg, file=sys.stderr)) if progress and is_writer() else (lambda msg: None)
     stages = 4 if config.large_policy else 3
 
     # 1. difficulty ------------------------------------------------------------------------------------
     difficulty_path = os.path.join(out, "difficulty.jsonl")
-    if not os.path.exists(difficulty_path):
-        log(f"[1/{stages}] difficulty: {config.difficulty_samples} samples per question for {len(problems)} "
-            "questions")
-        t0 = time.perf_counter()
-        texts = sample_solutions(task, engine, tok, problems, n=config.difficulty_samples,
-                                 sampling=settings.sampling, key=jax.random.key(config.seed),
-                                 max_new_tokens=config.max_new_tokens)
-        signal, predicted = predicted_signal(task, verifier, problems, texts, tok)
-        records = []
-        for p, ts, value in zip(problems, texts, predicted):
-            records.append({"id": p.id, "difficulty": p.difficulty,
-                            "pass_rate": float(np.mean(task.grade(p, [task.extract_answer(t) for t in ts]))),
-                            "signal": signal, "predicted": value,
-                            "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))})
-        write_jsonl(difficulty_path, records)
-        log(f"      {time.perf_counter() - t0:.0f} s")
-    diff = _read_jsonl(difficulty_path)
-    _check_ids(difficulty_path, diff, problems)
+    log(f"[1/{stages}] difficulty: {config.difficulty_samples} samples per question for {len(problems)} questions")
+    t0 = time.perf_counter()
+
+    def difficulty(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
+        texts = sample_solutions(task, engine, tok, batch, n=config.difficulty_samples, sampling=settings.sampling,
+                                 key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens,
+                                 first_index=start)
+        signal, predicted = predicted_signal(task, verifier, batch, texts, tok)
+        return [{"id": p.id, "difficulty": p.difficulty,
+                 "pass_rate": float(np.mean(task.grade(p, [task.extract_answer(t) for t in ts]))),
+                 "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))}
+                for p, ts, value in zip(batch, texts, predicted)]
+
+    run_batches(difficulty_path, problems, max(1, SAMPLE_ROWS // config.difficulty_samples), difficulty)
+    log(f"      {time.perf_counter() - t0:.0f} s")
+
+    # 2. search every strategy at every budget -------------------------------------------------------------
+    cells = plan_cells(config.strategies, config.budgets)
+    log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
+    results_dir = os.path.join(out, "results")
+    search_grid(cells, task, problems, engine, verifier, tok, results_dir, settings=settings, seed=config.seed,
+                rows_per_batch=config.rows_per_batch, progress=progress, revision=revision)
+
+    # 3. the larger model's greedy answers (the FLOPs exchange compares them with search) ----------------------
+    large_path = os.path.join(out, "large_policy.jsonl")
+    if config.large_policy:
+        log(f"[3/{stages}] the larger model, greedy")
+        large_engine, large_tok, large_dir = load_policy(config.large_policy, mesh)
+        if large_tok.vocab_size != tok.vocab_size:
+            raise ValueError(f"large_policy {large_dir}: its tokenizer differs from the policy's.")
+
+        def greedy(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
+            texts = sample_solutions(task, large_engine, large_tok, batch, n=1, sampling=GREEDY,
+                                     key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens,
+                                     first_index=start)
+            return [{"id": p.id, "correct": task.is_correct(p, task.extract_answer(t[0]))}
+                    for p, t in zip(batch, texts)]
+
+        run_batches(large_path, problems, SAMPLE_ROWS, greedy)
+
+    barrier("ttcjax-experiment")  # every process's share written: one process merges and reports
+    if not is_writer():
+        return None
+    diff = merge(difficulty_path, problems)
     signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
     predicted = np.array([d["predicted"] for d in diff])
     oracle_levels, oracle_edges = difficulty_levels(pass_rate, config.bins, seed=config.seed)
     predicted_levels, predicted_edges = difficulty_levels(predicted, config.bins, seed=config.seed)
+    grid = collect_grid(cells, problems, verifier, results_dir)
 
-    # 2. search every strategy at every budget -------------------------------------------------------------
-    cells = plan_cells(config.strategies, config.budgets)
-    log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
-    grid = run_grid(cells, task, problems, engine, verifier, tok, os.path.join(out, "results"),
-                    settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
-                    progress=progress, revision=revision)
-
-    # 3. compute-optimal selection ---------------------------------------------------------------------------
-    log(f"[3/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)")
+    # compute-optimal selection ---------------------------------------------------------------------------
+    log(f"[{stages}/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)"
+        + (" and the FLOPs exchange" if config.large_policy else ""))
     specs = {s.name: s for s in config.strategies}
     baseline = next((s.name for s in config.strategies if s.effective() == BASELINE.effective()),
                     config.strategies[0].name)
@@ -276,24 +295,12 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
         revision_policy=_absolute(config.revision_policy), revision_verifier=_absolute(config.revision_verifier))
     scheduler.save(os.path.join(out, "scheduler.json"))
 
-    # 4. FLOPs exchange with a larger model -----------------------------------------------------------------
+    # the FLOPs exchange with the larger model --------------------------------------------------------------
     small_params = engine.config.num_params()
     large_params, large_correct, exchange = None, None, []
     if config.large_policy:
-        log(f"[4/{stages}] the larger model, greedy, against search at matched FLOPs")
-        large_path = os.path.join(out, "large_policy.jsonl")
-        large_engine, large_tok, large_dir = load_policy(config.large_policy, mesh)
-        if large_tok.vocab_size != tok.vocab_size:
-            raise ValueError(f"large_policy {large_dir}: its tokenizer differs from the policy's.")
         large_params = large_engine.config.num_params()
-        if not os.path.exists(large_path):
-            texts = sample_solutions(task, large_engine, large_tok, problems, n=1, sampling=GREEDY,
-                                     key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens)
-            write_jsonl(large_path, [{"id": p.id, "correct": task.is_correct(p, task.extract_answer(t[0]))}
-                                     for p, t in zip(problems, texts)])
-        large_records = _read_jsonl(large_path)
-        _check_ids(large_path, large_records, problems)
-        large_correct = np.array([r["correct"] for r in large_records], int)
+        large_correct = np.array([r["correct"] for r in merge(large_path, problems)], int)
         sel = selections["oracle"]["selection"]
         for ratio in PAPER_RATIOS:
             budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)

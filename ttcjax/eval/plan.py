@@ -131,7 +131,7 @@ class Hardware:
             raise ValueError(f"--devices {count}: plan for at least one device.")
         if memory is not None:
             return cls(count, parse_bytes(memory) if isinstance(memory, str) else int(memory), "--device-memory")
-        device = jax.devices()[0]
+        device = jax.local_devices()[0]  # memory_stats answers for this process's devices only
         try:
             stats = device.memory_stats()
         except (RuntimeError, NotImplementedError):  # backends without the call raise instead of answering None

@@ -7,6 +7,14 @@ skips the questions already written (a line cut by an interruption is dropped an
 lost or computed twice. The run directory belongs to one config (run_config.json); a rerun with another
 config stops before any work.
 
+On several processes (`ttcjax sweep --coordinator HOST:PORT --num-processes P --process-id p`, or a TPU pod),
+the questions are split on batch boundaries: process p searches batches p, p + P, ... on its own devices (the
+config's mesh over `jax.local_devices()`: its data axis splits each batch's rows), writes
+results/<cell>.shard-p-of-P.jsonl, and after every process is done process 0 merges the shards into
+results/<cell>.jsonl, checking that every question is there exactly once, and writes the summary
+(`ttcjax.eval.shards`). The files equal a single process's: a batch draws the same whoever runs it. A rerun,
+with any number of processes, resumes from the file and every shard.
+
 Best-of-N is sampled once per budget: its selection rules (weighted, vanilla, majority) are applied to the
 same candidates (`by_selection` in each record), so they differ only in how they choose.
 
@@ -20,7 +28,6 @@ from __future__ import annotations
 
 import dataclasses
 import gc
-import json
 import os
 import sys
 import time
@@ -35,7 +42,9 @@ from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, finish_invocation, json_line, write_json
+from ttcjax.distributed import barrier, is_writer
+from ttcjax.eval.shards import merge, my_questions, run_batches
+from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, finish_invocation, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
@@ -243,88 +252,47 @@ class SweepConfig:
 # ---- running cells --------------------------------------------------------------------------------------
 
 
-def _read_done(path: str) -> dict[str, dict]:
-    """Complete records already written. Only the last line can be cut by an interruption: it is dropped (and
-    the file cut there) and its question redone. A damaged line before it is an error naming the file and the
-    line: the file is not this process's to cut."""
-    done: dict[str, dict] = {}
-    if not os.path.exists(path):
-        return done
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    good = 0
-    for number, line in enumerate(lines, 1):
-        last = number == len(lines) or (number == len(lines) - 1 and not lines[-1])
-        if not line.strip():
-            good += len(line) + 1
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not a record")
-        except ValueError:
-            if last:  # cut by an interruption: redo it
-                break
-            raise ValueError(f"{path}:{number}: a damaged record before the end of the file; move the file away to "
-                             "redo its cell, or repair the line.") from None
-        done[record["id"]] = record
-        good += len(line) + 1
-    if good < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(min(good, len(data)))
-    return done
-
-
 def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: Engine, verifier: Verifier,
-             tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None
-             ) -> list[dict]:
-    """Search every problem with the cell's strategy, appending one record per problem to `path` (JSONL) after
-    each batch; problems already in `path` are not searched again. Returns the records in problem order.
+             tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None) -> None:
+    """Search this process's batches of `problems` with the cell's strategy, appending one record per problem to
+    `path` (JSONL; with several processes, this process's shard of it) after each batch; problems already written
+    are not searched again (`ttcjax.eval.shards.run_batches`). `merge` then reads the cell's records.
 
-    A batch's random key depends on the cell and its first question only, so a resumed cell draws what an
-    uninterrupted one would have."""
-    done = _read_done(path)
-    if bar is not None:
-        bar.update(sum(p.id in done for p in problems))
-    todo = [p for p in problems if p.id not in done]
+    Batches are fixed by the problem list (rows_per_batch // rows per question each) and a batch's random key
+    depends on the cell and its first question only, so a resumed cell, or one split across processes, draws
+    what one uninterrupted process would have."""
     strategy = cell.strategy
-    per_batch = max(1, rows_per_batch // strategy.rows)
     equal = task.same_answer
     rules = SELECTION_RULES if verifier.scores_steps else {r: SELECTION_RULES[r] for r in ("majority",)}
-    with open(path, "a") as out:
-        for start in range(0, len(todo), per_batch):
-            batch = todo[start:start + per_batch]
-            first = batch[0].id
-            t0 = time.perf_counter()
-            results = search(strategy, engine, verifier, tokenizer, [task.encode_prompt(p, tokenizer) for p in batch],
-                             jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell.name}/{first}".encode())),
-                             extract_answer=task.extract_answer, equal=equal, settings=settings,
-                             questions=[p.question for p in batch])
-            seconds = (time.perf_counter() - t0) / len(batch)
-            for p, r in zip(batch, results):
-                answers = [c.answer for c in r.candidates]
-                scores = [c.score for c in r.candidates]
-                right = task.grade(p, answers)
-                # every answer-selection rule over the same candidates: best-of-N variants share one sampling
-                chains = [c.chain for c in r.candidates]
-                by_selection = {rule: right[select(rule, answers, scores, equal, chains)] for rule in rules}
-                record = {"id": p.id, "question": p.question, "difficulty": p.difficulty, "strategy": cell.spec.name,
-                          "budget": cell.budget, "answer": r.answer, "correct": right[r.chosen],
-                          "pass": any(right), "by_selection": by_selection,
-                          "generations": r.generations, "generated_tokens": r.generated_tokens,
-                          "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
-                          "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
-                if isinstance(strategy, Revisions):
-                    record.update(revision_record(r.candidates, right, strategy.sequential),
-                                  reread_tokens=r.reread_tokens, overflowed_contexts=r.overflowed_contexts)
-                out.write(json_line(record))
-                done[p.id] = record
-            out.flush()
-            os.fsync(out.fileno())
-            if bar is not None:
-                bar.update(len(batch))
-    return [done[p.id] for p in problems]
+
+    def work(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
+        t0 = time.perf_counter()
+        results = search(strategy, engine, verifier, tokenizer, [task.encode_prompt(p, tokenizer) for p in batch],
+                         jax.random.fold_in(jax.random.key(seed), zlib.crc32(f"{cell.name}/{batch[0].id}".encode())),
+                         extract_answer=task.extract_answer, equal=equal, settings=settings,
+                         questions=[p.question for p in batch])
+        seconds = (time.perf_counter() - t0) / len(batch)
+        records = []
+        for p, r in zip(batch, results):
+            answers = [c.answer for c in r.candidates]
+            scores = [c.score for c in r.candidates]
+            right = task.grade(p, answers)
+            # every answer-selection rule over the same candidates: best-of-N variants share one sampling
+            chains = [c.chain for c in r.candidates]
+            by_selection = {rule: right[select(rule, answers, scores, equal, chains)] for rule in rules}
+            record = {"id": p.id, "question": p.question, "difficulty": p.difficulty, "strategy": cell.spec.name,
+                      "budget": cell.budget, "answer": r.answer, "correct": right[r.chosen],
+                      "pass": any(right), "by_selection": by_selection,
+                      "generations": r.generations, "generated_tokens": r.generated_tokens,
+                      "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
+                      "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
+            if isinstance(strategy, Revisions):
+                record.update(revision_record(r.candidates, right, strategy.sequential),
+                              reread_tokens=r.reread_tokens, overflowed_contexts=r.overflowed_contexts)
+            records.append(record)
+        return records
+
+    run_batches(path, problems, max(1, rows_per_batch // strategy.rows), work, bar=bar)
 
 
 def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
@@ -382,45 +350,76 @@ class Models:
     verifier: Verifier
 
 
-def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
-             verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
-             rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> GridResult:
-    """Every cell on every problem, best-of-N sampled once per budget (`SHARED_BEST_OF_N`, scored by each
-    best-of-N spec's own selection rule); results in results_dir/<cell>.jsonl. Revision cells run `revision`'s
-    model and verifier (their costs are theirs), every other cell `engine` and `verifier`."""
+def cell_file(cell: Cell, verifier: Verifier) -> tuple[Cell, str]:
+    """(the cell that runs, its results file name): best-of-N is sampled once per budget (`SHARED_BEST_OF_N`,
+    weighted, or majority without a verifier), and every best-of-N spec reads that file by its own rule."""
+    if cell.spec.kind == BestOfN.kind:
+        rule = "weighted" if verifier.scores_steps else "majority"
+        cell = Cell(SHARED_BEST_OF_N, cell.budget, BestOfN(cell.budget, selection=rule))
+    return cell, f"{cell.name}.jsonl"
+
+
+def grid_questions(cells: Sequence[Cell], verifier: Verifier, problems: Sequence[ProblemRecord],
+                   rows_per_batch: int) -> int:
+    """The questions this process searches over the grid's distinct cells (what its progress bar counts)."""
+    runs = {cell_file(c, verifier)[0] for c in cells}
+    return sum(my_questions(len(problems), max(1, rows_per_batch // c.strategy.rows)) for c in runs)
+
+
+def search_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
+                verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
+                rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> None:
+    """This process's share of every cell on every problem (`run_cell`), best-of-N sampled once per budget;
+    results in results_dir/<cell>.jsonl (or this process's shards of them). Revision cells run `revision`'s model
+    and verifier (their costs are theirs), every other cell `engine` and `verifier`."""
     if revision is None and any(isinstance(c.strategy, Revisions) for c in cells):
         raise ValueError("run_grid: revision cells need the revision model and verifier (revision=Models(...)); "
                          "set revision_policy in the config.")
     os.makedirs(results_dir, exist_ok=True)
-    bar = tqdm(total=len(cells) * len(problems), desc="search", unit="question", file=sys.stderr,
-               disable=not progress, dynamic_ncols=True)
-    shared: dict[int, list[dict]] = {}
+    bar = tqdm(total=grid_questions(cells, verifier, problems, rows_per_batch), desc="search", unit="question",
+               file=sys.stderr, disable=not progress, dynamic_ncols=True)
+    ran: set[str] = set()
+    for cell in cells:
+        run, name = cell_file(cell, verifier)
+        if name in ran:
+            continue
+        ran.add(name)
+        role = revision if isinstance(cell.strategy, Revisions) else Models(engine, verifier)
+        run_cell(run, task, problems, role.engine, role.verifier, tokenizer, os.path.join(results_dir, name),
+                 settings=settings, seed=seed, rows_per_batch=rows_per_batch, bar=bar)
+        release_compiled_programs_when_crowded()
+    bar.close()
+
+
+def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verifier: Verifier,
+                 results_dir: str) -> GridResult:
+    """Every cell's records merged (`ttcjax.eval.shards.merge`: each problem exactly once, in problem order, in
+    results_dir/<cell>.jsonl) and read into a GridResult. One process calls it, once every process's share is
+    written."""
     out = GridResult({}, {}, {}, {})
     for cell in cells:
         key = (cell.spec.name, cell.budget)
+        _, name = cell_file(cell, verifier)
+        records = merge(os.path.join(results_dir, name), problems)
         if cell.spec.kind == BestOfN.kind:
-            if cell.budget not in shared:
-                rule = "weighted" if verifier.scores_steps else "majority"
-                base = Cell(SHARED_BEST_OF_N, cell.budget, BestOfN(cell.budget, selection=rule))
-                shared[cell.budget] = run_cell(base, task, problems, engine, verifier, tokenizer,
-                                               os.path.join(results_dir, f"{base.name}.jsonl"), settings=settings,
-                                               seed=seed, rows_per_batch=rows_per_batch, bar=bar)
-            else:
-                bar.update(len(problems))
-            records = shared[cell.budget]
             out.correct[key] = np.array([r["by_selection"][cell.strategy.selection] for r in records], int)
         else:
-            role = revision if isinstance(cell.strategy, Revisions) else Models(engine, verifier)
-            records = run_cell(cell, task, problems, role.engine, role.verifier, tokenizer,
-                               os.path.join(results_dir, f"{cell.name}.jsonl"), settings=settings, seed=seed,
-                               rows_per_batch=rows_per_batch, bar=bar)
             out.correct[key] = np.array([r["correct"] for r in records], int)
-        release_compiled_programs_when_crowded()
         out.tokens[key] = float(np.mean([r["generated_tokens"] for r in records]))
         out.coverage[key] = float(np.mean([r["pass"] for r in records]))
         out.records[key] = records
-    bar.close()
     return out
+
+
+def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
+             verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
+             rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> GridResult | None:
+    """Every cell on every problem (`search_grid`), then, once every process's share is written, the merged
+    results (`collect_grid`) on process 0; None on the other processes."""
+    search_grid(cells, task, problems, engine, verifier, tokenizer, results_dir, settings=settings, seed=seed,
+                rows_per_batch=rows_per_batch, progress=progress, revision=revision)
+    barrier("ttcjax-grid")
+    return collect_grid(cells, problems, verifier, results_dir) if is_writer() else None
 
 
 # ---- the sweep command ------------------------------------------------------------------------------------
@@ -431,9 +430,15 @@ def load_policy(name_or_dir: str, mesh=None) -> tuple[Engine, Any, str]:
     a GGUF file (its tokenizer inside it; "directory" is then the file)."""
     directory = resolve("policy", name_or_dir)
     tokenizer = load_tokenizer(directory)
-    model = load_any(directory)
+    model = load_any(directory, mesh=mesh)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
     return Engine(model, mesh=mesh, pad_id=tokenizer.pad_id), tokenizer, directory
+
+
+def process_mesh(spec: str | None):
+    """A config's mesh over this process's own devices: sweeps and experiments split the questions across
+    processes, each searching its share alone (one process: every device)."""
+    return parse_mesh(spec, jax.local_devices())
 
 
 TOKENIZER_PROBE = "Q: 12+3*4=\nThe answer is 24.\n\n"  # text two tokenizers that agree encode alike
@@ -460,13 +465,15 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
     return load_revision_models(config.revision_policy, config.revision_verifier, tokenizer, mesh)
 
 
-def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume") -> dict:
+def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume") -> dict | None:
+    """The sweep, resumable; its summary. With several processes each searches its share of the questions on its
+    own devices (`ttcjax.eval.shards`) and process 0 merges and summarizes (the others return None)."""
     started = time.perf_counter()
     check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
     check_positions(config, "sweep")
-    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun)
+    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer())
     task = config.make_task()
-    engine, tokenizer, _ = load_policy(config.policy, parse_mesh(config.mesh))
+    engine, tokenizer, _ = load_policy(config.policy, process_mesh(config.mesh))
     settings = config.search.for_task(task)
     step_end(tokenizer, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
@@ -478,6 +485,8 @@ def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume")
     grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
                     progress=progress, revision=revision)
+    if grid is None:
+        return None
     summary = summarize(config.to_dict(), problems, grid)
     summary["invocations"] = finish_invocation(config.out_dir, time.perf_counter() - started)
     write_json(os.path.join(config.out_dir, "summary.json"), summary)

@@ -72,12 +72,25 @@ def shard_model(model: nnx.Module, mesh: Mesh, rules: ShardingRules = ShardingRu
     """Place every parameter of `model` on `mesh` according to `rules` (in place; returns the model)."""
     graphdef, state = nnx.split(model)
 
-    def place(path, x):
-        return jax.device_put(x, rules.sharding(param_axes(path), x.shape, mesh))
+    def place_param(path, x):
+        return place(x, rules.sharding(param_axes(path), x.shape, mesh))
 
-    state = jax.tree_util.tree_map_with_path(lambda p, x: place(param_path(p), x), state)
+    state = jax.tree_util.tree_map_with_path(lambda p, x: place_param(param_path(p), x), state)
     nnx.update(model, state)
     return model
+
+
+def place(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """`x` (a host array, or an array this process holds whole) with `sharding`. Where the sharding spans several
+    processes, each copies only its own devices' slices of its copy of `x` (which must be the same on every
+    process, as a checkpoint read by each is): a device-to-device move there would cross hosts."""
+    if isinstance(x, jax.Array) and (x.sharding == sharding or not x.is_fully_addressable
+                                     or sharding.is_fully_addressable):
+        return jax.device_put(x, sharding)
+    if not isinstance(x, jax.Array) and sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    host = np.asarray(x)
+    return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
 def batch_sharding(mesh: Mesh, rules: ShardingRules, shape: tuple[int, ...]) -> NamedSharding:
@@ -112,7 +125,9 @@ def mesh_shape(spec: str | None, devices: int) -> tuple[int, int]:
     return data, model
 
 
-def parse_mesh(spec: str | None):
-    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None."""
-    data, model = mesh_shape(spec, jax.device_count())
-    return None if (data, model) == (1, 1) else make_mesh(data, model)
+def parse_mesh(spec: str | None, devices=None):
+    """'auto' (every device on 'data'), 'none' (one device) or 'D,M' -> a Mesh or None, over `devices` (default:
+    every process's, `jax.devices()`; a process's own, `jax.local_devices()`, for work it does alone)."""
+    devices = list(devices if devices is not None else jax.devices())
+    data, model = mesh_shape(spec, len(devices))
+    return None if (data, model) == (1, 1) else make_mesh(data, model, devices)

@@ -31,6 +31,7 @@ import numpy as np
 from flax import nnx
 
 from ttcjax.decoding.engine import DecodeState, Engine
+from ttcjax.distributed import to_host
 from ttcjax.models.program import Program
 from ttcjax.search.episode import EpisodeSpec, SearchState, _constrain, _rounds, _start
 
@@ -207,4 +208,4 @@ def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, 
     fields = {f: getattr(st, f) for f in HOST_FIELDS}
     fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread,
                   overflowed=st.overflowed)
-    return {k: np.asarray(v) for k, v in jax.device_get(fields).items()}
+    return {k: np.asarray(v) for k, v in to_host(fields).items()}

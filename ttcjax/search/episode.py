@@ -42,6 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
 from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
                                     StopConditions, StopText, _decode, _prefill, contains_text)
+from ttcjax.distributed import to_host
 from ttcjax.models.program import Program
 from ttcjax.search.strategies import Strategy
 from ttcjax.verifiers.base import StepScorer
@@ -292,7 +293,7 @@ def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, length
         segment = dataclasses.replace(spec, stop_at_open=_stop_at_open(places, data, floor) if compact else 0)
         st = rounds_program(segment, engine, scorer_params, st, key)()
         # one transfer per segment: what closed, and every host field
-        finished, rounds, fields = jax.device_get((st.finished, st.rounds,
+        finished, rounds, fields = to_host((st.finished, st.rounds,
                                                    tuple(getattr(st, f) for f in HOST_FIELDS)))
         closed = finished.reshape(places, n).all(axis=1) | (rounds >= spec.rounds)
         if out[0] is None:

@@ -14,6 +14,7 @@ from ttcjax.tasks.base import ProblemRecord, Task
 # The default token limit of a full solution: the built-in task's (its longest restated 5-operation solution is 98
 # tokens); benchmarks such as GSM8K and MATH need more (their example configs set max_new_tokens).
 MAX_NEW_TOKENS = 160
+SAMPLE_ROWS = 256  # rows per generate call: `sample_solutions`' default batch_size
 
 
 def solution_stop(task: Task, tokenizer: Tokenizer) -> StopConditions:
@@ -24,10 +25,12 @@ def solution_stop(task: Task, tokenizer: Tokenizer) -> StopConditions:
 
 
 def sample_solutions(task: Task, engine: Engine, tokenizer: Tokenizer, problems: Sequence[ProblemRecord], *, n: int,
-                     sampling: Sampling, key: jax.Array, batch_size: int = 256,
-                     max_new_tokens: int = MAX_NEW_TOKENS) -> list[list[str]]:
-    """`n` completions per problem (decoded text), problem-major. `batch_size` bounds rows per call; each
-    call's key is folded with its first problem's index."""
+                     sampling: Sampling, key: jax.Array, batch_size: int = SAMPLE_ROWS,
+                     max_new_tokens: int = MAX_NEW_TOKENS, first_index: int = 0) -> list[list[str]]:
+    """`n` completions per problem (decoded text), problem-major. `batch_size` bounds rows per call
+    (`batch_size // n` problems); each call's key is folded with its first problem's index, counted from
+    `first_index` (where `problems` is a slice of a longer list starting there: the slice then draws what the
+    whole list would, when it starts on a call's boundary)."""
     if n < 1:
         raise ValueError(f"n={n}: sample at least one solution per problem.")
     per_call = max(1, batch_size // n)
@@ -36,8 +39,8 @@ def sample_solutions(task: Task, engine: Engine, tokenizer: Tokenizer, problems:
     for start in range(0, len(problems), per_call):
         chunk = problems[start:start + per_call]
         prompts = [task.encode_prompt(p, tokenizer) for p in chunk]
-        completions = engine.generate(prompts, jax.random.fold_in(key, start), max_new_tokens=max_new_tokens,
-                                      sampling=sampling, stop=stop, n=n)
+        completions = engine.generate(prompts, jax.random.fold_in(key, first_index + start),
+                                      max_new_tokens=max_new_tokens, sampling=sampling, stop=stop, n=n)
         texts = [tokenizer.decode(c.tokens) for c in completions]
         out += [texts[i * n:(i + 1) * n] for i in range(len(chunk))]
     return out

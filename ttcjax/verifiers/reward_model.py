@@ -28,10 +28,11 @@ from flax import nnx
 from safetensors.numpy import load_file, save_file
 
 from ttcjax.checkpoints.native import load_model, save_model
+from ttcjax.distributed import to_host
 from ttcjax.io import atomic_path, write_json
 from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer
-from ttcjax.models.sharding import ShardingRules, batch_sharding, shard_model
+from ttcjax.models.sharding import ShardingRules, batch_sharding, place, shard_model
 from ttcjax.verifiers.base import AGGREGATIONS, Verifier
 
 # ---- heads ---------------------------------------------------------------------------------------------
@@ -216,8 +217,8 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
                 at, k = at + len(x.tokens), k + len(x.read_at)
         arrays = (tokens, positions, segment_ids, read_at)
         if mesh is not None:
-            arrays = tuple(jax.device_put(a, batch_sharding(mesh, rules, a.shape)) for a in arrays)
-        scores = np.asarray(_score_jit(graphdef, state, *arrays))
+            arrays = tuple(place(a, batch_sharding(mesh, rules, a.shape)) for a in arrays)
+        scores = np.asarray(to_host(_score_jit(graphdef, state, *arrays)))  # every row, whichever process holds it
         for r, row in enumerate(rows):
             k = 0
             for i in row:

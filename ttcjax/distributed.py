@@ -1,0 +1,120 @@
+"""Several JAX processes (a TPU pod's hosts, a GPU or CPU cluster) running one ttcjax command.
+
+`initialize` starts `jax.distributed` before any other JAX use, from flags or the environment:
+    TTCJAX_COORDINATOR / JAX_COORDINATOR_ADDRESS   host:port of process 0's coordinator
+    TTCJAX_NUM_PROCESSES / JAX_NUM_PROCESSES       how many processes take part
+    TTCJAX_PROCESS_ID / JAX_PROCESS_ID             this process's index, 0 .. processes - 1
+and, with none of those, on a multi-host Cloud TPU (TPU_WORKER_HOSTNAMES names several hosts), where JAX finds
+them itself. One process (none of these set) starts nothing.
+
+After it: `process_index()` and `process_count()` say who this is; process 0 (`is_writer()`) writes every file
+the processes share; `barrier` waits for all of them; `to_host` brings arrays the processes hold between them
+back to every process (a plain `jax.device_get` reads only what this process holds).
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Any
+
+import jax
+import numpy as np
+# the coordination service's client: a barrier that waits as long as it is told without a device collective
+from jax._src import distributed as coordination
+from jax.experimental import multihost_utils
+
+# the coordination service's barrier waits this long (ms) for the slowest process's share of a run
+BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
+
+ENVIRONMENT = {
+    "coordinator": ("TTCJAX_COORDINATOR", "JAX_COORDINATOR_ADDRESS"),
+    "num_processes": ("TTCJAX_NUM_PROCESSES", "JAX_NUM_PROCESSES"),
+    "process_id": ("TTCJAX_PROCESS_ID", "JAX_PROCESS_ID"),
+}
+
+
+def _from_environment(name: str) -> str | None:
+    for variable in ENVIRONMENT[name]:
+        if os.environ.get(variable):
+            return os.environ[variable]
+    return None
+
+
+def _count(name: str, value: Any) -> int | None:
+    if value is None:
+        return None
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"{name}={value!r} must be an integer (flag --{name.replace('_', '-')} or "
+                         f"{' / '.join(ENVIRONMENT[name])}).") from None
+
+
+def _multihost_tpu() -> bool:
+    return len([h for h in os.environ.get("TPU_WORKER_HOSTNAMES", "").split(",") if h.strip()]) > 1
+
+
+def initialize(coordinator: str | None = None, num_processes: int | None = None,
+               process_id: int | None = None) -> bool:
+    """Start `jax.distributed` where this command runs on several processes (flags first, then the environment;
+    see the module docstring); True if it did. Call it before anything touches a JAX device."""
+    coordinator = coordinator or _from_environment("coordinator")
+    num_processes = _count("num_processes", num_processes if num_processes is not None
+                           else _from_environment("num_processes"))
+    process_id = _count("process_id", process_id if process_id is not None else _from_environment("process_id"))
+    if jax.distributed.is_initialized():
+        return True
+    if coordinator is None and num_processes is None and process_id is None:
+        if not _multihost_tpu():
+            return False
+        jax.distributed.initialize()  # a TPU pod: the hosts, their number and index come from its metadata
+        return True
+    if num_processes == 1 and process_id in (None, 0):
+        return False
+    missing = [flag for flag, value in (("--coordinator", coordinator), ("--num-processes", num_processes),
+                                        ("--process-id", process_id)) if value is None]
+    if missing:
+        raise ValueError(f"several processes need a coordinator (host:port), the number of processes and this "
+                         f"one's id; {', '.join(missing)} missing (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, "
+                         "TTCJAX_PROCESS_ID in the environment).")
+    if num_processes < 1 or not 0 <= process_id < num_processes:
+        raise ValueError(f"--process-id {process_id} must lie in [0, {num_processes}) (--num-processes "
+                         f"{num_processes}).")
+    jax.distributed.initialize(coordinator_address=coordinator, num_processes=num_processes, process_id=process_id)
+    return True
+
+
+def process_index() -> int:
+    return jax.process_index()
+
+
+def process_count() -> int:
+    return jax.process_count()
+
+
+def is_writer() -> bool:
+    """Whether this process writes the files all processes share (process 0 does)."""
+    return jax.process_index() == 0
+
+
+def barrier(name: str) -> None:
+    """Wait until every process reaches the barrier `name` (at once, with one process)."""
+    if jax.process_count() == 1:
+        return
+    client = coordination.global_state.client
+    if client is None:  # processes jax.distributed did not start (none known): a device collective instead
+        multihost_utils.sync_global_devices(name)
+        return
+    client.wait_at_barrier(name, BARRIER_TIMEOUT_MS)
+
+
+def to_host(tree: Any) -> Any:
+    """`tree`'s arrays as numpy on this process, whole: arrays that span several processes are gathered from
+    all of them (every process must call this with the same tree), the rest read with `jax.device_get`."""
+    leaves, treedef = jax.tree.flatten(tree)
+    spread = [isinstance(x, jax.Array) and not x.is_fully_addressable for x in leaves]
+    if any(spread):
+        gathered = multihost_utils.process_allgather([x for x, s in zip(leaves, spread) if s], tiled=True)
+        it = iter(gathered)
+        leaves = [np.asarray(next(it)) if s else x for x, s in zip(leaves, spread)]
+    return jax.tree.unflatten(treedef, jax.device_get(leaves))
