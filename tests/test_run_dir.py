@@ -85,3 +85,18 @@ def test_the_totals_count_every_invocation_the_interrupted_ones_too(tmp_path):
     bind_run_dir(out, {"a": 1}, "sweep")
     assert finish_invocation(out, 4.5) == {"invocations": 3, "interrupted_invocations": 1, "seconds": 7.5}
     assert [e.get("seconds") for e in read_run_log(out)] == [3.0, None, 4.5]
+
+
+def test_a_directory_with_files_but_no_config_is_adopted_only_on_purpose(tmp_path):
+    out = tmp_path / "old"
+    out.mkdir()
+    (out / "results.jsonl").write_text('{"id": 1}\n')
+    before = _files(out)
+    with pytest.raises(ValueError, match=r"holds files but no run_config.json.*--continue"):
+        bind_run_dir(out, {"temperature": 0.3}, "sweep")
+    assert _files(out) == before
+    bind_run_dir(out, {"temperature": 0.3}, "sweep", rerun="continue")
+    assert read_run_log(out)[-1]["changed"] == {"adopted": [None, ["results.jsonl"]]}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    bind_run_dir(empty, {"temperature": 0.3}, "sweep")  # an empty directory is a new run

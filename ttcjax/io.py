@@ -241,6 +241,12 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
         if changed:
             write_json(path, config)
     else:
+        if os.path.isdir(out) and os.listdir(out) and rerun != "continue":
+            raise ValueError(f"{out_dir} holds files but no {RUN_CONFIG_FILE} (not a ttcjax run, or one made before "
+                             "runs were bound to their config), so its results cannot be told apart from this "
+                             f"config's; {flags}.")
+        if os.path.isdir(out) and os.listdir(out):
+            changed = {"adopted": [None, sorted(os.listdir(out))]}  # continued on purpose: what was there
         os.makedirs(out, exist_ok=True)
         write_json(path, config)
     entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command, "rerun": rerun,

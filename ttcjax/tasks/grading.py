@@ -26,9 +26,10 @@ Reason = Literal["exact", "verified", "not_equal", "no_answer", "timeout", "erro
 CompareFn = Callable[[str, str], bool]
 
 _BOXED_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
-_ANSWER_IS_RE = re.compile(r"the\s+(?:final\s+)?answer\s+is\s*:?\s*(.+)", re.IGNORECASE)
+# possessive whitespace (never given back): each regex is linear in the text, spaces runs included
+_ANSWER_IS_RE = re.compile(r"the\s++(?:final\s++)?answer\s++is\s*+:?\s*+(.+)", re.IGNORECASE)
 # "Answer: 42", "Final Answer: 42", "**Answer:** 42", "**Final Answer**: 42"
-_ANSWER_COLON_RE = re.compile(r"\banswer\s*(?:\*\*|__)?\s*[:\uff1a]\s*(.+)", re.IGNORECASE)
+_ANSWER_COLON_RE = re.compile(r"\banswer\s*+(?:(?:\*\*|__)\s*+)?[:\uff1a]\s*+(.+)", re.IGNORECASE)
 # a number followed by prose: "42 dollars", "3/4 of the cake", "1,000 apples"
 _NUMBER_THEN_WORDS_RE = re.compile(r"(-?\d[\d,]*(?:\.\d+)?(?:\s*/\s*\d+)?)\s+[A-Za-z][A-Za-z\s,'-]*")
 _GSM8K_RE = re.compile(r"####\s*(.+)")
