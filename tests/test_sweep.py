@@ -62,7 +62,7 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     os.rename(moved, tmp_path / "sweep")
     assert cut.read_text().splitlines() == redone  # nothing redone
     # the directory belongs to its config: another one is refused before any work, naming what differs
-    path.write_text(yaml.safe_dump({**config, "questions": 4}))
+    path.write_text(yaml.safe_dump({**config, "search": {**config["search"], "temperature": 0.7}}))
     assert main(["sweep", "--config", str(path), "--no-progress"]) == 2
     assert cut.read_text().splitlines() == redone
     # ... unless told on purpose: --continue goes on in it (its records kept) and logs the change
@@ -70,8 +70,9 @@ def test_sweep_writes_every_cell_and_resumes(tmp_path):
     assert cut.read_text().splitlines() == redone
     log = [json.loads(ln) for ln in (tmp_path / "sweep" / "run_log.jsonl").read_text().splitlines()]
     assert [e["rerun"] for e in log] == ["resume"] * 4 + ["continue"]
-    assert log[-1]["changed"] == {"questions": [6, 4]} and "changed" not in log[0]
-    assert json.loads((tmp_path / "sweep" / "run_config.json").read_text())["questions"] == 4
+    assert list(log[-1]["changed"]) == ["search"] and "changed" not in log[0]
+    assert [side["temperature"] for side in log[-1]["changed"]["search"]] == [0.8, 0.7]
+    assert json.loads((tmp_path / "sweep" / "run_config.json").read_text())["search"]["temperature"] == 0.7
     # --fresh moves the earlier run aside, whole, and starts anew
     path.write_text(yaml.safe_dump({**config, "questions": 2}))
     assert main(["sweep", "--config", str(path), "--no-progress", "--fresh"]) == 0
@@ -116,3 +117,13 @@ def test_a_process_crowded_with_memory_maps_drops_its_compiled_programs():
     assert double._cache_size() == 1
     assert release_compiled_programs_when_crowded(fraction=held / limit / 2)
     assert double._cache_size() == 0
+
+
+def test_a_tasks_default_row_fits_the_policys_positions():
+    from ttcjax.eval.sweep import SweepConfig
+    # natural-language tasks default to 2048-token rows; the tiny policy has 512 positions
+    config = SweepConfig.from_dict({"out_dir": "x", "task": {"name": "jsonl", "path": "q.jsonl"}}, "s.yaml")
+    assert (config.search.max_len, config.search.max_step_tokens) == (512, 256)
+    given = SweepConfig.from_dict({"out_dir": "x", "task": {"name": "jsonl", "path": "q.jsonl"},
+                                   "search": {"max_len": 300}}, "s.yaml")
+    assert given.search.max_len == 300  # what a config sets is its own (and checked against positions at run)

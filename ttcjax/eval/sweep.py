@@ -150,6 +150,17 @@ def revision_policy_dir(name_or_dir: str, source: str = "config") -> str:
     return directory
 
 
+def _positions_of(policy: Any) -> int | None:
+    """The positions of the policy a config names, read from its config (None where it cannot be read yet: the
+    name is checked later, with its own message)."""
+    if not isinstance(policy, str) or not policy:
+        return None
+    try:
+        return checkpoint_config(resolve("policy", policy)).max_position_embeddings
+    except (FileNotFoundError, ValueError, TypeError, OSError):
+        return None
+
+
 def check_positions(config: SweepConfig, source: str, more: Sequence[tuple[str, int, str, str]] = ()) -> None:
     """Every cache a run fills against the positions of the model that fills it (max_position_embeddings), when the
     config is read: a search row (search.max_len) in the policy, a revision chain (search.revision_max_len) in the
@@ -221,7 +232,12 @@ class SweepConfig:
             revision = data.get("revision_policy")  # the separator it was trained with, unless search sets one
             separator = ({} if revision is None else {"revision_separator": load_revision_settings(
                 revision_policy_dir(revision, source))["separator"]})
-            search = {**task.search_defaults, **separator, **(search or {})}
+            defaults = dict(task.search_defaults)
+            if "max_len" not in (search or {}):  # a task's default row fits the policy's positions
+                positions = _positions_of(data.get("policy", cls.policy))
+                if positions is not None and defaults.get("max_len", 0) > positions:
+                    defaults["max_len"] = positions
+            search = {**defaults, **separator, **(search or {})}
         data["search"] = SearchSettings.from_dict(search, f"{source}: search")
         for key in cls.COUNTS:
             value = data.get(key, getattr(cls, key))
