@@ -217,9 +217,10 @@ def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
 def test_search_settings_a_config_leaves_out_come_from_its_task():
     natural = ExperimentConfig.from_dict({"out_dir": "x", "task": {"name": "gsm8k", "path": "data/gsm8k"},
                                           "verifier": "prm:tiny", "search": {"max_rounds": 7}})
-    assert (natural.search.max_step_tokens, natural.search.max_rounds, natural.search.max_len) == (256, 7, 2048)
+    # the task's 2048-token row, capped at the default policy's (tiny) 512 positions
+    assert (natural.search.max_step_tokens, natural.search.max_rounds, natural.search.max_len) == (256, 7, 512)
     builtin = ExperimentConfig.from_dict({"out_dir": "x"})
     assert (builtin.search.max_step_tokens, builtin.search.max_rounds, builtin.search.max_len) == (24, 12, 160)
-    with pytest.raises(ValueError, match="max_step_tokens=4096 must be below max_len=2048"):
+    with pytest.raises(ValueError, match="max_step_tokens=4096 must be below max_len=512"):
         ExperimentConfig.from_dict({"out_dir": "x", "task": {"name": "gsm8k", "path": "d"},
                                     "search": {"max_step_tokens": 4096}})
