@@ -181,6 +181,21 @@ def read_run_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
     return entries
 
 
+def _bound_config(path: str) -> dict[str, Any]:
+    """The config a run directory is bound to (its run_config.json)."""
+    with open(path) as f:
+        try:
+            return json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{path}: damaged ({e}); move the directory away or delete that file to start "
+                             "afresh.") from None
+
+
+def _changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, list[Any]]:
+    """The keys whose values differ between two configs, as key: [before, now]."""
+    return {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
+
+
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
                  write: bool = True) -> None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
@@ -194,42 +209,26 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
     out = os.fspath(out_dir)
+    path = os.path.join(out, RUN_CONFIG_FILE)
+    config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
+    flags = "pass --continue to go on in it on purpose, --fresh to move it aside and start anew, or use another out_dir"
     if not write:
-        if rerun != "resume":  # the writing process moves or rebinds the directory
-            os.makedirs(out, exist_ok=True)
-            return
-        path = os.path.join(out, RUN_CONFIG_FILE)
-        if os.path.exists(path):
-            with open(path) as f:
-                before = json.load(f)
-            on_disk = json.loads(json.dumps(config))
-            differ = sorted(k for k in set(before) | set(on_disk) if before.get(k) != on_disk.get(k))
-            if differ:
-                raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
-                                 f"{differ}); pass --continue to go on in it on purpose, --fresh to move it aside "
-                                 "and start anew, or use another out_dir.")
+        # the writing process moves or rebinds the directory; a plain resume is checked here too
+        if rerun == "resume" and os.path.exists(path) and (differ := _changed(_bound_config(path), config)):
+            raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
+                             f"{sorted(differ)}); {flags}.")
         os.makedirs(out, exist_ok=True)
         return
-    flags = "pass --continue to go on in it on purpose, --fresh to move it aside and start anew, or use another out_dir"
     if rerun == "fresh" and os.path.isdir(out) and os.listdir(out):
         aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         while os.path.exists(aside):
             aside += "x"
         os.rename(out, aside)
         print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
-    path = os.path.join(out, RUN_CONFIG_FILE)
-    config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
     code, changed = code_version(), {}
     log = read_run_log(out) if os.path.isdir(out) else []
     if os.path.exists(path):
-        with open(path) as f:
-            try:
-                before = json.load(f)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{path}: damaged ({e}); move the directory away or delete that file to start "
-                                 "afresh.") from None
-        changed = {k: [before.get(k), config.get(k)] for k in sorted(set(before) | set(config))
-                   if before.get(k) != config.get(k)}
+        changed = _changed(_bound_config(path), config)
         made_by = log[-1].get("code", {}) if log else {}
         other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
         if (changed or other_code) and rerun != "continue":
