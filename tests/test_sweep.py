@@ -121,6 +121,7 @@ def test_a_process_crowded_with_memory_maps_drops_its_compiled_programs():
 
 def test_a_tasks_default_row_fits_the_policys_positions():
     from ttcjax.eval.sweep import SweepConfig
+
     # natural-language tasks default to 2048-token rows; the tiny policy has 512 positions
     config = SweepConfig.from_dict({"out_dir": "x", "task": {"name": "jsonl", "path": "q.jsonl"}}, "s.yaml")
     assert (config.search.max_len, config.search.max_step_tokens) == (512, 256)

@@ -206,13 +206,21 @@ class DecodeState:
         return self.logits.shape[0]
 
     def fork(self, n: int) -> "DecodeState":
-        """Each row becomes n consecutive rows (one prompt, n samples). [B] -> [B*n]."""
-        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), self)
+        """Each row becomes n consecutive rows (one prompt, n samples), its cache copied. [B] -> [B*n]."""
+        return DecodeState(cache=self.cache.fork(n), logits=jnp.repeat(self.logits, n, axis=0),
+                           done=jnp.repeat(self.done, n))
 
-    def gather(self, rows: jax.Array) -> "DecodeState":
-        """Keep rows `rows` [R] (beam selection). [B] -> [R]."""
+    def share(self, n: int, max_len: int, floor: int) -> "DecodeState":
+        """Each row (a prefilled prompt) becomes n consecutive rows that read the prompt's cache in place
+        (`KVCache.share`: rows of at most `max_len` tokens; `floor` at most every prompt's length). [B] -> [B*n]."""
+        return DecodeState(cache=self.cache.share(n, max_len, floor), logits=jnp.repeat(self.logits, n, axis=0),
+                           done=jnp.repeat(self.done, n))
+
+    def gather(self, rows: jax.Array, questions: jax.Array | None = None) -> "DecodeState":
+        """Keep rows `rows` [R] (beam selection; `questions` as `KVCache.gather`). [B] -> [R]."""
         rows = jnp.asarray(rows, jnp.int32)
-        return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), self)
+        return DecodeState(cache=self.cache.gather(rows, questions), logits=jnp.take(self.logits, rows, axis=0),
+                           done=jnp.take(self.done, rows, axis=0))
 
 
 @jax.tree_util.register_dataclass
@@ -356,12 +364,12 @@ def _decode(graphdef, params, state: DecodeState, key, *, max_new_tokens: int, s
     )
     n_strings = 0 if stop.text is None else len(stop.text.strings)
     carry = (state, out, jnp.int32(0), jnp.zeros((batch, n_strings), jnp.int32))
-    for width in segment_widths(max_len, attn_chunk):
+    for width in segment_widths(state.cache.slots, attn_chunk):  # over each row's own slots
         def cond(carry, width=width):
             st, out, _, _ = carry
             running = ~st.done & (out.lengths < max_new_tokens) & (st.cache.lengths < max_len)
             # every running row's next slot must lie inside this segment's attention width
-            fits = jnp.all(~running | (st.cache.lengths < width))
+            fits = jnp.all(~running | (st.cache.filled < width))
             return jnp.any(running) & fits
         carry = jax.lax.while_loop(cond, functools.partial(step, width=width), carry)
 
@@ -384,6 +392,12 @@ _decode_jit = jax.jit(
 # ---- the engine ----------------------------------------------------------------------------------
 
 
+def prompt_floor(lengths) -> int:
+    """The largest power of two at most every prompt's length: the own slots a shared prefix leaves each row are
+    `max_len` less this (`KVCache.share`), so that few cache shapes are ever compiled."""
+    return 1 << (max(1, int(np.min(lengths))).bit_length() - 1)
+
+
 def bucket(n: int, minimum: int = 16) -> int:
     """Round a prompt length up to a power of two (>= minimum), so few shapes are ever compiled."""
     return max(minimum, 1 << max(0, math.ceil(math.log2(max(n, 1)))))
@@ -404,10 +418,15 @@ class Engine:
 
     `platform`: the JAX platform the programs are lowered for (`set_platform`; default: the model's, JAX's
     default backend). Name 'tpu' or 'cuda' to export them for an accelerator from a CPU host
-    (`prefill_program(...).export(("tpu",))`); the accelerator path runs on CPUs too, as the tests check."""
+    (`prefill_program(...).export(("tpu",))`); the accelerator path runs on CPUs too, as the tests check.
+
+    `shared_prefix` (default): n samples of a prompt (`generate`, and search, which reads it here) keep the
+    prompt's KV cache once and each row only its own tokens (`KVCache.share`); False copies the prompt's cache
+    into every row (`fork`). The results are the same (the tests check it), the shared layout reads and holds
+    the prompt once per question."""
 
     def __init__(self, model: Transformer, *, mesh: Mesh | None = None, rules: ShardingRules = ShardingRules(),
-                 pad_id: int = 0, attn_chunk: int = 128, platform: str | None = None):
+                 pad_id: int = 0, attn_chunk: int = 128, platform: str | None = None, shared_prefix: bool = True):
         self.config = model.config
         self.mesh, self.rules = mesh, rules
         if platform is not None:
@@ -418,6 +437,7 @@ class Engine:
         self.graphdef, self.params = nnx.split(model)
         self.pad_id = pad_id
         self.attn_chunk = attn_chunk
+        self.shared_prefix = shared_prefix
         self._prefill = _prefill_jit
         self._decode = _decode_jit
 
@@ -499,6 +519,10 @@ class Engine:
         """Sample `n` completions for each prompt (prefilled once, then forked). Row order: prompt-major."""
         if not prompts:
             return []
+        rows = len(prompts) * n
+        # extra prompts (copies of the first, already done) so that the rows split evenly over the data axis
+        step = self.data_size // math.gcd(self.data_size, n)
+        prompts = list(prompts) + [prompts[0]] * (-len(prompts) % step)
         lengths = np.array([len(p) for p in prompts], np.int32)
         if lengths.min() < 1:
             raise ValueError("every prompt needs at least one token (add a BOS token to empty prompts).")
@@ -511,20 +535,19 @@ class Engine:
             tokens[i, : len(p)] = p
         if width > max_len:
             tokens, width = tokens[:, :max_len], max_len
-        state = self.prefill(tokens, lengths, max_len)
-        if n > 1:
-            state = state.fork(n)
-        rows = len(prompts) * n
-        padded = -(-rows // self.data_size) * self.data_size
-        if padded > rows:
-            # extra rows, already done, so that the rows split evenly over the data axis; they generate nothing
-            state = state.gather(np.concatenate([np.arange(rows), np.zeros(padded - rows, np.int32)]))
-            state = dataclasses.replace(state, done=jnp.arange(padded) >= rows)
+        if n > 1 and self.shared_prefix and int(lengths.max()) < max_len:
+            state = self.prefill(tokens, lengths, width).share(n, max_len, prompt_floor(lengths))
+        else:
+            state = self.prefill(tokens, lengths, max_len)
+            if n > 1:
+                state = state.fork(n)
+        if len(prompts) * n > rows:
+            state = dataclasses.replace(state, done=jnp.arange(len(prompts) * n) >= rows)
         key = jax.random.key(0) if key is None else key
         gen, _ = self.decode(state, key, max_new_tokens=max_new_tokens, sampling=sampling, stop=stop)
         gen = to_host(gen)  # every row, also those other processes' devices hold
         out = []
-        for row in range(len(prompts) * n):
+        for row in range(rows):
             length = int(gen.lengths[row])
             out.append(Completion(
                 prompt_index=row // n,

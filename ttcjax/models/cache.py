@@ -1,8 +1,17 @@
 """The KV cache: an explicit pytree that jitted code takes in and gives back.
 
-Rows are independent sequences. Row b holds `lengths[b]` filled slots, 0..lengths[b]-1, with no gaps;
-its next token is written at slot `lengths[b]`. Search forks a prefilled prompt into N rows and gathers
-rows to keep the selected beams; neither re-runs the model.
+Rows are independent sequences. Row b holds `lengths[b]` tokens, positions 0..lengths[b]-1, with no gaps; its
+next token goes to position `lengths[b]`. Search forks a prefilled prompt into N rows and gathers rows to keep
+the selected beams; neither re-runs the model.
+
+Two layouts. A plain cache holds every token of a row in the row's own slots (slot = position). A shared-prefix
+cache (`share`, Hydragen's layout) holds each question's prompt once, in `prefix` [Q, ...], and gives each of
+its n rows (rows q*n .. q*n+n-1, question-major) only slots of its own for what follows the prompt: position p
+of row b sits at own slot p - prefix.lengths[b // n]. Attention reads the prompt with one product for all of
+a question's rows and merges it with each row's own slots through the softmax's log-sum-exp
+(`ttcjax.models.llama`), so a decode step reads the prompt once per question instead of once per row, and the
+memory holds one copy of it. A gather that keeps every row inside its question's group leaves the prefix
+untouched; one that moves whole questions (dropping finished ones) gathers the prefix by question too.
 
 The key layout depends on the platform the model is lowered for (`transposes_keys`): slots last on CPUs,
 head_dim last on accelerators. Values are [batch, kv_heads, max_len, head_dim] everywhere.
@@ -29,13 +38,26 @@ def transposes_keys(platform: str) -> bool:
 
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
+class Prefix:
+    """The prompts a shared-prefix cache holds once per question (Q questions, P slots; layout as `KVCache`'s)."""
+
+    k: tuple[jax.Array, ...]  # per layer: [Q, kv_heads, head_dim, P] if keys transposed, else [Q, kv_heads, P, head_dim]
+    v: tuple[jax.Array, ...]  # per layer: [Q, kv_heads, P, head_dim]
+    lengths: jax.Array  # [Q] int32: the prompt's tokens (positions 0 .. lengths[q]-1)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
 class KVCache:
-    # keys per layer: [batch, kv_heads, head_dim, max_len] if keys_transposed, else [batch, kv_heads, max_len, head_dim]
+    # keys per layer: [batch, kv_heads, head_dim, slots] if keys_transposed, else [batch, kv_heads, slots, head_dim]
     k: tuple[jax.Array, ...]
-    v: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, max_len, head_dim]
-    lengths: jax.Array  # [batch] int32: filled slots per row
+    v: tuple[jax.Array, ...]  # per layer: [batch, kv_heads, slots, head_dim]
+    lengths: jax.Array  # [batch] int32: tokens per row, its prompt included (the next token's position)
     # static: the key layout (`transposes_keys`), chosen by the model that made the cache
     keys_transposed: bool = dataclasses.field(default=True, metadata=dict(static=True))
+    prefix: Prefix | None = None  # the prompts, once per question (`share`); None: every row holds its own
+    # static, shared-prefix caches only: the most tokens a row holds, its prompt included (a plain cache: its slots)
+    capacity: int = dataclasses.field(default=0, metadata=dict(static=True))
 
     @classmethod
     def init(cls, num_layers: int, batch: int, num_kv_heads: int, max_len: int, head_dim: int,
@@ -66,24 +88,73 @@ class KVCache:
         return self.lengths.shape[0]
 
     @property
-    def max_len(self) -> int:
+    def slots(self) -> int:
+        """Slots each row has of its own (a plain cache: all of them)."""
         return self.v[0].shape[2]
+
+    @property
+    def max_len(self) -> int:
+        """The most tokens a row holds, its prompt included."""
+        return self.capacity if self.prefix is not None else self.slots
 
     @property
     def num_layers(self) -> int:
         return len(self.k)
 
-    def fork(self, n: int) -> "KVCache":
-        """Replicate each row n times: row b becomes rows b*n .. b*n+n-1. [B, ...] -> [B*n, ...]."""
-        return jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), self)
+    @property
+    def offsets(self) -> jax.Array:
+        """[batch] int32: the position of each row's first own slot (its prompt's length; 0 in a plain cache)."""
+        if self.prefix is None:
+            return jnp.zeros_like(self.lengths)
+        return jnp.repeat(self.prefix.lengths, self.batch // self.prefix.lengths.shape[0])
 
-    def gather(self, rows: jax.Array) -> "KVCache":
-        """Keep rows `rows` [R] (any order, repeats allowed): beam selection. [B, ...] -> [R, ...]."""
+    @property
+    def filled(self) -> jax.Array:
+        """[batch] int32: own slots each row has filled."""
+        return self.lengths - self.offsets
+
+    def share(self, n: int, max_len: int, floor: int) -> "KVCache":
+        """This cache, one prompt per row, as the shared prefix of n rows each (row b*n+i reads prompt b in place:
+        no copy): rows that hold at most `max_len` tokens, with `max_len - floor` slots of their own, where `floor`
+        is at most every prompt's length (so a row fills its own slots no sooner than max_len). [B] -> [B*n]."""
+        if self.prefix is not None:
+            raise ValueError("share: this cache already has a shared prefix; fork its rows instead.")
+        if not 1 <= floor < max_len:
+            raise ValueError(f"share: floor={floor} must be in [1, max_len={max_len}).")
+        if not isinstance(self.lengths, jax.core.Tracer) and int(jnp.min(self.lengths)) < floor:
+            raise ValueError(f"share: a prompt of {int(jnp.min(self.lengths))} tokens is shorter than floor={floor}.")
+        rows, slots = self.batch * n, max_len - floor
+        key_shape = list(self.k[0].shape)
+        key_shape[0], key_shape[self.key_slot_axis] = rows, slots
+        value_shape = (rows, self.v[0].shape[1], slots, self.v[0].shape[3])
+        return KVCache(k=tuple(jnp.zeros(key_shape, x.dtype) for x in self.k),
+                       v=tuple(jnp.zeros(value_shape, x.dtype) for x in self.v),
+                       lengths=jnp.repeat(self.lengths, n), keys_transposed=self.keys_transposed,
+                       prefix=Prefix(k=self.k, v=self.v, lengths=self.lengths), capacity=max_len)
+
+    def fork(self, n: int) -> "KVCache":
+        """Replicate each row n times: row b becomes rows b*n .. b*n+n-1. [B, ...] -> [B*n, ...]. A shared prefix
+        stays as it is (its questions now have n times the rows)."""
+        own = dataclasses.replace(self, prefix=None)
+        return dataclasses.replace(jax.tree.map(lambda x: jnp.repeat(x, n, axis=0), own), prefix=self.prefix)
+
+    def gather(self, rows: jax.Array, questions: jax.Array | None = None) -> "KVCache":
+        """Keep rows `rows` [R] (any order, repeats allowed): beam selection. [B, ...] -> [R, ...].
+
+        A shared prefix stays in place where every kept row stays among its question's rows (`questions` None);
+        where whole questions move, `questions` [R // n] names the question whose prefix each group of n reads."""
         rows = jnp.asarray(rows, jnp.int32)
-        return jax.tree.map(lambda x: jnp.take(x, rows, axis=0), self)
+        own = jax.tree.map(lambda x: jnp.take(x, rows, axis=0), dataclasses.replace(self, prefix=None))
+        prefix = self.prefix
+        if prefix is not None and questions is not None:
+            questions = jnp.asarray(questions, jnp.int32)
+            prefix = jax.tree.map(lambda x: jnp.take(x, questions, axis=0), prefix)
+        return dataclasses.replace(own, prefix=prefix)
 
     def resize(self, max_len: int) -> "KVCache":
         """Grow (zero-pad) or shrink the slot axis; shrinking below a filled slot is an error."""
+        if self.prefix is not None:
+            raise ValueError("resize: a shared-prefix cache's capacity is fixed by `share`.")
         cur = self.max_len
         if max_len == cur:
             return self

@@ -161,11 +161,12 @@ class Attention(nnx.Module):
         positions: jax.Array,  # [B, T] RoPE positions
         rope: tuple[np.ndarray, float],
         kv: tuple[jax.Array, jax.Array] | None,  # this layer's cache: keys as `_attend` has them, values [B, K, S, Dh]
-        write_slots: jax.Array | None,  # [B, T] cache slot of each new token
+        write_slots: jax.Array | None,  # [B, T] cache slot of each new token (own slots: after a shared prefix)
         attn_len: int | None,
         key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
         segment_ids: jax.Array | None = None,  # [B, T] (no cache) packed sequences: attend within a segment
         platform: str = "cpu",  # the platform attention is lowered for: Transformer.platform, which passes it
+        prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,  # a shared prefix's keys, values [Q, ...], lengths
     ):
         cfg, dt = self.config, x.dtype
         transposed = transposes_keys(platform)
@@ -185,16 +186,21 @@ class Attention(nnx.Module):
             q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         else:
             cache_k, cache_v = kv
-            cache_k = _write(cache_k, k, write_slots, slot_axis=key_slot_axis)
-            cache_v = _write(cache_v, v, write_slots, slot_axis=2)
+            # a negative own slot (a token a shared prefix already holds, read again) is not written
+            written = jnp.where(write_slots < 0, cache_v.shape[2], write_slots)
+            cache_k = _write(cache_k, k, written, slot_axis=key_slot_axis)
+            cache_v = _write(cache_v, v, written, slot_axis=2)
             kv = (cache_k, cache_v)
             width = attn_len or cache_v.shape[2]
             keys = jax.lax.slice_in_dim(cache_k, 0, width, axis=key_slot_axis)
             values = cache_v[:, :, :width]
             q_slots = write_slots
 
-        out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None,
-                      segment_ids if kv is None else None, platform=platform)
+        if prefix is not None:
+            out = _attend_shared(q, keys, values, q_slots, *prefix, self.window, platform=platform)
+        else:
+            out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None,
+                          segment_ids if kv is None else None, platform=platform)
         out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)
@@ -256,6 +262,79 @@ def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None, *, pla
     return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
+def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_lengths, window, *, platform: str
+                   ) -> jax.Array:
+    """Attention over a shared prefix and each row's own slots, combined exactly.
+
+    q [B, T, H, Dh] with rows question-major (B = Q*N: row b reads prompt b // N); own keys and values as
+    `_attend` has them, S slots; q_slots [B, T] the query's own slot (its position minus its prompt's length;
+    negative for a prompt token read again); the prefix's keys [Q, K, Dh, P] on CPUs, [Q, K, P, Dh] on
+    accelerators, values [Q, K, P, Dh], lengths [Q]. Returns [B, T, H, Dh].
+
+    Each part gives its scores' max m, the sum l of exp(score - m) and the unnormalised output o; together they
+    are (o1 e^(m1-m) + o2 e^(m2-m)) / (l1 e^(m1-m) + l2 e^(m2-m)) with m = max(m1, m2): the softmax over both
+    parts (Hydragen; FlashInfer's cascade attention). The prefix part is one product per question for all of
+    its rows' queries, so a decode step reads each prompt once, however many rows share it.
+    """
+    b, t, h, dh = q.shape
+    nq, kh, width = prefix_values.shape[0], prefix_values.shape[1], prefix_values.shape[2]
+    n, g = b // nq, h // kh
+    transposed = transposes_keys(platform)
+    scale = dh**-0.5
+    # CPUs compute in float32 (XLA:CPU has no native bf16 dot); accelerators accumulate in float32
+    if platform == "cpu":
+        qc, cast = q.astype(jnp.float32), (lambda x: x.astype(jnp.float32))
+    else:
+        qc, cast = q, (lambda x: x.astype(q.dtype))
+
+    def dot(spec, x, y):
+        return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+    def partial(scores, allowed):
+        scores = jnp.where(allowed, scores * scale, _MASK_VALUE)
+        top = jnp.max(scores, axis=-1)
+        weights = jnp.exp(scores - top[..., None])
+        return top, jnp.sum(weights, axis=-1), weights
+
+    # the prompt: every query of a question's rows against its keys at once
+    positions = prefix_lengths[:, None, None] + q_slots.reshape(nq, n, t)  # [Q, N, T]
+    slot = jnp.arange(width)
+    allowed = (slot < prefix_lengths[:, None, None, None]) & (slot <= positions[..., None])  # [Q, N, T, P]
+    if window is not None:
+        allowed &= positions[..., None] - slot < window
+    scores = dot(f"QNTKGd,{'QKdP' if transposed else 'QKPd'}->QKNTGP", qc.reshape(nq, n, t, kh, g, dh),
+                 cast(prefix_keys))
+    p_top, p_sum, weights = partial(scores, allowed[:, None, :, :, None, :])
+    p_out = dot("QKNTGP,QKPd->QKNTGd", weights.astype(qc.dtype), cast(prefix_values))
+
+    def rows(x):  # [Q, K, N, T, G, ...] -> [B, T, K, G, ...]
+        x = jnp.moveaxis(x, 1, 3)  # [Q, N, T, K, G, ...]
+        return x.reshape((b, t, kh, g) + x.shape[5:])
+
+    p_top, p_sum, p_out = rows(p_top), rows(p_sum), rows(p_out)
+
+    # the row's own slots
+    slot = jnp.arange(values.shape[2])
+    allowed = slot <= q_slots[:, :, None]  # [B, T, S]
+    if window is not None:
+        allowed &= q_slots[:, :, None] - slot < window
+    qr = qc.reshape(b, t, kh, g, dh)
+    if t == 1 and transposed:  # one query per row on CPUs: multiply and sum streams the cache (as `_attend`)
+        scores = jnp.sum(qr[:, 0, :, :, :, None] * cast(keys)[:, :, None], axis=3)[:, None]  # [B, 1, K, G, S]
+    else:
+        scores = dot(f"BTKGd,{'BKdS' if transposed else 'BKSd'}->BTKGS", qr, cast(keys))
+    o_top, o_sum, weights = partial(scores, allowed[:, :, None, None, :])
+    if t == 1 and transposed:
+        o_out = jnp.sum(weights[:, 0, :, :, :, None] * cast(values)[:, :, None], axis=3)[:, None]  # [B, 1, K, G, Dh]
+    else:
+        o_out = dot("BTKGS,BKSd->BTKGd", weights.astype(qc.dtype), cast(values))
+
+    top = jnp.maximum(p_top, o_top)
+    p_w, o_w = jnp.exp(p_top - top), jnp.exp(o_top - top)
+    out = (p_out * p_w[..., None] + o_out * o_w[..., None]) / (p_sum * p_w + o_sum * o_w)[..., None]
+    return out.reshape(b, t, h, dh).astype(q.dtype)
+
+
 class MLP(nnx.Module):
     def __init__(self, config: ModelConfig, rngs: nnx.Rngs):
         d, f, pd = config.hidden_size, config.intermediate_size, config.jnp_param_dtype
@@ -286,9 +365,10 @@ class Block(nnx.Module):
         self.mlp_norm = RMSNorm(config.hidden_size, config.rms_norm_eps, pd)
         self.mlp = MLP(config, rngs)
 
-    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None, platform="cpu"):
+    def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None, platform="cpu",
+                 prefix=None):
         attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask,
-                                 segment_ids, platform)
+                                 segment_ids, platform, prefix)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -324,9 +404,10 @@ class Transformer(nnx.Module):
     ):
         """Run the model on `tokens`.
 
-        With a cache, the new tokens of row b go to slots `cache.lengths[b] + arange(T)` and the returned
-        cache has `lengths + T`. `attn_len` (static) limits attention to the first `attn_len` cache slots,
-        which must hold every filled slot. `logits_at` [B] picks one position per row and returns logits
+        With a cache, the new tokens of row b go to positions `cache.lengths[b] + arange(T)` (its own slots
+        `cache.filled[b] + arange(T)`: after a shared prefix, the prompt is not in them) and the returned cache has
+        `lengths + T`. `attn_len` (static) limits attention to the first `attn_len` own slots, which must hold
+        every filled one; a shared prefix is read whole. `logits_at` [B] picks one position per row and returns logits
         [B, V] instead of [B, T, V]. `segment_ids` [B, T] (training on packed sequences, no cache) keeps
         attention inside each segment; pass per-segment `positions` with it. `return_logits=False` skips
         the vocabulary projection (logits None), for heads that read the hidden states. Returns (logits, cache, hidden) where hidden, if asked for, is the
@@ -341,9 +422,10 @@ class Transformer(nnx.Module):
             raise ValueError(f"a KV cache laid out for another platform (keys_transposed={cache.keys_transposed}) "
                              f"was fed to a model lowered for {self.platform!r}; make caches with model.new_cache.")
         if cache is not None:
-            write_slots = cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T]
+            write_slots = cache.filled[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T] own slots
         if positions is None:
-            positions = write_slots if write_slots is not None else jnp.broadcast_to(jnp.arange(t), (b, t))
+            positions = (cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32) if cache is not None
+                         else jnp.broadcast_to(jnp.arange(t), (b, t)))
         rope = rope_frequencies(cfg)
 
         x = jnp.take(self.embedding[...], tokens, axis=0).astype(dt)  # [B, T, D]
@@ -353,7 +435,9 @@ class Transformer(nnx.Module):
             if return_hidden:
                 hidden.append(x)
             kv = None if cache is None else (cache.k[i], cache.v[i])
-            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform)
+            prefix = None if cache is None or cache.prefix is None else (
+                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths)
+            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform, prefix)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])

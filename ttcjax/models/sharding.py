@@ -14,7 +14,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.models.cache import KVCache
+from ttcjax.models.cache import KVCache, Prefix
 from ttcjax.models.llama import PARAM_AXES, param_path
 
 DATA, MODEL = "data", "model"
@@ -105,8 +105,13 @@ def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
         "batch", "kv_heads", "cache_slots", "head_dim")
     k = lambda x: rules.sharding(key_axes, x.shape, mesh)  # noqa: E731
     v = lambda x: rules.sharding(("batch", "kv_heads", "cache_slots", "head_dim"), x.shape, mesh)  # noqa: E731
+    prefix = cache.prefix
+    if prefix is not None:  # one prompt per question: questions split like rows, where the data axis divides them
+        prefix = Prefix(k=tuple(map(k, prefix.k)), v=tuple(map(v, prefix.v)),
+                        lengths=rules.sharding(("batch",), prefix.lengths.shape, mesh))
     return KVCache(k=tuple(map(k, cache.k)), v=tuple(map(v, cache.v)),
-                   lengths=rules.sharding(("batch",), cache.lengths.shape, mesh), keys_transposed=cache.keys_transposed)
+                   lengths=rules.sharding(("batch",), cache.lengths.shape, mesh), keys_transposed=cache.keys_transposed,
+                   prefix=prefix, capacity=cache.capacity)
 
 
 def mesh_shape(spec: str | None, devices: int) -> tuple[int, int]:

@@ -11,7 +11,8 @@ episode's rounds; each iteration
      of the rollout instead;
   4. selects: within each group of rows (`Strategy.groups`: beam, all N rows of a question; DVTS, each
      subtree) the kept best open rows fill the group's open rows, `width` each; rows move with an on-device
-     gather of the policy's and the verifier's cache rows (the shared prefix is never prefilled again).
+     gather of the policy's and the verifier's cache rows (the prompt is never prefilled again, and in the
+     policy's shared-prefix cache, `EpisodeSpec.prompt_floor`, never copied: only the rows' own slots move).
      Finished rows keep their place. Best-of-N selects nothing.
 
 A step ends where its text completes the delimiter, whatever the tokenization, or at the step token cap (it
@@ -43,6 +44,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
                                     StopConditions, StopText, _decode, _prefill, contains_text)
 from ttcjax.distributed import to_host
+from ttcjax.models.cache import KVCache
 from ttcjax.models.program import Program
 from ttcjax.search.strategies import Strategy
 from ttcjax.verifiers.base import StepScorer
@@ -66,6 +68,9 @@ class EpisodeSpec:
     pad_id: int
     attn_chunk: int
     stop_at_open: int = 0  # return once no more than this many questions are open (0: run to the end)
+    # > 0: a question's rows share its prompt's policy cache (`KVCache.share` with this floor, at most every
+    # prompt's length: `prompt_floor`); 0: the prompt's cache is copied into each row
+    prompt_floor: int = 0
     mesh: Mesh | None = None
     data_axis: str | None = None
 
@@ -118,10 +123,14 @@ def _constrain(tree, spec: EpisodeSpec):
     return jax.tree.map(leaf, tree)
 
 
-def _take_rows(state: SearchState, rows: jax.Array) -> SearchState:
-    """Every per-row leaf gathered by `rows` [R']; `rounds` is shared and stays."""
-    moved = jax.tree.map(lambda x: jnp.take(x, rows, axis=0),
-                         dataclasses.replace(state, rounds=jnp.zeros(state.slot.shape[0], jnp.int32)))
+def _take_rows(state: SearchState, rows: jax.Array, questions: jax.Array | None = None) -> SearchState:
+    """Every per-row leaf gathered by `rows` [R']; `rounds` is shared and stays. KV caches gather their rows
+    (and, given `questions` [R' // N], their shared prefixes: compaction moves whole questions)."""
+    def take(x):
+        return x.gather(rows, questions) if isinstance(x, KVCache) else jnp.take(x, rows, axis=0)
+
+    moved = jax.tree.map(take, dataclasses.replace(state, rounds=jnp.zeros(state.slot.shape[0], jnp.int32)),
+                         is_leaf=lambda x: isinstance(x, KVCache))
     return dataclasses.replace(moved, rounds=state.rounds)
 
 
@@ -132,8 +141,12 @@ def _start(spec: EpisodeSpec, policy_params, scorer_params, prompt_tokens, promp
     verifier's reading of a prompt is counted once, on the question's first row."""
     n = spec.strategy.n
     rows = prompt_tokens.shape[0] * n
-    policy = _prefill(spec.policy_graphdef, policy_params, prompt_tokens, prompt_lengths,
-                      max_len=spec.max_len).fork(n)
+    if spec.prompt_floor:  # the prompt's cache once per question, each row's own slots after it
+        policy = _prefill(spec.policy_graphdef, policy_params, prompt_tokens, prompt_lengths,
+                          max_len=prompt_tokens.shape[1]).share(n, spec.max_len, spec.prompt_floor)
+    else:
+        policy = _prefill(spec.policy_graphdef, policy_params, prompt_tokens, prompt_lengths,
+                          max_len=spec.max_len).fork(n)
     verifier_cache = spec.scorer.start(scorer_params, verifier_tokens, verifier_lengths, n=n, max_len=spec.max_len)
     finished = jnp.repeat(~active, n)
     first_row = jnp.arange(rows) % n == 0
@@ -232,7 +245,8 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
 
 
 def _compact(spec: EpisodeSpec, state: SearchState, rows: jax.Array) -> SearchState:
-    return _constrain(_take_rows(state, rows), spec)
+    """Keep whole questions: rows [R'] are N consecutive rows of each kept question."""
+    return _constrain(_take_rows(state, rows, rows[::spec.strategy.n] // spec.strategy.n), spec)
 
 
 _start_jit = jax.jit(_start, static_argnames=("spec",))

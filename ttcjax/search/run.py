@@ -15,7 +15,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from ttcjax.decoding.engine import Engine, StopText, bucket, stop_text
+from ttcjax.decoding.engine import Engine, StopText, bucket, prompt_floor, stop_text
 from ttcjax.search.chains import ChainSpec, run_chains
 from ttcjax.search.episode import EpisodeSpec, run_episode
 from ttcjax.search.selection import select
@@ -161,15 +161,17 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             v_tokens[i, :len(p)] = p
         v_lengths = np.array([len(p) for p in read], np.int32)
         verifier.bind_batch(padded_questions, settings.delimiter)
+        floor = prompt_floor(lengths) if engine.shared_prefix else 0  # the prompt's cache shared by its rows
         if revisions:
             placed = map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths, active))
             if on_segment is not None:
                 on_segment(len(padded) * n)
-            host = run_chains(chains, engine, scorer_params, *placed, jax.random.fold_in(key, start))
+            host = run_chains(dataclasses.replace(chains, attempt=dataclasses.replace(chains.attempt, prompt_floor=floor)),
+                              engine, scorer_params, *placed, jax.random.fold_in(key, start))
             results += [_chain_result(strategy, engine, verifier, tokenizer, settings, host, i, len(chunk[i]),
                                       extract_answer, equal) for i in range(len(chunk))]
             continue
-        host = run_episode(spec, engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
+        host = run_episode(dataclasses.replace(spec, prompt_floor=floor), engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
                                                                                   active)),
                            jax.random.fold_in(key, start), len(chunk), compact=compact,
                            compact_min_rows=compact_min_rows, on_segment=on_segment)
