@@ -280,8 +280,9 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     os.makedirs(out, exist_ok=True)
     with _run_dir_lock(out):
         code, changed = code_version(), {}
+        present = _files_in(out)  # once: where locks do nothing, another job may be binding it meanwhile
         log = read_run_log(out)
-        if os.path.exists(path):
+        if RUN_CONFIG_FILE in present:
             changed = _changed(_bound_config(path), config)
             made_by = log[-1].get("code", {}) if log else {}
             other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
@@ -294,7 +295,6 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
             if changed:
                 write_json(path, config)
         else:
-            present = _files_in(out)
             if present and rerun != "continue":
                 raise ValueError(f"{out_dir} holds files but no {RUN_CONFIG_FILE} (not a ttcjax run, or one made "
                                  "before runs were bound to their config), so its results cannot be told apart from "
