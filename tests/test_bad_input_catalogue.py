@@ -321,6 +321,13 @@ CLI_CASES = [
         "num_layers": 0}}), "--out", c.path("m")], ["m.yaml", "num_layers=0"]),
     ("init-model-exists", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": TINY.to_dict()}),
                                      "--out", c.ckpt], ["already holds", "overwrite"]),
+    # one job of a job array: K/J, job K of J counted from 0
+    ("sweep-job-0-of-0", lambda c: c.sweep("--job", "0/0"), ["--job 0/0", "at least 1"]),
+    ("sweep-job-3-of-2", lambda c: c.sweep("--job", "3/2"), ["--job 3/2", "0 .. 1"]),
+    ("sweep-job-words", lambda c: c.sweep("--job", "abc"), ["--job 'abc'", "K/J"]),
+    ("sweep-job-fresh", lambda c: c.sweep("--job", "1/2", "--fresh"), ["--fresh with --job 1/2", "move the run"]),
+    ("experiment-job-negative", lambda c: c.experiment("--job=-1/2"), ["--job '-1/2'", "K/J"]),
+    ("demo-job-3-of-3", lambda c: ["demo", "--job", "3/3", "--out-dir", c.path("demo")], ["--job 3/3", "0 .. 2"]),
 ]
 
 

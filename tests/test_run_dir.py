@@ -100,3 +100,64 @@ def test_a_directory_with_files_but_no_config_is_adopted_only_on_purpose(tmp_pat
     empty = tmp_path / "empty"
     empty.mkdir()
     bind_run_dir(empty, {"temperature": 0.3}, "sweep")  # an empty directory is a new run
+
+
+# Several jobs of a job array bind one fresh run directory at the same moment, `ROUNDS` times over (a fresh
+# directory each round), and each then records that it finished; with "nolocks", on a file system without locks.
+JOBS, ROUNDS = 6, 12
+BIND_AT_ONCE = """
+import fcntl, os, sys, time
+from ttcjax.io import bind_run_dir, finish_invocation
+root, job, locks = sys.argv[1], sys.argv[2], sys.argv[3]
+if locks == "nolocks":
+    def refuse(*args):
+        raise OSError(37, "No locks available")
+    fcntl.lockf = refuse
+while not os.path.exists(os.path.join(root, "go")):
+    time.sleep(0.001)
+for n in range({rounds}):
+    while not os.path.exists(os.path.join(root, f"go-{{n}}")):
+        time.sleep(0.0005)
+    out = os.path.join(root, f"run-{{n}}")
+    invocation = bind_run_dir(out, {{"questions": 8, "seed": 0}}, "sweep")
+    finish_invocation(out, float(job), invocation)
+    open(os.path.join(root, f"done-{{n}}-{{job}}"), "w").close()
+"""
+
+
+@pytest.mark.parametrize("locks", ["locks", "nolocks"])
+def test_jobs_that_bind_one_directory_at_once_all_bind_it_and_every_entry_is_logged_whole(tmp_path, locks):
+    import subprocess
+    import sys
+    import time
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(io.__file__)),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    jobs = [subprocess.Popen([sys.executable, "-c", BIND_AT_ONCE.format(rounds=ROUNDS), str(tmp_path), str(job),
+                              locks], env=env, stderr=subprocess.PIPE, text=True) for job in range(JOBS)]
+    try:
+        time.sleep(1.0)  # every job started and waiting
+        (tmp_path / "go").touch()
+        for n in range(ROUNDS):
+            (tmp_path / f"go-{n}").touch()
+            deadline = time.monotonic() + 60
+            while (len([p for p in os.listdir(tmp_path) if p.startswith(f"done-{n}-")]) < JOBS
+                   and all(j.poll() in (None, 0) for j in jobs) and time.monotonic() < deadline):
+                time.sleep(0.005)
+        errors = [j.communicate(timeout=60)[1] for j in jobs]
+    finally:
+        for j in jobs:
+            if j.poll() is None:
+                j.kill()
+    assert [j.returncode for j in jobs] == [0] * JOBS, [e[-1500:] for e in errors if e]
+    for n in range(ROUNDS):
+        out = tmp_path / f"run-{n}"
+        assert sorted(os.listdir(out)) == ["run_config.json", RUN_LOG_FILE]  # no lock or temporary file left
+        assert json.loads((out / "run_config.json").read_text()) == {"questions": 8, "seed": 0}
+        log = read_run_log(out)  # whole lines only
+        assert all("changed" not in e for e in log)  # nobody adopted another job's files as a foreign run
+        if locks == "nolocks":  # every file whole, but a job that binds in the same instant may lose an entry
+            assert 1 <= len(log) <= JOBS and all(e.get("seconds") in (None, *map(float, range(JOBS))) for e in log)
+            continue
+        assert len(log) == JOBS and len({e["invocation"] for e in log}) == JOBS  # nobody's entry lost
+        assert sorted(e["seconds"] for e in log) == [float(j) for j in range(JOBS)]  # each finished its own

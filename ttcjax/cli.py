@@ -18,7 +18,8 @@ Every command that runs a model also runs on several processes (`ttcjax.distribu
 nothing more; a GPU or CPU cluster starts the same command in each process with --coordinator HOST:PORT
 --num-processes N --process-id I (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, TTCJAX_PROCESS_ID). `sweep`,
 `experiment` and `demo` split the questions across processes and merge their shards; process 0 writes every
-shared file.
+shared file. They also run as independent jobs of an array over one out_dir (--job K/J, no coordinator): each
+searches its share, and the same command without --job merges them (docs/scale-out.md).
 
 `experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
@@ -50,6 +51,7 @@ from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, check_r
                                     read_config, run_experiment)
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
+from ttcjax.eval.shards import Job, check_job_rerun
 from ttcjax.eval.sweep import (SweepConfig, load_policy, revision_policy_dir, revision_verifier_name, run_sweep,
                                summary_markdown)
 from ttcjax.eval.verifier import evaluate_verifier
@@ -250,11 +252,10 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
-def _experiment(config, args: argparse.Namespace) -> int:
-    report = run_experiment(config, progress=not args.no_progress, rerun=_rerun(args))
-    if report is None:  # one of several processes: its share is written; process 0 writes the report
-        print(f"process {process_index()}: its share of the questions is written; process 0 writes the report.",
-              file=sys.stderr)
+def _experiment(config, args: argparse.Namespace, job: Job | None) -> int:
+    report = run_experiment(config, progress=not args.no_progress, rerun=_rerun(args), job=job)
+    if report is None:  # one of several processes, or a job: its share is written
+        _share_written(job, "the report")
         return 0
     opt = report["compute_optimal"]["oracle"]
     print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
@@ -265,6 +266,7 @@ def _experiment(config, args: argparse.Namespace) -> int:
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
+    job = _job(args)
     overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
                                         if getattr(args, key) is not None]
     config = read_config(args.config, overrides)
@@ -274,10 +276,11 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     print(f"ttcjax experiment: task {config.task['name']}, policy {config.policy}, verifier {config.verifier}.\n"
           f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
           file=sys.stderr)
-    return _experiment(config, args)
+    return _experiment(config, args, job)
 
 
 def cmd_demo(args: argparse.Namespace) -> int:
+    job = _job(args)
     overrides = list(args.overrides)
     for key in ("out_dir", "questions", "mesh"):
         if getattr(args, key) is not None:
@@ -292,7 +295,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
           f"the config: {path}).\n"
           f"Report: {config.out_dir}/summary.md (rerun the same command to resume an interrupted run).\n",
           file=sys.stderr)
-    return _experiment(config, args)
+    return _experiment(config, args, job)
 
 
 def _questions(args: argparse.Namespace, task) -> list:
@@ -493,13 +496,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
+    job = _job(args)
     overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
                                         if getattr(args, key) is not None]
     config = SweepConfig.from_dict(read_yaml(args.config, overrides), source=args.config)
-    summary = run_sweep(config, progress=not args.no_progress, rerun=_rerun(args))
-    if summary is None:  # one of several processes: its share is written; process 0 merges and summarizes
-        print(f"process {process_index()}: its share of the questions is written; process 0 writes the summary.",
-              file=sys.stderr)
+    summary = run_sweep(config, progress=not args.no_progress, rerun=_rerun(args), job=job)
+    if summary is None:  # one of several processes, or a job: its share is written
+        _share_written(job, "the summary")
         return 0
     print(summary_markdown(summary))
     return 0
@@ -562,6 +565,30 @@ def _rerun(args: argparse.Namespace) -> str:
     return "fresh" if args.fresh else "continue" if args.continue_run else "resume"
 
 
+def _job(args: argparse.Namespace) -> Job | None:
+    """The job of an array this invocation is (--job K/J), checked before any work; None for a plain run."""
+    job = None if args.job is None else Job.parse(args.job)
+    check_job_rerun(job, _rerun(args))
+    return job
+
+
+def _share_written(job: Job | None, result: str) -> None:
+    """What a process that writes no result says (a job's process 0 has said more: `ttcjax.eval.shards.job_done`)."""
+    if job is None:
+        print(f"process {process_index()}: its share of the questions is written; process 0 writes {result}.",
+              file=sys.stderr)
+    elif not is_writer():
+        print(f"process {process_index()} of job {job}: its share of the questions is written.", file=sys.stderr)
+
+
+def _add_job_flag(p: argparse.ArgumentParser) -> None:
+    """Independent jobs over one run directory (a job array; `ttcjax.eval.shards`)."""
+    p.add_argument("--job", metavar="K/J", help="run as job K of J independent jobs (a job array, K counted from 0, "
+                   "e.g. $SLURM_ARRAY_TASK_ID/8 with --array=0-7) sharing out_dir: search only this job's share of "
+                   "the questions and merge nothing; afterwards the same command without --job merges every job's "
+                   "share (docs/scale-out.md)")
+
+
 MESH_HELP = ("'auto' (every device on the data axis), 'none' (one device) or DATA,MODEL (e.g. 4,2); with several "
              "processes, sweep, experiment and demo build it from each process's own devices")
 
@@ -589,6 +616,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
                                                              "not fit the devices")
     _rerun_flags(exp)
+    _add_job_flag(exp)
     _add_process_flags(exp)
     exp.set_defaults(func=cmd_experiment)
     demo = sub.add_parser("demo", help="the paper's experiment on the built-in task with the shipped models "
@@ -603,6 +631,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
                                                               "fit the devices")
     _rerun_flags(demo)
+    _add_job_flag(demo)
     _add_process_flags(demo)
     demo.set_defaults(func=cmd_demo)
     run = sub.add_parser("run", help="answer questions with a saved compute-optimal scheduler (its policy, verifier, "
@@ -696,6 +725,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     sw.add_argument("--no-progress", action="store_true")
     _rerun_flags(sw)
+    _add_job_flag(sw)
     _add_process_flags(sw)
     sw.set_defaults(func=cmd_sweep)
     pl = sub.add_parser("plan", help="before a run: the memory each device needs for an experiment (or sweep) config, "

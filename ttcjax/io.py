@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import fcntl
 import functools
 import json
 import math
 import os
+import secrets
 import subprocess
 import sys
 import time
@@ -18,12 +20,17 @@ import yaml
 from ttcjax.version import __version__
 
 
+TEMPORARY = ".tmp-"  # in the name of a file `atomic_path` is writing
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike) -> Iterator[str]:
-    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed."""
+    """Yield a temporary path beside `path`; on success it replaces `path`, on error it is removed. The name is
+    unique to this call (not only to this process id, which another host of a shared file system may share)."""
     path = os.fspath(path)
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), f".{os.path.basename(path)}.tmp-{os.getpid()}")
+    tmp = os.path.join(os.path.dirname(os.path.abspath(path)),
+                       f".{os.path.basename(path)}{TEMPORARY}{os.getpid()}-{secrets.token_hex(4)}")
     try:
         yield tmp
         os.replace(tmp, path)
@@ -196,15 +203,60 @@ def _changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, lis
     return {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
 
 
+RUN_DIR_LOCK = ".run_dir.lock"  # held while run_config.json and run_log.jsonl are read and rewritten
+
+
+def _lock(path: str) -> int | None:
+    """An exclusive fcntl lock on the file `path` (made if absent): its descriptor, or None where the file system
+    has no locks. The holder removes the file on release, so a waiter that then gets the lock of a removed file
+    takes the new one instead."""
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.lockf(fd, fcntl.LOCK_EX)
+        except OSError:
+            os.close(fd)
+            return None
+        try:
+            if os.stat(path).st_ino == os.fstat(fd).st_ino:
+                return fd
+        except FileNotFoundError:
+            pass
+        os.close(fd)
+
+
+@contextlib.contextmanager
+def _run_dir_lock(out: str) -> Iterator[None]:
+    """Hold `out`'s lock while its run_config.json and run_log.jsonl are read and rewritten: jobs that start on one
+    run directory at once (a job array on a shared file system) bind it one after another, and none loses another's
+    log entry. On a file system without locks, as before: each file is still replaced whole, never torn."""
+    lock = os.path.join(out, RUN_DIR_LOCK)
+    fd = _lock(lock)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(FileNotFoundError):
+            os.remove(lock)
+        if fd is not None:
+            os.close(fd)
+
+
+def _files_in(out: str) -> list[str]:
+    """The files a run directory holds, without the lock and the temporary files of writes under way."""
+    return sorted(n for n in os.listdir(out) if n != RUN_DIR_LOCK and not (n.startswith(".") and TEMPORARY in n))
+
+
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
-                 write: bool = True) -> None:
+                 write: bool = True) -> str | None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
     to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
-    changed). A rerun with a different config or code version stops before any work, naming what differs, unless
-    `rerun` says what to do on purpose: "fresh" moves the earlier run aside (to OUT_DIR.before-TIME: nothing is
-    deleted) and starts anew; "continue" goes on in it with the new config, logging the keys that changed.
-    `write=False` (every process of a run but the one that writes shared files) makes the directory and, for a
-    plain resume, checks it; it moves, writes and logs nothing."""
+    changed, an id that `finish_invocation` finds it by). A rerun with a different config or code version stops
+    before any work, naming what differs, unless `rerun` says what to do on purpose: "fresh" moves the earlier run
+    aside (to OUT_DIR.before-TIME: nothing is deleted) and starts anew; "continue" goes on in it with the new config,
+    logging the keys that changed. Several invocations may bind one directory at once (the jobs of a job array):
+    they do it one after another, under the directory's lock. `write=False` (every process of a run but the one that
+    writes shared files) makes the directory and, for a plain resume, checks it; it moves, writes and logs nothing.
+    Returns the invocation's id (None with `write=False`)."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
@@ -218,52 +270,57 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
             raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
                              f"{sorted(differ)}); {flags}.")
         os.makedirs(out, exist_ok=True)
-        return
+        return None
     if rerun == "fresh" and os.path.isdir(out) and os.listdir(out):
         aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         while os.path.exists(aside):
             aside += "x"
         os.rename(out, aside)
         print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
-    code, changed = code_version(), {}
-    log = read_run_log(out) if os.path.isdir(out) else []
-    if os.path.exists(path):
-        changed = _changed(_bound_config(path), config)
-        made_by = log[-1].get("code", {}) if log else {}
-        other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
-        if (changed or other_code) and rerun != "continue":
-            what = [f"keys that differ: {sorted(changed)}"] if changed else []
-            if other_code:
-                what.append(f"made by {_code_name(made_by)}, this is {_code_name(code)}")
-            raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another "
-                             f"{'config' if changed else 'code version'} ({'; '.join(what)}); {flags}.")
-        if changed:
+    os.makedirs(out, exist_ok=True)
+    with _run_dir_lock(out):
+        code, changed = code_version(), {}
+        present = _files_in(out)  # once: where locks do nothing, another job may be binding it meanwhile
+        log = read_run_log(out)
+        if RUN_CONFIG_FILE in present:
+            changed = _changed(_bound_config(path), config)
+            made_by = log[-1].get("code", {}) if log else {}
+            other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
+            if (changed or other_code) and rerun != "continue":
+                what = [f"keys that differ: {sorted(changed)}"] if changed else []
+                if other_code:
+                    what.append(f"made by {_code_name(made_by)}, this is {_code_name(code)}")
+                raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another "
+                                 f"{'config' if changed else 'code version'} ({'; '.join(what)}); {flags}.")
+            if changed:
+                write_json(path, config)
+        else:
+            if present and rerun != "continue":
+                raise ValueError(f"{out_dir} holds files but no {RUN_CONFIG_FILE} (not a ttcjax run, or one made "
+                                 "before runs were bound to their config), so its results cannot be told apart from "
+                                 f"this config's; {flags}.")
+            if present:
+                changed = {"adopted": [None, present]}  # continued on purpose: what was there
             write_json(path, config)
-    else:
-        if os.path.isdir(out) and os.listdir(out) and rerun != "continue":
-            raise ValueError(f"{out_dir} holds files but no {RUN_CONFIG_FILE} (not a ttcjax run, or one made before "
-                             "runs were bound to their config), so its results cannot be told apart from this "
-                             f"config's; {flags}.")
-        if os.path.isdir(out) and os.listdir(out):
-            changed = {"adopted": [None, sorted(os.listdir(out))]}  # continued on purpose: what was there
-        os.makedirs(out, exist_ok=True)
-        write_json(path, config)
-    entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command, "rerun": rerun,
-             "code": code}
-    if changed:
-        entry["changed"] = changed  # key: [before, now], continued on purpose
-    write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
+        entry = {"time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "command": command, "rerun": rerun,
+                 "code": code, "invocation": secrets.token_hex(8)}
+        if changed:
+            entry["changed"] = changed  # key: [before, now], continued on purpose
+        write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
+    return entry["invocation"]
 
 
-def finish_invocation(out_dir: str | os.PathLike, seconds: float) -> dict[str, Any]:
-    """Record that this invocation (the run log's last entry) finished after `seconds`, and return the totals over
-    every invocation: how many, how many were interrupted (no time recorded: killed or failed), the seconds of the
-    finished ones."""
+def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: str | None = None) -> dict[str, Any]:
+    """Record that the invocation `invocation` (the id `bind_run_dir` returned; by default the run log's last entry)
+    finished after `seconds`, and return the totals over every invocation: how many, how many were interrupted (no
+    time recorded: killed, failed, or still running), the seconds of the finished ones."""
     out = os.fspath(out_dir)
-    log = read_run_log(out)
-    if log:
-        log[-1]["seconds"] = seconds
-        write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+    with _run_dir_lock(out):
+        log = read_run_log(out)
+        mine = [e for e in log if e.get("invocation") == invocation] if invocation else log[-1:]
+        if mine:
+            mine[-1]["seconds"] = seconds
+            write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
     timed = [e["seconds"] for e in log if isinstance(e.get("seconds"), (int, float))]
     return {"invocations": len(log), "interrupted_invocations": len(log) - len(timed), "seconds": sum(timed)}
 

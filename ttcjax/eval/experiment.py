@@ -30,6 +30,12 @@ On several processes (`--coordinator HOST:PORT --num-processes P --process-id p`
 samples and searches its share of the questions (whole batches: the same draws as one process) on its own
 devices, writing shards; process 0 then merges them, checking every question is there once, and does stage 3,
 the FLOPs exchange and the report, so the files equal one process's.
+
+As one of J independent jobs over the same run directory (`--job K/J`: a job array, no coordinator), the
+experiment samples and searches its share of the questions (difficulty samples, every search cell, the larger
+model's answers) into shards of its own and stops before the difficulty bins, which need every question; a later
+run without --job samples and searches nothing there, merges every job's shards (naming the jobs whose share is
+missing) and goes on to stage 3, the FLOPs exchange and the report (docs/scale-out.md).
 """
 
 from __future__ import annotations
@@ -53,9 +59,9 @@ from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload
 from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
-from ttcjax.eval.shards import merge, run_batches
-from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, load_policy, load_revision_models,
-                               plan_cells, process_mesh, revision_role, search_grid)
+from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, run_batches
+from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, grid_files, load_policy,
+                               load_revision_models, plan_cells, process_mesh, revision_role, search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
@@ -192,14 +198,19 @@ def check_run(config: ExperimentConfig) -> None:
     check_output_dir(config.out_dir)
 
 
-def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str = "resume") -> dict | None:
+def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str = "resume",
+                   job: Job | None = None) -> dict | None:
     """The experiment, resumable; its report. With several processes each samples and searches its share of the
     questions on its own devices (`ttcjax.eval.shards`: difficulty samples, every search cell, the larger model's
-    answers), then process 0 merges the shares, selects and writes the report (the others return None)."""
+    answers), then process 0 merges the shares, selects and writes the report (the others return None). One job of
+    an array (`job`) samples and searches its share of every stage, writes its shards and returns None: the
+    difficulty bins and all that follows need every question. A run without a job then merges every job's shards
+    (sampling and searching nothing) and goes on to the selection and the report."""
     started = time.perf_counter()
     out = config.out_dir
+    check_job_rerun(job, rerun)
     check_run(config)
-    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
+    invocation = bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
     task = config.make_task()
     settings = config.search.for_task(task)
     mesh = process_mesh(config.mesh)
@@ -213,10 +224,22 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
                          f"{config.bins} difficulty bins; lower bins or raise questions.")
     log = (lambda msg: print(msg, file=sys.stderr)) if progress and is_writer() else (lambda msg: None)
     stages = 4 if config.large_policy else 3
+    difficulty_path = os.path.join(out, "difficulty.jsonl")
+    results_dir = os.path.join(out, "results")
+    large_path = os.path.join(out, "large_policy.jsonl")
+    cells = plan_cells(config.strategies, config.budgets)
+    # where jobs wrote the stages, a run without a job merges their shares and samples and searches nothing
+    counts = () if job is not None else job_counts([difficulty_path, large_path,
+                                                    *grid_files(cells, verifier, results_dir)])
+    if counts:
+        log(f"merging the shards of the jobs (arrays of {', '.join(map(str, counts))}): nothing is sampled or "
+            "searched")
+    share = f" (job {job}'s share)" if job is not None else ""
+    stage_log = log if not counts else (lambda msg: None)
 
     # 1. difficulty ------------------------------------------------------------------------------------
-    difficulty_path = os.path.join(out, "difficulty.jsonl")
-    log(f"[1/{stages}] difficulty: {config.difficulty_samples} samples per question for {len(problems)} questions")
+    stage_log(f"[1/{stages}] difficulty: {config.difficulty_samples} samples per question for {len(problems)} "
+              "questions" + share)
     t0 = time.perf_counter()
 
     def difficulty(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
@@ -229,20 +252,20 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
                  "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))}
                 for p, ts, value in zip(batch, texts, predicted)]
 
-    run_batches(difficulty_path, problems, max(1, SAMPLE_ROWS // config.difficulty_samples), difficulty)
-    log(f"      {time.perf_counter() - t0:.0f} s")
+    difficulty_batch = max(1, SAMPLE_ROWS // config.difficulty_samples)
+    if not counts:
+        run_batches(difficulty_path, problems, difficulty_batch, difficulty, job=job)
+    stage_log(f"      {time.perf_counter() - t0:.0f} s")
 
     # 2. search every strategy at every budget -------------------------------------------------------------
-    cells = plan_cells(config.strategies, config.budgets)
-    log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions")
-    results_dir = os.path.join(out, "results")
-    search_grid(cells, task, problems, engine, verifier, tok, results_dir, settings=settings, seed=config.seed,
-                rows_per_batch=config.rows_per_batch, progress=progress, revision=revision)
+    stage_log(f"[2/{stages}] search: {len(cells)} (strategy, budget) cells x {len(problems)} questions" + share)
+    if not counts:
+        search_grid(cells, task, problems, engine, verifier, tok, results_dir, settings=settings, seed=config.seed,
+                    rows_per_batch=config.rows_per_batch, progress=progress, revision=revision, job=job)
 
     # 3. the larger model's greedy answers (the FLOPs exchange compares them with search) ----------------------
-    large_path = os.path.join(out, "large_policy.jsonl")
     if config.large_policy:
-        log(f"[3/{stages}] the larger model, greedy")
+        stage_log(f"[3/{stages}] the larger model, greedy" + share)
         large_engine, large_tok, large_dir = load_policy(config.large_policy, mesh)
         if large_tok.vocab_size != tok.vocab_size:
             raise ValueError(f"large_policy {large_dir}: its tokenizer differs from the policy's.")
@@ -254,18 +277,23 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
             return [{"id": p.id, "correct": task.is_correct(p, task.extract_answer(t[0]))}
                     for p, t in zip(batch, texts)]
 
-        run_batches(large_path, problems, SAMPLE_ROWS, greedy)
+        if not counts:
+            run_batches(large_path, problems, SAMPLE_ROWS, greedy, job=job)
 
     barrier("ttcjax-experiment")  # every process's share written: one process merges and reports
-    if not is_writer():
+    if job is not None and is_writer():
+        finish_invocation(out, time.perf_counter() - started, invocation)
+        print(job_done("experiment", job, out, "the difficulty bins (and the selection and report after them)"),
+              file=sys.stderr)
+    if job is not None or not is_writer():
         return None
-    diff = merge(difficulty_path, problems)
+    diff = merge(difficulty_path, problems, difficulty_batch, counts)
     signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
     predicted = np.array([d["predicted"] for d in diff])
     oracle_levels, oracle_edges = difficulty_levels(pass_rate, config.bins, seed=config.seed)
     predicted_levels, predicted_edges = difficulty_levels(predicted, config.bins, seed=config.seed)
-    grid = collect_grid(cells, problems, verifier, results_dir)
+    grid = collect_grid(cells, problems, verifier, results_dir, config.rows_per_batch, counts)
 
     # compute-optimal selection ---------------------------------------------------------------------------
     log(f"[{stages}/{stages}] compute-optimal selection ({config.folds}-fold cross-validation inside each bin)"
@@ -300,7 +328,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     large_params, large_correct, exchange = None, None, []
     if config.large_policy:
         large_params = large_engine.config.num_params()
-        large_correct = np.array([r["correct"] for r in merge(large_path, problems)], int)
+        large_correct = np.array([r["correct"] for r in merge(large_path, problems, SAMPLE_ROWS, counts)], int)
         sel = selections["oracle"]["selection"]
         for ratio in PAPER_RATIOS:
             budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)
@@ -328,7 +356,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
 
     # a rerun reuses finished work: the totals count every invocation of this run directory (run_log.jsonl)
-    report["invocations"] = finish_invocation(out, report["seconds"])
+    report["invocations"] = finish_invocation(out, report["seconds"], invocation)
     report["seconds_total"] = report["invocations"]["seconds"]
     findings = analyze(report)
     report["findings"] = findings.to_dict()

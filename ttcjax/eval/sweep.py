@@ -15,6 +15,11 @@ results/<cell>.jsonl, checking that every question is there exactly once, and wr
 (`ttcjax.eval.shards`). The files equal a single process's: a batch draws the same whoever runs it. A rerun,
 with any number of processes, resumes from the file and every shard.
 
+As one of J independent jobs over the same run directory (`ttcjax sweep --job K/J`: a job array, no coordinator),
+the sweep searches batches K, K + J, ... of every cell into results/<cell>.job-K-of-J[.shard-p-of-P].jsonl and
+merges nothing; a later `ttcjax sweep` without --job searches nothing there, merges every job's shards (naming the
+jobs whose share is missing) and writes the summary (docs/scale-out.md).
+
 Best-of-N is sampled once per budget: its selection rules (weighted, vanilla, majority) are applied to the
 same candidates (`by_selection` in each record), so they differ only in how they choose.
 
@@ -43,7 +48,7 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
 from ttcjax.distributed import barrier, is_writer
-from ttcjax.eval.shards import merge, my_questions, run_batches
+from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, my_questions, run_batches
 from ttcjax.io import atomic_path, bind_run_dir, bound_fields, check_options, finish_invocation, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
@@ -269,10 +274,12 @@ class SweepConfig:
 
 
 def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: Engine, verifier: Verifier,
-             tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None) -> None:
-    """Search this process's batches of `problems` with the cell's strategy, appending one record per problem to
-    `path` (JSONL; with several processes, this process's shard of it) after each batch; problems already written
-    are not searched again (`ttcjax.eval.shards.run_batches`). `merge` then reads the cell's records.
+             tokenizer, path: str, *, settings: SearchSettings, seed: int, rows_per_batch: int, bar=None,
+             job: Job | None = None) -> None:
+    """Search this process's batches of `problems` (of `job`'s share, for one job of an array) with the cell's
+    strategy, appending one record per problem to `path` (JSONL; with several processes or a job, this process's
+    shard of it) after each batch; problems already written are not searched again
+    (`ttcjax.eval.shards.run_batches`). `merge` then reads the cell's records.
 
     Batches are fixed by the problem list (rows_per_batch // rows per question each) and a batch's random key
     depends on the cell and its first question only, so a resumed cell, or one split across processes, draws
@@ -308,7 +315,12 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
             records.append(record)
         return records
 
-    run_batches(path, problems, max(1, rows_per_batch // strategy.rows), work, bar=bar)
+    run_batches(path, problems, cell_batch(cell, rows_per_batch), work, bar=bar, job=job)
+
+
+def cell_batch(cell: Cell, rows_per_batch: int) -> int:
+    """Questions per batch of a cell: as many as fill `rows_per_batch` rows (at least one)."""
+    return max(1, rows_per_batch // cell.strategy.rows)
 
 
 def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
@@ -376,23 +388,30 @@ def cell_file(cell: Cell, verifier: Verifier) -> tuple[Cell, str]:
 
 
 def grid_questions(cells: Sequence[Cell], verifier: Verifier, problems: Sequence[ProblemRecord],
-                   rows_per_batch: int) -> int:
+                   rows_per_batch: int, job: Job | None = None) -> int:
     """The questions this process searches over the grid's distinct cells (what its progress bar counts)."""
     runs = {cell_file(c, verifier)[0] for c in cells}
-    return sum(my_questions(len(problems), max(1, rows_per_batch // c.strategy.rows)) for c in runs)
+    return sum(my_questions(len(problems), cell_batch(c, rows_per_batch), job) for c in runs)
+
+
+def grid_files(cells: Sequence[Cell], verifier: Verifier, results_dir: str) -> list[str]:
+    """The results file of each distinct cell the grid runs."""
+    return list(dict.fromkeys(os.path.join(results_dir, cell_file(c, verifier)[1]) for c in cells))
 
 
 def search_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
                 verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
-                rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> None:
-    """This process's share of every cell on every problem (`run_cell`), best-of-N sampled once per budget;
-    results in results_dir/<cell>.jsonl (or this process's shards of them). Revision cells run `revision`'s model
-    and verifier (their costs are theirs), every other cell `engine` and `verifier`."""
+                rows_per_batch: int, progress: bool = True, revision: Models | None = None,
+                job: Job | None = None) -> None:
+    """This process's share (of `job`'s share, for one job of an array) of every cell on every problem
+    (`run_cell`), best-of-N sampled once per budget; results in results_dir/<cell>.jsonl (or this process's shards
+    of them). Revision cells run `revision`'s model and verifier (their costs are theirs), every other cell
+    `engine` and `verifier`."""
     if revision is None and any(isinstance(c.strategy, Revisions) for c in cells):
         raise ValueError("run_grid: revision cells need the revision model and verifier (revision=Models(...)); "
                          "set revision_policy in the config.")
     os.makedirs(results_dir, exist_ok=True)
-    bar = tqdm(total=grid_questions(cells, verifier, problems, rows_per_batch), desc="search", unit="question",
+    bar = tqdm(total=grid_questions(cells, verifier, problems, rows_per_batch, job), desc="search", unit="question",
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
     ran: set[str] = set()
     for cell in cells:
@@ -402,21 +421,23 @@ def search_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRec
         ran.add(name)
         role = revision if isinstance(cell.strategy, Revisions) else Models(engine, verifier)
         run_cell(run, task, problems, role.engine, role.verifier, tokenizer, os.path.join(results_dir, name),
-                 settings=settings, seed=seed, rows_per_batch=rows_per_batch, bar=bar)
+                 settings=settings, seed=seed, rows_per_batch=rows_per_batch, bar=bar, job=job)
         release_compiled_programs_when_crowded()
     bar.close()
 
 
-def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verifier: Verifier,
-                 results_dir: str) -> GridResult:
+def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verifier: Verifier, results_dir: str,
+                 rows_per_batch: int | None = None, counts: Sequence[int] = ()) -> GridResult:
     """Every cell's records merged (`ttcjax.eval.shards.merge`: each problem exactly once, in problem order, in
-    results_dir/<cell>.jsonl) and read into a GridResult. One process calls it, once every process's share is
-    written."""
+    results_dir/<cell>.jsonl) and read into a GridResult. One process calls it, once every process's (and job's)
+    share is written; with `rows_per_batch`, a question missing where jobs wrote (job counts `counts`, or those of
+    the shards on disk) names the jobs to rerun."""
     out = GridResult({}, {}, {}, {})
     for cell in cells:
         key = (cell.spec.name, cell.budget)
-        _, name = cell_file(cell, verifier)
-        records = merge(os.path.join(results_dir, name), problems)
+        run, name = cell_file(cell, verifier)
+        per_batch = cell_batch(run, rows_per_batch) if rows_per_batch is not None else None
+        records = merge(os.path.join(results_dir, name), problems, per_batch, counts)
         if cell.spec.kind == BestOfN.kind:
             out.correct[key] = np.array([r["by_selection"][cell.strategy.selection] for r in records], int)
         else:
@@ -429,13 +450,20 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
 
 def run_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
              verifier: Verifier, tokenizer, results_dir: str, *, settings: SearchSettings, seed: int,
-             rows_per_batch: int, progress: bool = True, revision: Models | None = None) -> GridResult | None:
+             rows_per_batch: int, progress: bool = True, revision: Models | None = None,
+             job: Job | None = None) -> GridResult | None:
     """Every cell on every problem (`search_grid`), then, once every process's share is written, the merged
-    results (`collect_grid`) on process 0; None on the other processes."""
-    search_grid(cells, task, problems, engine, verifier, tokenizer, results_dir, settings=settings, seed=seed,
-                rows_per_batch=rows_per_batch, progress=progress, revision=revision)
+    results (`collect_grid`) on process 0; None on the other processes. One job of an array (`job`) searches its
+    share and merges nothing (None). Where jobs wrote the grid, a run without a job searches nothing: it merges
+    their shares (naming the jobs whose share is missing)."""
+    counts = () if job is not None else job_counts(grid_files(cells, verifier, results_dir))
+    if not counts:
+        search_grid(cells, task, problems, engine, verifier, tokenizer, results_dir, settings=settings, seed=seed,
+                    rows_per_batch=rows_per_batch, progress=progress, revision=revision, job=job)
     barrier("ttcjax-grid")
-    return collect_grid(cells, problems, verifier, results_dir) if is_writer() else None
+    if job is not None or not is_writer():
+        return None
+    return collect_grid(cells, problems, verifier, results_dir, rows_per_batch, counts)
 
 
 # ---- the sweep command ------------------------------------------------------------------------------------
@@ -481,13 +509,16 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
     return load_revision_models(config.revision_policy, config.revision_verifier, tokenizer, mesh)
 
 
-def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume") -> dict | None:
+def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume", job: Job | None = None) -> dict | None:
     """The sweep, resumable; its summary. With several processes each searches its share of the questions on its
-    own devices (`ttcjax.eval.shards`) and process 0 merges and summarizes (the others return None)."""
+    own devices (`ttcjax.eval.shards`) and process 0 merges and summarizes (the others return None). One job of an
+    array (`job`) searches its share, writes its shards and returns None; then a run without a job merges every
+    job's shards (searching nothing) and summarizes."""
     started = time.perf_counter()
+    check_job_rerun(job, rerun)
     check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
     check_positions(config, "sweep")
-    bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer())
+    invocation = bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer())
     task = config.make_task()
     engine, tokenizer, _ = load_policy(config.policy, process_mesh(config.mesh))
     settings = config.search.for_task(task)
@@ -500,11 +531,14 @@ def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume")
     cells = plan_cells(config.strategies, config.budgets)
     grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,
-                    progress=progress, revision=revision)
+                    progress=progress, revision=revision, job=job)
+    if job is not None and is_writer():
+        finish_invocation(config.out_dir, time.perf_counter() - started, invocation)
+        print(job_done("sweep", job, config.out_dir, "the summary"), file=sys.stderr)
     if grid is None:
         return None
     summary = summarize(config.to_dict(), problems, grid)
-    summary["invocations"] = finish_invocation(config.out_dir, time.perf_counter() - started)
+    summary["invocations"] = finish_invocation(config.out_dir, time.perf_counter() - started, invocation)
     write_json(os.path.join(config.out_dir, "summary.json"), summary)
     with atomic_path(os.path.join(config.out_dir, "summary.md")) as tmp, open(tmp, "w") as f:
         f.write(summary_markdown(summary))
