@@ -55,7 +55,7 @@ from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_lev
                                    overall, select_strategies)
 from ttcjax.eval.shards import merge, run_batches
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, load_policy, load_revision_models,
-                               plan_cells, process_mesh, revision_role, search_grid)
+                               check_verifiers, plan_cells, process_mesh, revision_role, run_problems, search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
@@ -92,6 +92,9 @@ class ExperimentConfig(SweepConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.questions is not None and self.questions < self.bins:
+            raise ValueError(f"{source}: questions={self.questions} cannot fill bins={self.bins} difficulty bins; "
+                             "lower bins or raise questions.")
         has_baseline = any(s.effective() == BASELINE.effective() for s in self.strategies)
         if not has_baseline and not is_verifier_free(self.verifier):
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
@@ -182,11 +185,13 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
 
 
 def check_run(config: ExperimentConfig) -> None:
-    """What a run needs besides its config's own fields, checked before its directory is made: the models it names
-    and a writable out_dir."""
+    """What a run needs besides its config's own fields, checked before its directory is made: the models it names,
+    a mesh its devices hold and a writable out_dir."""
     for field in ("policy", "large_policy"):
         if getattr(config, field) is not None:
             check_model_name("policy", getattr(config, field), field, "experiment")
+    check_verifiers(config, "experiment")
+    process_mesh(config.mesh)  # a mesh this process's devices cannot hold
     check_positions(config, "experiment", [("max_new_tokens", config.max_new_tokens, field, getattr(config, field))
                                            for field in ("policy", "large_policy") if getattr(config, field)])
     check_output_dir(config.out_dir)
@@ -199,18 +204,18 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     started = time.perf_counter()
     out = config.out_dir
     check_run(config)
-    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
     task = config.make_task()
-    settings = config.search.for_task(task)
+    problems = run_problems(config, task)
+    if len(problems) < config.bins:
+        raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
+                         f"{config.bins} difficulty bins; lower bins or raise questions.")
     mesh = process_mesh(config.mesh)
+    bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
+    settings = config.search.for_task(task)
     engine, tok, _ = load_policy(config.policy, mesh)
     step_end(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     revision = revision_role(config, tok, engine.mesh)  # revision cells run the revision model and its verifier
-    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
-    if len(problems) < config.bins:
-        raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
-                         f"{config.bins} difficulty bins; lower bins or raise questions.")
     log = (lambda msg: print(msg, file=sys.stderr)) if progress and is_writer() else (lambda msg: None)
     stages = 4 if config.large_policy else 3
 
@@ -259,7 +264,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     barrier("ttcjax-experiment")  # every process's share written: one process merges and reports
     if not is_writer():
         return None
-    diff = merge(difficulty_path, problems)
+    diff = merge(difficulty_path, problems, fields=("pass_rate", "signal", "predicted"))
     signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
     predicted = np.array([d["predicted"] for d in diff])
@@ -300,7 +305,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     large_params, large_correct, exchange = None, None, []
     if config.large_policy:
         large_params = large_engine.config.num_params()
-        large_correct = np.array([r["correct"] for r in merge(large_path, problems)], int)
+        large_correct = np.array([r["correct"] for r in merge(large_path, problems, fields=("correct",))], int)
         sel = selections["oracle"]["selection"]
         for ratio in PAPER_RATIOS:
             budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)
