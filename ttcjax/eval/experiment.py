@@ -92,9 +92,6 @@ class ExperimentConfig(SweepConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
-        if self.questions is not None and self.questions < self.bins:
-            raise ValueError(f"{source}: questions={self.questions} cannot fill bins={self.bins} difficulty bins; "
-                             "lower bins or raise questions.")
         has_baseline = any(s.effective() == BASELINE.effective() for s in self.strategies)
         if not has_baseline and not is_verifier_free(self.verifier):
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
@@ -186,11 +183,14 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
 
 def check_run(config: ExperimentConfig) -> None:
     """What a run needs besides its config's own fields, checked before its directory is made: the models it names,
-    a mesh its devices hold and a writable out_dir."""
+    enough questions for its bins, a mesh its devices hold and a writable out_dir."""
     for field in ("policy", "large_policy"):
         if getattr(config, field) is not None:
             check_model_name("policy", getattr(config, field), field, "experiment")
     check_verifiers(config, "experiment")
+    if config.questions is not None and config.questions < config.bins:  # the split may hold fewer: checked on reading
+        raise ValueError(f"experiment: questions={config.questions} cannot fill bins={config.bins} difficulty bins; "
+                         "lower bins or raise questions.")
     process_mesh(config.mesh)  # a mesh this process's devices cannot hold
     check_positions(config, "experiment", [("max_new_tokens", config.max_new_tokens, field, getattr(config, field))
                                            for field in ("policy", "large_policy") if getattr(config, field)])
