@@ -37,6 +37,50 @@ def test_convert_never_overwrites_a_checkpoint_without_the_flag(ckpt, tmp_path, 
     assert main(["convert", str(ckpt), str(tmp_path / "hf"), "--to", "hf", "--overwrite"]) == 0
 
 
+def test_convert_replaces_a_checkpoint_of_the_other_format_only_on_purpose_and_whole(ckpt, tmp_path, capsys):
+    import numpy as np
+
+    from ttcjax.checkpoints.hf import save_hf_model
+    from ttcjax.checkpoints.native import load_any
+
+    other = init_model(TINY, seed=1)
+    save_hf_model(other, tmp_path / "other")
+    (ckpt / "tokenizer.json").write_text("{}")  # beside the checkpoint, kept
+    before = {p: (ckpt / p).read_bytes() for p in ("ttcjax_config.json", "tokenizer.json")}
+    capsys.readouterr()
+    assert main(["convert", str(tmp_path / "other"), str(ckpt), "--to", "hf"]) == 2
+    one_error_line(capsys, "already holds a checkpoint", "ttcjax_config.json", "params", "--overwrite")
+    assert {p: (ckpt / p).read_bytes() for p in before} == before
+    assert main(["convert", str(tmp_path / "other"), str(ckpt), "--to", "hf", "--overwrite"]) == 0
+    # the ttcjax checkpoint is gone with the swap (a loader would prefer it), the tokenizer is kept
+    assert sorted(os.listdir(ckpt)) == ["config.json", "model.safetensors", "tokenizer.json"]
+    np.testing.assert_array_equal(np.asarray(load_any(ckpt).embedding[...]), np.asarray(other.embedding[...]))
+
+
+def test_json_printed_to_stdout_is_strict_even_where_a_number_is_not_finite(tmp_path, capsys, monkeypatch):
+    from ttcjax import cli
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    nan = float("nan")
+    monkeypatch.setattr(cli, "train_policy", lambda config, **kwargs: {
+        "step": 3, "finished": False, "wall_seconds_this_run": 1.0, "last_train_metrics": {"loss": nan},
+        "validation": {"loss": float("inf")}})
+    config = tmp_path / "policy.yaml"
+    config.write_text(yaml.safe_dump({"out_dir": str(tmp_path / "run"), "model_config": TINY.to_dict()}))
+    assert main(["train", "policy", "--config", str(config)]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert printed["last_train_metrics"] == {"loss": None} and printed["validation"] == {"loss": None}
+    report = {"accuracy": nan, "seconds": 2.0, "compute_optimal": {"oracle": {
+        "cv_accuracy": {"4": nan}, "best_of_n_weighted": {"4": 0.5}, "efficiency": float("-inf")}}}
+    monkeypatch.setattr(cli, "run_experiment", lambda config, **kwargs: report)
+    assert main(["demo", "--out-dir", str(tmp_path / "demo"), "--skip-plan"]) == 0
+    printed = json.loads(capsys.readouterr().out, parse_constant=refuse)
+    assert printed["accuracy"] is None and printed["compute_optimal_cv"] == {"4": None}
+    assert printed["efficiency"] is None
+
+
 @pytest.mark.parametrize("flags, words", [
     (["--n", "0"], ["n=0", ">= 1"]),
     (["--max-new-tokens", "-1"], ["max_new_tokens=-1"]),

@@ -63,6 +63,10 @@ class Case:
     def yaml(self, name: str, data) -> str:
         return self.write(name, yaml.safe_dump(data))
 
+    def directory(self, name: str) -> str:
+        (self.tmp / name).mkdir()
+        return self.path(name)
+
     # ---- each command's argv, from a good config made bad by `changes` / `flags` ----
 
     def sweep(self, *overrides, **changes):
@@ -180,6 +184,23 @@ CLI_CASES = [
     ("sweep-override-no-key", lambda c: c.sweep("=5"), ["override '=5'", "key=value"]),
     ("sweep-override-no-equals", lambda c: c.sweep("questions"), ["override 'questions'", "key=value"]),
     ("sweep-override-into-scalar", lambda c: c.sweep("questions.x=1"), ["questions is not a mapping"]),
+    # found before the run directory is bound (it was once bound to a config that could not run)
+    ("sweep-split-unknown", lambda c: c.sweep("split=nosuch"), ["sweep.yaml", "no split 'nosuch'"]),
+    ("sweep-mesh-beyond-devices", lambda c: c.sweep("mesh=5,5"), ["mesh 5x5 needs 25 devices"]),
+    ("sweep-verifier-unknown", lambda c: c.sweep("verifier=nosuch"), ["verifier='nosuch'", "no shipped prm"]),
+    ("sweep-revision-verifier-unknown", lambda c: c.sweep("revision_verifier=nosuch"),
+     ["revision_verifier='orm:nosuch'", "no shipped orm"]),
+    ("sweep-public-verifier-missing", lambda c: c.sweep(f"verifier=rlhflow:{c.path('nope')}"),
+     ["verifier='rlhflow:", "nope: no such checkpoint directory"]),
+    ("sweep-seed-word", lambda c: c.sweep("seed=abc"), ["sweep.yaml", "seed='abc'", "integer"]),
+    ("sweep-jsonl-path-empty-directory", lambda c: c.sweep(f"task={{name: jsonl, path: {c.directory('data')}}}"),
+     ["data/test.jsonl not found"]),
+    ("experiment-split-unknown", lambda c: c.experiment("split=nosuch"), ["no split 'nosuch'"]),
+    ("experiment-mesh-beyond-devices", lambda c: c.experiment("mesh=5,5", "--skip-plan"), ["mesh 5x5"]),
+    ("experiment-verifier-unknown", lambda c: c.experiment("verifier=nosuch"), ["verifier='nosuch'"]),
+    ("experiment-seed-word", lambda c: c.experiment("seed=abc"), ["seed='abc'"]),
+    ("experiment-bins-over-questions", lambda c: c.experiment("questions=3"), ["questions=3", "bins=5"]),
+    ("train-mesh-beyond-devices", lambda c: c.train_policy(mesh="5,5"), ["mesh 5x5"]),
     # experiment / demo / plan read the same fields and their own
     ("experiment-probe-samples-negative", lambda c: c.experiment("probe_samples=-1"), ["probe_samples=-1", ">= 1"]),
     ("experiment-bins-0", lambda c: c.experiment("bins=0"), ["bins=0"]),
@@ -214,6 +235,9 @@ CLI_CASES = [
      ["num_kv_heads=3"]),
     ("train-model-config-typo", lambda c: c.train_policy(model_config={**TINY.to_dict(), "layers": 2}),
      ["unknown model config field", "layers"]),
+    ("train-model-config-switch-string", lambda c: c.train_policy(model_config={**TINY.to_dict(),
+                                                                                "tie_word_embeddings": "no"}),
+     ["tie_word_embeddings='no'", "true or false"]),
     ("train-unknown-key", lambda c: c.train_policy(learning_rate=1), ["policy.yaml", "learning_rate"]),
     ("train-out-dir-is-file", lambda c: c.train_policy(out_dir=c.file), ["out_dir", "is a file"]),
     ("train-prm-samples-0", lambda c: c.train_prm(samples=0), ["samples and rollouts", ">= 1"]),
@@ -259,6 +283,8 @@ CLI_CASES = [
     ("generate-config-temperature-word", lambda c: c.generate_config(temperature="hot"), ["temperature='hot'"]),
     ("generate-config-seed-word", lambda c: c.generate_config(seed="a"), ["seed='a'"]),
     ("generate-config-n-string", lambda c: c.generate_config(n="4"), ["n='4'"]),
+    ("generate-config-overwrite-string", lambda c: c.generate_config(overwrite="false", output=c.file),
+     ["overwrite='false'", "true or false"]),
     ("generate-model-config-word", lambda c: ["generate", "--config", c.yaml("g.yaml", {
         "model_config": {"hidden_size": "x"}, "tokenizer": "char", "prompts": ["x"]})], ["hidden_size='x'"]),
     ("generate-vocab-too-small", lambda c: ["generate", "--config", c.yaml("g.yaml", {
@@ -319,6 +345,13 @@ CLI_CASES = [
      ["m.gguf", "unreadable GGUF"]),
     ("init-model-num-layers-0", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": {
         "num_layers": 0}}), "--out", c.path("m")], ["m.yaml", "num_layers=0"]),
+    ("init-model-bias-string", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": {
+        **TINY.to_dict(), "qkv_bias": "false"}}), "--out", c.path("m")], ["m.yaml", "qkv_bias='false'"]),
+    ("init-model-sliding-layers-words", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": {
+        **TINY.to_dict(), "sliding_window": 4, "sliding_layers": ["no"]}}), "--out", c.path("m")],
+     ["sliding_layers=['no']", "true or false"]),
+    ("convert-hf-over-a-ttcjax-checkpoint", lambda c: ["convert", c.models.hf, c.ckpt, "--to", "hf"],
+     ["already holds a checkpoint", "ttcjax_config.json", "--overwrite"]),
     ("init-model-exists", lambda c: ["init-model", "--config", c.yaml("m.yaml", {"model_config": TINY.to_dict()}),
                                      "--out", c.ckpt], ["already holds", "overwrite"]),
     # one job of a job array: K/J, job K of J counted from 0
@@ -344,19 +377,59 @@ def test_a_bad_command_is_one_line_and_touches_nothing(models, tmp_path, capsys,
     assert snapshot(models.native) == native
 
 
+@pytest.mark.parametrize("overrides, words", [
+    (lambda c: [f"task={{name: jsonl, path: {c.directory('data')}}}"], ["data/test.jsonl not found"]),
+    (lambda c: [f"task={{name: jsonl, path: {c.write('q.jsonl', TWO_QUESTIONS)}}}", "questions=null"],
+     ["2 questions", "cannot fill 5 difficulty bins"]),
+], ids=["jsonl-path-empty-directory", "bins-over-the-split"])
+def test_an_experiment_whose_questions_cannot_run_stops_before_its_directory_is_bound(models, tmp_path, capsys,
+                                                                                    overrides, words):
+    """What only reading the questions tells (after the banner): the last line, and the run directory not made."""
+    case = Case(tmp_path, models)
+    argv = case.experiment(*overrides(case), "--skip-plan")
+    before = snapshot(tmp_path)
+    capsys.readouterr()
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert "Traceback" not in err and err.splitlines()[-1].startswith("ttcjax experiment: error:"), err
+    assert all(word in err.splitlines()[-1] for word in words), err
+    assert snapshot(tmp_path) == before
+
+
+TWO_QUESTIONS = '{"question": "1+1", "answer": "2"}\n{"question": "2+2", "answer": "4"}\n'
+
+
 def _api_cases():
     from ttcjax.checkpoints.chat_template import render_chat_template
+    from ttcjax.checkpoints.native import checkpoint_config
     from ttcjax.decoding.engine import Sampling
     from ttcjax.eval.experiment import ExperimentConfig
+    from ttcjax.eval.shards import merge
     from ttcjax.eval.sweep import SweepConfig
     from ttcjax.io import bind_run_dir
     from ttcjax.models import ModelConfig
     from ttcjax.search.strategies import StrategySpec
+    from ttcjax.tasks.base import ProblemRecord
     from ttcjax.training.loop import OptimConfig
+    from ttcjax.training.revisions import load_revision_settings
+    from ttcjax.verifiers.reward_model import load_prm
 
     def bound_then_other(tmp):
         bind_run_dir(tmp / "run", {"lr": 1}, "train policy")
         bind_run_dir(tmp / "run", {"lr": 2}, "train policy")
+
+    def written(tmp, name: str, data) -> str:
+        """`tmp`, holding `name` (text as it is, anything else as JSON)."""
+        (tmp / name).write_text(data if isinstance(data, str) else json.dumps(data))
+        return str(tmp)
+
+    def difficulty_merged(tmp, text: str):
+        path = tmp / "difficulty.jsonl"
+        path.write_text(text)
+        merge(str(path), [ProblemRecord(q, "question", "") for q in "ab"], fields=("pass_rate", "predicted"))
+
+    whole = '{"id": "a", "pass_rate": 1.0, "predicted": 0.5}\n'
+    prm_head = {"head": {"kind": "value"}}
 
     return [
         ("sampling-temperature-nan", lambda t: Sampling(temperature=NAN), ["temperature=nan", "finite"]),
@@ -377,6 +450,27 @@ def _api_cases():
         ("chat-template-unbounded", lambda t: render_chat_template("{{ 'ab' * 10 ** 10 }}"),
          ["chat template", "rendering limits", "repetition"]),
         ("run-dir-rerun-mode", lambda t: bind_run_dir(t / "run", {}, "sweep", rerun="again"), ["rerun='again'"]),
+        # files ttcjax wrote, damaged: named by file (and line), never read as something else or dropped
+        ("difficulty-whole-last-line-damaged", lambda t: difficulty_merged(t, whole + '{"id": "b", "pass_r\n'),
+         ["difficulty.jsonl:2: damaged"]),
+        ("difficulty-record-lacks-a-field", lambda t: difficulty_merged(t, whole + '{"id": "b"}\n'),
+         ["difficulty.jsonl:2: damaged", "pass_rate"]),
+        ("revision-settings-damaged", lambda t: load_revision_settings(written(t, "revision.json", '{"separator": ')),
+         ["revision.json", "damaged"]),
+        ("prm-config-damaged", lambda t: load_prm(written(t, "ttcjax_prm.json", '{"kind": "prm"')),
+         ["ttcjax_prm.json", "damaged"]),
+        ("prm-config-no-head", lambda t: load_prm(written(t, "ttcjax_prm.json", {"kind": "prm"})),
+         ["ttcjax_prm.json", "\"head\""]),
+        ("prm-config-format-typo", lambda t: load_prm(written(t, "ttcjax_prm.json", {
+            **prm_head, "format": {"delimeter": "\n"}})), ["ttcjax_prm.json", "delimeter"]),
+        ("prm-config-add-bos-string", lambda t: load_prm(written(t, "ttcjax_prm.json", {
+            **prm_head, "format": {"add_bos": "false"}})), ["ttcjax_prm.json", "add_bos"]),
+        ("prm-config-aggregation", lambda t: load_prm(written(t, "ttcjax_prm.json", {
+            **prm_head, "aggregation": "max"})), ["ttcjax_prm.json", "aggregation='max'"]),
+        ("checkpoint-config-damaged", lambda t: checkpoint_config(written(t, "ttcjax_config.json", "{")),
+         ["ttcjax_config.json", "damaged"]),
+        ("model-config-switch-string", lambda t: ModelConfig.from_dict({"mlp_bias": "false"}, "m.yaml"),
+         ["m.yaml", "mlp_bias='false'", "true or false"]),
     ]
 
 

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 from flax import nnx, traverse_util
 
+from ttcjax.checkpoints import native
 from ttcjax.checkpoints.hf import abstract_model, model_from_params, save_hf_model
 from ttcjax.checkpoints.native import CONFIG_FILE, PARAMS_DIR, load_any, load_model, save_model
 from ttcjax.models import ModelConfig, RopeScaling
@@ -72,6 +73,54 @@ def test_save_refuses_to_overwrite_unless_asked(model, tmp_path):
         save_model(other, tmp_path)
     save_model(other, tmp_path, overwrite=True)
     np.testing.assert_array_equal(_params(load_model(tmp_path))[0], _params(other)[0])
+
+
+def _files(root) -> dict[str, bytes]:
+    return {os.path.relpath(os.path.join(d, f), root): open(os.path.join(d, f), "rb").read()
+            for d, _, names in os.walk(root) for f in names}
+
+
+def test_an_overwrite_that_fails_midway_leaves_the_old_checkpoint_whole(model, tmp_path, monkeypatch):
+    path = tmp_path / "ckpt"
+    save_model(model, path)
+    (path / "tokenizer.json").write_text("{}")  # beside the checkpoint, not part of it
+    before = _files(tmp_path)
+    other = _random_model(CONFIG, seed=2)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(native, "write_json", disk_full)  # the parameters are written, the config is not
+    with pytest.raises(OSError, match="disk full"):
+        save_model(other, path, overwrite=True)
+    monkeypatch.undo()
+    assert _files(tmp_path) == before  # the old checkpoint, whole, and nothing half-written beside it
+    save_model(other, path, overwrite=True)
+    np.testing.assert_array_equal(_params(load_model(path))[0], _params(other)[0])
+    assert sorted(os.listdir(tmp_path)) == ["ckpt"] and (path / "tokenizer.json").read_text() == "{}"
+
+
+def test_a_reward_model_overwrite_that_fails_midway_leaves_the_old_one_whole(tmp_path, monkeypatch):
+    from toys import y_fraction_prm
+
+    from ttcjax.verifiers import reward_model
+    from ttcjax.verifiers.reward_model import load_prm, save_prm
+
+    path = str(tmp_path / "prm")
+    save_prm(y_fraction_prm(), path)
+    before = _files(tmp_path)
+
+    def disk_full(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(reward_model, "save_file", disk_full)  # the backbone is written, the head is not
+    with pytest.raises(OSError, match="disk full"):
+        save_prm(y_fraction_prm(strength=5.0), path, kind="orm", overwrite=True)
+    monkeypatch.undo()
+    assert _files(tmp_path) == before
+    assert load_prm(path)[1]["kind"] == "prm"
+    save_prm(y_fraction_prm(strength=5.0), path, kind="orm", overwrite=True)
+    assert load_prm(path)[1]["kind"] == "orm" and os.listdir(tmp_path) == ["prm"]
 
 
 def test_load_any_dispatches_on_both_kinds(model, saved, tmp_path):

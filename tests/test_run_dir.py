@@ -161,3 +161,74 @@ def test_jobs_that_bind_one_directory_at_once_all_bind_it_and_every_entry_is_log
             continue
         assert len(log) == JOBS and len({e["invocation"] for e in log}) == JOBS  # nobody's entry lost
         assert sorted(e["seconds"] for e in log) == [float(j) for j in range(JOBS)]  # each finished its own
+def test_another_commit_of_the_same_version_goes_on_with_a_warning_printed_and_logged(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "run"
+    made = {"version": io.__version__, "commit": "a" * 40, "edited": False}
+    monkeypatch.setattr(io, "code_version", lambda: made)
+    bind_run_dir(out, {"lr": 0.1}, "sweep")
+    capsys.readouterr()
+    later = {**made, "commit": "b" * 40}
+    monkeypatch.setattr(io, "code_version", lambda: later)
+    bind_run_dir(out, {"lr": 0.1}, "sweep")  # a plain resume, no flag needed
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "warning" in err and "aaaaaaaaaaaa" in err and "bbbbbbbbbbbb" in err
+    last = read_run_log(out)[-1]
+    assert last["code"] == later and "aaaaaaaaaaaa" in last["warning"] and last["rerun"] == "resume"
+    bind_run_dir(out, {"lr": 0.1}, "sweep")  # the same commit again: nothing to warn of
+    assert capsys.readouterr().err == "" and "warning" not in read_run_log(out)[-1]
+    monkeypatch.setattr(io, "code_version", lambda: {**later, "version": "9.9.9"})
+    with pytest.raises(ValueError, match=r"another code version .*this is ttcjax 9\.9\.9.*--continue"):
+        bind_run_dir(out, {"lr": 0.1}, "sweep")  # another version still needs --continue (or --fresh)
+
+
+def test_a_jsonl_file_drops_only_a_last_line_cut_without_its_newline(tmp_path):
+    from ttcjax.eval.shards import read_lines
+    from ttcjax.training.loop import read_metrics
+
+    path = tmp_path / "results.jsonl"
+    whole = '{"id": "a", "step": 1}\n{"id": "b", "step": 2}\n'
+    path.write_text(whole + '{"id": "c", "st')  # killed mid-append
+    assert [r["id"] for r in read_lines(str(path), repair=True)] == ["a", "b"] and path.read_text() == whole
+    assert [r["step"] for r in read_metrics(str(path), upto_step=1)] == [1]
+    # a last line that ends in its newline was written whole: damaged, not cut, and named with its file
+    for damaged, line in ((whole + '{"id": "c", "st\n', 3), (whole[:23] + '{"id":\n' + whole[23:], 2),
+                          (whole + '["c"]\n', 3)):
+        path.write_text(damaged)
+        for read in (lambda: read_lines(str(path), repair=True), lambda: read_metrics(str(path), upto_step=9)):
+            with pytest.raises(ValueError, match=rf"results\.jsonl:{line}: damaged"):
+                read()
+        assert path.read_text() == damaged  # nothing cut
+    path.write_text('{"id": "a", "pass_rate": 0.5}\n{"id": "b"}\n')  # a record that lacks what its reader needs
+    with pytest.raises(ValueError, match=r"results\.jsonl:2: damaged \(no pass_rate\)"):
+        read_lines(str(path), fields=("pass_rate",))
+
+
+def test_a_replaced_directory_is_whole_old_or_whole_new_whatever_fails(tmp_path, monkeypatch):
+    from ttcjax.io import replace_dir
+
+    target = tmp_path / "model"
+    target.mkdir()
+    (target / "weights").write_text("old")
+    (target / "tokenizer.json").write_text("kept")
+    before = _files(tmp_path)
+    with pytest.raises(RuntimeError), replace_dir(target, keep=lambda name: name != "weights") as new:
+        with open(os.path.join(new, "weights"), "w") as f:
+            f.write("half")
+        raise RuntimeError("killed while writing")
+    assert _files(tmp_path) == before  # the old directory untouched, the half-written one gone
+    real_rename = os.rename
+
+    def rename_in_fails(source, target_name):
+        if ".tmp-" in os.fspath(source) and not os.fspath(source).endswith(".old"):
+            raise OSError("the rename that puts the new directory in place fails")
+        real_rename(source, target_name)
+
+    monkeypatch.setattr(os, "rename", rename_in_fails)
+    with pytest.raises(OSError), replace_dir(target, keep=lambda name: name != "weights") as new:
+        with open(os.path.join(new, "weights"), "w") as f:
+            f.write("new")
+    monkeypatch.setattr(os, "rename", real_rename)
+    assert _files(tmp_path) == before  # moved back in place
+    with replace_dir(target, keep=lambda name: name != "weights") as new, open(os.path.join(new, "weights"), "w") as f:
+        f.write("new")
+    assert _files(tmp_path) == {"model/weights": b"new", "model/tokenizer.json": b"kept"}  # nothing else left

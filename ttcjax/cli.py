@@ -42,7 +42,7 @@ from tqdm import tqdm
 
 from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model, save_gguf_tokenizer
-from ttcjax.checkpoints.hf import load_hf_model, save_hf_model
+from ttcjax.checkpoints.hf import load_hf_model, refuse_to_replace, save_hf_model
 from ttcjax.checkpoints.native import load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
@@ -55,8 +55,8 @@ from ttcjax.eval.shards import Job, check_job_rerun
 from ttcjax.eval.sweep import (SweepConfig, load_policy, revision_policy_dir, revision_verifier_name, run_sweep,
                                summary_markdown)
 from ttcjax.eval.verifier import evaluate_verifier
-from ttcjax.io import (atomic_path, check_options, check_output_dir, check_output_file, read_yaml, strict, write_jsonl,
-                       yaml_problem)
+from ttcjax.io import (atomic_path, check_options, check_output_dir, check_output_file, json_text, read_yaml,
+                       write_jsonl, yaml_problem)
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS
@@ -189,10 +189,14 @@ def _check_generation_options(opts: dict[str, Any]) -> None:
         value = opts.get(key)
         if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
             raise ValueError(f"{key}={value!r} must be a list of strings, e.g. [\"Q: 3+4=\"].")
+    for key in ("overwrite",):  # a string such as "false" would read as true
+        value = opts.get(key)
+        if value is not None and not isinstance(value, bool):
+            raise ValueError(f"{key}={value!r} must be true or false (unquoted in YAML).")
     Sampling(temperature=float(opts.get("temperature", 1.0)), top_k=int(opts.get("top_k", 0)),
              top_p=float(opts.get("top_p", 1.0)))  # refuses non-finite or out-of-range values now
     if opts.get("output"):
-        check_output_file(opts["output"], overwrite=bool(opts.get("overwrite")))
+        check_output_file(opts["output"], overwrite=opts.get("overwrite") is True)
 
 
 def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
@@ -258,9 +262,9 @@ def _experiment(config, args: argparse.Namespace, job: Job | None) -> int:
         _share_written(job, "the report")
         return 0
     opt = report["compute_optimal"]["oracle"]
-    print(json.dumps({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
-                      "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
-                      "seconds": round(report["seconds"])}, indent=1))
+    print(json_text({"accuracy": report["accuracy"], "compute_optimal_cv": opt["cv_accuracy"],
+                     "best_of_n_weighted": opt["best_of_n_weighted"], "efficiency": opt["efficiency"],
+                     "seconds": round(report["seconds"])}, indent=1))
     print(f"report: {os.path.join(config.out_dir, 'summary.md')}", file=sys.stderr)
     return 0
 
@@ -344,8 +348,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     if args.output:
         write_jsonl(args.output, records)
     for r in records:
-        print(json.dumps({k: r[k] for k in ("question", "level", "strategy", "answer", "correct",
-                                            "generated_tokens")}))
+        print(json_text({k: r[k] for k in ("question", "level", "strategy", "answer", "correct",
+                                           "generated_tokens")}))
     graded = [r["correct"] for r in records if r["correct"] is not None]
     if graded:
         print(f"accuracy {sum(graded) / len(graded):.3f} on {len(graded)} questions with known answers",
@@ -362,7 +366,7 @@ def cmd_generate(args: argparse.Namespace) -> int:
     records = run_generation(opts)
     if not opts.get("output") and is_writer():
         for r in records:
-            print(json.dumps(strict(r), allow_nan=False))
+            print(json_text(r))
     return 0
 
 
@@ -383,6 +387,7 @@ def cmd_convert(args: argparse.Namespace) -> int:
     check_output_dir(args.dst, "DST")  # before the source is read
     if os.path.realpath(args.src) == os.path.realpath(args.dst):
         raise ValueError(f"DST {args.dst} is SRC: write the converted checkpoint to another directory.")
+    refuse_to_replace(args.dst, args.overwrite)  # a checkpoint of either format there: replaced only on purpose
     model = CONVERT_READERS[args.source_format](args.src)
     if args.to == "hf":
         save_hf_model(model, args.dst, overwrite=args.overwrite)
@@ -410,8 +415,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress,
                                      rerun=_rerun(args))
-    print(json.dumps({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
-                                               "validation")}, indent=2))
+    print(json_text({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
+                                              "validation")}, indent=2))
     if summary["finished"]:
         print(f"model written to {os.path.join(config.out_dir, 'model')}", file=sys.stderr)
     return 0
@@ -485,7 +490,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                    max_new_tokens=args.max_new_tokens)
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
-    text = json.dumps(strict(result), indent=2, allow_nan=False)
+    text = json_text(result, indent=2)
     if not is_writer():
         return 0
     if args.output:
@@ -518,7 +523,7 @@ def cmd_plan(args: argparse.Namespace) -> int:
     else:
         run_plan = experiment_plan(read_config(args.config, args.overrides), hardware, estimates)
     if args.json:
-        print(json.dumps(strict(run_plan.to_dict()), indent=1, allow_nan=False))
+        print(json_text(run_plan.to_dict(), indent=1))
     else:
         print(run_plan.describe(f"{'sweep' if args.sweep else 'experiment'} {args.config}"))
     return 0

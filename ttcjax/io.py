@@ -1,4 +1,12 @@
-"""Writing files atomically: a reader sees the old file or the new one, never half of one."""
+"""Writing files atomically: a reader sees the old file or the new one, never half of one; reading back what was
+written, with damage named by file and line; and binding a run directory to its config and code.
+
+A run directory is bound to its config and to ttcjax's version (`bind_run_dir`). A rerun under another config or
+another ttcjax version stops before any work unless told what to do (--continue, logged; --fresh). Another git
+commit of the same version goes on, with a warning printed and written to that invocation's run_log.jsonl entry
+(`warning`): most commits between versions change no result, and refusing every resume after each commit would
+stop long runs for nothing; a change that affects results raises the version (ttcjax/version.py).
+"""
 
 from __future__ import annotations
 
@@ -6,14 +14,16 @@ import contextlib
 import dataclasses
 import fcntl
 import functools
+import itertools
 import json
 import math
 import os
 import secrets
+import shutil
 import subprocess
 import sys
 import time
-from typing import Any, Iterable, Iterator, Mapping, Sequence
+from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
 import yaml
 
@@ -39,6 +49,64 @@ def atomic_path(path: str | os.PathLike) -> Iterator[str]:
             os.remove(tmp)
 
 
+def _link_or_copy(source: str, target: str) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # a file system without hard links
+        shutil.copy2(source, target)
+
+
+def _carry(source: str, target: str) -> None:
+    """`source` (a file, a directory or a link) at `target` too, without changing `source`."""
+    if os.path.islink(source):
+        os.symlink(os.readlink(source), target)
+    elif os.path.isdir(source):
+        shutil.copytree(source, target, symlinks=True, copy_function=_link_or_copy)
+    else:
+        _link_or_copy(source, target)
+
+
+@contextlib.contextmanager
+def replace_dir(path: str | os.PathLike, keep: Callable[[str], bool] = lambda name: True) -> Iterator[str]:
+    """Yield a new, empty directory beside `path` (in the same parent) to write a whole directory into; on success
+    it takes `path`'s place, on error it is removed and `path` is untouched.
+
+    The swap: the entries of the old directory that the new one lacks and `keep(name)` accepts are carried over
+    first (hard links, or copies; the old directory is not changed), the old directory is renamed aside, the new
+    one renamed to `path`, and only then is the old one removed. A crash at any point leaves a complete directory:
+    the old one at `path` (a half-written .NAME.tmp-PID-N beside it); between the two renames, the old one at
+    .NAME.tmp-PID-N.old and the new one, complete, at .NAME.tmp-PID-N; or the new one at `path`."""
+    path = os.path.realpath(os.fspath(path))  # a link to a directory: the directory it names is replaced
+    parent, name = os.path.split(path)
+    os.makedirs(parent, exist_ok=True)
+    for attempt in itertools.count():
+        new = os.path.join(parent, f".{name}.tmp-{os.getpid()}-{attempt}")
+        try:
+            os.mkdir(new)
+            break
+        except FileExistsError:
+            continue
+    try:
+        yield new
+        if os.path.isdir(path):
+            for entry in sorted(os.listdir(path)):
+                if keep(entry) and not os.path.lexists(os.path.join(new, entry)):
+                    _carry(os.path.join(path, entry), os.path.join(new, entry))
+            aside = new + ".old"
+            os.rename(path, aside)
+            try:
+                os.rename(new, path)
+            except BaseException:
+                os.rename(aside, path)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)  # the new directory is in place: a leftover is only space
+        else:
+            os.rename(new, path)
+    finally:
+        if os.path.isdir(new):
+            shutil.rmtree(new)
+
+
 def strict(value: Any) -> Any:
     """`value` with every non-finite float (NaN, inf: not JSON) as None, so what ttcjax writes is strict JSON."""
     if isinstance(value, float):
@@ -50,15 +118,68 @@ def strict(value: Any) -> Any:
     return value
 
 
+def json_text(value: Any, indent: int | None = None) -> str:
+    """`value` as strict JSON text (non-finite numbers as null): what ttcjax prints or writes."""
+    return json.dumps(strict(value), indent=indent, allow_nan=False)
+
+
 def json_line(record: Any) -> str:
     """One strict-JSON line (non-finite numbers as null)."""
-    return json.dumps(strict(record), allow_nan=False) + "\n"
+    return json_text(record) + "\n"
 
 
 def write_json(path: str | os.PathLike, data: Any) -> None:
     """Strict JSON (non-finite numbers as null), indented, written atomically."""
     with atomic_path(path) as tmp, open(tmp, "w", encoding="utf-8") as f:
         json.dump(strict(data), f, indent=2, allow_nan=False)
+
+
+def read_json(path: str | os.PathLike, fix: str) -> Any:
+    """A JSON file (ttcjax writes them atomically: whole or absent); a damaged one is one ValueError naming the file
+    and `fix`."""
+    try:
+        with open(path, "rb") as f:
+            return json.load(f)
+    except ValueError as e:  # a JSON or a UTF-8 decoding error
+        raise ValueError(f"{os.fspath(path)}: damaged, not valid JSON ({e}); {fix}") from None
+
+
+def read_jsonl(path: str | os.PathLike, required: Sequence[str] = (), repair: bool = False,
+               fix: str = "repair or remove that line") -> list[dict[str, Any]]:
+    """The records (JSON objects holding every `required` key) of a JSONL file ttcjax appends to, in file order.
+
+    Each line is written whole with its newline, so only a last line with no newline after it can be cut by an
+    interruption: it is dropped (with `repair`, the file is cut there, so appending goes on after the last whole
+    record). Any other line that is not such a record, before the last or last and ending in a newline (written
+    whole: damage, not an interruption), is one ValueError naming the file, the line and `fix`."""
+    path = os.fspath(path)
+    if not os.path.exists(path):
+        return []
+    with open(path, "rb") as f:
+        data = f.read()
+    lines = data.split(b"\n")  # the last item is what follows the last newline: nothing, or a cut line
+    records, good = [], 0
+    for number, line in enumerate(lines, 1):
+        if not line.strip():
+            good += len(line) + 1
+            continue
+        try:
+            record = json.loads(line)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            missing = [key for key in required if key not in record]
+            if missing:
+                raise ValueError(f"no {', '.join(missing)}")
+        except ValueError as e:  # a JSON or a UTF-8 decoding error, or not a record
+            if number == len(lines):  # no newline after it: cut by an interruption, so redone
+                break
+            raise ValueError(f"{path}:{number}: damaged ({e}); {fix}") from None
+        records.append(record)
+        good += len(line) + 1
+    if repair and good < len(data):
+        with open(path, "r+b") as f:
+            f.truncate(good)
+    return records
 
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict[str, Any]]) -> None:
@@ -144,7 +265,8 @@ RERUN_MODES = ("resume", "fresh", "continue")
 @functools.lru_cache(maxsize=1)
 def code_version() -> dict[str, Any]:
     """The code a run's results come from: ttcjax's version and, when it runs from a git checkout, the commit and
-    whether the package's files differ from it (only version and commit are compared: edits are not told apart)."""
+    whether the package's files differ from it (`bind_run_dir` refuses another version and warns of another commit;
+    uncommitted edits are recorded, not told apart)."""
     package = os.path.dirname(os.path.abspath(__file__))
 
     def git(*args: str) -> str | None:
@@ -164,38 +286,19 @@ def _code_name(code: Mapping[str, Any]) -> str:
 
 
 def read_run_log(out_dir: str | os.PathLike) -> list[dict[str, Any]]:
-    """The invocations a run directory has seen (oldest first). A line cut by a kill is left out; a damaged line
-    before the last is reported by file and line."""
-    path = os.path.join(os.fspath(out_dir), RUN_LOG_FILE)
-    if not os.path.exists(path):
-        return []
-    with open(path, encoding="utf-8") as f:
-        lines = f.read().split("\n")
-    entries = []
-    for number, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-            if not isinstance(entry, dict):
-                raise ValueError("not an object")
-        except ValueError as e:
-            if number == len(lines):  # the last line, cut by a kill mid-append (no newline after it)
-                continue
-            raise ValueError(f"{path}:{number}: damaged ({e}); remove that line, or move the run directory "
-                             "away to start afresh.") from None
-        entries.append(entry)
-    return entries
+    """The invocations a run directory has seen (oldest first), as `read_jsonl` reads them: a line cut by a kill
+    is left out, a damaged one named by file and line."""
+    return read_jsonl(os.path.join(os.fspath(out_dir), RUN_LOG_FILE),
+                      fix="remove that line, or move the run directory away to start afresh.")
 
 
 def _bound_config(path: str) -> dict[str, Any]:
     """The config a run directory is bound to (its run_config.json)."""
-    with open(path) as f:
-        try:
-            return json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{path}: damaged ({e}); move the directory away or delete that file to start "
-                             "afresh.") from None
+    config = read_json(path, "move the directory away or delete that file to start afresh.")
+    if not isinstance(config, dict):
+        raise ValueError(f"{path}: damaged, not a JSON object; move the directory away or delete that file to start "
+                         "afresh.")
+    return config
 
 
 def _changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, list[Any]]:
@@ -250,19 +353,20 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
                  write: bool = True) -> str | None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
     to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
-    changed, an id that `finish_invocation` finds it by). A rerun with a different config or code version stops
+    changed, an id that `finish_invocation` finds it by). A rerun with a different config or ttcjax version stops
     before any work, naming what differs, unless `rerun` says what to do on purpose: "fresh" moves the earlier run
     aside (to OUT_DIR.before-TIME: nothing is deleted) and starts anew; "continue" goes on in it with the new config,
-    logging the keys that changed. Several invocations may bind one directory at once (the jobs of a job array):
-    they do it one after another, under the directory's lock. `write=False` (every process of a run but the one that
-    writes shared files) makes the directory and, for a plain resume, checks it; it moves, writes and logs nothing.
-    Returns the invocation's id (None with `write=False`)."""
+    logging the keys that changed. A rerun from another git commit of the same version goes on, the commits named in
+    a warning printed to stderr and kept in its run-log entry. Several invocations may bind one directory at once
+    (the jobs of a job array): they do it one after another, under the directory's lock. `write=False` (every
+    process of a run but the one that writes shared files) makes the directory and, for a plain resume, checks its
+    config; it moves, writes and logs nothing. Returns the invocation's id (None with `write=False`)."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
     out = os.fspath(out_dir)
     path = os.path.join(out, RUN_CONFIG_FILE)
-    config = json.loads(json.dumps(config))  # the form it takes on disk (tuples as lists)
+    config = json.loads(json_text(config))  # the form it takes on disk (tuples as lists, non-finite as null)
     flags = "pass --continue to go on in it on purpose, --fresh to move it aside and start anew, or use another out_dir"
     if not write:
         # the writing process moves or rebinds the directory; a plain resume is checked here too
@@ -279,19 +383,23 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
         print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
     os.makedirs(out, exist_ok=True)
     with _run_dir_lock(out):
-        code, changed = code_version(), {}
+        code, changed, warning = code_version(), {}, None
         present = _files_in(out)  # once: where locks do nothing, another job may be binding it meanwhile
         log = read_run_log(out)
         if RUN_CONFIG_FILE in present:
             changed = _changed(_bound_config(path), config)
             made_by = log[-1].get("code", {}) if log else {}
-            other_code = bool(made_by) and any(made_by.get(k) != code.get(k) for k in ("version", "commit"))
-            if (changed or other_code) and rerun != "continue":
+            other_version = bool(made_by) and made_by.get("version") != code.get("version")
+            if (changed or other_version) and rerun != "continue":
                 what = [f"keys that differ: {sorted(changed)}"] if changed else []
-                if other_code:
+                if other_version:
                     what.append(f"made by {_code_name(made_by)}, this is {_code_name(code)}")
                 raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another "
                                  f"{'config' if changed else 'code version'} ({'; '.join(what)}); {flags}.")
+            if made_by and not other_version and made_by.get("commit") != code.get("commit"):
+                warning = (f"{out_dir} was last run by {_code_name(made_by)}, this is {_code_name(code)}: the same "
+                           "version at another commit goes on in it; its records may mix the two commits' results")
+                print(f"ttcjax {command}: warning: {warning}", file=sys.stderr)
             if changed:
                 write_json(path, config)
         else:
@@ -306,6 +414,8 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
                  "code": code, "invocation": secrets.token_hex(8)}
         if changed:
             entry["changed"] = changed  # key: [before, now], continued on purpose
+        if warning:
+            entry["warning"] = warning
         write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
     return entry["invocation"]
 

@@ -29,13 +29,16 @@ from jax.sharding import Mesh
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from ttcjax.io import atomic_path, write_json
+from ttcjax.io import replace_dir, write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
 from ttcjax.models.sharding import ShardingRules, param_axes, place
 
 SAFETENSORS_FILE = "model.safetensors"
 SAFETENSORS_INDEX = "model.safetensors.index.json"
+HF_CONFIG_FILE = "config.json"
+# a ttcjax checkpoint's files (ttcjax.checkpoints.native): its config, written last, and its orbax parameters
+NATIVE_FILES = ("ttcjax_config.json", "params")
 PICKLE_PATTERNS = ("*.bin", "*.pt", "*.pth", "*.ckpt")
 # Buffers some exporters save next to the weights; we recompute them, so their presence is harmless.
 HARMLESS_SUFFIXES = ("rotary_emb.inv_freq",)
@@ -221,7 +224,7 @@ def load_hf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dt
         overrides["has_lm_head"] = False
     config = ModelConfig.from_hf_json(path, **overrides)
     files = _weight_files(path)
-    config_file = os.path.join(path, "config.json")
+    config_file = os.path.join(path, HF_CONFIG_FILE)
 
     def skipped(name: str) -> bool:
         return name.startswith(tuple(skip_prefixes)) or (not lm_head and name == "lm_head.weight")
@@ -417,29 +420,45 @@ def hf_config_dict(config: ModelConfig) -> dict[str, Any]:
     return out
 
 
+def is_checkpoint_entry(name: str) -> bool:
+    """Whether a directory entry is part of a model checkpoint of either format: Hugging Face's config.json and
+    safetensors files (an index and its shards), ttcjax's `NATIVE_FILES`. Replacing a checkpoint replaces them
+    all (a loader reading one left over would load the old model: ttcjax prefers ttcjax_config.json, transformers
+    an index); anything else there, such as a tokenizer, is kept."""
+    return name in (*NATIVE_FILES, HF_CONFIG_FILE, SAFETENSORS_INDEX) or name.endswith(".safetensors")
+
+
+def checkpoint_entries(directory: str | os.PathLike) -> list[str]:
+    """The entries of `directory` that are part of a model checkpoint (`is_checkpoint_entry`), sorted."""
+    directory = os.fspath(directory)
+    return sorted(filter(is_checkpoint_entry, os.listdir(directory))) if os.path.isdir(directory) else []
+
+
+def refuse_to_replace(directory: str | os.PathLike, overwrite: bool) -> None:
+    """A FileExistsError, before any work, where `directory` holds a checkpoint and `overwrite` is not set."""
+    existing = checkpoint_entries(directory)
+    if existing and not overwrite:
+        raise FileExistsError(f"{os.fspath(directory)}: already holds a checkpoint ({', '.join(existing)}); pass "
+                              "--overwrite (overwrite=True) to replace it, or choose another directory.")
+
+
 def save_hf_model(model: Transformer, path: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Write `config.json` and `model.safetensors` that transformers' `from_pretrained` loads as `model`.
 
-    Each file is written to a temporary name and renamed, so a crash leaves no half-written file. An existing
-    checkpoint in `path` is replaced only with `overwrite`.
+    An existing checkpoint in `path` (of either format, `checkpoint_entries`) is replaced only with `overwrite`.
+    The checkpoint is written whole beside `path` and swapped in (`ttcjax.io.replace_dir`), so a crash leaves the
+    old checkpoint or the new one, never a mix; the old checkpoint's files go, anything else in `path` is kept.
     """
     path = os.fspath(path)
-    existing = [n for n in (SAFETENSORS_FILE, "config.json") if os.path.exists(os.path.join(path, n))]
-    if existing and not overwrite:
-        raise FileExistsError(f"{path}: already holds a checkpoint ({', '.join(existing)}); pass --overwrite "
-                              "(overwrite=True) to replace it, or choose another directory.")
+    refuse_to_replace(path, overwrite)
     config: ModelConfig = model.config
     hf_config = hf_config_dict(config)  # refuses what the architecture cannot express, before writing
-    if os.path.exists(os.path.join(path, SAFETENSORS_INDEX)):  # loaders would follow its stale shards
-        raise FileExistsError(f"{path}: holds a sharded checkpoint ({SAFETENSORS_INDEX}); save to an empty "
-                              "directory or remove the old shards and index first.")
     params = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
     tensors = {}  # numpy (with ml_dtypes) writes bfloat16 too, and keeps the copies on the host
     for name, (entry, param) in _expected_tensors(config, params).items():
         array = np.asarray(jax.device_get(params[param]))
         tensors[name] = np.ascontiguousarray(_to_hf(entry, array, entry.hf_shape(config)))
-    os.makedirs(path, exist_ok=True)
-    # transformers refuses safetensors files whose metadata lacks a known "format"
-    with atomic_path(os.path.join(path, SAFETENSORS_FILE)) as tmp:
-        save_file(tensors, tmp, metadata={"format": "pt"})
-    write_json(os.path.join(path, "config.json"), hf_config)
+    with replace_dir(path, keep=lambda name: not is_checkpoint_entry(name)) as new:
+        # transformers refuses safetensors files whose metadata lacks a known "format"
+        save_file(tensors, os.path.join(new, SAFETENSORS_FILE), metadata={"format": "pt"})
+        write_json(os.path.join(new, HF_CONFIG_FILE), hf_config)

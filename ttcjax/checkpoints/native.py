@@ -1,10 +1,11 @@
 """ttcjax's own checkpoints: `ttcjax_config.json` plus the parameters as an orbax PyTree.
 
 Layout of a checkpoint directory:
-    ttcjax_config.json   ModelConfig.to_dict(), written last and atomically: its presence marks a
-                         complete checkpoint.
-    params/              orbax StandardCheckpointer output (itself written to a temporary directory and
-                         renamed): a nested dict of arrays, {"layers": {"0": {"attn": {"wq": [D, H, Dh]}}}}.
+    ttcjax_config.json   ModelConfig.to_dict(); its presence marks a ttcjax checkpoint.
+    params/              orbax StandardCheckpointer output: a nested dict of arrays,
+                         {"layers": {"0": {"attn": {"wq": [D, H, Dh]}}}}.
+`save_model` writes both into a new directory beside the target and swaps it in whole (`ttcjax.io.replace_dir`),
+so a crash leaves the old checkpoint or the new one.
 """
 
 from __future__ import annotations
@@ -18,15 +19,14 @@ from flax import nnx, traverse_util
 from jax.sharding import Mesh
 
 from ttcjax.checkpoints.gguf import gguf_config, is_gguf_file, load_gguf_model
-from ttcjax.checkpoints.hf import check_finite, load_hf_model, model_from_params, param_sharding
-from ttcjax.io import write_json
+from ttcjax.checkpoints.hf import (HF_CONFIG_FILE, NATIVE_FILES, check_finite, is_checkpoint_entry, load_hf_model,
+                                   model_from_params, param_sharding, refuse_to_replace)
+from ttcjax.io import read_json, replace_dir, write_json
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import Transformer, abstract_model
 from ttcjax.models.sharding import ShardingRules
 
-CONFIG_FILE = "ttcjax_config.json"
-PARAMS_DIR = "params"
-HF_CONFIG_FILE = "config.json"
+CONFIG_FILE, PARAMS_DIR = NATIVE_FILES  # "ttcjax_config.json", "params"
 
 
 def _str_path(path: tuple) -> tuple[str, ...]:
@@ -43,19 +43,17 @@ def _params_tree(model: Transformer) -> dict:
 def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Write `model` (config and parameters) to `directory`, which `load_model` reads back exactly.
 
-    Refuses to replace an existing checkpoint unless `overwrite`.
+    Refuses a directory that holds a checkpoint (of either format: `ttcjax.checkpoints.hf.checkpoint_entries`)
+    unless `overwrite`. The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
+    so a crash at any point leaves the old checkpoint or the new one, never a mix or neither; the old checkpoint's
+    files go, anything else in `directory` (a tokenizer) is kept.
     """
     directory = os.path.abspath(os.fspath(directory))
-    config_path, params_path = os.path.join(directory, CONFIG_FILE), os.path.join(directory, PARAMS_DIR)
-    if not overwrite and (os.path.exists(config_path) or os.path.exists(params_path)):
-        raise FileExistsError(f"{directory}: already holds a ttcjax checkpoint; pass overwrite=True "
-                              "or choose a new directory.")
-    os.makedirs(directory, exist_ok=True)
-    if os.path.exists(config_path):  # while params are rewritten, the directory must not look complete
-        os.remove(config_path)
-    with ocp.StandardCheckpointer() as checkpointer:
-        checkpointer.save(params_path, _params_tree(model), force=overwrite)
-    write_json(config_path, model.config.to_dict())
+    refuse_to_replace(directory, overwrite)
+    with replace_dir(directory, keep=lambda name: not is_checkpoint_entry(name)) as new:
+        with ocp.StandardCheckpointer() as checkpointer:
+            checkpointer.save(os.path.join(new, PARAMS_DIR), _params_tree(model))
+        write_json(os.path.join(new, CONFIG_FILE), model.config.to_dict())
 
 
 def _check_saved_shapes(params_path: str, config_path: str, expected: dict[tuple[str, ...], tuple[int, ...]],
@@ -130,8 +128,10 @@ def checkpoint_config(path: str | os.PathLike, what: str = "checkpoint", **overr
         return gguf_config(path, **overrides)
     native = os.path.join(path, CONFIG_FILE)
     if os.path.exists(native):
-        with open(native) as f:
-            return ModelConfig.from_dict({**json.load(f), **overrides}, source=native)
+        saved = read_json(native, "save the checkpoint again.")
+        if not isinstance(saved, dict):
+            raise ValueError(f"{native}: not a JSON object; save the checkpoint again.")
+        return ModelConfig.from_dict({**saved, **overrides}, source=native)
     if os.path.exists(os.path.join(path, HF_CONFIG_FILE)):
         return ModelConfig.from_hf_json(path, **overrides)
     raise FileNotFoundError(f"{what} {path}: neither {CONFIG_FILE} nor {HF_CONFIG_FILE} there; point it at the "

@@ -60,8 +60,9 @@ from ttcjax.eval.report import markdown, plots
 from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
                                    overall, select_strategies)
 from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, run_batches
-from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, grid_files, load_policy,
-                               load_revision_models, plan_cells, process_mesh, revision_role, search_grid)
+from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, check_verifiers, collect_grid, grid_files,
+                               load_policy, load_revision_models, plan_cells, process_mesh, revision_role, run_problems,
+                               search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
@@ -188,11 +189,16 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
 
 
 def check_run(config: ExperimentConfig) -> None:
-    """What a run needs besides its config's own fields, checked before its directory is made: the models it names
-    and a writable out_dir."""
+    """What a run needs besides its config's own fields, checked before its directory is made: the models it names,
+    enough questions for its bins, a mesh its devices hold and a writable out_dir."""
     for field in ("policy", "large_policy"):
         if getattr(config, field) is not None:
             check_model_name("policy", getattr(config, field), field, "experiment")
+    check_verifiers(config, "experiment")
+    if config.questions is not None and config.questions < config.bins:  # the split may hold fewer: checked on reading
+        raise ValueError(f"experiment: questions={config.questions} cannot fill bins={config.bins} difficulty bins; "
+                         "lower bins or raise questions.")
+    process_mesh(config.mesh)  # a mesh this process's devices cannot hold
     check_positions(config, "experiment", [("max_new_tokens", config.max_new_tokens, field, getattr(config, field))
                                            for field in ("policy", "large_policy") if getattr(config, field)])
     check_output_dir(config.out_dir)
@@ -210,18 +216,18 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     out = config.out_dir
     check_job_rerun(job, rerun)
     check_run(config)
-    invocation = bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
     task = config.make_task()
-    settings = config.search.for_task(task)
+    problems = run_problems(config, task)
+    if len(problems) < config.bins:
+        raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
+                         f"{config.bins} difficulty bins; lower bins or raise questions.")
     mesh = process_mesh(config.mesh)
+    invocation = bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer())
+    settings = config.search.for_task(task)
     engine, tok, _ = load_policy(config.policy, mesh)
     step_end(tok, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     revision = revision_role(config, tok, engine.mesh)  # revision cells run the revision model and its verifier
-    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
-    if len(problems) < config.bins:
-        raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
-                         f"{config.bins} difficulty bins; lower bins or raise questions.")
     log = (lambda msg: print(msg, file=sys.stderr)) if progress and is_writer() else (lambda msg: None)
     stages = 4 if config.large_policy else 3
     difficulty_path = os.path.join(out, "difficulty.jsonl")
@@ -287,7 +293,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
               file=sys.stderr)
     if job is not None or not is_writer():
         return None
-    diff = merge(difficulty_path, problems, difficulty_batch, counts)
+    diff = merge(difficulty_path, problems, difficulty_batch, counts, fields=("pass_rate", "signal", "predicted"))
     signal = diff[0]["signal"]
     pass_rate = np.array([d["pass_rate"] for d in diff])
     predicted = np.array([d["predicted"] for d in diff])
@@ -328,7 +334,8 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     large_params, large_correct, exchange = None, None, []
     if config.large_policy:
         large_params = large_engine.config.num_params()
-        large_correct = np.array([r["correct"] for r in merge(large_path, problems, SAMPLE_ROWS, counts)], int)
+        large_correct = np.array([r["correct"] for r in merge(large_path, problems, SAMPLE_ROWS, counts,
+                                                              fields=("correct",))], int)
         sel = selections["oracle"]["selection"]
         for ratio in PAPER_RATIOS:
             budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)

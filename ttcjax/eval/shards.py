@@ -24,13 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import json
 import os
 import re
 from typing import Callable, Iterable, Sequence
 
 from ttcjax.distributed import process_count, process_index
-from ttcjax.io import json_line, write_jsonl
+from ttcjax.io import json_line, read_jsonl, write_jsonl
 from ttcjax.tasks.base import ProblemRecord
 
 SHARD = ".shard-{process}-of-{processes}"
@@ -121,36 +120,13 @@ def job_counts(paths: Iterable[str]) -> tuple[int, ...]:
     return tuple(sorted({job.count for path in paths for _, job in _shards(path) if job is not None}))
 
 
-def read_lines(path: str, repair: bool = False) -> list[dict]:
-    """The complete records of a JSONL file, in file order. Only the last line can be cut by an interruption: it
-    is dropped (and with `repair`, the file cut there, so appending goes on after the last whole record). A
-    damaged line before it is an error naming the file and the line."""
-    if not os.path.exists(path):
-        return []
-    with open(path, "rb") as f:
-        data = f.read()
-    lines = data.split(b"\n")
-    records, good = [], 0
-    for number, line in enumerate(lines, 1):
-        last = number == len(lines) or (number == len(lines) - 1 and not lines[-1])
-        if not line.strip():
-            good += len(line) + 1
-            continue
-        try:
-            record = json.loads(line)
-            if not isinstance(record, dict) or "id" not in record:
-                raise ValueError("not a record")
-        except ValueError:
-            if last:  # cut by an interruption: redo it
-                break
-            raise ValueError(f"{path}:{number}: a damaged record before the end of the file; move the file away to "
-                             "redo its questions, or repair the line.") from None
-        records.append(record)
-        good += len(line) + 1
-    if repair and good < len(data):
-        with open(path, "r+b") as f:
-            f.truncate(min(good, len(data)))
-    return records
+def read_lines(path: str, repair: bool = False, fields: Sequence[str] = ()) -> list[dict]:
+    """The complete records of a JSONL file (each with an "id" and every one of `fields`), in file order
+    (`ttcjax.io.read_jsonl`): a last line cut by an interruption is dropped (and with `repair`, the file cut there,
+    so appending goes on after the last whole record); any other damaged line is an error naming the file and the
+    line."""
+    return read_jsonl(path, ("id", *fields), repair,
+                      fix="move the file away to redo its questions, or repair the line.")
 
 
 def my_batches(count: int, per_batch: int, job: Job | None = None) -> range:
@@ -226,23 +202,24 @@ def missing_shares(path: str, problems: Sequence[ProblemRecord], missing: Sequen
 
 
 def merge(path: str, problems: Sequence[ProblemRecord], per_batch: int | None = None,
-          counts: Iterable[int] = ()) -> list[dict]:
+          counts: Iterable[int] = (), fields: Sequence[str] = ()) -> list[dict]:
     """The records of every question, in question order, from `path` and its shards (of processes and of jobs),
-    checked: each question exactly once (a record both in `path` and in a shard, left by an interrupted merge,
-    counts once where the two agree). `path` is rewritten in question order where it was not already, then the
-    shards are removed. Where questions are missing and jobs wrote the stage (in batches of `per_batch`; job counts
-    from the shards on disk, and `counts` for a stage no job wrote yet), the error names the jobs to rerun."""
+    checked: each holding `fields` (`read_lines`), each question exactly once (a record both in `path` and in a
+    shard, left by an interrupted merge, counts once where the two agree). `path` is rewritten in question order
+    where it was not already, then the shards are removed. Where questions are missing and jobs wrote the stage (in
+    batches of `per_batch`; job counts from the shards on disk, and `counts` for a stage no job wrote yet), the error
+    names the jobs to rerun."""
     shards = shard_paths(path)
     order = {p.id: i for i, p in enumerate(problems)}
     merged: dict[str, dict] = {}
     where: dict[str, str] = {}
-    main = read_lines(path, repair=True)
+    main = read_lines(path, repair=True, fields=fields)
     for record in main:
         merged[record["id"]] = record
         where[record["id"]] = path
     for source in shards:
         seen_here: set[str] = set()
-        for record in read_lines(source):
+        for record in read_lines(source, fields=fields):
             qid = record["id"]
             if qid in seen_here or (qid in merged and where[qid] != path):
                 raise ValueError(f"question {qid!r} is written twice ({where.get(qid, source)} and {source}); "

@@ -59,7 +59,7 @@ from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.revisions import load_revision_settings
 from ttcjax.verifiers.base import Verifier
-from ttcjax.verifiers.loading import is_verifier_free, verifier_by_name
+from ttcjax.verifiers.loading import check_verifier_name, is_verifier_free, verifier_by_name
 
 DEFAULT_STRATEGIES = tuple(StrategySpec.from_dict(s) for s in (
     {"kind": "best_of_n", "selection": "weighted"},
@@ -224,6 +224,9 @@ class SweepConfig:
         search setting and the task; one ValueError naming `source` and the field otherwise."""
         check_options(cls, data, source, required=("out_dir",))
         data = dict(data)
+        seed = data.get("seed", cls.seed)
+        if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
+            raise ValueError(f"{source}: seed={seed!r} must be an integer >= 0.")
         for key in ("revision_policy", "revision_verifier"):
             if not (data.get(key) is None or isinstance(data[key], str) and data[key]):
                 raise ValueError(f"{source}: {key}={data[key]!r} must be a name or a directory (or null).")
@@ -256,7 +259,11 @@ class SweepConfig:
         return config
 
     def validate(self, source: str) -> None:
-        self.make_task()  # a bad task is an error now, not after the models load
+        task = self.make_task()  # a bad task or split is an error now, not after the models load
+        try:
+            task.check_split(self.split)
+        except ValueError as e:
+            raise ValueError(f"{source}: split={self.split!r}: {e}") from None
         plan_cells(self.strategies, self.budgets, source)
         check_verifier_fits([s for s in self.strategies if not is_revision(s)], self.verifier, source)
         check_revision_models(self.strategies, self.revision_policy, self.revision_verifier, source)
@@ -437,7 +444,9 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
         key = (cell.spec.name, cell.budget)
         run, name = cell_file(cell, verifier)
         per_batch = cell_batch(run, rows_per_batch) if rows_per_batch is not None else None
-        records = merge(os.path.join(results_dir, name), problems, per_batch, counts)
+        fields = ("correct", "generated_tokens", "pass", "seconds") + (
+            ("by_selection",) if cell.spec.kind == BestOfN.kind else ())
+        records = merge(os.path.join(results_dir, name), problems, per_batch, counts, fields)
         if cell.spec.kind == BestOfN.kind:
             out.correct[key] = np.array([r["by_selection"][cell.strategy.selection] for r in records], int)
         else:
@@ -509,6 +518,22 @@ def revision_role(config: SweepConfig, tokenizer, mesh=None) -> Models | None:
     return load_revision_models(config.revision_policy, config.revision_verifier, tokenizer, mesh)
 
 
+def check_verifiers(config: SweepConfig, source: str) -> None:
+    """The verifiers a config names, checked to exist before its run directory is bound (nothing is loaded; a
+    config names checkpoints that may be fetched after it is written, so reading it checks none)."""
+    check_verifier_name(config.verifier, "verifier", source)
+    check_verifier_name(revision_verifier_name(config.revision_verifier), "revision_verifier", source)
+
+
+def run_problems(config: SweepConfig, task: Task) -> list[ProblemRecord]:
+    """The questions a sweep or an experiment asks (the first `questions` of its split), read before its run
+    directory is bound: a split the task lacks, data it cannot read or no questions at all stop it there."""
+    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
+    if not problems:
+        raise ValueError(f"task {task.name}: split {config.split!r} holds no questions.")
+    return problems
+
+
 def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume", job: Job | None = None) -> dict | None:
     """The sweep, resumable; its summary. With several processes each searches its share of the questions on its
     own devices (`ttcjax.eval.shards`) and process 0 merges and summarizes (the others return None). One job of an
@@ -517,17 +542,17 @@ def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume",
     started = time.perf_counter()
     check_job_rerun(job, rerun)
     check_model_name("policy", config.policy, "policy", "sweep")  # before the run directory is made
+    check_verifiers(config, "sweep")
     check_positions(config, "sweep")
-    invocation = bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer())
     task = config.make_task()
-    engine, tokenizer, _ = load_policy(config.policy, process_mesh(config.mesh))
+    problems = run_problems(config, task)
+    mesh = process_mesh(config.mesh)
+    invocation = bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer())
+    engine, tokenizer, _ = load_policy(config.policy, mesh)
     settings = config.search.for_task(task)
     step_end(tokenizer, settings.delimiter)  # before any work
     verifier = verifier_by_name(config.verifier, tokenizer, mesh=engine.mesh, rules=engine.rules)
     revision = revision_role(config, tokenizer, engine.mesh)
-    problems = task.problems(config.split, limit=config.questions, seed=config.seed)
-    if not problems:
-        raise ValueError(f"task {task.name}: split {config.split!r} holds no questions.")
     cells = plan_cells(config.strategies, config.budgets)
     grid = run_grid(cells, task, problems, engine, verifier, tokenizer, os.path.join(config.out_dir, "results"),
                     settings=settings, seed=config.seed, rows_per_batch=config.rows_per_batch,

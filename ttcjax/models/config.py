@@ -82,6 +82,8 @@ class ModelConfig:
 
     SIZES: ClassVar[tuple[str, ...]] = ("vocab_size", "hidden_size", "intermediate_size", "num_layers", "num_heads",
                                         "num_kv_heads", "max_position_embeddings")  # integers >= 1
+    SWITCHES: ClassVar[tuple[str, ...]] = ("tie_word_embeddings", "has_lm_head", "qkv_bias", "o_bias",
+                                           "mlp_bias")  # true or false
 
     def __post_init__(self):
         for name in self.SIZES + (("head_dim",) if self.head_dim is not None else ()):
@@ -104,6 +106,14 @@ class ModelConfig:
             raise ValueError(
                 f"sliding_layers has {len(self.sliding_layers)} entries for {self.num_layers} layers."
             )
+        for name in self.SWITCHES:  # a YAML string such as "false" would read as true
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"{name}={getattr(self, name)!r} must be true or false (unquoted in YAML).")
+        if self.sliding_layers is not None and not all(isinstance(x, bool) for x in self.sliding_layers):
+            raise ValueError(f"sliding_layers={list(self.sliding_layers)!r} must be a list of true or false, one per "
+                             "layer.")
+        if self.rope_scaling is not None and not isinstance(self.rope_scaling.truncate, bool):
+            raise ValueError(f"rope_scaling.truncate={self.rope_scaling.truncate!r} must be true or false.")
 
     @property
     def dim_per_head(self) -> int:
@@ -230,11 +240,14 @@ class ModelConfig:
         if unknown:
             raise ValueError(f"{source}: unknown model config field(s) {unknown}; known: {sorted(known)}.")
         d = dict(d)
-        if d.get("rope_scaling") is not None and not isinstance(d["rope_scaling"], RopeScaling):
-            d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
-        if d.get("sliding_layers") is not None:
-            d["sliding_layers"] = tuple(bool(x) for x in d["sliding_layers"])
         try:
+            if d.get("rope_scaling") is not None and not isinstance(d["rope_scaling"], RopeScaling):
+                d["rope_scaling"] = RopeScaling(**d["rope_scaling"])
+            if d.get("sliding_layers") is not None:
+                if not isinstance(d["sliding_layers"], (list, tuple)):
+                    raise ValueError(f"sliding_layers={d['sliding_layers']!r} must be a list of true or false, one "
+                                     "per layer.")
+                d["sliding_layers"] = tuple(d["sliding_layers"])  # its entries are checked to be true or false
             return cls(**d)
         except (TypeError, ValueError) as e:
             raise ValueError(f"{source}: {e}") from None

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import math
 import os
 import sys
@@ -35,7 +34,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ttcjax.io import atomic_path, json_line
+from ttcjax.io import atomic_path, json_line, read_jsonl
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.program import Program
 from ttcjax.models.sharding import ShardingRules, batch_sharding, param_axes
@@ -201,21 +200,12 @@ class LoopResult:
     stopped_early: bool = False
 
 
-def _read_metrics(path: str, upto_step: int) -> list[dict]:
-    """The metrics lines of steps <= upto_step (a resumed run rewrites what came after)."""
-    if not os.path.exists(path):
-        return []
-    kept = []
-    with open(path) as f:
-        for line in f:
-            if line.strip():
-                try:
-                    record = json.loads(line)
-                except json.JSONDecodeError:
-                    break  # a line cut by the interruption; everything after it is redone
-                if record.get("step", 0) <= upto_step:
-                    kept.append(record)
-    return kept
+def read_metrics(path: str, upto_step: int) -> list[dict]:
+    """The metrics lines of steps <= upto_step (a resumed run rewrites what came after). A last line cut by the
+    interruption is dropped; a damaged line is an error naming the file and the line (`ttcjax.io.read_jsonl`)."""
+    return [record for record in read_jsonl(path, ("step",), fix="remove that line to resume from the last "
+                                            "checkpoint, or move the run directory away to start afresh.")
+            if record["step"] <= upto_step]
 
 
 def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch_at: Callable[[int], dict],
@@ -250,7 +240,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
               file=sys.stderr)
     start = int(state.step)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
-    history = _read_metrics(metrics_path, start)
+    history = read_metrics(metrics_path, start)
     with atomic_path(metrics_path) as tmp, open(tmp, "w") as f:
         for record in history:
             f.write(json_line(record))

@@ -21,7 +21,8 @@ import numpy as np
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, replace_dir,
+                       write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
@@ -250,10 +251,10 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     """
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train policy")
+    mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)
-    mesh = parse_mesh(config.mesh)
     examples = training_examples(config, task, tokenizer)
     packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
@@ -290,9 +291,10 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
     }
     if summary["finished"]:
-        model_dir = os.path.join(config.out_dir, MODEL_DIR)
-        save_model(result.model, model_dir, overwrite=True)
-        save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
+        # the model and its tokenizer replace an earlier model/ together, or not at all
+        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+            save_model(result.model, model_dir)
+            save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
     # every invocation of this run directory, the interrupted ones counted
     summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)

@@ -40,8 +40,8 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json,
-                       write_jsonl)
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
+                       replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -216,8 +216,7 @@ def load_revision_settings(model_dir: str) -> dict[str, Any]:
     if not os.path.exists(path):
         raise FileNotFoundError(f"{path} not found: {model_dir} is not a revision model (ttcjax train revision "
                                 "writes one).")
-    with open(path) as f:
-        data = json.load(f)
+    data = read_json(path, "train the revision model again (ttcjax train revision writes it).")
     if not (isinstance(data, dict) and isinstance(data.get("separator"), str) and isinstance(data.get("window"), int)
             and data["window"] >= 1):
         raise ValueError(f"{path}: expected {{\"separator\": text, \"window\": int >= 1}}; got {data!r}.")
@@ -255,8 +254,7 @@ def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tok
     for start in range(0, len(problems), per_call):
         path = _shard_path(config, split, start)
         if os.path.exists(path):
-            with open(path) as f:
-                shards.append(json.load(f))
+            shards.append(read_json(path, "delete it to sample its questions again."))
             continue
         started = time.perf_counter()
         chunk = problems[start:start + per_call]
@@ -365,8 +363,7 @@ def build_revision_data(config: RevisionTrainConfig, tokenizer: Tokenizer, mesh=
     summary_path = os.path.join(data_dir, DATA_SUMMARY_FILE)
     splits = SPLITS if config.eval_questions else SPLITS[:1]
     if os.path.exists(summary_path):
-        with open(summary_path) as f:
-            summary = json.load(f)
+        summary = read_json(summary_path, f"delete {data_dir} to build the data again.")
         return {s: read_examples(os.path.join(data_dir, f"{s}.jsonl")) for s in splits}, summary
     started = time.perf_counter()
     task = config.make_task()
@@ -518,11 +515,11 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     """
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
+    mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun)
     tokenizer = load_tokenizer(config.tokenizer_path)
     model = load_any(config.init_from)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
-    mesh = parse_mesh(config.mesh)
     data, data_summary = build_revision_data(config, tokenizer, mesh, progress)
     sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)
 
@@ -566,10 +563,11 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
         "validation": [m for m in result.metrics if "eval" in m],
     }
     if summary["finished"]:
-        model_dir = os.path.join(config.out_dir, MODEL_DIR)
-        save_model(result.model, model_dir, overwrite=True)
-        save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
-        save_revision_settings(model_dir, config.separator)
+        # the model, its tokenizer and revision.json replace an earlier model/ together, or not at all
+        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+            save_model(result.model, model_dir)
+            save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
+            save_revision_settings(model_dir, config.separator)
     # every invocation of this run directory, the interrupted ones counted
     summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
-import json
 import os
 import shutil
 import time
@@ -28,7 +27,8 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
+                       replace_dir, write_json)
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -215,11 +215,11 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
             raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
                                     "(ttcjax train prm), or drop `labels` to sample new ones.")
         cost_file = os.path.join(os.path.dirname(config.labels), "labels_cost.json")
-        cost = json.load(open(cost_file)) if os.path.exists(cost_file) else {}
+        cost = (read_json(cost_file, "delete it (the labels' cost is then unknown).") if os.path.exists(cost_file)
+                else {})
         return load_labels(config.labels), {**cost, "reused_from": config.labels}
     if os.path.exists(labels_path) and os.path.exists(cost_path):
-        with open(cost_path) as f:
-            return load_labels(labels_path), json.load(f)
+        return load_labels(labels_path), read_json(cost_path, f"delete it and {labels_path} to label again.")
     started = time.perf_counter()
     task = config.make_task()
     problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
@@ -260,10 +260,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.revision_chains is not None and not orm:
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
+    mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
                  "train orm" if orm else "train prm", rerun)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
-    mesh = parse_mesh(config.mesh)
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
     task = config.make_task()
     step_format = StepFormat(delimiter=task.step_delimiter, add_bos=task.prompt_bos(tokenizer))
@@ -296,11 +296,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                         desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
     finished = result.final_step == config.steps or result.stopped_early
     if finished:
-        model_dir = os.path.join(config.out_dir, MODEL_DIR)
-        if os.path.exists(model_dir):
-            shutil.rmtree(model_dir)
-        shutil.copytree(best_dir, model_dir)
-        save_tokenizer_beside(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
+        # the best model and its tokenizer replace an earlier model/ together, or not at all
+        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+            shutil.copytree(best_dir, model_dir, dirs_exist_ok=True)
+            save_tokenizer_beside(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
     summary = {
         "kind": kind, "command": command, "config": dataclasses.asdict(config),
         "model": {"params": backbone.config.num_params() + backbone.config.hidden_size + 1},

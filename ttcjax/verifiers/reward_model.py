@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import os
 from typing import Sequence
 
@@ -29,7 +28,7 @@ from safetensors.numpy import load_file, save_file
 
 from ttcjax.checkpoints.native import load_model, save_model
 from ttcjax.distributed import to_host
-from ttcjax.io import atomic_path, write_json
+from ttcjax.io import read_json, replace_dir, write_json
 from ttcjax.models.cache import KVCache
 from ttcjax.models.llama import Transformer
 from ttcjax.models.sharding import ShardingRules, batch_sharding, place, shard_model
@@ -256,6 +255,7 @@ PRM_CONFIG_FILE = "ttcjax_prm.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
 HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
+PRM_FILES = (PRM_CONFIG_FILE, HEAD_FILE, BACKBONE_DIR)  # what a reward model's directory holds of it
 
 
 # ---- saving and loading our reward models --------------------------------------------------------------
@@ -263,31 +263,51 @@ HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
 
 def save_prm(prm: RewardModel, directory: str, *, kind: str = "prm", aggregation: str = "last",
              step_format: StepFormat = StepFormat(), overwrite: bool = False) -> None:
-    """`directory/backbone` (a ttcjax checkpoint), `head.safetensors`, and `ttcjax_prm.json` written last."""
-    os.makedirs(directory, exist_ok=True)
-    config_path = os.path.join(directory, PRM_CONFIG_FILE)
-    if os.path.exists(config_path):
-        if not overwrite:
-            raise FileExistsError(f"{directory}: already holds a reward model; pass overwrite=True.")
-        os.remove(config_path)  # while rewriting, the directory must not look complete
-    save_model(prm.backbone, os.path.join(directory, BACKBONE_DIR), overwrite=True)
+    """`directory/backbone` (a ttcjax checkpoint), `head.safetensors` and `ttcjax_prm.json`, written whole beside
+    `directory` and swapped in (`ttcjax.io.replace_dir`): a crash leaves the old reward model or the new one. An
+    existing reward model is replaced only with `overwrite`; other files in `directory` are kept."""
+    if os.path.exists(os.path.join(directory, PRM_CONFIG_FILE)) and not overwrite:
+        raise FileExistsError(f"{directory}: already holds a reward model; pass overwrite=True.")
     head = {name: np.asarray(jax.device_get(getattr(prm, name)[...]), np.float32)
             for name in HEAD_PARAMS if hasattr(prm, name)}
-    with atomic_path(os.path.join(directory, HEAD_FILE)) as tmp:
-        save_file(head, tmp)
     meta = {"kind": kind, "head": dataclasses.asdict(prm.head), "aggregation": aggregation,
             "format": dataclasses.asdict(step_format)}
-    write_json(config_path, meta)
+    with replace_dir(directory, keep=lambda name: name not in PRM_FILES) as new:
+        save_model(prm.backbone, os.path.join(new, BACKBONE_DIR))
+        save_file(head, os.path.join(new, HEAD_FILE))
+        write_json(os.path.join(new, PRM_CONFIG_FILE), meta)
+
+
+def read_prm_config(directory: str) -> dict:
+    """A reward model's ttcjax_prm.json, checked: its kind, head, aggregation and step format (one ValueError
+    naming the file otherwise)."""
+    config_path = os.path.join(directory, PRM_CONFIG_FILE)
+    if not os.path.exists(config_path):
+        raise FileNotFoundError(f"{config_path}: missing; {directory} is not a ttcjax reward model (train one with "
+                                "`ttcjax train prm`, or load a public PRM with ttcjax.verifiers.hub.load_hf_prm).")
+    def refuse(problem: str):
+        raise ValueError(f"{config_path}: {problem}; save the reward model again (`ttcjax train prm|orm` writes "
+                         "it).")
+
+    meta = read_json(config_path, "save the reward model again (`ttcjax train prm|orm` writes it).")
+    if not isinstance(meta, dict) or not isinstance(meta.get("head"), dict):
+        refuse("not a JSON object with a \"head\" object")
+    if meta.get("kind", "prm") not in ("prm", "orm"):
+        refuse(f"kind={meta['kind']!r} is not prm or orm")
+    if meta.get("aggregation", "last") not in AGGREGATIONS:
+        refuse(f"aggregation={meta['aggregation']!r} is not one of {AGGREGATIONS}")
+    step_format, fields = meta.get("format", {}), [f.name for f in dataclasses.fields(StepFormat)]
+    if (not isinstance(step_format, dict) or set(step_format) - set(fields)
+            or not isinstance(step_format.get("delimiter", ""), str)
+            or not isinstance(step_format.get("add_bos", True), bool)):
+        refuse(f"format={step_format!r} must map {fields} to a string and true or false")
+    return meta
 
 
 def load_prm(directory: str) -> tuple[RewardModel, dict]:
     """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format)."""
     config_path = os.path.join(directory, PRM_CONFIG_FILE)
-    if not os.path.exists(config_path):
-        raise FileNotFoundError(f"{config_path}: missing; {directory} is not a ttcjax reward model (train one with "
-                                "`ttcjax train prm`, or load a public PRM with ttcjax.verifiers.hub.load_hf_prm).")
-    with open(config_path) as f:
-        meta = json.load(f)
+    meta = read_prm_config(directory)
     head = head_from_dict(meta["head"], source=config_path)
     backbone = load_model(os.path.join(directory, BACKBONE_DIR))
     prm = RewardModel(backbone, head)
