@@ -166,7 +166,8 @@ class Attention(nnx.Module):
         key_mask: jax.Array | None,  # [B, T] (no cache) keys that are real tokens
         segment_ids: jax.Array | None = None,  # [B, T] (no cache) packed sequences: attend within a segment
         platform: str = "cpu",  # the platform attention is lowered for: Transformer.platform, which passes it
-        prefix: tuple[jax.Array, jax.Array, jax.Array] | None = None,  # a shared prefix's keys, values [Q, ...], lengths
+        # a shared prefix: its keys and values [Q, ...], lengths [Q], and each row's own slots below its capacity [B]
+        prefix: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None = None,
     ):
         cfg, dt = self.config, x.dtype
         transposed = transposes_keys(platform)
@@ -186,8 +187,10 @@ class Attention(nnx.Module):
             q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
         else:
             cache_k, cache_v = kv
-            # a negative own slot (a token a shared prefix already holds, read again) is not written
-            written = jnp.where(write_slots < 0, cache_v.shape[2], write_slots)
+            # not written: a negative own slot (a token a shared prefix already holds, read again), and, after a
+            # shared prefix, a slot at or past the row's capacity (a plain cache has no slot there)
+            limit = cache_v.shape[2] if prefix is None else prefix[3][:, None]
+            written = jnp.where((write_slots < 0) | (write_slots >= limit), cache_v.shape[2], write_slots)
             cache_k = _write(cache_k, k, written, slot_axis=key_slot_axis)
             cache_v = _write(cache_v, v, written, slot_axis=2)
             kv = (cache_k, cache_v)
@@ -262,14 +265,15 @@ def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None, *, pla
     return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
-def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_lengths, window, *, platform: str
-                   ) -> jax.Array:
+def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_lengths, own_limit, window, *,
+                   platform: str) -> jax.Array:
     """Attention over a shared prefix and each row's own slots, combined exactly.
 
     q [B, T, H, Dh] with rows question-major (B = Q*N: row b reads prompt b // N); own keys and values as
     `_attend` has them, S slots; q_slots [B, T] the query's own slot (its position minus its prompt's length;
     negative for a prompt token read again); the prefix's keys [Q, K, Dh, P] on CPUs, [Q, K, P, Dh] on
-    accelerators, values [Q, K, P, Dh], lengths [Q]. Returns [B, T, H, Dh].
+    accelerators, values [Q, K, P, Dh], lengths [Q]; own_limit [B] the own slots below the row's capacity (those
+    past it are never written). Returns [B, T, H, Dh].
 
     Each part gives its scores' max m, the sum l of exp(score - m) and the unnormalised output o; together they
     are (o1 e^(m1-m) + o2 e^(m2-m)) / (l1 e^(m1-m) + l2 e^(m2-m)) with m = max(m1, m2): the softmax over both
@@ -315,7 +319,7 @@ def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_
 
     # the row's own slots
     slot = jnp.arange(values.shape[2])
-    allowed = slot <= q_slots[:, :, None]  # [B, T, S]
+    allowed = (slot <= q_slots[:, :, None]) & (slot < own_limit[:, None, None])  # [B, T, S]
     if window is not None:
         allowed &= q_slots[:, :, None] - slot < window
     qr = qc.reshape(b, t, kh, g, dh)
@@ -436,7 +440,7 @@ class Transformer(nnx.Module):
                 hidden.append(x)
             kv = None if cache is None else (cache.k[i], cache.v[i])
             prefix = None if cache is None or cache.prefix is None else (
-                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths)
+                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths, cache.max_len - cache.offsets)
             x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform, prefix)
             if kv is not None:
                 new_k.append(kv[0])

@@ -71,6 +71,7 @@ class EpisodeSpec:
     # > 0: a question's rows share its prompt's policy cache (`KVCache.share` with this floor, at most every
     # prompt's length: `prompt_floor`); 0: the prompt's cache is copied into each row
     prompt_floor: int = 0
+    verifier_floor: int = 0  # the same for the verifier's reading of the prompts (its scorer may copy instead)
     mesh: Mesh | None = None
     data_axis: str | None = None
 
@@ -147,7 +148,8 @@ def _start(spec: EpisodeSpec, policy_params, scorer_params, prompt_tokens, promp
     else:
         policy = _prefill(spec.policy_graphdef, policy_params, prompt_tokens, prompt_lengths,
                           max_len=spec.max_len).fork(n)
-    verifier_cache = spec.scorer.start(scorer_params, verifier_tokens, verifier_lengths, n=n, max_len=spec.max_len)
+    verifier_cache = spec.scorer.start(scorer_params, verifier_tokens, verifier_lengths, n=n, max_len=spec.max_len,
+                                       floor=spec.verifier_floor)
     finished = jnp.repeat(~active, n)
     first_row = jnp.arange(rows) % n == 0
     state = SearchState(

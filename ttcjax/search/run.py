@@ -161,17 +161,20 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
             v_tokens[i, :len(p)] = p
         v_lengths = np.array([len(p) for p in read], np.int32)
         verifier.bind_batch(padded_questions, settings.delimiter)
-        floor = prompt_floor(lengths) if engine.shared_prefix else 0  # the prompt's cache shared by its rows
+        # the prompt's caches held once per question, each row's own slots after them
+        shared = engine.shared_prefix
+        floors = dict(prompt_floor=prompt_floor(lengths) if shared else 0,
+                      verifier_floor=prompt_floor(v_lengths) if shared and v_lengths.max() < settings.max_len else 0)
         if revisions:
             placed = map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths, active))
             if on_segment is not None:
                 on_segment(len(padded) * n)
-            host = run_chains(dataclasses.replace(chains, attempt=dataclasses.replace(chains.attempt, prompt_floor=floor)),
+            host = run_chains(dataclasses.replace(chains, attempt=dataclasses.replace(chains.attempt, **floors)),
                               engine, scorer_params, *placed, jax.random.fold_in(key, start))
             results += [_chain_result(strategy, engine, verifier, tokenizer, settings, host, i, len(chunk[i]),
                                       extract_answer, equal) for i in range(len(chunk))]
             continue
-        host = run_episode(dataclasses.replace(spec, prompt_floor=floor), engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
+        host = run_episode(dataclasses.replace(spec, **floors), engine, scorer_params, *map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths,
                                                                                   active)),
                            jax.random.fold_in(key, start), len(chunk), compact=compact,
                            compact_min_rows=compact_min_rows, on_segment=on_segment)

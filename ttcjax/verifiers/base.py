@@ -64,9 +64,11 @@ class StepScorer(Protocol):
     """The static (hashable) half of a verifier inside the compiled episode; its weights come separately."""
 
     def start(self, params: Any, prompt_tokens: jax.Array, prompt_lengths: jax.Array, *, n: int,
-              max_len: int) -> Any:
+              max_len: int, floor: int = 0) -> Any:
         """Read each question's prompt (`Verifier.scorer_prompts`: tokens [Q, P], lengths [Q]); the cache for
-        its n rows ([Q * n] rows, question-major). `max_len`: the policy's cache slots per row."""
+        its n rows ([Q * n] rows, question-major). `max_len`: the policy's cache slots per row. `floor` > 0 (at
+        most every prompt's length) lets the n rows share their prompt's KV cache (`KVCache.share`); a scorer
+        may copy it into each row instead."""
 
     def extend(self, params: Any, cache: Any, step_tokens: jax.Array, step_lengths: jax.Array
                ) -> tuple[jax.Array, Any, jax.Array]:
@@ -121,7 +123,7 @@ class Verifier(abc.ABC):
 
 @dataclasses.dataclass(frozen=True)
 class _NoScorer:
-    def start(self, params, prompt_tokens, prompt_lengths, *, n, max_len):
+    def start(self, params, prompt_tokens, prompt_lengths, *, n, max_len, floor=0):
         return ()
 
     def extend(self, params, cache, step_tokens, step_lengths):

@@ -103,7 +103,8 @@ class RenderingStepScorer:
     max_len: int | None = None
     segment_tokens: int | None = None
 
-    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int) -> RenderedCache:
+    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int, floor: int = 0) -> RenderedCache:
+        # the prompt is copied into each row: a round's rendering may rewrite a row from inside it
         prm = nnx.merge(self.graphdef, params)
         q, p = prompt_tokens.shape
         slots = self.max_len or 2 * max_len + 256

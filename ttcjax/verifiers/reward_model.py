@@ -357,12 +357,12 @@ def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths
     (`attention_widths`), both chosen on the device."""
     t = tokens.shape[1]
     buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
-    widths = attention_widths(cache.max_len)
+    widths = attention_widths(cache.slots)  # of the rows' own slots (after a shared prefix)
     if len(buckets) == 1 and len(widths) == 1:
         return _extend(prm, cache, tokens, lengths, read_at)
     step = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))  # the first bucket >= the longest row
     # the first width that holds every row's tokens after this step (a full cache reads all of it)
-    width = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.lengths + jnp.minimum(lengths, t)))
+    width = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.filled + jnp.minimum(lengths, t)))
     width = jnp.minimum(width, len(widths) - 1)
     branches = [lambda c, tk, ln, at, b=b, w=w: _extend(prm, c, tk[:, :b], ln, at, attn_len=w)
                 for b in buckets for w in widths]
@@ -376,11 +376,12 @@ class PRMStepScorer:
 
     graphdef: nnx.GraphDef
 
-    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int) -> KVCache:
+    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int, floor: int = 0) -> KVCache:
         prm = nnx.merge(self.graphdef, params)
-        cache = prm.backbone.new_cache(prompt_tokens.shape[0], max_len)
+        q, p = prompt_tokens.shape
+        cache = prm.backbone.new_cache(q, p if floor else max_len)
         _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths, prompt_lengths - 1)
-        return cache.fork(n)
+        return cache.share(n, max_len, floor) if floor else cache.fork(n)
 
     def extend(self, params, cache: KVCache, step_tokens, step_lengths):
         prm = nnx.merge(self.graphdef, params)
