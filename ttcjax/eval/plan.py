@@ -462,7 +462,10 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
     prompt = min(_prompt_bucket(w), slots)
     rounds = strategy.max_rounds(s.max_rounds, slots)
     terms = _weights(w, mesh)
+    # every row's own slots counted whole (an upper bound: after a shared prompt a row has max_len less the batch's
+    # prompt floor), and the prompts once per question (`KVCache.share`)
     terms.append(("policy KV cache", kv_bytes(p, rows, slots)))
+    terms.append(("policy prompt KV cache, once per question", kv_bytes(p, q, prompt)))
     transient = [("the policy's decode step", SEARCH_LOGIT_COPIES * rows * p.vocab_size * F32
                   + kv_bytes(p, rows, slots) // (2 * p.num_layers)  # a layer's keys, written out of place
                   + rows * _heads(p, model) * slots * F32
@@ -477,6 +480,8 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
         v_prompt = bucket(_verifier_lengths(w, prompt))  # search pads the verifier's prompts to their bucket
         cache = kv_bytes(v.config, rows, v_slots)
         terms.append(("verifier KV cache", cache + carried))
+        if v.family == TTCJAX:  # its prompts once per question too (a public PRM's scorer copies them)
+            terms.append(("verifier prompt KV cache, once per question", kv_bytes(v.config, q, v_prompt)))
         if v_step > min(PRM_STEP_BUCKETS):  # the switch over step widths (extend_bucketed) holds a second copy
             terms.append(("verifier KV cache, second copy", cache))
         transient.append((f"the verifier reading a {v_step}-token step against {v_slots} slots",
@@ -529,6 +534,8 @@ def sample_stage(w: Workload, stage: SampleStage, mesh: tuple[int, int]) -> Stag
                       // np.dtype(c.jnp_param_dtype).itemsize))
     terms += [
         (f"{which} KV cache", cache),
+        *([(f"{which} prompt KV cache, once per prompt", kv_bytes(c, q, prompt, kv_ways=model))]
+          if stage.n > 1 else []),
         ("loop state", rows * (c.vocab_size * F32 + stage.max_new_tokens * 8)),  # logits, tokens, logprobs
         ("working set", max(decode, prefill))]
     return StageMemory(stage.name, f"{stage.n} sample(s) per question of up to {stage.max_new_tokens} tokens: "

@@ -41,7 +41,7 @@ def transposes_keys(platform: str) -> bool:
 class Prefix:
     """The prompts a shared-prefix cache holds once per question (Q questions, P slots; layout as `KVCache`'s)."""
 
-    k: tuple[jax.Array, ...]  # per layer: [Q, kv_heads, head_dim, P] if keys transposed, else [Q, kv_heads, P, head_dim]
+    k: tuple[jax.Array, ...]  # per layer: [Q, kv_heads, head_dim, P] if keys transposed, else [Q, kv_heads, P, Dh]
     v: tuple[jax.Array, ...]  # per layer: [Q, kv_heads, P, head_dim]
     lengths: jax.Array  # [Q] int32: the prompt's tokens (positions 0 .. lengths[q]-1)
 

@@ -100,7 +100,8 @@ def batch_sharding(mesh: Mesh, rules: ShardingRules, shape: tuple[int, ...]) -> 
 
 def cache_shardings(cache, mesh: Mesh, rules: ShardingRules):
     """NamedShardings for a KVCache (keys [batch, kv_heads, head_dim, max_len] or [batch, kv_heads, max_len,
-    head_dim] as its layout says, values [batch, kv_heads, max_len, head_dim], per layer) and its lengths [batch]."""
+    head_dim] as its layout says, values [batch, kv_heads, max_len, head_dim], per layer), its lengths [batch], and a
+    shared prefix's arrays laid out alike with questions in place of rows."""
     key_axes = ("batch", "kv_heads", "head_dim", "cache_slots") if cache.keys_transposed else (
         "batch", "kv_heads", "cache_slots", "head_dim")
     k = lambda x: rules.sharding(key_axes, x.shape, mesh)  # noqa: E731
