@@ -2,7 +2,7 @@
 
 For each sampled solution of a training question and each step prefix (steps 1..k), R continuations are
 sampled from the policy; the soft label of step k is the fraction that reach the right answer. The prefix
-is prefilled once and its KV cache forked R ways (`Engine.generate(n=R)`); the final step needs no
+is prefilled once and its KV cache shared by R rows (`Engine.generate(n=R)`); the final step needs no
 rollouts: its label is whether the solution's own answer is right.
 """
 
@@ -69,8 +69,8 @@ def rollout_labels(engine: Engine, tokenizer, prefixes: Sequence[str], is_correc
                    add_bos: bool = True, progress: bool = True) -> np.ndarray:
     """For each prefix text, the fraction of `rollouts` continuations c with is_correct[i](prefix + c).
 
-    Each prefix is prefilled once (with BOS first where `add_bos` and the tokenizer has one) and forked
-    `rollouts` ways. Returns [len(prefixes)] floats.
+    Each prefix is prefilled once (with BOS first where `add_bos` and the tokenizer has one) and its cache
+    shared by `rollouts` rows. Returns [len(prefixes)] floats.
     """
     cost = cost if cost is not None else LabellingCost()
     per_call = max(1, batch_rows // rollouts)
