@@ -45,7 +45,8 @@ from typing import ClassVar, Sequence
 import jax
 import numpy as np
 
-from ttcjax.checkpoints.assets import ASSETS, check_model_name
+from ttcjax.checkpoints.assets import ASSETS, check_model_name, resolve
+from ttcjax.checkpoints.native import checkpoint_config
 from ttcjax.decoding.engine import GREEDY
 from ttcjax.distributed import barrier, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
@@ -55,7 +56,7 @@ from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_lev
                                    overall, select_strategies)
 from ttcjax.eval.shards import merge, run_batches
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, collect_grid, load_policy, load_revision_models,
-                               plan_cells, process_mesh, revision_role, search_grid)
+                               plan_cells, process_mesh, revision_policy_dir, revision_role, search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
@@ -392,17 +393,33 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
 # ---- applying a saved scheduler to new questions ------------------------------------------------------------
 
 
+def check_scheduler_positions(scheduler: BudgetScheduler, policy: str, revision_policy: str | None,
+                              source: str = "scheduler") -> None:
+    """What a scheduler's run fills against the positions of the models that fill it, read from their configs
+    before any weights: the probe samples (max_new_tokens) and a search row (search.max_len) in the policy, and a
+    revision chain (search.revision_max_len) in the revision model where a choice revises."""
+    check_model_name("policy", policy, "policy", "ttcjax run")
+    model = checkpoint_config(resolve("policy", policy), "policy")
+    for field, tokens in (("max_new_tokens", scheduler.max_new_tokens), ("search.max_len", scheduler.search.max_len)):
+        model.check_fits(field, tokens, f"policy {policy}", source)
+    revises = any(spec.get("kind") == Revisions.kind for spec in scheduler.choices.values())
+    if revises and revision_policy is not None and scheduler.search.revision_max_len is not None:
+        checkpoint_config(revision_policy_dir(revision_policy, source), "revision_policy").check_fits(
+            "search.revision_max_len", scheduler.search.revision_max_len, f"revision_policy {revision_policy}", source)
+
+
 def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[ProblemRecord], budget: int, *,
                           task: Task | None = None, policy: str | None = None, verifier: str | None = None,
                           revision_policy: str | None = None, revision_verifier: str | None = None,
-                          seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+                          seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr),
+                          source: str = "scheduler") -> list[dict]:
     """Answer `problems` under `budget` generations each, as the scheduler was chosen: its policy, verifier,
     revision model and revision verifier (what a level's revision strategy runs), task and search settings
     unless given here. `scheduler.probe_samples` samples predict each question's
     level (their generated tokens and the verifier's reading of them are counted), then the level's strategy
     runs with what is left of the budget. Where that strategy does not fit the budget left, weighted best-of-N
     (majority without a verifier) runs instead: `warn` says so and the record names both. Questions that share
-    a strategy are searched together."""
+    a strategy are searched together. `source` names the scheduler (its file) in errors."""
     if scheduler.signal == "oracle":
         raise ValueError("a scheduler binned by oracle difficulty cannot bin new questions (that needs their "
                          "answers); use the one binned by predicted difficulty (scheduler.json).")
@@ -412,7 +429,9 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
         raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples; use a budget of at "
                          f"least {k + 1}.")
     task = task or task_from_dict(scheduler.task, "scheduler task")
-    engine, tok, _ = load_policy(policy or scheduler.policy, mesh)
+    policy = policy or scheduler.policy
+    check_scheduler_positions(scheduler, policy, revision_policy or scheduler.revision_policy, source)  # pre-weights
+    engine, tok, _ = load_policy(policy, mesh)
     judge = verifier_by_name(verifier or scheduler.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     texts = sample_solutions(task, engine, tok, problems, n=k, sampling=scheduler.search.sampling,
                              key=jax.random.key(seed), max_new_tokens=scheduler.max_new_tokens)

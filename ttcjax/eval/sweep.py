@@ -173,10 +173,7 @@ def check_positions(config: SweepConfig, source: str, more: Sequence[tuple[str, 
                       revision_policy_dir(config.revision_policy, source)))
     for field, tokens, model_field, name in [*needs, *more]:
         kind = "revision" if model_field == "revision_policy" else "policy"
-        positions = checkpoint_config(resolve(kind, name), model_field).max_position_embeddings
-        if tokens > positions:
-            raise ValueError(f"{source}: {field}={tokens} exceeds the {positions} positions of {model_field} {name} "
-                             f"(max_position_embeddings); lower {field} to at most {positions}.")
+        checkpoint_config(resolve(kind, name), model_field).check_fits(field, tokens, f"{model_field} {name}", source)
 
 
 def revision_verifier_name(name: str | None) -> str | None:

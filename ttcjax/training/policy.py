@@ -18,12 +18,12 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
 from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
 from ttcjax.models import ModelConfig, Transformer, init_model
-from ttcjax.models.sharding import parse_mesh
+from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
@@ -106,6 +106,7 @@ class PolicyTrainConfig:
         if self.solution_format not in ("plain", "restate"):
             raise ValueError(f"solution_format must be 'plain' or 'restate'; got {self.solution_format!r}.")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        mesh_shape(self.mesh, 1)  # its grammar ('auto', 'none' or DATA,MODEL), refused now
         task = self.make_task()
         if not isinstance(task, ArithmeticTask):
             for name, default in (("num_train_per_difficulty", None), ("solution_order", "reference"),
@@ -250,6 +251,12 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     """
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train policy")
+    if config.model_config is not None:  # a packed row's positions within the model's (read before its weights)
+        ModelConfig.from_dict(config.model_config, "model_config").check_fits("seq_len", config.seq_len, "model_config",
+                                                                              "train policy")
+    else:
+        checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
+                                                                    f"init_from {config.init_from}", "train policy")
     bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)

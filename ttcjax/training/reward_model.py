@@ -25,11 +25,11 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.io import bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, write_json
-from ttcjax.models.sharding import parse_mesh
+from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
@@ -181,6 +181,7 @@ class PRMTrainConfig:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1.")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        mesh_shape(self.mesh, 1)  # its grammar ('auto', 'none' or DATA,MODEL), refused now
         chains = self.revision_chains
         if chains is not None and not (isinstance(chains, dict) and set(chains) == {"chains", "sequential"} and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in chains.values())):
@@ -260,6 +261,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.revision_chains is not None and not orm:
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
+    backbone_dir = config.init_from or config.policy  # a packed row's positions within the backbone's
+    checkpoint_config(backbone_dir, "backbone").check_fits("seq_len", config.seq_len, f"the backbone {backbone_dir}",
+                                                           "train orm" if orm else "train prm")
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
                  "train orm" if orm else "train prm", rerun)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
