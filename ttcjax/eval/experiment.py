@@ -39,6 +39,7 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import ClassVar, Sequence
 
@@ -61,7 +62,7 @@ from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir
                        write_json)
 from ttcjax.models.sharding import mesh_shape
 from ttcjax.search.run import inference_flops, search, step_end
-from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, sample_solutions
+from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, is_nonfinite, sample_completions, sample_solutions
 from ttcjax.search.strategies import Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
@@ -175,6 +176,11 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     questions = [p.question for p, ts in zip(problems, texts) for _ in ts]
     solutions = [task.split_steps(t) or [""] for ts in texts for t in ts]
     scores = verifier.score(questions, solutions, prompts=[prompt for prompt, ts in zip(prompts, texts) for _ in ts])
+    broken = sum(not np.all(np.isfinite(s)) for s in scores)
+    if broken:
+        warnings.warn(f"predicted difficulty: the verifier's scores of {broken} of {len(scores)} samples are non-finite "
+                      "(a NaN or inf in its weights or activations); their questions' predicted signal is too.",
+                      stacklevel=2)
     out, at = [], 0
     for ts in texts:
         out.append(float(np.mean([verifier.solution_score(s) for s in scores[at:at + len(ts)]])))
@@ -221,14 +227,16 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     t0 = time.perf_counter()
 
     def difficulty(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
-        texts = sample_solutions(task, engine, tok, batch, n=config.difficulty_samples, sampling=settings.sampling,
-                                 key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens,
-                                 first_index=start)
+        completions = sample_completions(task, engine, tok, batch, n=config.difficulty_samples,
+                                         sampling=settings.sampling, key=jax.random.key(config.seed),
+                                         max_new_tokens=config.max_new_tokens, first_index=start)
+        texts = [[tok.decode(c.tokens) for c in cs] for cs in completions]
         signal, predicted = predicted_signal(task, verifier, batch, texts, tok)
         return [{"id": p.id, "difficulty": p.difficulty,
                  "pass_rate": float(np.mean(task.grade(p, [task.extract_answer(t) for t in ts]))),
-                 "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))}
-                for p, ts, value in zip(batch, texts, predicted)]
+                 "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts)),
+                 "nonfinite": sum(map(is_nonfinite, cs))}  # samples that ended on non-finite logits (warned of)
+                for p, ts, cs, value in zip(batch, texts, completions, predicted)]
 
     run_batches(difficulty_path, problems, max(1, SAMPLE_ROWS // config.difficulty_samples), difficulty)
     log(f"      {time.perf_counter() - t0:.0f} s")
@@ -327,6 +335,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
         report["revisions_compute_optimal"] = {signal: _compute_optimal(s) for signal, s in revision_selections.items()}
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
+    # questions whose search met non-finite logits or verifier scores (warned of), and difficulty samples that did
+    report["nonfinite_questions"] = {f"{n}/{b}": k for (n, b), k in grid.nonfinite.items() if k}
+    report["nonfinite_difficulty_samples"] = int(sum(d.get("nonfinite", 0) for d in diff))
 
     # a rerun reuses finished work: the totals count every invocation of this run directory (run_log.jsonl)
     report["invocations"] = finish_invocation(out, report["seconds"])

@@ -298,7 +298,8 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
                       "pass": any(right), "by_selection": by_selection,
                       "generations": r.generations, "generated_tokens": r.generated_tokens,
                       "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
-                      "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
+                      "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution,
+                      "nonfinite_logits": r.nonfinite_logits, "nonfinite_scores": r.nonfinite_scores}
             if isinstance(strategy, Revisions):
                 record.update(revision_record(r.candidates, right, strategy.sequential),
                               reread_tokens=r.reread_tokens, overflowed_contexts=r.overflowed_contexts)
@@ -321,13 +322,20 @@ def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
 
 @dataclasses.dataclass
 class GridResult:
-    """Per (strategy name, budget): 0/1 per question [Q], the mean generated tokens, and coverage (a right
-    answer among the candidates)."""
+    """Per (strategy name, budget): 0/1 per question [Q], the mean generated tokens, coverage (a right answer
+    among the candidates), and the questions whose search met non-finite logits or verifier scores."""
 
     correct: dict[tuple[str, int], np.ndarray]
     tokens: dict[tuple[str, int], float]
     coverage: dict[tuple[str, int], float]
     records: dict[tuple[str, int], list[dict]]
+    nonfinite: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+
+
+def is_nonfinite_record(record: dict) -> bool:
+    """Whether a question's search met non-finite policy logits or verifier scores (`SearchResult.nonfinite_*`):
+    its answer is not the models' work."""
+    return bool(record.get("nonfinite_logits") or record.get("nonfinite_scores"))
 
 
 def memory_maps() -> tuple[int, int] | None:
@@ -421,6 +429,11 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
         out.tokens[key] = float(np.mean([r["generated_tokens"] for r in records]))
         out.coverage[key] = float(np.mean([r["pass"] for r in records]))
         out.records[key] = records
+        out.nonfinite[key] = sum(map(is_nonfinite_record, records))
+        if out.nonfinite[key]:
+            print(f"ttcjax: warning: {cell.name}: {out.nonfinite[key]} of {len(records)} questions met non-finite "
+                  "policy logits or verifier scores (a NaN or inf in a model's weights or activations); the accuracy "
+                  "counts their answers as they are (nonfinite_questions in the summary).", file=sys.stderr)
     return out
 
 
@@ -521,7 +534,8 @@ def summarize(config: dict, problems: Sequence[ProblemRecord], grid: GridResult)
         table.setdefault(name, {})[str(budget)] = {
             "accuracy": acc, "questions": len(correct), "coverage": grid.coverage[(name, budget)],
             "generated_tokens": grid.tokens[(name, budget)],
-            "seconds_per_question": float(np.mean([r["seconds"] for r in records]))}
+            "seconds_per_question": float(np.mean([r["seconds"] for r in records])),
+            "nonfinite_questions": grid.nonfinite.get((name, budget), 0)}
     return {"config": config, "difficulties": difficulties, "table": table}
 
 
@@ -540,6 +554,12 @@ def summary_markdown(summary: dict) -> str:
         for name, row in table.items():
             cells = [f"{row[str(b)]['accuracy'][d]:.3f}" if str(b) in row else "" for b in budgets]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    broken = [f"{name} N={b}: {cell['nonfinite_questions']} of {cell['questions']}" for name, row in table.items()
+              for b, cell in row.items() if cell.get("nonfinite_questions")]
+    if broken:
+        lines += ["", "**Warning:** questions whose search met non-finite policy logits or verifier scores (a NaN or "
+                  "inf in a model's weights or activations; counted in the accuracies as they are): "
+                  + "; ".join(broken) + "."]
     return "\n".join(lines) + "\n"
 
 
