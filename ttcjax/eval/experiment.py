@@ -94,6 +94,9 @@ class ExperimentConfig(SweepConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.folds < 2:
+            raise ValueError(f"{source}: folds={self.folds} must be an integer >= 2: cross-validation chooses a "
+                             "strategy on some folds and scores it on another.")
         has_baseline = any(s.effective() == BASELINE.effective() for s in self.strategies)
         if not has_baseline and not is_verifier_free(self.verifier):
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
@@ -178,8 +181,9 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     scores = verifier.score(questions, solutions, prompts=[prompt for prompt, ts in zip(prompts, texts) for _ in ts])
     broken = sum(not np.all(np.isfinite(s)) for s in scores)
     if broken:
-        warnings.warn(f"predicted difficulty: the verifier's scores of {broken} of {len(scores)} samples are non-finite "
-                      "(a NaN or inf in its weights or activations); their questions' predicted signal is too.",
+        warnings.warn(f"predicted difficulty: the verifier's scores of {broken} of {len(scores)} samples are "
+                      "non-finite (a NaN or inf in its weights or activations); their questions' predicted signal is "
+                      "too.",
                       stacklevel=2)
     out, at = [], 0
     for ts in texts:

@@ -79,6 +79,9 @@ def select_strategies(correct: dict[tuple[str, int], np.ndarray], levels: np.nda
     is scored on it; the cross-validated accuracy is the mean over folds. Ties go to the strategy listed
     first. `baseline` names the strategy whose accuracy is reported alongside (weighted best-of-N).
     """
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds={folds!r} must be an integer >= 2: a strategy is chosen on some folds and scored on "
+                         "another.")
     levels = np.asarray(levels)
     budgets = sorted({b for _, b in correct})
     rng = np.random.default_rng(seed)

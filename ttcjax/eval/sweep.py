@@ -31,6 +31,7 @@ import gc
 import os
 import sys
 import time
+import warnings
 import zlib
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -109,6 +110,13 @@ def plan_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: st
                              "beam needs a budget its width divides; lookahead needs width * (k + 1)).")
         cells += fitting
     return cells
+
+
+def dropped_cells(specs: Sequence[StrategySpec], budgets: Sequence[int]) -> list[tuple[StrategySpec, list[int]]]:
+    """(spec, the budgets it does not fit) for every spec that fits some of the budgets but not all: `plan_cells`
+    leaves those cells out of the grid."""
+    out = [(spec, [b for b in budgets if spec.at(b) is None]) for spec in specs]
+    return [(spec, unfit) for spec, unfit in out if 0 < len(unfit) < len(budgets)]
 
 
 def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:
@@ -250,6 +258,10 @@ class SweepConfig:
     def validate(self, source: str) -> None:
         self.make_task()  # a bad task is an error now, not after the models load
         plan_cells(self.strategies, self.budgets, source)
+        for spec, unfit in dropped_cells(self.strategies, self.budgets):
+            warnings.warn(f"{source}: strategy {spec.to_dict()} does not fit budgets {unfit} (a beam needs a budget "
+                          "its width divides; lookahead needs width * (k + 1)): those cells are not run, and "
+                          "strategies are compared there without it.", stacklevel=3)
         check_verifier_fits([s for s in self.strategies if not is_revision(s)], self.verifier, source)
         check_revision_models(self.strategies, self.revision_policy, self.revision_verifier, source)
 

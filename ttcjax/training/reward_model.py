@@ -206,21 +206,64 @@ class PRMTrainConfig:
         return OptimConfig.from_fields(self)
 
 
+# The options a labels file is made with (labels_cost.json records them as "options"): a labels file is reused only
+# by a config that names the same.
+LABEL_OPTIONS = ("policy", "tokenizer", "task", "num_questions", "samples", "rollouts", "temperature", "max_new_tokens",
+                 "seed", "revision_chains")
+LABELS_COST_FILE = "labels_cost.json"
+
+
+REUSE_FIX = "set those options as the run that made the labels did, or drop `labels` to sample new ones."
+
+
+def label_options(config: PRMTrainConfig) -> dict[str, Any]:
+    """`LABEL_OPTIONS` of a config in JSON form, checkpoint paths as real paths (a run from elsewhere names the same
+    policy by another relative path)."""
+    options = {field: getattr(config, field) for field in LABEL_OPTIONS}
+    for field in ("policy", "tokenizer"):
+        if options[field] not in (None, "char"):
+            options[field] = os.path.realpath(options[field])
+    return json.loads(json.dumps(options))
+
+
+def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bool) -> dict:
+    """The cost record beside labels file `path` (labels_cost.json), checked to record the options `config` would
+    label with: one ValueError naming the file, the keys that differ and `fix` otherwise. A labels file without a
+    cost record beside it (written by `save_labels` alone) is taken as it is, unless `required`."""
+    cost_path = os.path.join(os.path.dirname(path), LABELS_COST_FILE)
+    cost = {}
+    if os.path.exists(cost_path):
+        with open(cost_path) as f:
+            cost = json.load(f)
+    elif not required:
+        return cost
+    recorded, wanted = cost.get("options"), label_options(config)
+    if recorded is None:
+        raise ValueError(f"{path}: {LABELS_COST_FILE} beside it does not record the options the labels were made "
+                         f"with, so they cannot be told to be this config's; {fix}")
+    differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if differ:
+        raise ValueError(f"{path}: the labels were made with other options (keys that differ: {differ}; they were "
+                         f"{ {k: recorded.get(k) for k in differ} }); {fix}")
+    return cost
+
+
 def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
                 ) -> tuple[list[LabelledSolution], dict]:
-    """Sample and label (or reuse out_dir/labels.jsonl from an earlier run of the same config)."""
+    """Sample and label (or reuse out_dir/labels.jsonl, or the config's `labels`, made with the same options: see
+    `reused_labels_cost`)."""
     labels_path = os.path.join(config.out_dir, "labels.jsonl")
-    cost_path = os.path.join(config.out_dir, "labels_cost.json")
+    cost_path = os.path.join(config.out_dir, LABELS_COST_FILE)
     if config.labels:
         if not os.path.exists(config.labels):
             raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
                                     "(ttcjax train prm), or drop `labels` to sample new ones.")
-        cost_file = os.path.join(os.path.dirname(config.labels), "labels_cost.json")
-        cost = json.load(open(cost_file)) if os.path.exists(cost_file) else {}
+        cost = reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
         return load_labels(config.labels), {**cost, "reused_from": config.labels}
     if os.path.exists(labels_path) and os.path.exists(cost_path):
-        with open(cost_path) as f:
-            return load_labels(labels_path), json.load(f)
+        cost = reused_labels_cost(labels_path, config, "move it aside (or rerun with --fresh) to label anew, or set "
+                                  "those options back.", required=True)
+        return load_labels(labels_path), cost
     started = time.perf_counter()
     task = config.make_task()
     problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
@@ -228,6 +271,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         labelled, cost_record = revision_labels(config.policy, tokenizer, task, problems,
                                                 temperature=config.temperature, seed=config.seed, mesh=mesh,
                                                 **config.revision_chains)
+        cost_record["options"] = label_options(config)
         save_labels(labels_path, labelled)
         write_json(cost_path, cost_record)
         return labelled, cost_record
@@ -247,7 +291,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         add_bos=task.prompt_bos(tokenizer), steps_of=task.split_steps, progress=progress)
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
-                   "labelled_solutions": len(labelled)}
+                   "labelled_solutions": len(labelled), "options": label_options(config)}
     save_labels(labels_path, labelled)
     write_json(cost_path, cost_record)
     return labelled, cost_record
@@ -261,6 +305,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.revision_chains is not None and not orm:
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
+    if config.labels and os.path.exists(config.labels):  # labels of other options refused before the run directory
+        reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
     backbone_dir = config.init_from or config.policy  # a packed row's positions within the backbone's
     checkpoint_config(backbone_dir, "backbone").check_fits("seq_len", config.seq_len, f"the backbone {backbone_dir}",
                                                            "train orm" if orm else "train prm")
