@@ -87,6 +87,19 @@ class Case:
         data = {"out_dir": self.path("prm"), "policy": model_dir("policy", "tiny"), "num_questions": 8, **changes}
         return ["train", "prm", "--config", self.yaml("prm.yaml", data)]
 
+    def labels(self, directory: str = "labels", **options) -> str:
+        """A labels file (and its labels_cost.json, recording the options of a `train_prm` config with `options`)."""
+        from ttcjax.training.labels import LabelledSolution, save_labels
+        from ttcjax.training.reward_model import LABELS_COST_FILE, PRMTrainConfig, label_options
+
+        (self.tmp / directory).mkdir(exist_ok=True)
+        labelled = [LabelledSolution("p", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)]
+        save_labels(self.tmp / directory / "labels.jsonl", labelled)
+        config = PRMTrainConfig(out_dir=self.path("prm"), policy=model_dir("policy", "tiny"), num_questions=8,
+                                **options)
+        (self.tmp / directory / LABELS_COST_FILE).write_text(json.dumps({"options": label_options(config)}))
+        return self.path(f"{directory}/labels.jsonl")
+
     def generate(self, *flags, model=None):
         return ["generate", "--model", model or self.ckpt, "--tokenizer", "char", "--prompt", "x",
                 "--output", self.path("out.jsonl"), *flags]
@@ -205,6 +218,7 @@ CLI_CASES = [
     ("experiment-probe-samples-negative", lambda c: c.experiment("probe_samples=-1"), ["probe_samples=-1", ">= 1"]),
     ("experiment-bins-0", lambda c: c.experiment("bins=0"), ["bins=0"]),
     ("experiment-folds-0", lambda c: c.experiment("folds=0"), ["folds=0"]),
+    ("experiment-folds-1", lambda c: c.experiment("folds=1"), ["experiment.yaml", "folds=1", ">= 2"]),
     ("experiment-difficulty-samples-0", lambda c: c.experiment("difficulty_samples=0"), ["difficulty_samples=0"]),
     ("experiment-max-new-tokens-0", lambda c: c.experiment("max_new_tokens=0"), ["max_new_tokens=0"]),
     ("experiment-temperature-nan", lambda c: c.experiment("search.temperature=.nan"), ["temperature=nan"]),
@@ -246,9 +260,17 @@ CLI_CASES = [
     ("train-prm-aggregation", lambda c: c.train_prm(aggregation="max"), ["aggregation='max'"]),
     ("train-prm-max-new-tokens-0", lambda c: c.train_prm(max_new_tokens=0), ["max_new_tokens=0"]),
     ("train-prm-policy-missing", lambda c: c.train_prm(policy=c.path("nope")), ["policy=", "nope", "nothing was"]),
+    ("train-prm-labels-of-other-options", lambda c: c.train_prm(labels=c.labels(samples=2)),
+     ["labels.jsonl", "keys that differ: ['samples']", "{'samples': 2}", "drop `labels`"]),
     ("train-prm-init-from-missing", lambda c: c.train_prm(init_from=c.path("nope")), ["init_from=", "no such"]),
     ("train-policy-init-from-missing", lambda c: c.train_policy(model_config=None, init_from=c.path("nope")),
      ["init_from=", "no such"]),
+    ("train-tokenizer-int", lambda c: c.train_policy(tokenizer=5), ["tokenizer=5", "must be a path"]),
+    ("train-mesh-int", lambda c: c.train_policy(mesh=5), ["policy.yaml", "mesh=5", "DATA,MODEL"]),
+    ("train-mesh-word", lambda c: c.train_policy(mesh="3,x"), ["policy.yaml", "'3,x'", "DATA,MODEL"]),
+    ("train-seq-len-over-positions", lambda c: c.train_policy(model_config={**TINY.to_dict(),
+                                                                           "max_position_embeddings": 64}),
+     ["seq_len=256", "64 positions of model_config", "at most 64"]),
     # generate
     ("generate-n-0", lambda c: c.generate("--n", "0"), ["n=0", ">= 1"]),
     ("generate-temperature-nan", lambda c: c.generate("--temperature", "nan"), ["temperature=nan", "finite"]),
@@ -285,6 +307,10 @@ CLI_CASES = [
     ("generate-config-n-string", lambda c: c.generate_config(n="4"), ["n='4'"]),
     ("generate-config-overwrite-string", lambda c: c.generate_config(overwrite="false", output=c.file),
      ["overwrite='false'", "true or false"]),
+    ("generate-config-tokenizer-int", lambda c: c.generate_config(tokenizer=5), ["tokenizer=5", "must be a string"]),
+    ("generate-config-mesh-int", lambda c: c.generate_config(mesh=5), ["mesh=5", "DATA,MODEL"]),
+    ("generate-prompts-file-directory", lambda c: ["generate", "--model", c.ckpt, "--tokenizer", "char",
+                                                   "--prompts-file", str(c.tmp)], ["--prompts-file", "is a directory"]),
     ("generate-model-config-word", lambda c: ["generate", "--config", c.yaml("g.yaml", {
         "model_config": {"hidden_size": "x"}, "tokenizer": "char", "prompts": ["x"]})], ["hidden_size='x'"]),
     ("generate-vocab-too-small", lambda c: ["generate", "--config", c.yaml("g.yaml", {
@@ -314,6 +340,14 @@ CLI_CASES = [
     ("eval-prm-without-policy", lambda c: ["eval", "prm", "--model", "tiny"], ["--policy"]),
     ("eval-revision-chains-0", lambda c: c.eval("--chains", "0", what="revision"), ["chains=0"]),
     ("eval-revision-sequential-0", lambda c: c.eval("--sequential", "0", what="revision"), ["sequential=0"]),
+    ("eval-max-new-tokens-over-positions", lambda c: c.eval("--max-new-tokens", "5000"),
+     ["--max-new-tokens=5000", "longest prompt", "4096 positions", "lower --max-new-tokens"]),
+    ("eval-revision-max-len-over-positions", lambda c: ["eval", "revision", "--model", "tiny", "--per-difficulty", "1",
+                                                        "--max-len", "100000"],
+     ["--max-len=100000", "512 positions of --model tiny", "at most 512"]),
+    ("eval-prm-max-new-tokens-over-positions", lambda c: ["eval", "prm", "--model", "none", "--policy", "tiny",
+                                                          "--per-difficulty", "1", "--max-new-tokens", "600"],
+     ["--max-new-tokens=600", "positions of --policy tiny"]),
     # run
     ("run-scheduler-missing", lambda c: ["run", "--scheduler", c.path("s.json")], ["s.json", "no scheduler"]),
     ("run-scheduler-not-json", lambda c: ["run", "--scheduler", c.write("s.json", "{")], ["s.json", "not JSON"]),
@@ -324,6 +358,16 @@ CLI_CASES = [
     ("run-scheduler-strategy-typo", lambda c: c.run(choices={"1/4": {"kind": "beam", "widht": 2}}),
      ["scheduler.json", "widht"]),
     ("run-budget-below-probes", lambda c: c.run("--budget", "0"), ["budget 0", "at least"]),
+    ("run-scheduler-choice-key", lambda c: c.run(choices={"abc": {"kind": "best_of_n", "selection": "majority"}}),
+     ["scheduler.json", "choices['abc']", "level/budget"]),
+    ("run-scheduler-choices-list", lambda c: c.run(choices=[1]), ["scheduler.json", "choices=[1]", "mapping"]),
+    ("run-scheduler-policy-list", lambda c: c.run(policy=[1]), ["scheduler.json", "policy=[1]"]),
+    ("run-scheduler-edges-word", lambda c: c.run(edges=["a"]), ["scheduler.json", "edges=['a']", "finite numbers"]),
+    ("run-scheduler-edges-descending", lambda c: c.run(edges=[0.6, 0.2]), ["edges=[0.6, 0.2]", "ascending"]),
+    ("run-scheduler-max-new-tokens-over-positions", lambda c: c.run(max_new_tokens=600),
+     ["scheduler.json", "max_new_tokens=600", "512 positions of policy tiny"]),
+    ("run-scheduler-max-len-over-positions", lambda c: c.run(search=SearchSettings(max_len=1000).to_dict()),
+     ["scheduler.json", "search.max_len=1000", "512 positions of policy tiny"]),
     ("run-questions-file-missing", lambda c: c.run("--questions-file", c.path("q.jsonl")),
      ["q.jsonl", "no such file"]),
     ("run-questions-file-bad-line", lambda c: c.run("--questions-file", c.write("q.jsonl", '{"question": 5}\n')),
@@ -405,6 +449,7 @@ def _api_cases():
     from ttcjax.decoding.engine import Sampling
     from ttcjax.eval.experiment import ExperimentConfig
     from ttcjax.eval.shards import merge
+    from ttcjax.eval.scheduler import select_strategies
     from ttcjax.eval.sweep import SweepConfig
     from ttcjax.io import bind_run_dir
     from ttcjax.models import ModelConfig
@@ -471,6 +516,10 @@ def _api_cases():
          ["ttcjax_config.json", "damaged"]),
         ("model-config-switch-string", lambda t: ModelConfig.from_dict({"mlp_bias": "false"}, "m.yaml"),
          ["m.yaml", "mlp_bias='false'", "true or false"]),
+        ("select-strategies-one-fold", lambda t: select_strategies({("a", 4): np.ones(4)}, np.ones(4, int), folds=1),
+         ["folds=1", ">= 2"]),
+        ("chat-template-wide-format", lambda t: render_chat_template("{{ '%0200000000d' % 1 }}"),
+         ["chat template", "rendering limits", "a width of 200,000,000"]),
     ]
 
 
@@ -501,3 +550,39 @@ def test_nan_in_a_native_checkpoint_is_named_without_writing(tmp_path, capsys):
                  "--output", str(tmp_path / "out.jsonl")]) == 2
     one_error_line(capsys, "embedding", "non-finite")
     assert snapshot(tmp_path) == before
+
+
+def test_a_strategy_that_fits_only_some_budgets_is_named_with_the_cells_left_out():
+    from ttcjax.eval.sweep import SweepConfig, plan_cells
+
+    data = {"out_dir": "x", "budgets": [2, 8],
+            "strategies": [{"kind": "best_of_n", "selection": "majority"}, {"kind": "dvts", "width": 4}]}
+    with pytest.warns(UserWarning, match=r"^s.yaml: strategy \{'kind': 'dvts', 'width': 4\} does not fit budgets "
+                                         r"\[2\] .* those cells are not run") as caught:
+        config = SweepConfig.from_dict(data, "s.yaml")
+    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    assert [(c.spec.kind, c.budget) for c in plan_cells(config.strategies, config.budgets)] == [
+        ("best_of_n", 2), ("best_of_n", 8), ("dvts", 8)]
+
+
+def test_labels_in_the_run_directory_are_reused_only_under_the_options_they_were_made_with(models, tmp_path):
+    from ttcjax.checkpoints.tokenizer import CharTokenizer
+    from ttcjax.training.reward_model import LABELS_COST_FILE, PRMTrainConfig, make_labels
+
+    case = Case(tmp_path, models)
+    config = PRMTrainConfig(out_dir=case.path("prm"), policy=model_dir("policy", "tiny"), num_questions=8)
+    case.labels("prm")  # made with this config's options: reused, nothing sampled
+    labelled, cost = make_labels(config, CharTokenizer(), None, progress=False)
+    assert [x.steps for x in labelled] == [("1+2=3",)] and cost["options"]["num_questions"] == 8
+    for options, words in (({"rollouts": 2}, ["keys that differ: ['rollouts']", "--fresh"]),
+                           ({"temperature": 0.5}, ["keys that differ: ['temperature']"])):
+        case.labels("prm", **options)
+        before = snapshot(tmp_path)
+        with pytest.raises(ValueError) as info:
+            make_labels(config, CharTokenizer(), None, progress=False)
+        assert all(word in str(info.value) for word in words) and "\n" not in str(info.value), str(info.value)
+        assert snapshot(tmp_path) == before
+    os.remove(tmp_path / "prm" / LABELS_COST_FILE)
+    (tmp_path / "prm" / LABELS_COST_FILE).write_text("{}")  # an earlier ttcjax's record: no options
+    with pytest.raises(ValueError, match="does not record the options"):
+        make_labels(config, CharTokenizer(), None, progress=False)

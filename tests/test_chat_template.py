@@ -2,6 +2,7 @@
 to allocate or loop without bound."""
 
 import time
+import tracemalloc
 
 import pytest
 
@@ -26,6 +27,11 @@ def test_an_ordinary_template_renders_as_jinja_does():
 
 
 LIMITS = TemplateLimits(chars=100_000, seconds=2.0, int_bits=4096)
+# string formats whose width or precision alone makes a 200 MB string
+WIDE_FORMATS = ("{{ '%0200000000d' % 1 }}", "{{ '%.200000000f' % 1.5 }}", "{{ '%*d' % (200000000, 1) }}",
+                "{{ '%(a)200000000s' % {'a': 1} }}", "{{ '%0200000000d' | format(1) }}",
+                "{{ '{:>200000000}'.format(1) }}", "{{ '{:>{}}'.format(1, '200000000') }}",
+                "{{ '{x:>200000000}'.format_map({'x': 1}) }}", "{{ ('{:>200000000}' | safe).format(1) }}")
 
 
 @pytest.mark.parametrize("source, what", [
@@ -41,6 +47,7 @@ LIMITS = TemplateLimits(chars=100_000, seconds=2.0, int_bits=4096)
     ("{% for i in range(99999) %}{% for j in range(99999) %}{% for k in range(99999) %}{% endfor %}{% endfor %}"
      "{% endfor %}", "took over"),
     ("{% macro f(n) %}{{ f(n + 1) }}{% endmacro %}{{ f(0) }}", "RecursionError"),
+    *[(source, "a width of 200,000,000") for source in WIDE_FORMATS],
 ])
 def test_a_template_past_its_limits_stops_with_one_line_naming_the_limit(source, what):
     started = time.monotonic()
@@ -48,3 +55,18 @@ def test_a_template_past_its_limits_stops_with_one_line_naming_the_limit(source,
         render_chat_template(source, LIMITS)
     assert what in str(info.value) and "\n" not in str(info.value)
     assert time.monotonic() - started < 3 * LIMITS.seconds
+
+
+def test_string_formats_are_refused_before_they_allocate_and_render_within_the_limits():
+    tracemalloc.start()
+    try:
+        for source in WIDE_FORMATS:
+            with pytest.raises(ValueError, match="a width of 200,000,000"):
+                render_chat_template(source, LIMITS)
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 20_000_000  # each string would have held 200 MB
+    source = ("{{ '%5d|%-3s|%%|%.2f' % (42, 'ab', 3.14159) }}|{{ '{:>4}|{:.1f}|{}'.format(1, 2.25, 'x') }}|"
+              "{{ '%s-%s' | format('a', 'b') }}|{{ '{a}'.format_map({'a': 7}) }}|{{ 7 % 3 }}")
+    assert render_chat_template(source, LIMITS) == "   42|ab |%|3.14|   1|2.2|x|a-b|7|1"

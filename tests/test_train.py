@@ -200,7 +200,7 @@ def test_cli_train_policy(tmp_path, capsys):
     assert summary["command"].startswith("ttcjax train policy --config")
     assert set(summary["validation"]["by_difficulty"]) == {"2"}
     assert main(["eval", "policy", "--model", str(out / "model"), "--per-difficulty", "2", "--samples", "2",
-                 "--split", "validation", "--output", str(tmp_path / "eval.json")]) == 0
+                 "--max-new-tokens", "96", "--split", "validation", "--output", str(tmp_path / "eval.json")]) == 0
     result = json.loads((tmp_path / "eval.json").read_text())
     assert result["all"]["problems"] == 8 and "pass@2" in result["all"]
     bad = tmp_path / "bad.yaml"

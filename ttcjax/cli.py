@@ -43,7 +43,7 @@ from tqdm import tqdm
 from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.gguf import is_gguf_file, load_gguf_model, save_gguf_tokenizer
 from ttcjax.checkpoints.hf import load_hf_model, refuse_to_replace, save_hf_model
-from ttcjax.checkpoints.native import load_any, load_model, save_model
+from ttcjax.checkpoints.native import checkpoint_config, load_any, load_model, save_model
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import FINISH_REASONS, FINISHED_NONFINITE, Engine, Sampling, StopConditions, stop_text
 from ttcjax.distributed import initialize, is_writer, process_index
@@ -85,6 +85,18 @@ GENERATE_KEYS = {"model", "tokenizer", "prompts", "prompts_file", "n", "max_new_
                  "chat_template", "system",
                  "top_p", "stop", "seed", "mesh", "dtype", "batch_size", "output", "overwrite", "model_config"}
 
+# generate's options that are text, and what each names
+GENERATE_TEXT_OPTIONS = {
+    "model": "a checkpoint directory, a .gguf file or a shipped name",
+    "tokenizer": "tokenizer.json, tokenizer.model, a directory, or 'char'",
+    "prompts_file": "a .txt or .jsonl file",
+    "mesh": "'auto', 'none' or DATA,MODEL such as '4,2'",
+    "dtype": "float32 or bfloat16",
+    "output": "a file to write",
+    "system": "a system message",
+    "chat_template": "auto, on or off",
+}
+
 
 def load_yaml_config(path: str, allowed: set[str]) -> dict[str, Any]:
     """Read a YAML mapping, refusing keys the command does not know (with the file and the key named)."""
@@ -121,6 +133,9 @@ def _read_prompts(opts: dict[str, Any]) -> list[str]:
     if path:
         if not os.path.exists(path):
             raise FileNotFoundError(f"{path}: prompts file not found.")
+        if os.path.isdir(path):
+            raise ValueError(f"--prompts-file {path}: is a directory; name a file with one prompt per line (.txt) or "
+                             "{\"prompt\": ...} per line (.jsonl).")
         with open(path) as f:
             for line_no, line in enumerate(f, 1):
                 if not line.strip():
@@ -185,6 +200,10 @@ def _check_generation_options(opts: dict[str, Any]) -> None:
         value = opts.get(key)
         if value is not None and (not isinstance(value, (int, float)) or isinstance(value, bool)):
             raise ValueError(f"{key}={value!r} must be a number.")
+    for key, kind in GENERATE_TEXT_OPTIONS.items():
+        value = opts.get(key)
+        if value is not None and not isinstance(value, str):
+            raise ValueError(f"{key}={value!r} must be a string: {kind}.")
     for key in ("prompts", "stop"):
         value = opts.get(key)
         if value is not None and (not isinstance(value, (list, tuple)) or not all(isinstance(v, str) for v in value)):
@@ -342,7 +361,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     records = answer_with_scheduler(scheduler, problems, args.budget, task=task, policy=args.policy,
                                     verifier=args.verifier, revision_policy=args.revision_policy,
                                     revision_verifier=args.revision_verifier, seed=args.seed,
-                                    mesh=parse_mesh(args.mesh))
+                                    mesh=parse_mesh(args.mesh), source=args.scheduler)
     if not is_writer():  # every process holds every answer (gathered from the mesh); process 0 reports them
         return 0
     if args.output:
@@ -446,6 +465,15 @@ def _check_eval_options(args: argparse.Namespace) -> None:
         check_output_file(args.output, overwrite=args.overwrite)
 
 
+def _check_samples_fit(args: argparse.Namespace, flag: str, tokenizer, task, problems) -> None:
+    """The longest prompt and --max-new-tokens within the positions of the model that samples (named by `flag`),
+    read from its config before its weights are loaded."""
+    name = getattr(args, flag[2:])
+    longest = max(len(task.encode_prompt(p, tokenizer)) for p in problems)
+    checkpoint_config(resolve("policy", name), flag).check_fits("--max-new-tokens", args.max_new_tokens,
+                                                                f"{flag} {name}", f"eval {args.what}", prompt=longest)
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
     _check_eval_options(args)
     task = _task_option(args.task)
@@ -457,13 +485,17 @@ def cmd_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mesh = parse_mesh(args.mesh)
     if args.what == "policy":
-        model = load_any(args.model, mesh=mesh)
         tokenizer = load_tokenizer(args.tokenizer or args.model)
+        _check_samples_fit(args, "--model", tokenizer, task, problems)
+        model = load_any(args.model, mesh=mesh)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
     elif args.what == "revision":
         directory = revision_policy_dir(args.model, "--model")  # a directory or a shipped revision model's name
+        if args.max_len is not None:
+            checkpoint_config(directory, "--model").check_fits("--max-len", args.max_len, f"--model {args.model}",
+                                                               "eval revision")
         model = load_any(directory)
         tokenizer = load_tokenizer(args.tokenizer or directory)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
@@ -482,6 +514,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
             raise ValueError("eval prm needs --policy DIR: the policy whose samples the verifier judges.")
         if args.samples < 1:
             raise ValueError(f"--samples {args.samples}: the verifier needs at least one sample per question to judge.")
+        check_model_name("policy", args.policy, "--policy", "eval prm")
+        _check_samples_fit(args, "--policy", load_tokenizer(resolve("policy", args.policy)), task, problems)
         engine, tokenizer, _ = load_policy(args.policy, mesh)
         verifier = verifier_by_name(args.model, tokenizer, aggregation=args.aggregation, mesh=engine.mesh,
                                     rules=engine.rules)

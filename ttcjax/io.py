@@ -251,6 +251,9 @@ def check_inputs_exist(config, fields: Sequence[str], command: str) -> None:
     directory is made: one line naming the field and the path."""
     for field in fields:
         value = getattr(config, field, None)
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise ValueError(f"ttcjax {command}: {field}={value!r} must be a path (a checkpoint directory or file"
+                             + (", or 'char'" if field == "tokenizer" else "") + ").")
         if value is not None and value != "char" and not os.path.exists(os.fspath(value)):
             raise ValueError(f"ttcjax {command}: {field}={value!r}: no such checkpoint directory or file; check the "
                              "path (nothing was written).")

@@ -3,9 +3,10 @@
 A chat template comes with a checkpoint (often from the Hub): untrusted code. Jinja's immutable sandbox keeps it
 from reaching Python, but not from allocating: `{{ 'a' * 10**10 }}`, a string doubled in a loop, or nested loops
 run until memory or patience ends. Here every value a template makes passes a check: repetition and powers
-before they are computed; concatenation (`~`), `+`, calls, filters, attribute and item reads after, against
-`TemplateLimits.chars`; every loop step and call against a time limit; and the output as it is written. A
-template past a limit stops with one `ValueError` that names the limit.
+before they are computed, and so are the widths and precisions of string formatting (`%`, the `format` filter,
+`str.format`: `'%0200000000d' % 1` would make a 200 MB string); concatenation (`~`), `+`, calls, filters,
+attribute and item reads after, against `TemplateLimits.chars`; every loop step and call against a time limit; and
+the output as it is written. A template past a limit stops with one `ValueError` that names the limit.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import dataclasses
 import datetime
 import functools
 import json
+import re
 import threading
 import time
 from typing import Any, Iterable, Iterator
@@ -22,7 +24,8 @@ import jinja2
 from jinja2 import nodes
 from jinja2.compiler import CodeGenerator
 from jinja2.ext import Extension, loopcontrols
-from jinja2.sandbox import ImmutableSandboxedEnvironment, SecurityError
+from jinja2.sandbox import ImmutableSandboxedEnvironment, SandboxedFormatter, SecurityError
+from markupsafe import EscapeFormatter, Markup
 
 
 @dataclasses.dataclass(frozen=True)
@@ -40,6 +43,23 @@ LIMITS = TemplateLimits()
 
 
 class LimitExceeded(SecurityError):
+    pass
+
+
+# a %-format conversion: its width and precision (digits, or '*' for one taken from the values)
+_PERCENT_SPEC = re.compile(r"%(?:\([^)]*\))?[-#0 +]*(\*|\d*)(?:\.(\*|\d*))?[hlL]?(?:[a-zA-Z%]|$)")
+
+
+class _BoundedFormatter(SandboxedFormatter):
+    """Jinja's `str.format` formatter with every field's format spec (its nested fields filled in) checked before
+    the field is formatted."""
+
+    def format_field(self, value: Any, format_spec: str) -> Any:
+        self._env.check_widths(re.findall(r"\d+", format_spec), f"the format spec {format_spec!r}")
+        return super().format_field(value, format_spec)
+
+
+class _BoundedEscapeFormatter(_BoundedFormatter, EscapeFormatter):
     pass
 
 
@@ -75,7 +95,7 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
     `{% generation %}`, a `tojson` that does not escape HTML, `raise_exception`, `strftime_now`) with `limits`."""
 
     code_generator_class = _BoundedCode
-    intercepted_binops = frozenset({"*", "**", "+"})
+    intercepted_binops = frozenset({"*", "**", "+", "%"})
 
     def __init__(self, limits: TemplateLimits = LIMITS):
         super().__init__(trim_blocks=True, lstrip_blocks=True, extensions=[_Generation, loopcontrols])
@@ -114,6 +134,23 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
             if isinstance(arg, int) and not isinstance(arg, bool) and abs(arg) > self.limits.chars:
                 raise LimitExceeded(f"the argument {arg} (over {self.limits.chars:,})")
 
+    def check_widths(self, widths: Iterable[Any], what: str) -> None:
+        """Widths and precisions of a string format (digits as text, or integers) within `limits.chars`: each one
+        makes a string that long before any check after the fact could see it."""
+        for width in widths:
+            if isinstance(width, str) and width.isdigit():
+                width = int(width)
+            if isinstance(width, int) and not isinstance(width, bool) and abs(width) > self.limits.chars:
+                raise LimitExceeded(f"a width of {width:,} in {what} (over {self.limits.chars:,})")
+
+    def check_percent(self, template: str, values: Any) -> None:
+        """`template % values` checked before it is computed: the widths and precisions it writes, and those it
+        takes from `values` ('*')."""
+        specs = _PERCENT_SPEC.findall(template)
+        self.check_widths((n for spec in specs for n in spec), f"the format {template[:40]!r}")
+        if any("*" in spec for spec in specs):
+            self.check_widths(values if isinstance(values, tuple) else (values,), f"the format {template[:40]!r}")
+
     def bounded_iter(self, iterable: Iterable[Any]) -> Iterator[Any]:
         for item in iterable:
             self._tick()
@@ -123,6 +160,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
         @functools.wraps(f)  # keeps jinja's pass_context / pass_environment marks
         def bounded(*args, **kwargs):
             self._check_args(args, kwargs)
+            if f.__name__ == "do_format" and args and isinstance(args[0], str):  # `value|format(...)`: value % (...)
+                self.check_percent(args[0], tuple(args[1:]))
             return self.bounded(f(*args, **kwargs))
 
         return bounded
@@ -136,6 +175,8 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
                 if isinstance(seq, (str, list, tuple)) and isinstance(times, int) \
                         and len(seq) * times > self.limits.chars:
                     raise LimitExceeded(f"a repetition of {len(seq) * times:,} items (over {self.limits.chars:,})")
+        if operator == "%" and isinstance(left, str):
+            self.check_percent(left, right)
         if operator == "**" and isinstance(left, int) and isinstance(right, int) and abs(left) > 1 \
                 and right * max(abs(left), 2).bit_length() > self.limits.int_bits:
             raise LimitExceeded(f"the power {left} ** {right} (over {self.limits.int_bits:,} bits)")
@@ -151,6 +192,24 @@ class BoundedSandbox(ImmutableSandboxedEnvironment):
 
     def getitem(self, obj: Any, argument: Any) -> Any:
         return self.bounded(super().getitem(obj, argument))
+
+    def wrap_str_format(self, value: Any):
+        """A string's `format` / `format_map`, read from a template, as jinja's sandbox wraps them, with each field's
+        format spec checked (`_BoundedFormatter`)."""
+        if super().wrap_str_format(value) is None:  # not a string's format method
+            return None
+        template: str = value.__self__
+        formatter = (_BoundedEscapeFormatter(self, escape=template.escape) if isinstance(template, Markup)
+                     else _BoundedFormatter(self))
+
+        def wrapper(*args: Any, **kwargs: Any) -> str:
+            if value.__name__ == "format_map":
+                if kwargs or len(args) != 1:
+                    raise TypeError("format_map() takes exactly one argument")
+                args, kwargs = (), args[0]
+            return self.bounded(type(template)(formatter.vformat(template, args, kwargs)))
+
+        return wrapper
 
     # ---- rendering -------------------------------------------------------------------------------------------
 

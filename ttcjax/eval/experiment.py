@@ -45,13 +45,15 @@ import dataclasses
 import os
 import sys
 import time
+import warnings
 from pathlib import Path
 from typing import ClassVar, Sequence
 
 import jax
 import numpy as np
 
-from ttcjax.checkpoints.assets import ASSETS, check_model_name
+from ttcjax.checkpoints.assets import ASSETS, check_model_name, resolve
+from ttcjax.checkpoints.native import checkpoint_config
 from ttcjax.decoding.engine import GREEDY
 from ttcjax.distributed import barrier, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
@@ -61,13 +63,13 @@ from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_lev
                                    overall, select_strategies)
 from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, run_batches
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, check_verifiers, collect_grid, grid_files,
-                               load_policy, load_revision_models, plan_cells, process_mesh, revision_role, run_problems,
-                               search_grid)
+                               load_policy, load_revision_models, plan_cells, process_mesh, revision_policy_dir,
+                               revision_role, run_problems, search_grid)
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
 from ttcjax.search.run import inference_flops, search, step_end
-from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, sample_solutions
+from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, is_nonfinite, sample_completions, sample_solutions
 from ttcjax.search.strategies import Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
@@ -99,6 +101,9 @@ class ExperimentConfig(SweepConfig):
 
     def validate(self, source: str) -> None:
         super().validate(source)
+        if self.folds < 2:
+            raise ValueError(f"{source}: folds={self.folds} must be an integer >= 2: cross-validation chooses a "
+                             "strategy on some folds and scores it on another.")
         has_baseline = any(s.effective() == BASELINE.effective() for s in self.strategies)
         if not has_baseline and not is_verifier_free(self.verifier):
             raise ValueError(f"{source}: strategies must include {BASELINE.to_dict()}, the baseline every "
@@ -181,6 +186,12 @@ def predicted_signal(task: Task, verifier: Verifier, problems: Sequence[ProblemR
     questions = [p.question for p, ts in zip(problems, texts) for _ in ts]
     solutions = [task.split_steps(t) or [""] for ts in texts for t in ts]
     scores = verifier.score(questions, solutions, prompts=[prompt for prompt, ts in zip(prompts, texts) for _ in ts])
+    broken = sum(not np.all(np.isfinite(s)) for s in scores)
+    if broken:
+        warnings.warn(f"predicted difficulty: the verifier's scores of {broken} of {len(scores)} samples are "
+                      "non-finite (a NaN or inf in its weights or activations); their questions' predicted signal is "
+                      "too.",
+                      stacklevel=2)
     out, at = [], 0
     for ts in texts:
         out.append(float(np.mean([verifier.solution_score(s) for s in scores[at:at + len(ts)]])))
@@ -249,14 +260,16 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
     t0 = time.perf_counter()
 
     def difficulty(start: int, batch: Sequence[ProblemRecord]) -> list[dict]:
-        texts = sample_solutions(task, engine, tok, batch, n=config.difficulty_samples, sampling=settings.sampling,
-                                 key=jax.random.key(config.seed), max_new_tokens=config.max_new_tokens,
-                                 first_index=start)
+        completions = sample_completions(task, engine, tok, batch, n=config.difficulty_samples,
+                                         sampling=settings.sampling, key=jax.random.key(config.seed),
+                                         max_new_tokens=config.max_new_tokens, first_index=start)
+        texts = [[tok.decode(c.tokens) for c in cs] for cs in completions]
         signal, predicted = predicted_signal(task, verifier, batch, texts, tok)
         return [{"id": p.id, "difficulty": p.difficulty,
                  "pass_rate": float(np.mean(task.grade(p, [task.extract_answer(t) for t in ts]))),
-                 "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts))}
-                for p, ts, value in zip(batch, texts, predicted)]
+                 "signal": signal, "predicted": value, "generated_tokens": int(sum(len(tok.encode(t)) for t in ts)),
+                 "nonfinite": sum(map(is_nonfinite, cs))}  # samples that ended on non-finite logits (warned of)
+                for p, ts, cs, value in zip(batch, texts, completions, predicted)]
 
     difficulty_batch = max(1, SAMPLE_ROWS // config.difficulty_samples)
     if not counts:
@@ -361,6 +374,9 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
         report["revisions_compute_optimal"] = {signal: _compute_optimal(s) for signal, s in revision_selections.items()}
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
+    # questions whose search met non-finite logits or verifier scores (warned of), and difficulty samples that did
+    report["nonfinite_questions"] = {f"{n}/{b}": k for (n, b), k in grid.nonfinite.items() if k}
+    report["nonfinite_difficulty_samples"] = int(sum(d.get("nonfinite", 0) for d in diff))
 
     # a rerun reuses finished work: the totals count every invocation of this run directory (run_log.jsonl)
     report["invocations"] = finish_invocation(out, report["seconds"], invocation)
@@ -427,17 +443,33 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
 # ---- applying a saved scheduler to new questions ------------------------------------------------------------
 
 
+def check_scheduler_positions(scheduler: BudgetScheduler, policy: str, revision_policy: str | None,
+                              source: str = "scheduler") -> None:
+    """What a scheduler's run fills against the positions of the models that fill it, read from their configs
+    before any weights: the probe samples (max_new_tokens) and a search row (search.max_len) in the policy, and a
+    revision chain (search.revision_max_len) in the revision model where a choice revises."""
+    check_model_name("policy", policy, "policy", "ttcjax run")
+    model = checkpoint_config(resolve("policy", policy), "policy")
+    for field, tokens in (("max_new_tokens", scheduler.max_new_tokens), ("search.max_len", scheduler.search.max_len)):
+        model.check_fits(field, tokens, f"policy {policy}", source)
+    revises = any(spec.get("kind") == Revisions.kind for spec in scheduler.choices.values())
+    if revises and revision_policy is not None and scheduler.search.revision_max_len is not None:
+        checkpoint_config(revision_policy_dir(revision_policy, source), "revision_policy").check_fits(
+            "search.revision_max_len", scheduler.search.revision_max_len, f"revision_policy {revision_policy}", source)
+
+
 def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[ProblemRecord], budget: int, *,
                           task: Task | None = None, policy: str | None = None, verifier: str | None = None,
                           revision_policy: str | None = None, revision_verifier: str | None = None,
-                          seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr)) -> list[dict]:
+                          seed: int = 0, mesh=None, warn=lambda msg: print(msg, file=sys.stderr),
+                          source: str = "scheduler") -> list[dict]:
     """Answer `problems` under `budget` generations each, as the scheduler was chosen: its policy, verifier,
     revision model and revision verifier (what a level's revision strategy runs), task and search settings
     unless given here. `scheduler.probe_samples` samples predict each question's
     level (their generated tokens and the verifier's reading of them are counted), then the level's strategy
     runs with what is left of the budget. Where that strategy does not fit the budget left, weighted best-of-N
     (majority without a verifier) runs instead: `warn` says so and the record names both. Questions that share
-    a strategy are searched together."""
+    a strategy are searched together. `source` names the scheduler (its file) in errors."""
     if scheduler.signal == "oracle":
         raise ValueError("a scheduler binned by oracle difficulty cannot bin new questions (that needs their "
                          "answers); use the one binned by predicted difficulty (scheduler.json).")
@@ -447,7 +479,9 @@ def answer_with_scheduler(scheduler: BudgetScheduler, problems: Sequence[Problem
         raise ValueError(f"budget {budget} does not cover the scheduler's {k} probe samples; use a budget of at "
                          f"least {k + 1}.")
     task = task or task_from_dict(scheduler.task, "scheduler task")
-    engine, tok, _ = load_policy(policy or scheduler.policy, mesh)
+    policy = policy or scheduler.policy
+    check_scheduler_positions(scheduler, policy, revision_policy or scheduler.revision_policy, source)  # pre-weights
+    engine, tok, _ = load_policy(policy, mesh)
     judge = verifier_by_name(verifier or scheduler.verifier, tok, mesh=engine.mesh, rules=engine.rules)
     texts = sample_solutions(task, engine, tok, problems, n=k, sampling=scheduler.search.sampling,
                              key=jax.random.key(seed), max_new_tokens=scheduler.max_new_tokens)

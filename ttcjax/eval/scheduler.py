@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from typing import Any, Sequence
 
 import numpy as np
@@ -78,6 +79,9 @@ def select_strategies(correct: dict[tuple[str, int], np.ndarray], levels: np.nda
     is scored on it; the cross-validated accuracy is the mean over folds. Ties go to the strategy listed
     first. `baseline` names the strategy whose accuracy is reported alongside (weighted best-of-N).
     """
+    if not isinstance(folds, int) or folds < 2:
+        raise ValueError(f"folds={folds!r} must be an integer >= 2: a strategy is chosen on some folds and scored on "
+                         "another.")
     levels = np.asarray(levels)
     budgets = sorted({b for _, b in correct})
     rng = np.random.default_rng(seed)
@@ -153,9 +157,28 @@ class BudgetScheduler:
     def __post_init__(self):
         if self.signal not in SIGNALS:
             raise ValueError(f"scheduler signal {self.signal!r} is not one of {SIGNALS}.")
-        if not isinstance(self.probe_samples, int) or self.probe_samples < 1:
-            raise ValueError(f"scheduler probe_samples={self.probe_samples!r} must be an integer >= 1 (the samples "
-                             "that predict a question's level).")
+        for field in ("probe_samples", "max_new_tokens"):
+            value = getattr(self, field)
+            if not isinstance(value, int) or isinstance(value, bool) or value < 1:
+                raise ValueError(f"scheduler {field}={value!r} must be an integer >= 1 (probe_samples: the samples "
+                                 "that predict a question's level; max_new_tokens: their token limit).")
+        if not isinstance(self.edges, tuple) or not all(
+                isinstance(e, (int, float)) and not isinstance(e, bool) and np.isfinite(e) for e in self.edges) \
+                or list(self.edges) != sorted(self.edges):
+            raise ValueError(f"scheduler edges={list(self.edges) if isinstance(self.edges, tuple) else self.edges!r} "
+                             "must be a list of finite numbers in ascending order (the signal's bin edges).")
+        for field in ("policy", "verifier", "revision_policy", "revision_verifier"):
+            value = getattr(self, field)
+            if not (isinstance(value, str) and value or value is None and field.startswith("revision")):
+                raise ValueError(f"scheduler {field}={value!r} must be a shipped name or a directory"
+                                 + (" (or null)." if field.startswith("revision") else "."))
+        if not isinstance(self.choices, dict):
+            raise ValueError(f"scheduler choices={self.choices!r} must be a mapping of \"level/budget\" (such as "
+                             "\"1/16\") to a strategy.")
+        for key in self.choices:
+            if not (isinstance(key, str) and re.fullmatch(r"0*[1-9][0-9]*/0*[1-9][0-9]*", key)):
+                raise ValueError(f"scheduler choices[{key!r}]: a key is \"level/budget\" (integers >= 1, such as "
+                                 "\"1/16\").")
         for key, spec in self.choices.items():
             revises = StrategySpec.from_dict(spec, f"scheduler choices[{key!r}]").kind == REVISIONS
             if revises and not self.revision_policy:
@@ -202,7 +225,8 @@ class BudgetScheduler:
                              + (f", unknown {unknown}" if unknown else "") + "); rerun the experiment that made it, so "
                              "the scheduler records the settings it was chosen under.")
         try:
-            return cls(**{**data, "edges": tuple(data["edges"]),
+            edges = data["edges"]
+            return cls(**{**data, "edges": tuple(edges) if isinstance(edges, list) else edges,
                           "search": SearchSettings.from_dict(data["search"], f"{path}: search")})
         except (TypeError, ValueError) as e:
             raise ValueError(f"{path}: {e}") from None

@@ -36,6 +36,7 @@ import gc
 import os
 import sys
 import time
+import warnings
 import zlib
 from typing import Any, ClassVar, Mapping, Sequence
 
@@ -116,6 +117,13 @@ def plan_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: st
     return cells
 
 
+def dropped_cells(specs: Sequence[StrategySpec], budgets: Sequence[int]) -> list[tuple[StrategySpec, list[int]]]:
+    """(spec, the budgets it does not fit) for every spec that fits some of the budgets but not all: `plan_cells`
+    leaves those cells out of the grid."""
+    out = [(spec, [b for b in budgets if spec.at(b) is None]) for spec in specs]
+    return [(spec, unfit) for spec, unfit in out if 0 < len(unfit) < len(budgets)]
+
+
 def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:
     """Strategies that read verifier scores refused, when read, for a verifier-free config."""
     if not is_verifier_free(verifier_name):
@@ -178,10 +186,7 @@ def check_positions(config: SweepConfig, source: str, more: Sequence[tuple[str, 
                       revision_policy_dir(config.revision_policy, source)))
     for field, tokens, model_field, name in [*needs, *more]:
         kind = "revision" if model_field == "revision_policy" else "policy"
-        positions = checkpoint_config(resolve(kind, name), model_field).max_position_embeddings
-        if tokens > positions:
-            raise ValueError(f"{source}: {field}={tokens} exceeds the {positions} positions of {model_field} {name} "
-                             f"(max_position_embeddings); lower {field} to at most {positions}.")
+        checkpoint_config(resolve(kind, name), model_field).check_fits(field, tokens, f"{model_field} {name}", source)
 
 
 def revision_verifier_name(name: str | None) -> str | None:
@@ -265,6 +270,10 @@ class SweepConfig:
         except ValueError as e:
             raise ValueError(f"{source}: split={self.split!r}: {e}") from None
         plan_cells(self.strategies, self.budgets, source)
+        for spec, unfit in dropped_cells(self.strategies, self.budgets):
+            warnings.warn(f"{source}: strategy {spec.to_dict()} does not fit budgets {unfit} (a beam needs a budget "
+                          "its width divides; lookahead needs width * (k + 1)): those cells are not run, and "
+                          "strategies are compared there without it.", stacklevel=3)
         check_verifier_fits([s for s in self.strategies if not is_revision(s)], self.verifier, source)
         check_revision_models(self.strategies, self.revision_policy, self.revision_verifier, source)
 
@@ -315,7 +324,8 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
                       "pass": any(right), "by_selection": by_selection,
                       "generations": r.generations, "generated_tokens": r.generated_tokens,
                       "verifier_tokens": r.verifier_tokens, "policy_flops": r.policy_flops,
-                      "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution}
+                      "verifier_flops": r.verifier_flops, "seconds": seconds, "solution": r.solution,
+                      "nonfinite_logits": r.nonfinite_logits, "nonfinite_scores": r.nonfinite_scores}
             if isinstance(strategy, Revisions):
                 record.update(revision_record(r.candidates, right, strategy.sequential),
                               reread_tokens=r.reread_tokens, overflowed_contexts=r.overflowed_contexts)
@@ -343,13 +353,20 @@ def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
 
 @dataclasses.dataclass
 class GridResult:
-    """Per (strategy name, budget): 0/1 per question [Q], the mean generated tokens, and coverage (a right
-    answer among the candidates)."""
+    """Per (strategy name, budget): 0/1 per question [Q], the mean generated tokens, coverage (a right answer
+    among the candidates), and the questions whose search met non-finite logits or verifier scores."""
 
     correct: dict[tuple[str, int], np.ndarray]
     tokens: dict[tuple[str, int], float]
     coverage: dict[tuple[str, int], float]
     records: dict[tuple[str, int], list[dict]]
+    nonfinite: dict[tuple[str, int], int] = dataclasses.field(default_factory=dict)
+
+
+def is_nonfinite_record(record: dict) -> bool:
+    """Whether a question's search met non-finite policy logits or verifier scores (`SearchResult.nonfinite_*`):
+    its answer is not the models' work."""
+    return bool(record.get("nonfinite_logits") or record.get("nonfinite_scores"))
 
 
 def memory_maps() -> tuple[int, int] | None:
@@ -454,6 +471,11 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
         out.tokens[key] = float(np.mean([r["generated_tokens"] for r in records]))
         out.coverage[key] = float(np.mean([r["pass"] for r in records]))
         out.records[key] = records
+        out.nonfinite[key] = sum(map(is_nonfinite_record, records))
+        if out.nonfinite[key]:
+            print(f"ttcjax: warning: {cell.name}: {out.nonfinite[key]} of {len(records)} questions met non-finite "
+                  "policy logits or verifier scores (a NaN or inf in a model's weights or activations); the accuracy "
+                  "counts their answers as they are (nonfinite_questions in the summary).", file=sys.stderr)
     return out
 
 
@@ -583,7 +605,8 @@ def summarize(config: dict, problems: Sequence[ProblemRecord], grid: GridResult)
         table.setdefault(name, {})[str(budget)] = {
             "accuracy": acc, "questions": len(correct), "coverage": grid.coverage[(name, budget)],
             "generated_tokens": grid.tokens[(name, budget)],
-            "seconds_per_question": float(np.mean([r["seconds"] for r in records]))}
+            "seconds_per_question": float(np.mean([r["seconds"] for r in records])),
+            "nonfinite_questions": grid.nonfinite.get((name, budget), 0)}
     return {"config": config, "difficulties": difficulties, "table": table}
 
 
@@ -602,6 +625,12 @@ def summary_markdown(summary: dict) -> str:
         for name, row in table.items():
             cells = [f"{row[str(b)]['accuracy'][d]:.3f}" if str(b) in row else "" for b in budgets]
             lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    broken = [f"{name} N={b}: {cell['nonfinite_questions']} of {cell['questions']}" for name, row in table.items()
+              for b, cell in row.items() if cell.get("nonfinite_questions")]
+    if broken:
+        lines += ["", "**Warning:** questions whose search met non-finite policy logits or verifier scores (a NaN or "
+                  "inf in a model's weights or activations; counted in the accuracies as they are): "
+                  + "; ".join(broken) + "."]
     return "\n".join(lines) + "\n"
 
 

@@ -9,13 +9,14 @@ answer".
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Sequence
 
 import jax
 import numpy as np
 
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
+from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
 from ttcjax.search.selection import select
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.verifiers.base import Verifier, roc_auc
@@ -24,12 +25,18 @@ from ttcjax.verifiers.base import Verifier, roc_auc
 def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer, problems: Sequence[ProblemRecord],
                       *, samples: int = 16, sampling: Sampling = Sampling(temperature=0.8), seed: int = 0,
                       max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
-    texts = sample_solutions(task, engine, tokenizer, problems, n=samples, sampling=sampling,
-                             key=jax.random.key(seed), max_new_tokens=max_new_tokens)
+    completions = sample_completions(task, engine, tokenizer, problems, n=samples, sampling=sampling,
+                                     key=jax.random.key(seed), max_new_tokens=max_new_tokens)
+    texts = [[tokenizer.decode(c.tokens) for c in cs] for cs in completions]
     owners = [(i, task.split_steps(t) or [""], t) for i, ts in enumerate(texts) for t in ts]
     prompts = [task.encode_prompt(p, tokenizer) for p in problems]  # the ids search reads
     scores = verifier.score([problems[i].question for i, _, _ in owners], [steps for _, steps, _ in owners],
                             prompts=[prompts[i] for i, _, _ in owners])
+    nonfinite_scores = int(sum(np.sum(~np.isfinite(np.asarray(s, np.float64))) for s in scores))
+    if nonfinite_scores:
+        warnings.warn(f"evaluate_verifier: {nonfinite_scores} of {sum(map(len, scores))} step scores are non-finite "
+                      "(a NaN or inf in the verifier's weights or activations); the selections that read them are not "
+                      "to be trusted.", stacklevel=2)
     step_scores, step_labels, step_difficulty = [], [], []
     per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):
@@ -64,6 +71,10 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
 
     return {"task": task.to_dict(), "samples": samples, "temperature": sampling.temperature,
             "aggregation": verifier.aggregation, "steps_scored": int(len(step_scores)),
+            # samples that ended on non-finite logits, and step scores that are NaN or inf: what the accuracies and
+            # the AUC were computed over in part (each warned of)
+            "nonfinite_samples": int(sum(is_nonfinite(c) for cs in completions for c in cs)),
+            "nonfinite_step_scores": nonfinite_scores,
             "on_path_fraction": float(step_labels.mean()) if len(step_labels) else None,
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)

@@ -127,6 +127,17 @@ class ModelConfig:
     def jnp_dtype(self):
         return _DTYPES[self.dtype]
 
+    def check_fits(self, field: str, tokens: int, model: str, source: str, prompt: int = 0) -> None:
+        """`tokens` (what `field` of `source` asks for), after a `prompt` of that many tokens, within this model's
+        positions (max_position_embeddings); else one ValueError naming the field, the model and the fix. Past its
+        positions a model's rotary embeddings go where it was never trained: the results would be silently wrong."""
+        positions = self.max_position_embeddings
+        if prompt + tokens <= positions:
+            return
+        after = f" and the longest prompt ({prompt} tokens)" if prompt else ""
+        raise ValueError(f"{source}: {field}={tokens}{after} exceed{'' if prompt else 's'} the {positions} positions "
+                         f"of {model} (max_position_embeddings); lower {field} to at most {max(positions - prompt, 0)}.")
+
     def layer_window(self, layer: int) -> int | None:
         """The sliding-window width of `layer`, or None for full causal attention."""
         if self.sliding_window is None:

@@ -120,6 +120,8 @@ def mesh_shape(spec: str | None, devices: int) -> tuple[int, int]:
     or 'D,M'. The one grammar of `--mesh` and config `mesh:` keys; `parse_mesh` builds the Mesh."""
     if spec in (None, "none", "1", "1,1"):
         return 1, 1
+    if not isinstance(spec, str):
+        raise ValueError(f"mesh={spec!r} must be a string: 'auto', 'none' or DATA,MODEL such as '4,2'.")
     if spec == "auto":
         return devices, 1
     try:

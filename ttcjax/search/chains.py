@@ -202,10 +202,10 @@ HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps")
 def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,
                active, key) -> dict[str, Any]:
     """The chain episode for a batch of questions (as `ttcjax.search.episode.run_episode` takes them); on the
-    host: every attempt's `HOST_FIELDS` ([rows, S, ...], rows question-major) and each row's costs
-    (`generated`, `scored`, `reread`, `overflowed`)."""
+    host: every attempt's `HOST_FIELDS` ([rows, S, ...], rows question-major), each row's costs (`generated`,
+    `scored`, `reread`, `overflowed`) and whether any of its attempts met non-finite logits (`nonfinite`)."""
     st = chains_program(spec, engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active, key)()
     fields = {f: getattr(st, f) for f in HOST_FIELDS}
     fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread,
-                  overflowed=st.overflowed)
+                  overflowed=st.overflowed, nonfinite=st.search.nonfinite)
     return {k: np.asarray(v) for k, v in to_host(fields).items()}

@@ -41,8 +41,8 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_STOP, GREEDY, DecodeState, Engine, Sampling,
-                                    StopConditions, StopText, _decode, _prefill, contains_text)
+from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_NONFINITE, FINISHED_STOP, GREEDY, DecodeState,
+                                    Engine, Sampling, StopConditions, StopText, _decode, _prefill, contains_text)
 from ttcjax.distributed import to_host
 from ttcjax.models.cache import KVCache
 from ttcjax.models.program import Program
@@ -92,6 +92,7 @@ class SearchState:
     generated: jax.Array  # [R] int32 tokens this row's lineage generated, rollouts included (cost)
     scored: jax.Array  # [R] int32 tokens the verifier read for this row's lineage (cost)
     slot: jax.Array  # [R] int32 the row's id (question * N + beam); its random draws depend on it alone
+    nonfinite: jax.Array  # [R] bool: the row's lineage met non-finite next-token logits (a rollout's included)
     rounds: jax.Array  # [] int32
 
 
@@ -159,7 +160,7 @@ def _start(spec: EpisodeSpec, policy_params, scorer_params, prompt_tokens, promp
         step_ends=jnp.zeros((rows, spec.rounds), jnp.int32), num_steps=jnp.zeros(rows, jnp.int32),
         finished=finished, generated=jnp.zeros(rows, jnp.int32),
         scored=jnp.where(first_row, jnp.repeat(verifier_lengths, n), 0).astype(jnp.int32),
-        slot=jnp.arange(rows, dtype=jnp.int32), rounds=jnp.int32(0))
+        slot=jnp.arange(rows, dtype=jnp.int32), nonfinite=jnp.zeros(rows, bool), rounds=jnp.int32(0))
     return _constrain(state, spec)
 
 
@@ -203,6 +204,7 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
             st.policy, st.verifier_cache, st.finished, st.slot, round_key, spec.sampling)
         generated = st.generated + gen.lengths
         scored = st.scored + read
+        nonfinite = st.nonfinite | (~st.finished & (gen.finish_reason == FINISHED_NONFINITE))
         # append the step to each row's solution
         col = st.length[:, None] + jnp.arange(spec.max_step_tokens)[None, :]
         col = jnp.where(jnp.arange(spec.max_step_tokens)[None, :] < gen.lengths[:, None], col, sol_len)
@@ -216,6 +218,7 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
                 g2, la_policy, la_cache, s2, real2, ended2, read2 = one_step(
                     la_policy, la_cache, la_done, st.slot, jax.random.fold_in(round_key, j + 1), GREEDY)
                 la_score = jnp.where(real2, s2, la_score)
+                nonfinite = nonfinite | (~la_done & (g2.finish_reason == FINISHED_NONFINITE))
                 generated = generated + g2.lengths
                 scored = scored + read2
                 la_done = la_done | ended2
@@ -229,7 +232,7 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
                           tokens=tokens, length=length, step_scores=step_scores, step_ends=step_ends,
                           num_steps=num_steps,
                           finished=finished, generated=generated, scored=scored, slot=st.slot,
-                          rounds=st.rounds + 1)
+                          nonfinite=nonfinite, rounds=st.rounds + 1)
         if group:
             last = jnp.take_along_axis(step_scores, jnp.maximum(num_steps - 1, 0)[:, None], axis=1)[:, 0]
             src = _select(jnp.where(real, select_score, last), ~finished, group, keep, width)
@@ -284,7 +287,7 @@ def _stop_at_open(questions: int, data: int, floor: int = 1) -> int:
                default=0)
 
 
-HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps", "generated", "scored")
+HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps", "generated", "scored", "nonfinite")
 
 
 def run_episode(spec: EpisodeSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,

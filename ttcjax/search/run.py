@@ -51,6 +51,10 @@ class SearchResult:
     verifier_flops: float
     reread_tokens: int = 0  # revisions: tokens the policy read again between attempts (the window's attempts)
     overflowed_contexts: int = 0  # revisions: attempts whose context (prompt and window) was cut to fit max_len
+    # rows (beams; revisions: chains) that met non-finite policy logits, and rows with a NaN verifier score: a NaN
+    # or inf in a model's weights or activations; their candidates are not what the models would write or judge
+    nonfinite_logits: int = 0
+    nonfinite_scores: int = 0
 
 
 def inference_flops(params: float, tokens: float) -> float:
@@ -178,7 +182,8 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                                                                                   active)),
                            jax.random.fold_in(key, start), len(chunk), compact=compact,
                            compact_min_rows=compact_min_rows, on_segment=on_segment)
-        sol_tokens, sol_len, step_scores, step_ends, num_steps, generated, scored = host  # [len(chunk) * n, ...]
+        sol_tokens, sol_len, step_scores, step_ends, num_steps, generated, scored, nonfinite = host  # [Q * n, ...]
+        broken_scores = _nonfinite_scores(step_scores, num_steps)  # [len(chunk) * n]
         for i in range(len(chunk)):
             cands = []
             for r in range(i * n, (i + 1) * n):
@@ -195,7 +200,10 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                 answer=cands[chosen].answer, solution=cands[chosen].text, chosen=chosen, candidates=cands,
                 generations=strategy.budget, generated_tokens=gen_tokens, verifier_tokens=verifier_tokens,
                 policy_flops=inference_flops(engine.config.num_params(), gen_tokens + len(chunk[i])),
-                verifier_flops=inference_flops(verifier.num_params, verifier_tokens)))
+                verifier_flops=inference_flops(verifier.num_params, verifier_tokens),
+                nonfinite_logits=int(nonfinite[i * n:(i + 1) * n].sum()),
+                nonfinite_scores=int(broken_scores[i * n:(i + 1) * n].sum())))
+    _warn_nonfinite(strategy, results)
     overflowed = sum(r.overflowed_contexts for r in results)
     if overflowed:
         warnings.warn(f"{strategy.label}: {overflowed} of {len(results) * strategy.budget} attempts had a context (the "
@@ -203,6 +211,25 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                       "tokens and was cut; raise search.revision_max_len or lower the strategy's window.",
                       stacklevel=2)
     return results
+
+
+def _nonfinite_scores(step_scores: np.ndarray, num_steps: np.ndarray) -> np.ndarray:
+    """Per row: whether a step it scored holds a NaN (a sigmoid of a NaN or inf logit; unscored places are NaN by
+    design). step_scores [R, ..., rounds], num_steps [R, ...]: the steps each row scored."""
+    scored = np.arange(step_scores.shape[-1]) < num_steps[..., None]
+    return np.any(scored & ~np.isfinite(step_scores), axis=tuple(range(1, step_scores.ndim)))
+
+
+def _warn_nonfinite(strategy: Strategy, results: Sequence[SearchResult]) -> None:
+    """One warning line where rows met non-finite policy logits or verifier scores (counted per row)."""
+    logits, scores = sum(r.nonfinite_logits for r in results), sum(r.nonfinite_scores for r in results)
+    if logits or scores:
+        questions = sum(bool(r.nonfinite_logits or r.nonfinite_scores) for r in results)
+        rows = len(results) * strategy.rows
+        warnings.warn(f"{strategy.label}: {logits} of {rows} rows met non-finite policy logits and {scores} of {rows} "
+                      f"rows non-finite verifier scores ({questions} of {len(results)} questions): a NaN or inf in a "
+                      "model's weights or activations; those rows' candidates are not the models' work.",
+                      stacklevel=3)
 
 
 def _chain_result(strategy: Revisions, engine: Engine, verifier: Verifier, tokenizer, settings: SearchSettings,
@@ -228,4 +255,7 @@ def _chain_result(strategy: Revisions, engine: Engine, verifier: Verifier, token
                         generations=strategy.budget, generated_tokens=generated, verifier_tokens=scored,
                         policy_flops=inference_flops(engine.config.num_params(), generated + reread + prompt_len),
                         verifier_flops=inference_flops(verifier.num_params, scored), reread_tokens=reread,
-                        overflowed_contexts=int(host["overflowed"][rows].sum()))
+                        overflowed_contexts=int(host["overflowed"][rows].sum()),
+                        nonfinite_logits=int(host["nonfinite"][rows].sum()),
+                        nonfinite_scores=int(_nonfinite_scores(host["step_scores"][rows],
+                                                               host["num_steps"][rows]).sum()))

@@ -18,14 +18,14 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, replace_dir,
                        write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
-from ttcjax.models.sharding import parse_mesh
-from ttcjax.search.sampling import MAX_NEW_TOKENS, sample_solutions
+from ttcjax.models.sharding import mesh_shape, parse_mesh
+from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.arithmetic import Problem, TaskConfig
 from ttcjax.tasks.base import ProblemRecord, Task
@@ -107,6 +107,7 @@ class PolicyTrainConfig:
         if self.solution_format not in ("plain", "restate"):
             raise ValueError(f"solution_format must be 'plain' or 'restate'; got {self.solution_format!r}.")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        mesh_shape(self.mesh, 1)  # its grammar ('auto', 'none' or DATA,MODEL), refused now
         task = self.make_task()
         if not isinstance(task, ArithmeticTask):
             for name, default in (("num_train_per_difficulty", None), ("solution_order", "reference"),
@@ -199,16 +200,19 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, proble
     engine = Engine(model, mesh=mesh, pad_id=tokenizer.pad_id)
     key = jax.random.key(seed)
 
-    greedy = sample_solutions(task, engine, tokenizer, problems, n=1, sampling=GREEDY, key=key, batch_size=batch_size,
-                              max_new_tokens=max_new_tokens)
-    greedy_ok = np.array([task.grade(p, [task.extract_answer(g[0])])[0] for p, g in zip(problems, greedy)])
+    greedy = sample_completions(task, engine, tokenizer, problems, n=1, sampling=GREEDY, key=key,
+                                batch_size=batch_size, max_new_tokens=max_new_tokens)
+    greedy_ok = np.array([task.grade(p, [task.extract_answer(tokenizer.decode(g[0].tokens))])[0]
+                          for p, g in zip(problems, greedy)])
+    nonfinite = sum(is_nonfinite(c) for cs in greedy for c in cs)
     counts = None
     if samples:
-        sampled = sample_solutions(task, engine, tokenizer, problems, n=samples,
-                                   sampling=Sampling(temperature=temperature), key=jax.random.fold_in(key, 1),
-                                   batch_size=batch_size, max_new_tokens=max_new_tokens)
-        counts = np.array([sum(task.grade(p, [task.extract_answer(s) for s in ss]))
+        sampled = sample_completions(task, engine, tokenizer, problems, n=samples,
+                                     sampling=Sampling(temperature=temperature), key=jax.random.fold_in(key, 1),
+                                     batch_size=batch_size, max_new_tokens=max_new_tokens)
+        counts = np.array([sum(task.grade(p, [task.extract_answer(tokenizer.decode(s.tokens)) for s in ss]))
                            for p, ss in zip(problems, sampled)])
+        nonfinite += sum(is_nonfinite(c) for cs in sampled for c in cs)
     difficulties = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
     def summary(mask):
@@ -222,7 +226,9 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, proble
               "by_difficulty": {str(d): summary(difficulties == d)
                                 for d in sorted(set(difficulties.tolist())) if d >= 0},
               # per problem, so that a subset can be checked again later (tests/test_shipped.py)
-              "greedy_correct": {p.id: bool(ok) for p, ok in zip(problems, greedy_ok)}}
+              "greedy_correct": {p.id: bool(ok) for p, ok in zip(problems, greedy_ok)},
+              # samples (greedy and sampled) that ended on non-finite logits: the accuracies count them as wrong
+              "nonfinite_samples": int(nonfinite)}
     if counts is not None:
         result["temperature"] = temperature
         result["samples"] = samples
@@ -252,6 +258,12 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train policy")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
+    if config.model_config is not None:  # a packed row's positions within the model's (read before its weights)
+        ModelConfig.from_dict(config.model_config, "model_config").check_fits("seq_len", config.seq_len, "model_config",
+                                                                              "train policy")
+    else:
+        checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
+                                                                    f"init_from {config.init_from}", "train policy")
     bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config)

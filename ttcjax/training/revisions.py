@@ -37,13 +37,13 @@ from flax import nnx
 from rapidfuzz.distance import Levenshtein
 from rapidfuzz.process import cdist
 
-from ttcjax.checkpoints.native import load_any, save_model
+from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
                        replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
-from ttcjax.models.sharding import parse_mesh
+from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
 from ttcjax.search.run import search
 from ttcjax.search.selection import select
@@ -158,6 +158,7 @@ class RevisionTrainConfig:
                 raise FileNotFoundError(f"{name}: {path} does not exist; point it at a checkpoint directory "
                                         "(e.g. ttcjax/assets/policies/tiny/model).")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        mesh_shape(self.mesh, 1)  # its grammar ('auto', 'none' or DATA,MODEL), refused now
         task = self.make_task()
         self.search_settings(task)  # checks the search settings
         task.check_split("train")
@@ -516,6 +517,8 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
+    checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
+                                                                f"init_from {config.init_from}", "train revision")
     bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun)
     tokenizer = load_tokenizer(config.tokenizer_path)
     model = load_any(config.init_from)

@@ -12,6 +12,7 @@ Output directory (besides the training loop's checkpoints/ and metrics.jsonl):
 from __future__ import annotations
 
 import dataclasses
+import json
 import hashlib
 import os
 import shutil
@@ -27,9 +28,9 @@ from flax import nnx
 from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
-                       replace_dir, write_json)
-from ttcjax.models.sharding import parse_mesh
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, json_text,
+                       read_json, replace_dir, write_json)
+from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
@@ -181,6 +182,7 @@ class PRMTrainConfig:
         if not isinstance(self.max_new_tokens, int) or isinstance(self.max_new_tokens, bool) or self.max_new_tokens < 1:
             raise ValueError(f"max_new_tokens={self.max_new_tokens!r} must be an integer >= 1.")
         self.optim  # the schedule's settings (steps >= 1, warmup within them, ...)
+        mesh_shape(self.mesh, 1)  # its grammar ('auto', 'none' or DATA,MODEL), refused now
         chains = self.revision_chains
         if chains is not None and not (isinstance(chains, dict) and set(chains) == {"chains", "sequential"} and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in chains.values())):
@@ -205,21 +207,63 @@ class PRMTrainConfig:
         return OptimConfig.from_fields(self)
 
 
+# The options a labels file is made with (labels_cost.json records them as "options"): a labels file is reused only
+# by a config that names the same.
+LABEL_OPTIONS = ("policy", "tokenizer", "task", "num_questions", "samples", "rollouts", "temperature", "max_new_tokens",
+                 "seed", "revision_chains")
+LABELS_COST_FILE = "labels_cost.json"
+
+
+REUSE_FIX = "set those options as the run that made the labels did, or drop `labels` to sample new ones."
+
+
+def label_options(config: PRMTrainConfig) -> dict[str, Any]:
+    """`LABEL_OPTIONS` of a config in JSON form, checkpoint paths as real paths (a run from elsewhere names the same
+    policy by another relative path)."""
+    options = {field: getattr(config, field) for field in LABEL_OPTIONS}
+    for field in ("policy", "tokenizer"):
+        if options[field] not in (None, "char"):
+            options[field] = os.path.realpath(options[field])
+    return json.loads(json_text(options))
+
+
+def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bool) -> dict:
+    """The cost record beside labels file `path` (labels_cost.json), checked to record the options `config` would
+    label with: one ValueError naming the file, the keys that differ and `fix` otherwise. A labels file without a
+    cost record beside it (written by `save_labels` alone) is taken as it is, unless `required`."""
+    cost_path = os.path.join(os.path.dirname(path), LABELS_COST_FILE)
+    cost = {}
+    if os.path.exists(cost_path):
+        cost = read_json(cost_path, fix)
+    elif not required:
+        return cost
+    recorded, wanted = cost.get("options"), label_options(config)
+    if recorded is None:
+        raise ValueError(f"{path}: {LABELS_COST_FILE} beside it does not record the options the labels were made "
+                         f"with, so they cannot be told to be this config's; {fix}")
+    differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    if differ:
+        raise ValueError(f"{path}: the labels were made with other options (keys that differ: {differ}; they were "
+                         f"{ {k: recorded.get(k) for k in differ} }); {fix}")
+    return cost
+
+
 def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
                 ) -> tuple[list[LabelledSolution], dict]:
-    """Sample and label (or reuse out_dir/labels.jsonl from an earlier run of the same config)."""
+    """Sample and label (or reuse out_dir/labels.jsonl, or the config's `labels`, made with the same options: see
+    `reused_labels_cost`)."""
     labels_path = os.path.join(config.out_dir, "labels.jsonl")
-    cost_path = os.path.join(config.out_dir, "labels_cost.json")
+    cost_path = os.path.join(config.out_dir, LABELS_COST_FILE)
     if config.labels:
         if not os.path.exists(config.labels):
             raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
                                     "(ttcjax train prm), or drop `labels` to sample new ones.")
-        cost_file = os.path.join(os.path.dirname(config.labels), "labels_cost.json")
-        cost = (read_json(cost_file, "delete it (the labels' cost is then unknown).") if os.path.exists(cost_file)
-                else {})
+        cost = reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
         return load_labels(config.labels), {**cost, "reused_from": config.labels}
     if os.path.exists(labels_path) and os.path.exists(cost_path):
-        return load_labels(labels_path), read_json(cost_path, f"delete it and {labels_path} to label again.")
+        cost = reused_labels_cost(labels_path, config, "move it aside (or rerun with --fresh) to label anew, or set "
+                                  "those options back.", required=True)
+        return load_labels(labels_path), cost
     started = time.perf_counter()
     task = config.make_task()
     problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
@@ -227,6 +271,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         labelled, cost_record = revision_labels(config.policy, tokenizer, task, problems,
                                                 temperature=config.temperature, seed=config.seed, mesh=mesh,
                                                 **config.revision_chains)
+        cost_record["options"] = label_options(config)
         save_labels(labels_path, labelled)
         write_json(cost_path, cost_record)
         return labelled, cost_record
@@ -246,7 +291,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         add_bos=task.prompt_bos(tokenizer), steps_of=task.split_steps, progress=progress)
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
-                   "labelled_solutions": len(labelled)}
+                   "labelled_solutions": len(labelled), "options": label_options(config)}
     save_labels(labels_path, labelled)
     write_json(cost_path, cost_record)
     return labelled, cost_record
@@ -261,6 +306,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
+    if config.labels and os.path.exists(config.labels):  # labels of other options refused before the run directory
+        reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
+    # seq_len is not checked against the backbone's positions: a packed row's positions restart at each example,
+    # and the revision verifier's rows (configs/train/orm-revision-tiny.yaml) are wider than its 512 positions
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
                  "train orm" if orm else "train prm", rerun)
     tokenizer = load_tokenizer(config.tokenizer or config.policy)
