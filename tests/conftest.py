@@ -9,6 +9,32 @@ import jax  # noqa: E402
 jax.config.update("jax_num_cpu_devices", 8)
 
 import pytest  # noqa: E402
+
+# One XLA compilation cache per test run, shared by its xdist workers and the CLI subprocesses they start (they
+# inherit the environment): the same tiny-model programs are compiled by many tests, in several processes and again
+# after `_release_compiled_programs`. Made by the process that starts the run and removed when the run ends; a cache
+# the caller names (JAX_COMPILATION_CACHE_DIR) is used and kept.
+CACHE_SETTINGS = {"JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0", "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "0"}
+
+
+def pytest_configure(config):
+    if hasattr(config, "workerinput") or "JAX_COMPILATION_CACHE_DIR" in os.environ:
+        return  # an xdist worker (it inherited the run's cache) or a cache named by the caller
+    import tempfile
+
+    config._xla_cache = tempfile.mkdtemp(prefix="ttcjax-tests-xla-cache-")
+    os.environ.update({"JAX_COMPILATION_CACHE_DIR": config._xla_cache, **CACHE_SETTINGS})
+    jax.config.update("jax_compilation_cache_dir", config._xla_cache)  # this process imported jax already
+    jax.config.update("jax_persistent_cache_min_compile_time_secs", 0)
+    jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+
+
+def pytest_unconfigure(config):
+    cache = getattr(config, "_xla_cache", None)
+    if cache is not None:
+        import shutil
+
+        shutil.rmtree(cache, ignore_errors=True)
 # the public PRM families' tiny twins, built once per session for every test module that asks for one
 from prm_twins import math_shepherd, qwen_prm, rlhflow, skywork  # noqa: E402, F401
 

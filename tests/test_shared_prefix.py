@@ -112,8 +112,11 @@ def test_every_search_strategy_finds_what_the_forked_cache_finds(arithmetic_ques
     shared = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id, mesh=mesh and make_mesh(*mesh))
     verifiers = [RewardModelVerifier(load_prm(model_dir("prm", "tiny"))[0], tok) for _ in range(2)]  # one per mesh
     for strategy in strategies:
+        # beam search also compacts its batch as questions finish (whole questions move, their prefixes with them);
+        # the others run their batch whole, one compiled loop each
         a, b = (search(strategy, engine, verifier, tok, questions, jax.random.key(1),
-                       extract_answer=arithmetic.extract_answer, settings=settings, compact_min_rows=0)
+                       extract_answer=arithmetic.extract_answer, settings=settings, compact_min_rows=0,
+                       compact=isinstance(strategy, Beam) and not isinstance(strategy, Lookahead))
                 for engine, verifier in zip((forked, shared), verifiers))
         assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates], strategy
         np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
@@ -123,26 +126,27 @@ def test_every_search_strategy_finds_what_the_forked_cache_finds(arithmetic_ques
         assert len({c.text for r in b for c in r.candidates}) > len(questions)  # rows sampled different solutions
 
 
-@pytest.mark.parametrize("mesh", [None, (4, 2)])
-def test_revision_chains_write_what_the_forked_cache_writes(arithmetic_questions, mesh):
+def test_revision_chains_write_what_the_forked_cache_writes(arithmetic_questions):
     """Chains cut their cache back to the prompt when the window slides and read the window again; a cache too
-    short for the window cuts contexts. Both with the prompt shared as with it copied."""
+    short for the window cuts contexts. The prompt shared, on 1 device and on 8, as with it copied."""
     tok, questions = arithmetic_questions
     reviser = model_dir("revision", "tiny")
-    orms = [load_verifier(model_dir("orm", "revision-tiny"), tok) for _ in range(2)]  # one per mesh
     revision = load_revision_settings(reviser)
-    forked = Engine(load_any(reviser), pad_id=tok.pad_id, shared_prefix=False)
-    shared = Engine(load_any(reviser), pad_id=tok.pad_id, mesh=mesh and make_mesh(*mesh))
     settings = SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=12, temperature=1.0,
                               revision_separator=revision["separator"], revision_max_len=96)
-    with warnings.catch_warnings():
-        warnings.filterwarnings("ignore", "Revisions.*did not fit its cache of 96 tokens")
-        a, b = [search(Revisions(8, sequential=4, window=2), engine, orm, tok, questions, jax.random.key(2),
-                       extract_answer=arithmetic.extract_answer, settings=settings)
-                for engine, orm in zip((forked, shared), orms)]
-    assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
-    np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
-                               [s for r in b for c in r.candidates for s in c.step_scores], atol=2e-5)
-    assert [(r.verifier_tokens, r.overflowed_contexts) for r in a] == [
-        (r.verifier_tokens, r.overflowed_contexts) for r in b]
-    assert 0 < sum(r.overflowed_contexts for r in b) < 32  # some contexts fit, some were cut
+    runs = []
+    for shared, mesh in ((False, None), (True, None), (True, make_mesh(4, 2))):
+        engine = Engine(load_any(reviser), pad_id=tok.pad_id, shared_prefix=shared, mesh=mesh)
+        orm = load_verifier(model_dir("orm", "revision-tiny"), tok)  # one per mesh
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", "Revisions.*did not fit its cache of 96 tokens")
+            runs.append(search(Revisions(8, sequential=4, window=2), engine, orm, tok, questions, jax.random.key(2),
+                               extract_answer=arithmetic.extract_answer, settings=settings))
+    a = runs[0]
+    for b in runs[1:]:
+        assert [c.text for r in a for c in r.candidates] == [c.text for r in b for c in r.candidates]
+        np.testing.assert_allclose([s for r in a for c in r.candidates for s in c.step_scores],
+                                   [s for r in b for c in r.candidates for s in c.step_scores], atol=2e-5)
+        assert [(r.verifier_tokens, r.overflowed_contexts) for r in a] == [
+            (r.verifier_tokens, r.overflowed_contexts) for r in b]
+    assert 0 < sum(r.overflowed_contexts for r in a) < 32  # some contexts fit, some were cut
