@@ -425,8 +425,12 @@ class Transformer(nnx.Module):
         if cache is not None and cache.keys_transposed != transposes_keys(self.platform):
             raise ValueError(f"a KV cache laid out for another platform (keys_transposed={cache.keys_transposed}) "
                              f"was fed to a model lowered for {self.platform!r}; make caches with model.new_cache.")
+        own_limit = None
         if cache is not None:
-            write_slots = cache.filled[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T] own slots
+            offsets = cache.offsets  # [B] where each row's own slots begin (0 without a shared prefix)
+            write_slots = (cache.lengths - offsets)[:, None] + jnp.arange(t, dtype=jnp.int32)  # [B, T] own slots
+            if cache.prefix is not None:
+                own_limit = cache.max_len - offsets  # [B] own slots below each row's capacity
         if positions is None:
             positions = (cache.lengths[:, None] + jnp.arange(t, dtype=jnp.int32) if cache is not None
                          else jnp.broadcast_to(jnp.arange(t), (b, t)))
@@ -440,7 +444,7 @@ class Transformer(nnx.Module):
                 hidden.append(x)
             kv = None if cache is None else (cache.k[i], cache.v[i])
             prefix = None if cache is None or cache.prefix is None else (
-                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths, cache.max_len - cache.offsets)
+                cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths, own_limit)
             x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform, prefix)
             if kv is not None:
                 new_k.append(kv[0])
