@@ -102,13 +102,14 @@ class Case:
         data = {"out_dir": self.path("prm"), "policy": model_dir("policy", "tiny"), "num_questions": 8, **changes}
         return ["train", "prm", "--config", self.yaml("prm.yaml", data)]
 
-    def labels(self, directory: str = "labels", **options) -> str:
-        """A labels file (and its labels_cost.json, recording the options of a `train_prm` config with `options`)."""
+    def labels(self, directory: str = "labels", steps: tuple[str, ...] = ("1+2=3",), **options) -> str:
+        """A labels file of one solution of `steps` (and its labels_cost.json, recording the options of a
+        `train_prm` config with `options`)."""
         from ttcjax.training.labels import LabelledSolution, save_labels
         from ttcjax.training.reward_model import LABELS_COST_FILE, PRMTrainConfig, label_options
 
         (self.tmp / directory).mkdir(exist_ok=True)
-        labelled = [LabelledSolution("p", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)]
+        labelled = [LabelledSolution("p", "Q: 1+2=\n", steps, (1.0,) * len(steps), True)]
         save_labels(self.tmp / directory / "labels.jsonl", labelled)
         config = PRMTrainConfig(out_dir=self.path("prm"), policy=model_dir("policy", "tiny"), num_questions=8,
                                 **options)
@@ -277,6 +278,12 @@ CLI_CASES = [
     ("train-prm-policy-missing", lambda c: c.train_prm(policy=c.path("nope")), ["policy=", "nope", "nothing was"]),
     ("train-prm-labels-of-other-options", lambda c: c.train_prm(labels=c.labels(samples=2)),
      ["labels.jsonl", "keys that differ: ['samples']", "{'samples': 2}", "drop `labels`"]),
+    ("train-prm-example-over-positions", lambda c: c.train_prm(labels=c.labels(steps=("1+2=3" * 120,)),
+                                                               seq_len=1024),
+     ["labels.jsonl", "the longest example (problem 'p'", "610 tokens", "512 positions of policy",
+      "lower max_new_tokens", "at least 610 positions (init_from)"]),
+    ("train-prm-example-over-seq-len", lambda c: c.train_prm(labels=c.labels(steps=("1+2=3" * 60,))),
+     ["labels.jsonl", "310 tokens, more than seq_len=256", "raise seq_len to at least 310"]),
     ("train-prm-init-from-missing", lambda c: c.train_prm(init_from=c.path("nope")), ["init_from=", "no such"]),
     ("train-policy-init-from-missing", lambda c: c.train_policy(model_config=None, init_from=c.path("nope")),
      ["init_from=", "no such"]),
@@ -613,3 +620,24 @@ def test_labels_in_the_run_directory_are_reused_only_under_the_options_they_were
     (tmp_path / "prm" / LABELS_COST_FILE).write_text("{}")  # an earlier ttcjax's record: no options
     with pytest.raises(ValueError, match="does not record the options"):
         make_labels(config, CharTokenizer(), None, progress=False)
+
+
+def test_a_reward_model_packs_rows_wider_than_its_positions_but_no_example_longer(tmp_path):
+    """Positions restart at each example of a packed row: the shipped revision verifier's config packs 528-token
+    rows on its 512-position backbone, and only an example longer than 512 tokens is refused."""
+    from ttcjax.checkpoints.native import checkpoint_config
+    from ttcjax.io import read_yaml
+    from ttcjax.training.reward_model import PRMTrainConfig, check_examples_fit
+    from ttcjax.verifiers.reward_model import ScoringInput
+
+    config = PRMTrainConfig.from_dict({**read_yaml("configs/train/orm-revision-tiny.yaml"), "out_dir": str(tmp_path)})
+    positions = checkpoint_config(config.policy).max_position_embeddings
+    assert config.seq_len > positions
+
+    def example(length: int):
+        return ScoringInput(tuple(range(length)), (length - 1,)), [1.0]
+
+    check_examples_fit([example(300), example(positions)], ["a", "b"], config, "labels.jsonl")
+    with pytest.raises(ValueError, match=rf"^labels.jsonl: the longest example \(problem 'b', question and steps\) "
+                                         rf"has {positions + 1} tokens, more than the {positions} positions of policy "):
+        check_examples_fit([example(300), example(positions + 1)], ["a", "b"], config, "labels.jsonl")
