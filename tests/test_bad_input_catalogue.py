@@ -92,6 +92,9 @@ class Case:
     def experiment(self, *overrides, command="experiment"):
         with open(os.path.join(os.path.dirname(__file__), "..", "configs", "experiments", "demo.yaml")) as f:
             data = {**yaml.safe_load(f), "out_dir": self.path("experiment")}
+        # the demo's grid without its lookahead, which budget 4 does not fit: a config the user wrote that way is told
+        # so on a line of its own, and each case here expects its one line
+        data["strategies"] = [s for s in data["strategies"] if s["kind"] != "lookahead"]
         return [command, "--config", self.yaml("experiment.yaml", data), *overrides]
 
     def train_policy(self, *flags, **changes):
@@ -242,6 +245,8 @@ CLI_CASES = [
     ("experiment-out-dir-is-file", lambda c: c.experiment(f"out_dir={c.file}"), ["out_dir", "is a file"]),
     ("experiment-large-policy-missing", lambda c: c.experiment(f"large_policy={c.tmp}/nope", "--skip-plan"),
      ["large_policy=", "nope", "no such checkpoint"]),
+    ("demo-out-dir-is-file", lambda c: ["demo", "--out-dir", c.file], ["out_dir", "is a file"]),  # the one line:
+    # the shipped grid leaves its lookahead out at budget 4 without a word
     ("demo-questions-0", lambda c: ["demo", "--questions", "0", "--out-dir", c.path("demo")], ["questions=0"]),
     ("plan-devices-0", lambda c: c.experiment("--devices", "0", command="plan"), ["--devices 0"]),
     ("plan-device-memory", lambda c: c.experiment("--device-memory", "lots", command="plan"),
@@ -586,17 +591,49 @@ def test_nan_in_a_native_checkpoint_is_named_without_writing(tmp_path, capsys):
     assert snapshot(tmp_path) == before
 
 
-def test_a_strategy_that_fits_only_some_budgets_is_named_with_the_cells_left_out():
+def test_a_strategy_that_fits_only_some_budgets_is_named_with_the_cells_left_out(capsys):
     from ttcjax.eval.sweep import SweepConfig, plan_cells
 
     data = {"out_dir": "x", "budgets": [2, 8],
             "strategies": [{"kind": "best_of_n", "selection": "majority"}, {"kind": "dvts", "width": 4}]}
-    with pytest.warns(UserWarning, match=r"^s.yaml: strategy \{'kind': 'dvts', 'width': 4\} does not fit budgets "
-                                         r"\[2\] .* those cells are not run") as caught:
-        config = SweepConfig.from_dict(data, "s.yaml")
-    assert len(caught) == 1 and "\n" not in str(caught[0].message)
+    config = SweepConfig.from_dict(data, "s.yaml")
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "Warning" not in err and ".py:" not in err, err  # no file:line of ours
+    assert err.startswith("s.yaml: warning: strategy {'kind': 'dvts', 'width': 4} does not fit budgets [2] ("), err
+    assert err.rstrip().endswith("those cells are not run, and strategies are compared there without it."), err
     assert [(c.spec.kind, c.budget) for c in plan_cells(config.strategies, config.budgets)] == [
         ("best_of_n", 2), ("best_of_n", 8), ("dvts", 8)]
+
+
+@pytest.mark.parametrize("data", [
+    {},  # the default grid: its lookahead (width 4, k 1) does not fit budget 4
+    {"budgets": [4, 16]},  # the user's budgets, the default strategies
+    {"strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "lookahead", "width": 4, "k": 1}]},
+], ids=["defaults", "budgets-only", "strategies-only"])
+def test_a_grid_the_user_did_not_write_whole_skips_cells_that_do_not_fit_without_a_word(capsys, recwarn, data):
+    from ttcjax.eval.sweep import SweepConfig, dropped_cells
+
+    config = SweepConfig.from_dict({"out_dir": "x", **data}, "s.yaml")
+    assert dropped_cells(config.strategies, config.budgets)  # there are cells left out
+    assert capsys.readouterr().err == "" and not [w for w in recwarn if "does not fit" in str(w.message)]
+
+
+def test_the_demo_grid_is_shipped_and_skips_silently_unless_the_user_names_strategies_and_budgets(capsys, recwarn):
+    from ttcjax.eval.experiment import named_config, read_config
+    from ttcjax.eval.sweep import dropped_cells
+
+    for name in ("demo", "demo-full"):
+        config = read_config(named_config(name), ["questions=8"], shipped=True)
+        assert dropped_cells(config.strategies, config.budgets)  # its lookahead is not run at budget 4
+        assert capsys.readouterr().err == ""
+    read_config(named_config("demo"), ["budgets=[4, 16]"], shipped=True)  # only the budgets are the user's
+    assert capsys.readouterr().err == "" and not [w for w in recwarn if "does not fit" in str(w.message)]
+    read_config(named_config("demo"), ["budgets=[4, 16]", "strategies=[{kind: lookahead, width: 4, k: 1}, "
+                                       "{kind: best_of_n, selection: weighted}]"], shipped=True)
+    err = capsys.readouterr().err
+    assert len(err.splitlines()) == 1 and "warning: strategy {'kind': 'lookahead'" in err, err
+    read_config(named_config("demo"))  # the same file named with --config: the user's own grid
+    assert "warning: strategy {'kind': 'lookahead'" in capsys.readouterr().err
 
 
 def test_labels_in_the_run_directory_are_reused_only_under_the_options_they_were_made_with(models, tmp_path):

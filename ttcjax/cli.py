@@ -309,7 +309,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
-    config = read_config(path, overrides)
+    config = read_config(path, overrides, shipped=True)
     check_run(config)
     if not args.skip_plan:
         check_memory(config, str(path))
