@@ -375,6 +375,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                         evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
                         desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
     finished = result.final_step == config.steps or result.stopped_early
+    if finished and result.best_step is None and not os.path.isdir(best_dir):
+        raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see metrics.jsonl), "
+                         "so there is no best model to write; lower lr or check the labels, then rerun with --fresh.")
     if finished:
         # the best model and its tokenizer replace an earlier model/ together, or not at all
         with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
