@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from toys import toy_policy
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer
