@@ -173,3 +173,22 @@ def test_what_ttcjax_writes_is_strict_json(tmp_path):
     for text in ((tmp_path / "a.json").read_text(), (tmp_path / "b.jsonl").read_text(), json_line(record)):
         assert json.loads(text, parse_constant=refuse) == {"loss": None, "auc": None, "nested": [1.0, None],
                                                            "ok": 0.5}
+
+
+def test_ttcjax_warnings_print_as_one_line_of_the_command(tmp_path):
+    """A warning ttcjax raises (non-finite logits, an overflowing context) prints as `ttcjax COMMAND: warning: ...`,
+    not with the file:line and source line Python adds; another package's as Python prints it."""
+    import subprocess
+    import sys
+
+    script = ("import sys, warnings\n"
+              "from ttcjax import cli\n"
+              "def plan(args):\n"
+              "    warnings.warn_explicit('ours', UserWarning, cli.__file__, 1)\n"
+              "    warnings.warn_explicit('theirs', UserWarning, '/elsewhere/lib.py', 7)\n"
+              "    return 0\n"
+              "cli.cmd_plan = plan\n"
+              "sys.exit(cli.main(['plan', '--config', 'x.yaml']))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stderr.splitlines()[:2] == ["ttcjax plan: warning: ours", "/elsewhere/lib.py:7: UserWarning: theirs"]

@@ -8,7 +8,6 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import nnx
 from toys import toy_policy
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer
@@ -217,6 +216,24 @@ def test_train_prm_then_orm_end_to_end_with_resume(tiny_policy, tmp_path):
     assert orm["finished"] and orm["labels"]["cost"]["reused_from"].endswith("labels.jsonl")
     _, meta = load_prm(str(tmp_path / "orm" / "model"))
     assert meta["kind"] == "orm"
+
+
+def test_a_reward_model_whose_every_validation_loss_is_nan_stops_with_one_line(tmp_path, monkeypatch, capsys):
+    """No evaluation is ever the best: the run says so instead of failing to copy a best model it never saved."""
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.training import reward_model
+    from ttcjax.training.labels import LabelledSolution, save_labels
+
+    save_labels(tmp_path / "labels.jsonl", [LabelledSolution(f"p{i}", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)
+                                            for i in range(16)])
+    monkeypatch.setattr(reward_model, "validation_loss", lambda *args: float("nan"))
+    config = PRMTrainConfig(out_dir=str(tmp_path / "orm"), policy=model_dir("policy", "tiny"),
+                            labels=str(tmp_path / "labels.jsonl"), seq_len=32, batch_size=2, steps=2, warmup_steps=1,
+                            eval_every=1, checkpoint_every=2, mesh="none", validation_fraction=0.25)
+    with pytest.raises(ValueError, match=r"orm: no validation loss of this run was a finite number \(see metrics"):
+        train_reward_model(config, orm=True, progress=False)
+    assert capsys.readouterr().err.count("not a finite number (written as null)") == 2
+    assert not (tmp_path / "orm" / "model").exists() and not (tmp_path / "orm" / "best").exists()
 
 
 def test_monte_carlo_labels_on_any_task(tmp_path):

@@ -132,3 +132,32 @@ def test_shipped_revision_verifier_reads_the_revision_models_chains():
     assert overall["by_selection"]["hierarchical"] > np.mean(overall["pass@1_by_step"])
     assert max(overall["by_selection"].values()) <= overall["pass@16"]
 
+
+
+def test_shipping_swaps_the_asset_whole_and_a_failed_ship_leaves_the_old_one(tmp_path, monkeypatch):
+    import json
+
+    from ttcjax.checkpoints import assets
+
+    monkeypatch.setattr(assets, "ASSETS", tmp_path / "assets")
+    old = tmp_path / "assets" / "prms" / "tiny"
+    (old / "model").mkdir(parents=True)
+    (old / "model" / "weights").write_text("old weights")
+    (old / "TRAINING.md").write_text("old")
+    before = {p: p.read_bytes() for p in old.rglob("*") if p.is_file()}
+    run = tmp_path / "run"
+    (run / "model").mkdir(parents=True)
+    (run / "model" / "weights").write_text("new weights")
+    (run / "metrics.jsonl").write_text("")
+    (run / "train_summary.json").write_text(json.dumps({
+        "finished": True, "command": "ttcjax train prm", "model": {"params": 10}, "step": 4,
+        "wall_seconds_this_run": 1.0}))
+    with pytest.raises(FileNotFoundError, match="nope.json"):  # fails after the model is copied
+        assets.ship(str(run), "prm", "tiny", eval_json=str(tmp_path / "nope.json"))
+    assert {p: p.read_bytes() for p in old.rglob("*") if p.is_file()} == before
+    assert os.listdir(old.parent) == ["tiny"]  # no half-written copy beside it
+    (tmp_path / "eval.json").write_text('{"accuracy": 0.5}')
+    assert assets.ship(str(run), "prm", "tiny", eval_json=str(tmp_path / "eval.json")) == old
+    assert sorted(os.listdir(old)) == ["TRAINING.md", "eval.json", "metrics.jsonl", "model", "train_summary.json"]
+    assert (old / "model" / "weights").read_text() == "new weights" and "accuracy" in (old / "TRAINING.md").read_text()
+    assert os.listdir(old.parent) == ["tiny"]

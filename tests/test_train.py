@@ -234,3 +234,30 @@ def test_training_on_any_task_uses_its_prompts_and_reference_solutions(tmp_path)
         tiny_config(tmp_path / "x", task=task, solution_format="restate")
     with pytest.raises(ValueError, match="no split 'validation'"):
         tiny_config(tmp_path / "x", task=task, eval_problems=4)
+
+
+def test_a_non_finite_validation_loss_is_never_the_best_and_a_resume_reads_its_null(tmp_path, capsys):
+    """A NaN evaluation is written as null (strict JSON); the run resumed after it replays it as an evaluation that
+    did not improve (it crashed comparing null), and the best stays the best finite one."""
+    from ttcjax.training.loop import lm_loss, train_loop
+
+    nan = float("nan")
+    packed = pack_examples([([1, 2], [3, 4, 5])] * 4, 8)
+    losses = {2: 1.0, 4: nan, 6: 0.5, 8: nan}
+    bests = []
+
+    def run(stop_after=None):
+        return train_loop(init_model(ModelConfig(**TINY)), optim=OptimConfig(steps=8, warmup_steps=1),
+                          loss_fn=lm_loss, batch_at=lambda step: packed.rows(np.arange(len(packed))), out_dir=str(tmp_path),
+                          checkpoint_every=2, log_every=2, evaluate=lambda model, step: {"loss": losses[step]},
+                          eval_every=2, stop_after=stop_after, progress=False, early_stopping=("loss", 3),
+                          on_best=lambda model, step: bests.append(step))
+
+    first = run(stop_after=4)
+    assert first.final_step == 4 and first.best_step == 2 and bests == [2]
+    assert "step 4: the evaluation's loss is nan, not a finite number" in capsys.readouterr().err
+    evals = [json.loads(line) for line in (tmp_path / METRICS_FILE).read_text().splitlines() if '"eval"' in line]
+    assert evals == [{"step": 2, "eval": {"loss": 1.0}}, {"step": 4, "eval": {"loss": None}}]
+    second = run()  # replays step 4's null: not the best, one evaluation without improvement
+    assert second.final_step == 8 and second.best_step == 6 and bests == [2, 6] and not second.stopped_early
+    assert "step 8: the evaluation's loss is nan" in capsys.readouterr().err

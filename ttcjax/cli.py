@@ -34,7 +34,8 @@ import json
 import os
 import sys
 import time
-from typing import Any, Sequence
+import warnings
+from typing import Any, Callable, Sequence
 
 import jax
 import yaml
@@ -309,7 +310,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
         if getattr(args, key) is not None:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
-    config = read_config(path, overrides)
+    config = read_config(path, overrides, shipped=True)
     check_run(config)
     if not args.skip_plan:
         check_memory(config, str(path))
@@ -786,9 +787,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+PACKAGE = os.path.dirname(os.path.abspath(__file__))
+
+
+def warning_format(command: str, default: Callable[..., str] = warnings.formatwarning) -> Callable[..., str]:
+    """How a warning is printed while `ttcjax COMMAND` runs: ttcjax's own (`warnings.warn` in the package: non-finite
+    logits, overflowing contexts) as one line, `ttcjax COMMAND: warning: ...`, like the command's other warnings,
+    without the file:line and source line Python adds; other packages' as `default` prints them."""
+    def format_warning(message, category, filename, lineno, line=None) -> str:
+        if os.path.abspath(filename).startswith(PACKAGE + os.sep):
+            return f"ttcjax {command}: warning: {message}\n"
+        return default(message, category, filename, lineno, line)
+    return format_warning
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
+    default, warnings.formatwarning = warnings.formatwarning, warning_format(args.command)
     try:
         # before anything touches a device: with several processes, every device of the run is then visible
         initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
@@ -797,6 +813,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"ttcjax {args.command}: error: {e}", file=sys.stderr)
         return 2
+    finally:
+        warnings.formatwarning = default
 
 
 if __name__ == "__main__":

@@ -24,6 +24,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from ttcjax.io import replace_dir
+
 ASSETS = Path(__file__).resolve().parents[1] / "assets"  # ttcjax/assets
 KINDS = {"policy": "policies", "prm": "prms", "orm": "orms", "revision": "revisions"}
 
@@ -76,7 +78,9 @@ def _size_mb(path: Path) -> float:
 
 
 def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Path:
-    """Copy a finished run's model, summary and evaluation into the package, with a TRAINING.md."""
+    """Copy a finished run's model, summary and evaluation into the package, with a TRAINING.md: written whole
+    beside the asset and swapped in (`ttcjax.io.replace_dir`), so an interrupted or failed ship leaves the asset
+    that was there (or none, if none was)."""
     run = Path(run_dir)
     summary_path = run / "train_summary.json"
     if not summary_path.exists() or not (run / "model").is_dir():
@@ -85,39 +89,38 @@ def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Pa
     if not summary.get("finished"):
         raise ValueError(f"{summary_path}: the run did not finish; resume it with the same command first.")
     dest = ASSETS / KINDS[kind] / name
-    if dest.exists():
-        shutil.rmtree(dest)
-    dest.mkdir(parents=True)
-    shutil.copytree(run / "model", dest / "model")
-    shutil.copy(summary_path, dest / "train_summary.json")
-    shutil.copy(run / "metrics.jsonl", dest / "metrics.jsonl")
-    if (run / "labels_cost.json").exists():
-        shutil.copy(run / "labels_cost.json", dest / "labels_cost.json")
-    evaluation = None
-    if eval_json:
-        shutil.copy(eval_json, dest / "eval.json")
-        evaluation = json.loads(Path(eval_json).read_text())
-    size = _size_mb(dest)
-    if size > 20:
-        raise ValueError(f"{dest} is {size:.1f} MB; shipped models must stay under 20 MB.")
-    lines = [f"# Shipped {kind}: {name}", "",
-             f"Produced by `{summary.get('command')}` "
-             f"(then `python -m ttcjax.checkpoints.assets ship {run_dir} {kind} {name}`).",
-             "",
-             f"- parameters: {summary['model']['params']:,}",
-             f"- steps: {summary['step']}" + (f" (early-stopped; best at {summary.get('best_step')})"
-                                             if summary.get("stopped_early") else ""),
-             f"- wall time of the training command: {summary['wall_seconds_this_run']:.0f} s"
-             + (f" (resumed from step {summary['resumed_from']})" if summary.get("resumed_from") else ""),
-             f"- machine: {summary.get('machine', 'see train_summary.json')}",
-             f"- size on disk: {size:.1f} MB", ""]
-    if summary.get("last_train_metrics"):
-        m = summary["last_train_metrics"]
-        lines += [f"Last training metrics: step {m['step']}, loss {m['loss']:.4f}"
-                  + (f", token accuracy {m['token_accuracy']:.3f}" if "token_accuracy" in m else ""), ""]
-    if evaluation is not None:
-        lines += ["## Evaluation (eval.json)", "", "```json", json.dumps(evaluation, indent=1)[:4000], "```", ""]
-    (dest / "TRAINING.md").write_text("\n".join(lines))
+    with replace_dir(dest, keep=lambda entry: False) as new:  # nothing of the old asset is kept
+        new = Path(new)
+        shutil.copytree(run / "model", new / "model")
+        shutil.copy(summary_path, new / "train_summary.json")
+        shutil.copy(run / "metrics.jsonl", new / "metrics.jsonl")
+        if (run / "labels_cost.json").exists():
+            shutil.copy(run / "labels_cost.json", new / "labels_cost.json")
+        evaluation = None
+        if eval_json:
+            shutil.copy(eval_json, new / "eval.json")
+            evaluation = json.loads(Path(eval_json).read_text())
+        size = _size_mb(new)
+        if size > 20:
+            raise ValueError(f"{run}: {size:.1f} MB to ship as {dest}; shipped models must stay under 20 MB.")
+        lines = [f"# Shipped {kind}: {name}", "",
+                 f"Produced by `{summary.get('command')}` "
+                 f"(then `python -m ttcjax.checkpoints.assets ship {run_dir} {kind} {name}`).",
+                 "",
+                 f"- parameters: {summary['model']['params']:,}",
+                 f"- steps: {summary['step']}" + (f" (early-stopped; best at {summary.get('best_step')})"
+                                                 if summary.get("stopped_early") else ""),
+                 f"- wall time of the training command: {summary['wall_seconds_this_run']:.0f} s"
+                 + (f" (resumed from step {summary['resumed_from']})" if summary.get("resumed_from") else ""),
+                 f"- machine: {summary.get('machine', 'see train_summary.json')}",
+                 f"- size on disk: {size:.1f} MB", ""]
+        if summary.get("last_train_metrics"):
+            m = summary["last_train_metrics"]
+            lines += [f"Last training metrics: step {m['step']}, loss {m['loss']:.4f}"
+                      + (f", token accuracy {m['token_accuracy']:.3f}" if "token_accuracy" in m else ""), ""]
+        if evaluation is not None:
+            lines += ["## Evaluation (eval.json)", "", "```json", json.dumps(evaluation, indent=1)[:4000], "```", ""]
+        (new / "TRAINING.md").write_text("\n".join(lines))
     return dest
 
 

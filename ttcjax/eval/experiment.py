@@ -110,9 +110,11 @@ class ExperimentConfig(SweepConfig):
                              "comparison is made against.")
 
 
-def read_config(path: str | os.PathLike, overrides: Sequence[str] = ()) -> ExperimentConfig:
-    """An experiment config from a YAML file with `key=value` overrides (`ttcjax.io.read_yaml`)."""
-    return ExperimentConfig.from_dict(read_yaml(path, overrides), source=os.fspath(path))
+def read_config(path: str | os.PathLike, overrides: Sequence[str] = (), shipped: bool = False) -> ExperimentConfig:
+    """An experiment config from a YAML file with `key=value` overrides (`ttcjax.io.read_yaml`). `shipped`: the file
+    is a named config of the package (`ttcjax demo`), so only the overrides are the user's own keys."""
+    explicit = {item.partition("=")[0].split(".")[0] for item in overrides} if shipped else None
+    return ExperimentConfig.from_dict(read_yaml(path, overrides), source=os.fspath(path), explicit=explicit)
 
 
 def experiment_workload(config: ExperimentConfig, estimates: Estimates = Estimates()) -> Workload:

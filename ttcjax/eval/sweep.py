@@ -36,9 +36,8 @@ import gc
 import os
 import sys
 import time
-import warnings
 import zlib
-from typing import Any, ClassVar, Mapping, Sequence
+from typing import Any, ClassVar, Collection, Mapping, Sequence
 
 import jax
 import numpy as np
@@ -122,6 +121,15 @@ def dropped_cells(specs: Sequence[StrategySpec], budgets: Sequence[int]) -> list
     leaves those cells out of the grid."""
     out = [(spec, [b for b in budgets if spec.at(b) is None]) for spec in specs]
     return [(spec, unfit) for spec, unfit in out if 0 < len(unfit) < len(budgets)]
+
+
+def warn_of_dropped_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: str) -> None:
+    """One line on stderr for each strategy that fits some of the budgets but not all: the cells `plan_cells` leaves
+    out, named where the config is read."""
+    for spec, unfit in dropped_cells(specs, budgets):
+        print(f"{source}: warning: strategy {spec.to_dict()} does not fit budgets {unfit} (a beam needs a budget its "
+              "width divides; lookahead needs width * (k + 1)): those cells are not run, and strategies are compared "
+              "there without it.", file=sys.stderr)
 
 
 def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:
@@ -224,10 +232,16 @@ class SweepConfig:
     COUNTS: ClassVar[tuple[str, ...]] = ("rows_per_batch",)  # fields that must be integers >= 1
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "config") -> "SweepConfig":
+    def from_dict(cls, data: Mapping[str, Any], source: str = "config",
+                  explicit: Collection[str] | None = None) -> "SweepConfig":
         """The config of a YAML mapping, checked whole before any work: every key, count, strategy, budget,
-        search setting and the task; one ValueError naming `source` and the field otherwise."""
+        search setting and the task; one ValueError naming `source` and the field otherwise.
+
+        A strategy the user listed that does not fit some budgets the user listed is named on stderr (those cells
+        are not run): where the keys the user set (`explicit`; by default every key of `data`) hold both
+        `strategies` and `budgets`. A grid of defaults (or of a shipped config) skips such cells without a word."""
         check_options(cls, data, source, required=("out_dir",))
+        asked = {"strategies", "budgets"} <= set(data if explicit is None else explicit)
         data = dict(data)
         seed = data.get("seed", cls.seed)
         if not isinstance(seed, int) or isinstance(seed, bool) or seed < 0:
@@ -261,6 +275,8 @@ class SweepConfig:
             raise ValueError(f"{source}: questions={questions!r} must be an integer >= 1 (or null: the whole split).")
         config = cls(**data)
         config.validate(source)
+        if asked:
+            warn_of_dropped_cells(config.strategies, config.budgets, source)
         return config
 
     def validate(self, source: str) -> None:
@@ -270,10 +286,6 @@ class SweepConfig:
         except ValueError as e:
             raise ValueError(f"{source}: split={self.split!r}: {e}") from None
         plan_cells(self.strategies, self.budgets, source)
-        for spec, unfit in dropped_cells(self.strategies, self.budgets):
-            warnings.warn(f"{source}: strategy {spec.to_dict()} does not fit budgets {unfit} (a beam needs a budget "
-                          "its width divides; lookahead needs width * (k + 1)): those cells are not run, and "
-                          "strategies are compared there without it.", stacklevel=3)
         check_verifier_fits([s for s in self.strategies if not is_revision(s)], self.verifier, source)
         check_revision_models(self.strategies, self.revision_policy, self.revision_verifier, source)
 

@@ -200,6 +200,12 @@ class LoopResult:
     stopped_early: bool = False
 
 
+def is_finite(value: Any) -> bool:
+    """Whether an evaluation's value is a finite number: a non-finite one (NaN, inf; written to metrics.jsonl as
+    null, strict JSON) is never the best."""
+    return isinstance(value, (int, float, np.floating)) and not isinstance(value, bool) and math.isfinite(value)
+
+
 def read_metrics(path: str, upto_step: int) -> list[dict]:
     """The metrics lines of steps <= upto_step (a resumed run rewrites what came after). A last line cut by the
     interruption is dropped; a damaged line is an error naming the file and the line (`ttcjax.io.read_jsonl`)."""
@@ -222,8 +228,9 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     interruption, for tests); the checkpoint written at the end lets the next call continue.
     `evaluate(model, step)` runs every `eval_every` steps and at the end; its metrics are logged.
     `early_stopping=(metric, patience)`: stop when `evaluate`'s `metric` (lower is better) has not improved
-    for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A resumed run
-    recovers the best value and the patience count from the evaluations in metrics.jsonl.
+    for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A non-finite value
+    (NaN, written as null) is never the best and is reported on stderr. A resumed run recovers the best value and
+    the patience count from the evaluations in metrics.jsonl.
     """
     started = time.perf_counter()
     os.makedirs(out_dir, exist_ok=True)
@@ -254,10 +261,10 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     best, best_step, since_best, stopped_early = float("inf"), None, 0, False
     if early_stopping is not None:
         metric, patience = early_stopping
-        for record in history:  # replay the evaluations this run already made
+        for record in history:  # replay the evaluations this run already made (null: not finite, never the best)
             if "eval" in record:
-                value = record["eval"][metric]
-                best, best_step, since_best = ((value, record["step"], 0) if value < best
+                value = record["eval"].get(metric)
+                best, best_step, since_best = ((value, record["step"], 0) if is_finite(value) and value < best
                                                else (best, best_step, since_best + 1))
         stopped_early = since_best >= patience
         if stopped_early:
@@ -292,7 +299,11 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
                 result = evaluate(evaluated, done)
                 if early_stopping is not None:
                     value = result[early_stopping[0]]
-                    if value < best:
+                    if not is_finite(value):
+                        print(f"{desc}: warning: step {done}: the evaluation's {early_stopping[0]} is {value}, not a "
+                              "finite number (written as null); it is never the best, and counts towards early "
+                              "stopping.", file=sys.stderr)
+                    if is_finite(value) and value < best:
                         best, best_step, since_best = value, done, 0
                         if on_best is not None:
                             on_best(evaluated, done)
@@ -304,8 +315,9 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
             if done % checkpoint_every == 0 or done == end or stopped_early:
                 manager.save(done, args=ocp.args.StandardSave(state))
             if stopped_early:
-                print(f"{desc}: early stop at step {done}; best {early_stopping[0]} {best:.4f} at step "
-                      f"{best_step}", file=sys.stderr)
+                print(f"{desc}: early stop at step {done}; " + (
+                    f"best {early_stopping[0]} {best:.4f} at step {best_step}" if best_step is not None
+                    else f"no evaluation had a finite {early_stopping[0]}"), file=sys.stderr)
                 end = done
                 break
     bar.close()

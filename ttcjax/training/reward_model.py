@@ -25,7 +25,7 @@ import numpy as np
 import optax
 from flax import nnx
 
-from ttcjax.checkpoints.native import load_any
+from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, json_text,
@@ -122,6 +122,31 @@ def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_f
         else:
             out.append((inp, list(x.step_labels)))
     return out
+
+
+def check_examples_fit(examples: Sequence[tuple[ScoringInput, Sequence[float]]], problem_ids: Sequence[str],
+                       config: "PRMTrainConfig", source: str) -> None:
+    """The longest example (of the labels file `source`) within seq_len and within the positions of the backbone it
+    trains (init_from, else the policy; read from its config, before its weights): one ValueError naming the file,
+    the field, the length and the fix.
+
+    A packed row restarts positions at each example, so seq_len itself may exceed the backbone's positions (the
+    revision verifier packs 528-token rows on 512 positions); an example longer than them would read positions
+    its rotary embeddings were never trained at."""
+    if not examples:
+        return
+    length, at = max((len(x.tokens), i) for i, (x, _) in enumerate(examples))
+    which = f"the longest example (problem {problem_ids[at]!r}, question and steps) has {length} tokens"
+    if length > config.seq_len:
+        raise ValueError(f"{source}: {which}, more than seq_len={config.seq_len}; raise seq_len to at least "
+                         f"{length}.")
+    field = "init_from" if config.init_from else "policy"
+    backbone = getattr(config, field)
+    positions = checkpoint_config(backbone, field).max_position_embeddings
+    if length > positions:
+        raise ValueError(f"{source}: {which}, more than the {positions} positions of {field} {backbone} "
+                         "(max_position_embeddings); lower max_new_tokens (or label shorter solutions), or train from a "
+                         f"backbone with at least {length} positions (init_from).")
 
 
 def _is_validation(problem_id: str, fraction: float) -> bool:
@@ -304,27 +329,33 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     started = time.perf_counter()
     if config.revision_chains is not None and not orm:
         raise ValueError("revision_chains labels attempts by their outcome: train an ORM (ttcjax train orm).")
-    check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train orm" if orm else "train prm")
+    what = "train orm" if orm else "train prm"
+    check_inputs_exist(config, ("policy", "init_from", "tokenizer"), what)
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
-    if config.labels and os.path.exists(config.labels):  # labels of other options refused before the run directory
-        reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
-    # seq_len is not checked against the backbone's positions: a packed row's positions restart at each example,
-    # and the revision verifier's rows (configs/train/orm-revision-tiny.yaml) are wider than its 512 positions
-    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"},
-                 "train orm" if orm else "train prm", rerun)
-    tokenizer = load_tokenizer(config.tokenizer or config.policy)
-    labelled, cost = make_labels(config, tokenizer, mesh, progress)
     task = config.make_task()
+    tokenizer = load_tokenizer(config.tokenizer or config.policy)
     step_format = StepFormat(delimiter=task.step_delimiter, add_bos=task.prompt_bos(tokenizer))
+
+    def examples(labelled: Sequence[LabelledSolution], source: str) -> list[tuple[ScoringInput, list[float]]]:
+        """The scoring examples of `labelled` (read from `source`), the longest checked against seq_len and the
+        backbone's positions."""
+        out = examples_from_labels(labelled, tokenizer, step_format, orm=orm)
+        check_examples_fit(out, [x.problem_id for x in labelled], config, source)
+        return out
+
+    labels_path = config.labels or os.path.join(config.out_dir, "labels.jsonl")
+    if config.labels and os.path.exists(config.labels):  # labels of other options, or too long for the backbone,
+        reused_labels_cost(config.labels, config, REUSE_FIX, required=False)  # refused before the run directory
+        examples(load_labels(config.labels), config.labels)
+    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun)
+    labelled, cost = make_labels(config, tokenizer, mesh, progress)
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
     if not val or not train:
         raise ValueError(f"{len(labelled)} labelled solutions leave an empty train or validation split; raise "
                          "num_questions.")
-    packed = pack_scoring(examples_from_labels(train, tokenizer, step_format, orm=orm), config.seq_len,
-                          tokenizer.pad_id)
-    packed_val = pack_scoring(examples_from_labels(val, tokenizer, step_format, orm=orm), config.seq_len,
-                              tokenizer.pad_id)
+    packed = pack_scoring(examples(train, labels_path), config.seq_len, tokenizer.pad_id)
+    packed_val = pack_scoring(examples(val, labels_path), config.seq_len, tokenizer.pad_id)
     backbone = load_any(config.init_from or config.policy)
     prm = RewardModel(backbone, ValueHead(), seed=config.seed)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
@@ -344,6 +375,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                         evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
                         desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
     finished = result.final_step == config.steps or result.stopped_early
+    if finished and result.best_step is None and not os.path.isdir(best_dir):
+        raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see metrics.jsonl), "
+                         "so there is no best model to write; lower lr or check the labels, then rerun with --fresh.")
     if finished:
         # the best model and its tokenizer replace an earlier model/ together, or not at all
         with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
