@@ -344,3 +344,19 @@ def test_index_shards_outside_the_checkpoint_are_refused_unopened(llama_bias_sha
     (path / "model.safetensors.index.json").write_text(json.dumps(index))
     with pytest.raises(ValueError, match="is not a file inside"):
         load_hf_model(path)
+
+
+def test_hugging_face_cache_snapshot_with_linked_shards_loads(llama_bias_sharded, tmp_path):
+    """The Hugging Face cache's layout: a snapshot directory whose every file, shards included, is a relative link
+    to ../../blobs. The index's names stay inside the snapshot, so it loads (judging where the links point would
+    refuse every cached sharded checkpoint)."""
+    hf_model, source = llama_bias_sharded
+    repo = tmp_path / "models--org--tiny"
+    (repo / "blobs").mkdir(parents=True)
+    snapshot = repo / "snapshots" / "0123abcd"
+    snapshot.mkdir(parents=True)
+    for i, name in enumerate(sorted(os.listdir(source))):
+        shutil.copy(source / name, repo / "blobs" / f"blob{i}")
+        os.symlink(os.path.join("..", "..", "blobs", f"blob{i}"), snapshot / name)
+    assert len(glob.glob(str(snapshot / "model-*-of-*.safetensors"))) > 1
+    _assert_parity(load_hf_model(str(snapshot)), hf_model, label="llama from a cache snapshot of links")

@@ -145,12 +145,12 @@ def _weight_files(path: str) -> dict[str, str]:
             raise ValueError(f"{index_path}: not valid JSON ({e}); re-save the checkpoint with save_pretrained.") from e
         if not isinstance(weight_map, dict):
             raise ValueError(f"{index_path}: no 'weight_map' object; re-save the checkpoint with save_pretrained.")
-        root = os.path.realpath(path)
         for shard in sorted(set(weight_map.values())):
             # a shard is a file of this checkpoint: names that leave the directory are refused unopened (and
-            # without saying whether such a file exists)
-            if (not isinstance(shard, str) or os.path.isabs(shard)
-                    or os.path.commonpath([root, os.path.realpath(os.path.join(path, shard))]) != root):
+            # without saying whether such a file exists). The name is judged, not where a link in the directory
+            # points: the Hugging Face cache's snapshot directories link every file to ../../blobs.
+            if (not isinstance(shard, str) or not shard or os.path.isabs(shard) or os.path.splitdrive(shard)[0]
+                    or os.path.normpath(shard).split(os.sep)[0] == os.pardir):
                 raise ValueError(f"{index_path}: shard {shard!r} is not a file inside {path}; a checkpoint's index "
                                  "names its own shard files (model-00001-of-00002.safetensors).")
             if not os.path.exists(os.path.join(path, shard)):
