@@ -121,8 +121,8 @@ RESAMPLE_STREAM = 1 << 30
 
 
 def _log_weights(scores, temperature: float):
-    """Each particle's log weight: logit(score) / temperature, the score clipped to [1e-7, 1 - 1e-7] (as Puri et
-    al.'s code clips it); -inf (no weight) where the score is NaN (no step scored, or a non-finite verifier
+    """Each particle's log weight: logit(score) / temperature, the score clipped to [1e-7, 1 - 1e-7] (as its_hub,
+    Puri et al.'s library, clips it); -inf (no weight) where the score is NaN (no step scored, or a non-finite verifier
     score). scores [R]."""
     s = jnp.clip(scores, 1e-7, 1 - 1e-7)
     return jnp.where(jnp.isnan(scores), -jnp.inf, (jnp.log(s) - jnp.log1p(-s)) / temperature)

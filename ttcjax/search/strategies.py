@@ -251,11 +251,11 @@ class ParticleFiltering(Strategy):
     particle anew from all N with replacement (multinomial resampling), particle i with probability
     softmax(logit(r) / weight_temperature)_i, r the verifier's score of particle i's last step (the PRM's
     reading of its whole prefix). That is the paper's code (probabilistic-inference-scaling's `particle_gibbs`,
-    its_hub's `ParticleFiltering`): log weight = the inverse sigmoid of the PRM score (clipped to [1e-7,
-    1 - 1e-7]), resampling by its softmax at a temperature (`softmax_temp`, 1 by default; the paper sweeps 0.1 to
-    2). At weight_temperature 1 a particle weighs its score's odds r / (1 - r); higher temperatures flatten the
-    weights toward plain sampling, lower ones sharpen them toward keeping the best. A particle without a scored
-    step weighs nothing.
+    its_hub's `ParticleFiltering`): log weight = the inverse sigmoid of the PRM score (clipped, as its_hub clips
+    it, to [1e-7, 1 - 1e-7]), resampling by its softmax at a temperature (`softmax_temp`, 1 by default; the
+    authors' sweeps run 0.1 to 2). At weight_temperature 1 a particle weighs its score's odds r / (1 - r); higher
+    temperatures flatten the weights toward plain sampling, lower ones sharpen them toward keeping the best. A
+    particle without a scored step weighs nothing.
 
     Finished particles are not extended. With `resample_finished` (the paper's `resample_inactive`, its
     default and its runs) they take part in the resampling with their last step's weight: drawn, their copies
