@@ -33,7 +33,7 @@ from ttcjax.search.chains import chains_program
 from ttcjax.search.episode import rounds_program, start_program
 from ttcjax.search.run import chain_spec, episode_spec
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import Beam, Revisions
+from ttcjax.search.strategies import Beam, ParticleFiltering, Revisions
 from ttcjax.training.loop import OptimConfig, init_train_state, lm_loss, train_step_program
 from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, ValueHead
 
@@ -109,8 +109,9 @@ def test_prefill_and_the_decode_loop_lower_for_tpu_and_cuda(engine, mesh):
     assert (ROWS, 2, MAX_LEN, CFG.dim_per_head) in shapes and (ROWS, 2, CFG.dim_per_head, MAX_LEN) not in shapes
 
 
-def test_a_beam_search_episode_with_a_prm_lowers_for_tpu_and_cuda(engine, mesh, prm_verifier):
-    spec, scorer_params = episode_spec(Beam(4, 2), engine, prm_verifier, TOKENIZER, SETTINGS)
+@pytest.mark.parametrize("strategy", [Beam(4, 2), ParticleFiltering(4)], ids=["beam", "particle_filtering"])
+def test_a_search_episode_with_a_prm_lowers_for_tpu_and_cuda(engine, mesh, prm_verifier, strategy):
+    spec, scorer_params = episode_spec(strategy, engine, prm_verifier, TOKENIZER, SETTINGS)
     questions = 4  # 16 rows: 4 per data shard
     tokens, lengths = _prompts(mesh, questions)
     active = _rows(mesh, np.ones(questions, bool))

@@ -19,7 +19,7 @@ from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import ShardingRules, make_mesh, shard_model
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import Beam, BestOfN, Revisions
+from ttcjax.search.strategies import Beam, BestOfN, ParticleFiltering, Revisions
 from ttcjax.verifiers.hub import FAMILIES
 from ttcjax.verifiers.public import RenderingStepScorer
 from ttcjax.verifiers.reward_model import RewardModel, ValueHead
@@ -113,6 +113,14 @@ def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_c
             in stage.detail)
     narrower = dataclasses.replace(w, search=dataclasses.replace(w.search, revision_max_len=96))
     assert dict(memory_plan(narrower, (1, 1), 8, None).stages[0].terms)["policy KV cache"] == kv_bytes(reviser, 8, 96)
+
+
+def test_particle_filtering_holds_what_beam_search_holds():
+    verifier = VerifierModel("prm", planner.TTCJAX, TINY.replace(has_lm_head=False), "value")
+    beam, particles = (memory_plan(_workload(verifier=verifier, strategies=(s,)), (2, 1), 8, None).stages[0]
+                       for s in (Beam(8, 2), ParticleFiltering(8)))
+    assert particles.terms == beam.terms  # the rows' gathers, where beam search gathers its kept beams
+    assert particles.detail.startswith("particle_filtering n=8: ") and beam.detail.startswith("beam n=8 width 2: ")
 
 
 def test_where_only_a_model_axis_mesh_fits_it_is_suggested():

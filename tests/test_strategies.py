@@ -5,8 +5,8 @@ import json
 import pytest
 
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import (DVTS, STRATEGIES, Beam, BestOfN, Lookahead, Revisions, StrategySpec,
-                                      strategy_from_dict)
+from ttcjax.search.strategies import (DVTS, STRATEGIES, Beam, BestOfN, Lookahead, ParticleFiltering, Revisions,
+                                      StrategySpec, strategy_from_dict)
 
 
 def spec(**data):
@@ -23,6 +23,8 @@ def test_a_spec_fits_each_budget_as_its_strategy_decides():
     assert spec(kind="lookahead", width=4, k=1).at(16) == Lookahead(8, 4, k=1)  # budget N * (k + 1)
     assert spec(kind="lookahead", width=4, k=1).at(4) is None
     assert spec(kind="lookahead", width=4, k=1).at(16).budget == 16
+    assert spec(kind="particle_filtering").at(16) == ParticleFiltering(16)  # N particles: any budget
+    assert spec(kind="particle_filtering", weight_temperature=0.5).at(4) == ParticleFiltering(4, weight_temperature=0.5)
 
 
 def test_strategies_answer_for_their_rows_groups_and_rounds():
@@ -33,6 +35,11 @@ def test_strategies_answer_for_their_rows_groups_and_rounds():
     assert Beam(16, 4).max_rounds(12, 160) == 12 and BestOfN(16).max_rounds(12, 160) == 80
     assert not BestOfN(4, selection="majority").needs_verifier
     assert BestOfN(4).needs_verifier and Beam(4, 2, selection="majority").needs_verifier
+    # particle filtering: all N particles of a question drawn anew from all N, in proportion to their weights
+    pf = ParticleFiltering(16)
+    assert pf.groups == (16, 16) and pf.resamples and not Beam(16, 4).resamples and pf.budget == pf.rows == 16
+    assert pf.max_rounds(12, 160) == 12 and pf.needs_verifier and pf.lookahead == 0
+    assert (pf.weight_temperature, pf.resample_finished, pf.selection) == (1.0, True, "weighted")
 
 
 def test_two_forms_of_one_strategy_are_the_same_strategy():
@@ -43,14 +50,16 @@ def test_two_forms_of_one_strategy_are_the_same_strategy():
 
 def test_one_form_round_trips_through_json():
     for strategy in (BestOfN(4, selection="vanilla"), Beam(16, 4), Lookahead(8, 2, k=2), DVTS(16, 4),
-                     Revisions(16, 4, selection="majority")):
+                     Revisions(16, 4, selection="majority"),
+                     ParticleFiltering(8, weight_temperature=0.5, resample_finished=False, selection="vanilla")):
         data = json.loads(json.dumps(strategy.to_dict()))
         assert strategy_from_dict(data) == strategy
         assert strategy.spec().at(strategy.budget) == strategy
     s = spec(kind="lookahead", width=4, k=1)
     assert StrategySpec.from_dict(json.loads(json.dumps(s.to_dict()))) == s
     assert s.name == "lookahead-k1-width4" and spec(kind="best_of_n").name == "best_of_n"
-    assert set(STRATEGIES) == {"best_of_n", "beam", "lookahead", "dvts", "revisions"}
+    assert set(STRATEGIES) == {"best_of_n", "beam", "lookahead", "dvts", "revisions", "particle_filtering"}
+    assert spec(kind="particle_filtering", weight_temperature=2).name == "particle_filtering-weight_temperature2"
 
 
 @pytest.mark.parametrize("data, message", [
@@ -62,6 +71,11 @@ def test_one_form_round_trips_through_json():
     ({"kind": "lookahead", "width": 4, "k": -1}, "k must be an integer >= 0"),
     ({"kind": "best_of_n", "selection": "best"}, "selection='best' is not one of"),
     ({"width": 4}, "a mapping with a 'kind'"),
+    ({"kind": "particle_filtering", "weight_temperature": 0}, "weight_temperature must be a finite number > 0"),
+    ({"kind": "particle_filtering", "weight_temperature": "hot"}, "weight_temperature must be a finite number > 0"),
+    ({"kind": "particle_filtering", "weight_temperature": float("inf")}, "weight_temperature must be a finite"),
+    ({"kind": "particle_filtering", "resample_finished": "yes"}, "resample_finished must be true"),
+    ({"kind": "particle_filtering", "width": 4}, "particle_filtering has no option(s) ['width']"),
 ])
 def test_a_typo_in_a_strategy_is_refused_when_it_is_read(data, message):
     with pytest.raises(ValueError, match=__import__("re").escape(message)):

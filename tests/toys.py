@@ -78,6 +78,35 @@ def y_fraction_prm(strength: float = 20.0) -> RewardModel:
     return prm
 
 
+def last_token_prm(logit_x: float, logit_y: float) -> RewardModel:
+    """Score logit = `logit_x` at an 'x', `logit_y` at a 'y', 0 elsewhere: the score of a prefix is its last
+    token's alone. Attention and MLP weights are zero, so each position's hidden state is its token's embedding;
+    'x' and 'y' carry a unit indicator in channels 0 and 1 beside the constant channel 2, so both have the same
+    RMS norm, and the value head reads the indicators scaled by it."""
+    tok = toy_tokenizer()
+    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=8, intermediate_size=16, num_layers=1, num_heads=1,
+                         num_kv_heads=1, max_position_embeddings=256)
+    graphdef, state = nnx.split(init_model(config))
+    x, y = tok.token_to_id("x"), tok.token_to_id("y")
+
+    def set_param(path, leaf):
+        name = _path_name(path)
+        if name == "embedding":
+            emb = np.zeros(leaf.shape, np.float32)
+            emb[:, 2] = 10.0
+            emb[x, 0] = emb[y, 1] = 1.0
+            return jnp.asarray(emb)
+        if name == "scale":
+            return jnp.ones_like(leaf)
+        return jnp.zeros_like(leaf)
+
+    prm = RewardModel(nnx.merge(graphdef, jax.tree_util.tree_map_with_path(set_param, state)), ValueHead())
+    normed = 1.0 / np.sqrt((1.0 + 10.0 ** 2) / config.hidden_size + config.rms_norm_eps)  # an indicator, normed
+    prm.v_w[...] = jnp.zeros_like(prm.v_w[...]).at[0].set(logit_x / normed).at[1].set(logit_y / normed)
+    prm.v_b[...] = jnp.zeros_like(prm.v_b[...])
+    return prm
+
+
 def p_solution_without_y(p_x: float, p_y: float, p_newline: float) -> float:
     """P(a solution of the toy policy ends without a 'y'). A solution ends at an empty step (a newline at
     the start of a step). From a step start: newline -> ends clean; x -> mid-step; y -> fails. Mid-step:

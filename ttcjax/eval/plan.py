@@ -500,7 +500,9 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
     else:
         working = max(start, key=lambda t: t[1])[0]
     terms.append(("working set", max(rounds_set, start_set)))
-    label = f"{strategy.kind} n={strategy.n}" + (f" width {strategy.width}" if strategy.groups != (0, 0) else "")
+    # particle filtering resamples where beam search selects: the same gathers, so the same terms
+    beams = strategy.groups != (0, 0) and not strategy.resamples
+    label = f"{strategy.kind} n={strategy.n}" + (f" width {strategy.width}" if beams else "")
     if strategy.lookahead:
         label += f" k={strategy.lookahead}"
     if revision:

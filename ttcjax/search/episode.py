@@ -13,7 +13,10 @@ episode's rounds; each iteration
      subtree) the kept best open rows fill the group's open rows, `width` each; rows move with an on-device
      gather of the policy's and the verifier's cache rows (the prompt is never prefilled again, and in the
      policy's shared-prefix cache, `EpisodeSpec.prompt_floor`, never copied: only the rows' own slots move).
-     Finished rows keep their place. Best-of-N selects nothing.
+     Finished rows keep their place. Particle filtering (`Strategy.resamples`) instead draws every row of a
+     question from its N rows at random in proportion to their weights (`_resample`, with a key folded with
+     the row's id; finished rows take part or keep their place, as the strategy says) and gathers the drawn
+     rows the same way. Best-of-N selects nothing.
 
 A step ends where its text completes the delimiter, whatever the tokenization, or at the step token cap (it
 is scored, and the row continues it next round). A solution ends when its row emits EOS, an empty step (the
@@ -110,6 +113,34 @@ def _select(scores, open_rows, group: int, keep: int, width: int):
     parent = jnp.take_along_axis(order, jnp.clip(parent_rank, 0, group - 1), axis=1)  # [G, group]
     local = jnp.where(open_g, parent, jnp.arange(group)[None, :])
     return (local + jnp.arange(0, r, group)[:, None]).reshape(r)
+
+
+# the stream of a round's key that resampling draws from: above every decode step's (`fold_in(round_key, step)`)
+# and every lookahead rollout's (`fold_in(round_key, j + 1)`)
+RESAMPLE_STREAM = 1 << 30
+
+
+def _log_weights(scores, temperature: float):
+    """Each particle's log weight: logit(score) / temperature, the score clipped to [1e-7, 1 - 1e-7] (as its_hub,
+    Puri et al.'s library, clips it); -inf (no weight) where the score is NaN (no step scored, or a non-finite verifier
+    score). scores [R]."""
+    s = jnp.clip(scores, 1e-7, 1 - 1e-7)
+    return jnp.where(jnp.isnan(scores), -jnp.inf, (jnp.log(s) - jnp.log1p(-s)) / temperature)
+
+
+def _resample(log_weights, pool, slot, key, group: int):
+    """Source row (within the batch) for every row: in each group every row of the pool draws its source from
+    the group's pool, pool row j with probability softmax(the pool's log weights)_j, with replacement
+    (multinomial resampling), from `key` folded with its own id `slot`, so that its draw depends neither on its
+    place in the batch nor on the batch's other questions. Rows outside the pool, and every row of a group
+    whose pool has no weight, keep their place. log_weights/pool/slot [R]."""
+    r = log_weights.shape[0]
+    weights = jnp.where(pool, log_weights, -jnp.inf).reshape(-1, group)  # [G, group]
+    keys = jax.vmap(jax.random.fold_in, in_axes=(None, 0))(key, slot)  # [R]
+    drawn = jax.vmap(jax.random.categorical)(keys, jnp.repeat(weights, group, axis=0))  # [R] a row of its group
+    draws = pool & jnp.repeat(jnp.any(weights > -jnp.inf, axis=1), group)  # [R]
+    local = jnp.where(draws, drawn, jnp.arange(r) % group)
+    return local + jnp.arange(r) // group * group
 
 
 def _constrain(tree, spec: EpisodeSpec):
@@ -234,8 +265,18 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
                           finished=finished, generated=generated, scored=scored, slot=st.slot,
                           nonfinite=nonfinite, rounds=st.rounds + 1)
         if group:
+            # each row's last step's score (NaN where it has none)
             last = jnp.take_along_axis(step_scores, jnp.maximum(num_steps - 1, 0)[:, None], axis=1)[:, 0]
-            src = _select(jnp.where(real, select_score, last), ~finished, group, keep, width)
+            if strategy.resamples:
+                # each particle weighs its last step's score; finished ones take part or keep their place
+                # (`ParticleFiltering.resample_finished`). As in Puri et al.'s loop, a question resamples only
+                # while it has an open particle, and not after the last round.
+                open_group = jnp.repeat(jnp.any(~finished.reshape(-1, group), axis=1), group)  # [R]
+                pool = open_group & (st.rounds + 1 < spec.rounds) & (strategy.resample_finished | ~finished)
+                src = _resample(_log_weights(last, strategy.weight_temperature), pool, st.slot,
+                                jax.random.fold_in(round_key, RESAMPLE_STREAM), group)
+            else:
+                src = _select(jnp.where(real, select_score, last), ~finished, group, keep, width)
             # a row's place keeps its cost counts (the lineage's cost is what all rows spent) and its id
             moved = _take_rows(new, src)
             new = dataclasses.replace(moved, generated=new.generated, scored=new.scored, slot=new.slot)

@@ -6,6 +6,8 @@ A strategy answers for itself everything the compiled episode and the reports ne
     budget       generations it costs, the x axis of every accuracy-versus-budget curve
     groups       (rows per selection group, rows kept per group); (0, 0): no selection between rounds
     width        rows each kept row fills after selection
+    resamples    whether selection draws each row of a group at random in proportion to the verifier's
+                 weights (particle filtering) rather than keeping the group's best rows
     lookahead    greedy rollout steps whose end scores a step (0: the step's own score)
     selection    the answer-selection rule over the final rows (`ttcjax.search.selection.SELECTION_RULES`)
 
@@ -68,6 +70,10 @@ class Strategy:
     @property
     def lookahead(self) -> int:
         return 0
+
+    @property
+    def resamples(self) -> bool:
+        return False
 
     def max_rounds(self, settings_max_rounds: int, max_len: int) -> int:
         """Rounds the episode may run. Strategies that select between rounds stop after the settings'
@@ -237,7 +243,52 @@ class Revisions(Strategy):
         return cls(budget, sequential, **options)
 
 
-STRATEGIES: dict[str, type[Strategy]] = {cls.kind: cls for cls in (BestOfN, Beam, Lookahead, DVTS, Revisions)}
+@dataclasses.dataclass(frozen=True)
+class ParticleFiltering(Strategy):
+    """Particle filtering (Puri et al. 2025, "A probabilistic inference approach to inference-time scaling of
+    LLMs using particle-based Monte Carlo methods"): N particles per question, each extended by one step a
+    round. After every round but the last, while the question has an open particle, each of its N rows draws its
+    particle anew from all N with replacement (multinomial resampling), particle i with probability
+    softmax(logit(r) / weight_temperature)_i, r the verifier's score of particle i's last step (the PRM's
+    reading of its whole prefix). That is the paper's code (probabilistic-inference-scaling's `particle_gibbs`,
+    its_hub's `ParticleFiltering`): log weight = the inverse sigmoid of the PRM score (clipped, as its_hub clips
+    it, to [1e-7, 1 - 1e-7]), resampling by its softmax at a temperature (`softmax_temp`, 1 by default; the
+    authors' sweeps run 0.1 to 2). At weight_temperature 1 a particle weighs its score's odds r / (1 - r); higher
+    temperatures flatten the weights toward plain sampling, lower ones sharpen them toward keeping the best. A
+    particle without a scored step weighs nothing.
+
+    Finished particles are not extended. With `resample_finished` (the paper's `resample_inactive`, its
+    default and its runs) they take part in the resampling with their last step's weight: drawn, their copies
+    are finished too; not drawn, they are gone. Without it they keep their place, and only the open particles
+    draw, from the open particles. Where beam search keeps only the best-scored rows, and so follows the PRM's
+    mistakes, resampling keeps lower-scored particles in proportion to their weight. The answer by `selection`
+    over the final particles (each copy a candidate). Budget: N generations."""
+
+    kind: ClassVar[str] = "particle_filtering"
+    weight_temperature: float = 1.0
+    resample_finished: bool = True
+
+    def __post_init__(self):
+        super().__post_init__()
+        t = self.weight_temperature
+        _check(isinstance(t, (int, float)) and not isinstance(t, bool) and math.isfinite(t) and t > 0,
+               f"{self.label}: weight_temperature must be a finite number > 0 (1: a particle weighs its verifier "
+               "score's odds, as in Puri et al.).")
+        _check(isinstance(self.resample_finished, bool),
+               f"{self.label}: resample_finished must be true (finished particles take part in the resampling) or "
+               "false (they keep their place).")
+
+    @property
+    def groups(self) -> tuple[int, int]:
+        return self.n, self.n  # all N particles of a question drawn anew from all N
+
+    @property
+    def resamples(self) -> bool:
+        return True
+
+
+STRATEGIES: dict[str, type[Strategy]] = {cls.kind: cls for cls in (BestOfN, Beam, Lookahead, DVTS, Revisions,
+                                                                      ParticleFiltering)}
 
 
 def strategy_from_dict(data: Mapping[str, Any], source: str = "strategy") -> Strategy:
