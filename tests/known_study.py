@@ -84,7 +84,7 @@ def known_study(effect: int, seed: int = 0) -> dict:
 
     records = {cell: [{"pass": int(x) | int(y)} for x, y in zip(c, right(plus(bon[64], 0.1)))]
                for cell, c in correct.items()}
-    records[(SEQ16, 16)] = [{**r, "pass_by_attempt": [float(f)] + [float(f)] * 14 + [float(t)], "right_to_wrong": int(w),
+    records[(SEQ16, 16)] = [{**r, "pass_by_attempt": [float(f)] * 15 + [float(t)], "right_to_wrong": int(w),
                              "right_followed": int(k)}
                             for r, f, t, w, k in zip(records[(SEQ16, 16)], first, last, right_to_wrong, followed)]
     summary = {signal: selection_summary({"selection": s, "levels": levels, "efficiency": efficiency(s, levels)})

@@ -342,7 +342,8 @@ def test_a_report_without_revisions_has_no_revision_findings():
     findings = analyze(report)
     assert findings.sequential_vs_parallel == () and findings.ratio_by_difficulty == ()
     assert findings.revisions_compute_optimal == {}
-    assert "Revisions" not in markdown(report, findings)
+    assert "## Revisions" not in markdown(report, findings) and "## Compute-optimal revisions" not in markdown(
+        report, findings)
     data = analyze(revision_report()).to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["ratio_by_difficulty"][0]["place"] in {p.value for p in RatioPlace}
@@ -432,7 +433,23 @@ def test_every_accuracy_has_an_interval_around_the_reports_own_number(known):
 def test_a_report_without_per_question_outcomes_has_no_intervals_and_an_inconclusive_table():
     findings = analyze(make_report(five_levels()))
     assert findings.intervals is None and findings.efficiency["oracle"].saving is None
-    assert [row.finding for row in findings.paper] == [k for k in PAPER_ROWS if "revisions" not in k or
-                                                       k == "revisions_improve_pass_at_1"]
+    assert [row.finding for row in findings.paper] == PAPER_ROWS
     assert all(row.verdict is Reproduction.INCONCLUSIVE and "no per-question outcomes" in row.reason
                for row in findings.paper)
+
+
+def test_the_summary_shows_the_intervals_and_the_paper_table(known, tmp_path):
+    report, findings = known[0]
+    text = markdown(report, findings)
+    i = findings.intervals.accuracy[BON]["64"]
+    assert f"| {BON} | 0.375 [" in text and f"0.575 [{i.lo:.2f}, {i.hi:.2f}] |" in text
+    assert "percentile bootstrap over questions (2000 resamples, seed 0)" in text
+    assert "fully sequential (4:1) 0.475 is within noise of fully parallel (1:4) 0.475 (+0.000 [" in text
+    assert "0x where not reached" not in text and "Saving over best-of-N weighted" in text
+    table = text[text.index("## Paper versus ttcjax"):]
+    assert table.count("**inconclusive**") == len(PAPER_ROWS) and "**reproduced**" not in table
+    assert "| About 38% of right answers are revised into wrong ones (v1 section 6.1) | 0.333 [0, 1] |" in table
+    up = markdown(known[1][0], known[1][1])
+    assert up[up.index("## Paper versus ttcjax"):].count("**reproduced**") == len(PAPER_ROWS)
+    plots(report, str(tmp_path), findings)
+    assert (tmp_path / "compute_optimal_vs_best_of_n.png").stat().st_size > 0

@@ -641,6 +641,7 @@ def paper_findings(report: dict, findings: Findings, outcomes: Outcomes | None) 
     of paired comparisons each oriented so that the paper claims its `a` above its `b` (`judge`), or a number with
     its interval (a saving, a rate) against the paper's; the thresholds are the paper's own figures, fixed here and
     never fitted to a run. Without per-question outcomes every row is inconclusive."""
+    revisions = findings.revisions_compute_optimal
     rows = [_beam_at_low_budgets(findings), _beam_degrades(report, outcomes),
             *(_saving_row("compute_optimal_search", findings.efficiency[signal], signal,
                           "Compute-optimal search (the strategy per bin, chosen by cross-validation) needs 2-4x fewer "
@@ -648,10 +649,11 @@ def paper_findings(report: dict, findings: Findings, outcomes: Outcomes | None) 
               for signal in ("oracle", "predicted")),
             _revisions_improve(findings), _right_to_wrong(findings), _sequential_beats_parallel(findings),
             _ratio_by_difficulty_row(report, outcomes),
-            *(_saving_row("compute_optimal_revisions", opt.efficiency, signal,
-                          "Compute-optimal revisions (the sequential:parallel ratio per bin) need about 4x fewer "
-                          "generations than best-of-N weighted (v1 Fig. 8: 64 against 256)")
-              for signal, opt in findings.revisions_compute_optimal.items()),
+            *(_saving_row("compute_optimal_revisions", revisions[signal].efficiency if signal in revisions else None,
+                          signal, "Compute-optimal revisions (the sequential:parallel ratio per bin) need about 4x "
+                          "fewer generations than best-of-N weighted (v1 Fig. 8: 64 against 256)",
+                          missing="this run has no revision strategies, or no best-of-N weighted to save on")
+              for signal in ("oracle", "predicted")),
             _flops_row(findings)]
     if outcomes is None:
         rows = [dataclasses.replace(row, verdict=Reproduction.INCONCLUSIVE,
@@ -661,12 +663,6 @@ def paper_findings(report: dict, findings: Findings, outcomes: Outcomes | None) 
     return tuple(rows)
 
 
-def say(c: Comparison) -> str:
-    """A comparison in words: "A minus B: +0.100 [-0.050, +0.250]"."""
-    d = c.difference
-    return f"{c.a} minus {c.b}: {d.value:+.3f} [{d.lo:+.3f}, {d.hi:+.3f}]"
-
-
 def judge(comparisons: Sequence[Comparison]) -> tuple[Reproduction, str]:
     """Reproduced where every comparison is better beyond noise, not reproduced where one is worse beyond noise,
     inconclusive where one is within noise or there is none; and why."""
@@ -674,11 +670,11 @@ def judge(comparisons: Sequence[Comparison]) -> tuple[Reproduction, str]:
         return Reproduction.INCONCLUSIVE, "this run has no data for it"
     against = [c for c in comparisons if c.verdict is Verdict.WORSE]
     if against:
-        return Reproduction.NOT_REPRODUCED, f"the other way beyond noise: {say(against[0])}"
+        return Reproduction.NOT_REPRODUCED, f"the other way beyond noise: {against[0].a} minus {against[0].b}"
     noise = [c for c in comparisons if c.verdict is Verdict.WITHIN_NOISE]
     if noise:
         return (Reproduction.INCONCLUSIVE, f"{len(noise)} of {len(comparisons)} within noise (the interval contains "
-                f"0): {say(noise[0])}")
+                f"0), first {noise[0].a} minus {noise[0].b}")
     return Reproduction.REPRODUCED, "every comparison the paper's way beyond noise"
 
 
@@ -731,12 +727,13 @@ def _beam_degrades(report: dict, outcomes: Outcomes | None) -> PaperFinding:
                     "degrades most")
 
 
-def _saving_row(finding: str, efficiency: Efficiency | None, signal: str, claim: str) -> PaperFinding:
+def _saving_row(finding: str, efficiency: Efficiency | None, signal: str, claim: str,
+                missing: str = "this run has no best-of-N weighted to save on") -> PaperFinding:
     key, claim = f"{finding}_{signal}", f"{claim}; {signal} bins"
     estimate = efficiency.saving if efficiency is not None else None
     if estimate is None:
         return PaperFinding(finding=key, claim=claim, comparisons=(), estimate=None,
-                            verdict=Reproduction.INCONCLUSIVE, reason="this run has no best-of-N weighted to save on")
+                            verdict=Reproduction.INCONCLUSIVE, reason=missing)
     if estimate.lo >= PAPER_SAVING:
         verdict, why = Reproduction.REPRODUCED, f"the interval lies at or above {PAPER_SAVING:g}x"
     elif estimate.hi < PAPER_SAVING:
@@ -778,7 +775,8 @@ def _right_to_wrong(findings: Findings) -> PaperFinding:
         verdict, why = (Reproduction.INCONCLUSIVE, f"the interval holds {PAPER_RIGHT_TO_WRONG:g} but also none or "
                         "twice as many")
     else:
-        verdict, why = Reproduction.REPRODUCED, f"the interval holds {PAPER_RIGHT_TO_WRONG:g}, and neither 0 nor twice it"
+        verdict, why = (Reproduction.REPRODUCED,
+                        f"the interval holds {PAPER_RIGHT_TO_WRONG:g}, and neither 0 nor twice it")
     return PaperFinding(finding="right_to_wrong_rate", claim=claim, comparisons=(), estimate=rate, verdict=verdict,
                         reason=f"{where}; {why}")
 
