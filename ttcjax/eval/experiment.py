@@ -21,6 +21,9 @@
    with its best ratio (revision_ratio_by_difficulty.png); and compute-optimal revisions, the ratio chosen per
    bin by the same cross-validation among the revision strategies only, against best-of-N weighted with its
    efficiency (report["revisions_compute_optimal"], oracle and predicted bins; revisions_vs_best_of_n.png).
+   report["per_question"] keeps the outcomes every number is made of (`per_question`), so the findings carry 95%
+   bootstrap intervals over questions and paired comparisons, and the paper-versus-ttcjax table
+   (`ttcjax.eval.analysis`, `ttcjax.eval.uncertainty`).
 
 Every stage writes its results per question as batches finish (`ttcjax.eval.shards`), or atomically, and a
 rerun skips what it finds: an interrupted experiment resumes where it stopped. The run directory belongs to one

@@ -418,17 +418,27 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
     np.atleast_1d(axes)[0].legend(fontsize=5)
     save(fig, "accuracy_by_difficulty.png")
 
+    def band(ax, line, budgets, intervals):
+        """The 95% intervals of a curve, shaded in its colour (none without per-question outcomes)."""
+        if intervals:
+            ax.fill_between(budgets, [intervals[str(x)].lo for x in budgets], [intervals[str(x)].hi for x in budgets],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+
+    ci = findings.intervals
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for signal, style in (("oracle", "-"), ("predicted", "--")):
         opt = report["compute_optimal"][signal]
         b = sorted(int(x) for x in opt["cv_accuracy"])
-        ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o", label=f"compute-optimal ({signal})")
+        [line] = ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o",
+                         label=f"compute-optimal ({signal})")
+        band(ax, line, b, ci.compute_optimal.get(signal) if ci else None)
     base = report["compute_optimal"]["oracle"]["best_of_n_weighted"]
     b = sorted(int(x) for x in base)
-    ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label=baseline_label(report))
+    [line] = ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label=baseline_label(report))
+    band(ax, line, b, ci.accuracy.get(report.get("baseline")) if ci else None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generation budget")
-    ax.set_ylabel("accuracy (held-out folds)")
+    ax.set_ylabel("accuracy (held-out folds)" + (", 95% intervals" if ci else ""))
     ax.legend(fontsize=7)
     save(fig, "compute_optimal_vs_best_of_n.png")
 
