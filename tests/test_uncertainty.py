@@ -12,7 +12,7 @@ from ttcjax.eval.uncertainty import (CONFIDENCE, Interval, Resamples, Verdict, c
 
 
 def test_intervals_cover_a_known_rate_about_95_percent_of_the_time_with_the_binomial_width():
-    p, n, trials = 0.3, 60, 1000
+    p, n, trials = 0.3, 60, 2000
     rng = np.random.default_rng(0)
     covered, widths = 0, []
     for trial in range(trials):
