@@ -6,9 +6,11 @@ import pathlib
 
 import pytest
 
+from known_study import known_study
 from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, RatioPlace,
-                                  Winner, analyze, baseline_name)
+                                  Reproduction, Winner, analyze, baseline_name)
 from ttcjax.eval.report import markdown, plots
+from ttcjax.eval.uncertainty import Verdict
 
 GOLDEN = pathlib.Path(__file__).parent / "data" / "demo_reduced_golden.json"
 BON, BEAM = "best_of_n-selectionweighted", "beam-width4"
@@ -340,8 +342,114 @@ def test_a_report_without_revisions_has_no_revision_findings():
     findings = analyze(report)
     assert findings.sequential_vs_parallel == () and findings.ratio_by_difficulty == ()
     assert findings.revisions_compute_optimal == {}
-    assert "Revisions" not in markdown(report, findings)
+    assert "## Revisions" not in markdown(report, findings) and "## Compute-optimal revisions" not in markdown(
+        report, findings)
     data = analyze(revision_report()).to_dict()
     assert json.loads(json.dumps(data)) == data
     assert data["ratio_by_difficulty"][0]["place"] in {p.value for p in RatioPlace}
     assert data["revisions_compute_optimal"]["oracle"]["efficiency"]["verdict"] == "fewer_generations"
+
+
+# ---- intervals, paired verdicts and the paper-versus-ttcjax table on a study whose truth is known ---------------
+
+PAPER_ROWS = ["beam_beats_best_of_n_on_hard_bins", "beam_degrades_on_easy_bins", "compute_optimal_search_oracle",
+              "compute_optimal_search_predicted", "revisions_improve_pass_at_1", "right_to_wrong_rate",
+              "sequential_beats_parallel", "ratio_by_difficulty", "compute_optimal_revisions_oracle",
+              "compute_optimal_revisions_predicted", "flops_matched"]
+
+
+@pytest.fixture(scope="module")
+def known():
+    """effect -> (report, findings) of tests/known_study.py's study."""
+    return {effect: (report := known_study(effect), analyze(report)) for effect in (1, -1, 0)}
+
+
+@pytest.mark.parametrize("effect, verdict", [(1, Reproduction.REPRODUCED), (-1, Reproduction.NOT_REPRODUCED),
+                                             (0, Reproduction.INCONCLUSIVE)])
+def test_every_row_of_the_paper_table_says_what_the_study_was_built_to_show(known, effect, verdict):
+    report, findings = known[effect]
+    assert [row.finding for row in findings.paper] == PAPER_ROWS
+    assert {row.finding: row.verdict for row in findings.paper} == {key: verdict for key in PAPER_ROWS}
+    for row in findings.paper:
+        assert row.reason and (row.comparisons or row.estimate is not None), row.finding
+        for c in row.comparisons:  # oriented the paper's way: its verdict is the row's where the row is decided
+            assert c.difference.lo <= c.difference.value <= c.difference.hi
+            if verdict is Reproduction.REPRODUCED:
+                assert c.verdict is Verdict.BETTER, row.finding
+
+
+def test_the_old_verdicts_follow_the_paired_intervals(known):
+    _, up = known[1]
+    assert up.beam_on_hard_bins.verdict is BeamVerdict.BEATS
+    assert all(row.sequential_vs_parallel is Winner.SEQUENTIAL for row in up.sequential_vs_parallel)
+    assert up.flops_matched[0].search_wins == ("1", "2") and "4" in up.flops_matched[0].larger_wins
+    assert all(row.improves for row in up.revisions)
+    _, down = known[-1]
+    assert down.beam_on_hard_bins.verdict is BeamVerdict.DOES_NOT_BEAT
+    assert all(row.sequential_vs_parallel is Winner.PARALLEL for row in down.sequential_vs_parallel)
+    assert not any(row.improves for row in down.revisions)
+    # equal accuracies on independently drawn questions: within noise is a tie, not a win for either side
+    _, noise = known[0]
+    low = next(row for row in noise.sequential_vs_parallel if row.budget == 4)
+    assert low.sequential_vs_parallel is Winner.TIE and low.sequential_minus_parallel.verdict is Verdict.WITHIN_NOISE
+    assert low.sequential_minus_parallel.difference.value == 0.0
+    assert noise.beam_on_hard_bins.verdict is BeamVerdict.DOES_NOT_BEAT
+    assert [c.verdict for c in noise.beam_on_hard_bins.by_budget[0].comparisons.values()] == [Verdict.WITHIN_NOISE]
+
+
+def test_every_accuracy_has_an_interval_around_the_reports_own_number(known):
+    report, findings = known[0]
+    intervals = findings.intervals
+    assert (intervals.resamples, intervals.seed) == (2000, 0)
+    for name, row in report["accuracy"].items():
+        for b, acc in row.items():
+            i = intervals.accuracy[name][b]
+            assert i.value == pytest.approx(acc) and i.lo <= acc <= i.hi and i.hi - i.lo > 0.02, (name, b)
+    for signal, levels in report["per_level"].items():
+        for lv, table in levels.items():
+            for name, row in table.items():
+                assert {b: i.value for b, i in intervals.per_level[signal][lv][name].items()} == pytest.approx(row)
+    for signal, opt in report["compute_optimal"].items():  # the choice redone on each resample, row 0 the report's
+        assert {b: i.value for b, i in intervals.compute_optimal[signal].items()} == pytest.approx(opt["cv_accuracy"])
+        assert all(i.lo <= i.value <= i.hi for i in intervals.compute_optimal[signal].values())
+    for signal, opt in report["revisions_compute_optimal"].items():
+        assert {b: i.value for b, i in intervals.revisions_compute_optimal[signal].items()} == pytest.approx(
+            opt["cv_accuracy"])
+    assert intervals.large_greedy.value == pytest.approx(report["large_policy_greedy"])
+    cov = findings.coverage
+    assert cov.coverage_interval.value == pytest.approx(cov.coverage) and cov.gap_interval.verdict is Verdict.BETTER
+    [chains] = findings.revisions
+    assert (chains.first_step.value, chains.last_step.value) == pytest.approx(
+        (chains.pass_by_step[0], chains.pass_by_step[-1]))
+    # the efficiency saving: row 0 is the report's own (best-of-N at N=64 is not matched below it here)
+    eff = findings.efficiency["oracle"]
+    assert eff.saving.lo <= eff.saving.value <= eff.saving.hi
+    data = findings.to_dict()
+    assert json.loads(json.dumps(data)) == data
+    assert data["paper"][0]["verdict"] == "inconclusive" and data["paper"][0]["comparisons"][0]["verdict"] == (
+        "within_noise")
+
+
+def test_a_report_without_per_question_outcomes_has_no_intervals_and_an_inconclusive_table():
+    findings = analyze(make_report(five_levels()))
+    assert findings.intervals is None and findings.efficiency["oracle"].saving is None
+    assert [row.finding for row in findings.paper] == PAPER_ROWS
+    assert all(row.verdict is Reproduction.INCONCLUSIVE and "no per-question outcomes" in row.reason
+               for row in findings.paper)
+
+
+def test_the_summary_shows_the_intervals_and_the_paper_table(known, tmp_path):
+    report, findings = known[0]
+    text = markdown(report, findings)
+    i = findings.intervals.accuracy[BON]["64"]
+    assert f"| {BON} | 0.375 [" in text and f"0.575 [{i.lo:.2f}, {i.hi:.2f}] |" in text
+    assert "percentile bootstrap over questions (2000 resamples, seed 0)" in text
+    assert "fully sequential (4:1) 0.475 is within noise of fully parallel (1:4) 0.475 (+0.000 [" in text
+    assert "0x where not reached" not in text and "Saving over best-of-N weighted" in text
+    table = text[text.index("## Paper versus ttcjax"):]
+    assert table.count("**inconclusive**") == len(PAPER_ROWS) and "**reproduced**" not in table
+    assert "| About 38% of right answers are revised into wrong ones (v1 section 6.1) | 0.333 [0, 1] |" in table
+    up = markdown(known[1][0], known[1][1])
+    assert up[up.index("## Paper versus ttcjax"):].count("**reproduced**") == len(PAPER_ROWS)
+    plots(report, str(tmp_path), findings)
+    assert (tmp_path / "compute_optimal_vs_best_of_n.png").stat().st_size > 0

@@ -14,6 +14,7 @@ from ttcjax.io import read_yaml
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.grading import answers_equal
 
+BON = "best_of_n-selectionweighted"
 REDUCED = ["questions=12", "difficulty_samples=4", "bins=2", "budgets=[2,4]", "search.max_rounds=8", "probe_samples=1",
            "strategies=[{kind: best_of_n, selection: weighted}, {kind: best_of_n, selection: majority}, "
            "{kind: beam, width: 2}, {kind: beam, width: sqrt}, {kind: lookahead, width: 2, k: 1}, "
@@ -54,6 +55,36 @@ def test_the_demo_reproduces_the_numbers_from_before_the_refactor(tmp_path):
     summary = (out / "summary.md").read_text()
     assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
     assert "a right answer is among best-of-N's candidates" in summary and "On the hardest bins" in summary
+    # every accuracy with its bootstrap interval, as data and in the summary, and the paper-versus-ttcjax table
+    assert len(report["per_question"]["levels"]["oracle"]) == len(report["per_question"]["correct"][BON]["4"]) == 12
+    intervals = report["findings"]["intervals"]
+    assert (intervals["resamples"], intervals["seed"]) == (2000, 0)
+    for name, row in report["accuracy"].items():
+        for b, acc in row.items():
+            i = intervals["accuracy"][name][b]
+            assert i["lo"] <= acc <= i["hi"] and i["value"] == pytest.approx(acc), (name, b)
+            assert f"{acc:.3f} [{i['lo']:.2f}, {i['hi']:.2f}]" in summary
+        for lv, table in report["per_level"]["oracle"].items():
+            for b, acc in table[name].items():
+                i = intervals["per_level"]["oracle"][lv][name][b]
+                assert i["lo"] <= acc <= i["hi"] and i["value"] == pytest.approx(acc), (name, lv, b)
+    for signal, opt in report["compute_optimal"].items():
+        for b, acc in opt["cv_accuracy"].items():
+            i = intervals["compute_optimal"][signal][b]
+            assert i["value"] == pytest.approx(acc) and i["lo"] <= i["hi"], (signal, b)
+        saving = report["findings"]["efficiency"][signal]["saving"]
+        assert saving["lo"] <= saving["value"] <= saving["hi"]
+    for row in report["findings"]["beam_on_hard_bins"]["by_budget"]:
+        for name, c in row["comparisons"].items():
+            assert c["difference"]["lo"] <= c["difference"]["hi"]
+            assert c["verdict"] == ("better" if c["difference"]["lo"] > 0 else "worse" if c["difference"]["hi"] < 0
+                                    else "within_noise")
+        assert row["beats"] == any(c["verdict"] == "better" for c in row["comparisons"].values())
+    paper = {row["finding"]: row for row in report["findings"]["paper"]}
+    assert {"beam_beats_best_of_n_on_hard_bins", "compute_optimal_search_oracle", "flops_matched"} <= set(paper)
+    assert all(row["verdict"] in ("reproduced", "not_reproduced", "inconclusive") and row["reason"]
+               for row in paper.values())
+    assert "## Paper versus ttcjax" in summary and "percentile bootstrap over questions" in summary
     # a rerun with another config into the same directory stops before any work, naming the key
     assert main(["demo", "--out-dir", str(out), "--no-progress", *REDUCED[1:], "questions=8"]) == 2
 

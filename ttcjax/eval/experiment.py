@@ -21,6 +21,9 @@
    with its best ratio (revision_ratio_by_difficulty.png); and compute-optimal revisions, the ratio chosen per
    bin by the same cross-validation among the revision strategies only, against best-of-N weighted with its
    efficiency (report["revisions_compute_optimal"], oracle and predicted bins; revisions_vs_best_of_n.png).
+   report["per_question"] keeps the outcomes every number is made of (`per_question`), so the findings carry 95%
+   bootstrap intervals over questions and paired comparisons, and the paper-versus-ttcjax table
+   (`ttcjax.eval.analysis`, `ttcjax.eval.uncertainty`).
 
 Every stage writes its results per question as batches finish (`ttcjax.eval.shards`), or atomically, and a
 rerun skips what it finds: an interrupted experiment resumes where it stopped. The run directory belongs to one
@@ -47,7 +50,7 @@ import sys
 import time
 import warnings
 from pathlib import Path
-from typing import ClassVar, Sequence
+from typing import ClassVar, Collection, Sequence
 
 import jax
 import numpy as np
@@ -59,12 +62,13 @@ from ttcjax.distributed import barrier, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
-from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, matched_generations,
-                                   overall, select_strategies)
+from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, fold_assignment,
+                                   matched_generations, overall, select_strategies)
 from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, run_batches
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, check_verifiers, collect_grid, grid_files,
                                load_policy, load_revision_models, plan_cells, process_mesh, revision_policy_dir,
                                revision_role, run_problems, search_grid)
+from ttcjax.eval.uncertainty import encode
 from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, read_yaml,
                        write_json)
 from ttcjax.models.sharding import mesh_shape
@@ -373,9 +377,13 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
                                 revision_verifier=revision.verifier.num_params)
         report["revisions"] = revision_summary(grid.records, config.strategies)
     if revision_selections:
-        report["revisions_compute_optimal"] = {signal: _compute_optimal(s) for signal, s in revision_selections.items()}
+        report["revisions_compute_optimal"] = {signal: selection_summary(s)
+                                               for signal, s in revision_selections.items()}
     report["coverage"] = {n: {str(b): c for (m, b), c in grid.coverage.items() if m == n}
                           for n in dict.fromkeys(m for m, _ in grid.coverage)}
+    report["per_question"] = per_question(grid.correct, grid.records, {"oracle": oracle_levels,
+                                                                       "predicted": predicted_levels},
+                                          config.folds, config.seed, large_correct, revision_names)
     # questions whose search met non-finite logits or verifier scores (warned of), and difficulty samples that did
     report["nonfinite_questions"] = {f"{n}/{b}": k for (n, b), k in grid.nonfinite.items() if k}
     report["nonfinite_difficulty_samples"] = int(sum(d.get("nonfinite", 0) for d in diff))
@@ -407,7 +415,32 @@ def revision_summary(records: dict[tuple[str, int], list[dict]], specs: Sequence
     return out
 
 
-def _compute_optimal(selected: dict) -> dict:
+def per_question(correct: dict[tuple[str, int], np.ndarray], records: dict[tuple[str, int], list[dict]],
+                 levels: dict[str, np.ndarray], folds: int, seed: int, large_correct: np.ndarray | None,
+                 revision_names: Collection[str]) -> dict:
+    """report.json's per-question outcomes, every list in question order, from which `ttcjax.eval.analysis`
+    bootstraps its intervals (`ttcjax.eval.uncertainty`): each signal's levels and cross-validation folds (those
+    `select_strategies` used), each cell's 0/1 correctness and coverage (a right answer among its candidates) as
+    strings of 0 and 1, the larger model's greedy correctness, and per revision cell each question's pass@1 at the
+    first and last attempt (the share of its chains right there) and its right-to-wrong counts."""
+    cells: dict[str, dict] = {"correct": {}, "pass": {}}
+    for (name, budget), right in correct.items():
+        cells["correct"].setdefault(name, {})[str(budget)] = encode(right)
+        cells["pass"].setdefault(name, {})[str(budget)] = encode([r["pass"] for r in records[(name, budget)]])
+    revisions: dict[str, dict] = {}
+    for (name, budget), rows in records.items():
+        if name in revision_names:
+            revisions.setdefault(name, {})[str(budget)] = {
+                "first": [r["pass_by_attempt"][0] for r in rows], "last": [r["pass_by_attempt"][-1] for r in rows],
+                "right_to_wrong": [r["right_to_wrong"] for r in rows],
+                "right_followed": [r["right_followed"] for r in rows]}
+    return {"levels": {signal: lv.tolist() for signal, lv in levels.items()},
+            "folds": {signal: fold_assignment(lv, folds, seed).tolist() for signal, lv in levels.items()},
+            **cells, "large_greedy": None if large_correct is None else encode(large_correct),
+            "revisions": revisions}
+
+
+def selection_summary(selected: dict) -> dict:
     """A selection in report.json's form (`compute_optimal.<signal>`): the choice per "level/budget", and per
     budget the held-out accuracy, best-of-N weighted's and the efficiency (those two None where the selection has
     no best-of-N to compare with)."""
@@ -431,7 +464,7 @@ def _report(config, problems, diff, oracle_levels, predicted_levels, correct, to
         per_level[signal] = {str(lv): {n: {str(b): float(correct[(n, b)][levels == lv].mean())
                                           for b in budgets if (n, b) in correct} for n in names}
                              for lv in range(1, config.bins + 1) if (levels == lv).any()}
-    optimal = {signal: _compute_optimal(s) for signal, s in selections.items()}
+    optimal = {signal: selection_summary(s) for signal, s in selections.items()}
     return {"config": config.to_dict(), "questions": len(problems), "seconds": seconds,
             "strategies": {s.name: s.to_dict() for s in config.strategies},
             "params": {"policy": small_params, "large_policy": large_params, "verifier": verifier_params},

@@ -11,8 +11,9 @@ import os
 import numpy as np
 
 from ttcjax.eval.analysis import (BeamOnHardBins, BeamVerdict, Efficiency, EfficiencyVerdict, Findings, FlopsMatched,
-                                  RatioAccuracy, RatioPlace, RevisionChains, RevisionsComputeOptimal, Winner, analyze,
-                                  baseline_name)
+                                  PaperFinding, RatioAccuracy, RatioPlace, Reproduction, RevisionChains,
+                                  RevisionsComputeOptimal, Winner, analyze, baseline_name)
+from ttcjax.eval.uncertainty import CONFIDENCE, Comparison, Interval, Verdict
 from ttcjax.io import atomic_path
 
 
@@ -34,34 +35,37 @@ def markdown(report: dict, findings: Findings) -> str:
         + (f"{r['seconds']:.0f} s." if r.get("seconds_total", r["seconds"]) == r["seconds"] else
            f"{r['seconds']:.0f} s in this invocation, {r['seconds_total']:.0f} s in all (a rerun reuses finished "
            "work)."), "",
-        "## Accuracy versus generation budget", "", head, sep]
+        _uncertainty(findings), "", "## Accuracy versus generation budget", "", head, sep]
+    ci = findings.intervals
     for name, row in r["accuracy"].items():
-        lines.append(_table_row(name, row, budgets))
+        lines.append(_table_row(name, row, budgets, ci.accuracy.get(name) if ci else None))
     lines += ["", "![](accuracy_vs_budget.png)", "", "## Per difficulty level (oracle bins, 1 = easiest)", ""]
     for lv, table in r["per_level"]["oracle"].items():
         lines += [f"### Level {lv}", "", head, sep]
         for name, row in table.items():
-            lines.append(_table_row(name, row, budgets))
+            lines.append(_table_row(name, row, budgets, ci.per_level["oracle"].get(lv, {}).get(name) if ci else None))
         lines.append("")
     lines += ["![](accuracy_by_difficulty.png)", "", "## Compute-optimal versus best-of-N (held-out folds)", "",
               head, sep]
     for signal in ("oracle", "predicted"):
         opt = r["compute_optimal"][signal]
-        lines.append(f"| compute-optimal ({signal} bins) | "
-                     + " | ".join(f"{opt['cv_accuracy'][str(b)]:.3f}" for b in budgets) + " |")
+        lines.append(_table_row(f"compute-optimal ({signal} bins)", opt["cv_accuracy"], budgets,
+                                ci.compute_optimal.get(signal) if ci else None))
     base = r["compute_optimal"]["oracle"]["best_of_n_weighted"]
-    lines.append(f"| {label} | " + " | ".join(f"{base[str(b)]:.3f}" for b in budgets) + " |")
+    lines.append(_table_row(label, base, budgets, ci.accuracy.get(r.get("baseline")) if ci else None))
     lines += [""]
     for signal in ("oracle", "predicted"):
         eff = r["compute_optimal"][signal]["efficiency"]
         lines.append(f"- Efficiency ({signal} bins): the smallest budget at which compute-optimal matches "
-                     f"{label} at " + ", ".join(f"N={b}: {eff[str(b)]}" for b in budgets) + ".")
+                     f"{label} at " + ", ".join(f"N={b}: {eff[str(b)]}" for b in budgets) + "."
+                     + _saving(findings.efficiency[signal].saving, label))
     shows = _efficiency(findings.efficiency["oracle"], label)
     if findings.coverage is not None:
         c = findings.coverage
-        shows += (f" At N={c.budget} a right answer is among best-of-N's candidates for {c.coverage:.0%} of the "
-                  f"questions and weighted selection picks one for {c.accuracy:.0%}: the difference is the "
-                  "verifier's to win.")
+        shows += (f" At N={c.budget} a right answer is among best-of-N's candidates for {c.coverage:.0%}"
+                  f"{_pct(c.coverage_interval)} of the questions and weighted selection picks one for {c.accuracy:.0%}"
+                  f"{_pct(c.accuracy_interval)}: the difference is the verifier's to win"
+                  + (f" ({_difference(c.gap_interval)})." if c.gap_interval else "."))
     lines += ["", "**What this run shows.** " + shows + " " + _beam(findings.beam_on_hard_bins)
               + " Choices per bin are in report.json (`compute_optimal.*.choice`); with few questions per bin the "
               "held-out estimates are noisy, which more questions reduce.", "",
@@ -76,6 +80,8 @@ def markdown(report: dict, findings: Findings) -> str:
         lines += _revisions_compute_optimal_section(findings, label)
     if r["flops_exchange"]:
         lines += _flops_section(r, findings)
+    if findings.paper:
+        lines += _paper_section(findings.paper)
     lines += ["Raw per-question results: results/*.jsonl, difficulty.jsonl"
               + (", large_policy.jsonl" if r["flops_exchange"] else "") + "; the scheduler: "
               "scheduler.json (`ttcjax run --scheduler ...`).", ""]
@@ -91,9 +97,17 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
     levels = sorted(r["flops_exchange"][0]["by_level"], key=int)
     lines += ["| R | matched B | budget used | " + " | ".join(f"L{k} large / small+search" for k in levels) + " |",
               "|---|---|---|" + "---|" * len(levels)]
+    ci = findings.intervals
     for row in r["flops_exchange"]:
-        cells = [f"{_two(row['by_level'][k]['large_greedy'])} / {_two(row['by_level'][k]['small_compute_optimal'])}"
-                 for k in sorted(row["by_level"], key=int)]
+        used = str(row["budget_used"])
+
+        def cell(k: str) -> str:
+            large = ci.large_greedy_by_level.get(k) if ci else None
+            small = ci.compute_optimal_by_level["oracle"].get(k, {}).get(used) if ci else None
+            return (f"{_two(row['by_level'][k]['large_greedy'], large)} / "
+                    f"{_two(row['by_level'][k]['small_compute_optimal'], small)}")
+
+        cells = [cell(k) for k in sorted(row["by_level"], key=int)]
         lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
                      + " | ".join(cells) + " |")
     lines += ["", _flops_matched(findings.flops_matched), "", "![](flops_matched.png)", ""]
@@ -109,13 +123,21 @@ def _revisions_section(rows: tuple[RevisionChains, ...]) -> list[str]:
              "|---|---|" + "---|" * (steps + 1)]
     for row in rows:
         cells = [f"{p:.3f}" for p in row.pass_by_step] + [""] * (steps - len(row.pass_by_step))
+        if row.first_step is not None:  # intervals on the first and last steps, the ones the finding compares
+            cells[0] = _ci(row.pass_by_step[0], row.first_step)
+            cells[len(row.pass_by_step) - 1] = _ci(row.pass_by_step[-1], row.last_step)
         rate = ("-" if row.right_to_wrong_rate is None else
-                f"{row.right_to_wrong_rate:.3f} ({row.right_to_wrong}/{row.right_followed})")
+                f"{_ci(row.right_to_wrong_rate, row.right_to_wrong_interval)} ({row.right_to_wrong}/"
+                f"{row.right_followed})")
         lines.append(f"| {row.strategy} | {row.budget} | " + " | ".join(cells) + f" | {rate} |")
     better = [f"{row.strategy} at N={row.budget}" for row in rows if row.improves]
     lines += ["", ("pass@1 rises from the first attempt to the last for " + ", ".join(better) + "." if better else
-                   "pass@1 does not rise from the first attempt to the last on this run."), ""]
-    return lines
+                   "pass@1 does not rise from the first attempt to the last on this run.")]
+    compared = [f"{row.strategy} at N={row.budget} {_difference(row.last_minus_first)}" for row in rows
+                if row.last_minus_first is not None]
+    if compared:
+        lines[-1] += " Last attempt minus first, paired: " + "; ".join(compared) + "."
+    return lines + [""]
 
 
 def _ratio_name(row: RatioAccuracy, side: str) -> str:
@@ -127,10 +149,16 @@ def _ratio_name(row: RatioAccuracy, side: str) -> str:
 
 
 def _ratio_cells(ratios: tuple[RatioAccuracy, ...]) -> str:
-    return ", ".join(f"{r.ratio} {r.accuracy:.3f}" for r in ratios)
+    return ", ".join(f"{r.ratio} {_ci(r.accuracy, r.interval)}" for r in ratios)
 
 
 _BEATS = {Winner.SEQUENTIAL: "beats", Winner.PARALLEL: "loses to", Winner.TIE: "ties with"}
+
+
+def _versus(winner: Winner, difference: Comparison | None) -> str:
+    """How a side compares: "beats", "loses to", "ties with"; with a paired interval, "is within noise of" for a tie,
+    and the difference is given after the other side."""
+    return "is within noise of" if difference is not None and winner is Winner.TIE else _BEATS[winner]
 
 
 def _sequential_vs_parallel_section(findings: Findings, label: str) -> list[str]:
@@ -140,14 +168,18 @@ def _sequential_vs_parallel_section(findings: Findings, label: str) -> list[str]
              "", f"| N | revision strategies | accuracy by ratio, most parallel first | {label} |", "|---|---|---|---|"]
     words = []
     for row in findings.sequential_vs_parallel:
-        lines.append(f"| {row.budget} | {row.family} | {_ratio_cells(row.ratios)} | {_three(row.best_of_n)} |")
+        best_of_n = (_ci(row.best_of_n, findings.intervals.accuracy[findings.baseline][str(row.budget)])
+                     if findings.intervals and row.best_of_n is not None else _three(row.best_of_n))
+        lines.append(f"| {row.budget} | {row.family} | {_ratio_cells(row.ratios)} | {best_of_n} |")
         most_sequential, most_parallel = row.ratios[-1], row.ratios[0]
         against = []
         if row.sequential_vs_parallel is not None:
-            against.append(f"{_BEATS[row.sequential_vs_parallel]} {_ratio_name(most_parallel, 'parallel')} "
-                           f"{most_parallel.accuracy:.3f}")
+            against.append(f"{_versus(row.sequential_vs_parallel, row.sequential_minus_parallel)} "
+                           f"{_ratio_name(most_parallel, 'parallel')} {most_parallel.accuracy:.3f}"
+                           + _paired(row.sequential_minus_parallel))
         if row.sequential_vs_best_of_n is not None:
-            against.append(f"{_BEATS[row.sequential_vs_best_of_n]} {label} {row.best_of_n:.3f}")
+            against.append(f"{_versus(row.sequential_vs_best_of_n, row.sequential_minus_best_of_n)} {label} "
+                           f"{row.best_of_n:.3f}" + _paired(row.sequential_minus_best_of_n))
         if against:
             words.append(f"at N={row.budget} ({row.family}) {_ratio_name(most_sequential, 'sequential')} "
                          f"{most_sequential.accuracy:.3f} " + " and ".join(against))
@@ -187,17 +219,19 @@ def _revisions_compute_optimal_section(findings: Findings, label: str) -> list[s
              "| | " + " | ".join(f"N={b}" for b in budgets) + " |", "|---|" + "---|" * len(budgets)]
     for signal, opt in by_signal.items():
         lines.append(f"| compute-optimal revisions ({signal} bins) | "
-                     + " | ".join(f"{row.compute_optimal:.3f}" for row in opt.by_budget) + " |")
+                     + " | ".join(_ci(row.compute_optimal, row.interval) for row in opt.by_budget) + " |")
     if any(opt.efficiency is None for opt in by_signal.values()):
         return lines + ["", "This run has no best-of-N weighted strategy, so compute-optimal revisions are not "
                         "compared with it.", ""]
     first = next(iter(by_signal.values()))
-    lines += [f"| {label} | " + " | ".join(f"{row.best_of_n:.3f}" for row in first.by_budget) + " |", ""]
+    base = findings.intervals.accuracy.get(findings.baseline, {}) if findings.intervals else {}
+    lines += [f"| {label} | " + " | ".join(_ci(row.best_of_n, base.get(str(row.budget))) for row in first.by_budget)
+              + " |", ""]
     for signal, opt in by_signal.items():
         lines.append(f"- Efficiency ({signal} bins): the smallest budget at which compute-optimal revisions match "
                      f"{label} at " + ", ".join(f"N={row.budget}: " + _matched(row.matched_at, row.factor)
                                                 for row in opt.by_budget) + "."
-                     + _most_saved(opt))
+                     + _most_saved(opt) + _saving(opt.efficiency.saving, label))
     lines += ["", "**What this shows.** " + _efficiency(by_signal["oracle"].efficiency, label,
                                                           subject="The compute-optimal ratio", method="revisions")
               + " The paper: compute-optimal revisions outperform best-of-N with up to 4x less test-time compute "
@@ -223,12 +257,77 @@ def baseline_label(report: dict) -> str:
     return "best-of-N weighted" if name is None or name == baseline_name(report) else f"the baseline {name}"
 
 
-def _table_row(name: str, row: dict, budgets) -> str:
-    return f"| {name} | " + " | ".join(f"{row[str(b)]:.3f}" if str(b) in row else "" for b in budgets) + " |"
+def _table_row(name: str, row: dict, budgets, intervals: dict[str, Interval] | None = None) -> str:
+    """One table row: the accuracy per budget, with its interval where there is one."""
+    intervals = intervals or {}
+    return f"| {name} | " + " | ".join(_ci(row[str(b)], intervals.get(str(b))) if str(b) in row else ""
+                                      for b in budgets) + " |"
 
 
-def _two(x: float | None) -> str:
-    return "-" if x is None else f"{x:.2f}"
+def _two(x: float | None, interval: Interval | None = None) -> str:
+    return "-" if x is None else f"{x:.2f}" + (f" [{interval.lo:.2f}, {interval.hi:.2f}]" if interval else "")
+
+
+def _ci(value: float, interval: Interval | None) -> str:
+    """A number and its interval: "0.594 [0.47, 0.71]" (the number alone without one)."""
+    return f"{value:.3f}" if interval is None else f"{value:.3f} [{interval.lo:.2f}, {interval.hi:.2f}]"
+
+
+def _pct(interval: Interval | None) -> str:
+    return "" if interval is None else f" [{interval.lo:.0%}, {interval.hi:.0%}]"
+
+
+_WORDS = {Verdict.BETTER: "better", Verdict.WORSE: "worse", Verdict.WITHIN_NOISE: "within noise"}
+
+
+def _difference(c: Comparison) -> str:
+    """A paired difference: "+0.062 [-0.03, +0.16], within noise"."""
+    d = c.difference
+    return f"{d.value:+.3f} [{d.lo:+.2f}, {d.hi:+.2f}], {_WORDS[c.verdict]}"
+
+
+def _paired(c: Comparison | None) -> str:
+    return "" if c is None else f" ({_difference(c)})"
+
+
+def _saving(saving: Interval | None, label: str) -> str:
+    if saving is None:
+        return ""
+    return (f" Saving over {label} (its own smallest budget for its top-budget accuracy over compute-optimal's; 0 "
+            f"where not reached; the choice redone on each resample): {saving.value:g}x [{saving.lo:g}x, "
+            f"{saving.hi:g}x].")
+
+
+def _uncertainty(findings: Findings) -> str:
+    ci = findings.intervals
+    if ci is None:
+        return ("This report has no per-question outcomes (report.json's per_question), so it shows no intervals and "
+                "compares points: a difference above 1e-9 counts.")
+    return (f"Every accuracy comes with its {CONFIDENCE:.0%} interval, a percentile bootstrap over questions "
+            f"({ci.resamples} resamples, seed {ci.seed}); comparisons are paired (the same questions in every "
+            "resample) and are \"within noise\" where the interval of the difference contains 0. The compute-optimal "
+            "curves and the saving redo the cross-validated choice on every resample.")
+
+
+_REPRODUCTION = {Reproduction.REPRODUCED: "reproduced", Reproduction.NOT_REPRODUCED: "not reproduced",
+                 Reproduction.INCONCLUSIVE: "inconclusive"}
+
+
+def _paper_section(rows: tuple[PaperFinding, ...]) -> list[str]:
+    lines = ["## Paper versus ttcjax", "",
+             "One row per finding of the paper. A comparison is paired and oriented the paper's way (the paper claims "
+             "its first side above its second): a finding is reproduced where every comparison goes its way beyond "
+             "noise, not reproduced where one goes the other way beyond noise, and inconclusive where one is within "
+             "noise or the run lacks the data. The thresholds are the paper's own figures.", "",
+             "| finding (the paper) | ttcjax | verdict |", "|---|---|---|"]
+    for row in rows:
+        numbers = [f"{c.a} minus {c.b}: {_difference(c)}" for c in row.comparisons]
+        if row.estimate is not None:
+            e = row.estimate
+            numbers.append(f"{e.value:.3g} [{e.lo:.3g}, {e.hi:.3g}]")
+        lines.append(f"| {row.claim} | {'; '.join(numbers) or '-'} | **{_REPRODUCTION[row.verdict]}**: "
+                     f"{row.reason} |")
+    return lines + [""]
 
 
 def _efficiency(e: Efficiency, label: str, subject: str = "Compute-optimal", method: str = "search strategies"
@@ -257,7 +356,8 @@ _BEAM_VERDICTS = {BeamVerdict.BEATS: "beam search beats best-of-N there",
 def _beam(b: BeamOnHardBins | None) -> str:
     if b is None:
         return ""
-    parts = [f"N={row.budget}: " + ", ".join(f"{name} {v:.3f}" for name, v in row.beams.items() if v is not None)
+    parts = [f"N={row.budget}: " + ", ".join(f"{name} {v:.3f}" + _paired(row.comparisons.get(name))
+                                             for name, v in row.beams.items() if v is not None)
              + f" vs best-of-N weighted {_three(row.best_of_n)}" for row in b.by_budget]
     return (f"On the hardest bins (levels {', '.join(b.hard_levels)}, mean accuracy) at the lowest budgets, "
             f"{_BEAM_VERDICTS[b.verdict]} ({'; '.join(parts)}).")
@@ -318,17 +418,27 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
     np.atleast_1d(axes)[0].legend(fontsize=5)
     save(fig, "accuracy_by_difficulty.png")
 
+    def band(ax, line, budgets, intervals):
+        """The 95% intervals of a curve, shaded in its colour (none without per-question outcomes)."""
+        if intervals:
+            ax.fill_between(budgets, [intervals[str(x)].lo for x in budgets], [intervals[str(x)].hi for x in budgets],
+                            color=line.get_color(), alpha=0.15, linewidth=0)
+
+    ci = findings.intervals
     fig, ax = plt.subplots(figsize=(5, 3.6))
     for signal, style in (("oracle", "-"), ("predicted", "--")):
         opt = report["compute_optimal"][signal]
         b = sorted(int(x) for x in opt["cv_accuracy"])
-        ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o", label=f"compute-optimal ({signal})")
+        [line] = ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o",
+                         label=f"compute-optimal ({signal})")
+        band(ax, line, b, ci.compute_optimal.get(signal) if ci else None)
     base = report["compute_optimal"]["oracle"]["best_of_n_weighted"]
     b = sorted(int(x) for x in base)
-    ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label=baseline_label(report))
+    [line] = ax.plot(b, [base[str(x)] for x in b], ":", marker="s", label=baseline_label(report))
+    band(ax, line, b, ci.accuracy.get(report.get("baseline")) if ci else None)
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generation budget")
-    ax.set_ylabel("accuracy (held-out folds)")
+    ax.set_ylabel("accuracy (held-out folds)" + (", 95% intervals" if ci else ""))
     ax.legend(fontsize=7)
     save(fig, "compute_optimal_vs_best_of_n.png")
 

@@ -70,6 +70,18 @@ class Selection:
     best_of_n_accuracy: dict[tuple[int, int], float]
 
 
+def fold_assignment(levels: np.ndarray, folds: int, seed: int = 0) -> np.ndarray:
+    """[Q] each question's cross-validation fold (0 .. folds - 1): inside each level at random by `seed`, the levels
+    in ascending order (the split `select_strategies` makes)."""
+    levels = np.asarray(levels)
+    rng = np.random.default_rng(seed)
+    fold_of = np.empty(len(levels), int)
+    for level in sorted(set(levels.tolist())):
+        idx = np.flatnonzero(levels == level)
+        fold_of[idx] = rng.permutation(len(idx)) % folds
+    return fold_of
+
+
 def select_strategies(correct: dict[tuple[str, int], np.ndarray], levels: np.ndarray, *, folds: int = 2,
                       seed: int = 0, baseline: str = "best_of_n") -> Selection:
     """`correct[(strategy, budget)]` is a [Q] array of 0/1 per question; `levels` [Q] their bins.
@@ -84,11 +96,11 @@ def select_strategies(correct: dict[tuple[str, int], np.ndarray], levels: np.nda
                          "another.")
     levels = np.asarray(levels)
     budgets = sorted({b for _, b in correct})
-    rng = np.random.default_rng(seed)
+    fold_of_question = fold_assignment(levels, folds, seed)
     choice, cv, base = {}, {}, {}
     for level in sorted(set(levels.tolist())):
         idx = np.flatnonzero(levels == level)
-        fold_of = rng.permutation(len(idx)) % folds
+        fold_of = fold_of_question[idx]
         for b in budgets:
             names = [s for s, bb in correct if bb == b]
             acc = {s: correct[(s, b)][idx].astype(float) for s in names}
