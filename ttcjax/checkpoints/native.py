@@ -142,11 +142,11 @@ def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: 
              mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()) -> Transformer:
     """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from directory `path`,
     or a llama-architecture GGUF file (`ttcjax.checkpoints.gguf`). With `mesh`, the parameters are placed on it
-    by `rules` as they are read (each process of a mesh that spans several reads only its devices' slices of a
-    ttcjax or Hugging Face checkpoint)."""
+    by `rules` as they are read: each process of a mesh that spans several reads only its devices' slices of a
+    ttcjax checkpoint, and keeps only its devices' slices of each Hugging Face or GGUF tensor it reads."""
     path = os.fspath(path)
     if os.path.isfile(path) and (path.endswith(".gguf") or is_gguf_file(path)):
-        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype)
+        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory or .gguf file.")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):
