@@ -496,7 +496,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.max_len is not None:
             checkpoint_config(directory, "--model").check_fits("--max-len", args.max_len, f"--model {args.model}",
                                                                "eval revision")
-        model = load_any(directory)
+        model = load_any(directory, mesh=mesh)
         tokenizer = load_tokenizer(args.tokenizer or directory)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
         revision = load_revision_settings(directory)

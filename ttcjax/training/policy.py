@@ -238,10 +238,12 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, proble
 # ---- training -----------------------------------------------------------------------------------------
 
 
-def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokenizer]:
+def _model_and_tokenizer(config: PolicyTrainConfig, mesh=None) -> tuple[Transformer, Tokenizer]:
+    """The model to train (a checkpoint's loaded onto `mesh`, or a fresh one, placed by the training loop) and its
+    tokenizer."""
     tokenizer = load_tokenizer(config.tokenizer)
     if config.init_from:
-        model = load_any(config.init_from)
+        model = load_any(config.init_from, mesh=mesh)
     else:
         model = init_model(ModelConfig.from_dict(config.model_config, source="model_config"), seed=config.seed)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=config.init_from or "model_config")
@@ -266,7 +268,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
                                                                     f"init_from {config.init_from}", "train policy")
     bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
     task = config.make_task()
-    model, tokenizer = _model_and_tokenizer(config)
+    model, tokenizer = _model_and_tokenizer(config, mesh)
     examples = training_examples(config, task, tokenizer)
     packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)

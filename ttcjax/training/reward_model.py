@@ -275,7 +275,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         save_labels(labels_path, labelled)
         write_json(cost_path, cost_record)
         return labelled, cost_record
-    policy = load_any(config.policy)
+    policy = load_any(config.policy, mesh=mesh)
     engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
     questions = [task.prompt_text(p, tokenizer) for p in problems]
 
@@ -325,7 +325,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                           tokenizer.pad_id)
     packed_val = pack_scoring(examples_from_labels(val, tokenizer, step_format, orm=orm), config.seq_len,
                               tokenizer.pad_id)
-    backbone = load_any(config.init_from or config.policy)
+    backbone = load_any(config.init_from or config.policy, mesh=mesh)
     prm = RewardModel(backbone, ValueHead(), seed=config.seed)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
     kind = "orm" if orm else "prm"
