@@ -485,10 +485,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mesh = parse_mesh(args.mesh)
     if args.what == "policy":
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        check_model_name("policy", args.model, "--model", "eval policy")
+        directory = resolve("policy", args.model)  # a directory, a .gguf file or a shipped policy's name
+        tokenizer = load_tokenizer(args.tokenizer or directory)
         _check_samples_fit(args, "--model", tokenizer, task, problems)
-        model = load_any(args.model, mesh=mesh)
-        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
+        model = load_any(directory, mesh=mesh)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
     elif args.what == "revision":
