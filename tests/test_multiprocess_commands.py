@@ -22,8 +22,8 @@ TASK = "{name: arithmetic, difficulties: [2, 3]}"
 def commands(out) -> dict[str, list[str]]:
     """Each command's arguments, its output file in `out`."""
     return {
-        "generate.jsonl": ["generate", "--model", "tiny", "--prompt", "Q: 3+4*2=\n", "--prompt", "Q: 9-2=\n", "--n", "4",
-                           "--max-new-tokens", "24", "--mesh", "auto"],
+        "generate.jsonl": ["generate", "--model", "tiny", "--prompt", "Q: 3+4*2=\n", "--prompt", "Q: 9-2=\n", "--n",
+                           "4", "--max-new-tokens", "24", "--mesh", "auto"],
         "prm.json": ["eval", "prm", "--model", "tiny", "--policy", "tiny", "--task", TASK, "--per-difficulty", "2",
                      "--samples", "2", "--max-new-tokens", "40"],
         "answers.jsonl": ["run", "--scheduler", str(out.parent / "scheduler.json"), "--budget", "4", "--question",
