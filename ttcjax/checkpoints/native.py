@@ -14,6 +14,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 from jax.sharding import Mesh
@@ -35,23 +36,34 @@ def _str_path(path: tuple) -> tuple[str, ...]:
 
 
 def _params_tree(model: Transformer) -> dict:
-    """The model's parameters as a plain nested dict of arrays with string keys."""
+    """The model's parameters as a plain nested dict of arrays with string keys: host (numpy) arrays on several
+    processes, where orbax saves no array that one process holds alone."""
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    return traverse_util.unflatten_dict({_str_path(path): value for path, value in flat.items()})
+    on_host = np.asarray if jax.process_count() > 1 else (lambda value: value)
+    return traverse_util.unflatten_dict({_str_path(path): on_host(value) for path, value in flat.items()})
+
+
+def _this_process_alone() -> ocp.options.MultiprocessingOptions:
+    """orbax's options for a save that this process makes alone (orbax otherwise waits for every process)."""
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                              active_processes={jax.process_index()})
 
 
 def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
     """Write `model` (config and parameters) to `directory`, which `load_model` reads back exactly.
 
     Refuses a directory that holds a checkpoint (of either format: `ttcjax.checkpoints.hf.checkpoint_entries`)
-    unless `overwrite`. The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
+    unless `overwrite`. On several processes one process saves, alone: the parameters must be whole on it
+    (`ttcjax.distributed.gathered`). The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
     so a crash at any point leaves the old checkpoint or the new one, never a mix or neither; the old checkpoint's
     files go, anything else in `directory` (a tokenizer) is kept.
     """
     directory = os.path.abspath(os.fspath(directory))
     refuse_to_replace(directory, overwrite)
     with replace_dir(directory, keep=lambda name: not is_checkpoint_entry(name)) as new:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with ocp.StandardCheckpointer(multiprocessing_options=_this_process_alone()) as checkpointer:
             checkpointer.save(os.path.join(new, PARAMS_DIR), _params_tree(model))
         write_json(os.path.join(new, CONFIG_FILE), model.config.to_dict())
 
