@@ -19,7 +19,9 @@ nothing more; a GPU or CPU cluster starts the same command in each process with 
 --num-processes N --process-id I (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, TTCJAX_PROCESS_ID). `sweep`,
 `experiment` and `demo` split the questions across processes and merge their shards; process 0 writes every
 shared file. They also run as independent jobs of an array over one out_dir (--job K/J, no coordinator): each
-searches its share, and the same command without --job merges them (docs/scale-out.md).
+searches its share, and the same command without --job merges them (docs/scale-out.md). `train policy|prm|orm`
+train data parallel over every process's devices, each feeding its own rows of each batch (`train revision` runs
+on one process).
 
 `experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
@@ -434,6 +436,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress,
                                      rerun=_rerun(args))
+    if not is_writer():  # process 0 reports
+        return 0
     print(json_text({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
                                               "validation")}, indent=2))
     if summary["finished"]:
@@ -723,6 +727,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _rerun_flags(train)
+    _add_process_flags(train)
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate on a task: a policy (greedy accuracy, pass@k) or a verifier (best-of-N, "
                                      "weighted and majority selection over the policy's samples; the step ROC-AUC "

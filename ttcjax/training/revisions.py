@@ -515,6 +515,9 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     evaluation's.
     """
     started = time.perf_counter()
+    if jax.process_count() > 1:  # its data shards are looked for and written by each process alone
+        raise ValueError(f"train revision runs on one process; this run has {jax.process_count()} (train policy, prm "
+                         "and orm run on several): start it without --num-processes / TTCJAX_NUM_PROCESSES.")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
