@@ -55,10 +55,10 @@ def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: b
     """Write `model` (config and parameters) to `directory`, which `load_model` reads back exactly.
 
     Refuses a directory that holds a checkpoint (of either format: `ttcjax.checkpoints.hf.checkpoint_entries`)
-    unless `overwrite`. On several processes one process saves, alone: the parameters must be whole on it
-    (`ttcjax.distributed.gathered`). The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
+    unless `overwrite`. The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
     so a crash at any point leaves the old checkpoint or the new one, never a mix or neither; the old checkpoint's
-    files go, anything else in `directory` (a tokenizer) is kept.
+    files go, anything else in `directory` (a tokenizer) is kept. On several processes one process saves, alone:
+    the parameters must be whole on it (`ttcjax.distributed.gathered`).
     """
     directory = os.path.abspath(os.fspath(directory))
     refuse_to_replace(directory, overwrite)

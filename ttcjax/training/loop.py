@@ -233,8 +233,9 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     """Train `model` for `optim.steps` steps, resuming from `out_dir`'s newest checkpoint if there is one.
 
     `batch_at(step)` returns host arrays whose leading axis is the global batch; they are split over the
-    mesh's data axis, each process feeding its own devices' rows (`feed_rows`). `stop_after` ends the invocation after that many steps of this call (an
-    interruption, for tests); the checkpoint written at the end lets the next call continue.
+    mesh's data axis, each process feeding its own devices' rows (`feed_rows`). `stop_after` ends the invocation
+    after that many steps of this call (an interruption, for tests); the checkpoint written at the end lets the next
+    call continue.
     `evaluate(model, step)` runs every `eval_every` steps and at the end; its metrics are logged.
     `early_stopping=(metric, patience)`: stop when `evaluate`'s `metric` (lower is better) has not improved
     for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A resumed run
