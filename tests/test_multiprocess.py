@@ -5,13 +5,11 @@ killed mid-search resumes on rerun with no question lost or written twice."""
 import json
 import os
 import signal
-import socket
-import subprocess
-import sys
 import time
 
 import pytest
 import yaml
+from multihost import PROCESSES, finish, launch
 from toys import toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.native import save_model
@@ -19,38 +17,6 @@ from ttcjax.cli import main
 from ttcjax.eval.shards import merge, shard_path, shard_paths
 from ttcjax.tasks.base import ProblemRecord
 from ttcjax.verifiers.reward_model import save_prm
-
-PROCESSES = 2
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("localhost", 0))
-        return s.getsockname()[1]
-
-
-def launch(config_path, out_dir, cache) -> list[subprocess.Popen]:
-    """The same `ttcjax sweep` on PROCESSES processes of 4 CPU devices each (a rerun reads the programs the first
-    run compiled from JAX's persistent cache `cache`)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
-           "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
-           "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
-    port = free_port()
-    return [subprocess.Popen([sys.executable, "-m", "ttcjax.cli", "sweep", "--config", str(config_path), "--out-dir",
-                              str(out_dir), "--no-progress", "--coordinator", f"localhost:{port}",
-                              "--num-processes", str(PROCESSES), "--process-id", str(i)],
-                             env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-            for i in range(PROCESSES)]
-
-
-def finish(procs, timeout=240.0) -> list[int]:
-    try:
-        return [p.wait(timeout=timeout) for p in procs]
-    finally:
-        for p in procs:
-            if p.poll() is None:
-                p.kill()
-                p.wait()
 
 
 def records(path) -> list[dict]:
@@ -90,11 +56,12 @@ def test_two_processes_merge_to_the_one_process_sweep_and_resume_after_a_kill(tm
 
     # two processes; the coordinator is killed once a shard holds a record, and the other goes down with it
     two = tmp_path / "two"
+    sweep = ["sweep", "--config", path, "--no-progress"]
     shards = [two / "results" / f"best_of_n-b2.shard-{i}-of-{PROCESSES}.jsonl" for i in range(PROCESSES)]
-    procs = launch(path, two, tmp_path / "jax-cache")
+    procs = launch(sweep + ["--out-dir", two], tmp_path / "jax-cache")
     deadline = time.monotonic() + 240
     while not any(s.exists() and s.read_text().count("\n") for s in shards) and time.monotonic() < deadline:
-        assert procs[0].poll() is None, procs[0].stderr.read()[-2000:]
+        assert procs[0].poll() is None, procs[0].communicate()[1][-2000:]
         time.sleep(0.02)
     os.kill(procs[0].pid, signal.SIGKILL)
     finish(procs, timeout=60)
@@ -103,8 +70,9 @@ def test_two_processes_merge_to_the_one_process_sweep_and_resume_after_a_kill(tm
     assert 0 < len(before) < 8
 
     # the same command again: each process resumes its shard, process 0 merges
-    procs = launch(path, two, tmp_path / "jax-cache")
-    assert finish(procs) == [0] * PROCESSES, [p.stderr.read()[-2000:] for p in procs]
+    procs = launch(sweep + ["--out-dir", two], tmp_path / "jax-cache")
+    ended = finish(procs)
+    assert [status for status, _, _ in ended] == [0] * PROCESSES, [err[-2000:] for _, _, err in ended]
     assert results(two) == one  # the one-process files: every question once, in question order
     assert table(two) == table(tmp_path / "one")
     merged = records(two / "results" / "best_of_n-b2.jsonl")

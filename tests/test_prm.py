@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
+from multihost import assert_placed
 from toys import toy_policy
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer
@@ -122,6 +124,18 @@ def _toy_policy():
 
 def _no_y_after(question):
     return lambda text: "y" not in text[len(question):]
+
+
+def test_a_reward_model_loads_onto_a_mesh_and_scores_as_on_one_device(tmp_path):
+    prm = _prm(TwoClassHead())
+    save_prm(prm, str(tmp_path / "prm"))
+    mesh = make_mesh(4, 2)
+    placed, _ = load_prm(str(tmp_path / "prm"), mesh=mesh)
+    assert_placed(placed, load_prm(str(tmp_path / "prm"))[0], mesh)  # the backbone and the head
+    assert placed.backbone.layers[0].mlp.w_up.sharding.spec == P(None, "model")  # split, not copied
+    _, inputs = _solutions(4)
+    for a, b in zip(score_inputs(prm, inputs), score_inputs(placed, inputs, mesh=mesh)):
+        np.testing.assert_allclose(a, b, atol=1e-5)
 
 
 def test_rollout_labels_match_closed_form_success_probabilities():

@@ -15,11 +15,13 @@ import jinja2
 import numpy as np
 import pytest
 import torch
+from multihost import assert_placed
 from prm_twins import QUESTION, SOLUTIONS
 from safetensors.torch import load_file, save_file
 
 from ttcjax.checkpoints.hf import load_hf_model
 from ttcjax.checkpoints.tokenizer import HFTokenizer
+from ttcjax.models.sharding import make_mesh
 from ttcjax.verifiers.hub import MathShepherdFormat, QwenPRMFormat, RLHFlowFormat, SkyworkFormat, load_hf_prm
 from ttcjax.verifiers.reward_model import ScoringInput, TokenHead, TwoClassHead, ValueHead, score_inputs
 
@@ -103,6 +105,16 @@ def test_qwen_prm(qwen_prm):
         assert list(x.tokens) == ids and list(x.read_at) == [i for i, t in enumerate(ids) if t == sep]
         inputs.append(x)
     _assert_scores(score_inputs(prm, inputs), reference, "qwen-prm")
+
+
+def test_a_public_prm_loads_onto_a_mesh(qwen_prm):
+    path = qwen_prm[0]
+    mesh = make_mesh(4, 2)
+    placed, fmt, tok = load_hf_prm(path, mesh=mesh)
+    whole = load_hf_prm(path)[0]
+    assert_placed(placed, whole, mesh)  # the backbone and the two-class head
+    inputs = [fmt.encode(tok, QUESTION, steps) for steps in SOLUTIONS]
+    _assert_scores(score_inputs(placed, inputs, mesh=mesh), score_inputs(whole, inputs), "qwen-prm on a mesh")
 
 
 def _skywork_prepare_input(problem: str, response: str, tokenizer, step_token: str = "\n"):

@@ -19,7 +19,9 @@ nothing more; a GPU or CPU cluster starts the same command in each process with 
 --num-processes N --process-id I (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, TTCJAX_PROCESS_ID). `sweep`,
 `experiment` and `demo` split the questions across processes and merge their shards; process 0 writes every
 shared file. They also run as independent jobs of an array over one out_dir (--job K/J, no coordinator): each
-searches its share, and the same command without --job merges them (docs/scale-out.md).
+searches its share, and the same command without --job merges them (docs/scale-out.md). `train policy|prm|orm`
+train data parallel over every process's devices, each feeding its own rows of each batch (`train revision` runs
+on one process).
 
 `experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags
@@ -435,6 +437,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     else:
         summary = train_reward_model(config, orm=args.what == "orm", command=command, progress=not args.no_progress,
                                      rerun=_rerun(args))
+    if not is_writer():  # process 0 reports
+        return 0
     print(json_text({k: summary[k] for k in ("step", "finished", "wall_seconds_this_run", "last_train_metrics",
                                               "validation")}, indent=2))
     if summary["finished"]:
@@ -486,10 +490,12 @@ def cmd_eval(args: argparse.Namespace) -> int:
     started = time.perf_counter()
     mesh = parse_mesh(args.mesh)
     if args.what == "policy":
-        tokenizer = load_tokenizer(args.tokenizer or args.model)
+        check_model_name("policy", args.model, "--model", "eval policy")
+        directory = resolve("policy", args.model)  # a directory, a .gguf file or a shipped policy's name
+        tokenizer = load_tokenizer(args.tokenizer or directory)
         _check_samples_fit(args, "--model", tokenizer, task, problems)
-        model = load_any(args.model, mesh=mesh)
-        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=args.model)
+        model = load_any(directory, mesh=mesh)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
         result = evaluate_policy(model, tokenizer, task, problems, samples=args.samples, temperature=args.temperature,
                                  seed=args.seed, mesh=mesh, max_new_tokens=args.max_new_tokens)
     elif args.what == "revision":
@@ -497,7 +503,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         if args.max_len is not None:
             checkpoint_config(directory, "--model").check_fits("--max-len", args.max_len, f"--model {args.model}",
                                                                "eval revision")
-        model = load_any(directory)
+        model = load_any(directory, mesh=mesh)
         tokenizer = load_tokenizer(args.tokenizer or directory)
         check_tokenizer_fits(tokenizer, model.config.vocab_size, source=directory)
         revision = load_revision_settings(directory)
@@ -722,6 +728,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--steps", type=int, help="override the config's steps")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     _rerun_flags(train)
+    _add_process_flags(train)
     train.set_defaults(func=cmd_train)
     ev = sub.add_parser("eval", help="evaluate on a task: a policy (greedy accuracy, pass@k) or a verifier (best-of-N, "
                                      "weighted and majority selection over the policy's samples; the step ROC-AUC "

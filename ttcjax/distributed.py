@@ -9,7 +9,8 @@ them itself. One process (none of these set) starts nothing.
 
 After it: `process_index()` and `process_count()` say who this is; process 0 (`is_writer()`) writes every file
 the processes share; `barrier` waits for all of them; `to_host` brings arrays the processes hold between them
-back to every process (a plain `jax.device_get` reads only what this process holds).
+back to every process (a plain `jax.device_get` reads only what this process holds), and `gathered` a whole model,
+for the one process that saves it.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ import os
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
+from flax import nnx
 # the coordination service's client: a barrier that waits as long as it is told without a device collective
 from jax._src import distributed as coordination
 from jax.experimental import multihost_utils
@@ -118,3 +121,10 @@ def to_host(tree: Any) -> Any:
         it = iter(gathered)
         leaves = [np.asarray(next(it)) if s else x for x, s in zip(leaves, spread)]
     return jax.tree.unflatten(treedef, jax.device_get(leaves))
+
+
+def gathered(model: nnx.Module) -> nnx.Module:
+    """`model` with every parameter whole on this process's first device: gathered from all processes where they
+    hold it between them (every process must call this), as the one process that saves it needs it."""
+    graphdef, state = nnx.split(model)
+    return nnx.merge(graphdef, jax.tree.map(jnp.asarray, to_host(state)))

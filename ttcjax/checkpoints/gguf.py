@@ -29,11 +29,13 @@ from typing import Any, Callable
 
 import numpy as np
 from flax import nnx, traverse_util
+from jax.sharding import Mesh
 
-from ttcjax.checkpoints.hf import TENSORS as HF_TENSORS, check_finite, model_from_params
+from ttcjax.checkpoints.hf import TENSORS as HF_TENSORS, check_finite, model_from_params, param_sharding
 from ttcjax.io import atomic_path, write_json
 from ttcjax.models.config import ModelConfig, RopeScaling
 from ttcjax.models.llama import Transformer, abstract_model
+from ttcjax.models.sharding import ShardingRules, place
 
 GGUF_MAGIC = b"GGUF"
 ARCHITECTURE = "llama"  # llama.cpp's name for Llama, Mistral, SmolLM, ... (everything ttcjax's Llama runs)
@@ -264,10 +266,14 @@ def _dequantize(gguf, tensor, path: str, rows: slice | None = None) -> np.ndarra
                          "Q5_0, Q5_1, a K-quant (Q2_K..Q6_K) or an IQ type, or upgrade gguf.") from e
 
 
-def load_gguf_model(path: str | os.PathLike, *, dtype: str | None = None,
-                    param_dtype: str | None = None) -> Transformer:
+def load_gguf_model(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: str | None = None,
+                    mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()) -> Transformer:
     """Load a llama-architecture GGUF file as a Transformer, every tensor dequantized (then cast to
     `param_dtype`, float32 unless given; `dtype` is the compute dtype).
+
+    With `mesh`, each tensor is placed on it by `rules` as soon as it is dequantized and checked, as
+    `ttcjax.checkpoints.hf.load_hf_model` does (`ttcjax.models.sharding.place`): the host holds one dequantized
+    tensor at a time, and each process of a mesh that spans several keeps only its own devices' slices of it.
 
     Raises FileNotFoundError / ValueError naming the file and what is wrong: not a GGUF file, another
     architecture, missing or unexpected tensors, a shape the metadata does not imply, a quantization type
@@ -308,7 +314,10 @@ def load_gguf_model(path: str | os.PathLike, *, dtype: str | None = None,
         if entry.rope_heads is not None:
             weights = _undo_rope_interleave(weights, entry.rope_heads(config))
         weights = check_finite(weights, name, path)
-        loaded[param] = (weights.T if hf.transpose else weights).reshape(params[param].shape)
+        ours = (weights.T if hf.transpose else weights).reshape(params[param].shape)
+        # one tensor on the host at a time: placed on the mesh, each process keeps its devices' slices
+        loaded[param] = ours if mesh is None else place(ours.astype(config.jnp_param_dtype),
+                                                        param_sharding(param, ours.shape, mesh, rules))
     return model_from_params(config, loaded)
 
 

@@ -14,6 +14,7 @@ import json
 import os
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 from flax import nnx, traverse_util
 from jax.sharding import Mesh
@@ -35,9 +36,19 @@ def _str_path(path: tuple) -> tuple[str, ...]:
 
 
 def _params_tree(model: Transformer) -> dict:
-    """The model's parameters as a plain nested dict of arrays with string keys."""
+    """The model's parameters as a plain nested dict of arrays with string keys: host (numpy) arrays on several
+    processes, where orbax saves no array that one process holds alone."""
     flat = traverse_util.flatten_dict(nnx.to_pure_dict(nnx.state(model, nnx.Param)))
-    return traverse_util.unflatten_dict({_str_path(path): value for path, value in flat.items()})
+    on_host = np.asarray if jax.process_count() > 1 else (lambda value: value)
+    return traverse_util.unflatten_dict({_str_path(path): on_host(value) for path, value in flat.items()})
+
+
+def _this_process_alone() -> ocp.options.MultiprocessingOptions:
+    """orbax's options for a save that this process makes alone (orbax otherwise waits for every process)."""
+    if jax.process_count() == 1:
+        return ocp.options.MultiprocessingOptions()
+    return ocp.options.MultiprocessingOptions(primary_host=jax.process_index(),
+                                              active_processes={jax.process_index()})
 
 
 def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: bool = False) -> None:
@@ -46,12 +57,13 @@ def save_model(model: Transformer, directory: str | os.PathLike, *, overwrite: b
     Refuses a directory that holds a checkpoint (of either format: `ttcjax.checkpoints.hf.checkpoint_entries`)
     unless `overwrite`. The checkpoint is written whole beside `directory` and swapped in (`ttcjax.io.replace_dir`),
     so a crash at any point leaves the old checkpoint or the new one, never a mix or neither; the old checkpoint's
-    files go, anything else in `directory` (a tokenizer) is kept.
+    files go, anything else in `directory` (a tokenizer) is kept. On several processes one process saves, alone:
+    the parameters must be whole on it (`ttcjax.distributed.gathered`).
     """
     directory = os.path.abspath(os.fspath(directory))
     refuse_to_replace(directory, overwrite)
     with replace_dir(directory, keep=lambda name: not is_checkpoint_entry(name)) as new:
-        with ocp.StandardCheckpointer() as checkpointer:
+        with ocp.StandardCheckpointer(multiprocessing_options=_this_process_alone()) as checkpointer:
             checkpointer.save(os.path.join(new, PARAMS_DIR), _params_tree(model))
         write_json(os.path.join(new, CONFIG_FILE), model.config.to_dict())
 
@@ -142,11 +154,11 @@ def load_any(path: str | os.PathLike, *, dtype: str | None = None, param_dtype: 
              mesh: Mesh | None = None, rules: ShardingRules = ShardingRules()) -> Transformer:
     """Load a ttcjax checkpoint (`ttcjax_config.json`) or a Hugging Face one (`config.json`) from directory `path`,
     or a llama-architecture GGUF file (`ttcjax.checkpoints.gguf`). With `mesh`, the parameters are placed on it
-    by `rules` as they are read (each process of a mesh that spans several reads only its devices' slices of a
-    ttcjax or Hugging Face checkpoint)."""
+    by `rules` as they are read: each process of a mesh that spans several reads only its devices' slices of a
+    ttcjax checkpoint, and keeps only its devices' slices of each Hugging Face or GGUF tensor it reads."""
     path = os.fspath(path)
     if os.path.isfile(path) and (path.endswith(".gguf") or is_gguf_file(path)):
-        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype)
+        return load_gguf_model(path, dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules)
     if not os.path.isdir(path):
         raise FileNotFoundError(f"{path}: no such checkpoint directory or .gguf file.")
     if os.path.exists(os.path.join(path, CONFIG_FILE)):

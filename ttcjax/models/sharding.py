@@ -93,6 +93,21 @@ def place(x, sharding: jax.sharding.Sharding) -> jax.Array:
     return jax.make_array_from_callback(host.shape, sharding, lambda index: host[index])
 
 
+def feed_rows(x, sharding: jax.sharding.Sharding) -> jax.Array:
+    """Host array `x` (the same on every process: a training step's global batch) with `sharding`, each process
+    handing JAX only the rows its own devices hold (`jax.make_array_from_process_local_data`). The mesh lists a
+    process's devices together, so those rows are one range; were they not, each copies its devices' slices
+    (`place`)."""
+    x = np.asarray(x)
+    if sharding.is_fully_addressable:
+        return jax.device_put(x, sharding)
+    held = sorted({(index[0].start or 0, x.shape[0] if index[0].stop is None else index[0].stop)
+                   for index in sharding.addressable_devices_indices_map(x.shape).values()})
+    if any(stop != start for (_, stop), (start, _) in zip(held, held[1:])):  # not one range of rows
+        return place(x, sharding)
+    return jax.make_array_from_process_local_data(sharding, x[held[0][0]:held[-1][1]], x.shape)
+
+
 def batch_sharding(mesh: Mesh, rules: ShardingRules, shape: tuple[int, ...]) -> NamedSharding:
     """Rows along the batch axis (replicated if the data axis does not divide them), the rest replicated."""
     return rules.sharding(("batch",) + (None,) * (len(shape) - 1), shape, mesh)

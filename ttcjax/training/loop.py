@@ -7,6 +7,11 @@ the interrupted one would have). Its state is one pytree, `TrainState(step, para
 checkpointed whole by orbax every `checkpoint_every` steps; restarting the same command with the same
 output directory continues from the newest complete checkpoint.
 
+On several processes (`ttcjax.distributed`) the mesh spans all of their devices: each process builds a step's batch
+(the same pure function of the step) and feeds its devices only their rows, every process saves its own shards of
+each checkpoint (orbax's multi-host save) and restores them, and process 0 alone writes metrics.jsonl (the others
+read it, to replay the evaluations on resume).
+
 Output directory:
     checkpoints/<step>/     orbax CheckpointManager (the newest `keep_checkpoints`)
     metrics.jsonl           one JSON object per logged step (and per evaluation); on resume the lines
@@ -17,6 +22,7 @@ Output directory:
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import math
@@ -34,10 +40,11 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
+from ttcjax.distributed import is_writer
 from ttcjax.io import atomic_path, json_line, read_jsonl
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.program import Program
-from ttcjax.models.sharding import ShardingRules, batch_sharding, param_axes
+from ttcjax.models.sharding import ShardingRules, batch_sharding, feed_rows, param_axes, place
 
 METRICS_FILE = "metrics.jsonl"
 SUMMARY_FILE = "train_summary.json"
@@ -152,6 +159,13 @@ def state_shardings(state: TrainState, mesh: Mesh, rules: ShardingRules) -> Trai
 # ---- the loop -------------------------------------------------------------------------------------------
 
 
+def check_processes_meshed(mesh: Mesh | None) -> None:
+    """Training on several processes needs a mesh over their devices (each would otherwise train alone)."""
+    if mesh is None and jax.process_count() > 1:
+        raise ValueError(f"mesh: none trains on one device, but this run has {jax.process_count()} processes; set "
+                         "mesh: auto (data parallel over every process's devices) or DATA,MODEL.")
+
+
 LossFn = Callable[[Transformer, dict], tuple[jax.Array, jax.Array, dict]]
 
 
@@ -173,12 +187,13 @@ _train_step_jit = jax.jit(_train_step, static_argnums=(0, 1, 2), donate_argnums=
 def init_train_state(model: nnx.Module, optim: OptimConfig, mesh: Mesh | None = None,
                      rules: ShardingRules = ShardingRules()) -> tuple[nnx.GraphDef, TrainState]:
     """The model's graph and a fresh TrainState (step 0, its parameters, the optimiser's state), placed on
-    `mesh` by `state_shardings` where one is given."""
+    `mesh` by `state_shardings` where one is given (`place`: where the mesh spans several processes, each keeps
+    its devices' slices)."""
     graphdef, params = nnx.split(model, nnx.Param)
     # the graphdef must not carry non-Param state; the Transformer has none
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=optim.optimizer().init(params))
     if mesh is not None:
-        state = jax.device_put(state, state_shardings(state, mesh, rules))
+        state = jax.tree.map(place, state, state_shardings(state, mesh, rules))
     return graphdef, state
 
 
@@ -224,8 +239,9 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     """Train `model` for `optim.steps` steps, resuming from `out_dir`'s newest checkpoint if there is one.
 
     `batch_at(step)` returns host arrays whose leading axis is the global batch; they are split over the
-    mesh's data axis. `stop_after` ends the invocation after that many steps of this call (an
-    interruption, for tests); the checkpoint written at the end lets the next call continue.
+    mesh's data axis, each process feeding its own devices' rows (`feed_rows`). `stop_after` ends the invocation
+    after that many steps of this call (an interruption, for tests); the checkpoint written at the end lets the next
+    call continue.
     `evaluate(model, step)` runs every `eval_every` steps and at the end; its metrics are logged.
     `early_stopping=(metric, patience)`: stop when `evaluate`'s `metric` (lower is better) has not improved
     for `patience` evaluations; `on_best(model, step)` is called at each new best (to save it). A non-finite value
@@ -233,6 +249,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     the patience count from the evaluations in metrics.jsonl.
     """
     started = time.perf_counter()
+    check_processes_meshed(mesh)
     os.makedirs(out_dir, exist_ok=True)
     graphdef, state = init_train_state(model, optim, mesh, rules)
 
@@ -248,14 +265,16 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     start = int(state.step)
     metrics_path = os.path.join(out_dir, METRICS_FILE)
     history = read_metrics(metrics_path, start)
-    with atomic_path(metrics_path) as tmp, open(tmp, "w") as f:
-        for record in history:
-            f.write(json_line(record))
+    writer = is_writer()  # process 0 writes the metrics; every process reads them
+    if writer:
+        with atomic_path(metrics_path) as tmp, open(tmp, "w") as f:
+            for record in history:
+                f.write(json_line(record))
 
-    def place(batch):
+    def feed(batch):
         if mesh is None:
             return jax.tree.map(jnp.asarray, batch)
-        return jax.tree.map(lambda x: jax.device_put(x, batch_sharding(mesh, rules, np.shape(x))), batch)
+        return jax.tree.map(lambda x: feed_rows(x, batch_sharding(mesh, rules, np.shape(x))), batch)
 
     end = optim.steps if stop_after is None else min(optim.steps, start + stop_after)
     best, best_step, since_best, stopped_early = float("inf"), None, 0, False
@@ -270,19 +289,20 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
         if stopped_early:
             end = start
     logged, pending, window_start = [], [], time.perf_counter()
-    bar = tqdm(total=optim.steps, initial=start, desc=desc, unit="step", file=sys.stderr, disable=not progress,
-               dynamic_ncols=True)
-    with open(metrics_path, "a") as metrics_file:
+    bar = tqdm(total=optim.steps, initial=start, desc=desc, unit="step", file=sys.stderr,
+               disable=not (progress and writer), dynamic_ncols=True)
+    with open(metrics_path, "a") if writer else contextlib.nullcontext() as metrics_file:
         def log(record):
-            metrics_file.write(json_line(record))
-            metrics_file.flush()
+            if writer:
+                metrics_file.write(json_line(record))
+                metrics_file.flush()
 
         for step in range(start, end):
-            state, metrics = train_step_program(graphdef, optim, loss_fn, state, place(batch_at(step)))()
+            state, metrics = train_step_program(graphdef, optim, loss_fn, state, feed(batch_at(step)))()
             pending.append(metrics)
             done = step + 1
             if done % log_every == 0 or done == end:
-                host = jax.device_get(pending)
+                host = jax.device_get(pending)  # replicated scalars: every process reads its own copy
                 record = {"step": done, "lr": float(optim.schedule()(done - 1)),
                           "seconds_per_step": (time.perf_counter() - window_start) / len(host)}
                 for name in host[0]:

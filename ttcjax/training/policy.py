@@ -21,6 +21,7 @@ import numpy as np
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
+from ttcjax.distributed import gathered, is_writer
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, replace_dir,
                        write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
@@ -32,7 +33,8 @@ from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.builtin import ArithmeticTask
 from ttcjax.tasks.registry import training_task
-from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, epoch_batches, lm_loss, pack_examples, train_loop
+from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, check_processes_meshed, epoch_batches, lm_loss,
+                                  pack_examples, train_loop)
 
 
 def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
@@ -238,10 +240,12 @@ def evaluate_policy(model: Transformer, tokenizer: Tokenizer, task: Task, proble
 # ---- training -----------------------------------------------------------------------------------------
 
 
-def _model_and_tokenizer(config: PolicyTrainConfig) -> tuple[Transformer, Tokenizer]:
+def _model_and_tokenizer(config: PolicyTrainConfig, mesh=None) -> tuple[Transformer, Tokenizer]:
+    """The model to train (a checkpoint's loaded onto `mesh`, or a fresh one, placed by the training loop) and its
+    tokenizer."""
     tokenizer = load_tokenizer(config.tokenizer)
     if config.init_from:
-        model = load_any(config.init_from)
+        model = load_any(config.init_from, mesh=mesh)
     else:
         model = init_model(ModelConfig.from_dict(config.model_config, source="model_config"), seed=config.seed)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=config.init_from or "model_config")
@@ -253,7 +257,9 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     """Fine-tune a policy on the task's training split; returns (and writes) the summary.
 
     Rerunning with the same `out_dir` resumes from the last checkpoint. The final model and its tokenizer
-    go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics.
+    go to `out_dir/model`; `out_dir/train_summary.json` records the config, command, time and metrics. On several
+    processes the mesh spans them all (data parallel, `train_loop`) and process 0 writes every file but the
+    checkpoints' shards.
     """
     started = time.perf_counter()
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train policy")
@@ -264,9 +270,10 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
     else:
         checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                     f"init_from {config.init_from}", "train policy")
-    bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun)
+    check_processes_meshed(mesh)
+    bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun, write=is_writer())
     task = config.make_task()
-    model, tokenizer = _model_and_tokenizer(config)
+    model, tokenizer = _model_and_tokenizer(config, mesh)
     examples = training_examples(config, task, tokenizer)
     packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
@@ -302,10 +309,13 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
         "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
     }
+    final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
+    if not is_writer():
+        return summary
     if summary["finished"]:
         # the model and its tokenizer replace an earlier model/ together, or not at all
         with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-            save_model(result.model, model_dir)
+            save_model(final, model_dir)
             save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
     # every invocation of this run directory, the interrupted ones counted
     summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])

@@ -368,7 +368,7 @@ def build_revision_data(config: RevisionTrainConfig, tokenizer: Tokenizer, mesh=
         return {s: read_examples(os.path.join(data_dir, f"{s}.jsonl")) for s in splits}, summary
     started = time.perf_counter()
     task = config.make_task()
-    policy = load_any(config.policy_path)
+    policy = load_any(config.policy_path, mesh=mesh)
     check_tokenizer_fits(tokenizer, policy.config.vocab_size, source=f"policy {config.policy_path}")
     engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
     data, summary = {}, {"policy": config.policy_path, "temperature": config.temperature,
@@ -474,7 +474,7 @@ def revision_labels(model_dir: str, tokenizer: Tokenizer, task: Task, problems: 
     revision = load_revision_settings(model_dir)
     settings = SearchSettings.from_dict({**task.search_defaults, **(search_settings or {}), "temperature": temperature,
                                          "revision_separator": revision["separator"]}).for_task(task)
-    engine = Engine(load_any(model_dir), mesh=mesh, pad_id=tokenizer.pad_id)
+    engine = Engine(load_any(model_dir, mesh=mesh), mesh=mesh, pad_id=tokenizer.pad_id)
     strategy = Revisions(chains * sequential, sequential, window=revision["window"], selection="majority")
     prompts = [task.encode_prompt(p, tokenizer) for p in problems]
     results = search(strategy, engine, NoVerifier(), tokenizer, prompts, jax.random.key(seed),
@@ -515,13 +515,16 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     evaluation's.
     """
     started = time.perf_counter()
+    if jax.process_count() > 1:  # its data shards are looked for and written by each process alone
+        raise ValueError(f"train revision runs on one process; this run has {jax.process_count()} (train policy, prm "
+                         "and orm run on several): start it without --num-processes / TTCJAX_NUM_PROCESSES.")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                 f"init_from {config.init_from}", "train revision")
     bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun)
     tokenizer = load_tokenizer(config.tokenizer_path)
-    model = load_any(config.init_from)
+    model = load_any(config.init_from, mesh=mesh)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
     data, data_summary = build_revision_data(config, tokenizer, mesh, progress)
     sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)

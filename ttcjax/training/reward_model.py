@@ -28,6 +28,7 @@ from flax import nnx
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
+from ttcjax.distributed import barrier, gathered, is_writer
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, json_text,
                        read_json, replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
@@ -35,7 +36,8 @@ from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
-from ttcjax.training.loop import MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, epoch_batches, train_loop
+from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, check_processes_meshed,
+                                  epoch_batches, train_loop)
 from ttcjax.training.revisions import revision_labels
 from ttcjax.verifiers.base import AGGREGATIONS
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
@@ -105,7 +107,7 @@ def validation_loss(prm: RewardModel, packed: PackedScores, batch_size: int) -> 
         index = np.pad(index, (0, batch_size - len(index)), constant_values=-1)
         batch = packed.rows(np.maximum(index, 0))
         batch["weights"] = batch["weights"] * (index >= 0)[:, None]  # padding rows count for nothing
-        loss, w = _eval_batch(graphdef, state, jax.tree.map(jnp.asarray, batch))
+        loss, w = _eval_batch(graphdef, state, batch)  # host arrays: placed beside the parameters, wherever
         total, weight = total + float(loss), weight + float(w)
     return total / max(weight, 1.0)
 
@@ -279,13 +281,15 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
     `reused_labels_cost`)."""
     labels_path = os.path.join(config.out_dir, "labels.jsonl")
     cost_path = os.path.join(config.out_dir, LABELS_COST_FILE)
+    made = os.path.exists(labels_path) and os.path.exists(cost_path)
+    barrier("ttcjax-labels-found")  # every process has looked before process 0 writes labels that others would find
     if config.labels:
         if not os.path.exists(config.labels):
             raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
                                     "(ttcjax train prm), or drop `labels` to sample new ones.")
         cost = reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
         return load_labels(config.labels), {**cost, "reused_from": config.labels}
-    if os.path.exists(labels_path) and os.path.exists(cost_path):
+    if made:
         cost = reused_labels_cost(labels_path, config, "move it aside (or rerun with --fresh) to label anew, or set "
                                   "those options back.", required=True)
         return load_labels(labels_path), cost
@@ -297,10 +301,11 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
                                                 temperature=config.temperature, seed=config.seed, mesh=mesh,
                                                 **config.revision_chains)
         cost_record["options"] = label_options(config)
-        save_labels(labels_path, labelled)
-        write_json(cost_path, cost_record)
+        if is_writer():
+            save_labels(labels_path, labelled)
+            write_json(cost_path, cost_record)
         return labelled, cost_record
-    policy = load_any(config.policy)
+    policy = load_any(config.policy, mesh=mesh)
     engine = Engine(policy, mesh=mesh, pad_id=tokenizer.pad_id)
     questions = [task.prompt_text(p, tokenizer) for p in problems]
 
@@ -317,8 +322,9 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
     cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
                    "seconds": time.perf_counter() - started, "questions": len(problems),
                    "labelled_solutions": len(labelled), "options": label_options(config)}
-    save_labels(labels_path, labelled)
-    write_json(cost_path, cost_record)
+    if is_writer():  # every process holds every label (gathered from the mesh)
+        save_labels(labels_path, labelled)
+        write_json(cost_path, cost_record)
     return labelled, cost_record
 
 
@@ -347,7 +353,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.labels and os.path.exists(config.labels):  # labels of other options, or too long for the backbone,
         reused_labels_cost(config.labels, config, REUSE_FIX, required=False)  # refused before the run directory
         examples(load_labels(config.labels), config.labels)
-    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun)
+    check_processes_meshed(mesh)
+    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun,
+                 write=is_writer())
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
@@ -356,7 +364,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                          "num_questions.")
     packed = pack_scoring(examples(train, labels_path), config.seq_len, tokenizer.pad_id)
     packed_val = pack_scoring(examples(val, labels_path), config.seq_len, tokenizer.pad_id)
-    backbone = load_any(config.init_from or config.policy)
+    backbone = load_any(config.init_from or config.policy, mesh=mesh)
     prm = RewardModel(backbone, ValueHead(), seed=config.seed)
     rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
     kind = "orm" if orm else "prm"
@@ -366,8 +374,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         return {"loss": validation_loss(model, packed_val, config.batch_size)}
 
     def on_best(model, step):
-        save_prm(model, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
-                 overwrite=True)
+        best = gathered(model)  # every process takes part; one saves it
+        if is_writer():
+            save_prm(best, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
+                     overwrite=True)
 
     result = train_loop(prm, optim=config.optim, loss_fn=bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
                         out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
@@ -378,7 +388,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if finished and result.best_step is None and not os.path.isdir(best_dir):
         raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see metrics.jsonl), "
                          "so there is no best model to write; lower lr or check the labels, then rerun with --fresh.")
-    if finished:
+    if finished and is_writer():
         # the best model and its tokenizer replace an earlier model/ together, or not at all
         with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
             shutil.copytree(best_dir, model_dir, dirs_exist_ok=True)
@@ -393,6 +403,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
         "validation": [m for m in result.metrics if "eval" in m],
     }
+    if not is_writer():
+        return summary
     # every invocation of this run directory, the interrupted ones counted
     summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
     write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)

@@ -22,10 +22,12 @@ import os
 from typing import ClassVar, Sequence
 
 import jax.numpy as jnp
+from jax.sharding import Mesh
 
 from ttcjax.checkpoints.hf import load_hf_model, read_hf_tensors
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer
 from ttcjax.models.config import ModelConfig
+from ttcjax.models.sharding import ShardingRules, shard_model
 from ttcjax.verifiers.reward_model import Head, RewardModel, ScoringInput, TokenHead, TwoClassHead, ValueHead
 
 __all__ = ["MathShepherdFormat", "RLHFlowFormat", "QwenPRMFormat", "SkyworkFormat", "FAMILIES",
@@ -272,13 +274,16 @@ def _family(path: str, family: str | None) -> str:
 
 
 def load_hf_prm(path: str | os.PathLike, family: str | None = None, *, dtype: str | None = None,
-                param_dtype: str | None = None) -> tuple[RewardModel, Format, Tokenizer]:
+                param_dtype: str | None = None, mesh: Mesh | None = None,
+                rules: ShardingRules = ShardingRules()) -> tuple[RewardModel, Format, Tokenizer]:
     """A public process reward model from its checkpoint directory (config.json, *.safetensors and the
     tokenizer files): (the RewardModel, its input format, its tokenizer).
 
     The family comes from config.json's `architectures` for Qwen2ForProcessRewardModel ("qwen-prm") and
     Qwen2ForPrmModel ("skywork"); a plain causal LM needs `family="math-shepherd"` or `"rlhflow"`. `dtype` /
-    `param_dtype` as in `ttcjax.checkpoints.hf.load_hf_model`; the heads compute in float32 in any case.
+    `param_dtype` as in `ttcjax.checkpoints.hf.load_hf_model`; the heads compute in float32 in any case. With
+    `mesh`, the backbone's tensors are placed on it by `rules` as they are read (`load_hf_model`: each process of
+    a mesh that spans several keeps only its devices' slices), then the head's.
     Score solutions with `score_inputs(prm, [fmt.encode(tokenizer, question, steps), ...])`.
     """
     path = os.fspath(path)
@@ -289,7 +294,7 @@ def load_hf_prm(path: str | os.PathLike, family: str | None = None, *, dtype: st
     head: Head = fmt.head(tokenizer)
     config = ModelConfig.from_hf_json(path)
     check_tokenizer_fits(tokenizer, config.vocab_size, source=path)
-    dtypes = dict(dtype=dtype, param_dtype=param_dtype)
+    dtypes = dict(dtype=dtype, param_dtype=param_dtype, mesh=mesh, rules=rules)
     if family in _TOKEN_HEAD_FAMILIES:
         return RewardModel(load_hf_model(path, **dtypes), head), fmt, tokenizer
 
@@ -311,4 +316,6 @@ def load_hf_prm(path: str | os.PathLike, family: str | None = None, *, dtype: st
         values = {"v_w": t["v_head.summary.weight"][0], "v_b": t["v_head.summary.bias"][0]}
     for name, value in values.items():
         getattr(prm, name)[...] = jnp.asarray(value, pd)
+    if mesh is not None:  # the head (the backbone is in place already: moved nowhere)
+        shard_model(prm, mesh, rules)
     return prm, fmt, tokenizer

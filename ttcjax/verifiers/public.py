@@ -202,8 +202,9 @@ class PublicPRMVerifier(Verifier):
 
 def load_public_verifier(path: str | os.PathLike, family: str | None = None, *, aggregation: str = "last",
                          max_len: int | None = None, mesh=None, rules=None, **dtypes: Any) -> PublicPRMVerifier:
-    """A public PRM checkpoint directory (`load_hf_prm`; `family` as there) as a Verifier."""
-    prm, fmt, tokenizer = load_hf_prm(path, family, **dtypes)
+    """A public PRM checkpoint directory (`load_hf_prm`; `family` as there) as a Verifier, its parameters loaded
+    onto `mesh` (by `rules`) where one is given."""
+    prm, fmt, tokenizer = load_hf_prm(path, family, mesh=mesh, rules=rules or ShardingRules(), **dtypes)
     return PublicPRMVerifier(prm, fmt, tokenizer, aggregation=aggregation, max_len=max_len,
                              name=f"{fmt.family}:{os.fspath(path)}", mesh=mesh, rules=rules)
 

@@ -304,12 +304,14 @@ def read_prm_config(directory: str) -> dict:
     return meta
 
 
-def load_prm(directory: str) -> tuple[RewardModel, dict]:
-    """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format)."""
+def load_prm(directory: str, *, mesh=None, rules: ShardingRules = ShardingRules()) -> tuple[RewardModel, dict]:
+    """A reward model saved by `save_prm`, and its metadata (kind, head, aggregation, format). With `mesh`, its
+    parameters are placed on it by `rules` as they are read: the backbone's straight from the checkpoint (each
+    process of a mesh that spans several reads only its devices' slices), then the head's."""
     config_path = os.path.join(directory, PRM_CONFIG_FILE)
     meta = read_prm_config(directory)
     head = head_from_dict(meta["head"], source=config_path)
-    backbone = load_model(os.path.join(directory, BACKBONE_DIR))
+    backbone = load_model(os.path.join(directory, BACKBONE_DIR), mesh=mesh, rules=rules)
     prm = RewardModel(backbone, head)
     saved = load_file(os.path.join(directory, HEAD_FILE))
     for name in HEAD_PARAMS:
@@ -320,6 +322,8 @@ def load_prm(directory: str) -> tuple[RewardModel, dict]:
                 raise ValueError(f"{os.path.join(directory, HEAD_FILE)}: {name} is {got}, the {head.kind} head "
                                  f"of this backbone needs {list(want)}.")
             getattr(prm, name)[...] = jnp.asarray(saved[name], backbone.config.jnp_param_dtype)
+    if mesh is not None:  # the head (the backbone is in place already: moved nowhere)
+        shard_model(prm, mesh, rules)
     return prm, meta
 
 
@@ -438,8 +442,9 @@ class RewardModelVerifier(Verifier):
 def load_verifier(directory: str, tokenizer, *, aggregation: str | None = None, mesh=None, rules=None
                   ) -> RewardModelVerifier:
     """A reward model saved by `save_prm` as a Verifier reading the policy's text with `tokenizer`, with the
-    step format it was trained with and its aggregation (unless `aggregation` is given)."""
-    prm, meta = load_prm(directory)
+    step format it was trained with and its aggregation (unless `aggregation` is given); its parameters are loaded
+    onto `mesh` (by `rules`) where one is given, as `load_prm` says."""
+    prm, meta = load_prm(directory, mesh=mesh, rules=rules or ShardingRules())
     return RewardModelVerifier(prm, tokenizer, aggregation=aggregation or meta.get("aggregation", "last"),
                                step_format=StepFormat(**meta.get("format", {})), kind=meta.get("kind", "prm"),
                                mesh=mesh, rules=rules)
