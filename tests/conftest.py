@@ -1,8 +1,18 @@
-"""Every test process sees 8 simulated CPU devices, so sharded code is tested against 1 device."""
+"""Every test process sees 8 simulated CPU devices, so sharded code is tested against 1 device.
+
+The tests' programs are compiled without LLVM's optimisations (`--xla_backend_optimization_level=0`): most tests
+run tiny models for a few steps, where compiling costs far more than running, and this halves the compile time. The
+programs are the same (XLA's own passes, fusion included, still run) and every test passes either way; floats may
+differ in the last bits from an optimised build. A test that runs long, or that compares with numbers written by an
+optimised build, runs its command with `optimized_cli` (a subprocess at XLA's default level, what users run).
+A caller's XLA_FLAGS are used as given."""
 
 import os
+import subprocess
+import sys
 
-os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+DEVICES_FLAG = "--xla_force_host_platform_device_count=8"
+os.environ.setdefault("XLA_FLAGS", f"{DEVICES_FLAG} --xla_backend_optimization_level=0")
 
 import jax  # noqa: E402
 
@@ -49,3 +59,13 @@ def _release_compiled_programs():
     exit 139 mid-suite); clearing after every module instead recompiles what the next module shares."""
     yield
     release_compiled_programs_when_crowded(1 / 3)
+
+
+def optimized_cli(*argv: str) -> subprocess.CompletedProcess:
+    """`ttcjax ARGV` in a subprocess compiled at XLA's default optimisation level (8 simulated devices, the run's
+    compilation cache); stdout and stderr captured. Fails the test, showing stderr, when the command fails."""
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_backend_optimiz"))
+    env = {**os.environ, "XLA_FLAGS": flags or DEVICES_FLAG}
+    proc = subprocess.run([sys.executable, "-m", "ttcjax.cli", *argv], env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, f"ttcjax {' '.join(argv)} exited {proc.returncode}:\n{proc.stderr[-4000:]}"
+    return proc

@@ -26,6 +26,7 @@ import pytest
 import torch
 import transformers
 import yaml
+from conftest import optimized_cli
 from flax import nnx, traverse_util
 from jax.sharding import PartitionSpec as P
 from multihost import assert_placed
@@ -462,7 +463,7 @@ def test_the_experiment_with_the_real_model_and_a_public_prm_twin_then_without_a
     for name, config in runs.items():
         path = tmp_path / f"{name}.yaml"
         path.write_text(yaml.safe_dump(config))
-        assert main(["experiment", "--config", str(path), "--no-progress", "--skip-plan"]) == 0
+        optimized_cli("experiment", "--config", str(path), "--no-progress", "--skip-plan")  # a 135M model runs
     beam = [json.loads(line) for line in open(tmp_path / "prm" / "results" / "beam-width2-b4.jsonl")]
     assert len(beam) == 4
     assert all(r["generated_tokens"] > 0 and r["verifier_tokens"] > 0 for r in beam)
