@@ -38,7 +38,9 @@ def free_port() -> int:
 def _start(program: list[str], cache) -> list[subprocess.Popen]:
     """`program` followed by each process's flags, on PROCESSES processes of 4 CPU devices each (a rerun reads the
     programs the first run compiled from JAX's persistent cache `cache`)."""
-    env = {**os.environ, "XLA_FLAGS": "--xla_force_host_platform_device_count=4",
+    # the run's XLA flags (its optimisation level: the 1-process reference compiles alike), with 4 devices each
+    flags = [f for f in os.environ.get("XLA_FLAGS", "").split() if not f.startswith("--xla_force_host_platform")]
+    env = {**os.environ, "XLA_FLAGS": " ".join(["--xla_force_host_platform_device_count=4", *flags]),
            "JAX_COMPILATION_CACHE_DIR": str(cache), "JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS": "0",
            "JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES": "-1"}
     port = free_port()
