@@ -56,7 +56,8 @@ def test_generate_eval_and_run_on_two_processes_write_what_one_process_writes(tm
 
     audit = tmp_path / "audit"
     audit.mkdir()
-    procs = launch_commands([[*argv, "--output", two / name] for name, argv in commands(two).items()],
+    printing = ["generate", "--model", "tiny", "--prompt", "Q: 9-2=\n", "--max-new-tokens", "8", "--n", "1"]  # to stdout
+    procs = launch_commands([[*argv, "--output", two / name] for name, argv in commands(two).items()] + [printing],
                             tmp_path / "jax-cache", audit)
     ended = finish(procs)
     assert [status for status, _, _ in ended] == [0] * PROCESSES, [err[-3000:] for _, _, err in ended]
@@ -68,4 +69,7 @@ def test_generate_eval_and_run_on_two_processes_write_what_one_process_writes(tm
     assert outputs <= written(audit, 0)
     assert not {path for path in written(audit, 1) if path.startswith(os.path.realpath(two))}
     printed = [[line for line in out.splitlines() if line.startswith("{")] for _, out, _ in ended]
-    assert len(printed[0]) == 1 + 2 and printed[1] == []  # eval's result and run's answers: once
+    assert len(printed[0]) == 1 + 2 + 1 and printed[1] == []  # eval's result, run's answers, the completion: once
+    assert json.loads(printed[0][-1])["prompt_index"] == 0
+    # what the collectives' library (Gloo) prints as its groups connect goes to stderr, not among the results
+    assert not any("Gloo" in out for _, out, _ in ended)

@@ -808,14 +808,30 @@ def warning_format(command: str, default: Callable[..., str] = warnings.formatwa
     return format_warning
 
 
+def _results_only_on_stdout() -> None:
+    """On several processes the collectives' library (Gloo on CPUs) prints a line to the C-level stdout for every
+    group it connects: those lines go to stderr, and `sys.stdout`, what ttcjax prints (`generate`'s JSON lines),
+    keeps the real stdout. Once per process; nothing where stdout is not file descriptor 1 (a notebook, captured
+    output)."""
+    try:
+        if sys.stdout.fileno() != 1:
+            return
+    except (AttributeError, OSError, ValueError):
+        return
+    sys.stdout.flush()
+    sys.stdout = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     args.argv = None if argv is None else list(argv)
     default, warnings.formatwarning = warnings.formatwarning, warning_format(args.command)
     try:
         # before anything touches a device: with several processes, every device of the run is then visible
-        initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
-                   getattr(args, "process_id", None))
+        if initialize(getattr(args, "coordinator", None), getattr(args, "num_processes", None),
+                      getattr(args, "process_id", None)):
+            _results_only_on_stdout()
         return args.func(args)
     except (ValueError, FileNotFoundError, FileExistsError, KeyError) as e:
         print(f"ttcjax {args.command}: error: {e}", file=sys.stderr)
