@@ -278,15 +278,16 @@ def test_monte_carlo_labels_on_any_task(tmp_path):
         PRMTrainConfig(out_dir="x", policy="y", task={"name": "gsm9k"})
 
 
-def test_a_step_read_against_half_of_a_long_cache_scores_what_the_whole_cache_gives():
+def test_a_step_read_against_part_of_a_long_cache_scores_what_the_whole_cache_gives():
     config = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
                          num_kv_heads=2, max_position_embeddings=512)
     prm = RewardModel(init_model(config, seed=1, std=0.5), ValueHead(), seed=2)
-    assert attention_widths(512) == (256, 512) and attention_widths(160) == (160,)
+    assert attention_widths(512) == (128, 256, 512) and attention_widths(496) == (124, 248, 496)
+    assert attention_widths(256) == (128, 256) and attention_widths(160) == (160,)
     rng = np.random.default_rng(0)
     step, lengths = jnp.asarray(rng.integers(1, 40, (2, 8)), jnp.int32), jnp.asarray([8, 5], jnp.int32)
     fast_extend = jax.jit(lambda c: extend_bucketed(prm, c, step, lengths, lengths - 1))
-    for filled in ((100, 37), (100, 300)):  # every row inside half the cache; one beyond it
+    for filled in ((100, 37), (100, 200), (100, 300)):  # inside a quarter, a half of the cache; beyond
         cache = KVCache.for_model(prm.config, 2, 512)
         history = jnp.asarray(rng.integers(1, 40, (2, max(filled))), jnp.int32)
         _, cache = _extend(prm, cache, history, jnp.asarray(filled, jnp.int32), jnp.zeros(2, jnp.int32))

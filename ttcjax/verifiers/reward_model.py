@@ -331,16 +331,20 @@ def load_prm(directory: str, *, mesh=None, rules: ShardingRules = ShardingRules(
 
 
 PRM_STEP_BUCKETS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
-HALF_WIDTH_FROM = 512  # a cache at least this long is also read at half its width while every row fits there
+MIN_WIDTH = 96  # no narrower cache width is read (a 160-slot cache, the common search, compiles one width)
+MAX_WIDTHS = 3  # widths per cache: the programs compiled per step bucket
 
 
-def attention_widths(max_len: int) -> tuple[int, ...]:
-    """The cache widths a PRM's step may be read against: the whole cache, and half of a long one (a search's
-    rows mostly fill less than half of a cache sized for its longest solution, a revision chain's for its window).
-    Two at most, so the programs compiled per step bucket stay two. Chosen on every backend, like the decode loop's
-    segments: reading half the cache halves a memory-bound step's traffic on accelerators too, and the choice is
-    a `lax.switch` on the device."""
-    return (max_len // 2, max_len) if max_len >= HALF_WIDTH_FROM else (max_len,)
+def attention_widths(slots: int) -> tuple[int, ...]:
+    """The cache widths a PRM's step may be read against, narrowest first: the whole of a row's `slots` (its own,
+    after a shared prefix), and halves of it down to MIN_WIDTH, MAX_WIDTHS in all (496 -> 124, 248, 496; 256 ->
+    128, 256; 160 -> 160). A search's rows mostly fill a small part of a cache sized for its longest solution, a
+    revision chain's for its window. Chosen on every backend, like the decode loop's segments: reading part of the
+    cache cuts a memory-bound step's traffic on accelerators too, and the choice is a `lax.switch` on the device."""
+    widths = [slots]
+    while len(widths) < MAX_WIDTHS and widths[0] // 2 >= MIN_WIDTH:
+        widths.insert(0, widths[0] // 2)
+    return tuple(widths)
 
 
 def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array,
