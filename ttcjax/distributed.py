@@ -125,6 +125,9 @@ def to_host(tree: Any) -> Any:
 
 def gathered(model: nnx.Module) -> nnx.Module:
     """`model` with every parameter whole on this process's first device: gathered from all processes where they
-    hold it between them (every process must call this), as the one process that saves it needs it."""
+    hold it between them (every process must call this), as the one process that saves it needs it. With one
+    process `model` itself: it is whole here already, and a sharded model need not fit on one device."""
+    if jax.process_count() == 1:
+        return model
     graphdef, state = nnx.split(model)
     return nnx.merge(graphdef, jax.tree.map(jnp.asarray, to_host(state)))
