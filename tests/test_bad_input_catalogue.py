@@ -278,6 +278,7 @@ CLI_CASES = [
     ("train-prm-samples-0", lambda c: c.train_prm(samples=0), ["samples and rollouts", ">= 1"]),
     ("train-prm-temperature-nan", lambda c: c.train_prm(temperature=NAN), ["prm.yaml", "temperature=nan"]),
     ("train-prm-validation-fraction", lambda c: c.train_prm(validation_fraction=1.5), ["validation_fraction=1.5"]),
+    ("train-prm-label-flips", lambda c: c.train_prm(label_flips=1.5), ["label_flips=1.5", "[0, 1)"]),
     ("train-prm-aggregation", lambda c: c.train_prm(aggregation="max"), ["aggregation='max'"]),
     ("train-prm-max-new-tokens-0", lambda c: c.train_prm(max_new_tokens=0), ["max_new_tokens=0"]),
     ("train-prm-policy-missing", lambda c: c.train_prm(policy=c.path("nope")), ["policy=", "nope", "nothing was"]),

@@ -18,7 +18,7 @@ from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import make_mesh
 from ttcjax.tasks import arithmetic
-from ttcjax.training.labels import label_solutions, rollout_labels
+from ttcjax.training.labels import LabelledSolution, flip_labels, label_solutions, load_labels, rollout_labels
 from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
 from ttcjax.verifiers.base import aggregate
 from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
@@ -161,7 +161,14 @@ def test_label_solutions_labels_every_step_and_counts_cost():
         sampling=Sampling(temperature=1.0), stop=StopConditions(), max_new_tokens=ROLLOUT_TOKENS)
     assert cost.solutions == 48 and cost.solution_tokens == 48 * ROLLOUT_TOKENS
     steps = sum(len(x.steps) - 1 for x in labelled)
-    assert cost.rollouts == steps * 16 and cost.rollout_tokens == steps * 16 * ROLLOUT_TOKENS
+    prefixes = {(x.problem_id, x.steps[:k]) for x in labelled for k in range(1, len(x.steps))}
+    # a prefix several samples wrote is rolled out once, and they share its label
+    assert cost.step_prefixes == steps and cost.distinct_prefixes == len(prefixes) < steps
+    assert cost.rollouts == len(prefixes) * 16 and cost.rollout_tokens == len(prefixes) * 16 * ROLLOUT_TOKENS
+    label_of = {}
+    for x in labelled:
+        for k, label in enumerate(x.step_labels[:-1]):
+            assert label_of.setdefault((x.problem_id, x.steps[:k + 1]), label) == label
     assert cost.generated_tokens == cost.solution_tokens + cost.rollout_tokens
     clean = []
     for x in labelled:
@@ -174,6 +181,20 @@ def test_label_solutions_labels_every_step_and_counts_cost():
     expected = (1 - P_Y) ** ROLLOUT_TOKENS
     assert len(clean) > 10
     assert abs(np.mean(clean) - expected) < 4 * np.sqrt(expected * (1 - expected) / (16 * len(clean)))
+
+
+def test_flip_labels_flips_each_label_independently_with_the_given_probability():
+    labelled = [LabelledSolution(problem_id=str(i), question="Q", steps=("a",) * 4, step_labels=(0.25, 1.0, 0.0, 1.0),
+                                 correct=True) for i in range(500)]
+    flipped, count = flip_labels(labelled, 0.2, seed=3)
+    changed = np.array([[a != b for a, b in zip(x.step_labels, y.step_labels)] for x, y in zip(labelled, flipped)])
+    assert changed.sum() == count and abs(count / 2000 - 0.2) < 4 * np.sqrt(0.2 * 0.8 / 2000)
+    for x, y in zip(labelled, flipped):  # a flipped label is 1 - y, the rest of the record unchanged
+        assert all(b in (a, 1.0 - a) for a, b in zip(x.step_labels, y.step_labels))
+        assert dataclasses.replace(y, step_labels=x.step_labels) == x
+    assert np.all(changed.mean(axis=0) > 0.1)  # every position, the first as the last
+    assert flip_labels(labelled, 0.2, seed=3) == (flipped, count)  # the seed fixes them
+    assert flip_labels(labelled, 0.0, seed=3) == (list(labelled), 0)
 
 
 # ---- training -------------------------------------------------------------------------------------------
@@ -224,10 +245,13 @@ def test_train_prm_then_orm_end_to_end_with_resume(tiny_policy, tmp_path):
     assert len(losses) == 2 and all(np.isfinite(losses))
 
     # the ORM learns from the same samples (no new sampling), read only at each solution's end
+    # (here trained on labels of which a half are flipped: the weaker verifier's option)
     orm_config = dataclasses.replace(config, out_dir=str(tmp_path / "orm"),
-                                     labels=str(tmp_path / "prm" / "labels.jsonl"))
+                                     labels=str(tmp_path / "prm" / "labels.jsonl"), label_flips=0.5)
     orm = train_reward_model(orm_config, orm=True, progress=False)
     assert orm["finished"] and orm["labels"]["cost"]["reused_from"].endswith("labels.jsonl")
+    steps = sum(len(x.step_labels) for x in load_labels(tmp_path / "prm" / "labels.jsonl"))
+    assert 0.3 * steps < orm["labels"]["flipped"] < 0.7 * steps
     _, meta = load_prm(str(tmp_path / "orm" / "model"))
     assert meta["kind"] == "orm"
 

@@ -3,7 +3,10 @@
 For each sampled solution of a training question and each step prefix (steps 1..k), R continuations are
 sampled from the policy; the soft label of step k is the fraction that reach the right answer. The prefix
 is prefilled once and its KV cache shared by R rows (`Engine.generate(n=R)`); the final step needs no
-rollouts: its label is whether the solution's own answer is right.
+rollouts: its label is whether the solution's own answer is right. Samples of one question often share
+their first steps (at 16 samples per question, the shipped tiny policy's step prefixes are a quarter
+distinct), and a prefix written by several samples is one state: it is rolled out R times once, and
+every sample that wrote it takes that label.
 """
 
 from __future__ import annotations
@@ -52,6 +55,8 @@ class LabellingCost:
     rollouts: int = 0
     rollout_tokens: int = 0
     prefill_tokens: int = 0
+    step_prefixes: int = 0  # step prefixes to label, over every solution (the final steps excluded)
+    distinct_prefixes: int = 0  # of which distinct (question and text): the ones rolled out
 
     @property
     def generated_tokens(self) -> int:
@@ -122,18 +127,22 @@ def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checker
             steps = steps_of(text)
             if steps:
                 solutions.append((i, steps, bool(checkers[i](questions[i] + text))))
-    # every step prefix but the last: the last step's label is the solution's own outcome
-    prefixes, owners = [], []
+    # every step prefix but the last (the last step's label is the solution's own outcome), each distinct one
+    # (per question) rolled out once
+    distinct: dict[tuple[int, str], int] = {}
+    owners = []  # (solution, index into the distinct prefixes)
     for s, (i, steps, _) in enumerate(solutions):
         for k in range(1, len(steps)):
-            prefixes.append(questions[i] + delimiter.join(steps[:k]) + delimiter)
-            owners.append((s, i))
-    fractions = rollout_labels(engine, tokenizer, prefixes, [checkers[i] for _, i in owners], rollouts=rollouts,
-                               sampling=sampling, stop=stop, key=key_rollouts, max_new_tokens=max_new_tokens,
-                               batch_rows=batch_rows, cost=cost, add_bos=add_bos, progress=progress)
+            prefix = questions[i] + delimiter.join(steps[:k]) + delimiter
+            owners.append((s, distinct.setdefault((i, prefix), len(distinct))))
+    cost.step_prefixes, cost.distinct_prefixes = len(owners), len(distinct)
+    fractions = rollout_labels(engine, tokenizer, [p for _, p in distinct], [checkers[i] for i, _ in distinct],
+                               rollouts=rollouts, sampling=sampling, stop=stop, key=key_rollouts,
+                               max_new_tokens=max_new_tokens, batch_rows=batch_rows, cost=cost, add_bos=add_bos,
+                               progress=progress)
     per_solution: list[list[float]] = [[] for _ in solutions]
-    for (s, _), f in zip(owners, fractions):
-        per_solution[s].append(float(f))
+    for s, d in owners:
+        per_solution[s].append(float(fractions[d]))
     out = []
     for s, (i, steps, correct) in enumerate(solutions):
         out.append(LabelledSolution(
@@ -141,6 +150,20 @@ def label_solutions(engine: Engine, tokenizer, questions: Sequence[str], checker
             steps=tuple(steps), step_labels=tuple(per_solution[s]) + (float(correct),), correct=correct,
             difficulty=int(difficulties[i]) if difficulties is not None else 0))
     return out, cost
+
+
+def flip_labels(labelled: Sequence[LabelledSolution], fraction: float, seed: int
+                ) -> tuple[list[LabelledSolution], int]:
+    """Every step label flipped (y -> 1 - y) independently with probability `fraction`: the paper's weaker verifier
+    (ICLR App. K: a PRM trained with 20% i.i.d. label flips). Returns the labels and how many were flipped."""
+    rng = np.random.default_rng(seed)
+    out, flipped = [], 0
+    for x in labelled:
+        flip = rng.random(len(x.step_labels)) < fraction
+        flipped += int(flip.sum())
+        out.append(dataclasses.replace(x, step_labels=tuple(
+            1.0 - y if f else y for y, f in zip(x.step_labels, flip.tolist()))))
+    return out, flipped
 
 
 def save_labels(path, labelled: Sequence[LabelledSolution]) -> None:

@@ -35,7 +35,7 @@ from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
-from ttcjax.training.labels import LabelledSolution, label_solutions, load_labels, save_labels
+from ttcjax.training.labels import LabelledSolution, flip_labels, label_solutions, load_labels, save_labels
 from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, check_processes_meshed,
                                   epoch_batches, train_loop)
 from ttcjax.training.revisions import revision_labels
@@ -175,6 +175,8 @@ class PRMTrainConfig:
     num_questions: int = 1000  # training-split questions to sample
     samples: int = 4  # solutions sampled per question
     rollouts: int = 8  # Monte-Carlo continuations per step prefix
+    label_flips: float = 0.0  # train on labels each flipped (y -> 1 - y) with this probability: the paper's weaker
+    #   verifier (20% i.i.d. flips); the labels file keeps the true labels
     temperature: float = 0.8
     max_new_tokens: int = 128
     validation_fraction: float = 0.1  # of questions, by hash of the problem id
@@ -202,6 +204,8 @@ class PRMTrainConfig:
             raise ValueError(f"aggregation={self.aggregation!r} is not one of {AGGREGATIONS}.")
         if self.samples < 1 or self.rollouts < 1:
             raise ValueError(f"samples and rollouts must be >= 1; got {self.samples}, {self.rollouts}.")
+        if not 0 <= self.label_flips < 1:
+            raise ValueError(f"label_flips={self.label_flips} must be in [0, 1) (0.2: a fifth of the labels flipped).")
         if not 0 < self.validation_fraction < 1:
             raise ValueError(f"validation_fraction={self.validation_fraction} must be in (0, 1).")
         self.make_task().check_split("train")
@@ -357,6 +361,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun,
                  write=is_writer())
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
+    flipped = 0
+    if config.label_flips:
+        labelled, flipped = flip_labels(labelled, config.label_flips, config.seed)
     val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
     train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
     if not val or not train:
@@ -396,7 +403,8 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     summary = {
         "kind": kind, "command": command, "config": dataclasses.asdict(config),
         "model": {"params": backbone.config.num_params() + backbone.config.hidden_size + 1},
-        "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost},
+        "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost,
+                   "flipped": flipped},
         "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
         "best_step": result.best_step, "resumed_from": result.resumed_from,
         "wall_seconds_this_run": time.perf_counter() - started,
