@@ -5,8 +5,8 @@ import json
 import pathlib
 
 import pytest
-
 from known_study import known_study
+
 from ttcjax.eval.analysis import (BeamAtBudget, BeamVerdict, EfficiencyVerdict, Findings, FlopsMatched, RatioPlace,
                                   Reproduction, Winner, analyze, baseline_name)
 from ttcjax.eval.report import markdown, plots
@@ -206,9 +206,9 @@ def test_the_summary_states_the_findings():
            "one for 67%" in text
     assert ("On the hardest bins (levels 2, mean accuracy) at the lowest budgets, beam search does not beat "
             "best-of-N there (N=2: beam-width2 0.500, beam-widthsqrt 0.500 vs best-of-N weighted 0.500;") in text
-    assert ("Level by level (1 = easiest), at R=0.16 (N=4) search wins on no level and the larger model on level 2; "
-            "at R=0.79 (N=4) search wins on no level and the larger model on level 2; at R=22.0 (N=2) search wins on "
-            "level 1 and the larger model on level 2.") in text
+    assert ("Level by level (1 = easiest), at R=0.16 (arxiv_v1, N=4) search wins on no level and the larger model on "
+            "level 2; at R=0.79 (arxiv_v1, N=4) search wins on no level and the larger model on level 2; at R=22.0 "
+            "(arxiv_v1, N=2) search wins on level 1 and the larger model on level 2.") in text
 
 
 def test_the_summary_states_a_saving_and_the_beam_verdict():

@@ -476,8 +476,8 @@ def _api_cases():
     from ttcjax.checkpoints.native import checkpoint_config
     from ttcjax.decoding.engine import Sampling
     from ttcjax.eval.experiment import ExperimentConfig
-    from ttcjax.eval.shards import merge
     from ttcjax.eval.scheduler import select_strategies
+    from ttcjax.eval.shards import merge
     from ttcjax.eval.sweep import SweepConfig
     from ttcjax.io import bind_run_dir
     from ttcjax.models import ModelConfig

@@ -33,9 +33,21 @@ def test_the_demo_reproduces_the_numbers_from_before_the_refactor(tmp_path):
     out = tmp_path / "demo"
     optimized_cli("demo", "--out-dir", str(out), "--no-progress", *REDUCED)  # as the golden run was compiled
     report = json.loads((out / "report.json").read_text())
-    for key in ("accuracy", "per_level", "compute_optimal", "flops_exchange", "coverage", "mean_generated_tokens",
+    for key in ("accuracy", "per_level", "compute_optimal", "coverage", "mean_generated_tokens",
                 "difficulty_cost_tokens", "large_policy_greedy", "questions"):
         assert report[key] == golden["report"][key], key
+    # the FLOPs exchange now follows both versions of the paper (the golden run charged the verifier's own
+    # parameters): the same accuracies at the budget each R's matched generations allow
+    exchange = report["flops_exchange"]
+    assert [(r["constants"], r["R"]) for r in exchange] == [("arxiv_v1", 0.16), ("arxiv_v1", 0.79), ("arxiv_v1", 22.0),
+                                                            ("iclr_2025", 0.08), ("iclr_2025", 0.4), ("iclr_2025", 11.0)]
+    m = report["params"]["large_policy"] / report["params"]["policy"]
+    golden_at = {r["budget_used"]: r["by_level"] for r in golden["report"]["flops_exchange"]}
+    for row in exchange:
+        f = {"arxiv_v1": 2, "iclr_2025": 4}[row["constants"]]
+        assert row["matched_generations"] == pytest.approx(m + 6 / f * (m - 1) / row["R"])
+        assert row["budget_used"] == max(b for b in report["config"]["budgets"] if b <= row["matched_generations"])
+        assert row["by_level"] == golden_at[row["budget_used"]]
     for name, want in golden["cells"].items():
         got = [{"id": r["id"], "answer": r["answer"], "correct": r["correct"], "pass": r["pass"],
                 "generated_tokens": r["generated_tokens"], "prm_tokens": r["verifier_tokens"]}
@@ -236,6 +248,10 @@ def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     arithmetic_result = json.loads(capsys.readouterr().out)
     assert arithmetic_result["all"]["problems"] == 8 and arithmetic_result["steps_scored"] > 0
     assert 0 <= arithmetic_result["all"]["step_auc"] <= 1  # the exact step oracle labels every step
+    # a rule's picks where a right answer is among the candidates: its accuracy over pass@N (a right pick needs one)
+    overall = arithmetic_result["all"]
+    for rule in ("best_of_n", "weighted", "majority"):
+        assert overall["picks_right_when_present"][rule] == pytest.approx(overall[rule] / overall["pass@n"])
     problems = arithmetic.generate(arithmetic.TaskConfig(difficulties=(2,)), 4, seed=1, split="test")
     _gsm8k_file(tmp_path / "test.jsonl", problems)
     task = json.dumps({"name": "gsm8k", "path": str(tmp_path), "prompt": {"template": "Q: {question}=\n"}})

@@ -5,8 +5,8 @@ import json
 import numpy as np
 import pytest
 
-from ttcjax.eval.scheduler import (BudgetScheduler, assign_levels, difficulty_levels, efficiency, matched_generations,
-                                   pretraining_flops, select_strategies)
+from ttcjax.eval.scheduler import (FLOPS_CONSTANTS, BudgetScheduler, assign_levels, difficulty_levels, efficiency,
+                                   matched_generations, pretraining_flops, select_strategies)
 from ttcjax.search.run import inference_flops
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import StrategySpec
@@ -71,18 +71,25 @@ def test_scheduler_save_load_and_apply(tmp_path):
 def test_flops_formulas_against_hand_computed_values():
     assert pretraining_flops(1e6, 2e9) == 1.2e16
     assert inference_flops(3e6, 100) == 6e8
-    # N_s = 1, N_l = 4, no verifier, R = 1: (3 * 3 / 1 + 4) / 1 = 13 generations
+    # N_s = 1, N_l = 4 (M = 4), R = 1, arXiv v1 (2 N D): M + 3 (M - 1) / R = 13 generations
     assert matched_generations(1, 4, 1.0) == pytest.approx(13.0)
-    # with a verifier as large as the policy the budget halves; a larger R (more inference) shrinks it
-    assert matched_generations(1, 4, 1.0, verifier_params=1) == pytest.approx(6.5)
+    # ICLR 2025 (4 N D, the verifier's queries counted): M + 1.5 (M - 1) / R; a larger R (more inference) shrinks it
+    assert matched_generations(1, 4, 1.0, inference_flops=4) == pytest.approx(8.5)
     assert matched_generations(1, 4, 22.0) == pytest.approx((9 / 22 + 4))
-    # check against the definition: equal total FLOPs
-    ns, nl, nv, r, d_pre = 0.75e6, 3.0e6, 0.75e6, 0.79, 1e9
-    b = matched_generations(ns, nl, r, nv)
-    d_inf = r * d_pre
-    small = pretraining_flops(ns, d_pre) + inference_flops(ns + nv, d_inf * b)
-    large = pretraining_flops(nl, d_pre) + inference_flops(nl, d_inf)
-    assert small == pytest.approx(large)
+    v1, iclr = FLOPS_CONSTANTS
+    assert (v1.name, v1.ratios, iclr.name, iclr.ratios) == ("arxiv_v1", (0.16, 0.79, 22.0), "iclr_2025", (0.08, 0.4, 11.0))
+    # check against the definition: equal total FLOPs, inference charged f N D on both sides
+    ns, nl, d_pre = 0.75e6, 3.0e6, 1e9
+    for constants in FLOPS_CONSTANTS:
+        for r in constants.ratios:
+            b = constants.matched_generations(ns, nl, r)
+            d_inf = r * d_pre
+            f = constants.inference_flops
+            small = pretraining_flops(ns, d_pre) + f * ns * d_inf * b
+            large = pretraining_flops(nl, d_pre) + f * nl * d_inf
+            assert small == pytest.approx(large)
+    with pytest.raises(ValueError, match="R=0"):
+        matched_generations(1, 4, 0.0)
 
 
 def test_tied_pass_rates_still_fill_every_bin_equally():

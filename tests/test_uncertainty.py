@@ -7,8 +7,7 @@ import numpy as np
 import pytest
 
 from ttcjax.eval.scheduler import fold_assignment, overall, select_strategies
-from ttcjax.eval.uncertainty import (CONFIDENCE, Interval, Resamples, Verdict, cross_validated, decode, encode,
-                                     saving)
+from ttcjax.eval.uncertainty import CONFIDENCE, Interval, Resamples, Verdict, cross_validated, decode, encode, saving
 
 
 def test_intervals_cover_a_known_rate_about_95_percent_of_the_time_with_the_binomial_width():

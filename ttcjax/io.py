@@ -29,7 +29,6 @@ import yaml
 
 from ttcjax.version import __version__
 
-
 TEMPORARY = ".tmp-"  # in the name of a file `atomic_path` is writing
 
 

@@ -149,6 +149,7 @@ class FlopsMatched:
     search_wins: tuple[str, ...]
     larger_wins: tuple[str, ...]
     comparisons: dict[str, Comparison] = dataclasses.field(default_factory=dict)  # level -> small+search - larger
+    constants: str = "arxiv_v1"  # the paper's version whose FLOPs constants gave the budget (`FLOPS_CONSTANTS`)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -612,6 +613,7 @@ def _flops_matched(report: dict, outcomes: Outcomes | None) -> tuple[FlopsMatche
                  if v["small_compute_optimal"] is not None and v["large_greedy"] is not None]
         found = FlopsMatched(
             ratio=row["R"], matched_generations=row["matched_generations"], budget=row["budget_used"],
+            constants=row.get("constants", "arxiv_v1"),
             levels=tuple(k for k, _, _ in pairs),
             search_wins=tuple(k for k, ours, theirs in pairs if ours > theirs + _BETTER),
             larger_wins=tuple(k for k, ours, theirs in pairs if theirs > ours + _BETTER))
@@ -841,11 +843,12 @@ def _flops_row(findings: Findings) -> PaperFinding:
     usable = [row for row in findings.flops_matched if row.comparisons]
     if not usable:
         return _row("flops_matched", claim, [], why="no larger model, or no ratio R with a computed budget")
-    row = min(usable, key=lambda r: r.ratio)
+    # the claim is v1's, so v1's constants where they leave a budget
+    row = min(usable, key=lambda r: (r.constants != "arxiv_v1", r.ratio))
     levels = sorted(row.comparisons, key=int)
     hard = hard_levels(levels)
     comparisons = [row.comparisons[k] for k in levels if k not in hard] + [flip(row.comparisons[levels[-1]])]
     return _row("flops_matched", claim, comparisons,
-                why=f"the smallest R with a budget, R={row.ratio} (N={row.budget}): levels "
+                why=f"the smallest R with a budget, R={row.ratio} ({row.constants} constants, N={row.budget}): levels "
                     f"{', '.join(k for k in levels if k not in hard) or 'none'} for search, level {levels[-1]} for the "
                     "larger model")

@@ -13,7 +13,8 @@
    best-of-N; a saved BudgetScheduler that records the search settings, task, policy and verifier (and the
    revision model and its verifier) it was chosen with.
 4. FLOPs exchange (when `large_policy` is set). The larger model answering greedily, against the policy with
-   search at the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain.
+   search at the budget whose pretraining + inference FLOPs match, for the paper's R = D_inference / D_pretrain,
+   under both versions' constants (`FLOPS_CONSTANTS`: arXiv v1 and ICLR 2025).
 5. Report: report.json with its findings (`ttcjax.eval.analysis`), summary.md and plots rendered from them
    (`ttcjax.eval.report`), per-question results, scheduler.json. With revision strategies: pass@1 by revision
    step and the right-to-wrong rate per revision cell (report["revisions"]); sequential against parallel at
@@ -62,8 +63,8 @@ from ttcjax.distributed import barrier, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
-from ttcjax.eval.scheduler import (PAPER_RATIOS, BudgetScheduler, difficulty_levels, efficiency, fold_assignment,
-                                   matched_generations, overall, select_strategies)
+from ttcjax.eval.scheduler import (FLOPS_CONSTANTS, BudgetScheduler, difficulty_levels, efficiency, fold_assignment,
+                                   overall, select_strategies)
 from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, run_batches
 from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, check_verifiers, collect_grid, grid_files,
                                load_policy, load_revision_models, plan_cells, process_mesh, revision_policy_dir,
@@ -356,11 +357,11 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
         large_correct = np.array([r["correct"] for r in merge(large_path, problems, SAMPLE_ROWS, counts,
                                                               fields=("correct",))], int)
         sel = selections["oracle"]["selection"]
-        for ratio in PAPER_RATIOS:
-            budget = matched_generations(small_params, large_params, ratio, verifier_params=verifier.num_params)
+        for constants, ratio in ((c, r) for c in FLOPS_CONSTANTS for r in c.ratios):
+            budget = constants.matched_generations(small_params, large_params, ratio)
             usable = [b for b in config.budgets if b <= budget]
-            row = {"R": ratio, "matched_generations": budget, "budget_used": usable[-1] if usable else None,
-                   "by_level": {}}
+            row = {"constants": constants.name, "inference_flops": constants.inference_flops, "R": ratio,
+                   "matched_generations": budget, "budget_used": usable[-1] if usable else None, "by_level": {}}
             for lv in range(1, config.bins + 1):
                 mask = oracle_levels == lv
                 row["by_level"][str(lv)] = {

@@ -92,11 +92,14 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
     lines = [f"## Test-time compute versus a {r['params']['large_policy'] / r['params']['policy']:.1f}x larger "
              "model at matched FLOPs", "",
              f"The larger model answers greedily (accuracy {r['large_policy_greedy']:.3f} overall). The small "
-             "policy may spend B generations (with its verifier) where 6 N_s D_p + 2 (N_s + N_v) D_i B = "
-             "6 N_l D_p + 2 N_l D_i, R = D_i / D_p; the largest computed budget not above B is used.", ""]
+             "policy may spend B generations where 6 N_s D_p + f N_s D_i B = 6 N_l D_p + f N_l D_i, R = D_i / D_p, "
+             "under both versions of the paper: arXiv v1 (f = 2, R = 0.16 / 0.79 / 22) and ICLR 2025 (f = 4, the "
+             "verifier's queries counted, R = 0.08 / 0.40 / 11); the largest computed budget not above B is used.",
+             ""]
     levels = sorted(r["flops_exchange"][0]["by_level"], key=int)
-    lines += ["| R | matched B | budget used | " + " | ".join(f"L{k} large / small+search" for k in levels) + " |",
-              "|---|---|---|" + "---|" * len(levels)]
+    lines += ["| constants | R | matched B | budget used | "
+              + " | ".join(f"L{k} large / small+search" for k in levels) + " |",
+              "|---|---|---|---|" + "---|" * len(levels)]
     ci = findings.intervals
     for row in r["flops_exchange"]:
         used = str(row["budget_used"])
@@ -108,7 +111,8 @@ def _flops_section(r: dict, findings: Findings) -> list[str]:
                     f"{_two(row['by_level'][k]['small_compute_optimal'], small)}")
 
         cells = [cell(k) for k in sorted(row["by_level"], key=int)]
-        lines.append(f"| {row['R']} | {row['matched_generations']:.1f} | {row['budget_used']} | "
+        lines.append(f"| {row.get('constants', 'arxiv_v1')} | {row['R']} | {row['matched_generations']:.1f} | "
+                     f"{row['budget_used']} | "
                      + " | ".join(cells) + " |")
     lines += ["", _flops_matched(findings.flops_matched), "", "![](flops_matched.png)", ""]
     return lines
@@ -374,7 +378,7 @@ def _flops_matched(rows: tuple[FlopsMatched, ...]) -> str:
     def say(ks):
         return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
 
-    parts = [f"at R={row.ratio} (N={row.budget}) search wins on {say(row.search_wins)} and the larger model on "
+    parts = [f"at R={row.ratio} ({row.constants}, N={row.budget}) search wins on {say(row.search_wins)} and the larger model on "
              f"{say(row.larger_wins)}" for row in rows]
     return ("Level by level (1 = easiest), " + "; ".join(parts) + ". The paper found test-time compute the better "
             "use of FLOPs on easy and intermediate questions when R is small, and pretraining on the hardest.")
@@ -476,8 +480,15 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
     ex = report["flops_exchange"]
     if not ex:
         return
-    fig, axes = plt.subplots(1, len(ex), figsize=(3.2 * len(ex), 3), sharey=True)
-    for ax, row in zip(np.atleast_1d(axes), ex):
+    versions = list(dict.fromkeys(row.get("constants", "arxiv_v1") for row in ex))  # a row of panels per version
+    per_version = [[row for row in ex if row.get("constants", "arxiv_v1") == v] for v in versions]
+    columns = max(map(len, per_version))
+    fig, axes = plt.subplots(len(versions), columns, figsize=(3.2 * columns, 3 * len(versions)), sharey=True,
+                             squeeze=False)
+    for i, rows in enumerate(per_version):
+        for j in range(len(rows), columns):
+            axes[i, j].set_visible(False)
+    for ax, row in ((axes[i, j], row) for i, rows in enumerate(per_version) for j, row in enumerate(rows)):
         lv = sorted(row["by_level"], key=int)
         x = np.arange(len(lv))
         large = [row["by_level"][k]["large_greedy"] or 0 for k in lv]
@@ -485,6 +496,6 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
         ax.bar(x - 0.2, large, 0.4, label="larger sibling, greedy")
         ax.bar(x + 0.2, small, 0.4, label=f"small + search (N={row['budget_used']})")
         ax.set_xticks(x, [f"L{k}" for k in lv])
-        ax.set_title(f"R = {row['R']}")
-    np.atleast_1d(axes)[0].legend(fontsize=6)
+        ax.set_title(f"{row.get('constants', 'arxiv_v1')}: R = {row['R']}", fontsize=8)
+    axes[0, 0].legend(fontsize=6)
     save(fig, "flops_matched.png")

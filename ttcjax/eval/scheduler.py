@@ -260,15 +260,37 @@ def pretraining_flops(params: float, tokens: float) -> float:
     return 6.0 * params * tokens
 
 
-def matched_generations(small_params: float, large_params: float, ratio: float, verifier_params: float = 0.0
+def matched_generations(small_params: float, large_params: float, ratio: float, inference_flops: float = 2.0
                         ) -> float:
-    """Generations per question the small model (with its verifier) may spend so that pretraining plus
-    inference FLOPs equal the large model's answering once, at R = D_inference / D_pretrain (the paper's
-    section 7):  6 N_s D_p + 2 (N_s + N_v) D_i B  =  6 N_l D_p + 2 N_l D_i,
-    so B = (3 (N_l - N_s) / R + N_l) / (N_s + N_v)."""
+    """Generations per question the small model may spend so that its pretraining plus inference FLOPs equal the
+    larger model's answering once, at R = D_inference / D_pretrain (the paper's section 7), with inference charged
+    `inference_flops` FLOPs per parameter per token on both sides (arXiv v1: 2; ICLR 2025: 4, its verifier's
+    queries counted):  6 N_s D_p + f N_s D_i B  =  6 N_l D_p + f N_l D_i,
+    so B = M + (6 / f) (M - 1) / R with M = N_l / N_s (v1: M + 3 (M - 1) / R; ICLR: M + (3/2) (M - 1) / R)."""
     if ratio <= 0:
         raise ValueError(f"R={ratio} must be > 0.")
-    return (3.0 * (large_params - small_params) / ratio + large_params) / (small_params + verifier_params)
+    if inference_flops <= 0:
+        raise ValueError(f"inference_flops={inference_flops} must be > 0.")
+    m = large_params / small_params
+    return m + 6.0 / inference_flops * (m - 1.0) / ratio
 
 
-PAPER_RATIOS = (0.16, 0.79, 22.0)
+@dataclasses.dataclass(frozen=True)
+class FlopsConstants:
+    """One version of the paper's FLOPs exchange: its inference FLOPs per parameter per token and its R values."""
+
+    name: str
+    inference_flops: float
+    ratios: tuple[float, ...]
+    description: str
+
+    def matched_generations(self, small_params: float, large_params: float, ratio: float) -> float:
+        return matched_generations(small_params, large_params, ratio, self.inference_flops)
+
+
+# The two versions of the paper (../shared/PAPER.md, section 1.4 (d)): the exchange is reported under both.
+FLOPS_CONSTANTS = (
+    FlopsConstants("arxiv_v1", 2.0, (0.16, 0.79, 22.0), "arXiv v1: inference 2 N D, R = 0.16 / 0.79 / 22"),
+    FlopsConstants("iclr_2025", 4.0, (0.08, 0.40, 11.0),
+                   "ICLR 2025: inference 4 N D (the verifier's queries counted), R = 0.08 / 0.40 / 11"),
+)

@@ -44,8 +44,9 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 
-from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_NONFINITE, FINISHED_STOP, GREEDY, DecodeState,
-                                    Engine, Sampling, StopConditions, StopText, _decode, _prefill, contains_text)
+from ttcjax.decoding.engine import (FINISHED_EOS, FINISHED_LENGTH, FINISHED_NONFINITE, FINISHED_STOP, GREEDY,
+                                    DecodeState, Engine, Sampling, StopConditions, StopText, _decode, _prefill,
+                                    contains_text)
 from ttcjax.distributed import to_host
 from ttcjax.models.cache import KVCache
 from ttcjax.models.program import Program

@@ -12,8 +12,8 @@ Output directory (besides the training loop's checkpoints/ and metrics.jsonl):
 from __future__ import annotations
 
 import dataclasses
-import json
 import hashlib
+import json
 import os
 import shutil
 import time
