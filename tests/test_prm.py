@@ -183,6 +183,24 @@ def test_label_solutions_labels_every_step_and_counts_cost():
     assert abs(np.mean(clean) - expected) < 4 * np.sqrt(expected * (1 - expected) / (16 * len(clean)))
 
 
+def test_labels_made_with_a_shipped_policy_match_it_wherever_the_package_lives(tmp_path):
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.training.reward_model import label_options, reused_labels_cost
+
+    config = PRMTrainConfig(out_dir=str(tmp_path / "prm"), policy=model_dir("policy", "tiny"))
+    options = label_options(config)
+    cost_file = tmp_path / "labels_cost.json"
+    for policy, matches in (("/elsewhere/site-packages/ttcjax/assets/policies/tiny/model", True),
+                            ("/elsewhere/site-packages/ttcjax/assets/policies/small/model", False),
+                            ("/elsewhere/runs/policy/model", False)):
+        cost_file.write_text(json.dumps({"options": {**options, "policy": policy}}))
+        if matches:
+            assert reused_labels_cost(str(tmp_path / "labels.jsonl.gz"), config, "fix", required=True)
+        else:
+            with pytest.raises(ValueError, match=r"keys that differ: \['policy'\]"):
+                reused_labels_cost(str(tmp_path / "labels.jsonl.gz"), config, "fix", required=True)
+
+
 def test_flip_labels_flips_each_label_independently_with_the_given_probability():
     labelled = [LabelledSolution(problem_id=str(i), question="Q", steps=("a",) * 4, step_labels=(0.25, 1.0, 0.0, 1.0),
                                  correct=True) for i in range(500)]

@@ -161,3 +161,12 @@ def test_shipping_swaps_the_asset_whole_and_a_failed_ship_leaves_the_old_one(tmp
     assert sorted(os.listdir(old)) == ["TRAINING.md", "eval.json", "metrics.jsonl", "model", "train_summary.json"]
     assert (old / "model" / "weights").read_text() == "new weights" and "accuracy" in (old / "TRAINING.md").read_text()
     assert os.listdir(old.parent) == ["tiny"]
+    # a reward model's labels ship with it, compressed, for other runs to reuse
+    with pytest.raises(FileNotFoundError, match="no labels.jsonl"):
+        assets.ship(str(run), "prm", "tiny", labels=True)
+    from ttcjax.training.labels import LabelledSolution, load_labels, save_labels
+
+    labelled = [LabelledSolution("p1", "Q", ("a", "b"), (0.25, 1.0), True, 2)]
+    save_labels(run / "labels.jsonl", labelled)
+    assets.ship(str(run), "prm", "tiny", labels=True)
+    assert load_labels(old / "labels.jsonl.gz") == labelled

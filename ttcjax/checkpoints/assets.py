@@ -17,6 +17,7 @@ from a finished training run by
 from __future__ import annotations
 
 import argparse
+import gzip
 import json
 import os
 import shutil
@@ -77,10 +78,11 @@ def _size_mb(path: Path) -> float:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file()) / 1e6
 
 
-def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Path:
+def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None, labels: bool = False) -> Path:
     """Copy a finished run's model, summary and evaluation into the package, with a TRAINING.md: written whole
     beside the asset and swapped in (`ttcjax.io.replace_dir`), so an interrupted or failed ship leaves the asset
-    that was there (or none, if none was)."""
+    that was there (or none, if none was). `labels`: also the run's labels.jsonl, gzip-compressed (a reward model's
+    labels, which another training run can reuse: `labels: ttcjax/assets/prms/NAME/labels.jsonl.gz`)."""
     run = Path(run_dir)
     summary_path = run / "train_summary.json"
     if not summary_path.exists() or not (run / "model").is_dir():
@@ -96,6 +98,11 @@ def ship(run_dir: str, kind: str, name: str, eval_json: str | None = None) -> Pa
         shutil.copy(run / "metrics.jsonl", new / "metrics.jsonl")
         if (run / "labels_cost.json").exists():
             shutil.copy(run / "labels_cost.json", new / "labels_cost.json")
+        if labels:
+            if not (run / "labels.jsonl").exists():
+                raise FileNotFoundError(f"{run}: no labels.jsonl to ship (--labels is for a reward model's run).")
+            with open(run / "labels.jsonl", "rb") as src, gzip.GzipFile(new / "labels.jsonl.gz", "wb", mtime=0) as dst:
+                shutil.copyfileobj(src, dst)
         evaluation = None
         if eval_json:
             shutil.copy(eval_json, new / "eval.json")
@@ -132,8 +139,9 @@ def main(argv=None) -> int:
     s.add_argument("kind", choices=sorted(KINDS))
     s.add_argument("name")
     s.add_argument("--eval", dest="eval_json")
+    s.add_argument("--labels", action="store_true", help="also ship the run's labels.jsonl (gzip-compressed)")
     args = parser.parse_args(argv)
-    dest = ship(args.run_dir, args.kind, args.name, args.eval_json)
+    dest = ship(args.run_dir, args.kind, args.name, args.eval_json, labels=args.labels)
     print(f"shipped {args.run_dir} -> {dest} ({_size_mb(dest):.1f} MB)", file=sys.stderr)
     return 0
 

@@ -12,6 +12,7 @@ every sample that wrote it takes that label.
 from __future__ import annotations
 
 import dataclasses
+import gzip
 import json
 import sys
 from typing import Callable, Sequence
@@ -171,8 +172,9 @@ def save_labels(path, labelled: Sequence[LabelledSolution]) -> None:
 
 
 def load_labels(path) -> list[LabelledSolution]:
+    """Labels written by `save_labels` (or gzip-compressed, a path ending in .gz: a shipped PRM's labels)."""
     out = []
-    with open(path) as f:
+    with (gzip.open(path, "rt") if str(path).endswith(".gz") else open(path)) as f:
         for line_no, line in enumerate(f, 1):
             if line.strip():
                 try:

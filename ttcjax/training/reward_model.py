@@ -17,6 +17,7 @@ import json
 import os
 import shutil
 import time
+from pathlib import Path
 from typing import Any, Sequence
 
 import jax
@@ -258,6 +259,17 @@ def label_options(config: PRMTrainConfig) -> dict[str, Any]:
     return json.loads(json_text(options))
 
 
+def _as_compared(key: str, value: Any) -> Any:
+    """A recorded option as labels are matched by: a checkpoint inside the package's assets by its place there (a
+    shipped labels file names the shipped policy wherever the package was installed)."""
+    if key in ("policy", "tokenizer") and isinstance(value, str):
+        parts = Path(value).parts
+        for i in range(len(parts) - 2, -1, -1):
+            if parts[i:i + 2] == ("ttcjax", "assets"):
+                return "ttcjax/assets/" + "/".join(parts[i + 2:])
+    return value
+
+
 def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bool) -> dict:
     """The cost record beside labels file `path` (labels_cost.json), checked to record the options `config` would
     label with: one ValueError naming the file, the keys that differ and `fix` otherwise. A labels file without a
@@ -272,7 +284,8 @@ def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bo
     if recorded is None:
         raise ValueError(f"{path}: {LABELS_COST_FILE} beside it does not record the options the labels were made "
                          f"with, so they cannot be told to be this config's; {fix}")
-    differ = sorted(k for k in set(recorded) | set(wanted) if recorded.get(k) != wanted.get(k))
+    differ = sorted(k for k in set(recorded) | set(wanted)
+                    if _as_compared(k, recorded.get(k)) != _as_compared(k, wanted.get(k)))
     if differ:
         raise ValueError(f"{path}: the labels were made with other options (keys that differ: {differ}; they were "
                          f"{ {k: recorded.get(k) for k in differ} }); {fix}")
