@@ -183,6 +183,46 @@ def test_label_solutions_labels_every_step_and_counts_cost():
     assert abs(np.mean(clean) - expected) < 4 * np.sqrt(expected * (1 - expected) / (16 * len(clean)))
 
 
+def test_labelling_interrupted_between_chunks_resumes_to_the_labels_of_an_uninterrupted_run(tmp_path, monkeypatch):
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.checkpoints.tokenizer import load_tokenizer
+    from ttcjax.training import reward_model
+
+    monkeypatch.setattr(reward_model, "LABEL_CHUNK", 2)  # 5 questions: chunks of 2, 2 and 1
+    calls = []
+    real = reward_model.label_solutions
+
+    def label_solutions(*args, **kwargs):
+        calls.append(kwargs["problem_ids"])
+        if len(calls) == 2 and interrupt:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(reward_model, "label_solutions", label_solutions)
+    tok = load_tokenizer(model_dir("policy", "tiny"))
+    made = {}
+    for name in ("straight", "killed"):
+        config = PRMTrainConfig(out_dir=str(tmp_path / name), policy=model_dir("policy", "tiny"), num_questions=5,
+                                samples=2, rollouts=2, max_new_tokens=48, task={"difficulties": [2, 3]})
+        os.makedirs(config.out_dir)
+        interrupt, calls[:] = name == "killed", []
+        if interrupt:
+            with pytest.raises(KeyboardInterrupt):
+                reward_model.make_labels(config, tok, None, progress=False)
+            parts = sorted(os.listdir(tmp_path / name / reward_model.LABEL_PARTS_DIR))
+            assert parts == ["0000000.cost.json", "0000000.jsonl"]  # the first chunk, whole; nothing of the second
+            interrupt, calls[:] = False, []
+        made[name] = reward_model.make_labels(config, tok, None, progress=False)
+    assert [len(ids) for ids in calls] == [2, 1]  # the rerun labelled the two chunks it had not written
+    (straight, straight_cost), (killed, killed_cost) = made["straight"], made["killed"]
+    assert killed == straight and len({x.problem_id for x in straight}) == 5
+    assert {k: v for k, v in killed_cost.items() if k != "seconds"} == {
+        k: v for k, v in straight_cost.items() if k != "seconds"}
+    assert killed_cost["chunks"] == 3 and killed_cost["rollouts"] > 0
+    assert not (tmp_path / "killed" / reward_model.LABEL_PARTS_DIR).exists()  # merged into labels.jsonl
+    assert load_labels(tmp_path / "killed" / "labels.jsonl") == straight
+
+
 def test_labels_made_with_a_shipped_policy_match_it_wherever_the_package_lives(tmp_path):
     from ttcjax.checkpoints.assets import model_dir
     from ttcjax.training.reward_model import label_options, reused_labels_cost

@@ -16,6 +16,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 import time
 from pathlib import Path
 from typing import Any, Sequence
@@ -25,6 +26,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from flax import nnx
+from tqdm import tqdm
 
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
@@ -36,7 +38,8 @@ from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
-from ttcjax.training.labels import LabelledSolution, flip_labels, label_solutions, load_labels, save_labels
+from ttcjax.training.labels import (LabelledSolution, LabellingCost, flip_labels, label_solutions, load_labels,
+                                    save_labels)
 from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, check_processes_meshed,
                                   epoch_batches, train_loop)
 from ttcjax.training.revisions import revision_labels
@@ -241,6 +244,8 @@ class PRMTrainConfig:
 
 # The options a labels file is made with (labels_cost.json records them as "options"): a labels file is reused only
 # by a config that names the same.
+LABEL_CHUNK = 100  # questions labelled (and written) at a time: what an interruption can cost
+LABEL_PARTS_DIR = "labels.parts"  # OUT_DIR/labels.parts/START.jsonl and START.cost.json: the chunks written so far
 LABEL_OPTIONS = ("policy", "tokenizer", "task", "num_questions", "samples", "rollouts", "temperature", "max_new_tokens",
                  "seed", "revision_chains")
 LABELS_COST_FILE = "labels_cost.json"
@@ -310,7 +315,6 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         cost = reused_labels_cost(labels_path, config, "move it aside (or rerun with --fresh) to label anew, or set "
                                   "those options back.", required=True)
         return load_labels(labels_path), cost
-    started = time.perf_counter()
     task = config.make_task()
     problems = task.problems("train", limit=config.num_questions, seed=config.seed + 1)
     if config.revision_chains is not None:
@@ -330,18 +334,47 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
         """Whether a full text (the prompt, then a solution) reaches the answer: read from the solution only, so
         a few-shot prompt's own answers never count."""
         return lambda text: task.is_correct(problem, task.extract_answer(text[len(question):]))
-    labelled, cost = label_solutions(
-        engine, tokenizer, questions, [checker(p, q) for p, q in zip(problems, questions)], samples=config.samples,
-        rollouts=config.rollouts, key=jax.random.key(config.seed), sampling=Sampling(temperature=config.temperature),
-        stop=solution_stop(task, tokenizer), max_new_tokens=config.max_new_tokens, delimiter=task.step_delimiter,
-        problem_ids=[p.id for p in problems], difficulties=[p.difficulty or 0 for p in problems],
-        add_bos=task.prompt_bos(tokenizer), steps_of=task.split_steps, progress=progress)
-    cost_record = {**dataclasses.asdict(cost), "generated_tokens": cost.generated_tokens,
-                   "seconds": time.perf_counter() - started, "questions": len(problems),
+
+    # in chunks of questions, each written (atomically) as it ends: an interrupted labelling resumes at the first
+    # chunk it had not written, with the same draws (each chunk's key is folded with its index)
+    parts = os.path.join(config.out_dir, LABEL_PARTS_DIR)
+    done = set(os.listdir(parts)) if os.path.isdir(parts) else set()
+    barrier("ttcjax-label-parts-found")  # every process has looked before process 0 writes a part
+    labelled, totals = [], LabellingCost()
+    seconds = 0.0
+    chunks = range(0, len(problems), LABEL_CHUNK)
+    for c, start in enumerate(tqdm(chunks, desc="labels", unit="chunk", file=sys.stderr, dynamic_ncols=True,
+                                   disable=not progress or len(chunks) <= 1)):
+        name = f"{start:07d}"
+        part, part_cost = os.path.join(parts, name + ".jsonl"), os.path.join(parts, name + ".cost.json")
+        if name + ".jsonl" in done and name + ".cost.json" in done:
+            chunk, record = load_labels(part), read_json(part_cost, "delete it to label that chunk again.")
+        else:
+            chunk_started = time.perf_counter()
+            rows = slice(start, start + LABEL_CHUNK)
+            chunk, cost = label_solutions(
+                engine, tokenizer, questions[rows], [checker(p, q) for p, q in zip(problems[rows], questions[rows])],
+                samples=config.samples, rollouts=config.rollouts, key=jax.random.fold_in(jax.random.key(config.seed), c),
+                sampling=Sampling(temperature=config.temperature), stop=solution_stop(task, tokenizer),
+                max_new_tokens=config.max_new_tokens, delimiter=task.step_delimiter,
+                problem_ids=[p.id for p in problems[rows]], difficulties=[p.difficulty or 0 for p in problems[rows]],
+                add_bos=task.prompt_bos(tokenizer), steps_of=task.split_steps, progress=False)
+            record = {**dataclasses.asdict(cost), "seconds": time.perf_counter() - chunk_started}
+            if is_writer():  # every process holds every label (gathered from the mesh)
+                os.makedirs(parts, exist_ok=True)
+                save_labels(part, chunk)
+                write_json(part_cost, record)  # the chunk counts as written once this exists
+        labelled += chunk
+        seconds += record["seconds"]
+        for field in dataclasses.fields(LabellingCost):
+            setattr(totals, field.name, getattr(totals, field.name) + record[field.name])
+    cost_record = {**dataclasses.asdict(totals), "generated_tokens": totals.generated_tokens,
+                   "seconds": seconds, "questions": len(problems), "chunks": len(chunks),
                    "labelled_solutions": len(labelled), "options": label_options(config)}
-    if is_writer():  # every process holds every label (gathered from the mesh)
+    if is_writer():
         save_labels(labels_path, labelled)
-        write_json(cost_path, cost_record)
+        write_json(cost_path, cost_record)  # labels.jsonl is whole before this: the pair is found only complete
+        shutil.rmtree(parts, ignore_errors=True)  # every chunk is in labels.jsonl now
     return labelled, cost_record
 
 
