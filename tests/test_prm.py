@@ -188,7 +188,7 @@ def test_labelling_interrupted_between_chunks_resumes_to_the_labels_of_an_uninte
     from ttcjax.checkpoints.tokenizer import load_tokenizer
     from ttcjax.training import reward_model
 
-    monkeypatch.setattr(reward_model, "LABEL_CHUNK", 2)  # 5 questions: chunks of 2, 2 and 1
+    monkeypatch.setattr(reward_model, "LABEL_CHUNK", 2)  # 4 questions: 2 chunks
     calls = []
     real = reward_model.label_solutions
 
@@ -202,7 +202,7 @@ def test_labelling_interrupted_between_chunks_resumes_to_the_labels_of_an_uninte
     tok = load_tokenizer(model_dir("policy", "tiny"))
     made = {}
     for name in ("straight", "killed"):
-        config = PRMTrainConfig(out_dir=str(tmp_path / name), policy=model_dir("policy", "tiny"), num_questions=5,
+        config = PRMTrainConfig(out_dir=str(tmp_path / name), policy=model_dir("policy", "tiny"), num_questions=4,
                                 samples=2, rollouts=2, max_new_tokens=48, task={"difficulties": [2, 3]})
         os.makedirs(config.out_dir)
         interrupt, calls[:] = name == "killed", []
@@ -213,12 +213,12 @@ def test_labelling_interrupted_between_chunks_resumes_to_the_labels_of_an_uninte
             assert parts == ["0000000.cost.json", "0000000.jsonl"]  # the first chunk, whole; nothing of the second
             interrupt, calls[:] = False, []
         made[name] = reward_model.make_labels(config, tok, None, progress=False)
-    assert [len(ids) for ids in calls] == [2, 1]  # the rerun labelled the two chunks it had not written
+    assert [len(ids) for ids in calls] == [2]  # the rerun labelled the chunk it had not written
     (straight, straight_cost), (killed, killed_cost) = made["straight"], made["killed"]
-    assert killed == straight and len({x.problem_id for x in straight}) == 5
+    assert killed == straight and len({x.problem_id for x in straight}) == 4
     assert {k: v for k, v in killed_cost.items() if k != "seconds"} == {
         k: v for k, v in straight_cost.items() if k != "seconds"}
-    assert killed_cost["chunks"] == 3 and killed_cost["rollouts"] > 0
+    assert killed_cost["chunks"] == 2 and killed_cost["rollouts"] > 0
     assert not (tmp_path / "killed" / reward_model.LABEL_PARTS_DIR).exists()  # merged into labels.jsonl
     assert load_labels(tmp_path / "killed" / "labels.jsonl") == straight
 
