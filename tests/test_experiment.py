@@ -39,8 +39,9 @@ def test_the_demo_reproduces_the_numbers_from_before_the_refactor(tmp_path):
     # the FLOPs exchange now follows both versions of the paper (the golden run charged the verifier's own
     # parameters): the same accuracies at the budget each R's matched generations allow
     exchange = report["flops_exchange"]
-    assert [(r["constants"], r["R"]) for r in exchange] == [("arxiv_v1", 0.16), ("arxiv_v1", 0.79), ("arxiv_v1", 22.0),
-                                                            ("iclr_2025", 0.08), ("iclr_2025", 0.4), ("iclr_2025", 11.0)]
+    assert [(r["constants"], r["R"]) for r in exchange] == [
+        ("arxiv_v1", 0.16), ("arxiv_v1", 0.79), ("arxiv_v1", 22.0), ("iclr_2025", 0.08), ("iclr_2025", 0.4),
+        ("iclr_2025", 11.0)]
     m = report["params"]["large_policy"] / report["params"]["policy"]
     golden_at = {r["budget_used"]: r["by_level"] for r in golden["report"]["flops_exchange"]}
     for row in exchange:

@@ -77,7 +77,8 @@ def test_flops_formulas_against_hand_computed_values():
     assert matched_generations(1, 4, 1.0, inference_flops=4) == pytest.approx(8.5)
     assert matched_generations(1, 4, 22.0) == pytest.approx((9 / 22 + 4))
     v1, iclr = FLOPS_CONSTANTS
-    assert (v1.name, v1.ratios, iclr.name, iclr.ratios) == ("arxiv_v1", (0.16, 0.79, 22.0), "iclr_2025", (0.08, 0.4, 11.0))
+    assert (v1.name, v1.ratios) == ("arxiv_v1", (0.16, 0.79, 22.0))
+    assert (iclr.name, iclr.ratios) == ("iclr_2025", (0.08, 0.4, 11.0))
     # check against the definition: equal total FLOPs, inference charged f N D on both sides
     ns, nl, d_pre = 0.75e6, 3.0e6, 1e9
     for constants in FLOPS_CONSTANTS:

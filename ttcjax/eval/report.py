@@ -378,8 +378,8 @@ def _flops_matched(rows: tuple[FlopsMatched, ...]) -> str:
     def say(ks):
         return "no level" if not ks else f"level {ks[0]}" if len(ks) == 1 else f"levels {', '.join(ks)}"
 
-    parts = [f"at R={row.ratio} ({row.constants}, N={row.budget}) search wins on {say(row.search_wins)} and the larger model on "
-             f"{say(row.larger_wins)}" for row in rows]
+    parts = [f"at R={row.ratio} ({row.constants}, N={row.budget}) search wins on {say(row.search_wins)} and the "
+             f"larger model on {say(row.larger_wins)}" for row in rows]
     return ("Level by level (1 = easiest), " + "; ".join(parts) + ". The paper found test-time compute the better "
             "use of FLOPs on easy and intermediate questions when R is small, and pretraining on the hardest.")
 

@@ -282,7 +282,6 @@ class FlopsConstants:
     name: str
     inference_flops: float
     ratios: tuple[float, ...]
-    description: str
 
     def matched_generations(self, small_params: float, large_params: float, ratio: float) -> float:
         return matched_generations(small_params, large_params, ratio, self.inference_flops)
@@ -290,7 +289,6 @@ class FlopsConstants:
 
 # The two versions of the paper (../shared/PAPER.md, section 1.4 (d)): the exchange is reported under both.
 FLOPS_CONSTANTS = (
-    FlopsConstants("arxiv_v1", 2.0, (0.16, 0.79, 22.0), "arXiv v1: inference 2 N D, R = 0.16 / 0.79 / 22"),
-    FlopsConstants("iclr_2025", 4.0, (0.08, 0.40, 11.0),
-                   "ICLR 2025: inference 4 N D (the verifier's queries counted), R = 0.08 / 0.40 / 11"),
+    FlopsConstants("arxiv_v1", 2.0, (0.16, 0.79, 22.0)),  # inference 2 N D
+    FlopsConstants("iclr_2025", 4.0, (0.08, 0.40, 11.0)),  # inference 4 N D: the verifier's queries counted
 )

@@ -354,7 +354,8 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
             rows = slice(start, start + LABEL_CHUNK)
             chunk, cost = label_solutions(
                 engine, tokenizer, questions[rows], [checker(p, q) for p, q in zip(problems[rows], questions[rows])],
-                samples=config.samples, rollouts=config.rollouts, key=jax.random.fold_in(jax.random.key(config.seed), c),
+                samples=config.samples, rollouts=config.rollouts,
+                key=jax.random.fold_in(jax.random.key(config.seed), c),
                 sampling=Sampling(temperature=config.temperature), stop=solution_stop(task, tokenizer),
                 max_new_tokens=config.max_new_tokens, delimiter=task.step_delimiter,
                 problem_ids=[p.id for p in problems[rows]], difficulties=[p.difficulty or 0 for p in problems[rows]],
