@@ -446,29 +446,26 @@ def _gsm8k_dir(tmp_path) -> Path:
     return data
 
 
-def test_the_experiment_with_the_real_model_and_a_public_prm_twin_then_without_a_verifier(smollm2_converted, qwen_prm,
-                                                                                          tmp_path):
+def test_the_experiment_with_the_real_model_and_a_public_prm_twin(smollm2_converted, qwen_prm, tmp_path):
     """SmolLM2 (a BPE vocabulary of 49k) searched with beam search under a Qwen2.5-Math-PRM twin (another
-    tokenizer of 400 tokens and a chat format), then by majority voting with no verifier."""
+    tokenizer of 400 tokens and a chat format). (Verifier-free experiments run with the tiny models in
+    tests/test_experiment.py: what is the real model's own here, its answers read by the task, is asserted on
+    best-of-N's candidates.)"""
     data = _gsm8k_dir(tmp_path)
-    common = {"task": {"name": "gsm8k", "path": str(data),
+    config = {"task": {"name": "gsm8k", "path": str(data),
                        "prompt": {"style": "chat", "system": "Answer briefly. End with 'The answer is N.'"}},
               "questions": 4, "policy": smollm2_converted, "difficulty_samples": 2, "bins": 2, "folds": 2,
               "budgets": [4], "max_new_tokens": 32, "probe_samples": 1, "mesh": "none",
-              "search": {"max_step_tokens": 12, "max_rounds": 2, "max_len": 128}}
-    runs = {"prm": {**common, "out_dir": str(tmp_path / "prm"), "verifier": str(qwen_prm[0]),
-                    "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}]},
-            "none": {**common, "out_dir": str(tmp_path / "none"), "verifier": "none",
-                     "strategies": [{"kind": "best_of_n", "selection": "majority"}]}}
-    for name, config in runs.items():
-        path = tmp_path / f"{name}.yaml"
-        path.write_text(yaml.safe_dump(config))
-        optimized_cli("experiment", "--config", str(path), "--no-progress", "--skip-plan")  # a 135M model runs
+              "search": {"max_step_tokens": 12, "max_rounds": 2, "max_len": 128},
+              "out_dir": str(tmp_path / "prm"), "verifier": str(qwen_prm[0]),
+              "strategies": [{"kind": "best_of_n", "selection": "weighted"}, {"kind": "beam", "width": 2}]}
+    path = tmp_path / "prm.yaml"
+    path.write_text(yaml.safe_dump(config))
+    optimized_cli("experiment", "--config", str(path), "--no-progress", "--skip-plan")  # a 135M model runs
     beam = [json.loads(line) for line in open(tmp_path / "prm" / "results" / "beam-width2-b4.jsonl")]
     assert len(beam) == 4
     assert all(r["generated_tokens"] > 0 and r["verifier_tokens"] > 0 for r in beam)
     report = json.loads((tmp_path / "prm" / "report.json").read_text())
     assert report["params"]["verifier"] > 0 and report["difficulty_signal"] == "verifier"
-    free = [json.loads(line) for line in open(tmp_path / "none" / "results" / "best_of_n-b4.jsonl")]
-    assert all(r["verifier_tokens"] == 0 for r in free)
-    assert sum(r["answer"] is not None for r in free) >= 2  # the instruct model states answers the task reads
+    sampled = [json.loads(line) for line in open(tmp_path / "prm" / "results" / "best_of_n-b4.jsonl")]
+    assert sum(r["answer"] is not None for r in sampled) >= 2  # the instruct model states answers the task reads

@@ -6,6 +6,7 @@ parity is per layer and on the final logits, in float32.
 
 from __future__ import annotations
 
+import copy
 import glob
 import json
 import os
@@ -45,8 +46,10 @@ def _tiny_hf_model(family: str, seed: int = 0, **overrides):
 
 
 def _hf_forward(model, tokens: np.ndarray) -> tuple[np.ndarray, list[np.ndarray]]:
+    """transformers' forward in float64: the reference is the exact result of the same weights, so our float32
+    error is what is measured, not a sum with torch's float32 error (which varies with torch's thread count)."""
     with torch.no_grad():
-        out = model(torch.as_tensor(tokens), output_hidden_states=True)
+        out = copy.deepcopy(model).double()(torch.as_tensor(tokens), output_hidden_states=True)
     return out.logits.float().numpy(), [h.float().numpy() for h in out.hidden_states]
 
 

@@ -18,7 +18,8 @@ from ttcjax.models import ModelConfig, init_model
 from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import make_mesh
 from ttcjax.tasks import arithmetic
-from ttcjax.training.labels import LabelledSolution, flip_labels, label_solutions, load_labels, rollout_labels
+from ttcjax.training.labels import (LabelledSolution, flip_labels, label_solutions, load_labels, rollout_labels,
+                                    save_labels)
 from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
 from ttcjax.verifiers.base import aggregate
 from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
@@ -239,6 +240,49 @@ def test_labels_made_with_a_shipped_policy_match_it_wherever_the_package_lives(t
         else:
             with pytest.raises(ValueError, match=r"keys that differ: \['policy'\]"):
                 reused_labels_cost(str(tmp_path / "labels.jsonl.gz"), config, "fix", required=True)
+
+
+def test_a_labels_list_joins_runs_of_other_questions_each_question_once(tmp_path):
+    from ttcjax.training.reward_model import distinct_solutions, label_options, reused_labels
+
+    config = PRMTrainConfig(out_dir=str(tmp_path / "prm"), policy=str(tmp_path / "policy"), samples=2, rollouts=4)
+    options = label_options(config)
+
+    def solution(problem, steps, labels):
+        return LabelledSolution(problem_id=problem, question=f"Q {problem}", steps=steps, step_labels=labels,
+                                correct=labels[-1] == 1.0)
+
+    runs = {  # run "b" drew question "q2" as run "a" did, and labelled it otherwise
+        "a": ([solution("q1", ("x", "y"), (0.5, 1.0)), solution("q1", ("x", "y"), (0.5, 1.0)),
+               solution("q2", ("z",), (0.0,))], {"num_questions": 2, "seed": 0}, 10),
+        "b": ([solution("q2", ("w",), (1.0,)), solution("q3", ("v", "u"), (0.25, 0.0))],
+              {"num_questions": 2, "seed": 1}, 7),
+    }
+    for name, (labelled, drawn, rollouts) in runs.items():
+        (tmp_path / name).mkdir()
+        save_labels(tmp_path / name / "labels.jsonl", labelled)
+        (tmp_path / name / "labels_cost.json").write_text(json.dumps(
+            {"rollouts": rollouts, "seconds": 1.5, "options": {**options, **drawn}}))
+    both = dataclasses.replace(config, labels=[str(tmp_path / "a" / "labels.jsonl"),
+                                               str(tmp_path / "b" / "labels.jsonl")])
+    labelled, cost = reused_labels(both)
+    assert labelled == runs["a"][0] + runs["b"][0][1:]  # q2 from the first file only
+    assert cost["rollouts"] == 17 and cost["seconds"] == 3.0 and cost["questions_in_an_earlier_file"] == 1
+    assert [c["rollouts"] for c in cost["files"]] == [10, 7] and len(cost["reused_from"]) == 2
+    assert distinct_solutions(labelled) == [labelled[0]] + labelled[2:]  # q1's repeated sample once
+    # one file alone must match the config's questions too; a file of other label options is refused by name
+    with pytest.raises(ValueError, match=r"a/labels.jsonl: .*keys that differ: \['num_questions'\]"):
+        reused_labels(dataclasses.replace(config, labels=[str(tmp_path / "a" / "labels.jsonl")]))
+    (tmp_path / "b" / "labels_cost.json").write_text(json.dumps({"options": {**options, "rollouts": 16}}))
+    with pytest.raises(ValueError, match=r"b/labels.jsonl: .*keys that differ: \['rollouts'\]"):
+        reused_labels(both)
+    with pytest.raises(FileNotFoundError, match="labels: .*c/labels.jsonl not found"):
+        reused_labels(dataclasses.replace(both, labels=[*both.labels, str(tmp_path / "c" / "labels.jsonl")]))
+    for bad in ([], [""], 3):
+        with pytest.raises(ValueError, match="labels=.*one labels file or a non-empty list"):
+            dataclasses.replace(config, labels=bad)
+    with pytest.raises(ValueError, match="distinct_solutions='yes' must be true or false"):
+        dataclasses.replace(config, distinct_solutions="yes")
 
 
 def test_flip_labels_flips_each_label_independently_with_the_given_probability():

@@ -171,7 +171,8 @@ class PRMTrainConfig:
     policy: str  # the policy checkpoint whose samples are labelled (and, by default, the backbone's start)
     init_from: str | None = None  # backbone initialisation; default: the policy
     tokenizer: str | None = None  # default: the policy directory's tokenizer
-    labels: str | None = None  # reuse this labels.jsonl (e.g. a PRM run's, for an ORM) instead of sampling
+    labels: str | tuple[str, ...] | None = None  # reuse this labels.jsonl (e.g. a PRM run's, for an ORM) instead of
+    #   sampling; a list: the labels of several runs that drew other questions (`reused_labels`)
     revision_chains: dict | None = None  # (orm) {chains: 4, sequential: 4}: label the chains of the revision model
     #   `policy` (each attempt after its chain's earlier ones, by its outcome), the paper's revision verifier
     task: dict = dataclasses.field(default_factory=dict)  # the task as YAML ({name: gsm8k, path: ...}); without a
@@ -179,6 +180,8 @@ class PRMTrainConfig:
     num_questions: int = 1000  # training-split questions to sample
     samples: int = 4  # solutions sampled per question
     rollouts: int = 8  # Monte-Carlo continuations per step prefix
+    distinct_solutions: bool = False  # train on each distinct (question, steps) once, not once per sample that wrote
+    #   it (the labels file keeps every sample)
     label_flips: float = 0.0  # train on labels each flipped (y -> 1 - y) with this probability: the paper's weaker
     #   verifier (20% i.i.d. flips); the labels file keeps the true labels
     temperature: float = 0.8
@@ -204,6 +207,14 @@ class PRMTrainConfig:
     aggregation: str = "last"
 
     def __post_init__(self):
+        if isinstance(self.labels, (list, tuple)):
+            if not self.labels or not all(isinstance(p, str) and p for p in self.labels):
+                raise ValueError(f"labels={self.labels!r}: write one labels file or a non-empty list of them.")
+            object.__setattr__(self, "labels", self.labels[0] if len(self.labels) == 1 else tuple(self.labels))
+        elif self.labels is not None and not isinstance(self.labels, str):
+            raise ValueError(f"labels={self.labels!r}: write one labels file or a non-empty list of them.")
+        if not isinstance(self.distinct_solutions, bool):
+            raise ValueError(f"distinct_solutions={self.distinct_solutions!r} must be true or false.")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation={self.aggregation!r} is not one of {AGGREGATIONS}.")
         if self.samples < 1 or self.rollouts < 1:
@@ -248,6 +259,7 @@ LABEL_CHUNK = 100  # questions labelled (and written) at a time: what an interru
 LABEL_PARTS_DIR = "labels.parts"  # OUT_DIR/labels.parts/START.jsonl and START.cost.json: the chunks written so far
 LABEL_OPTIONS = ("policy", "tokenizer", "task", "num_questions", "samples", "rollouts", "temperature", "max_new_tokens",
                  "seed", "revision_chains")
+QUESTION_OPTIONS = ("num_questions", "seed")  # which questions a run drew: the files of a `labels` list differ in them
 LABELS_COST_FILE = "labels_cost.json"
 
 
@@ -275,10 +287,10 @@ def _as_compared(key: str, value: Any) -> Any:
     return value
 
 
-def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bool) -> dict:
+def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bool, ignore: Sequence[str] = ()) -> dict:
     """The cost record beside labels file `path` (labels_cost.json), checked to record the options `config` would
-    label with: one ValueError naming the file, the keys that differ and `fix` otherwise. A labels file without a
-    cost record beside it (written by `save_labels` alone) is taken as it is, unless `required`."""
+    label with (all but `ignore`): one ValueError naming the file, the keys that differ and `fix` otherwise. A labels
+    file without a cost record beside it (written by `save_labels` alone) is taken as it is, unless `required`."""
     cost_path = os.path.join(os.path.dirname(path), LABELS_COST_FILE)
     cost = {}
     if os.path.exists(cost_path):
@@ -290,11 +302,56 @@ def reused_labels_cost(path: str, config: PRMTrainConfig, fix: str, required: bo
         raise ValueError(f"{path}: {LABELS_COST_FILE} beside it does not record the options the labels were made "
                          f"with, so they cannot be told to be this config's; {fix}")
     differ = sorted(k for k in set(recorded) | set(wanted)
-                    if _as_compared(k, recorded.get(k)) != _as_compared(k, wanted.get(k)))
+                    if k not in ignore and _as_compared(k, recorded.get(k)) != _as_compared(k, wanted.get(k)))
     if differ:
         raise ValueError(f"{path}: the labels were made with other options (keys that differ: {differ}; they were "
                          f"{ {k: recorded.get(k) for k in differ} }); {fix}")
     return cost
+
+
+def labels_files(config: PRMTrainConfig) -> tuple[str, ...]:
+    """The labels files `config` reuses: none, one, or the several of a list."""
+    return () if config.labels is None else (config.labels,) if isinstance(config.labels, str) else config.labels
+
+
+def reused_labels(config: PRMTrainConfig, check_only: bool = False) -> tuple[list[LabelledSolution], dict]:
+    """The labels of `config.labels`, each file checked (`reused_labels_cost`) to be made with `config`'s options.
+
+    A list joins the labels of runs that drew other questions (they may differ in `QUESTION_OPTIONS` and nothing
+    else): a question labelled in several files is taken from the first that has it, so no question's solutions
+    count twice. The cost is the files' costs summed, with each file's record under "files"."""
+    paths = labels_files(config)
+    several = len(paths) > 1
+    for path in paths:
+        if not os.path.exists(path):
+            raise FileNotFoundError(f"labels: {path} not found; run the training that writes it first "
+                                    "(ttcjax train prm), or drop `labels` to sample new ones.")
+    costs = [reused_labels_cost(path, config, REUSE_FIX, required=False, ignore=QUESTION_OPTIONS if several else ())
+             for path in paths]
+    if not several:
+        return load_labels(paths[0]), {**costs[0], "reused_from": paths[0]}
+    labelled, taken, repeated = [], set(), set()
+    for path in paths:
+        labels = load_labels(path)
+        here = {x.problem_id for x in labels}
+        repeated |= here & taken
+        labelled += [x for x in labels if x.problem_id not in taken]
+        taken |= here
+    summed = {k: sum(c[k] for c in costs) for k in costs[0]
+              if all(isinstance(c.get(k), (int, float)) and not isinstance(c.get(k), bool) for c in costs)}
+    return labelled, {**summed, "reused_from": list(paths), "files": costs,
+                      "questions_in_an_earlier_file": len(repeated)}
+
+
+def distinct_solutions(labelled: Sequence[LabelledSolution]) -> list[LabelledSolution]:
+    """Each (question, steps) once, at its first place: the samples that wrote the same solution share its labels
+    (`label_solutions` labels a shared prefix once), so the rest repeat it."""
+    seen, out = set(), []
+    for x in labelled:
+        if (x.problem_id, x.steps) not in seen:
+            seen.add((x.problem_id, x.steps))
+            out.append(x)
+    return out
 
 
 def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
@@ -306,11 +363,7 @@ def make_labels(config: PRMTrainConfig, tokenizer, mesh, progress: bool = True
     made = os.path.exists(labels_path) and os.path.exists(cost_path)
     barrier("ttcjax-labels-found")  # every process has looked before process 0 writes labels that others would find
     if config.labels:
-        if not os.path.exists(config.labels):
-            raise FileNotFoundError(f"labels: {config.labels} not found; run the training that writes it first "
-                                    "(ttcjax train prm), or drop `labels` to sample new ones.")
-        cost = reused_labels_cost(config.labels, config, REUSE_FIX, required=False)
-        return load_labels(config.labels), {**cost, "reused_from": config.labels}
+        return reused_labels(config)
     if made:
         cost = reused_labels_cost(labels_path, config, "move it aside (or rerun with --fresh) to label anew, or set "
                                   "those options back.", required=True)
@@ -400,14 +453,15 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         check_examples_fit(out, [x.problem_id for x in labelled], config, source)
         return out
 
-    labels_path = config.labels or os.path.join(config.out_dir, "labels.jsonl")
-    if config.labels and os.path.exists(config.labels):  # labels of other options, or too long for the backbone,
-        reused_labels_cost(config.labels, config, REUSE_FIX, required=False)  # refused before the run directory
-        examples(load_labels(config.labels), config.labels)
+    labels_path = " + ".join(labels_files(config)) or os.path.join(config.out_dir, "labels.jsonl")
+    if config.labels:  # missing, of other options, or too long for the backbone: refused before the run directory
+        examples(reused_labels(config)[0], labels_path)
     check_processes_meshed(mesh)
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun,
                  write=is_writer())
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
+    if config.distinct_solutions:
+        labelled = distinct_solutions(labelled)
     flipped = 0
     if config.label_flips:
         labelled, flipped = flip_labels(labelled, config.label_flips, config.seed)
