@@ -79,6 +79,47 @@ def test_a_multi_token_extend_reads_what_the_forked_cache_reads(platform):
     np.testing.assert_array_equal(after.v[0], shared.v[0])  # nothing written to the own slots
 
 
+@pytest.mark.parametrize("platform", ["cpu", "tpu"])
+@pytest.mark.parametrize("layout", ["forked", "shared"])
+def test_reading_the_cache_without_writing_it_then_appending_gives_what_writing_gives(platform, layout):
+    """`write_cache=False` (what a `lax.switch` over step widths calls, so that it takes the cache read only): the
+    same logits as writing first and attending after, at a narrower attention width too; `KVCache.append` then
+    writes each row's real tokens only, and the cache answers the next call as the written one does."""
+    model = init_model(CFG, seed=3, std=0.2)
+    engine = Engine(model, platform=platform)
+    tokens = np.zeros((3, 32), np.int32)
+    for i, p in enumerate(PROMPTS):
+        tokens[i, :len(p)] = p
+    lengths = np.array([len(p) for p in PROMPTS], np.int32)
+    cache = (engine.prefill(tokens, lengths, 64).fork(2) if layout == "forked"
+             else engine.prefill(tokens, lengths, 32).share(2, 64, 4)).cache
+    rng = np.random.default_rng(11)
+    first = jnp.asarray(rng.integers(1, 64, size=(6, 5)), jnp.int32)
+    _, cache, _ = model(first, cache=cache)  # some own slots filled: the new tokens read them
+    new = jnp.asarray(rng.integers(1, 64, size=(6, 12)), jnp.int32)  # beyond the sliding window of 9
+    real = jnp.asarray([12, 3, 7, 0, 12, 1], jnp.int32)
+    written_logits, written, _ = model(new, cache=cache)
+    for width in (None, 40 if layout == "forked" else 28):
+        logits, (k, v), _ = model(new, cache=cache, attn_len=width, write_cache=False)
+        np.testing.assert_allclose(logits, written_logits, atol=2e-5)
+    appended = cache.append(k, v, real)
+    assert appended.lengths.tolist() == (cache.lengths + real).tolist()
+    for row, n in enumerate(real.tolist()):  # the real tokens written where writing puts them, nothing after
+        start = int(cache.filled[row])
+        np.testing.assert_allclose(appended.v[1][row, :, start:start + n], written.v[1][row, :, start:start + n],
+                                   atol=2e-5)
+        np.testing.assert_array_equal(appended.v[1][row, :, start + n:], cache.v[1][row, :, start + n:])
+    after = jnp.asarray(rng.integers(1, 64, size=(6, 2)), jnp.int32)
+    expected, _, _ = model(after, cache=dataclasses.replace(written, lengths=appended.lengths))
+    np.testing.assert_allclose(model(after, cache=appended)[0], expected, atol=2e-5)
+    if layout == "shared":  # a prompt token read again (a negative own slot) is neither written nor seen twice
+        last = jnp.asarray(np.repeat([p[-1] for p in PROMPTS], 2))[:, None]
+        rewound = dataclasses.replace(cache, lengths=jnp.asarray(np.repeat(lengths - 1, 2)))
+        logits, (k, v), _ = model(last, cache=rewound, write_cache=False)
+        np.testing.assert_allclose(logits, model(last, cache=rewound)[0], atol=2e-5)
+        np.testing.assert_array_equal(rewound.append(k, v, jnp.ones(6, jnp.int32)).v[0], cache.v[0])
+
+
 @pytest.mark.parametrize("mesh", [None, (4, 2)])
 def test_generate_samples_what_the_forked_cache_samples(mesh):
     forked = Engine(init_model(CFG, seed=1, std=0.2), shared_prefix=False)

@@ -36,6 +36,20 @@ def transposes_keys(platform: str) -> bool:
     return platform == "cpu"
 
 
+def write_slots(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -> jax.Array:
+    """Write new tokens into one layer's keys or values at per-row slots [B, T].
+
+    Transposed keys: cache [B, K, Dh, S], new [B, K, Dh, T] (slot_axis=3). Values, and keys on accelerators:
+    cache [B, K, S, Dh], new [B, K, T, Dh] (slot_axis=2). Out-of-range slots are dropped.
+    """
+    b, t = slots.shape
+    rows = jnp.arange(b)[:, None]
+    # The advanced indices (rows, slots) broadcast to [B, T] and lead the update's shape: [B, T, K, Dh].
+    update = jnp.moveaxis(new, slot_axis, 1).astype(cache.dtype)
+    index = (rows, slice(None), slice(None), slots) if slot_axis == 3 else (rows, slice(None), slots)
+    return cache.at[index].set(update, mode="drop")
+
+
 @jax.tree_util.register_dataclass
 @dataclasses.dataclass(frozen=True)
 class Prefix:
@@ -112,6 +126,27 @@ class KVCache:
     def filled(self) -> jax.Array:
         """[batch] int32: own slots each row has filled."""
         return self.lengths - self.offsets
+
+    def append(self, k: tuple[jax.Array, ...], v: tuple[jax.Array, ...], lengths: jax.Array) -> "KVCache":
+        """This cache with the first lengths[b] of T new tokens of row b written after its filled slots and counted:
+        the keys and values a model call with `write_cache=False` returned (per layer, [B, K, Dh, T] or
+        [B, K, T, Dh] as this cache's keys, [B, K, T, Dh] values). Tokens past a row's capacity (or at a negative
+        own slot: a prompt token a shared prefix holds) are dropped."""
+        t = v[0].shape[2]
+        slots = self.filled[:, None] + jnp.arange(t, dtype=jnp.int32)[None, :]  # [B, T] own slots
+        below_capacity = slots < (self.max_len - self.offsets)[:, None]
+        keep = (jnp.arange(t)[None, :] < lengths[:, None]) & (slots >= 0) & below_capacity
+        slots = jnp.where(keep, slots, self.slots)
+        return dataclasses.replace(
+            self, k=tuple(write_slots(c, x, slots, self.key_slot_axis) for c, x in zip(self.k, k)),
+            v=tuple(write_slots(c, x, slots, 2) for c, x in zip(self.v, v)), lengths=self.lengths + lengths)
+
+    def pad_new(self, k: tuple[jax.Array, ...], v: tuple[jax.Array, ...], width: int):
+        """New tokens' keys and values (as `append` takes them) zero-padded to `width` tokens: the branches of a
+        `lax.switch` over token buckets give back one shape."""
+        def pad(x, axis):
+            return jnp.pad(x, [(0, width - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
+        return tuple(pad(x, self.key_slot_axis) for x in k), tuple(pad(x, 2) for x in v)
 
     def share(self, n: int, max_len: int, floor: int) -> "KVCache":
         """This cache, one prompt per row, as the shared prefix of n rows each (row b*n+i reads prompt b in place:

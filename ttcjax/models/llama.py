@@ -23,7 +23,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
-from ttcjax.models.cache import KVCache, transposes_keys
+from ttcjax.models.cache import KVCache, transposes_keys, write_slots as _write
 from ttcjax.models.config import ModelConfig
 
 # Logical axes of every parameter, by its attribute name. ttcjax.models.sharding maps them onto a mesh.
@@ -168,6 +168,7 @@ class Attention(nnx.Module):
         platform: str = "cpu",  # the platform attention is lowered for: Transformer.platform, which passes it
         # a shared prefix: its keys and values [Q, ...], lengths [Q], and each row's own slots below its capacity [B]
         prefix: tuple[jax.Array, jax.Array, jax.Array, jax.Array] | None = None,
+        write: bool = True,  # False: read the cache only; return the new tokens' keys and values (`_attend_appended`)
     ):
         cfg, dt = self.config, x.dtype
         transposed = transposes_keys(platform)
@@ -182,6 +183,17 @@ class Attention(nnx.Module):
         k = k.transpose(0, 2, 3, 1) if transposed else k.transpose(0, 2, 1, 3)  # [B, K, Dh, T] or [B, K, T, Dh]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
 
+        if kv is not None and not write:
+            cache_k, cache_v = kv
+            width = attn_len or cache_v.shape[2]
+            limit = jnp.full(x.shape[:1], cache_v.shape[2]) if prefix is None else prefix[3]
+            out = _attend_appended(q, jax.lax.slice_in_dim(cache_k, 0, width, axis=key_slot_axis),
+                                   cache_v[:, :, :width], write_slots, k, v, limit,
+                                   None if prefix is None else prefix[:3], self.window, platform=platform)
+            out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
+            if cfg.o_bias:
+                out = out + self.bo[...].astype(dt)
+            return out, (k, v)
         if kv is None:
             keys, values = k, v
             q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
@@ -208,20 +220,6 @@ class Attention(nnx.Module):
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)
         return out, kv
-
-
-def _write(cache: jax.Array, new: jax.Array, slots: jax.Array, slot_axis: int) -> jax.Array:
-    """Write new tokens into a cache at per-row slots [B, T].
-
-    Transposed keys: cache [B, K, Dh, S], new [B, K, Dh, T] (slot_axis=3). Values, and keys on accelerators:
-    cache [B, K, S, Dh], new [B, K, T, Dh] (slot_axis=2). Out-of-range slots are dropped.
-    """
-    b, t = slots.shape
-    rows = jnp.arange(b)[:, None]
-    # The advanced indices (rows, slots) broadcast to [B, T] and lead the update's shape: [B, T, K, Dh].
-    update = jnp.moveaxis(new, slot_axis, 1).astype(cache.dtype)
-    index = (rows, slice(None), slice(None), slots) if slot_axis == 3 else (rows, slice(None), slots)
-    return cache.at[index].set(update, mode="drop")
 
 
 def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None, *, platform: str) -> jax.Array:
@@ -265,6 +263,62 @@ def _attend(q, keys, values, q_slots, window, key_mask, segment_ids=None, *, pla
     return out.reshape(b, t, h, dh).astype(q.dtype)
 
 
+def _dot(spec, x, y):
+    return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
+
+
+def _operands(q, platform: str):
+    """The queries and a cast for keys and values: CPUs compute in float32 (XLA:CPU has no native bf16 dot);
+    accelerators keep the model's dtype and accumulate in float32."""
+    if platform == "cpu":
+        return q.astype(jnp.float32), (lambda x: x.astype(jnp.float32))
+    return q, (lambda x: x.astype(q.dtype))
+
+
+def _partial(scores, allowed, scale):
+    """One part of a softmax: its scores' max, the sum of exp(score - max) and those weights."""
+    scores = jnp.where(allowed, scores * scale, _MASK_VALUE)
+    top = jnp.max(scores, axis=-1)
+    weights = jnp.exp(scores - top[..., None])
+    return top, jnp.sum(weights, axis=-1), weights
+
+
+def _prefix_part(qc, q_slots, prefix_keys, prefix_values, prefix_lengths, window, cast, transposed):
+    """The shared prefix's part of attention for queries qc [B, T, H, Dh] at own slots q_slots [B, T]: every query
+    of a question's rows against its prompt at once. (max, sum, unnormalised output), each [B, T, K, G, ...]."""
+    b, t, h, dh = qc.shape
+    nq, kh, width = prefix_values.shape[0], prefix_values.shape[1], prefix_values.shape[2]
+    n, g = b // nq, h // kh
+    positions = prefix_lengths[:, None, None] + q_slots.reshape(nq, n, t)  # [Q, N, T]
+    slot = jnp.arange(width)
+    allowed = (slot < prefix_lengths[:, None, None, None]) & (slot <= positions[..., None])  # [Q, N, T, P]
+    if window is not None:
+        allowed &= positions[..., None] - slot < window
+    scores = _dot(f"QNTKGd,{'QKdP' if transposed else 'QKPd'}->QKNTGP", qc.reshape(nq, n, t, kh, g, dh),
+                  cast(prefix_keys))
+    top, total, weights = _partial(scores, allowed[:, None, :, :, None, :], dh**-0.5)
+    out = _dot("QKNTGP,QKPd->QKNTGd", weights.astype(qc.dtype), cast(prefix_values))
+
+    def rows(x):  # [Q, K, N, T, G, ...] -> [B, T, K, G, ...]
+        x = jnp.moveaxis(x, 1, 3)  # [Q, N, T, K, G, ...]
+        return x.reshape((b, t, kh, g) + x.shape[5:])
+
+    return rows(top), rows(total), rows(out)
+
+
+def _merge(parts):
+    """Parts of one softmax, each (max, sum, unnormalised output) over its keys, as the softmax over all of them:
+    (o1 e^(m1-m) + o2 e^(m2-m)) / (l1 e^(m1-m) + l2 e^(m2-m)) with m = max(m1, m2)."""
+    top = parts[0][0]
+    for part in parts[1:]:
+        top = jnp.maximum(top, part[0])
+    out = total = 0
+    for m, l, o in parts:
+        w = jnp.exp(m - top)
+        out, total = out + o * w[..., None], total + l * w
+    return out / total[..., None]
+
+
 def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_lengths, own_limit, window, *,
                    platform: str) -> jax.Array:
     """Attention over a shared prefix and each row's own slots, combined exactly.
@@ -275,47 +329,16 @@ def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_
     accelerators, values [Q, K, P, Dh], lengths [Q]; own_limit [B] the own slots below the row's capacity (those
     past it are never written). Returns [B, T, H, Dh].
 
-    Each part gives its scores' max m, the sum l of exp(score - m) and the unnormalised output o; together they
-    are (o1 e^(m1-m) + o2 e^(m2-m)) / (l1 e^(m1-m) + l2 e^(m2-m)) with m = max(m1, m2): the softmax over both
-    parts (Hydragen; FlashInfer's cascade attention). The prefix part is one product per question for all of
-    its rows' queries, so a decode step reads each prompt once, however many rows share it.
+    Each part gives its scores' max, the sum of exp(score - max) and the unnormalised output, merged as the
+    softmax over both parts (`_merge`: Hydragen; FlashInfer's cascade attention). The prefix part is one product
+    per question for all of its rows' queries, so a decode step reads each prompt once, however many rows share it.
     """
     b, t, h, dh = q.shape
-    nq, kh, width = prefix_values.shape[0], prefix_values.shape[1], prefix_values.shape[2]
-    n, g = b // nq, h // kh
+    kh = values.shape[1]
+    g = h // kh
     transposed = transposes_keys(platform)
-    scale = dh**-0.5
-    # CPUs compute in float32 (XLA:CPU has no native bf16 dot); accelerators accumulate in float32
-    if platform == "cpu":
-        qc, cast = q.astype(jnp.float32), (lambda x: x.astype(jnp.float32))
-    else:
-        qc, cast = q, (lambda x: x.astype(q.dtype))
-
-    def dot(spec, x, y):
-        return jnp.einsum(spec, x, y, preferred_element_type=jnp.float32)
-
-    def partial(scores, allowed):
-        scores = jnp.where(allowed, scores * scale, _MASK_VALUE)
-        top = jnp.max(scores, axis=-1)
-        weights = jnp.exp(scores - top[..., None])
-        return top, jnp.sum(weights, axis=-1), weights
-
-    # the prompt: every query of a question's rows against its keys at once
-    positions = prefix_lengths[:, None, None] + q_slots.reshape(nq, n, t)  # [Q, N, T]
-    slot = jnp.arange(width)
-    allowed = (slot < prefix_lengths[:, None, None, None]) & (slot <= positions[..., None])  # [Q, N, T, P]
-    if window is not None:
-        allowed &= positions[..., None] - slot < window
-    scores = dot(f"QNTKGd,{'QKdP' if transposed else 'QKPd'}->QKNTGP", qc.reshape(nq, n, t, kh, g, dh),
-                 cast(prefix_keys))
-    p_top, p_sum, weights = partial(scores, allowed[:, None, :, :, None, :])
-    p_out = dot("QKNTGP,QKPd->QKNTGd", weights.astype(qc.dtype), cast(prefix_values))
-
-    def rows(x):  # [Q, K, N, T, G, ...] -> [B, T, K, G, ...]
-        x = jnp.moveaxis(x, 1, 3)  # [Q, N, T, K, G, ...]
-        return x.reshape((b, t, kh, g) + x.shape[5:])
-
-    p_top, p_sum, p_out = rows(p_top), rows(p_sum), rows(p_out)
+    qc, cast = _operands(q, platform)
+    prefix = _prefix_part(qc, q_slots, prefix_keys, prefix_values, prefix_lengths, window, cast, transposed)
 
     # the row's own slots
     slot = jnp.arange(values.shape[2])
@@ -326,17 +349,56 @@ def _attend_shared(q, keys, values, q_slots, prefix_keys, prefix_values, prefix_
     if t == 1 and transposed:  # one query per row on CPUs: multiply and sum streams the cache (as `_attend`)
         scores = jnp.sum(qr[:, 0, :, :, :, None] * cast(keys)[:, :, None], axis=3)[:, None]  # [B, 1, K, G, S]
     else:
-        scores = dot(f"BTKGd,{'BKdS' if transposed else 'BKSd'}->BTKGS", qr, cast(keys))
-    o_top, o_sum, weights = partial(scores, allowed[:, :, None, None, :])
+        scores = _dot(f"BTKGd,{'BKdS' if transposed else 'BKSd'}->BTKGS", qr, cast(keys))
+    o_top, o_sum, weights = _partial(scores, allowed[:, :, None, None, :], dh**-0.5)
     if t == 1 and transposed:
         o_out = jnp.sum(weights[:, 0, :, :, :, None] * cast(values)[:, :, None], axis=3)[:, None]  # [B, 1, K, G, Dh]
     else:
-        o_out = dot("BTKGS,BKSd->BTKGd", weights.astype(qc.dtype), cast(values))
+        o_out = _dot("BTKGS,BKSd->BTKGd", weights.astype(qc.dtype), cast(values))
+    return _merge([prefix, (o_top, o_sum, o_out)]).reshape(b, t, h, dh).astype(q.dtype)
 
-    top = jnp.maximum(p_top, o_top)
-    p_w, o_w = jnp.exp(p_top - top), jnp.exp(o_top - top)
-    out = (p_out * p_w[..., None] + o_out * o_w[..., None]) / (p_sum * p_w + o_sum * o_w)[..., None]
-    return out.reshape(b, t, h, dh).astype(q.dtype)
+
+def _attend_appended(q, keys, values, q_slots, new_keys, new_values, limit, prefix, window, *,
+                     platform: str) -> jax.Array:
+    """Attention of T new tokens over a cache they are not written into: the cache's filled own slots, read only,
+    and the new tokens themselves (causally), in one softmax (and a shared prefix's part merged with it).
+
+    q [B, T, H, Dh]; the cache's own keys and values as `_attend` has them, W slots; q_slots [B, T] the new tokens'
+    own slots (the first is the row's filled count); new keys [B, K, Dh, T] on CPUs, [B, K, T, Dh] on accelerators,
+    values [B, K, T, Dh]; limit [B] the own slots below the row's capacity (a new token at or past it, or at a
+    negative slot, would not be written, so no query sees it); prefix None or (keys, values, lengths) as
+    `_attend_shared` has them. Returns [B, T, H, Dh]: what writing the new tokens and then attending gives.
+
+    Nothing here writes the cache, so a caller that picks among such calls with `lax.switch` passes the cache in
+    read only and writes the keys and values it gets back once, outside: a branch that updates a cache makes XLA
+    copy the whole cache into and out of the conditional on every call."""
+    b, t, h, dh = q.shape
+    kh = values.shape[1]
+    g = h // kh
+    transposed = transposes_keys(platform)
+    qc, cast = _operands(q, platform)
+    spec = "BKdS" if transposed else "BKSd"
+    qr = qc.reshape(b, t, kh, g, dh)
+    slot = jnp.arange(values.shape[2])
+    cached = slot[None, None, :] < q_slots[:, :1, None]  # [B, 1, W] the filled slots
+    if window is not None:
+        cached = cached & (q_slots[:, :, None] - slot[None, None, :] < window)
+    col = jnp.arange(t)
+    written = (q_slots >= 0) & (q_slots < limit[:, None])  # [B, T]
+    fresh = (col[None, None, :] <= col[None, :, None]) & written[:, None, :]  # [B, T, T]
+    if window is not None:
+        fresh &= (col[None, :, None] - col[None, None, :]) < window
+    allowed = jnp.concatenate([jnp.broadcast_to(cached, (b, t, slot.shape[0])), fresh], axis=2)
+    scores = jnp.concatenate([_dot(f"BTKGd,{spec}->BTKGS", qr, cast(keys)),
+                              _dot(f"BTKGd,{spec}->BTKGS", qr, cast(new_keys))], axis=-1)
+    top, total, weights = _partial(scores, allowed[:, :, None, None, :], dh**-0.5)
+    weights = weights.astype(qc.dtype)
+    out = (_dot("BTKGS,BKSd->BTKGd", weights[..., :slot.shape[0]], cast(values))
+           + _dot("BTKGS,BKSd->BTKGd", weights[..., slot.shape[0]:], cast(new_values)))
+    parts = [(top, total, out)]
+    if prefix is not None:
+        parts.insert(0, _prefix_part(qc, q_slots, *prefix, window, cast, transposed))
+    return _merge(parts).reshape(b, t, h, dh).astype(q.dtype)
 
 
 class MLP(nnx.Module):
@@ -370,9 +432,9 @@ class Block(nnx.Module):
         self.mlp = MLP(config, rngs)
 
     def __call__(self, x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids=None, platform="cpu",
-                 prefix=None):
+                 prefix=None, write=True):
         attn_out, kv = self.attn(self.attn_norm(x), positions, rope, kv, write_slots, attn_len, key_mask,
-                                 segment_ids, platform, prefix)
+                                 segment_ids, platform, prefix, write)
         x = x + attn_out
         return x + self.mlp(self.mlp_norm(x)), kv
 
@@ -405,6 +467,7 @@ class Transformer(nnx.Module):
         logits_at: jax.Array | None = None,
         return_hidden: bool = False,
         return_logits: bool = True,
+        write_cache: bool = True,
     ):
         """Run the model on `tokens`.
 
@@ -414,9 +477,12 @@ class Transformer(nnx.Module):
         every filled one; a shared prefix is read whole. `logits_at` [B] picks one position per row and returns logits
         [B, V] instead of [B, T, V]. `segment_ids` [B, T] (training on packed sequences, no cache) keeps
         attention inside each segment; pass per-segment `positions` with it. `return_logits=False` skips
-        the vocabulary projection (logits None), for heads that read the hidden states. Returns (logits, cache, hidden) where hidden, if asked for, is the
-        tuple of inputs to each layer followed by the final normalised hidden state, as Hugging Face's
-        `output_hidden_states`.
+        the vocabulary projection (logits None), for heads that read the hidden states. `write_cache=False` reads the
+        cache without writing it and returns, in the cache's place, the new tokens' keys and values (per layer, in
+        the cache's layout), for `KVCache.append` to write: outside a `lax.switch` that picks among such calls, so
+        the switch takes the cache read only (a branch that writes it copies the whole cache). Returns
+        (logits, cache, hidden) where hidden, if asked for, is the tuple of inputs to each layer followed by the
+        final normalised hidden state, as Hugging Face's `output_hidden_states`.
         """
         cfg = self.config
         dt = cfg.jnp_dtype
@@ -445,14 +511,17 @@ class Transformer(nnx.Module):
             kv = None if cache is None else (cache.k[i], cache.v[i])
             prefix = None if cache is None or cache.prefix is None else (
                 cache.prefix.k[i], cache.prefix.v[i], cache.prefix.lengths, own_limit)
-            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform, prefix)
+            x, kv = block(x, positions, rope, kv, write_slots, attn_len, key_mask, segment_ids, self.platform, prefix,
+                          write_cache)
             if kv is not None:
                 new_k.append(kv[0])
                 new_v.append(kv[1])
         x = self.final_norm(x)
         if return_hidden:
             hidden.append(x)
-        if cache is not None:
+        if cache is not None and not write_cache:
+            cache = (tuple(new_k), tuple(new_v))
+        elif cache is not None:
             cache = dataclasses.replace(cache, k=tuple(new_k), v=tuple(new_v), lengths=cache.lengths + t)
         if not return_logits:
             return None, cache, (tuple(hidden) if return_hidden else None)

@@ -72,20 +72,22 @@ class ChainState:
 def _extend_policy(graphdef, params, state: DecodeState, tokens: jax.Array, lengths: jax.Array) -> DecodeState:
     """Feed tokens [R, T] (row r's first lengths[r] real; 0: nothing) into the policy's cache at each row's
     length; logits at each row's last real token. Reads only the narrowest of `CONTEXT_BUCKETS` (or T) that
-    holds the longest row."""
+    holds the longest row; the branches read the cache and give back the new tokens' keys and values, written
+    once after the switch (a branch that wrote the cache would copy all of it: `extend_bucketed`)."""
     model = nnx.merge(graphdef, params)
-
-    def feed(state, tokens, lengths):
-        logits, cache, _ = model(tokens, cache=state.cache, logits_at=jnp.maximum(lengths - 1, 0))
-        cache = dataclasses.replace(cache, lengths=state.cache.lengths + lengths)
-        return DecodeState(cache=cache, logits=jnp.where((lengths > 0)[:, None], logits, state.logits),
-                           done=state.done)
-
     t = tokens.shape[1]
+
+    def feed(cache, tokens, lengths, b):
+        logits, (k, v), _ = model(tokens[:, :b], cache=cache, logits_at=jnp.maximum(lengths - 1, 0),
+                                  write_cache=False)
+        return (logits,) + cache.pad_new(k, v, t)
+
     buckets = sorted({b for b in CONTEXT_BUCKETS if b < t} | {t})
     index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))
-    return jax.lax.switch(index, [lambda s, tk, ln, b=b: feed(s, tk[:, :b], ln) for b in buckets],
-                          state, tokens, lengths)
+    logits, k, v = jax.lax.switch(index, [lambda c, tk, ln, b=b: feed(c, tk, ln, b) for b in buckets],
+                                  state.cache, tokens, lengths)
+    return DecodeState(cache=state.cache.append(k, v, lengths),
+                       logits=jnp.where((lengths > 0)[:, None], logits, state.logits), done=state.done)
 
 
 def _window_body(st: ChainState, attempt, in_context, window: int, separator: tuple[int, ...], width: int):

@@ -362,7 +362,9 @@ def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Ar
 def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
     """`_extend`, reading only as many of the T columns as the longest row needs (the narrowest of
     `PRM_STEP_BUCKETS` and T that holds max(lengths)) against only as much of the cache as the fullest row needs
-    (`attention_widths`), both chosen on the device."""
+    (`attention_widths`), both chosen on the device. The branches read the cache and give back the new tokens'
+    keys and values, written once after the switch (`KVCache.append`): a branch that wrote the cache would make
+    XLA copy all of it into and out of the conditional every call, a cost that grows with the cache, not the step."""
     t = tokens.shape[1]
     buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
     widths = attention_widths(cache.slots)  # of the rows' own slots (after a shared prefix)
@@ -372,9 +374,17 @@ def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths
     # the first width that holds every row's tokens after this step (a full cache reads all of it)
     width = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.filled + jnp.minimum(lengths, t)))
     width = jnp.minimum(width, len(widths) - 1)
-    branches = [lambda c, tk, ln, at, b=b, w=w: _extend(prm, c, tk[:, :b], ln, at, attn_len=w)
-                for b in buckets for w in widths]
-    return jax.lax.switch(step * len(widths) + width, branches, cache, tokens, lengths, read_at)
+
+    def branch(cache, tokens, read_at, b, w):
+        _, (k, v), hidden = prm.backbone(tokens[:, :b], cache=cache, attn_len=w, return_hidden=True,
+                                         return_logits=False, write_cache=False)
+        logits = prm.head_logits(hidden[-1])  # [R, b]
+        read = jnp.take_along_axis(logits, jnp.clip(read_at, 0, b - 1)[:, None], axis=1)[:, 0]
+        return (read,) + cache.pad_new(k, v, t)
+
+    branches = [lambda c, tk, at, b=b, w=w: branch(c, tk, at, b, w) for b in buckets for w in widths]
+    read, k, v = jax.lax.switch(step * len(widths) + width, branches, cache, tokens, read_at)
+    return read, cache.append(k, v, jnp.minimum(lengths, t))
 
 
 @dataclasses.dataclass(frozen=True)
