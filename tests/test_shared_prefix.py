@@ -31,12 +31,17 @@ PROMPTS = [[int(t) for t in np.random.default_rng(i).integers(1, 64, size=length
            for i, length in enumerate((5, 19, 11))]
 
 
-def test_share_holds_each_prompt_once_and_moves_only_own_slots():
-    engine = Engine(init_model(CFG, seed=1, std=0.2))
+def prompt_batch() -> tuple[np.ndarray, np.ndarray]:
+    """PROMPTS padded into [3, 32] tokens, and their [3] lengths."""
     tokens = np.zeros((3, 32), np.int32)
     for i, p in enumerate(PROMPTS):
         tokens[i, :len(p)] = p
-    lengths = np.array([len(p) for p in PROMPTS], np.int32)
+    return tokens, np.array([len(p) for p in PROMPTS], np.int32)
+
+
+def test_share_holds_each_prompt_once_and_moves_only_own_slots():
+    engine = Engine(init_model(CFG, seed=1, std=0.2))
+    tokens, lengths = prompt_batch()
     assert prompt_floor(lengths) == 4
     shared = engine.prefill(tokens, lengths, 32).share(8, 100, prompt_floor(lengths)).cache
     assert shared.prefix.v[0].shape == (3, 2, 32, 8) and shared.v[0].shape == (24, 2, 96, 8)  # 100 - 4 own slots
@@ -58,10 +63,7 @@ def test_a_multi_token_extend_reads_what_the_forked_cache_reads(platform):
     a prompt token read again (an own slot below zero) is not written and sees the prompt alone."""
     model = init_model(CFG, seed=2, std=0.2)
     engine = Engine(model, platform=platform)
-    tokens = np.zeros((3, 32), np.int32)
-    for i, p in enumerate(PROMPTS):
-        tokens[i, :len(p)] = p
-    lengths = np.array([len(p) for p in PROMPTS], np.int32)
+    tokens, lengths = prompt_batch()
     forked = engine.prefill(tokens, lengths, 64).fork(2).cache
     shared = engine.prefill(tokens, lengths, 32).share(2, 64, 4).cache
     new = jnp.asarray(np.random.default_rng(7).integers(1, 64, size=(6, 7)), jnp.int32)
@@ -87,10 +89,7 @@ def test_reading_the_cache_without_writing_it_then_appending_gives_what_writing_
     writes each row's real tokens only, and the cache answers the next call as the written one does."""
     model = init_model(CFG, seed=3, std=0.2)
     engine = Engine(model, platform=platform)
-    tokens = np.zeros((3, 32), np.int32)
-    for i, p in enumerate(PROMPTS):
-        tokens[i, :len(p)] = p
-    lengths = np.array([len(p) for p in PROMPTS], np.int32)
+    tokens, lengths = prompt_batch()
     cache = (engine.prefill(tokens, lengths, 64).fork(2) if layout == "forked"
              else engine.prefill(tokens, lengths, 32).share(2, 64, 4)).cache
     rng = np.random.default_rng(11)
