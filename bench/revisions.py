@@ -4,7 +4,7 @@ Both run through `ttcjax.search.run.search` with the shipped tiny models: the ch
 (the shipped tiny policy where none is shipped yet: the time depends on shapes, not weights) and best-of-N with
 the policy, both scored by the shipped tiny ORM. A chain's attempts read the earlier ones, so its cache is
 longer (`--revision-max-len`, default 512 against best-of-N's 160); best-of-N is also timed at that cache
-length. Timed after a warm-up (compilation excluded), interleaved, best of `--repeats`.
+length. Timed after a warm-up with the same key (compilation excluded), interleaved, best of `--repeats`.
 
 Two batchings of the same questions: "one batch" searches `--one-batch` questions together (N rows each for
 best-of-N, N/sequential chains each for revisions), where the chains' 4x fewer rows leave the batch 4x smaller
@@ -113,13 +113,15 @@ def main(argv=None):
         return time.perf_counter() - t, results
 
     cells = [(name, batching) for batching in batchings for name in runs]
-    for cell in cells:  # warm-up: compile every episode
-        run(*cell, 0)
+    # warm-up: compile every episode, with the timed calls' key: best-of-N drops finished questions from its batch
+    # as they close (compaction), and another key closes them at other times, into batch sizes not compiled yet
+    for cell in cells:
+        run(*cell, 1)
     times = {cell: [] for cell in cells}
     outcomes = {}
     for r in range(args.repeats):
         for cell in cells:
-            seconds, outcomes[cell] = run(*cell, r + 1)
+            seconds, outcomes[cell] = run(*cell, 1)
             times[cell].append(seconds)
     same = f"best_of_n_max_len_{args.revision_max_len}"
 

@@ -2,7 +2,7 @@
 
 Both run through `ttcjax.search.run.search` (one compiled round loop per batch size; finished questions are
 compacted away, and the same episodes are also timed with compaction off) with the shipped tiny
-policy and PRM. Timed after a warm-up (compilation excluded), interleaved, best of `--repeats`. The
+policy and PRM. Timed after a warm-up with the same key (compilation excluded), interleaved, best of `--repeats`. The
 verifier's share of search time is measured by running the same episodes with a stand-in PRM of one layer
 and width 8 (same vocabulary, negligible cost): share = 1 - t(stand-in) / t(real PRM), per strategy.
 Target (issue 5): beam / best-of-N wall time at most 1.3.
@@ -75,21 +75,23 @@ def main(argv=None):
         results = search(strategy, engine, verifier, tok, questions, jax.random.key(seed), compact=compact, **kw)
         return time.perf_counter() - t, results
 
-    for s in strategies.values():  # warm-up: compile both episodes with both verifiers
-        run(s, prm, 0)
-        run(s, stand_in, 0)
-        run(s, prm, 0, compact=False)
+    # warm-up: compile both episodes with both verifiers, with the timed calls' key (compaction closes questions
+    # at times the key decides, into batch sizes another key may not have compiled)
+    for s in strategies.values():
+        run(s, prm, 1)
+        run(s, stand_in, 1)
+        run(s, prm, 1, compact=False)
     times = {name: [] for name in strategies}
     whole_times = {name: [] for name in strategies}
     stand_in_times = {name: [] for name in strategies}
     outcomes = {}
     for r in range(args.repeats):
         for name, s in strategies.items():
-            seconds, results = run(s, prm, r + 1)
+            seconds, results = run(s, prm, 1)
             times[name].append(seconds)
             outcomes[name] = results
-            stand_in_times[name].append(run(s, stand_in, r + 1)[0])
-            whole_times[name].append(run(s, prm, r + 1, compact=False)[0])
+            stand_in_times[name].append(run(s, stand_in, 1)[0])
+            whole_times[name].append(run(s, prm, 1, compact=False)[0])
     best = {k: min(v) for k, v in times.items()}
     share = {k: max(0.0, 1 - min(stand_in_times[k]) / best[k]) for k in strategies}
     report = {
