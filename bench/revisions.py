@@ -166,8 +166,8 @@ def markdown(r: dict) -> str:
     one, sweep = r["batchings"]["one_batch"], r["batchings"]["sweep"]
     rows = []
     for label, b in (("one batch", one), ("as a sweep batches", sweep)):
-        rows += [f"| {label} | {name} | {b['questions']} | {b['questions_per_batch'][name]} | {b['seconds'][name]:.2f} | "
-                 f"{b['generated_tokens'][name]} | {b['reread_tokens'][name]} | {b['verifier_tokens'][name]} | "
+        rows += [f"| {label} | {name} | {b['questions']} | {b['questions_per_batch'][name]} | "
+                 f"{b['seconds'][name]:.2f} | {b['generated_tokens'][name]} | {b['reread_tokens'][name]} | {b['verifier_tokens'][name]} | "
                  f"{b['accuracy'][name]:.3f} |" for name in b["seconds"]]
     return "\n".join([
         SECTION, "",

@@ -10,8 +10,9 @@ Attention only reads the filled part of the cache: the loop runs in segments, ea
 attention width (a multiple of `attn_chunk`), and a segment ends when a row's next slot passes its width.
 The segments are not a CPU tuning and run on every backend: a decode step is memory-bound on TPUs and GPUs
 too, so reading the filled slots only cuts its traffic there as well, for at most 8 copies of the loop body
-(`segment_widths`; on CPUs only the narrow ones, as a narrower read copies its slice of the cache first). What is chosen by backend is the attention inside a step (`Transformer.platform`: the
-key layout and its kernels; `Engine(platform=...)`).
+(`segment_widths`; on CPUs only the narrow ones, as a narrower read copies its slice of the cache first). What
+is chosen by backend is the attention inside a step (`Transformer.platform`: the key layout and its kernels;
+`Engine(platform=...)`).
 """
 
 from __future__ import annotations

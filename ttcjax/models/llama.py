@@ -183,20 +183,17 @@ class Attention(nnx.Module):
         k = k.transpose(0, 2, 3, 1) if transposed else k.transpose(0, 2, 1, 3)  # [B, K, Dh, T] or [B, K, T, Dh]
         v = v.transpose(0, 2, 1, 3)  # [B, K, T, Dh]
 
-        if kv is not None and not write:
+        if kv is not None and not write:  # the cache read only; the new tokens' keys and values go back instead
             cache_k, cache_v = kv
             width = attn_len or cache_v.shape[2]
             limit = jnp.full(x.shape[:1], cache_v.shape[2]) if prefix is None else prefix[3]
             out = _attend_appended(q, jax.lax.slice_in_dim(cache_k, 0, width, axis=key_slot_axis),
                                    cache_v[:, :, :width], write_slots, k, v, limit,
                                    None if prefix is None else prefix[:3], self.window, platform=platform)
-            out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
-            if cfg.o_bias:
-                out = out + self.bo[...].astype(dt)
-            return out, (k, v)
-        if kv is None:
-            keys, values = k, v
-            q_slots = jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2])
+            kv = (k, v)
+        elif kv is None:
+            out = _attend(q, k, v, jnp.broadcast_to(jnp.arange(x.shape[1]), x.shape[:2]), self.window, key_mask,
+                          segment_ids, platform=platform)
         else:
             cache_k, cache_v = kv
             # not written: a negative own slot (a token a shared prefix already holds, read again), and, after a
@@ -209,13 +206,10 @@ class Attention(nnx.Module):
             width = attn_len or cache_v.shape[2]
             keys = jax.lax.slice_in_dim(cache_k, 0, width, axis=key_slot_axis)
             values = cache_v[:, :, :width]
-            q_slots = write_slots
-
-        if prefix is not None:
-            out = _attend_shared(q, keys, values, q_slots, *prefix, self.window, platform=platform)
-        else:
-            out = _attend(q, keys, values, q_slots, self.window, key_mask if kv is None else None,
-                          segment_ids if kv is None else None, platform=platform)
+            if prefix is not None:
+                out = _attend_shared(q, keys, values, write_slots, *prefix, self.window, platform=platform)
+            else:
+                out = _attend(q, keys, values, write_slots, self.window, None, None, platform=platform)
         out = jnp.einsum("BTHd,HdD->BTD", out, self.wo[...].astype(dt))
         if cfg.o_bias:
             out = out + self.bo[...].astype(dt)

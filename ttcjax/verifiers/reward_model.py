@@ -354,9 +354,14 @@ def _extend(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Ar
     first slots only (they must hold every row's tokens)."""
     _, new_cache, hidden = prm.backbone(tokens, cache=cache, attn_len=attn_len, return_hidden=True,
                                         return_logits=False)
+    return _score_at(prm, hidden, read_at), dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
+
+
+def _score_at(prm: RewardModel, hidden, read_at: jax.Array) -> jax.Array:
+    """The score logit of each row [R] at its position read_at[r] among the T tokens whose `hidden` states
+    (the backbone's, last the final normalised [R, T, D]) were just computed."""
     logits = prm.head_logits(hidden[-1])  # [R, T]
-    read = jnp.take_along_axis(logits, jnp.clip(read_at, 0, tokens.shape[1] - 1)[:, None], axis=1)[:, 0]
-    return read, dataclasses.replace(new_cache, lengths=cache.lengths + lengths)
+    return jnp.take_along_axis(logits, jnp.clip(read_at, 0, logits.shape[1] - 1)[:, None], axis=1)[:, 0]
 
 
 def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
@@ -378,9 +383,7 @@ def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths
     def branch(cache, tokens, read_at, b, w):
         _, (k, v), hidden = prm.backbone(tokens[:, :b], cache=cache, attn_len=w, return_hidden=True,
                                          return_logits=False, write_cache=False)
-        logits = prm.head_logits(hidden[-1])  # [R, b]
-        read = jnp.take_along_axis(logits, jnp.clip(read_at, 0, b - 1)[:, None], axis=1)[:, 0]
-        return (read,) + cache.pad_new(k, v, t)
+        return (_score_at(prm, hidden, read_at),) + cache.pad_new(k, v, t)
 
     branches = [lambda c, tk, at, b=b, w=w: branch(c, tk, at, b, w) for b in buckets for w in widths]
     read, k, v = jax.lax.switch(step * len(widths) + width, branches, cache, tokens, read_at)
