@@ -60,6 +60,7 @@ def search_case(strategy, rows: int, max_len: int, step: int, public: bool = Fal
     spec = EpisodeSpec(strategy=strategy, policy_graphdef=engine.graphdef, scorer=scorer,
                        rounds=strategy.max_rounds(settings.max_rounds, max_len), max_step_tokens=step,
                        max_len=max_len, sampling=settings.sampling, step_end=stop_text(CharTokenizer(), ["\n\n"]),
+                       answer_end=None,
                        eos_ids=(1,), pad_id=0,
                        attn_chunk=engine.attn_chunk)
     questions, prompt = rows // strategy.n, 32

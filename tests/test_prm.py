@@ -22,8 +22,9 @@ from ttcjax.training.labels import (LabelledSolution, flip_labels, label_solutio
                                     save_labels)
 from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
 from ttcjax.verifiers.base import aggregate
-from ttcjax.verifiers.reward_model import (RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead, ValueHead,
-                                           _extend, attention_widths, extend_bucketed, load_prm, save_prm, score_inputs)
+from ttcjax.verifiers.reward_model import (PRM_CHUNK, RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead,
+                                           ValueHead, _extend, attention_widths, extend_steps, load_prm, save_prm,
+                                           score_inputs)
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=256)
@@ -412,7 +413,7 @@ def test_a_step_read_against_part_of_a_long_cache_scores_what_the_whole_cache_gi
     assert attention_widths(256) == (128, 256) and attention_widths(160) == (160,)
     rng = np.random.default_rng(0)
     step, lengths = jnp.asarray(rng.integers(1, 40, (2, 8)), jnp.int32), jnp.asarray([8, 5], jnp.int32)
-    fast_extend = jax.jit(lambda c: extend_bucketed(prm, c, step, lengths, lengths - 1))
+    fast_extend = jax.jit(lambda c: extend_steps(prm, c, step, lengths, lengths - 1))
     for filled in ((100, 37), (100, 200), (100, 300)):  # inside a quarter, a half of the cache; beyond
         cache = KVCache.for_model(prm.config, 2, 512)
         history = jnp.asarray(rng.integers(1, 40, (2, max(filled))), jnp.int32)
@@ -422,3 +423,32 @@ def test_a_step_read_against_part_of_a_long_cache_scores_what_the_whole_cache_gi
         whole, whole_cache = _extend(prm, cache, step, lengths, lengths - 1)
         np.testing.assert_allclose(fast, whole, atol=1e-5)
         np.testing.assert_array_equal(fast_cache.lengths, whole_cache.lengths)
+
+
+def test_a_step_longer_than_a_chunk_is_read_in_chunks_as_one_pass_reads_it():
+    """`extend_steps` reads PRM_CHUNK tokens at a time, as many chunks as the longest row needs, each against the
+    narrowest cache width that holds it: rows of no, part of one, and several chunks; a score read in any chunk;
+    the cache written where one pass writes it and nowhere else."""
+    config = ModelConfig(vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
+                         num_kv_heads=2, max_position_embeddings=512)
+    prm = RewardModel(init_model(config, seed=3, std=0.5), ValueHead(), seed=4)
+    rng = np.random.default_rng(1)
+    filled = jnp.asarray([120, 3, 250], jnp.int32)  # the second chunk of row 0 crosses from 128 slots to 256
+    cache = KVCache.for_model(prm.config, 3, 512)
+    history = jnp.asarray(rng.integers(1, 40, (3, 250)), jnp.int32)
+    _, cache = _extend(prm, cache, history, filled, jnp.zeros(3, jnp.int32))
+    step = jnp.asarray(rng.integers(1, 40, (3, 3 * PRM_CHUNK - 3)), jnp.int32)
+    chunked = jax.jit(lambda c, n, at: extend_steps(prm, c, step, n, at))
+    for lengths, read_at in (([3 * PRM_CHUNK - 3, 0, PRM_CHUNK + 1], [3 * PRM_CHUNK - 4, 0, PRM_CHUNK]),
+                             ([5, PRM_CHUNK, 2 * PRM_CHUNK], [1, PRM_CHUNK - 1, 3])):
+        lengths, read_at = jnp.asarray(lengths, jnp.int32), jnp.asarray(read_at, jnp.int32)
+        got, got_cache = chunked(cache, lengths, read_at)
+        want, want_cache = _extend(prm, cache, step, lengths, read_at)
+        real = np.asarray(lengths) > 0
+        np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
+        np.testing.assert_array_equal(got_cache.lengths, filled + lengths)
+        for row, (start, n) in enumerate(zip(filled.tolist(), lengths.tolist())):
+            written = slice(start, start + n)
+            np.testing.assert_allclose(got_cache.v[1][row, :, written], want_cache.v[1][row, :, written], rtol=1e-5,
+                                       atol=1e-5)
+            np.testing.assert_array_equal(got_cache.v[1][row, :, start + n:], cache.v[1][row, :, start + n:])

@@ -17,8 +17,8 @@ every carried array is constrained to rows only (`episode._constrain`), so there
 each model-axis device.
 
 Constants below were read off XLA's own `compiled.memory_analysis()` of the compiled programs on CPU (small
-models, shapes scaled one at a time): the search loop keeps a second copy of the verifier's cache (its switch
-over step widths) and the lookahead rollout one of the policy's, while beam and DVTS row gathers add none;
+models, shapes scaled one at a time): the lookahead rollout keeps a second copy of the policy's cache, while beam and
+DVTS row gathers and the verifier's reading of a step (`PRM_CHUNK` tokens at a time) add none;
 `Engine.decode` holds a compute-dtype copy of every weight stored in another dtype (a cast hoisted out of its loop);
 attention materialises its float32 scores (2 copies with a cache, 3 in the packed scoring pass); next-token
 logits take 4 float32 copies of [rows, vocab] in the search loop and 6 in `Engine.decode` (3 more with
@@ -54,7 +54,7 @@ from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Revisions, Strategy
 from ttcjax.verifiers.hub import ARCHITECTURE_FAMILIES, FAMILIES
 from ttcjax.verifiers.loading import is_verifier_free
-from ttcjax.verifiers.reward_model import BACKBONE_DIR, PRM_CONFIG_FILE, PRM_STEP_BUCKETS, score_inputs
+from ttcjax.verifiers.reward_model import BACKBONE_DIR, PRM_CHUNK, PRM_CONFIG_FILE, score_inputs
 
 GiB = 1 << 30
 F32 = 4  # bytes: attention scores and logits are float32 whatever the compute dtype
@@ -482,10 +482,9 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
         terms.append(("verifier KV cache", cache + carried))
         if v.family == TTCJAX:  # its prompts once per question too (a public PRM's scorer copies them)
             terms.append(("verifier prompt KV cache, once per question", kv_bytes(v.config, q, v_prompt)))
-        if v_step > min(PRM_STEP_BUCKETS):  # the switch over step widths (extend_bucketed) holds a second copy
-            terms.append(("verifier KV cache, second copy", cache))
-        transient.append((f"the verifier reading a {v_step}-token step against {v_slots} slots",
-                          _forward(v.config, rows, v_step, v_slots, model, CACHED_ATTENTION_COPIES)))
+        chunk = min(v_step, PRM_CHUNK)  # it reads a step PRM_CHUNK tokens at a time (`extend_steps`)
+        transient.append((f"the verifier reading {chunk} tokens of a step against {v_slots} slots",
+                          _forward(v.config, rows, chunk, v_slots, model, CACHED_ATTENTION_COPIES)))
         start.append((f"the verifier reading {v_prompt}-token prompts into {v_slots} slots",
                       _forward(v.config, q, v_prompt, v_slots, model, CACHED_ATTENTION_COPIES)))
     if strategy.lookahead:  # the rollout runs on a copy of the policy's cache

@@ -204,3 +204,47 @@ class KVCache:
 
         return dataclasses.replace(self, k=tuple(fit(x, self.key_slot_axis) for x in self.k),
                                    v=tuple(fit(x, 2) for x in self.v))
+
+
+def extend_in_chunks(forward, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array, *,
+                     chunk: int, widths: tuple[int, ...] | None = None):
+    """Feed tokens [R, T] (row r's first lengths[r] are real; 0: none) into `cache`, `chunk` columns at a time
+    in a `lax.while_loop` that stops after the longest row's last chunk: what row r's `forward` gives at its
+    position read_at[r] among the T tokens, and the cache advanced by lengths.
+
+    `forward(cache, tokens [R, chunk], at [R], attn_len)` reads the cache without writing it (a model call with
+    `write_cache=False`) and gives (what it reads at each row's column `at` of the chunk, (keys, values) of the
+    chunk), which `KVCache.append` then writes. With `widths` (ascending own-slot counts, the last the cache's),
+    each chunk attends only to the narrowest that holds every row's tokens after it, picked by a `lax.switch`
+    whose branches read the cache and write nothing (a branch that wrote it would make XLA copy all of it into
+    and out of the conditional). One copy of `forward` per width is compiled, whatever T is: the loop, not a
+    switch over token buckets, makes a long read and a short one cost what their tokens cost."""
+    r, t = tokens.shape
+    n_chunks = -(-t // chunk)
+    tokens = jnp.pad(tokens, ((0, 0), (0, n_chunks * chunk - t)))
+    widths = widths or (None,)
+    out = jax.eval_shape(lambda c, tk: forward(c, tk, jnp.zeros(r, jnp.int32), widths[-1])[0], cache,
+                         tokens[:, :chunk])
+    out = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
+    longest = jnp.max(lengths)
+
+    def body(carry):
+        i, cache, out = carry
+        start = i * chunk
+        cols = jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1)
+        n = jnp.clip(lengths - start, 0, chunk)  # [R] real tokens of each row in this chunk
+        at = jnp.clip(read_at - start, 0, chunk - 1)
+        if len(widths) == 1:
+            got, (k, v) = forward(cache, cols, at, widths[0])
+        else:
+            which = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.filled + n))
+            got, (k, v) = jax.lax.switch(
+                jnp.minimum(which, len(widths) - 1),
+                [lambda c, tk, a, w=w: forward(c, tk, a, w) for w in widths], cache, cols, at)
+        here = (read_at >= start) & (read_at < start + chunk)
+        out = jax.tree.map(lambda new, old: jnp.where(here.reshape((r,) + (1,) * (new.ndim - 1)), new, old),
+                           got, out)
+        return i + 1, cache.append(k, v, n), out
+
+    _, cache, out = jax.lax.while_loop(lambda c: c[0] * chunk < longest, body, (jnp.int32(0), cache, out))
+    return out, cache

@@ -32,10 +32,11 @@ from flax import nnx
 
 from ttcjax.decoding.engine import DecodeState, Engine
 from ttcjax.distributed import to_host
+from ttcjax.models.cache import extend_in_chunks
 from ttcjax.models.program import Program
 from ttcjax.search.episode import EpisodeSpec, SearchState, _constrain, _rounds, _start
 
-CONTEXT_BUCKETS = (8, 32, 128, 512)  # the narrowest of these (or the cache) holding a re-read is the one compiled
+CONTEXT_CHUNK = 64  # the policy reads a chain's context (the last attempt, or the window) this many tokens at a time
 
 
 @dataclasses.dataclass(frozen=True)
@@ -71,23 +72,17 @@ class ChainState:
 
 def _extend_policy(graphdef, params, state: DecodeState, tokens: jax.Array, lengths: jax.Array) -> DecodeState:
     """Feed tokens [R, T] (row r's first lengths[r] real; 0: nothing) into the policy's cache at each row's
-    length; logits at each row's last real token. Reads only the narrowest of `CONTEXT_BUCKETS` (or T) that
-    holds the longest row; the branches read the cache and give back the new tokens' keys and values, written
-    once after the switch (a branch that wrote the cache would copy all of it: `extend_bucketed`)."""
+    length; logits at each row's last real token. Read `CONTEXT_CHUNK` tokens at a time, for as many chunks as
+    the longest row needs (`extend_in_chunks`: one copy of the model in the program whatever T is)."""
     model = nnx.merge(graphdef, params)
-    t = tokens.shape[1]
 
-    def feed(cache, tokens, lengths, b):
-        logits, (k, v), _ = model(tokens[:, :b], cache=cache, logits_at=jnp.maximum(lengths - 1, 0),
-                                  write_cache=False)
-        return (logits,) + cache.pad_new(k, v, t)
+    def forward(cache, tokens, at, width):
+        logits, new, _ = model(tokens, cache=cache, logits_at=at, attn_len=width, write_cache=False)
+        return logits, new
 
-    buckets = sorted({b for b in CONTEXT_BUCKETS if b < t} | {t})
-    index = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))
-    logits, k, v = jax.lax.switch(index, [lambda c, tk, ln, b=b: feed(c, tk, ln, b) for b in buckets],
-                                  state.cache, tokens, lengths)
-    return DecodeState(cache=state.cache.append(k, v, lengths),
-                       logits=jnp.where((lengths > 0)[:, None], logits, state.logits), done=state.done)
+    logits, cache = extend_in_chunks(forward, state.cache, tokens, lengths, jnp.maximum(lengths - 1, 0),
+                                     chunk=CONTEXT_CHUNK)
+    return DecodeState(cache=cache, logits=jnp.where((lengths > 0)[:, None], logits, state.logits), done=state.done)
 
 
 def _window_body(st: ChainState, attempt, in_context, window: int, separator: tuple[int, ...], width: int):
@@ -180,9 +175,10 @@ def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt
         search = _rounds(episode, policy_params, scorer_params, _reset(st.search, st.active, episode),
                          jax.random.fold_in(key, a))
         st = dataclasses.replace(
-            st, search=search, tokens=st.tokens.at[:, a].set(search.tokens), length=st.length.at[:, a].set(search.length),
-            step_scores=st.step_scores.at[:, a].set(search.step_scores),
-            step_ends=st.step_ends.at[:, a].set(search.step_ends), num_steps=st.num_steps.at[:, a].set(search.num_steps))
+            st, search=search, tokens=st.tokens.at[:, a].set(search.tokens),
+            length=st.length.at[:, a].set(search.length), step_scores=st.step_scores.at[:, a].set(search.step_scores),
+            step_ends=st.step_ends.at[:, a].set(search.step_ends),
+            num_steps=st.num_steps.at[:, a].set(search.num_steps))
         st = jax.lax.cond(a + 1 < s, next_context, lambda a, st: st, a, st)
         return _constrain(st, episode)
 

@@ -34,7 +34,7 @@ from ttcjax.models.cache import KVCache
 from ttcjax.models.sharding import ShardingRules, shard_model
 from ttcjax.verifiers.base import AGGREGATIONS, Verifier, step_texts
 from ttcjax.verifiers.hub import FAMILIES, load_hf_prm
-from ttcjax.verifiers.reward_model import RewardModel, _extend, extend_bucketed, score_inputs
+from ttcjax.verifiers.reward_model import RewardModel, _extend, extend_steps, score_inputs
 
 
 @jax.tree_util.register_dataclass
@@ -128,7 +128,7 @@ class RenderingStepScorer:
         start, feed, feed_len, read_at = jax.pure_callback(
             functools.partial(self.renderer.render_round, width=width), shapes, cache.question, cache.steps, cache.step_ends, cache.num_steps,
             cache.ids, cache.kv.lengths, step_tokens, step_lengths)
-        logit, kv = extend_bucketed(prm, dataclasses.replace(cache.kv, lengths=start), feed, feed_len, read_at)
+        logit, kv = extend_steps(prm, dataclasses.replace(cache.kv, lengths=start), feed, feed_len, read_at)
         rows_ix = jnp.arange(rows)[:, None]
         cols = start[:, None] + jnp.arange(width)[None, :]
         cols = jnp.where(jnp.arange(width)[None, :] < feed_len[:, None], cols, cache.ids.shape[1])  # dropped

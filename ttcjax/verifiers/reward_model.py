@@ -29,7 +29,7 @@ from safetensors.numpy import load_file, save_file
 from ttcjax.checkpoints.native import load_model, save_model
 from ttcjax.distributed import to_host
 from ttcjax.io import read_json, replace_dir, write_json
-from ttcjax.models.cache import KVCache
+from ttcjax.models.cache import KVCache, extend_in_chunks
 from ttcjax.models.llama import Transformer
 from ttcjax.models.sharding import ShardingRules, batch_sharding, place, shard_model
 from ttcjax.verifiers.base import AGGREGATIONS, Verifier
@@ -330,9 +330,9 @@ def load_prm(directory: str, *, mesh=None, rules: ShardingRules = ShardingRules(
 # ---- the Verifier interface for our reward models ----------------------------------------------------------
 
 
-PRM_STEP_BUCKETS = (8, 16, 32, 64)  # the PRM reads a round's steps at the narrowest of these that holds them
+PRM_CHUNK = 8  # the PRM reads new tokens this many at a time (`extend_steps`): a step of up to 8 tokens in one pass
 MIN_WIDTH = 96  # no narrower cache width is read (a 160-slot cache, the common search, compiles one width)
-MAX_WIDTHS = 3  # widths per cache: the programs compiled per step bucket
+MAX_WIDTHS = 3  # widths per cache: the copies of the PRM compiled into a program that extends its cache
 
 
 def attention_widths(slots: int) -> tuple[int, ...]:
@@ -364,30 +364,17 @@ def _score_at(prm: RewardModel, hidden, read_at: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, jnp.clip(read_at, 0, logits.shape[1] - 1)[:, None], axis=1)[:, 0]
 
 
-def extend_bucketed(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
-    """`_extend`, reading only as many of the T columns as the longest row needs (the narrowest of
-    `PRM_STEP_BUCKETS` and T that holds max(lengths)) against only as much of the cache as the fullest row needs
-    (`attention_widths`), both chosen on the device. The branches read the cache and give back the new tokens'
-    keys and values, written once after the switch (`KVCache.append`): a branch that wrote the cache would make
-    XLA copy all of it into and out of the conditional every call, a cost that grows with the cache, not the step."""
-    t = tokens.shape[1]
-    buckets = sorted({b for b in PRM_STEP_BUCKETS if b < t} | {t})
-    widths = attention_widths(cache.slots)  # of the rows' own slots (after a shared prefix)
-    if len(buckets) == 1 and len(widths) == 1:
-        return _extend(prm, cache, tokens, lengths, read_at)
-    step = jnp.searchsorted(jnp.asarray(buckets), jnp.max(lengths))  # the first bucket >= the longest row
-    # the first width that holds every row's tokens after this step (a full cache reads all of it)
-    width = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.filled + jnp.minimum(lengths, t)))
-    width = jnp.minimum(width, len(widths) - 1)
+def extend_steps(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
+    """`_extend` as the search loop runs it: the tokens read `PRM_CHUNK` at a time for as many chunks as the longest
+    row needs, each against only as much of the cache as the fullest row needs (`attention_widths`), both decided
+    on the device (`extend_in_chunks`), with one copy of the PRM per width in the program."""
+    def forward(cache, tokens, at, width):
+        _, new, hidden = prm.backbone(tokens, cache=cache, attn_len=width, return_hidden=True, return_logits=False,
+                                      write_cache=False)
+        return _score_at(prm, hidden, at), new
 
-    def branch(cache, tokens, read_at, b, w):
-        _, (k, v), hidden = prm.backbone(tokens[:, :b], cache=cache, attn_len=w, return_hidden=True,
-                                         return_logits=False, write_cache=False)
-        return (_score_at(prm, hidden, read_at),) + cache.pad_new(k, v, t)
-
-    branches = [lambda c, tk, at, b=b, w=w: branch(c, tk, at, b, w) for b in buckets for w in widths]
-    read, k, v = jax.lax.switch(step * len(widths) + width, branches, cache, tokens, read_at)
-    return read, cache.append(k, v, jnp.minimum(lengths, t))
+    return extend_in_chunks(forward, cache, tokens, lengths, read_at, chunk=PRM_CHUNK,
+                            widths=attention_widths(cache.slots))
 
 
 @dataclasses.dataclass(frozen=True)
@@ -406,7 +393,7 @@ class PRMStepScorer:
 
     def extend(self, params, cache: KVCache, step_tokens, step_lengths):
         prm = nnx.merge(self.graphdef, params)
-        logit, cache = extend_bucketed(prm, cache, step_tokens, step_lengths, step_lengths - 1)
+        logit, cache = extend_steps(prm, cache, step_tokens, step_lengths, step_lengths - 1)
         return logit, cache, step_lengths
 
     def rewind(self, cache: KVCache, lengths) -> KVCache:
