@@ -25,8 +25,8 @@ from flax import nnx
 
 from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.decoding.engine import Engine, Sampling, StopConditions, _decode_jit, _prefill_jit, stop_text
-from ttcjax.eval.plan import (SCORE_ROWS, TTCJAX, Estimates, SampleStage, VerifierModel, Workload, sample_stage,
-                              scoring_stage, search_stage)
+from ttcjax.eval.plan import (SCORE_ROWS, SCORE_TOKENS, TTCJAX, Estimates, SampleStage, VerifierModel, Workload,
+                              sample_stage, scoring_stage, search_stage)
 from ttcjax.io import write_json
 from ttcjax.models import ModelConfig, init_model
 from ttcjax.search.episode import EpisodeSpec, _rounds, _start
@@ -97,7 +97,7 @@ def decode_case(rows: int, new_tokens: int, top_p: float) -> dict:
 
 def scoring_case(width: int) -> dict:
     graphdef, state = nnx.split(RewardModel(init_model(VERIFIER), ValueHead()))
-    rows = SCORE_ROWS
+    rows = max(1, min(SCORE_ROWS, SCORE_TOKENS // width))  # as score_inputs fills a call
     args = [jax.ShapeDtypeStruct((rows, width), jnp.int32)] * 3 + [jax.ShapeDtypeStruct((rows, 8), jnp.int32)]
     compiled = _score_jit.lower(graphdef, state, *args).compile()
     workload = Workload(POLICY, VerifierModel("bench", TTCJAX, VERIFIER, "value"), (BestOfN(1),),

@@ -3,12 +3,14 @@ merged through the log-sum-exp. Everything that samples must give what the forke
 every row) gives: the same tokens, log-probs and scores within float tolerance, on 1 device and on 8."""
 
 import dataclasses
+import functools
 import warnings
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 
 from ttcjax.checkpoints.assets import model_dir
 from ttcjax.checkpoints.native import load_any
@@ -29,6 +31,12 @@ CFG = ModelConfig(vocab_size=64, hidden_size=32, num_layers=2, num_heads=4, num_
                   max_position_embeddings=256, sliding_window=9, sliding_layers=(True, False))
 PROMPTS = [[int(t) for t in np.random.default_rng(i).integers(1, 64, size=length)]
            for i, length in enumerate((5, 19, 11))]
+
+
+@functools.partial(nnx.jit, static_argnames=("attn_len", "write_cache"))
+def forward(model, tokens, cache, attn_len=None, write_cache=True):
+    """`model(tokens, cache=cache, ...)` as one compiled program (eagerly, each of its ops compiles on its own)."""
+    return model(tokens, cache=cache, attn_len=attn_len, write_cache=write_cache)
 
 
 def prompt_batch() -> tuple[np.ndarray, np.ndarray]:
@@ -67,16 +75,16 @@ def test_a_multi_token_extend_reads_what_the_forked_cache_reads(platform):
     forked = engine.prefill(tokens, lengths, 64).fork(2).cache
     shared = engine.prefill(tokens, lengths, 32).share(2, 64, 4).cache
     new = jnp.asarray(np.random.default_rng(7).integers(1, 64, size=(6, 7)), jnp.int32)
-    a, forked, _ = model(new, cache=forked)
-    b, shared, _ = model(new, cache=shared)
+    a, forked, _ = forward(model, new, forked)
+    b, shared, _ = forward(model, new, shared)
     np.testing.assert_allclose(a, b, atol=2e-5)
     more = new[:, :3]
-    np.testing.assert_allclose(model(more, cache=forked)[0], model(more, cache=shared)[0], atol=2e-5)
+    np.testing.assert_allclose(forward(model, more, forked)[0], forward(model, more, shared)[0], atol=2e-5)
     # back to one token before each prompt's end: that token is read again
     last = jnp.asarray(np.repeat([p[-1] for p in PROMPTS], 2))[:, None]
     rewound = jnp.asarray(np.repeat(lengths - 1, 2))
-    a, _, _ = model(last, cache=dataclasses.replace(forked, lengths=rewound))
-    b, after, _ = model(last, cache=dataclasses.replace(shared, lengths=rewound))
+    a, _, _ = forward(model, last, dataclasses.replace(forked, lengths=rewound))
+    b, after, _ = forward(model, last, dataclasses.replace(shared, lengths=rewound))
     np.testing.assert_allclose(a, b, atol=2e-5)
     np.testing.assert_array_equal(after.v[0], shared.v[0])  # nothing written to the own slots
 
@@ -94,12 +102,12 @@ def test_reading_the_cache_without_writing_it_then_appending_gives_what_writing_
              else engine.prefill(tokens, lengths, 32).share(2, 64, 4)).cache
     rng = np.random.default_rng(11)
     first = jnp.asarray(rng.integers(1, 64, size=(6, 5)), jnp.int32)
-    _, cache, _ = model(first, cache=cache)  # some own slots filled: the new tokens read them
+    _, cache, _ = forward(model, first, cache)  # some own slots filled: the new tokens read them
     new = jnp.asarray(rng.integers(1, 64, size=(6, 12)), jnp.int32)  # beyond the sliding window of 9
     real = jnp.asarray([12, 3, 7, 0, 12, 1], jnp.int32)
-    written_logits, written, _ = model(new, cache=cache)
+    written_logits, written, _ = forward(model, new, cache)
     for width in (None, 40 if layout == "forked" else 28):
-        logits, (k, v), _ = model(new, cache=cache, attn_len=width, write_cache=False)
+        logits, (k, v), _ = forward(model, new, cache, attn_len=width, write_cache=False)
         np.testing.assert_allclose(logits, written_logits, atol=2e-5)
     appended = cache.append(k, v, real)
     assert appended.lengths.tolist() == (cache.lengths + real).tolist()
@@ -109,13 +117,13 @@ def test_reading_the_cache_without_writing_it_then_appending_gives_what_writing_
                                    atol=2e-5)
         np.testing.assert_array_equal(appended.v[1][row, :, start + n:], cache.v[1][row, :, start + n:])
     after = jnp.asarray(rng.integers(1, 64, size=(6, 2)), jnp.int32)
-    expected, _, _ = model(after, cache=dataclasses.replace(written, lengths=appended.lengths))
-    np.testing.assert_allclose(model(after, cache=appended)[0], expected, atol=2e-5)
+    expected, _, _ = forward(model, after, dataclasses.replace(written, lengths=appended.lengths))
+    np.testing.assert_allclose(forward(model, after, appended)[0], expected, atol=2e-5)
     if layout == "shared":  # a prompt token read again (a negative own slot) is neither written nor seen twice
         last = jnp.asarray(np.repeat([p[-1] for p in PROMPTS], 2))[:, None]
         rewound = dataclasses.replace(cache, lengths=jnp.asarray(np.repeat(lengths - 1, 2)))
-        logits, (k, v), _ = model(last, cache=rewound, write_cache=False)
-        np.testing.assert_allclose(logits, model(last, cache=rewound)[0], atol=2e-5)
+        logits, (k, v), _ = forward(model, last, rewound, write_cache=False)
+        np.testing.assert_allclose(logits, forward(model, last, rewound)[0], atol=2e-5)
         np.testing.assert_array_equal(rewound.append(k, v, jnp.ones(6, jnp.int32)).v[0], cache.v[0])
 
 
