@@ -414,13 +414,14 @@ def test_a_step_read_against_part_of_a_long_cache_scores_what_the_whole_cache_gi
     rng = np.random.default_rng(0)
     step, lengths = jnp.asarray(rng.integers(1, 40, (2, 8)), jnp.int32), jnp.asarray([8, 5], jnp.int32)
     fast_extend = jax.jit(lambda c: extend_steps(prm, c, step, lengths, lengths - 1))
+    one_pass = jax.jit(lambda c, tokens, n, at: _extend(prm, c, tokens, n, at))  # eagerly, every op compiles alone
     for filled in ((100, 37), (100, 200), (100, 300)):  # inside a quarter, a half of the cache; beyond
         cache = KVCache.for_model(prm.config, 2, 512)
         history = jnp.asarray(rng.integers(1, 40, (2, max(filled))), jnp.int32)
-        _, cache = _extend(prm, cache, history, jnp.asarray(filled, jnp.int32), jnp.zeros(2, jnp.int32))
+        _, cache = one_pass(cache, history, jnp.asarray(filled, jnp.int32), jnp.zeros(2, jnp.int32))
         cache = dataclasses.replace(cache, lengths=jnp.asarray(filled, jnp.int32))
         fast, fast_cache = fast_extend(cache)
-        whole, whole_cache = _extend(prm, cache, step, lengths, lengths - 1)
+        whole, whole_cache = one_pass(cache, step, lengths, lengths - 1)
         np.testing.assert_allclose(fast, whole, atol=1e-5)
         np.testing.assert_array_equal(fast_cache.lengths, whole_cache.lengths)
 
@@ -436,14 +437,15 @@ def test_a_step_longer_than_a_chunk_is_read_in_chunks_as_one_pass_reads_it():
     filled = jnp.asarray([120, 3, 250], jnp.int32)  # the second chunk of row 0 crosses from 128 slots to 256
     cache = KVCache.for_model(prm.config, 3, 512)
     history = jnp.asarray(rng.integers(1, 40, (3, 250)), jnp.int32)
-    _, cache = _extend(prm, cache, history, filled, jnp.zeros(3, jnp.int32))
+    one_pass = jax.jit(lambda c, tokens, n, at: _extend(prm, c, tokens, n, at))
+    _, cache = one_pass(cache, history, filled, jnp.zeros(3, jnp.int32))
     step = jnp.asarray(rng.integers(1, 40, (3, 3 * PRM_CHUNK - 3)), jnp.int32)
     chunked = jax.jit(lambda c, n, at: extend_steps(prm, c, step, n, at))
     for lengths, read_at in (([3 * PRM_CHUNK - 3, 0, PRM_CHUNK + 1], [3 * PRM_CHUNK - 4, 0, PRM_CHUNK]),
                              ([5, PRM_CHUNK, 2 * PRM_CHUNK], [1, PRM_CHUNK - 1, 3])):
         lengths, read_at = jnp.asarray(lengths, jnp.int32), jnp.asarray(read_at, jnp.int32)
         got, got_cache = chunked(cache, lengths, read_at)
-        want, want_cache = _extend(prm, cache, step, lengths, read_at)
+        want, want_cache = one_pass(cache, step, lengths, read_at)
         real = np.asarray(lengths) > 0
         np.testing.assert_allclose(np.asarray(got)[real], np.asarray(want)[real], rtol=1e-5, atol=1e-5)
         np.testing.assert_array_equal(got_cache.lengths, filled + lengths)
