@@ -108,6 +108,9 @@ def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_c
     assert terms["verifier KV cache"] == kv_bytes(verifier.config, 8, 256)
     rounds = strategy.max_rounds(4, 256)
     assert terms["the chains' attempts"] == 8 * (4 * (256 + 2 * rounds) + 256) * 4
+    # between attempts the revision model reads its context 64 tokens at a time against all 256 slots
+    context = planner._forward(reviser, 8, 64, 256, 1, planner.CACHED_ATTENTION_COPIES)
+    assert terms["working set"] >= context
     # every model is resident: the policy and verifier besides the revision model and its verifier
     assert terms["revision model weights"] == param_bytes(reviser, (1, 1)) and terms["policy weights"] == param_bytes(
         TINY, (1, 1)) and terms["revision verifier weights"] == terms["verifier weights"]

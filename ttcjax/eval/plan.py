@@ -49,6 +49,7 @@ from ttcjax.eval.sweep import SweepConfig, is_revision, plan_cells, revision_pol
 from ttcjax.models.config import ModelConfig
 from ttcjax.models.llama import abstract_model, param_path
 from ttcjax.models.sharding import DATA, MODEL, ShardingRules, mesh_shape, param_axes
+from ttcjax.search.chains import CONTEXT_CHUNK
 from ttcjax.search.sampling import sample_solutions
 from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Revisions, Strategy
@@ -491,6 +492,9 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
         terms.append(("lookahead rollout copy", kv_bytes(p, rows, slots)))
     if revision:  # every attempt's tokens, step scores and ends, and the window's context read between attempts
         terms.append(("the chains' attempts", rows * (strategy.sequential * (slots + 2 * rounds) + slots) * F32))
+        chunk = min(CONTEXT_CHUNK, slots)  # between attempts, not beside a step: one more candidate for the peak
+        start.append((f"the revision model reading {chunk} tokens of its context against {slots} slots",
+                      _forward(p, rows, chunk, slots, model, CACHED_ATTENTION_COPIES)))
     terms.append(("loop state", rows * (slots + rounds + p.vocab_size) * F32))  # tokens, step scores, logits
     rounds_set = sum(b for _, b in transient)  # measured: the step's pieces add up in the loop's program
     start_set = max(b for _, b in start)
