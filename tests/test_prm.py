@@ -434,7 +434,7 @@ def test_a_step_longer_than_a_chunk_is_read_in_chunks_as_one_pass_reads_it():
                          num_kv_heads=2, max_position_embeddings=512)
     prm = RewardModel(init_model(config, seed=3, std=0.5), ValueHead(), seed=4)
     rng = np.random.default_rng(1)
-    filled = jnp.asarray([120, 3, 250], jnp.int32)  # the second chunk of row 0 crosses from 128 slots to 256
+    filled = jnp.asarray([120, 3, 250], jnp.int32)  # row 0's first chunk crosses from 128 slots to 256
     cache = KVCache.for_model(prm.config, 3, 512)
     history = jnp.asarray(rng.integers(1, 40, (3, 250)), jnp.int32)
     one_pass = jax.jit(lambda c, tokens, n, at: _extend(prm, c, tokens, n, at))

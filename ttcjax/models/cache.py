@@ -218,8 +218,10 @@ def extend_in_chunks(forward, cache: KVCache, tokens: jax.Array, lengths: jax.Ar
     each chunk attends only to the narrowest that holds every row's tokens after it, picked by a `lax.switch`
     whose branches read the cache and write nothing (a branch that wrote it would make XLA copy all of it into
     and out of the conditional). One copy of `forward` per width is compiled, whatever T is: the loop, not a
-    switch over token buckets, makes a long read and a short one cost what their tokens cost."""
+    switch over token buckets, makes a long read and a short one cost what their tokens cost (a chunk wider than
+    T is cut to T)."""
     r, t = tokens.shape
+    chunk = min(chunk, t)
     n_chunks = -(-t // chunk)
     tokens = jnp.pad(tokens, ((0, 0), (0, n_chunks * chunk - t)))
     widths = widths or (None,)
