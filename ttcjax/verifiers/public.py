@@ -95,8 +95,8 @@ class StepRenderer:
 @dataclasses.dataclass(frozen=True)
 class RenderingStepScorer:
     """A public PRM inside the compiled episode (see the module docstring). `max_len`: the verifier's cache
-    slots per row (None: twice the policy's plus 256, room for a chat format's turns); `segment_tokens`: the most ids one round feeds a row (None:
-    twice the step cap, plus 64)."""
+    slots per row (None: twice the policy's plus 256, room for a chat format's turns); `segment_tokens`: the most
+    ids one round feeds a row (None: twice the step cap, plus 64), read `PRM_CHUNK` at a time."""
 
     graphdef: nnx.GraphDef
     renderer: StepRenderer
@@ -126,8 +126,8 @@ class RenderingStepScorer:
         shapes = (jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((rows, width), jnp.int32),
                   jax.ShapeDtypeStruct((rows,), jnp.int32), jax.ShapeDtypeStruct((rows,), jnp.int32))
         start, feed, feed_len, read_at = jax.pure_callback(
-            functools.partial(self.renderer.render_round, width=width), shapes, cache.question, cache.steps, cache.step_ends, cache.num_steps,
-            cache.ids, cache.kv.lengths, step_tokens, step_lengths)
+            functools.partial(self.renderer.render_round, width=width), shapes, cache.question, cache.steps,
+            cache.step_ends, cache.num_steps, cache.ids, cache.kv.lengths, step_tokens, step_lengths)
         logit, kv = extend_steps(prm, dataclasses.replace(cache.kv, lengths=start), feed, feed_len, read_at)
         rows_ix = jnp.arange(rows)[:, None]
         cols = start[:, None] + jnp.arange(width)[None, :]
