@@ -141,13 +141,6 @@ class KVCache:
             self, k=tuple(write_slots(c, x, slots, self.key_slot_axis) for c, x in zip(self.k, k)),
             v=tuple(write_slots(c, x, slots, 2) for c, x in zip(self.v, v)), lengths=self.lengths + lengths)
 
-    def pad_new(self, k: tuple[jax.Array, ...], v: tuple[jax.Array, ...], width: int):
-        """New tokens' keys and values (as `append` takes them) zero-padded to `width` tokens: the branches of a
-        `lax.switch` over token buckets give back one shape."""
-        def pad(x, axis):
-            return jnp.pad(x, [(0, width - x.shape[axis]) if a == axis else (0, 0) for a in range(x.ndim)])
-        return tuple(pad(x, self.key_slot_axis) for x in k), tuple(pad(x, 2) for x in v)
-
     def share(self, n: int, max_len: int, floor: int) -> "KVCache":
         """This cache, one prompt per row, as the shared prefix of n rows each (row b*n+i reads prompt b in place:
         no copy): rows that hold at most `max_len` tokens, with `max_len - floor` slots of their own, where `floor`
