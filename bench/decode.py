@@ -46,6 +46,7 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 
 from ttcjax.decoding.engine import FINISHED_LENGTH, GREEDY, Engine, StopConditions  # noqa: E402
+from ttcjax.distributed import cpu_model  # noqa: E402
 from ttcjax.models.config import ModelConfig  # noqa: E402
 from ttcjax.models.llama import init_model  # noqa: E402
 
@@ -172,17 +173,6 @@ def git_revision() -> dict:
             return None
 
     return {"commit": git("rev-parse", "--short", "HEAD"), "ttcjax_modified": bool(git("status", "--porcelain", "ttcjax"))}
-
-
-def cpu_model() -> str:
-    try:
-        with open("/proc/cpuinfo") as f:
-            for line in f:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def loadavg() -> list[float] | None:

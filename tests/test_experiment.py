@@ -3,6 +3,7 @@ refactor seed for seed; any task (a GSM8K-format file, a generic JSONL file) wit
 selection; `ttcjax run` with the scheduler an experiment saved; a run directory bound to its config."""
 
 import json
+import os
 
 import pytest
 import yaml
@@ -68,6 +69,10 @@ def test_the_demo_reproduces_the_numbers_from_before_the_refactor(tmp_path):
         assert (out / name).exists(), name
     summary = (out / "summary.md").read_text()
     assert "Compute-optimal versus best-of-N" in summary and "matched FLOPs" in summary
+    # the machine it ran on, as the run log recorded it
+    machine = report["invocations"]["machines"][-1]
+    assert machine["platform"] == "cpu" and machine["cpu_cores"] == os.cpu_count()
+    assert f"Run on {machine['cpu']} ({machine['cpu_cores']} cores" in summary
     assert "a right answer is among best-of-N's candidates" in summary and "On the hardest bins" in summary
     # every accuracy with its bootstrap interval, as data and in the summary, and the paper-versus-ttcjax table
     assert len(report["per_question"]["levels"]["oracle"]) == len(report["per_question"]["correct"][BON]["4"]) == 12

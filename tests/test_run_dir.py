@@ -3,11 +3,12 @@ told on purpose (continue, logged; fresh, the earlier run moved aside), and ever
 
 import json
 import os
+import time
 
 import pytest
 
 from ttcjax import io
-from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, finish_invocation, read_run_log
+from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, finish_invocation, invocation_clock, read_run_log
 
 
 def _files(root):
@@ -85,6 +86,27 @@ def test_the_totals_count_every_invocation_the_interrupted_ones_too(tmp_path):
     bind_run_dir(out, {"a": 1}, "sweep")
     assert finish_invocation(out, 4.5) == {"invocations": 3, "interrupted_invocations": 1, "seconds": 7.5}
     assert [e.get("seconds") for e in read_run_log(out)] == [3.0, None, 4.5]
+
+
+def test_a_killed_invocation_counts_the_time_its_clock_recorded_and_the_machines_are_named(tmp_path):
+    out = tmp_path / "run"
+    here = {"platform": "cpu", "devices": "1 x cpu", "processes": 1, "cpu": "a CPU", "cpu_cores": 2}
+    killed = bind_run_dir(out, {"a": 1}, "sweep", machine=here)
+    with invocation_clock(out, killed, every=0.05):
+        time.sleep(0.4)
+    ran = read_run_log(out)[-1]["running_seconds"]
+    assert 0.2 <= ran <= 0.45 and "seconds" not in read_run_log(out)[-1]
+    time.sleep(0.2)  # stopped with the block: nothing more is recorded
+    assert read_run_log(out)[-1]["running_seconds"] == ran
+    other = {**here, "devices": "8 x TPU v5 lite"}
+    bind_run_dir(out, {"a": 1}, "sweep", machine=other)
+    totals = finish_invocation(out, 2.0)
+    assert totals == {"invocations": 2, "interrupted_invocations": 1, "seconds": 2.0 + ran,
+                      "machines": [here, other]}
+    with invocation_clock(out, None, every=0.01):  # a process that writes nothing shared
+        time.sleep(0.05)
+    assert [set(e) - {"time", "command", "rerun", "code", "invocation"} for e in read_run_log(out)] == [
+        {"machine", "running_seconds"}, {"machine", "seconds"}]
 
 
 def test_a_directory_with_files_but_no_config_is_adopted_only_on_purpose(tmp_path):

@@ -15,7 +15,10 @@ for the one process that saves it.
 
 from __future__ import annotations
 
+import collections
+import contextlib
 import os
+import platform
 from typing import Any
 
 import jax
@@ -98,6 +101,27 @@ def process_count() -> int:
 def is_writer() -> bool:
     """Whether this process writes the files all processes share (process 0 does)."""
     return jax.process_index() == 0
+
+
+def machine() -> dict[str, Any]:
+    """What a run runs on, as its run log records it: the platform, the devices by kind (every process's), the
+    processes, and this host's CPU, cores and memory."""
+    kinds = collections.Counter(d.device_kind for d in jax.devices())
+    described = {"platform": jax.default_backend(), "devices": ", ".join(f"{n} x {k}" for k, n in kinds.items()),
+                 "processes": jax.process_count(), "cpu": cpu_model(), "cpu_cores": os.cpu_count()}
+    with contextlib.suppress(OSError, ValueError):
+        described["memory_gib"] = round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30, 1)
+    return described
+
+
+def cpu_model() -> str:
+    """This host's CPU model, as /proc/cpuinfo names it."""
+    with contextlib.suppress(OSError):
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    return platform.processor() or platform.machine() or "unknown"
 
 
 def barrier(name: str) -> None:

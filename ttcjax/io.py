@@ -22,6 +22,7 @@ import secrets
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from typing import Any, Callable, Iterable, Iterator, Mapping, Sequence
 
@@ -352,10 +353,10 @@ def _files_in(out: str) -> list[str]:
 
 
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
-                 write: bool = True) -> str | None:
+                 write: bool = True, machine: Mapping[str, Any] | None = None) -> str | None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
     to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
-    changed, an id that `finish_invocation` finds it by). A rerun with a different config or ttcjax version stops
+    changed, the `machine` it runs on where given, an id that `finish_invocation` finds it by). A rerun with a different config or ttcjax version stops
     before any work, naming what differs, unless `rerun` says what to do on purpose: "fresh" moves the earlier run
     aside (to OUT_DIR.before-TIME: nothing is deleted) and starts anew; "continue" goes on in it with the new config,
     logging the keys that changed. A rerun from another git commit of the same version goes on, the commits named in
@@ -418,14 +419,17 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
             entry["changed"] = changed  # key: [before, now], continued on purpose
         if warning:
             entry["warning"] = warning
+        if machine:
+            entry["machine"] = dict(machine)
         write_jsonl(os.path.join(out, RUN_LOG_FILE), log + [entry])
     return entry["invocation"]
 
 
 def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: str | None = None) -> dict[str, Any]:
     """Record that the invocation `invocation` (the id `bind_run_dir` returned; by default the run log's last entry)
-    finished after `seconds`, and return the totals over every invocation: how many, how many were interrupted (no
-    time recorded: killed, failed, or still running), the seconds of the finished ones."""
+    finished after `seconds`, and return the totals over every invocation: how many, how many were interrupted
+    (killed, failed, or still running), the seconds they all spent (an interrupted one counts the time its
+    `invocation_clock` last recorded; one without a clock counts none) and the machines they ran on."""
     out = os.fspath(out_dir)
     with _run_dir_lock(out):
         log = read_run_log(out)
@@ -433,8 +437,51 @@ def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: st
         if mine:
             mine[-1]["seconds"] = seconds
             write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
-    timed = [e["seconds"] for e in log if isinstance(e.get("seconds"), (int, float))]
-    return {"invocations": len(log), "interrupted_invocations": len(log) - len(timed), "seconds": sum(timed)}
+    finished = [e for e in log if _number(e.get("seconds"))]
+    interrupted = [e.get("running_seconds") for e in log if not _number(e.get("seconds"))]
+    totals = {"invocations": len(log), "interrupted_invocations": len(log) - len(finished),
+              "seconds": sum(e["seconds"] for e in finished) + sum(s for s in interrupted if _number(s))}
+    machines = list({json_text(e["machine"]): e["machine"] for e in log if isinstance(e.get("machine"), dict)}.values())
+    if machines:
+        totals["machines"] = machines
+    return totals
+
+
+def _number(x: Any) -> bool:
+    return isinstance(x, (int, float)) and not isinstance(x, bool)
+
+
+@contextlib.contextmanager
+def invocation_clock(out_dir: str | os.PathLike, invocation: str | None, every: float = 60.0) -> Iterator[None]:
+    """While the block runs, record in `invocation`'s run-log entry every `every` seconds how long it has been
+    running (`running_seconds`), so that a run killed before `finish_invocation` still counts the time it spent, to
+    within `every`, in the totals of the run that resumes it. Nothing is recorded where `invocation` is None (a
+    process that writes no shared files)."""
+    if invocation is None:
+        yield
+        return
+    out, started, stop = os.fspath(out_dir), time.perf_counter(), threading.Event()
+
+    def record() -> None:
+        while not stop.wait(every):
+            try:
+                with _run_dir_lock(out):
+                    log = read_run_log(out)
+                    mine = [e for e in log if e.get("invocation") == invocation]
+                    if not mine:
+                        return
+                    mine[-1]["running_seconds"] = round(time.perf_counter() - started, 1)
+                    write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+            except (OSError, ValueError):  # the directory moved or the log was damaged: the run's own work goes on
+                return
+
+    clock = threading.Thread(target=record, name=f"ttcjax-clock-{invocation}", daemon=True)
+    clock.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        clock.join()
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

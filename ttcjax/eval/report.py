@@ -17,6 +17,16 @@ from ttcjax.eval.uncertainty import CONFIDENCE, Comparison, Interval, Verdict
 from ttcjax.io import atomic_path
 
 
+def _machines(report: dict) -> str:
+    """' Run on ...': the machines the run log recorded (none before runs recorded them)."""
+    machines = report.get("invocations", {}).get("machines") or []
+    described = [f"{m.get('cpu', 'an unknown CPU')} ({m.get('cpu_cores', '?')} cores"
+                 + (f", {m['memory_gib']:g} GiB" if isinstance(m.get("memory_gib"), (int, float)) else "")
+                 + f"; {m.get('devices', '?')}" + (f", {m['processes']} processes" if m.get("processes", 1) > 1 else "")
+                 + ")" for m in machines]
+    return f" Run on {'; '.join(dict.fromkeys(described))}." if described else ""
+
+
 def markdown(report: dict, findings: Findings) -> str:
     """summary.md: the report's tables with the findings stated in words."""
     r = report
@@ -34,7 +44,7 @@ def markdown(report: dict, findings: Findings) -> str:
         f"{r['questions']} questions; {models}; difficulty from {r['difficulty_signal']}. "
         + (f"{r['seconds']:.0f} s." if r.get("seconds_total", r["seconds"]) == r["seconds"] else
            f"{r['seconds']:.0f} s in this invocation, {r['seconds_total']:.0f} s in all (a rerun reuses finished "
-           "work)."), "",
+           "work).") + _machines(r), "",
         _uncertainty(findings), "", "## Accuracy versus generation budget", "", head, sep]
     ci = findings.intervals
     for name, row in r["accuracy"].items():
