@@ -24,7 +24,7 @@ def _size_mb(path):
 
 
 @pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny"),
-                                       ("revision", "tiny"), ("orm", "revision-tiny")])
+                                       ("revision", "tiny"), ("orm", "revision-tiny"), ("prm", "paper-flipped")])
 def test_shipped_models_are_small_and_documented(kind, name):
     path = asset_path(kind, name)
     assert _size_mb(path) <= 20
