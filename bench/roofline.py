@@ -176,7 +176,8 @@ def markdown(r: dict) -> str:
              "transformers s | ttcjax s | ratio measured | ratio at most | ttcjax / floor |",
              "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for c in r["cells"]:
-        lines.append(f"| {c['batch']} | {c['step_products']['jax_s'] * 1e3:.1f} / {c['step_products']['torch_s'] * 1e3:.1f}"
+        step = c["step_products"]
+        lines.append(f"| {c['batch']} | {step['jax_s'] * 1e3:.1f} / {step['torch_s'] * 1e3:.1f}"
                      f" | {c['step_floor_gflop_s']:.0f} | {c['weights_read_floor_s'] * 1e3:.1f} | {c['floor_s']:.2f} | "
                      f"{c['transformers_s']:.2f} | {c['ttcjax_s']:.2f} | {c['measured_ratio']:.2f}x | "
                      f"**{c['ratio_bound']:.2f}x** | {c['ttcjax_over_floor']:.2f} |")

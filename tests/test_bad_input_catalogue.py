@@ -600,7 +600,8 @@ def test_a_strategy_that_fits_only_some_budgets_is_named_with_the_cells_left_out
     config = SweepConfig.from_dict(data, "s.yaml")
     err = capsys.readouterr().err
     assert len(err.splitlines()) == 1 and "Warning" not in err and ".py:" not in err, err  # no file:line of ours
-    assert err.startswith("s.yaml: warning: strategy {'kind': 'dvts', 'width': 4} does not fit budgets [2] ("), err
+    assert err.startswith("s.yaml: warning: strategy {'kind': 'dvts', 'width': 4} does not fit budgets [2] (it needs "
+                          "a budget its width divides (at least the width))"), err
     assert err.rstrip().endswith("those cells are not run, and strategies are compared there without it."), err
     assert [(c.spec.kind, c.budget) for c in plan_cells(config.strategies, config.budgets)] == [
         ("best_of_n", 2), ("best_of_n", 8), ("dvts", 8)]

@@ -55,7 +55,7 @@ from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
 from ttcjax.search.settings import SearchSettings
-from ttcjax.search.strategies import BestOfN, Revisions, Strategy, StrategySpec
+from ttcjax.search.strategies import STRATEGIES, BestOfN, Revisions, Strategy, StrategySpec
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.revisions import load_revision_settings
@@ -111,8 +111,8 @@ def plan_cells(specs: Sequence[StrategySpec], budgets: Sequence[int], source: st
     for spec in specs:
         fitting = [Cell(spec, b, s) for b in budgets if (s := spec.at(b)) is not None]
         if not fitting:
-            raise ValueError(f"{source}: strategy {spec.to_dict()} fits none of the budgets {list(budgets)} (a "
-                             "beam needs a budget its width divides; lookahead needs width * (k + 1)).")
+            raise ValueError(f"{source}: strategy {spec.to_dict()} fits none of the budgets {list(budgets)} (it "
+                             f"needs {STRATEGIES[spec.kind].budget_rule}).")
         cells += fitting
     return cells
 
@@ -128,9 +128,9 @@ def warn_of_dropped_cells(specs: Sequence[StrategySpec], budgets: Sequence[int],
     """One line on stderr for each strategy that fits some of the budgets but not all: the cells `plan_cells` leaves
     out, named where the config is read."""
     for spec, unfit in dropped_cells(specs, budgets):
-        print(f"{source}: warning: strategy {spec.to_dict()} does not fit budgets {unfit} (a beam needs a budget its "
-              "width divides; lookahead needs width * (k + 1)): those cells are not run, and strategies are compared "
-              "there without it.", file=sys.stderr)
+        print(f"{source}: warning: strategy {spec.to_dict()} does not fit budgets {unfit} (it needs "
+              f"{STRATEGIES[spec.kind].budget_rule}): those cells are not run, and strategies are compared there "
+              "without it.", file=sys.stderr)
 
 
 def check_verifier_fits(specs: Sequence[StrategySpec], verifier_name: str | None, source: str) -> None:

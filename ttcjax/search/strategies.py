@@ -37,6 +37,7 @@ class Strategy:
     """The fields every strategy has: N rows per question and the rule that picks the answer."""
 
     kind: ClassVar[str] = ""
+    budget_rule: ClassVar[str] = "any budget"  # the budgets `for_budget` fits, in words (for the warnings)
     n: int
     selection: str = dataclasses.field(default="weighted", kw_only=True)
 
@@ -111,6 +112,8 @@ class BestOfN(Strategy):
 class _Tree(Strategy):
     """A strategy that keeps the best rows each round and expands each kept row into `width` rows."""
 
+    budget_rule: ClassVar[str] = "a budget its width divides (at least the width)"
+
     width: int = 4
 
     def __post_init__(self):
@@ -159,6 +162,7 @@ class Lookahead(_Tree):
     Budget counted as N * (k + 1), as in the paper."""
 
     kind: ClassVar[str] = "lookahead"
+    budget_rule: ClassVar[str] = "a budget that width * (k + 1) divides"
     k: int = 1
 
     def __post_init__(self):
@@ -204,6 +208,7 @@ class Revisions(Strategy):
     votes; `weighted`; `vanilla`). Budget: N generations."""
 
     kind: ClassVar[str] = "revisions"
+    budget_rule: ClassVar[str] = "a budget its sequential attempts divide"
     sequential: int = 4
     window: int = 4
     selection: str = dataclasses.field(default="hierarchical", kw_only=True)
