@@ -109,6 +109,18 @@ def test_a_killed_invocation_counts_the_time_its_clock_recorded_and_the_machines
         {"machine", "running_seconds"}, {"machine", "seconds"}]
 
 
+def test_the_clock_thread_never_undoes_what_the_run_records_in_the_log(tmp_path):
+    """The clock rewrites the run log from a thread of the run's own process, where fcntl locks do not exclude:
+    without a lock between threads its stale copy would erase the `seconds` the run just recorded."""
+    out = tmp_path / "run"
+    invocation = bind_run_dir(out, {"a": 1}, "sweep")
+    with invocation_clock(out, invocation, every=0.0002):
+        for i in range(300):
+            finish_invocation(out, float(i), invocation)
+            assert read_run_log(out)[-1].get("seconds") == float(i), i
+    assert read_run_log(out)[-1]["running_seconds"] > 0
+
+
 def test_a_directory_with_files_but_no_config_is_adopted_only_on_purpose(tmp_path):
     out = tmp_path / "old"
     out.mkdir()

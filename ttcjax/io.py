@@ -331,20 +331,26 @@ def _lock(path: str) -> int | None:
         os.close(fd)
 
 
+_THREADS_LOCK = threading.RLock()  # one thread of this process at a time in `_run_dir_lock`
+
+
 @contextlib.contextmanager
 def _run_dir_lock(out: str) -> Iterator[None]:
     """Hold `out`'s lock while its run_config.json and run_log.jsonl are read and rewritten: jobs that start on one
     run directory at once (a job array on a shared file system) bind it one after another, and none loses another's
-    log entry. On a file system without locks, as before: each file is still replaced whole, never torn."""
+    log entry. On a file system without locks, as before: each file is still replaced whole, never torn. fcntl
+    locks belong to a process, not a thread, so threads of one process (an `invocation_clock` beside its run) take
+    a process-wide lock first."""
     lock = os.path.join(out, RUN_DIR_LOCK)
-    fd = _lock(lock)
-    try:
-        yield
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            os.remove(lock)
-        if fd is not None:
-            os.close(fd)
+    with _THREADS_LOCK:
+        fd = _lock(lock)
+        try:
+            yield
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(lock)
+            if fd is not None:
+                os.close(fd)
 
 
 def _files_in(out: str) -> list[str]:
