@@ -360,16 +360,17 @@ def _files_in(out: str) -> list[str]:
 
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
                  write: bool = True, machine: Mapping[str, Any] | None = None) -> str | None:
-    """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config
-    to run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what
-    changed, the `machine` it runs on where given, an id that `finish_invocation` finds it by). A rerun with a
-    different config or ttcjax version stops before any work, naming what differs, unless `rerun` says what to do on purpose: "fresh" moves the earlier run
-    aside (to OUT_DIR.before-TIME: nothing is deleted) and starts anew; "continue" goes on in it with the new config,
-    logging the keys that changed. A rerun from another git commit of the same version goes on, the commits named in
-    a warning printed to stderr and kept in its run-log entry. Several invocations may bind one directory at once
-    (the jobs of a job array): they do it one after another, under the directory's lock. `write=False` (every
-    process of a run but the one that writes shared files) makes the directory and, for a plain resume, checks its
-    config; it moves, writes and logs nothing. Returns the invocation's id (None with `write=False`)."""
+    """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config to
+    run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what changed,
+    the `machine` it runs on where given, an id that `finish_invocation` finds it by). A rerun with a different
+    config or ttcjax version stops before any work, naming what differs, unless `rerun` says what to do on purpose:
+    "fresh" moves the earlier run aside (to OUT_DIR.before-TIME: nothing is deleted) and starts anew; "continue"
+    goes on in it with the new config, logging the keys that changed. A rerun from another git commit of the same
+    version goes on, the commits named in a warning printed to stderr and kept in its run-log entry. Several
+    invocations may bind one directory at once (the jobs of a job array): they do it one after another, under the
+    directory's lock. `write=False` (every process of a run but the one that writes shared files) makes the
+    directory and, for a plain resume, checks its config; it moves, writes and logs nothing. Returns the
+    invocation's id (None with `write=False`)."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
