@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from flax import nnx
 from jax.sharding import PartitionSpec as P
 from multihost import assert_placed
 from toys import toy_policy
@@ -90,6 +91,18 @@ def test_aggregation():
     assert aggregate([], "last") == 0.0
     with pytest.raises(ValueError, match="aggregation"):
         aggregate(s, "max")
+
+
+@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17)],
+                         ids=["value", "two_class", "token"])
+@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+def test_num_params_counts_every_parameter_of_backbone_and_head(head, tie):
+    prm = _prm(head, tie_word_embeddings=tie)
+    leaves = jax.tree.leaves(nnx.state(prm, nnx.Param))
+    assert prm.num_params == sum(leaf.size for leaf in leaves)
+    d = TINY["hidden_size"]  # the head's own, counted by hand
+    assert prm.num_params - prm.config.num_params() == {"value": d + 1, "two_class": d * d + d + d * 2 + 2,
+                                                        "token": 0}[head.kind]
 
 
 def test_token_head_outside_the_vocabulary_is_refused():

@@ -123,7 +123,7 @@ def test_cost_accounting_on_a_hand_counted_case(toys):
     assert r.generated_tokens == 3 * written
     assert r.verifier_tokens == 3 * written + 2  # each row's steps, and the prompt once
     assert r.policy_flops == 2 * engine.config.num_params() * (3 * written + 2)
-    assert r.verifier_flops == 2 * prm.config.num_params() * (3 * written + 2)
+    assert r.verifier_flops == 2 * prm.num_params * (3 * written + 2)
     assert r.generations == 3
     # sampled: a best-of-N row's tokens are exactly its text's characters
     (s,) = run(toys, BestOfN(8), key=2)

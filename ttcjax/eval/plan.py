@@ -55,7 +55,7 @@ from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import Revisions, Strategy
 from ttcjax.verifiers.hub import ARCHITECTURE_FAMILIES, FAMILIES
 from ttcjax.verifiers.loading import is_verifier_free
-from ttcjax.verifiers.reward_model import BACKBONE_DIR, PRM_CHUNK, PRM_CONFIG_FILE, score_inputs
+from ttcjax.verifiers.reward_model import BACKBONE_DIR, HEADS, PRM_CHUNK, PRM_CONFIG_FILE, score_inputs
 
 GiB = 1 << 30
 F32 = 4  # bytes: attention scores and logits are float32 whatever the compute dtype
@@ -180,8 +180,7 @@ class VerifierModel:
 
     @property
     def head_params(self) -> int:
-        d = self.config.hidden_size
-        return {"value": d + 1, "two_class": d * d + d + 2 * d + 2, "token": 0}[self.head]
+        return HEADS[self.head].params(self.config.hidden_size)
 
     @property
     def num_params(self) -> int:

@@ -165,7 +165,7 @@ class PublicPRMVerifier(Verifier):
 
     @property
     def num_params(self) -> int:
-        return self.prm.config.num_params()
+        return self.prm.num_params
 
     @property
     def pad_id(self) -> int:

@@ -43,6 +43,11 @@ class ValueHead:
 
     kind: str = dataclasses.field(default="value", init=False)
 
+    @staticmethod
+    def params(hidden_size: int) -> int:
+        """Its own parameters on a backbone of `hidden_size`: a weight row and a bias."""
+        return hidden_size + 1
+
 
 @dataclasses.dataclass(frozen=True)
 class TokenHead:
@@ -52,12 +57,22 @@ class TokenHead:
     bad_id: int
     kind: str = dataclasses.field(default="token", init=False)
 
+    @staticmethod
+    def params(hidden_size: int) -> int:
+        """None of its own: it reads two rows of the backbone's lm_head."""
+        return 0
+
 
 @dataclasses.dataclass(frozen=True)
 class TwoClassHead:
     """Linear-ReLU-Linear(2), softmax index 1 (Qwen2.5-Math-PRM's `score`)."""
 
     kind: str = dataclasses.field(default="two_class", init=False)
+
+    @staticmethod
+    def params(hidden_size: int) -> int:
+        """A [D, D] layer and a [D, 2] layer, each with its bias."""
+        return hidden_size * hidden_size + hidden_size + 2 * hidden_size + 2
 
 
 Head = ValueHead | TokenHead | TwoClassHead
@@ -103,6 +118,11 @@ class RewardModel(nnx.Module):
     @property
     def config(self):
         return self.backbone.config
+
+    @property
+    def num_params(self) -> int:
+        """The backbone's parameters and the head's own."""
+        return self.config.num_params() + self.head.params(self.config.hidden_size)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None, key_mask: jax.Array | None = None,
                  segment_ids: jax.Array | None = None) -> jax.Array:
@@ -418,7 +438,7 @@ class RewardModelVerifier(Verifier):
 
     @property
     def num_params(self) -> int:
-        return self.prm.config.num_params()
+        return self.prm.num_params
 
     def score(self, questions, solutions, prompts=None):
         read = questions if prompts is None else prompts
