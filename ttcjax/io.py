@@ -432,18 +432,24 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     return entry["invocation"]
 
 
+def _set_in_entry(out: str, invocation: str | None, field: str, value: Any) -> tuple[list[dict[str, Any]], bool]:
+    """Set `field` in the latest run-log entry of `invocation` (by default the log's last entry), under the run
+    directory's lock; return the log as it now stands and whether it had such an entry."""
+    with _run_dir_lock(out):
+        log = read_run_log(out)
+        mine = [e for e in log if e.get("invocation") == invocation] if invocation else log[-1:]
+        if mine:
+            mine[-1][field] = value
+            write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+        return log, bool(mine)
+
+
 def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: str | None = None) -> dict[str, Any]:
     """Record that the invocation `invocation` (the id `bind_run_dir` returned; by default the run log's last entry)
     finished after `seconds`, and return the totals over every invocation: how many, how many were interrupted
     (killed, failed, or still running), the seconds they all spent (an interrupted one counts the time its
     `invocation_clock` last recorded; one without a clock counts none) and the machines they ran on."""
-    out = os.fspath(out_dir)
-    with _run_dir_lock(out):
-        log = read_run_log(out)
-        mine = [e for e in log if e.get("invocation") == invocation] if invocation else log[-1:]
-        if mine:
-            mine[-1]["seconds"] = seconds
-            write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+    log, _ = _set_in_entry(os.fspath(out_dir), invocation, "seconds", seconds)
     finished = [e for e in log if _number(e.get("seconds"))]
     interrupted = [e.get("running_seconds") for e in log if not _number(e.get("seconds"))]
     totals = {"invocations": len(log), "interrupted_invocations": len(log) - len(finished),
@@ -472,13 +478,8 @@ def invocation_clock(out_dir: str | os.PathLike, invocation: str | None, every: 
     def record() -> None:
         while not stop.wait(every):
             try:
-                with _run_dir_lock(out):
-                    log = read_run_log(out)
-                    mine = [e for e in log if e.get("invocation") == invocation]
-                    if not mine:
-                        return
-                    mine[-1]["running_seconds"] = round(time.perf_counter() - started, 1)
-                    write_jsonl(os.path.join(out, RUN_LOG_FILE), log)
+                if not _set_in_entry(out, invocation, "running_seconds", round(time.perf_counter() - started, 1))[1]:
+                    return
             except (OSError, ValueError):  # the directory moved or the log was damaged: the run's own work goes on
                 return
 
