@@ -19,9 +19,8 @@ nothing more; a GPU or CPU cluster starts the same command in each process with 
 --num-processes N --process-id I (or TTCJAX_COORDINATOR, TTCJAX_NUM_PROCESSES, TTCJAX_PROCESS_ID). `sweep`,
 `experiment` and `demo` split the questions across processes and merge their shards; process 0 writes every
 shared file. They also run as independent jobs of an array over one out_dir (--job K/J, no coordinator): each
-searches its share, and the same command without --job merges them (docs/scale-out.md). `train policy|prm|orm`
-train data parallel over every process's devices, each feeding its own rows of each batch (`train revision` runs
-on one process).
+searches its share, and the same command without --job merges them (docs/scale-out.md). `train policy|prm|orm|
+revision` train data parallel over every process's devices, each feeding its own rows of each batch.
 
 `experiment`, `demo`, `sweep` and `plan` read YAML configs and take KEY=VALUE overrides (dotted keys reach into
 mappings: search.max_len=192); every option of `generate` can also come from a YAML file (`--config`); flags

@@ -31,7 +31,6 @@ import time
 from typing import Any, Callable, Sequence
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 from rapidfuzz.distance import Levenshtein
@@ -40,7 +39,7 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.distributed import machine
+from ttcjax.distributed import barrier, gathered, is_writer, machine
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
                        replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
@@ -53,8 +52,8 @@ from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution
-from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, epoch_batches, lm_loss,
-                                  pack_examples, train_loop)
+from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, check_processes_meshed,
+                                  epoch_batches, lm_loss, pack_examples, train_loop)
 from ttcjax.verifiers.base import NoVerifier, Verifier, roc_auc
 
 DATA_DIR = "data"
@@ -247,15 +246,19 @@ def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tok
     """`samples_per_question` generated token lists per problem, problem-major, as shards of one generate call each
     ({"start", "tokens": [[ids] per sample of each problem], "generated_tokens", "seconds"}); each shard is written
     atomically and reused by a rerun. A call's key is the seed folded with the split and the call's first problem,
-    so a resumed build draws exactly what an uninterrupted one would have."""
+    so a resumed build draws exactly what an uninterrupted one would have. On several processes every one takes
+    part in each call (the mesh spans them) and holds its results; process 0 writes the shards."""
     n = config.samples_per_question
     per_call = max(1, config.sample_batch_size // n)
     key = jax.random.fold_in(jax.random.key(config.seed), SPLITS.index(split))
     settings = config.search_settings(task)
+    starts = range(0, len(problems), per_call)
+    written = {start for start in starts if os.path.exists(_shard_path(config, split, start))}
+    barrier(f"ttcjax-revision-{split}-samples-found")  # every process has looked before process 0 writes a shard
     shards = []
-    for start in range(0, len(problems), per_call):
+    for start in starts:
         path = _shard_path(config, split, start)
-        if os.path.exists(path):
+        if start in written:
             shards.append(read_json(path, "delete it to sample its questions again."))
             continue
         started = time.perf_counter()
@@ -264,7 +267,8 @@ def sample_attempts(config: RevisionTrainConfig, task: Task, engine: Engine, tok
                                            jax.random.fold_in(key, start), n=n, settings=settings)
         shard = {"start": start, "problem_ids": [p.id for p in chunk], "tokens": tokens,
                  "generated_tokens": generated, "seconds": time.perf_counter() - started}
-        write_json(path, shard)
+        if is_writer():
+            write_json(path, shard)
         shards.append(shard)
         if progress:
             print(f"revision data ({split}): sampled {min(start + per_call, len(problems))}/{len(problems)} "
@@ -364,7 +368,9 @@ def build_revision_data(config: RevisionTrainConfig, tokenizer: Tokenizer, mesh=
     data_dir = os.path.join(config.out_dir, DATA_DIR)
     summary_path = os.path.join(data_dir, DATA_SUMMARY_FILE)
     splits = SPLITS if config.eval_questions else SPLITS[:1]
-    if os.path.exists(summary_path):
+    built = os.path.exists(summary_path)
+    barrier("ttcjax-revision-data-found")  # every process has looked before process 0 writes the data
+    if built:
         summary = read_json(summary_path, f"delete {data_dir} to build the data again.")
         return {s: read_examples(os.path.join(data_dir, f"{s}.jsonl")) for s in splits}, summary
     started = time.perf_counter()
@@ -377,10 +383,12 @@ def build_revision_data(config: RevisionTrainConfig, tokenizer: Tokenizer, mesh=
                          "window": REVISION_WINDOW}
     for split in splits:
         data[split], summary[split] = build_split(config, task, engine, tokenizer, split, progress)
-        write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), data[split])
+        if is_writer():
+            write_jsonl(os.path.join(data_dir, f"{split}.jsonl"), data[split])
     summary["wall_seconds_this_run"] = time.perf_counter() - started
     summary["sampling_seconds"] = sum(summary[s]["sampling_seconds"] for s in splits)  # over every run's shards
-    write_json(summary_path, summary)
+    if is_writer():
+        write_json(summary_path, summary)
     return data, summary
 
 
@@ -400,7 +408,7 @@ def validation_loss(model: Transformer, packed: PackedRows, batch_size: int) -> 
         index = np.pad(index, (0, batch_size - len(index)), constant_values=-1)
         batch = packed.rows(np.maximum(index, 0))
         batch["loss_mask"] = batch["loss_mask"] * (index >= 0)[:, None]  # padding rows count for nothing
-        loss, w = _eval_batch(graphdef, state, jax.tree.map(jnp.asarray, batch))
+        loss, w = _eval_batch(graphdef, state, batch)  # host arrays: placed beside the parameters, wherever
         total, weight = total + float(loss), weight + float(w)
     return total / max(weight, 1.0)
 
@@ -513,17 +521,17 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     Rerunning with the same `out_dir` reuses the data and resumes from the last checkpoint; another config there is
     refused. The validation loss is logged every `eval_every` steps and at the end. `chain_eval(model, step)` is the
     hook for pass@1 per revision step (the compiled chain episode, ttcjax.search.chains): its metrics join each
-    evaluation's.
+    evaluation's. On several processes the mesh spans them all: every process takes part in sampling the data and
+    in every training step (data parallel, `train_loop`), and process 0 writes every file but the checkpoints'
+    shards.
     """
     started = time.perf_counter()
-    if jax.process_count() > 1:  # its data shards are looked for and written by each process alone
-        raise ValueError(f"train revision runs on one process; this run has {jax.process_count()} (train policy, prm "
-                         "and orm run on several): start it without --num-processes / TTCJAX_NUM_PROCESSES.")
     check_inputs_exist(config, ("policy", "init_from", "tokenizer"), "train revision")
     mesh = parse_mesh(config.mesh)  # a mesh the devices cannot hold stops here, before the run directory
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                 f"init_from {config.init_from}", "train revision")
-    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, machine=machine())
+    check_processes_meshed(mesh)
+    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(), machine=machine())
     tokenizer = load_tokenizer(config.tokenizer_path)
     model = load_any(config.init_from, mesh=mesh)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
@@ -569,10 +577,13 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
         "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
         "validation": [m for m in result.metrics if "eval" in m],
     }
+    final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
+    if not is_writer():
+        return summary
     if summary["finished"]:
         # the model, its tokenizer and revision.json replace an earlier model/ together, or not at all
         with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-            save_model(result.model, model_dir)
+            save_model(final, model_dir)
             save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
             save_revision_settings(model_dir, config.separator)
     # every invocation of this run directory, the interrupted ones counted

@@ -503,7 +503,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
             save_tokenizer_beside(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
     summary = {
         "kind": kind, "command": command, "config": dataclasses.asdict(config),
-        "model": {"params": backbone.config.num_params() + backbone.config.hidden_size + 1},
+        "model": {"params": prm.num_params},
         "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost,
                    "flipped": flipped},
         "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
