@@ -410,27 +410,36 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
             fig.savefig(tmp, dpi=110, format="png")
         plt.close(fig)
 
-    fig, ax = plt.subplots(figsize=(5, 3.6))
+    # one look per strategy in every figure: ten colours, then the same colours dashed, then dotted
+    style = {name: dict(color=f"C{i % 10}", linestyle=("-", "--", ":")[i // 10 % 3])
+             for i, name in enumerate(report["accuracy"])}
+    fig, ax = plt.subplots(figsize=(7, 3.6))
     for name, row in report["accuracy"].items():
         b = sorted(int(x) for x in row)
-        ax.plot(b, [row[str(x)] for x in b], marker="o", label=name)
+        ax.plot(b, [row[str(x)] for x in b], marker="o", label=name, **style[name])
     ax.set_xscale("log", base=2)
     ax.set_xlabel("generation budget")
     ax.set_ylabel("accuracy")
-    ax.legend(fontsize=6)
+    ax.legend(fontsize=6, loc="center left", bbox_to_anchor=(1.02, 0.5))
     ax.set_title("accuracy versus budget")
     save(fig, "accuracy_vs_budget.png")
 
     levels = report["per_level"]["oracle"]
-    fig, axes = plt.subplots(1, len(levels), figsize=(2.8 * len(levels), 3), sharey=True)
-    for ax, (lv, table) in zip(np.atleast_1d(axes), levels.items()):
+    fig, axes = plt.subplots(1, len(levels), figsize=(2.8 * len(levels), 3.4), sharey=True, squeeze=False)
+    for ax, (lv, table) in zip(axes[0], levels.items()):
         for name, row in table.items():
             b = sorted(int(x) for x in row)
-            ax.plot(b, [row[str(x)] for x in b], marker=".", label=name)
+            ax.plot(b, [row[str(x)] for x in b], marker=".", label=name, **style.get(name, {}))
         ax.set_xscale("log", base=2)
+        ax.set_xlabel("generation budget")
         ax.set_title(f"level {lv} (oracle)")
-    np.atleast_1d(axes)[0].legend(fontsize=5)
-    save(fig, "accuracy_by_difficulty.png")
+    axes[0, 0].set_ylabel("accuracy")
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.tight_layout(rect=(0, 0.1 + 0.035 * (len(labels) // 6), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=6, frameon=False)
+    with atomic_path(os.path.join(out, "accuracy_by_difficulty.png")) as tmp:  # laid out above the legend already
+        fig.savefig(tmp, dpi=110, format="png")
+    plt.close(fig)
 
     def band(ax, line, budgets, intervals):
         """The 95% intervals of a curve, shaded in its colour (none without per-question outcomes)."""
