@@ -192,12 +192,11 @@ def markdown(r: dict) -> str:
         f"costs best-of-N {sweep['seconds'][same] / sweep['seconds']['best_of_n']:.2f}x. In one batch the chains' "
         f"{r['sequential']} sequential attempts run on {r['sequential']}x fewer rows, so each decode step does a "
         "quarter of the work at the same fixed cost per step; a sweep gives each chain episode as many rows as a "
-        "best-of-N episode, and what is left is the context: on these 0.76M-parameter models a decode step's "
-        "attention over a row's own cache slots moves more bytes than its matmuls (64 key and value floats per slot "
-        "and layer for every row, against 3 MB of weights shared by all rows), so a step costs about what its "
-        "context costs, and a chain's later attempts attend over its earlier ones. Accuracy: hierarchical selection "
-        "with the revision verifier; the shipped revision model does not improve with revisions (see its "
-        "TRAINING.md).", ""])
+        "best-of-N episode, and what is left is mostly lock step: every attempt lasts as long as the longest of "
+        "its batch's rows, where best-of-N drops finished questions from its batch (the next section measures "
+        "both); the rest is the context, as a chain's later attempts attend over its earlier ones. Accuracy: "
+        "hierarchical selection with the revision verifier; the shipped revision model does not improve with "
+        "revisions (see its TRAINING.md).", ""])
 
 
 def render():

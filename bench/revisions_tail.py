@@ -1,0 +1,151 @@
+"""Where revision chains spend their time: every attempt waits for the longest of its batch's rows.
+
+A chain episode runs its attempts in lock step: attempt a+1 of every row starts once attempt a has ended on all of
+the episode's rows, so each attempt lasts as long as its longest sample. Best-of-N has one attempt and drops
+finished questions from its batch as they close (compaction), so a long sample keeps only its own question's rows
+busy. This measures both sides of that on the same questions, with the shipped tiny models:
+
+- best-of-N (N=64, cache 512, as `ttcjax sweep` batches it) with and without compaction: what lock step costs a
+  strategy whose samples are as long as the chains' attempts;
+- Revisions(64, sequential=4) (cache 512): the mean length of an attempt against the longest of each attempt, which
+  is how many decode steps the attempt takes.
+
+Timed after a warm-up with the same key (compilation excluded), interleaved, best of `--repeats`.
+
+    python bench/revisions_tail.py          # writes bench/results/revisions_tail.json and its docs/benchmarks.md section
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import sys
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+from decode import cpu_model, git_revision, loadavg, update_doc, write_atomic  # noqa: E402
+from revisions import revision_model_dir  # noqa: E402
+
+from ttcjax.checkpoints.assets import model_dir  # noqa: E402
+from ttcjax.checkpoints.native import load_any  # noqa: E402
+from ttcjax.checkpoints.tokenizer import load_tokenizer  # noqa: E402
+from ttcjax.decoding.engine import Engine  # noqa: E402
+from ttcjax.search.run import search  # noqa: E402
+from ttcjax.search.settings import SearchSettings  # noqa: E402
+from ttcjax.search.strategies import BestOfN, Revisions  # noqa: E402
+from ttcjax.tasks.registry import task_from_dict  # noqa: E402
+from ttcjax.verifiers.reward_model import load_verifier  # noqa: E402
+
+RESULTS = os.path.join(ROOT, "bench", "results", "revisions_tail.json")
+DOC = os.path.join(ROOT, "docs", "benchmarks.md")
+SECTION = "## Revisions: where the chains' time goes"
+
+
+def main(argv=None):
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--questions", type=int, default=64)
+    p.add_argument("--rows-per-batch", type=int, default=1024, help="the sweep's rows per compiled episode")
+    p.add_argument("--n", type=int, default=64)
+    p.add_argument("--sequential", type=int, default=4)
+    p.add_argument("--max-len", type=int, default=512, help="the cache of both (the chains' revision_max_len)")
+    p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--no-doc", action="store_true")
+    args = p.parse_args(argv)
+    load_start = loadavg()
+    policy_dir = model_dir("policy", "tiny")
+    revision_dir, separator = revision_model_dir()
+    tok = load_tokenizer(policy_dir)
+    policy = Engine(load_any(policy_dir), pad_id=tok.pad_id)
+    reviser = Engine(load_any(revision_dir), pad_id=tok.pad_id)
+    orm = load_verifier(model_dir("orm", "tiny"), tok)
+    revision_orm = load_verifier(model_dir("orm", "revision-tiny"), tok)
+    task = task_from_dict({"name": "arithmetic"})
+    problems = task.problems("test", limit=args.questions, seed=1)
+    prompts = [task.encode_prompt(q, tok) for q in problems]
+    settings = SearchSettings(delimiter="\n", max_step_tokens=24, max_len=args.max_len, max_rounds=12,
+                              temperature=0.8, revision_separator=separator,
+                              revision_max_len=args.max_len).for_task(task)
+    chains = Revisions(args.n, args.sequential)
+    runs = {  # name: (strategy, engine, verifier, compact)
+        "best_of_n": (BestOfN(args.n), policy, orm, True),
+        "best_of_n_lock_step": (BestOfN(args.n), policy, orm, False),
+        "revisions": (chains, reviser, revision_orm, True),
+    }
+
+    def run(name):
+        strategy, engine, verifier, compact = runs[name]
+        t = time.perf_counter()
+        results = search(strategy, engine, verifier, tok, prompts, jax.random.key(1),
+                         extract_answer=task.extract_answer, settings=settings, compact=compact,
+                         questions_per_batch=max(1, args.rows_per_batch // strategy.rows))
+        return time.perf_counter() - t, results
+
+    for name in runs:  # warm-up: compile every program the timed calls run (the same key closes the same questions)
+        run(name)
+    times, outcomes = {name: [] for name in runs}, {}
+    for _ in range(args.repeats):
+        for name in runs:
+            seconds, outcomes[name] = run(name)
+            times[name].append(seconds)
+    lengths = np.zeros((args.questions, args.n // args.sequential, args.sequential), int)  # [Q, chains, attempts]
+    for q, result in enumerate(outcomes["revisions"]):
+        for c in result.candidates:
+            lengths[q, c.chain, c.attempt] = len(c.tokens)
+    samples = np.array([[len(c.tokens) for c in r.candidates] for r in outcomes["best_of_n"]])  # [Q, N]
+    best = {name: min(t) for name, t in times.items()}
+    report = {
+        "command": "python bench/revisions_tail.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
+        "questions": args.questions, "n": args.n, "sequential": args.sequential, "max_len": args.max_len,
+        "rows_per_batch": args.rows_per_batch, "revision_model": os.path.relpath(revision_dir, ROOT),
+        "seconds": best, "all_seconds": times,
+        "lock_step_over_compacted": best["best_of_n_lock_step"] / best["best_of_n"],
+        "revisions_over_best_of_n": best["revisions"] / best["best_of_n"],
+        "generated_tokens": {k: int(sum(r.generated_tokens for r in v)) for k, v in outcomes.items()},
+        "attempt_tokens": {"mean": float(lengths.mean()), "mean_by_attempt": lengths.mean(axis=(0, 1)).tolist(),
+                           "longest_by_attempt": lengths.max(axis=(0, 1)).tolist()},
+        "best_of_n_sample_tokens": {"mean": float(samples.mean()), "longest": int(samples.max()),
+                                    "mean_of_each_questions_longest": float(samples.max(axis=1).mean())},
+        "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
+                    "loadavg_start": load_start, "loadavg_end": loadavg(), "git": git_revision()},
+    }
+    print(json.dumps(report, indent=2))
+    if not args.no_doc:
+        write_atomic(RESULTS, json.dumps(report, indent=2) + "\n")
+        update_doc(DOC, markdown(report), title=SECTION)
+
+
+def markdown(r: dict) -> str:
+    m, s, a = r["machine"], r["seconds"], r["attempt_tokens"]
+    b = r["best_of_n_sample_tokens"]
+    rows = [f"| {name} | {s[name]:.2f} | {r['generated_tokens'][name]} |" for name in s]
+    steps = sum(a["longest_by_attempt"])
+    return "\n".join([
+        SECTION, "",
+        f"`{r['command'].strip()}` on a {m['cpu_count']}-core {m['cpu']} ({m['backend']}; load average "
+        f"{m['loadavg_start']} -> {m['loadavg_end']}), commit {m['git']['commit']}; {r['questions']} built-in test "
+        f"questions, N={r['n']}, cache {r['max_len']} for both, {r['rows_per_batch']} rows per compiled episode; "
+        f"best of {len(r['all_seconds']['revisions'])} interleaved repeats, compilation excluded.", "",
+        "| run | seconds | generated tokens |", "|---|---:|---:|", *rows, "",
+        f"**Lock step costs best-of-N {r['lock_step_over_compacted']:.2f}x**: without compaction its batch runs "
+        f"until its longest sample ends ({b['longest']} tokens here, against a mean of {b['mean']:.1f} and "
+        f"{b['mean_of_each_questions_longest']:.1f} for the mean question's longest). A chain episode is lock step "
+        f"by construction: attempt a+1 starts once attempt a has ended on every row, so each attempt takes as many "
+        f"decode steps as its longest row. The chains' attempts are {a['mean']:.1f} tokens long on average (by "
+        f"attempt: {', '.join(f'{x:.1f}' for x in a['mean_by_attempt'])}) and the longest of each attempt "
+        f"{', '.join(map(str, a['longest_by_attempt']))}: {steps} decode steps for about "
+        f"{a['mean'] * r['sequential']:.0f} tokens a chain, {steps / (a['mean'] * r['sequential']):.1f}x. Here "
+        f"Revisions({r['n']}, sequential={r['sequential']}) take {r['revisions_over_best_of_n']:.2f}x best-of-N's "
+        "time at the same cache. The lever is to let each row start its next attempt as soon as its own attempt "
+        "ends (a per-row attempt counter in the round loop, the context switch done for the rows that need it), at "
+        "the price of reading a chain's new context in more, smaller calls; it is not built.", ""])
+
+
+if __name__ == "__main__":
+    main()
