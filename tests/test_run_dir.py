@@ -52,13 +52,14 @@ def test_another_config_or_code_version_stops_naming_what_differs_and_touches_no
 
 def test_fresh_moves_the_earlier_run_aside_whole(tmp_path):
     out = tmp_path / "run"
-    bind_run_dir(out, {"questions": 6}, "experiment")
+    invocation = bind_run_dir(out, {"questions": 6}, "experiment")
     (out / "results.jsonl").write_text('{"id": 1}\n')
+    finish_invocation(out, 1.0, invocation)  # the earlier run ended
     before = _files(out)
     bind_run_dir(out, {"questions": 4}, "experiment", rerun="fresh")
     (aside,) = [p for p in os.listdir(tmp_path) if p.startswith("run.before-")]
     assert _files(tmp_path / aside) == before
-    assert sorted(os.listdir(out)) == ["run_config.json", RUN_LOG_FILE]
+    assert sorted(os.listdir(out)) == [".held.lock", "run_config.json", RUN_LOG_FILE]  # held while it runs
     assert json.loads((out / "run_config.json").read_text()) == {"questions": 4}
     bind_run_dir(tmp_path / "new", {"questions": 4}, "experiment", rerun="fresh")  # nothing to move: a new run
     assert [p for p in os.listdir(tmp_path) if p.startswith("new.before-")] == []
@@ -153,7 +154,7 @@ for n in range({rounds}):
     while not os.path.exists(os.path.join(root, f"go-{{n}}")):
         time.sleep(0.0005)
     out = os.path.join(root, f"run-{{n}}")
-    invocation = bind_run_dir(out, {{"questions": 8, "seed": 0}}, "sweep")
+    invocation = bind_run_dir(out, {{"questions": 8, "seed": 0}}, "sweep", role=f"job-{{job}}-of-{jobs}")
     finish_invocation(out, float(job), invocation)
     open(os.path.join(root, f"done-{{n}}-{{job}}"), "w").close()
 """
@@ -167,7 +168,7 @@ def test_jobs_that_bind_one_directory_at_once_all_bind_it_and_every_entry_is_log
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(io.__file__)),
                                                         os.environ.get("PYTHONPATH", "")])}
-    jobs = [subprocess.Popen([sys.executable, "-c", BIND_AT_ONCE.format(rounds=ROUNDS), str(tmp_path), str(job),
+    jobs = [subprocess.Popen([sys.executable, "-c", BIND_AT_ONCE.format(rounds=ROUNDS, jobs=JOBS), str(tmp_path), str(job),
                               locks], env=env, stderr=subprocess.PIPE, text=True) for job in range(JOBS)]
     try:
         time.sleep(1.0)  # every job started and waiting
@@ -195,6 +196,62 @@ def test_jobs_that_bind_one_directory_at_once_all_bind_it_and_every_entry_is_log
             continue
         assert len(log) == JOBS and len({e["invocation"] for e in log}) == JOBS  # nobody's entry lost
         assert sorted(e["seconds"] for e in log) == [float(j) for j in range(JOBS)]  # each finished its own
+HOLD = """
+import os, sys, time
+from ttcjax.io import bind_run_dir, finish_invocation
+out = sys.argv[1]
+invocation = bind_run_dir(out, {"questions": 8}, "sweep")
+print("bound", flush=True)
+while not os.path.exists(out + ".stop"):
+    time.sleep(0.01)
+finish_invocation(out, 1.0, invocation)
+"""
+
+
+def test_a_second_invocation_of_the_same_part_of_a_run_stops_while_the_first_runs(tmp_path):
+    import subprocess
+    import sys
+
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(io.__file__)),
+                                                        os.environ.get("PYTHONPATH", "")])}
+    out = tmp_path / "run"
+
+    def holder():
+        child = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=env, stdout=subprocess.PIPE, text=True)
+        assert child.stdout.readline().strip() == "bound"
+        return child
+
+    child = holder()
+    try:
+        before = _files(out)
+        for rerun in ("resume", "fresh"):  # neither works in it nor moves it away from under it
+            with pytest.raises(ValueError, match=rf"{out} is in use: `ttcjax sweep` \(pid {child.pid} on .*, since "
+                                                 r".*\) is running in it; wait for it to end"):
+                bind_run_dir(out, {"questions": 8}, "sweep", rerun=rerun)
+        assert _files(out) == before and not [p for p in os.listdir(tmp_path) if ".before-" in p]
+        # another part of the run (a job of an array, a process of several) goes on beside it
+        other = bind_run_dir(out, {"questions": 8}, "sweep", role="job-1-of-2")
+        finish_invocation(out, 2.0, other)
+        (tmp_path / "run.stop").touch()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+    assert not [p for p in os.listdir(out) if p.startswith(".held")]  # released, and the lock files removed
+    mine = bind_run_dir(out, {"questions": 8}, "sweep")  # free again
+    bind_run_dir(out, {"questions": 8}, "sweep")  # this process may hold it again (a resume in the same process)
+    finish_invocation(out, 3.0, mine)
+    (tmp_path / "run.stop").unlink()
+    child = holder()
+    child.kill()  # a killed holder's hold ends with it
+    child.wait(timeout=60)
+    held = bind_run_dir(out, {"questions": 8}, "sweep")
+    with pytest.raises(RuntimeError):  # a run stopped by an exception (a notebook's interrupted cell) lets go too
+        with invocation_clock(out, held):
+            raise RuntimeError("interrupted")
+    assert not (out / ".held.lock").exists()
+    assert [e.get("seconds") for e in read_run_log(out)] == [1.0, 2.0, 3.0, None, None, None]
+
+
 def test_another_commit_of_the_same_version_goes_on_with_a_warning_printed_and_logged(tmp_path, monkeypatch, capsys):
     out = tmp_path / "run"
     made = {"version": io.__version__, "commit": "a" * 40, "edited": False}

@@ -98,6 +98,16 @@ def process_count() -> int:
     return jax.process_count()
 
 
+def run_role(job=None) -> str:
+    """The part of a run this process does, as the run directory's holds name it (`ttcjax.io.bind_run_dir`): "" for
+    all of it; else its job of an array (a `ttcjax.eval.shards.Job`) and its process of several, e.g.
+    "job-1-of-4-process-0-of-2"."""
+    parts = [f"job-{job.index}-of-{job.count}"] if job is not None else []
+    if jax.process_count() > 1:
+        parts.append(f"process-{jax.process_index()}-of-{jax.process_count()}")
+    return "-".join(parts)
+
+
 def is_writer() -> bool:
     """Whether this process writes the files all processes share (process 0 does)."""
     return jax.process_index() == 0

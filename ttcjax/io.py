@@ -354,12 +354,67 @@ def _run_dir_lock(out: str) -> Iterator[None]:
 
 
 def _files_in(out: str) -> list[str]:
-    """The files a run directory holds, without the lock and the temporary files of writes under way."""
-    return sorted(n for n in os.listdir(out) if n != RUN_DIR_LOCK and not (n.startswith(".") and TEMPORARY in n))
+    """The files a run directory holds, without the locks and the temporary files of writes under way."""
+    return sorted(n for n in os.listdir(out) if n != RUN_DIR_LOCK and not n.startswith(HOLD_PREFIX)
+                  and not (n.startswith(".") and TEMPORARY in n))
+
+
+HOLD_PREFIX = ".held"  # .held[-ROLE].lock: locked by the invocation doing that part of the run, while it runs
+_HOLDS: dict[str, int] = {}  # this process's holds: the lock file's real path -> its descriptor
+
+
+def _hold(out: str, role: str, command: str) -> str | None:
+    """Hold `out` for `role` (the part of the run this invocation does: "" for all of it, or its job of an array and
+    its process of several, `ttcjax.distributed.run_role`) until `release_run_dir` or the process ends: a second
+    invocation that would do the same part in the same directory at the same time stops at once, naming the first,
+    instead of both writing the same records. A process may hold a directory again (a run resumed in the same
+    process). The hold is a flock on .held[-ROLE].lock, which names its holder and is removed on release; where
+    the file system has no locks, nothing is held. Returns the hold's key where this call took it."""
+    path = os.path.join(out, f"{HOLD_PREFIX}{'-' + role if role else ''}.lock")
+    key = os.path.realpath(path)
+    if key in _HOLDS:
+        return None
+    while True:
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
+            os.close(fd)
+            raise ValueError(f"{out} is in use: {holder} is running in it; wait for it to end (or stop it) and "
+                             "rerun, or use another out_dir.") from None
+        except OSError:  # no locks on this file system
+            os.close(fd)
+            return None
+        try:
+            same = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if not same:  # its holder released it (and removed the file) after we opened it: take the new one
+            os.close(fd)
+            continue
+        os.ftruncate(fd, 0)
+        os.write(fd, f"`ttcjax {command}` (pid {os.getpid()} on {os.uname().nodename}, since "
+                     f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})".encode())
+        _HOLDS[key] = fd
+        return key
+
+
+def _let_go(key: str) -> None:
+    with contextlib.suppress(FileNotFoundError):
+        os.remove(key)
+    os.close(_HOLDS.pop(key))
+
+
+def release_run_dir(out_dir: str | os.PathLike) -> None:
+    """Let go of this process's holds on `out_dir` (`bind_run_dir` took them; `finish_invocation` calls this)."""
+    inside = os.path.join(os.path.realpath(out_dir), "")
+    for key in [k for k in _HOLDS if k.startswith(inside)]:
+        _let_go(key)
 
 
 def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: str, rerun: str = "resume",
-                 write: bool = True, machine: Mapping[str, Any] | None = None) -> str | None:
+                 write: bool = True, machine: Mapping[str, Any] | None = None, role: str = "") -> str | None:
     """Make `out_dir` belong to `config` (JSON-ready) and to the code that runs it: the first run writes the config to
     run_config.json, and every invocation is appended to run_log.jsonl (time, command, code version, what changed,
     the `machine` it runs on where given, an id that `finish_invocation` finds it by). A rerun with a different
@@ -369,8 +424,9 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     version goes on, the commits named in a warning printed to stderr and kept in its run-log entry. Several
     invocations may bind one directory at once (the jobs of a job array): they do it one after another, under the
     directory's lock. `write=False` (every process of a run but the one that writes shared files) makes the
-    directory and, for a plain resume, checks its config; it moves, writes and logs nothing. Returns the
-    invocation's id (None with `write=False`)."""
+    directory and, for a plain resume, checks its config; it moves, writes and logs nothing. The invocation then
+    holds the directory for its `role` (`_hold`) until `finish_invocation`: a second invocation of the same part
+    of the run stops here while the first runs. Returns the invocation's id (None with `write=False`)."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
@@ -384,14 +440,29 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
             raise ValueError(f"{out_dir} holds the `ttcjax {command}` run of another config (keys that differ: "
                              f"{sorted(differ)}); {flags}.")
         os.makedirs(out, exist_ok=True)
+        _hold(out, role, command)
         return None
-    if rerun == "fresh" and os.path.isdir(out) and os.listdir(out):
+    if rerun == "fresh" and os.path.isdir(out) and _files_in(out):
+        _hold(out, role, command)  # a run still going on in it is not moved away from under it
+        release_run_dir(out)
         aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         while os.path.exists(aside):
             aside += "x"
         os.rename(out, aside)
         print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
     os.makedirs(out, exist_ok=True)
+    took = _hold(out, role, command)
+    try:
+        return _bind(out, out_dir, path, config, command, rerun, flags, machine)
+    except BaseException:
+        if took:  # refused: nothing of this invocation stays behind
+            _let_go(took)
+        raise
+
+
+def _bind(out: str, out_dir, path: str, config: dict[str, Any], command: str, rerun: str, flags: str,
+          machine: Mapping[str, Any] | None) -> str:
+    """`bind_run_dir`'s check and record, under the directory's lock."""
     with _run_dir_lock(out):
         code, changed, warning = code_version(), {}, None
         present = _files_in(out)  # once: where locks do nothing, another job may be binding it meanwhile
@@ -450,6 +521,7 @@ def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: st
     (killed, failed, or still running), the seconds they all spent (an interrupted one counts the time its
     `invocation_clock` last recorded; one without a clock counts none) and the machines they ran on."""
     log, _ = _set_in_entry(os.fspath(out_dir), invocation, "seconds", seconds)
+    release_run_dir(out_dir)
     finished = [e for e in log if _number(e.get("seconds"))]
     interrupted = [e.get("running_seconds") for e in log if not _number(e.get("seconds"))]
     totals = {"invocations": len(log), "interrupted_invocations": len(log) - len(finished),
@@ -469,9 +541,13 @@ def invocation_clock(out_dir: str | os.PathLike, invocation: str | None, every: 
     """While the block runs, record in `invocation`'s run-log entry every `every` seconds how long it has been
     running (`running_seconds`), so that a run killed before `finish_invocation` still counts the time it spent, to
     within `every`, in the totals of the run that resumes it. Nothing is recorded where `invocation` is None (a
-    process that writes no shared files)."""
+    process that writes no shared files). When the block ends, however it ends, the invocation lets go of the
+    directory (`release_run_dir`): a run stopped by an exception in a notebook does not keep it held."""
     if invocation is None:
-        yield
+        try:
+            yield
+        finally:
+            release_run_dir(out_dir)
         return
     out, started, stop = os.fspath(out_dir), time.perf_counter(), threading.Event()
 
@@ -490,6 +566,7 @@ def invocation_clock(out_dir: str | os.PathLike, invocation: str | None, every: 
     finally:
         stop.set()
         clock.join()
+        release_run_dir(out_dir)
 
 
 def yaml_problem(error: yaml.YAMLError) -> str:

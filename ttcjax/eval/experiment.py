@@ -59,7 +59,7 @@ import numpy as np
 from ttcjax.checkpoints.assets import ASSETS, check_model_name, resolve
 from ttcjax.checkpoints.native import checkpoint_config
 from ttcjax.decoding.engine import GREEDY
-from ttcjax.distributed import barrier, is_writer, machine
+from ttcjax.distributed import barrier, is_writer, machine, run_role
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
@@ -241,7 +241,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
                          f"{config.bins} difficulty bins; lower bins or raise questions.")
     mesh = process_mesh(config.mesh)
     invocation = bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer(),
-                              machine=machine())
+                              machine=machine(), role=run_role(job))
     with invocation_clock(out, invocation):
         return _experiment(config, task, problems, mesh, invocation, started, progress, job)
 

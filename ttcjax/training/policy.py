@@ -21,7 +21,7 @@ import numpy as np
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.distributed import gathered, is_writer, machine
+from ttcjax.distributed import gathered, is_writer, machine, run_role
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, replace_dir,
                        write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
@@ -272,7 +272,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
                                                                     f"init_from {config.init_from}", "train policy")
     check_processes_meshed(mesh)
     bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun, write=is_writer(),
-                 machine=machine())
+                 machine=machine(), role=run_role())
     task = config.make_task()
     model, tokenizer = _model_and_tokenizer(config, mesh)
     examples = training_examples(config, task, tokenizer)

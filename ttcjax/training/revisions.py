@@ -39,7 +39,7 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.distributed import barrier, gathered, is_writer, machine
+from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
                        replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
@@ -531,7 +531,8 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                 f"init_from {config.init_from}", "train revision")
     check_processes_meshed(mesh)
-    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(), machine=machine())
+    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(), machine=machine(),
+                 role=run_role())
     tokenizer = load_tokenizer(config.tokenizer_path)
     model = load_any(config.init_from, mesh=mesh)
     check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.distributed import barrier, gathered, is_writer, machine
+from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
 from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, json_text,
                        read_json, replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
@@ -458,7 +458,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         examples(reused_labels(config)[0], labels_path)
     check_processes_meshed(mesh)
     bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun,
-                 write=is_writer(), machine=machine())
+                 write=is_writer(), machine=machine(), role=run_role())
     labelled, cost = make_labels(config, tokenizer, mesh, progress)
     if config.distinct_solutions:
         labelled = distinct_solutions(labelled)
