@@ -99,9 +99,11 @@ def test_a_search_stage_counts_each_devices_rows_and_both_caches():
 def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_cache():
     reviser = TINY.replace(max_position_embeddings=256, num_layers=3)
     verifier = VerifierModel("orm", planner.TTCJAX, TINY.replace(has_lm_head=False), "value")
-    strategy = Revisions(8, sequential=4)  # 2 chains per question: 8 rows per batch hold 4 questions
+    strategy = Revisions(8, sequential=4)  # 2 chains per question
     w = _workload(verifier=verifier, strategies=(strategy,), revision_policy=reviser, revision_verifier=verifier)
-    stage = memory_plan(w, (1, 1), 8, None).stages[0]
+    # a question counts for its 8 generations against rows_per_batch 32 (the chains run in lock step, so their
+    # episodes are 1/sequential as wide as best-of-N's): 4 questions, 8 chain rows
+    stage = memory_plan(w, (1, 1), 32, None).stages[0]
     terms = dict(stage.terms)
     # the revision model's cache, 8 chains of its whole context (256 slots), not the policy's 64
     assert terms["policy KV cache"] == kv_bytes(reviser, 8, 256)
@@ -117,7 +119,7 @@ def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_c
     assert ("revisions n=8 sequential 4 (the revision model): 4 question(s) x 2 rows per device, 256 slots"
             in stage.detail)
     narrower = dataclasses.replace(w, search=dataclasses.replace(w.search, revision_max_len=96))
-    assert dict(memory_plan(narrower, (1, 1), 8, None).stages[0].terms)["policy KV cache"] == kv_bytes(reviser, 8, 96)
+    assert dict(memory_plan(narrower, (1, 1), 32, None).stages[0].terms)["policy KV cache"] == kv_bytes(reviser, 8, 96)
 
 
 def test_particle_filtering_holds_what_beam_search_holds():

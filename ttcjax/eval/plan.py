@@ -446,14 +446,15 @@ def _prompt_bucket(w: Workload) -> int:
 
 
 def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_per_batch: int) -> StageMemory:
-    """The search episode of one strategy: `ttcjax.search.run.search` batches max(1, rows_per_batch // rows)
-    questions, padded to a multiple of the data axis, `strategy.rows` rows each (N; a revision strategy's
-    chains, run by the revision model and its verifier with a cache of `search.chain_max_len` per chain)."""
+    """The search episode of one strategy: a sweep batches max(1, rows_per_batch // `strategy.batch_rows`)
+    questions (`ttcjax.eval.sweep.cell_batch`), padded to a multiple of the data axis, `strategy.rows` rows each
+    (N; a revision strategy's chains, run by the revision model and its verifier with a cache of
+    `search.chain_max_len` per chain)."""
     data, model = mesh
     revision = isinstance(strategy, Revisions)
     p, v, s = (w.revision_policy, w.revision_verifier, w.search) if revision else (w.policy, w.verifier, w.search)
     n = strategy.rows
-    questions = max(1, rows_per_batch // n)
+    questions = max(1, rows_per_batch // strategy.batch_rows)
     if w.questions is not None:
         questions = min(questions, w.questions)
     q = _ceil_div(questions, data)  # questions per device

@@ -226,8 +226,8 @@ class SweepConfig:
     strategies: tuple[StrategySpec, ...] = DEFAULT_STRATEGIES
     budgets: tuple[int, ...] = (4, 16, 64, 256)
     search: SearchSettings = SearchSettings()
-    rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // rows per
-    # question (N; a revision strategy's chains)
+    rows_per_batch: int = 1024  # rows per compiled episode: questions per episode = rows_per_batch // the rows a
+    # question counts for (`Strategy.batch_rows`: N; a revision strategy's episodes hold 1/sequential of that)
     mesh: str = "auto"
 
     COUNTS: ClassVar[tuple[str, ...]] = ("rows_per_batch",)  # fields that must be integers >= 1
@@ -310,7 +310,7 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
     shard of it) after each batch; problems already written are not searched again
     (`ttcjax.eval.shards.run_batches`). `merge` then reads the cell's records.
 
-    Batches are fixed by the problem list (rows_per_batch // rows per question each) and a batch's random key
+    Batches are fixed by the problem list (`cell_batch` questions each) and a batch's random key
     depends on the cell and its first question only, so a resumed cell, or one split across processes, draws
     what one uninterrupted process would have."""
     strategy = cell.strategy
@@ -349,8 +349,9 @@ def run_cell(cell: Cell, task: Task, problems: Sequence[ProblemRecord], engine: 
 
 
 def cell_batch(cell: Cell, rows_per_batch: int) -> int:
-    """Questions per batch of a cell: as many as fill `rows_per_batch` rows (at least one)."""
-    return max(1, rows_per_batch // cell.strategy.rows)
+    """Questions per batch of a cell: as many as fill `rows_per_batch` rows (at least one), each counting for its
+    strategy's `batch_rows` (a revision strategy's n generations: its episodes are 1/sequential as wide)."""
+    return max(1, rows_per_batch // cell.strategy.batch_rows)
 
 
 def revision_record(candidates, right: Sequence[bool], sequential: int) -> dict:
