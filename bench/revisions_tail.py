@@ -84,7 +84,7 @@ def main(argv=None):
         t = time.perf_counter()
         results = search(strategy, engine, verifier, tok, prompts, jax.random.key(1),
                          extract_answer=task.extract_answer, settings=settings, compact=compact,
-                         questions_per_batch=max(1, args.rows_per_batch // strategy.rows))
+                         questions_per_batch=max(1, args.rows_per_batch // strategy.batch_rows))
         return time.perf_counter() - t, results
 
     for name in runs:  # warm-up: compile every program the timed calls run (the same key closes the same questions)
@@ -95,9 +95,12 @@ def main(argv=None):
             seconds, outcomes[name] = run(name)
             times[name].append(seconds)
     lengths = np.zeros((args.questions, args.n // args.sequential, args.sequential), int)  # [Q, chains, attempts]
+    rounds = {}  # (question, chain) -> every attempt's tokens per round, in order
     for q, result in enumerate(outcomes["revisions"]):
-        for c in result.candidates:
+        for c in sorted(result.candidates, key=lambda c: (c.chain, c.attempt)):
             lengths[q, c.chain, c.attempt] = len(c.tokens)
+            rounds.setdefault((q, c.chain), []).append(attempt_rounds(c, tok))
+    per_episode = max(1, args.rows_per_batch // chains.batch_rows)
     samples = np.array([[len(c.tokens) for c in r.candidates] for r in outcomes["best_of_n"]])  # [Q, N]
     best = {name: min(t) for name, t in times.items()}
     report = {
@@ -110,6 +113,8 @@ def main(argv=None):
         "generated_tokens": {k: int(sum(r.generated_tokens for r in v)) for k, v in outcomes.items()},
         "attempt_tokens": {"mean": float(lengths.mean()), "mean_by_attempt": lengths.mean(axis=(0, 1)).tolist(),
                            "longest_by_attempt": lengths.max(axis=(0, 1)).tolist()},
+        "chain_decode_steps": {str(k): decode_steps(rounds, k) for k in sorted({per_episode, args.questions})},
+        "chain_questions_per_episode": per_episode,
         "best_of_n_sample_tokens": {"mean": float(samples.mean()), "longest": int(samples.max()),
                                     "mean_of_each_questions_longest": float(samples.max(axis=1).mean())},
         "machine": {"cpu": cpu_model(), "cpu_count": os.cpu_count(), "backend": jax.default_backend(),
@@ -121,11 +126,41 @@ def main(argv=None):
         update_doc(DOC, markdown(report), title=SECTION)
 
 
+def attempt_rounds(candidate, tok) -> list[int]:
+    """The tokens an attempt generated in each round: each scored step with its delimiter, then what ended it (an
+    EOS or the blank line), if anything did."""
+    per_step = [len(tok.encode(step)) + 1 for step in candidate.steps]
+    rest = len(candidate.tokens) - sum(per_step)
+    return per_step + ([rest] if rest > 0 else [])
+
+
+def decode_steps(rounds: dict, per_episode: int) -> dict:
+    """Decode steps that chain episodes of `per_episode` questions take under three schedules, from every chain's
+    tokens per round (`attempt_rounds`): as they run now (a round lasts as long as the longest step written in it,
+    and attempt a+1 starts once attempt a has ended on every row); with each row starting its next attempt when its
+    own has ended (rounds still shared by all rows); with no shared rounds at all (each row generates its chain
+    token after token: the longest chain of the episode)."""
+    questions = sorted({q for q, _ in rounds})
+    out = {"lock_step": 0, "per_row_attempts": 0, "per_row_tokens": 0}
+    for start in range(0, len(questions), per_episode):
+        keep = set(questions[start:start + per_episode])
+        chains = [a for (q, _), a in rounds.items() if q in keep]
+        for attempt in zip(*chains):  # attempt a of every chain
+            out["lock_step"] += sum(max(r[t] if t < len(r) else 0 for r in attempt)
+                                    for t in range(max(map(len, attempt))))
+        flat = [sum(a, []) for a in chains]
+        out["per_row_attempts"] += sum(max(r[t] if t < len(r) else 0 for r in flat)
+                                       for t in range(max(map(len, flat))))
+        out["per_row_tokens"] += max(map(sum, flat))
+    return out
+
+
 def markdown(r: dict) -> str:
     m, s, a = r["machine"], r["seconds"], r["attempt_tokens"]
     b = r["best_of_n_sample_tokens"]
     rows = [f"| {name} | {s[name]:.2f} | {r['generated_tokens'][name]} |" for name in s]
-    steps = sum(a["longest_by_attempt"])
+    per = r["chain_questions_per_episode"]
+    steps = r["chain_decode_steps"][str(per)]["lock_step"] / -(-r["questions"] // per)
     return "\n".join([
         SECTION, "",
         f"`{r['command'].strip()}` on a {m['cpu_count']}-core {m['cpu']} ({m['backend']}; load average "
@@ -139,13 +174,28 @@ def markdown(r: dict) -> str:
         f"by construction: attempt a+1 starts once attempt a has ended on every row, so each attempt takes as many "
         f"decode steps as its longest row. The chains' attempts are {a['mean']:.1f} tokens long on average (by "
         f"attempt: {', '.join(f'{x:.1f}' for x in a['mean_by_attempt'])}) and the longest of each attempt "
-        f"{', '.join(map(str, a['longest_by_attempt']))}: {steps} decode steps for about "
+        f"{', '.join(map(str, a['longest_by_attempt']))} over all {r['questions']} questions; an episode of "
+        f"{per} questions took {steps:.0f} decode steps on average (the table below) for about "
         f"{a['mean'] * r['sequential']:.0f} tokens a chain, {steps / (a['mean'] * r['sequential']):.1f}x. Here "
         f"Revisions({r['n']}, sequential={r['sequential']}) take {r['revisions_over_best_of_n']:.2f}x best-of-N's "
-        "time at the same cache. The lever is to let each row start its next attempt as soon as its own attempt "
-        "ends (a per-row attempt counter in the round loop, the context switch done for the rows that need it), at "
-        "the price of reading a chain's new context in more, smaller calls; it is not built.", ""])
-
+        f"time at the same cache (chain episodes of {r['chain_questions_per_episode']} questions, as a sweep batches "
+        "them).", "",
+        "Decode steps of the chain episodes under other schedules, counted from the same chains' tokens per round "
+        "(`decode_steps`): *lock step* is how they run; *per-row attempts* lets each row start its next attempt when "
+        "its own ends, rounds still shared by every row; *per-row tokens* shares nothing (each episode lasts as long "
+        "as its longest chain).", "",
+        "| questions per episode | rows | lock step | per-row attempts | per-row tokens |", "|---:|---:|---:|---:|---:|",
+        *[f"| {k} | {int(k) * r['n'] // r['sequential']} | {d['lock_step']} | {d['per_row_attempts']} | "
+          f"{d['per_row_tokens']} |" for k, d in r["chain_decode_steps"].items()], "",
+        "Starting each row's next attempt early does not shorten an episode: a round lasts as long as the longest "
+        "step written in it, and rows out of step with each other put a long step (a restated first line) into "
+        "more rounds. Dropping shared rounds as well saves "
+        + ", ".join(f"{1 - d['per_row_tokens'] / d['lock_step']:.0%}" for d in r["chain_decode_steps"].values())
+        + " of the decode steps, because a few chains are long: the episode waits for its longest chain. What a "
+        "decode step costs depends on the rows and the cache they read: the step reads every row's cache "
+        "up to the widest row's length (`segment_widths`), and a chain's cache is 512 slots, 3.2x best-of-N's. The "
+        "levers are the step's cost (attention over the slots each row has filled, a cache in blocks) and keeping "
+        "every row busy (a finished chain's row taking the next question's chain); neither is built.", ""])
 
 if __name__ == "__main__":
     main()
