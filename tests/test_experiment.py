@@ -5,6 +5,7 @@ selection; `ttcjax run` with the scheduler an experiment saved; a run directory 
 import json
 import os
 
+import numpy as np
 import pytest
 import yaml
 from conftest import optimized_cli
@@ -12,9 +13,11 @@ from conftest import optimized_cli
 from ttcjax.cli import main
 from ttcjax.eval.experiment import ExperimentConfig, read_config
 from ttcjax.eval.sweep import SweepConfig
+from ttcjax.eval.verifier import within_question_auc
 from ttcjax.io import read_yaml
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.grading import answers_equal
+from ttcjax.verifiers.base import roc_auc
 
 BON = "best_of_n-selectionweighted"
 REDUCED = ["questions=12", "difficulty_samples=4", "bins=2", "budgets=[2,4]", "search.max_rounds=8", "probe_samples=1",
@@ -248,12 +251,31 @@ def test_the_shipped_and_example_configs_read():
     assert SweepConfig.from_dict(read_yaml("configs/sweep-tiny.yaml")).questions == 100
 
 
+def test_within_question_auc_does_not_reward_knowing_which_questions_are_hard():
+    # an easy question whose steps all score 0.9 (three right, one wrong) and a hard one whose steps all score 0.1
+    # (one right, three wrong): over every step the scores rank right above wrong (AUC 12/16), within each question
+    # they cannot (0.5); a third question whose steps are all right has no within-question AUC and is left out
+    scores = np.array([0.9] * 4 + [0.1] * 4 + [0.7, 0.2])
+    labels = np.array([True, True, True, False, True, False, False, False, True, True])
+    questions = np.array([0] * 4 + [1] * 4 + [2, 2])
+    assert roc_auc(scores[:8], labels[:8]) == pytest.approx(0.75)
+    assert within_question_auc(scores, labels, questions) == {"step_auc_within_question": 0.5,
+                                                             "questions_with_both_labels": 2}
+    # scores that rank each question's own steps right: 1.0 whatever the questions' levels
+    ranked = np.array([0.9, 0.9, 0.9, 0.8, 0.2, 0.1, 0.1, 0.1, 0.7, 0.2])
+    assert within_question_auc(ranked, labels, questions)["step_auc_within_question"] == 1.0
+    assert within_question_auc(ranked, labels[[0, 1, 2, 0, 4, 4, 4, 4, 8, 9]],
+                               questions)["step_auc_within_question"] is None  # no question holds both labels
+
+
 def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     args = ["eval", "prm", "--model", "tiny", "--policy", "tiny", "--samples", "2", "--mesh", "none"]
     assert main([*args, "--per-difficulty", "2"]) == 0
     arithmetic_result = json.loads(capsys.readouterr().out)
     assert arithmetic_result["all"]["problems"] == 8 and arithmetic_result["steps_scored"] > 0
     assert 0 <= arithmetic_result["all"]["step_auc"] <= 1  # the exact step oracle labels every step
+    within = arithmetic_result["all"]["step_auc_within_question"]
+    assert (within is None) == (arithmetic_result["all"]["questions_with_both_labels"] == 0)
     # a rule's picks where a right answer is among the candidates: its accuracy over pass@N (a right pick needs one)
     overall = arithmetic_result["all"]
     for rule in ("best_of_n", "weighted", "majority"):

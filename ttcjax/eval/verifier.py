@@ -4,7 +4,10 @@ For the task's problems, the policy samples N solutions each; the verifier score
 and per difficulty: the accuracy of each selection rule (vanilla best-of-N, weighted, majority) over the same N
 samples with pass@N (the ceiling) beside them, and, where the task has an exact step oracle (the built-in
 arithmetic task), the step-level ROC-AUC of the step score for "this prefix is still on a path to the right
-answer". `picks_right_when_present`: per rule, the share of the questions with a right answer among the N samples
+answer", over every step (`step_auc`) and within each question (`step_auc_within_question`: the mean over the
+questions whose steps hold both labels of the AUC among that question's own steps). The two differ where a verifier
+has learned which questions are hard rather than which steps are wrong: the first rewards it, the second does not,
+and only the second helps selection, which compares one question's candidates. `picks_right_when_present`: per rule, the share of the questions with a right answer among the N samples
 for which the rule picks one.
 """
 
@@ -38,7 +41,7 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
         warnings.warn(f"evaluate_verifier: {nonfinite_scores} of {sum(map(len, scores))} step scores are non-finite "
                       "(a NaN or inf in the verifier's weights or activations); the selections that read them are not "
                       "to be trusted.", stacklevel=2)
-    step_scores, step_labels, step_difficulty = [], [], []
+    step_scores, step_labels, step_difficulty, step_question = [], [], [], []
     per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):
         p = problems[i]
@@ -48,9 +51,10 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                 step_scores.append(float(s[k]))
                 step_labels.append(on_path)
                 step_difficulty.append(p.difficulty)
+                step_question.append(i)
         per_problem[i].append((task.extract_answer(text), verifier.solution_score(s)))
     step_scores, step_labels = np.array(step_scores), np.array(step_labels, bool)
-    step_difficulty = np.array(step_difficulty)
+    step_difficulty, step_question = np.array(step_difficulty), np.array(step_question, int)
 
     rules = {"best_of_n": "vanilla", "weighted": "weighted", "majority": "majority"}
     if not verifier.scores_steps:
@@ -67,6 +71,7 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
     def summary(mask, step_mask):
         out = {"problems": int(mask.sum()),
                "step_auc": roc_auc(step_scores[step_mask], step_labels[step_mask]) if len(step_scores) else None}
+        out.update(within_question_auc(step_scores[step_mask], step_labels[step_mask], step_question[step_mask]))
         out.update({k: float(np.mean(np.array(v)[mask])) for k, v in chosen.items()})
         # how often each rule picks a right answer where one is among the candidates: the verifier's share of the
         # gap between a rule and pass@N (issue 17's target: weighted at N=64 at least 0.85)
@@ -85,3 +90,12 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)
                               for d in sorted(set(difficulty.tolist())) if d >= 0}}
+
+
+def within_question_auc(scores: np.ndarray, labels: np.ndarray, questions: np.ndarray) -> dict[str, Any]:
+    """The mean over questions of the ROC-AUC among each question's own steps (scores/labels/questions [steps]),
+    over the questions whose steps hold both labels (`step_auc_within_question`, None where none does), and how many
+    questions that is (`questions_with_both_labels`)."""
+    aucs = [roc_auc(scores[questions == q], labels[questions == q]) for q in np.unique(questions)
+            if 0 < labels[questions == q].sum() < (questions == q).sum()]
+    return {"step_auc_within_question": float(np.mean(aucs)) if aucs else None, "questions_with_both_labels": len(aucs)}
