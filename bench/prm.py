@@ -113,7 +113,7 @@ def main(argv=None):
     gen, score = min(gen_times), min(score_times)
     report = {
         "command": "python bench/prm.py " + " ".join(shlex.quote(a) for a in (argv or sys.argv[1:])),
-        "models": which, "policy_params": policy.config.num_params(), "prm_params": prm.config.num_params(),
+        "models": which, "policy_params": policy.config.num_params(), "prm_params": prm.num_params,
         "questions": args.questions, "samples": args.samples, "sequences": sequences, "steps": steps,
         "generated_tokens": generated, "scored_tokens": int(sum(len(x.tokens) for x in inputs)),
         "generation_s": gen, "scoring_s": score, "scoring_over_generation": score / gen,

@@ -8,7 +8,8 @@ import time
 import pytest
 
 from ttcjax import io
-from ttcjax.io import RUN_LOG_FILE, bind_run_dir, code_version, finish_invocation, invocation_clock, read_run_log
+from ttcjax.io import (RUN_LOG_FILE, bind_run_dir, code_version, finish_invocation, invocation_clock, read_run_log,
+                       release_run_dir)
 
 
 def _files(root):
@@ -55,6 +56,7 @@ def test_fresh_moves_the_earlier_run_aside_whole(tmp_path):
     invocation = bind_run_dir(out, {"questions": 6}, "experiment")
     (out / "results.jsonl").write_text('{"id": 1}\n')
     finish_invocation(out, 1.0, invocation)  # the earlier run ended
+    release_run_dir(out)
     before = _files(out)
     bind_run_dir(out, {"questions": 4}, "experiment", rerun="fresh")
     (aside,) = [p for p in os.listdir(tmp_path) if p.startswith("run.before-")]
@@ -142,7 +144,7 @@ def test_a_directory_with_files_but_no_config_is_adopted_only_on_purpose(tmp_pat
 JOBS, ROUNDS = 6, 12
 BIND_AT_ONCE = """
 import fcntl, os, sys, time
-from ttcjax.io import bind_run_dir, finish_invocation
+from ttcjax.io import bind_run_dir, finish_invocation, release_run_dir
 root, job, locks = sys.argv[1], sys.argv[2], sys.argv[3]
 if locks == "nolocks":
     def refuse(*args):
@@ -156,6 +158,7 @@ for n in range({rounds}):
     out = os.path.join(root, f"run-{{n}}")
     invocation = bind_run_dir(out, {{"questions": 8, "seed": 0}}, "sweep", role=f"job-{{job}}-of-{jobs}")
     finish_invocation(out, float(job), invocation)
+    release_run_dir(out)
     open(os.path.join(root, f"done-{{n}}-{{job}}"), "w").close()
 """
 
@@ -198,40 +201,46 @@ def test_jobs_that_bind_one_directory_at_once_all_bind_it_and_every_entry_is_log
         assert sorted(e["seconds"] for e in log) == [float(j) for j in range(JOBS)]  # each finished its own
 HOLD = """
 import os, sys, time
-from ttcjax.io import bind_run_dir, finish_invocation
-out = sys.argv[1]
-invocation = bind_run_dir(out, {"questions": 8}, "sweep")
-print("bound", flush=True)
-while not os.path.exists(out + ".stop"):
-    time.sleep(0.01)
-finish_invocation(out, 1.0, invocation)
+from ttcjax.io import bind_run_dir, finish_invocation, invocation_clock
+out, role = sys.argv[1], sys.argv[2]
+invocation = bind_run_dir(out, {"questions": 8}, "sweep", role=role)
+with invocation_clock(out, invocation):
+    print("bound", flush=True)
+    while not os.path.exists(out + ".stop"):
+        time.sleep(0.01)
+    finish_invocation(out, 1.0, invocation)
 """
 
 
-def test_a_second_invocation_of_the_same_part_of_a_run_stops_while_the_first_runs(tmp_path):
+def _holder(out, role=""):
+    """A child process that binds `out` for `role` and holds it until OUT.stop appears."""
     import subprocess
     import sys
 
     env = {**os.environ, "PYTHONPATH": os.pathsep.join([os.path.dirname(os.path.dirname(io.__file__)),
                                                         os.environ.get("PYTHONPATH", "")])}
+    child = subprocess.Popen([sys.executable, "-c", HOLD, str(out), role], env=env, stdout=subprocess.PIPE, text=True)
+    assert child.stdout.readline().strip() == "bound"
+    return child
+
+
+def _in_use(out, child, role=""):
+    part = rf" \({role}\)" if role else ""
+    return rf"{out} is in use: `ttcjax sweep`{part} \(pid {child.pid} on .*, since .*\)"
+
+
+def test_a_second_invocation_of_the_same_part_of_a_run_stops_while_the_first_runs(tmp_path):
     out = tmp_path / "run"
-
-    def holder():
-        child = subprocess.Popen([sys.executable, "-c", HOLD, str(out)], env=env, stdout=subprocess.PIPE, text=True)
-        assert child.stdout.readline().strip() == "bound"
-        return child
-
-    child = holder()
+    child = _holder(out)
     try:
         before = _files(out)
         for rerun in ("resume", "fresh"):  # neither works in it nor moves it away from under it
-            with pytest.raises(ValueError, match=rf"{out} is in use: `ttcjax sweep` \(pid {child.pid} on .*, since "
-                                                 r".*\) is running in it; wait for it to end"):
+            with pytest.raises(ValueError, match=_in_use(out, child) + " is running in it; wait for it to end"):
                 bind_run_dir(out, {"questions": 8}, "sweep", rerun=rerun)
+        # nor does a part of a split of the run (a job of an array, a process of several): the whole run does it all
+        with pytest.raises(ValueError, match=_in_use(out, child)):
+            bind_run_dir(out, {"questions": 8}, "sweep", role="job-1-of-2")
         assert _files(out) == before and not [p for p in os.listdir(tmp_path) if ".before-" in p]
-        # another part of the run (a job of an array, a process of several) goes on beside it
-        other = bind_run_dir(out, {"questions": 8}, "sweep", role="job-1-of-2")
-        finish_invocation(out, 2.0, other)
         (tmp_path / "run.stop").touch()
         assert child.wait(timeout=60) == 0
     finally:
@@ -240,8 +249,9 @@ def test_a_second_invocation_of_the_same_part_of_a_run_stops_while_the_first_run
     mine = bind_run_dir(out, {"questions": 8}, "sweep")  # free again
     bind_run_dir(out, {"questions": 8}, "sweep")  # this process may hold it again (a resume in the same process)
     finish_invocation(out, 3.0, mine)
+    release_run_dir(out)
     (tmp_path / "run.stop").unlink()
-    child = holder()
+    child = _holder(out)
     child.kill()  # a killed holder's hold ends with it
     child.wait(timeout=60)
     held = bind_run_dir(out, {"questions": 8}, "sweep")
@@ -249,7 +259,46 @@ def test_a_second_invocation_of_the_same_part_of_a_run_stops_while_the_first_run
         with invocation_clock(out, held):
             raise RuntimeError("interrupted")
     assert not (out / ".held.lock").exists()
-    assert [e.get("seconds") for e in read_run_log(out)] == [1.0, 2.0, 3.0, None, None, None]
+    assert [e.get("seconds") for e in read_run_log(out)] == [1.0, 3.0, None, None, None]
+
+
+def test_parts_of_one_split_of_a_run_share_it_and_nothing_else_does(tmp_path):
+    out = tmp_path / "run"
+    child = _holder(out, "job-0-of-2")
+    try:
+        for rerun in ("resume", "fresh"):  # the whole run is refused, and --fresh does not move it from under the job
+            with pytest.raises(ValueError, match=_in_use(out, child, "job-0-of-2")):
+                bind_run_dir(out, {"questions": 8}, "sweep", rerun=rerun)
+        assert not [p for p in os.listdir(tmp_path) if ".before-" in p]
+        with pytest.raises(ValueError, match=_in_use(out, child, "job-0-of-2")):  # the same job again
+            bind_run_dir(out, {"questions": 8}, "sweep", role="job-0-of-2")
+        with pytest.raises(ValueError, match=_in_use(out, child, "job-0-of-2") + " is running another split of the "
+                                             r"run in it \(job-0-of-2, where this is job-0-of-4\)"):
+            bind_run_dir(out, {"questions": 8}, "sweep", role="job-0-of-4")
+        with invocation_clock(out, bind_run_dir(out, {"questions": 8}, "sweep", role="job-1-of-2")):
+            assert (out / ".held-job-1-of-2.lock").exists()  # the other job of the split goes on beside it
+        assert not (out / ".held-job-1-of-2.lock").exists() and (out / ".held.lock").exists()  # still shared
+        (tmp_path / "run.stop").touch()
+        assert child.wait(timeout=60) == 0
+    finally:
+        child.kill()
+    assert not [p for p in os.listdir(out) if p.startswith(".held")]  # the last part removed the shared lock
+    with invocation_clock(out, bind_run_dir(out, {"questions": 8}, "sweep")):  # the whole run, now the split is done
+        pass
+
+
+def test_letting_go_leaves_a_lock_file_that_is_not_its_own(tmp_path):
+    out = tmp_path / "run"
+    bind_run_dir(out, {"questions": 8}, "sweep")
+    os.rename(out, tmp_path / "run.old")  # moved by hand while held, and a new run started in its place
+    child = _holder(out)
+    try:
+        release_run_dir(out)  # this process holds nothing there: the child's lock file stays
+        assert (out / ".held.lock").exists()
+        with pytest.raises(ValueError, match=_in_use(out, child)):
+            bind_run_dir(out, {"questions": 8}, "sweep")
+    finally:
+        child.kill()
 
 
 def test_another_commit_of_the_same_version_goes_on_with_a_warning_printed_and_logged(tmp_path, monkeypatch, capsys):

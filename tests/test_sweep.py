@@ -10,7 +10,8 @@ from toys import toy_policy, y_fraction_prm
 
 from ttcjax.checkpoints.native import save_model
 from ttcjax.cli import main
-from ttcjax.eval.sweep import memory_maps, release_compiled_programs_when_crowded
+from ttcjax.eval.sweep import cell_batch, memory_maps, plan_cells, release_compiled_programs_when_crowded
+from ttcjax.search.strategies import StrategySpec
 from ttcjax.verifiers.reward_model import save_prm
 
 
@@ -128,3 +129,13 @@ def test_a_tasks_default_row_fits_the_policys_positions():
     given = SweepConfig.from_dict({"out_dir": "x", "task": {"name": "jsonl", "path": "q.jsonl"},
                                    "search": {"max_len": 300}}, "s.yaml")
     assert given.search.max_len == 300  # what a config sets is its own (and checked against positions at run)
+
+
+def test_a_cell_batches_its_questions_by_the_rows_it_counts_for():
+    # best-of-N counts a row per generation; revision chains count their n generations, not their n/sequential
+    # chains, so a chain episode runs 1/sequential as many rows as best-of-N's (Revisions.batch_rows)
+    cells = {c.spec.kind: c for c in plan_cells([StrategySpec.from_dict({"kind": "best_of_n"}),
+                                                 StrategySpec.from_dict({"kind": "revisions", "sequential": 4})], [8])}
+    assert cell_batch(cells["best_of_n"], 32) == 4 and cell_batch(cells["revisions"], 32) == 4
+    assert cells["revisions"].strategy.rows == 2  # 2 chains a question: 8 of a batch's 32 rows
+    assert cell_batch(cells["best_of_n"], 4) == 1  # at least one question

@@ -18,6 +18,7 @@ import itertools
 import json
 import math
 import os
+import re
 import secrets
 import shutil
 import subprocess
@@ -359,55 +360,116 @@ def _files_in(out: str) -> list[str]:
                   and not (n.startswith(".") and TEMPORARY in n))
 
 
-HOLD_PREFIX = ".held"  # .held[-ROLE].lock: locked by the invocation doing that part of the run, while it runs
-_HOLDS: dict[str, int] = {}  # this process's holds: the lock file's real path -> its descriptor
+HOLD_PREFIX = ".held"  # .held[-ROLE].lock: locked by the invocations doing the run or that part of it, while they run
+_HOLDS: dict[str, tuple[int, bool]] = {}  # this process's holds: the lock file's real path -> (descriptor, shared)
+_SPLIT = re.compile(r"-\d+-of-")  # a role's place in its split: "job-1-of-4" and "job-3-of-4" split a run alike
 
 
-def _hold(out: str, role: str, command: str) -> str | None:
+def _hold(out: str, role: str, command: str) -> list[str]:
     """Hold `out` for `role` (the part of the run this invocation does: "" for all of it, or its job of an array and
-    its process of several, `ttcjax.distributed.run_role`) until `release_run_dir` or the process ends: a second
-    invocation that would do the same part in the same directory at the same time stops at once, naming the first,
-    instead of both writing the same records. A process may hold a directory again (a run resumed in the same
-    process). The hold is a flock on .held[-ROLE].lock, which names its holder and is removed on release; where
-    the file system has no locks, nothing is held. Returns the hold's key where this call took it."""
-    path = os.path.join(out, f"{HOLD_PREFIX}{'-' + role if role else ''}.lock")
+    its process of several, `ttcjax.distributed.run_role`) until `release_run_dir` or the process ends, so that no
+    two invocations write the same records: the whole run holds .held.lock alone; a part shares .held.lock with the
+    other parts and holds .held-ROLE.lock alone, and stops if a part of another split of the run (another count of
+    jobs or processes) is running. A second invocation that would overlap stops at once, naming the holder. A
+    process may hold a directory again (a run resumed in the same process). Each lock file names its (last) holder;
+    where the file system has no locks, nothing is held. Returns the keys of the holds this call took."""
+    took: list[str] = []
+    try:
+        took.append(_take(os.path.join(out, f"{HOLD_PREFIX}.lock"), out, command, role, shared=bool(role)))
+        if role:
+            _check_split(out, role)
+            took.append(_take(os.path.join(out, f"{HOLD_PREFIX}-{role}.lock"), out, command, role, shared=False))
+    except BaseException:
+        for key in took:
+            if key:
+                _let_go(key)
+        raise
+    return [key for key in took if key]
+
+
+def _take(path: str, out: str, command: str, role: str, shared: bool) -> str | None:
+    """flock `path` (shared or alone) for this process; its key, or None where this process holds it already or the
+    file system has no locks."""
     key = os.path.realpath(path)
     if key in _HOLDS:
         return None
     while True:
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
         try:
-            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(fd, (fcntl.LOCK_SH if shared else fcntl.LOCK_EX) | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
+            time.sleep(0.05)
+            moved = not _same_file(path, fd)  # its last holder was letting go of it (and removing it): try again
             os.close(fd)
+            if moved:
+                continue
             raise ValueError(f"{out} is in use: {holder} is running in it; wait for it to end (or stop it) and "
                              "rerun, or use another out_dir.") from None
         except OSError:  # no locks on this file system
             os.close(fd)
             return None
-        try:
-            same = os.stat(path).st_ino == os.fstat(fd).st_ino
-        except FileNotFoundError:
-            same = False
-        if not same:  # its holder released it (and removed the file) after we opened it: take the new one
+        if not _same_file(path, fd):  # its holder released it (and removed the file) after we opened it
             os.close(fd)
             continue
         os.ftruncate(fd, 0)
-        os.write(fd, f"`ttcjax {command}` (pid {os.getpid()} on {os.uname().nodename}, since "
-                     f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})".encode())
-        _HOLDS[key] = fd
+        os.write(fd, f"`ttcjax {command}`{' (' + role + ')' if role else ''} (pid {os.getpid()} on "
+                     f"{os.uname().nodename}, since {time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())})".encode())
+        _HOLDS[key] = (fd, shared)
         return key
 
 
-def _let_go(key: str) -> None:
-    with contextlib.suppress(FileNotFoundError):
-        os.remove(key)
-    os.close(_HOLDS.pop(key))
+def _same_file(path: str, fd: int) -> bool:
+    """Whether `path` still names the file open as `fd`."""
+    try:
+        st, ft = os.stat(path), os.fstat(fd)
+    except FileNotFoundError:
+        return False
+    return (st.st_dev, st.st_ino) == (ft.st_dev, ft.st_ino)
+
+
+def _check_split(out: str, role: str) -> None:
+    """Stop where a part of another split of the run in `out` holds it (jobs of 2 beside jobs of 4)."""
+    mine = _SPLIT.sub("-of-", role)
+    for name in sorted(os.listdir(out)):
+        other = name[len(HOLD_PREFIX) + 1:-len(".lock")] if name.startswith(HOLD_PREFIX + "-") else None
+        if not other or not name.endswith(".lock") or _SPLIT.sub("-of-", other) == mine:
+            continue
+        try:
+            fd = os.open(os.path.join(out, name), os.O_RDONLY)
+        except FileNotFoundError:
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
+            raise ValueError(f"{out} is in use: {holder} is running another split of the run in it ({other}, where "
+                             f"this is {role}); wait for it to end, or run the same split.") from None
+        except OSError:
+            pass
+        finally:
+            os.close(fd)
+
+
+def _let_go(key: str, path: str | None = None) -> None:
+    """Let go of the hold `key`, and remove its lock file (at `path`, where the directory has moved) unless another
+    invocation shares it or the file is no longer this hold's."""
+    fd, shared = _HOLDS.pop(key)
+    path = path or key
+    try:
+        if shared:  # the last of the parts that share it removes it
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if _same_file(path, fd):
+            os.remove(path)
+    except OSError:  # another part still holds it, or it is gone
+        pass
+    finally:
+        os.close(fd)
 
 
 def release_run_dir(out_dir: str | os.PathLike) -> None:
-    """Let go of this process's holds on `out_dir` (`bind_run_dir` took them; `finish_invocation` calls this)."""
+    """Let go of this process's holds on `out_dir` (`bind_run_dir` took them; `invocation_clock` lets go of them
+    when its block ends)."""
     inside = os.path.join(os.path.realpath(out_dir), "")
     for key in [k for k in _HOLDS if k.startswith(inside)]:
         _let_go(key)
@@ -425,8 +487,9 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
     invocations may bind one directory at once (the jobs of a job array): they do it one after another, under the
     directory's lock. `write=False` (every process of a run but the one that writes shared files) makes the
     directory and, for a plain resume, checks its config; it moves, writes and logs nothing. The invocation then
-    holds the directory for its `role` (`_hold`) until `finish_invocation`: a second invocation of the same part
-    of the run stops here while the first runs. Returns the invocation's id (None with `write=False`)."""
+    holds the directory for its `role` (`_hold`) until `release_run_dir` (`invocation_clock` calls it when its
+    block ends): a second invocation that would overlap it stops here while the first runs, and --fresh does not
+    move a directory any invocation holds. Returns the invocation's id (None with `write=False`)."""
     if rerun not in RERUN_MODES:
         raise ValueError(f"rerun={rerun!r}: choose one of {', '.join(RERUN_MODES)}.")
     check_output_dir(out_dir)
@@ -443,20 +506,25 @@ def bind_run_dir(out_dir: str | os.PathLike, config: dict[str, Any], command: st
         _hold(out, role, command)
         return None
     if rerun == "fresh" and os.path.isdir(out) and _files_in(out):
-        _hold(out, role, command)  # a run still going on in it is not moved away from under it
-        release_run_dir(out)
+        release_run_dir(out)  # an earlier invocation of this process let go of it
+        held = _hold(out, "", command)  # no run, nor any part of one, goes on in it: it is not moved from under them
         aside = f"{os.path.normpath(out)}.before-{time.strftime('%Y%m%d-%H%M%S', time.gmtime())}"
         while os.path.exists(aside):
             aside += "x"
-        os.rename(out, aside)
+        try:
+            os.rename(out, aside)
+        finally:
+            moved = os.path.exists(aside)
+            for key in held:
+                _let_go(key, os.path.join(aside, os.path.basename(key)) if moved else None)
         print(f"ttcjax {command}: --fresh: the earlier run in {out} is now {aside}", file=sys.stderr)
     os.makedirs(out, exist_ok=True)
     took = _hold(out, role, command)
     try:
         return _bind(out, out_dir, path, config, command, rerun, flags, machine)
     except BaseException:
-        if took:  # refused: nothing of this invocation stays behind
-            _let_go(took)
+        for key in took:  # refused: nothing of this invocation stays behind
+            _let_go(key)
         raise
 
 
@@ -521,7 +589,6 @@ def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: st
     (killed, failed, or still running), the seconds they all spent (an interrupted one counts the time its
     `invocation_clock` last recorded; one without a clock counts none) and the machines they ran on."""
     log, _ = _set_in_entry(os.fspath(out_dir), invocation, "seconds", seconds)
-    release_run_dir(out_dir)
     finished = [e for e in log if _number(e.get("seconds"))]
     interrupted = [e.get("running_seconds") for e in log if not _number(e.get("seconds"))]
     totals = {"invocations": len(log), "interrupted_invocations": len(log) - len(finished),

@@ -435,10 +435,11 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
         ax.set_title(f"level {lv} (oracle)")
     axes[0, 0].set_ylabel("accuracy")
     handles, labels = axes[0, 0].get_legend_handles_labels()
-    fig.tight_layout(rect=(0, 0.1 + 0.035 * (len(labels) // 6), 1, 1))
-    fig.legend(handles, labels, loc="lower center", ncol=min(6, len(labels)), fontsize=6, frameon=False)
+    columns = max(1, min(6, len(labels), int(2.8 * len(levels) / 1.6)))  # as many as the figure's width holds
+    fig.tight_layout(rect=(0, 0.1 + 0.035 * ((len(labels) - 1) // columns), 1, 1))
+    fig.legend(handles, labels, loc="lower center", ncol=columns, fontsize=6, frameon=False)
     with atomic_path(os.path.join(out, "accuracy_by_difficulty.png")) as tmp:  # laid out above the legend already
-        fig.savefig(tmp, dpi=110, format="png")
+        fig.savefig(tmp, dpi=110, format="png", bbox_inches="tight")
     plt.close(fig)
 
     def band(ax, line, budgets, intervals):
@@ -449,10 +450,10 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
 
     ci = findings.intervals
     fig, ax = plt.subplots(figsize=(5, 3.6))
-    for signal, style in (("oracle", "-"), ("predicted", "--")):
+    for signal, dash in (("oracle", "-"), ("predicted", "--")):
         opt = report["compute_optimal"][signal]
         b = sorted(int(x) for x in opt["cv_accuracy"])
-        [line] = ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], style, marker="o",
+        [line] = ax.plot(b, [opt["cv_accuracy"][str(x)] for x in b], dash, marker="o",
                          label=f"compute-optimal ({signal})")
         band(ax, line, b, ci.compute_optimal.get(signal) if ci else None)
     base = report["compute_optimal"]["oracle"]["best_of_n_weighted"]
@@ -483,8 +484,8 @@ def plots(report: dict, out: str, findings: Findings | None = None) -> None:
 
     if findings.revisions_compute_optimal:
         fig, ax = plt.subplots(figsize=(5, 3.6))
-        for (signal, opt), style in zip(findings.revisions_compute_optimal.items(), ("-", "--")):
-            ax.plot([r.budget for r in opt.by_budget], [r.compute_optimal for r in opt.by_budget], style, marker="o",
+        for (signal, opt), dash in zip(findings.revisions_compute_optimal.items(), ("-", "--")):
+            ax.plot([r.budget for r in opt.by_budget], [r.compute_optimal for r in opt.by_budget], dash, marker="o",
                     label=f"compute-optimal revisions ({signal})")
         opt = next(iter(findings.revisions_compute_optimal.values()))
         if opt.efficiency is not None:

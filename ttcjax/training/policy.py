@@ -22,8 +22,8 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
 from ttcjax.distributed import gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, replace_dir,
-                       write_json)
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
+                       invocation_clock, replace_dir, write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
@@ -271,54 +271,56 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                     f"init_from {config.init_from}", "train policy")
     check_processes_meshed(mesh)
-    bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun, write=is_writer(),
-                 machine=machine(), role=run_role())
-    task = config.make_task()
-    model, tokenizer = _model_and_tokenizer(config, mesh)
-    examples = training_examples(config, task, tokenizer)
-    packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
-    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
-    per_level = len(task.config.difficulties) if isinstance(task, ArithmeticTask) else 1
-    eval_set = task.problems(config.eval_split, limit=config.eval_problems * per_level,
-                             seed=config.seed) if config.eval_problems else []
+    invocation = bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun, write=is_writer(),
+                              machine=machine(), role=run_role())
+    # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
+    with invocation_clock(config.out_dir, invocation):
+        task = config.make_task()
+        model, tokenizer = _model_and_tokenizer(config, mesh)
+        examples = training_examples(config, task, tokenizer)
+        packed = pack_examples(examples, config.seq_len, tokenizer.pad_id)
+        rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+        per_level = len(task.config.difficulties) if isinstance(task, ArithmeticTask) else 1
+        eval_set = task.problems(config.eval_split, limit=config.eval_problems * per_level,
+                                 seed=config.seed) if config.eval_problems else []
 
-    def evaluate(model, step):
-        if not eval_set:
-            return {}
-        result = evaluate_policy(model, tokenizer, task, eval_set, mesh=mesh)
-        return {k: v for k, v in result.items() if k != "greedy_correct"}
+        def evaluate(model, step):
+            if not eval_set:
+                return {}
+            result = evaluate_policy(model, tokenizer, task, eval_set, mesh=mesh)
+            return {k: v for k, v in result.items() if k != "greedy_correct"}
 
-    result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
-                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
-                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
-                        evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after,
-                        progress=progress, desc="train policy")
-    summary: dict[str, Any] = {
-        "kind": "policy",
-        "command": command,
-        "config": dataclasses.asdict(config),
-        "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
-        "data": {"train_problems": len(examples), "packed_rows": len(packed),
-                 "solution_tokens": int(packed.loss_mask.sum()),
-                 "task": dataclasses.asdict(task.config) if isinstance(task, ArithmeticTask) else task.to_dict()},
-        "step": result.final_step,
-        "finished": result.final_step == config.steps,
-        "resumed_from": result.resumed_from,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                   f"({jax.default_backend()}, {jax.device_count()} devices)",
-        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
-        "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
-    }
-    final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
-    if not is_writer():
+        result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                            out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                            keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                            evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after,
+                            progress=progress, desc="train policy")
+        summary: dict[str, Any] = {
+            "kind": "policy",
+            "command": command,
+            "config": dataclasses.asdict(config),
+            "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
+            "data": {"train_problems": len(examples), "packed_rows": len(packed),
+                     "solution_tokens": int(packed.loss_mask.sum()),
+                     "task": dataclasses.asdict(task.config) if isinstance(task, ArithmeticTask) else task.to_dict()},
+            "step": result.final_step,
+            "finished": result.final_step == config.steps,
+            "resumed_from": result.resumed_from,
+            "wall_seconds_this_run": time.perf_counter() - started,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                       f"({jax.default_backend()}, {jax.device_count()} devices)",
+            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+            "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
+        }
+        final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
+        if not is_writer():
+            return summary
+        if summary["finished"]:
+            # the model and its tokenizer replace an earlier model/ together, or not at all
+            with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+                save_model(final, model_dir)
+                save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
+        # every invocation of this run directory, the interrupted ones counted
+        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
+        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
         return summary
-    if summary["finished"]:
-        # the model and its tokenizer replace an earlier model/ together, or not at all
-        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-            save_model(final, model_dir)
-            save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
-    # every invocation of this run directory, the interrupted ones counted
-    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
-    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-    return summary

@@ -40,8 +40,8 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
 from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, read_json,
-                       replace_dir, write_json, write_jsonl)
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
+                       invocation_clock, read_json, replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -531,63 +531,66 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                 f"init_from {config.init_from}", "train revision")
     check_processes_meshed(mesh)
-    bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(), machine=machine(),
-                 role=run_role())
-    tokenizer = load_tokenizer(config.tokenizer_path)
-    model = load_any(config.init_from, mesh=mesh)
-    check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
-    data, data_summary = build_revision_data(config, tokenizer, mesh, progress)
-    sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)
+    invocation = bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(),
+                              machine=machine(), role=run_role())
+    # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
+    with invocation_clock(config.out_dir, invocation):
+        tokenizer = load_tokenizer(config.tokenizer_path)
+        model = load_any(config.init_from, mesh=mesh)
+        check_tokenizer_fits(tokenizer, model.config.vocab_size, source=f"init_from {config.init_from}")
+        data, data_summary = build_revision_data(config, tokenizer, mesh, progress)
+        sep, eos_ids = check_separator(tokenizer, config.separator), tuple(tokenizer.eos_ids)
 
-    def packed_split(split):
-        return pack_examples([encode_revision_example(r, sep, eos_ids, tokenizer.eos_id) for r in data[split]],
-                             config.seq_len, tokenizer.pad_id)
+        def packed_split(split):
+            return pack_examples([encode_revision_example(r, sep, eos_ids, tokenizer.eos_id) for r in data[split]],
+                                 config.seq_len, tokenizer.pad_id)
 
-    if not data["train"]:
-        raise ValueError(f"no training examples: the policy {config.policy_path} answered none of "
-                         f"{config.num_questions} questions correctly; raise num_questions or samples_per_question.")
-    packed = packed_split("train")
-    packed_val = packed_split("validation") if data.get("validation") else None
-    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+        if not data["train"]:
+            raise ValueError(f"no training examples: the policy {config.policy_path} answered none of "
+                             f"{config.num_questions} questions correctly; raise num_questions or "
+                             "samples_per_question.")
+        packed = packed_split("train")
+        packed_val = packed_split("validation") if data.get("validation") else None
+        rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
 
-    def evaluate(model, step):
-        result = {} if packed_val is None else {"loss": validation_loss(model, packed_val, config.batch_size)}
-        return {**result, **(chain_eval(model, step) if chain_eval is not None else {})}
+        def evaluate(model, step):
+            result = {} if packed_val is None else {"loss": validation_loss(model, packed_val, config.batch_size)}
+            return {**result, **(chain_eval(model, step) if chain_eval is not None else {})}
 
-    evaluates = packed_val is not None or chain_eval is not None  # eval_questions 0 and no hook: nothing to log
+        evaluates = packed_val is not None or chain_eval is not None  # eval_questions 0 and no hook: nothing to log
 
-    result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
-                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
-                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
-                        evaluate=evaluate if evaluates else None, eval_every=config.eval_every,
-                        stop_after=stop_after, progress=progress, desc="train revision")
-    summary: dict[str, Any] = {
-        "kind": "revision",
-        "command": command,
-        "config": dataclasses.asdict(config),
-        "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
-        "data": {"train_examples": len(data["train"]), "packed_rows": len(packed),
-                 "target_tokens": int(packed.loss_mask.sum()),
-                 "validation_examples": len(data.get("validation", [])), "cost": data_summary},
-        "step": result.final_step,
-        "finished": result.final_step == config.steps,
-        "resumed_from": result.resumed_from,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                   f"({jax.default_backend()}, {jax.device_count()} devices)",
-        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
-        "validation": [m for m in result.metrics if "eval" in m],
-    }
-    final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
-    if not is_writer():
+        result = train_loop(model, optim=config.optim, loss_fn=lm_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                            out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                            keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                            evaluate=evaluate if evaluates else None, eval_every=config.eval_every,
+                            stop_after=stop_after, progress=progress, desc="train revision")
+        summary: dict[str, Any] = {
+            "kind": "revision",
+            "command": command,
+            "config": dataclasses.asdict(config),
+            "model": {"params": result.model.config.num_params(), **result.model.config.to_dict()},
+            "data": {"train_examples": len(data["train"]), "packed_rows": len(packed),
+                     "target_tokens": int(packed.loss_mask.sum()),
+                     "validation_examples": len(data.get("validation", [])), "cost": data_summary},
+            "step": result.final_step,
+            "finished": result.final_step == config.steps,
+            "resumed_from": result.resumed_from,
+            "wall_seconds_this_run": time.perf_counter() - started,
+            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                       f"({jax.default_backend()}, {jax.device_count()} devices)",
+            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+            "validation": [m for m in result.metrics if "eval" in m],
+        }
+        final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
+        if not is_writer():
+            return summary
+        if summary["finished"]:
+            # the model, its tokenizer and revision.json replace an earlier model/ together, or not at all
+            with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+                save_model(final, model_dir)
+                save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
+                save_revision_settings(model_dir, config.separator)
+        # every invocation of this run directory, the interrupted ones counted
+        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
+        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
         return summary
-    if summary["finished"]:
-        # the model, its tokenizer and revision.json replace an earlier model/ together, or not at all
-        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-            save_model(final, model_dir)
-            save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
-            save_revision_settings(model_dir, config.separator)
-    # every invocation of this run directory, the interrupted ones counted
-    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
-    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-    return summary

@@ -32,8 +32,8 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation, json_text,
-                       read_json, replace_dir, write_json)
+from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
+                       invocation_clock, json_text, read_json, replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -457,64 +457,68 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.labels:  # missing, of other options, or too long for the backbone: refused before the run directory
         examples(reused_labels(config)[0], labels_path)
     check_processes_meshed(mesh)
-    bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun,
-                 write=is_writer(), machine=machine(), role=run_role())
-    labelled, cost = make_labels(config, tokenizer, mesh, progress)
-    if config.distinct_solutions:
-        labelled = distinct_solutions(labelled)
-    flipped = 0
-    if config.label_flips:
-        labelled, flipped = flip_labels(labelled, config.label_flips, config.seed)
-    val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
-    train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
-    if not val or not train:
-        raise ValueError(f"{len(labelled)} labelled solutions leave an empty train or validation split; raise "
-                         "num_questions.")
-    packed = pack_scoring(examples(train, labels_path), config.seq_len, tokenizer.pad_id)
-    packed_val = pack_scoring(examples(val, labels_path), config.seq_len, tokenizer.pad_id)
-    backbone = load_any(config.init_from or config.policy, mesh=mesh)
-    prm = RewardModel(backbone, ValueHead(), seed=config.seed)
-    rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
-    kind = "orm" if orm else "prm"
-    best_dir = os.path.join(config.out_dir, "best")
+    invocation = bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what,
+                              rerun, write=is_writer(), machine=machine(), role=run_role())
+    # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
+    with invocation_clock(config.out_dir, invocation):
+        labelled, cost = make_labels(config, tokenizer, mesh, progress)
+        if config.distinct_solutions:
+            labelled = distinct_solutions(labelled)
+        flipped = 0
+        if config.label_flips:
+            labelled, flipped = flip_labels(labelled, config.label_flips, config.seed)
+        val = [x for x in labelled if _is_validation(x.problem_id, config.validation_fraction)]
+        train = [x for x in labelled if not _is_validation(x.problem_id, config.validation_fraction)]
+        if not val or not train:
+            raise ValueError(f"{len(labelled)} labelled solutions leave an empty train or validation split; raise "
+                             "num_questions.")
+        packed = pack_scoring(examples(train, labels_path), config.seq_len, tokenizer.pad_id)
+        packed_val = pack_scoring(examples(val, labels_path), config.seq_len, tokenizer.pad_id)
+        backbone = load_any(config.init_from or config.policy, mesh=mesh)
+        prm = RewardModel(backbone, ValueHead(), seed=config.seed)
+        rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
+        kind = "orm" if orm else "prm"
+        best_dir = os.path.join(config.out_dir, "best")
 
-    def evaluate(model, step):
-        return {"loss": validation_loss(model, packed_val, config.batch_size)}
+        def evaluate(model, step):
+            return {"loss": validation_loss(model, packed_val, config.batch_size)}
 
-    def on_best(model, step):
-        best = gathered(model)  # every process takes part; one saves it
-        if is_writer():
-            save_prm(best, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
-                     overwrite=True)
+        def on_best(model, step):
+            best = gathered(model)  # every process takes part; one saves it
+            if is_writer():
+                save_prm(best, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
+                         overwrite=True)
 
-    result = train_loop(prm, optim=config.optim, loss_fn=bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
-                        out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
-                        keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
-                        evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
-                        desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
-    finished = result.final_step == config.steps or result.stopped_early
-    if finished and result.best_step is None and not os.path.isdir(best_dir):
-        raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see metrics.jsonl), "
-                         "so there is no best model to write; lower lr or check the labels, then rerun with --fresh.")
-    if finished and is_writer():
-        # the best model and its tokenizer replace an earlier model/ together, or not at all
-        with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-            shutil.copytree(best_dir, model_dir, dirs_exist_ok=True)
-            save_tokenizer_beside(tokenizer, config.tokenizer or config.policy, os.path.join(model_dir, BACKBONE_DIR))
-    summary = {
-        "kind": kind, "command": command, "config": dataclasses.asdict(config),
-        "model": {"params": prm.num_params},
-        "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost,
-                   "flipped": flipped},
-        "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
-        "best_step": result.best_step, "resumed_from": result.resumed_from,
-        "wall_seconds_this_run": time.perf_counter() - started,
-        "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
-        "validation": [m for m in result.metrics if "eval" in m],
-    }
-    if not is_writer():
+        result = train_loop(prm, optim=config.optim, loss_fn=bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+                            out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
+                            keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
+                            evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
+                            desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
+        finished = result.final_step == config.steps or result.stopped_early
+        if finished and result.best_step is None and not os.path.isdir(best_dir):
+            raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see "
+                             "metrics.jsonl), so there is no best model to write; lower lr or check the labels, then "
+                             "rerun with --fresh.")
+        if finished and is_writer():
+            # the best model and its tokenizer replace an earlier model/ together, or not at all
+            with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+                shutil.copytree(best_dir, model_dir, dirs_exist_ok=True)
+                save_tokenizer_beside(tokenizer, config.tokenizer or config.policy,
+                                      os.path.join(model_dir, BACKBONE_DIR))
+        summary = {
+            "kind": kind, "command": command, "config": dataclasses.asdict(config),
+            "model": {"params": prm.num_params},
+            "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost,
+                       "flipped": flipped},
+            "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
+            "best_step": result.best_step, "resumed_from": result.resumed_from,
+            "wall_seconds_this_run": time.perf_counter() - started,
+            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
+            "validation": [m for m in result.metrics if "eval" in m],
+        }
+        if not is_writer():
+            return summary
+        # every invocation of this run directory, the interrupted ones counted
+        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
+        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
         return summary
-    # every invocation of this run directory, the interrupted ones counted
-    summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"])
-    write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-    return summary
