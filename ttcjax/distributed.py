@@ -29,6 +29,8 @@ from flax import nnx
 from jax._src import distributed as coordination
 from jax.experimental import multihost_utils
 
+from ttcjax.io import bind_run_dir
+
 # the coordination service's barrier waits this long (ms) for the slowest process's share of a run
 BARRIER_TIMEOUT_MS = 7 * 24 * 3600 * 1000
 
@@ -111,6 +113,20 @@ def run_role(job=None) -> str:
 def is_writer() -> bool:
     """Whether this process writes the files all processes share (process 0 does)."""
     return jax.process_index() == 0
+
+
+def bind_run(out_dir, config: dict[str, Any], command: str, rerun: str = "resume", job=None) -> str | None:
+    """`ttcjax.io.bind_run_dir` for this process of a run (its `job` of an array, if any): the writing process binds
+    the directory first (for --fresh, moving the earlier run aside), then the others check it and take their holds,
+    so that none of them looks at, or holds, a directory about to be moved. Returns the invocation's id (None on
+    the processes that write no shared files)."""
+    role = run_role(job)
+    invocation = (bind_run_dir(out_dir, config, command, rerun, write=True, machine=machine(), role=role)
+                  if is_writer() else None)
+    barrier(f"ttcjax-bind-{command}")
+    if not is_writer():
+        bind_run_dir(out_dir, config, command, rerun, write=False, role=role)
+    return invocation
 
 
 def machine() -> dict[str, Any]:

@@ -59,7 +59,7 @@ import numpy as np
 from ttcjax.checkpoints.assets import ASSETS, check_model_name, resolve
 from ttcjax.checkpoints.native import checkpoint_config
 from ttcjax.decoding.engine import GREEDY
-from ttcjax.distributed import barrier, is_writer, machine, run_role
+from ttcjax.distributed import barrier, bind_run, is_writer
 from ttcjax.eval.analysis import BASELINE, analyze
 from ttcjax.eval.plan import Estimates, Hardware, RunPlan, SampleStage, Workload, plan, policy_config, sweep_workload
 from ttcjax.eval.report import markdown, plots
@@ -70,8 +70,8 @@ from ttcjax.eval.sweep import (Models, SweepConfig, check_positions, check_verif
                                load_policy, load_revision_models, plan_cells, process_mesh, revision_policy_dir,
                                revision_role, run_problems, search_grid)
 from ttcjax.eval.uncertainty import encode
-from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_output_dir, finish_invocation, invocation_clock,
-                       read_yaml, write_json)
+from ttcjax.io import (atomic_path, bound_fields, check_output_dir, finish_invocation, invocation_clock, read_yaml,
+                       write_json)
 from ttcjax.models.sharding import mesh_shape
 from ttcjax.search.run import inference_flops, search, step_end
 from ttcjax.search.sampling import MAX_NEW_TOKENS, SAMPLE_ROWS, is_nonfinite, sample_completions, sample_solutions
@@ -240,8 +240,7 @@ def run_experiment(config: ExperimentConfig, progress: bool = True, rerun: str =
         raise ValueError(f"task {task.name}: {len(problems)} questions in split {config.split!r} cannot fill "
                          f"{config.bins} difficulty bins; lower bins or raise questions.")
     mesh = process_mesh(config.mesh)
-    invocation = bind_run_dir(out, bound_fields(config.to_dict()), "experiment", rerun, write=is_writer(),
-                              machine=machine(), role=run_role(job))
+    invocation = bind_run(out, bound_fields(config.to_dict()), "experiment", rerun, job)
     with invocation_clock(out, invocation):
         return _experiment(config, task, problems, mesh, invocation, started, progress, job)
 

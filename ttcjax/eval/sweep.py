@@ -47,10 +47,9 @@ from ttcjax.checkpoints.assets import check_model_name, resolve
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import check_tokenizer_fits, load_tokenizer
 from ttcjax.decoding.engine import Engine
-from ttcjax.distributed import barrier, is_writer, machine, run_role
+from ttcjax.distributed import barrier, bind_run, is_writer
 from ttcjax.eval.shards import Job, check_job_rerun, job_counts, job_done, merge, my_questions, run_batches
-from ttcjax.io import (atomic_path, bind_run_dir, bound_fields, check_options, finish_invocation, invocation_clock,
-                       write_json)
+from ttcjax.io import atomic_path, bound_fields, check_options, finish_invocation, invocation_clock, write_json
 from ttcjax.models.sharding import parse_mesh
 from ttcjax.search.run import search, step_end
 from ttcjax.search.selection import SELECTION_RULES, select
@@ -583,8 +582,7 @@ def run_sweep(config: SweepConfig, progress: bool = True, rerun: str = "resume",
     task = config.make_task()
     problems = run_problems(config, task)
     mesh = process_mesh(config.mesh)
-    invocation = bind_run_dir(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, write=is_writer(),
-                              machine=machine(), role=run_role(job))
+    invocation = bind_run(config.out_dir, bound_fields(config.to_dict()), "sweep", rerun, job)
     with invocation_clock(config.out_dir, invocation):
         return _sweep(config, task, problems, mesh, invocation, started, progress, job)
 

@@ -21,9 +21,9 @@ import numpy as np
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.distributed import gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
-                       invocation_clock, replace_dir, write_json)
+from ttcjax.distributed import bind_run, gathered, is_writer
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock,
+                       replace_dir, write_json)
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
@@ -271,8 +271,7 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
         checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                     f"init_from {config.init_from}", "train policy")
     check_processes_meshed(mesh)
-    invocation = bind_run_dir(config.out_dir, bound_fields(config), "train policy", rerun, write=is_writer(),
-                              machine=machine(), role=run_role())
+    invocation = bind_run(config.out_dir, bound_fields(config), "train policy", rerun)
     # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
     with invocation_clock(config.out_dir, invocation):
         task = config.make_task()

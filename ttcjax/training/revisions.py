@@ -39,9 +39,9 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
-                       invocation_clock, read_json, replace_dir, write_json, write_jsonl)
+from ttcjax.distributed import barrier, bind_run, gathered, is_writer
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock, read_json,
+                       replace_dir, write_json, write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -531,8 +531,7 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
     checkpoint_config(config.init_from, "init_from").check_fits("seq_len", config.seq_len,
                                                                 f"init_from {config.init_from}", "train revision")
     check_processes_meshed(mesh)
-    invocation = bind_run_dir(config.out_dir, bound_fields(config), "train revision", rerun, write=is_writer(),
-                              machine=machine(), role=run_role())
+    invocation = bind_run(config.out_dir, bound_fields(config), "train revision", rerun)
     # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
     with invocation_clock(config.out_dir, invocation):
         tokenizer = load_tokenizer(config.tokenizer_path)

@@ -31,9 +31,9 @@ from tqdm import tqdm
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.distributed import barrier, gathered, is_writer, machine, run_role
-from ttcjax.io import (bind_run_dir, bound_fields, check_inputs_exist, check_options, finish_invocation,
-                       invocation_clock, json_text, read_json, replace_dir, write_json)
+from ttcjax.distributed import barrier, bind_run, gathered, is_writer
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock, json_text,
+                       read_json, replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -457,8 +457,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
     if config.labels:  # missing, of other options, or too long for the backbone: refused before the run directory
         examples(reused_labels(config)[0], labels_path)
     check_processes_meshed(mesh)
-    invocation = bind_run_dir(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what,
-                              rerun, write=is_writer(), machine=machine(), role=run_role())
+    invocation = bind_run(config.out_dir, {**bound_fields(config), "kind": "orm" if orm else "prm"}, what, rerun)
     # the run directory is held (and the invocation's time recorded) until the block ends, however it ends
     with invocation_clock(config.out_dir, invocation):
         labelled, cost = make_labels(config, tokenizer, mesh, progress)
