@@ -27,6 +27,7 @@ import dataclasses
 import functools
 import math
 import os
+import platform
 import sys
 import time
 from typing import Any, Callable
@@ -41,7 +42,7 @@ from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
 from ttcjax.distributed import is_writer
-from ttcjax.io import atomic_path, json_line, read_jsonl
+from ttcjax.io import atomic_path, finish_invocation, json_line, read_jsonl, write_json
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.program import Program
 from ttcjax.models.sharding import ShardingRules, batch_sharding, feed_rows, param_axes, place
@@ -213,6 +214,24 @@ class LoopResult:
     wall_seconds: float
     best_step: int | None = None  # with early stopping: the step of the best evaluation
     stopped_early: bool = False
+
+    def summary(self, started: float) -> dict[str, Any]:
+        """What a training command's summary says of its loop: the step it reached, the step it resumed from, this
+        invocation's wall time (since `started`, a `time.perf_counter()`), the machine and the last training
+        metrics."""
+        return {"step": self.final_step, "resumed_from": self.resumed_from,
+                "wall_seconds_this_run": time.perf_counter() - started,
+                "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
+                           f"({jax.default_backend()}, {jax.device_count()} devices)",
+                "last_train_metrics": next((m for m in reversed(self.metrics) if "loss" in m), None)}
+
+
+def write_summary(out_dir: str, summary: dict[str, Any], invocation: str | None) -> dict[str, Any]:
+    """`summary` with the totals of every invocation of the run directory (the interrupted ones counted), written to
+    OUT_DIR/train_summary.json; the writing process's last step."""
+    summary["invocations"] = finish_invocation(out_dir, summary["wall_seconds_this_run"], invocation)
+    write_json(os.path.join(out_dir, SUMMARY_FILE), summary)
+    return summary
 
 
 def is_finite(value: Any) -> bool:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import platform
 import time
 from typing import Any, Sequence
 
@@ -22,8 +21,7 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
 from ttcjax.distributed import bind_run, gathered, is_writer
-from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock,
-                       replace_dir, write_json)
+from ttcjax.io import bound_fields, check_inputs_exist, check_options, invocation_clock, replace_dir
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
@@ -33,8 +31,8 @@ from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.builtin import ArithmeticTask
 from ttcjax.tasks.registry import training_task
-from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, check_processes_meshed, epoch_batches, lm_loss,
-                                  pack_examples, train_loop)
+from ttcjax.training.loop import (MODEL_DIR, OptimConfig, check_processes_meshed, epoch_batches, lm_loss, pack_examples,
+                                  train_loop, write_summary)
 
 
 def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
@@ -302,13 +300,8 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
             "data": {"train_problems": len(examples), "packed_rows": len(packed),
                      "solution_tokens": int(packed.loss_mask.sum()),
                      "task": dataclasses.asdict(task.config) if isinstance(task, ArithmeticTask) else task.to_dict()},
-            "step": result.final_step,
+            **result.summary(started),
             "finished": result.final_step == config.steps,
-            "resumed_from": result.resumed_from,
-            "wall_seconds_this_run": time.perf_counter() - started,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                       f"({jax.default_backend()}, {jax.device_count()} devices)",
-            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
             "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
         }
         final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
@@ -319,7 +312,4 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
             with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
                 save_model(final, model_dir)
                 save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
-        # every invocation of this run directory, the interrupted ones counted
-        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
-        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-        return summary
+        return write_summary(config.out_dir, summary, invocation)

@@ -26,7 +26,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
-import platform
 import time
 from typing import Any, Callable, Sequence
 
@@ -40,8 +39,8 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
 from ttcjax.distributed import barrier, bind_run, gathered, is_writer
-from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock, read_json,
-                       replace_dir, write_json, write_jsonl)
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, read_json, replace_dir,
+                       write_json, write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -52,8 +51,8 @@ from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution
-from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedRows, check_processes_meshed,
-                                  epoch_batches, lm_loss, pack_examples, train_loop)
+from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedRows, check_processes_meshed, epoch_batches, lm_loss,
+                                  pack_examples, train_loop, write_summary)
 from ttcjax.verifiers.base import NoVerifier, Verifier, roc_auc
 
 DATA_DIR = "data"
@@ -571,13 +570,8 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
             "data": {"train_examples": len(data["train"]), "packed_rows": len(packed),
                      "target_tokens": int(packed.loss_mask.sum()),
                      "validation_examples": len(data.get("validation", [])), "cost": data_summary},
-            "step": result.final_step,
+            **result.summary(started),
             "finished": result.final_step == config.steps,
-            "resumed_from": result.resumed_from,
-            "wall_seconds_this_run": time.perf_counter() - started,
-            "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
-                       f"({jax.default_backend()}, {jax.device_count()} devices)",
-            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
             "validation": [m for m in result.metrics if "eval" in m],
         }
         final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
@@ -589,7 +583,4 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
                 save_model(final, model_dir)
                 save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
                 save_revision_settings(model_dir, config.separator)
-        # every invocation of this run directory, the interrupted ones counted
-        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
-        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-        return summary
+        return write_summary(config.out_dir, summary, invocation)

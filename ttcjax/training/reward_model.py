@@ -32,16 +32,16 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.distributed import barrier, bind_run, gathered, is_writer
-from ttcjax.io import (bound_fields, check_inputs_exist, check_options, finish_invocation, invocation_clock, json_text,
-                       read_json, replace_dir, write_json)
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, json_text, read_json,
+                       replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import (LabelledSolution, LabellingCost, flip_labels, label_solutions, load_labels,
                                     save_labels)
-from ttcjax.training.loop import (MODEL_DIR, SUMMARY_FILE, OptimConfig, PackedArrays, check_processes_meshed,
-                                  epoch_batches, train_loop)
+from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedArrays, check_processes_meshed, epoch_batches,
+                                  train_loop, write_summary)
 from ttcjax.training.revisions import revision_labels
 from ttcjax.verifiers.base import AGGREGATIONS
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
@@ -509,15 +509,9 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
             "model": {"params": prm.num_params},
             "labels": {"train_solutions": len(train), "validation_solutions": len(val), "cost": cost,
                        "flipped": flipped},
-            "step": result.final_step, "finished": finished, "stopped_early": result.stopped_early,
-            "best_step": result.best_step, "resumed_from": result.resumed_from,
-            "wall_seconds_this_run": time.perf_counter() - started,
-            "last_train_metrics": next((m for m in reversed(result.metrics) if "loss" in m), None),
-            "validation": [m for m in result.metrics if "eval" in m],
+            **result.summary(started), "finished": finished, "stopped_early": result.stopped_early,
+            "best_step": result.best_step, "validation": [m for m in result.metrics if "eval" in m],
         }
         if not is_writer():
             return summary
-        # every invocation of this run directory, the interrupted ones counted
-        summary["invocations"] = finish_invocation(config.out_dir, summary["wall_seconds_this_run"], invocation)
-        write_json(os.path.join(config.out_dir, SUMMARY_FILE), summary)
-        return summary
+        return write_summary(config.out_dir, summary, invocation)
