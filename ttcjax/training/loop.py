@@ -41,8 +41,8 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ttcjax.distributed import is_writer
-from ttcjax.io import atomic_path, finish_invocation, json_line, read_jsonl, write_json
+from ttcjax.distributed import gathered, is_writer
+from ttcjax.io import atomic_path, finish_invocation, json_line, read_jsonl, replace_dir, write_json
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.program import Program
 from ttcjax.models.sharding import ShardingRules, batch_sharding, feed_rows, param_axes, place
@@ -224,6 +224,20 @@ class LoopResult:
                 "machine": f"{platform.machine()}, {os.cpu_count()} CPUs, jax {jax.__version__} "
                            f"({jax.default_backend()}, {jax.device_count()} devices)",
                 "last_train_metrics": next((m for m in reversed(self.metrics) if "loss" in m), None)}
+
+
+def finish_training(out_dir: str, model: Transformer, summary: dict[str, Any], invocation: str | None,
+                    write_model: Callable[[Transformer, str], None]) -> dict[str, Any]:
+    """The end of a training command, on every process: where the run finished (`summary["finished"]`), the model
+    gathered (every process takes part) and, on the writing process, written by `write_model(model, directory)` into
+    OUT_DIR/model, which it replaces whole or not at all; then the summary (`write_summary`)."""
+    final = gathered(model) if summary["finished"] else None
+    if not is_writer():
+        return summary
+    if summary["finished"]:
+        with replace_dir(os.path.join(out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
+            write_model(final, model_dir)
+    return write_summary(out_dir, summary, invocation)
 
 
 def write_summary(out_dir: str, summary: dict[str, Any], invocation: str | None) -> dict[str, Any]:

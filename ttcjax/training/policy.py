@@ -10,7 +10,6 @@ config's options for the mix per difficulty, the solution order and format.
 from __future__ import annotations
 
 import dataclasses
-import os
 import time
 from typing import Any, Sequence
 
@@ -20,8 +19,8 @@ import numpy as np
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import GREEDY, Engine, Sampling
-from ttcjax.distributed import bind_run, gathered, is_writer
-from ttcjax.io import bound_fields, check_inputs_exist, check_options, invocation_clock, replace_dir
+from ttcjax.distributed import bind_run
+from ttcjax.io import bound_fields, check_inputs_exist, check_options, invocation_clock
 from ttcjax.models import ModelConfig, Transformer, init_model
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
@@ -31,8 +30,8 @@ from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.benchmarks import arithmetic_record
 from ttcjax.tasks.builtin import ArithmeticTask
 from ttcjax.tasks.registry import training_task
-from ttcjax.training.loop import (MODEL_DIR, OptimConfig, check_processes_meshed, epoch_batches, lm_loss, pack_examples,
-                                  train_loop, write_summary)
+from ttcjax.training.loop import (OptimConfig, check_processes_meshed, epoch_batches, finish_training, lm_loss,
+                                  pack_examples, train_loop)
 
 
 def training_problems(config: "PolicyTrainConfig") -> list[arithmetic.Problem]:
@@ -304,12 +303,9 @@ def train_policy(config: PolicyTrainConfig, *, command: str | None = None, stop_
             "finished": result.final_step == config.steps,
             "validation": next((m["eval"] for m in reversed(result.metrics) if "eval" in m), None),
         }
-        final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
-        if not is_writer():
-            return summary
-        if summary["finished"]:
-            # the model and its tokenizer replace an earlier model/ together, or not at all
-            with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-                save_model(final, model_dir)
-                save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
-        return write_summary(config.out_dir, summary, invocation)
+
+        def write_model(model, model_dir):  # the model and its tokenizer
+            save_model(model, model_dir)
+            save_tokenizer_beside(tokenizer, config.tokenizer, model_dir)
+
+        return finish_training(config.out_dir, result.model, summary, invocation, write_model)

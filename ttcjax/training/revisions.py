@@ -38,9 +38,9 @@ from rapidfuzz.process import cdist
 from ttcjax.checkpoints.native import checkpoint_config, load_any, save_model
 from ttcjax.checkpoints.tokenizer import Tokenizer, check_tokenizer_fits, load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine
-from ttcjax.distributed import barrier, bind_run, gathered, is_writer
-from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, read_json, replace_dir,
-                       write_json, write_jsonl)
+from ttcjax.distributed import barrier, bind_run, is_writer
+from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, read_json, write_json,
+                       write_jsonl)
 from ttcjax.models import Transformer
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.revisions import REVISION_SEPARATOR, REVISION_WINDOW, revision_context, without_eos
@@ -51,8 +51,8 @@ from ttcjax.search.strategies import BestOfN, Revisions
 from ttcjax.tasks.base import ProblemRecord, Task
 from ttcjax.tasks.registry import training_task
 from ttcjax.training.labels import LabelledSolution
-from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedRows, check_processes_meshed, epoch_batches, lm_loss,
-                                  pack_examples, train_loop, write_summary)
+from ttcjax.training.loop import (OptimConfig, PackedRows, check_processes_meshed, epoch_batches, finish_training,
+                                  lm_loss, pack_examples, train_loop)
 from ttcjax.verifiers.base import NoVerifier, Verifier, roc_auc
 
 DATA_DIR = "data"
@@ -574,13 +574,10 @@ def train_revision(config: RevisionTrainConfig, *, command: str | None = None, s
             "finished": result.final_step == config.steps,
             "validation": [m for m in result.metrics if "eval" in m],
         }
-        final = gathered(result.model) if summary["finished"] else None  # every process takes part; one saves it
-        if not is_writer():
-            return summary
-        if summary["finished"]:
-            # the model, its tokenizer and revision.json replace an earlier model/ together, or not at all
-            with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:
-                save_model(final, model_dir)
-                save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
-                save_revision_settings(model_dir, config.separator)
-        return write_summary(config.out_dir, summary, invocation)
+
+        def write_model(model, model_dir):  # the model, its tokenizer and revision.json
+            save_model(model, model_dir)
+            save_tokenizer_beside(tokenizer, config.tokenizer_path, model_dir)
+            save_revision_settings(model_dir, config.separator)
+
+        return finish_training(config.out_dir, result.model, summary, invocation, write_model)
