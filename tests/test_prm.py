@@ -21,8 +21,8 @@ from ttcjax.models.sharding import make_mesh
 from ttcjax.tasks import arithmetic
 from ttcjax.training.labels import (LabelledSolution, flip_labels, label_solutions, load_labels, rollout_labels,
                                     save_labels)
-from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model
-from ttcjax.verifiers.base import aggregate
+from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model, validation_metrics
+from ttcjax.verifiers.base import aggregate, concordance_within_groups
 from ttcjax.verifiers.reward_model import (PRM_CHUNK, RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead,
                                            ValueHead, _extend, attention_widths, extend_steps, load_prm, save_prm,
                                            score_inputs)
@@ -329,6 +329,56 @@ def test_pack_scoring_places_labels_at_read_positions():
         pack_scoring([(a, [1.0])], seq_len=8)
 
 
+def test_validation_ranks_each_questions_steps_by_the_scores_of_each_solution_read_alone():
+    """`misordered` pairs the packed validation batches' scores with their own steps: 1 - the within-question
+    concordance of the scores each solution gets read alone, whatever rows and batches it was packed into."""
+    prm = _prm(num_layers=1)
+    rng = np.random.default_rng(0)
+    examples, questions = [], []
+    for i in range(23):  # 23 solutions of 6 questions, 2 to 4 steps each, packed 3 or so to a row of 16 tokens
+        length = int(rng.integers(4, 9))
+        read = sorted(rng.choice(np.arange(1, length), size=min(length - 1, int(rng.integers(2, 5))), replace=False))
+        examples.append((ScoringInput(tuple(int(x) for x in rng.integers(1, 20, length)), tuple(int(r) for r in read)),
+                         list(rng.uniform(0, 1, len(read)).round(2))))
+        questions.append(f"q{i % 6}")
+    packed = pack_scoring(examples, seq_len=16)
+    assert len(packed) > 3  # several rows, batched 2 at a time below, the last batch half empty
+    got = validation_metrics(prm, packed, batch_size=2, questions=questions)
+
+    scores, labels, groups = [], [], []
+    for (x, y), q in zip(examples, questions):
+        logits = prm(jnp.asarray([x.tokens]), positions=jnp.arange(len(x.tokens))[None],
+                     segment_ids=jnp.ones((1, len(x.tokens)), jnp.int32))
+        scores += list(np.asarray(logits)[0, list(x.read_at)])
+        labels += y
+        groups += [q] * len(y)
+    assert got["misordered"] == pytest.approx(1 - concordance_within_groups(scores, labels, groups), abs=1e-6)
+    assert len(set(np.round(scores, 5))) > len(scores) // 2 and 0.1 < got["misordered"] < 0.9  # scores differ
+    s, y = np.asarray(scores, np.float64), np.asarray(labels)
+    assert got["loss"] == pytest.approx(np.mean(np.logaddexp(0, s) - y * s), rel=1e-5)  # binary cross-entropy
+
+
+def test_select_by_misordered_keeps_the_checkpoint_that_orders_the_steps_best(tmp_path, monkeypatch):
+    """The best checkpoint (and the early stop) follow the metric `select_by` names, here against the loss."""
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.training import reward_model
+    from ttcjax.training.labels import LabelledSolution, save_labels
+
+    save_labels(tmp_path / "labels.jsonl", [LabelledSolution(f"p{i}", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)
+                                            for i in range(16)])
+    # evaluations at steps 1..4: the loss is best at step 4, the ordering at step 2
+    seen = iter([(0.5, 0.3), (0.4, 0.1), (0.3, 0.2), (0.2, 0.4)])
+    monkeypatch.setattr(reward_model, "validation_metrics",
+                        lambda *args: dict(zip(("loss", "misordered"), next(seen))))
+    base = dict(policy=model_dir("policy", "tiny"), labels=str(tmp_path / "labels.jsonl"), seq_len=32, batch_size=2,
+                steps=4, warmup_steps=1, eval_every=1, checkpoint_every=4, mesh="none", validation_fraction=0.25)
+    summary = train_reward_model(PRMTrainConfig(out_dir=str(tmp_path / "prm"), select_by="misordered", patience=2,
+                                                **base), progress=False)
+    assert summary["best_step"] == 2 and summary["stopped_early"] and summary["step"] == 4
+    with pytest.raises(ValueError, match=r"select_by='accuracy' is not one of \('loss', 'misordered'\)"):
+        PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="accuracy", **base)
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
     """A tiny policy trained for a few steps (it writes imperfect solutions to label)."""
@@ -380,7 +430,7 @@ def test_a_reward_model_whose_every_validation_loss_is_nan_stops_with_one_line(t
 
     save_labels(tmp_path / "labels.jsonl", [LabelledSolution(f"p{i}", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)
                                             for i in range(16)])
-    monkeypatch.setattr(reward_model, "validation_loss", lambda *args: float("nan"))
+    monkeypatch.setattr(reward_model, "validation_metrics", lambda *args: {"loss": float("nan"), "misordered": 0.5})
     config = PRMTrainConfig(out_dir=str(tmp_path / "orm"), policy=model_dir("policy", "tiny"),
                             labels=str(tmp_path / "labels.jsonl"), seq_len=32, batch_size=2, steps=2, warmup_steps=1,
                             eval_every=1, checkpoint_every=2, mesh="none", validation_fraction=0.25)

@@ -31,7 +31,7 @@ from tqdm import tqdm
 from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
-from ttcjax.distributed import barrier, bind_run, gathered, is_writer
+from ttcjax.distributed import barrier, bind_run, gathered, is_writer, to_host
 from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, json_text, read_json,
                        replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
@@ -43,7 +43,7 @@ from ttcjax.training.labels import (LabelledSolution, LabellingCost, flip_labels
 from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedArrays, check_processes_meshed, epoch_batches,
                                   train_loop, write_summary)
 from ttcjax.training.revisions import revision_labels
-from ttcjax.verifiers.base import AGGREGATIONS
+from ttcjax.verifiers.base import AGGREGATIONS, concordance_within_groups
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
                                            save_prm)
 
@@ -53,13 +53,14 @@ from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInp
 @dataclasses.dataclass(frozen=True)
 class PackedScores(PackedArrays):
     """Scoring inputs packed into rows [rows, seq_len]: tokens, positions, segment_ids, and at each read
-    position its soft label and weight 1."""
+    position its soft label, weight 1 and the index of its example (-1 elsewhere)."""
 
     tokens: np.ndarray
     positions: np.ndarray
     segment_ids: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
+    example: np.ndarray
 
 
 def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_len: int, pad_id: int = 0
@@ -74,7 +75,7 @@ def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_l
     n = len(rows)
     out = PackedScores(np.full((n, seq_len), pad_id, np.int32), np.zeros((n, seq_len), np.int32),
                        np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32),
-                       np.zeros((n, seq_len), np.float32))
+                       np.zeros((n, seq_len), np.float32), np.full((n, seq_len), -1, np.int32))
     for r, members in enumerate(rows):
         at = 0
         for s, e in enumerate(members, start=1):
@@ -85,6 +86,7 @@ def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_l
             out.segment_ids[r, at:at + length] = s
             out.labels[r, at + np.array(x.read_at, int)] = labels
             out.weights[r, at + np.array(x.read_at, int)] = 1.0
+            out.example[r, at + np.array(x.read_at, int)] = e
             at += length
     return out
 
@@ -99,21 +101,40 @@ def bce_loss(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, dict]
     return (losses * w).sum(), weight, {"abs_error": (err * w).sum() / jnp.maximum(weight, 1.0)}
 
 
-_eval_batch = jax.jit(lambda graphdef, state, batch: bce_loss(nnx.merge(graphdef, state), batch)[:2],
-                      static_argnums=(0,))
+def _eval_batch(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A validation batch's summed loss, its weight and the score logits [rows, seq_len]."""
+    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    w = batch["weights"]
+    return (optax.sigmoid_binary_cross_entropy(logits, batch["labels"]) * w).sum(), w.sum(), logits
 
 
-def validation_loss(prm: RewardModel, packed: PackedScores, batch_size: int) -> float:
+_eval_batch_jit = jax.jit(lambda graphdef, state, batch: _eval_batch(nnx.merge(graphdef, state), batch),
+                          static_argnums=(0,))
+
+VALIDATION_METRICS = ("loss", "misordered")  # what `select_by` may choose a reward model's best checkpoint by
+
+
+def validation_metrics(prm: RewardModel, packed: PackedScores, batch_size: int, questions: Sequence[str]
+                       ) -> dict[str, float]:
+    """The validation split's `loss` (the mean binary cross-entropy per read position) and `misordered`: 1 minus
+    the step concordance within a question (`concordance_within_groups` of the scores against the soft labels,
+    grouped by `questions[example]`), the share of a question's label-weighted step pairs that the scores order
+    against their labels. Lower is better for both; the loss also rewards knowing how hard each question is, which
+    ranks no step of a question above another."""
     graphdef, state = nnx.split(prm)
-    total, weight = 0.0, 0.0
+    total, weight, scores = 0.0, 0.0, np.full(packed.labels.shape, np.nan, np.float32)
     for start in range(0, len(packed), batch_size):
         index = np.arange(start, min(start + batch_size, len(packed)))
         index = np.pad(index, (0, batch_size - len(index)), constant_values=-1)
         batch = packed.rows(np.maximum(index, 0))
         batch["weights"] = batch["weights"] * (index >= 0)[:, None]  # padding rows count for nothing
-        loss, w = _eval_batch(graphdef, state, batch)  # host arrays: placed beside the parameters, wherever
-        total, weight = total + float(loss), weight + float(w)
-    return total / max(weight, 1.0)
+        loss, w, logits = to_host(_eval_batch_jit(graphdef, state, batch))  # host arrays: placed beside the
+        total, weight = total + float(loss), weight + float(w)  # parameters, wherever they are
+        scores[index[index >= 0]] = logits[index >= 0]
+    read = packed.example >= 0
+    groups = np.asarray(questions, object)[packed.example[read]]
+    return {"loss": total / max(weight, 1.0),
+            "misordered": 1.0 - concordance_within_groups(scores[read], packed.labels[read], groups)}
 
 
 def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_format: StepFormat, *,
@@ -199,6 +220,8 @@ class PRMTrainConfig:
     clip_norm: float = 1.0
     eval_every: int = 50
     patience: int = 4  # evaluations without improvement before early stopping
+    select_by: str = "loss"  # the validation metric that picks the best checkpoint and stops early: "loss" (the
+    #   paper's) or "misordered" (how often the scores order a question's steps against their labels)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
@@ -215,6 +238,8 @@ class PRMTrainConfig:
             raise ValueError(f"labels={self.labels!r}: write one labels file or a non-empty list of them.")
         if not isinstance(self.distinct_solutions, bool):
             raise ValueError(f"distinct_solutions={self.distinct_solutions!r} must be true or false.")
+        if self.select_by not in VALIDATION_METRICS:
+            raise ValueError(f"select_by={self.select_by!r} is not one of {VALIDATION_METRICS}.")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation={self.aggregation!r} is not one of {AGGREGATIONS}.")
         if self.samples < 1 or self.rollouts < 1:
@@ -480,7 +505,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         best_dir = os.path.join(config.out_dir, "best")
 
         def evaluate(model, step):
-            return {"loss": validation_loss(model, packed_val, config.batch_size)}
+            return validation_metrics(model, packed_val, config.batch_size, [x.problem_id for x in val])
 
         def on_best(model, step):
             best = gathered(model)  # every process takes part; one saves it
@@ -492,10 +517,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                             out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
                             keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
                             evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,
-                            desc=f"train {kind}", early_stopping=("loss", config.patience), on_best=on_best)
+                            desc=f"train {kind}", early_stopping=(config.select_by, config.patience), on_best=on_best)
         finished = result.final_step == config.steps or result.stopped_early
         if finished and result.best_step is None and not os.path.isdir(best_dir):
-            raise ValueError(f"{config.out_dir}: no validation loss of this run was a finite number (see "
+            raise ValueError(f"{config.out_dir}: no validation {config.select_by} of this run was a finite number (see "
                              "metrics.jsonl), so there is no best model to write; lower lr or check the labels, then "
                              "rerun with --fresh.")
         if finished and is_writer():

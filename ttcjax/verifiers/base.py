@@ -180,3 +180,29 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
         ranks[order[i:j + 1]] = (i + j) / 2 + 1
         i = j + 1
     return float((ranks[:len(pos)].sum() - len(pos) * (len(pos) + 1) / 2) / (len(pos) * len(neg)))
+
+
+def concordance(scores: Sequence[float], labels: Sequence[float]) -> float:
+    """How often the scores order a pair of items as their labels do, each pair weighted by how far apart its labels
+    are (|label_i - label_j|; score ties count half): Harrell's C for soft labels such as Monte-Carlo values. With
+    labels in {0, 1} every unequal pair weighs 1 and this is `roc_auc`. NaN when every label is the same."""
+    s = np.asarray(scores, np.float64)
+    y = np.asarray(labels, np.float64)
+    apart = y[:, None] - y[None, :]  # [n, n] each pair twice, once each way: the ratio is the same
+    weight = np.abs(apart)
+    if weight.sum() == 0:
+        return float("nan")
+    order = np.sign(s[:, None] - s[None, :])
+    agree = np.where(order == 0, 0.5, (order == np.sign(apart)).astype(np.float64))
+    return float((weight * agree).sum() / weight.sum())
+
+
+def concordance_within_groups(scores: Sequence[float], labels: Sequence[float], groups: Sequence) -> float:
+    """The mean over groups (a question's steps) of `concordance` among each group's own items, over the groups
+    whose labels are not all the same: how well the scores rank the steps of one question, which is what selecting
+    among a question's solutions needs (a score that knows only how hard each question is ranks them at 0.5). NaN
+    when no group has two different labels."""
+    s, y, g = np.asarray(scores, np.float64), np.asarray(labels, np.float64), np.asarray(groups)
+    values = [concordance(s[g == k], y[g == k]) for k in np.unique(g)]
+    values = [v for v in values if not np.isnan(v)]
+    return float(np.mean(values)) if values else float("nan")
