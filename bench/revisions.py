@@ -103,17 +103,28 @@ def main(argv=None):
         "revisions": (Revisions(args.n, args.sequential), reviser, revision_orm,
                       SearchSettings(**{**base.to_dict(), "revision_max_len": args.revision_max_len})),
     }
+    # as a sweep batches them, the chains also: without compaction (every attempt as long as its episode's longest
+    # chain: how they ran before) and batched as wide as best-of-N (N/sequential chains a question, N rows counted)
+    variants = {"revisions_lock_step": ("revisions", {"compact": False}),
+                "revisions_wide": ("revisions", {"batch_rows": Revisions(args.n, args.sequential).rows})}
+
+    def per_batch(name, batching):
+        strategy, options = runs[variants.get(name, (name,))[0]][0], variants.get(name, (name, {}))[1]
+        if batching == "one_batch":
+            return batchings[batching]
+        return max(1, args.rows_per_batch // options.get("batch_rows", strategy.batch_rows))
 
     def run(name, batching, seed):
-        strategy, engine, verifier, settings = runs[name]
-        questions = batchings[batching]
-        per_batch = questions if batching == "one_batch" else max(1, args.rows_per_batch // strategy.batch_rows)
+        base_name, options = variants.get(name, (name, {}))
+        strategy, engine, verifier, settings = runs[base_name]
         t = time.perf_counter()
-        results = search(strategy, engine, verifier, tok, prompts[:questions], jax.random.key(seed),
-                         extract_answer=task.extract_answer, settings=settings, questions_per_batch=per_batch)
+        results = search(strategy, engine, verifier, tok, prompts[:batchings[batching]], jax.random.key(seed),
+                         extract_answer=task.extract_answer, settings=settings,
+                         questions_per_batch=per_batch(name, batching), compact=options.get("compact", True))
         return time.perf_counter() - t, results
 
     cells = [(name, batching) for batching in batchings for name in runs]
+    cells += [(name, "sweep") for name in variants]
     # warm-up: compile every episode, with the timed calls' key: best-of-N drops finished questions from its batch
     # as they close (compaction), and another key closes them at other times, into batch sizes not compiled yet
     for cell in cells:
@@ -127,13 +138,13 @@ def main(argv=None):
     same = f"best_of_n_max_len_{args.revision_max_len}"
 
     def batching_report(batching):
-        best = {name: min(times[name, batching]) for name in runs}
-        done = {name: outcomes[name, batching] for name in runs}
+        names = [name for name, b in cells if b == batching]
+        best = {name: min(times[name, batching]) for name in names}
+        done = {name: outcomes[name, batching] for name in names}
         return {
             "questions": batchings[batching],
-            "questions_per_batch": {name: batchings[batching] if batching == "one_batch"
-                                    else max(1, args.rows_per_batch // runs[name][0].batch_rows) for name in runs},
-            "seconds": best, "all_seconds": {name: times[name, batching] for name in runs},
+            "questions_per_batch": {name: per_batch(name, batching) for name in names},
+            "seconds": best, "all_seconds": {name: times[name, batching] for name in names},
             "revisions_over_best_of_n": best["revisions"] / best["best_of_n"],
             "revisions_over_best_of_n_same_cache": best["revisions"] / best[same],
             "accuracy": {k: float(np.mean([task.grade(q, [r.answer])[0] for r, q in zip(v, problems)]))
