@@ -1,8 +1,7 @@
-"""The compiled revision-chain episode: every attempt of every chain of a batch of questions in one program.
+"""The revision-chain episode: every attempt of every chain of a batch of questions.
 
 Each question gets `chains` rows of the batch (question-major); a row is one chain. The prompt is prefilled
-once per question and forked into its chains. A `lax.fori_loop` over the chain's `sequential` attempts runs,
-per attempt,
+once per question and forked into its chains. Each of the chain's `sequential` attempts runs
 
   1. the search episode's round loop (`ttcjax.search.episode._rounds`, best-of-N: no selection between
      rounds) on every row, which generates the attempt step by step from the row's KV cache and feeds each
@@ -16,8 +15,15 @@ per attempt,
      `reread` (policy tokens read into the cache between attempts). An attempt whose context does not fit the
      cache with room to write is cut (counted in `overflowed`: `ttcjax.search.run.search` warns).
 
+An attempt lasts as long as its longest chain. Uncompacted, the whole episode is one program (`chains_program`:
+a `lax.fori_loop` over the attempts). Compacted (`run_chains(compact=True)`, what `search` does), each attempt's
+round loop is the search episode's compacted one: once no more than half of the batch's questions still have a
+chain writing, the loop returns and those questions go on in a batch half the size or smaller, while the rest
+wait; the rows are put back before the attempt's context is read, so a question whose chains end early stops
+costing compute until the next attempt.
+
 Rows draw from keys folded with their id and the attempt, so a chain's samples do not depend on its place in
-the batch. The program's static argument is one hashable `ChainSpec`.
+the batch, compacted or not. The programs' static argument is one hashable `ChainSpec`.
 """
 
 from __future__ import annotations
