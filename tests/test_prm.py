@@ -375,6 +375,11 @@ def test_select_by_misordered_keeps_the_checkpoint_that_orders_the_steps_best(tm
     summary = train_reward_model(PRMTrainConfig(out_dir=str(tmp_path / "prm"), select_by="misordered", patience=2,
                                                 **base), progress=False)
     assert summary["best_step"] == 2 and summary["stopped_early"] and summary["step"] == 4
+    # bound to a run directory only where set: a run made before the option existed resumes as the same run
+    from ttcjax.io import bound_fields
+    assert "select_by" not in bound_fields(PRMTrainConfig(out_dir=str(tmp_path / "x"), **base))
+    assert bound_fields(PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="misordered", **base))["select_by"] == \
+        "misordered"
     with pytest.raises(ValueError, match=r"select_by='accuracy' is not one of \('loss', 'misordered'\)"):
         PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="accuracy", **base)
 

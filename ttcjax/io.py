@@ -239,12 +239,18 @@ def check_output_file(path: str | os.PathLike, flag: str = "--output", overwrite
 RUN_CONFIG_FILE = "run_config.json"
 
 
+BOUND_WHEN_SET = {"bound_when_set": True}  # the metadata of a config field that `bound_fields` leaves out at its default
+
+
 def bound_fields(config, leave_out: tuple[str, ...] = ("out_dir", "mesh")) -> dict[str, Any]:
     """A config (a dataclass, or its JSON form) as what a run directory is bound to: without where it lives and
     how it is sharded (neither changes a result), so a directory can move or resume on other hardware."""
-    items = config.items() if isinstance(config, Mapping) else ((f.name, getattr(config, f.name))
-                                                                 for f in dataclasses.fields(config))
-    return {k: v for k, v in items if k not in leave_out}
+    if isinstance(config, Mapping):
+        return {k: v for k, v in config.items() if k not in leave_out}
+    # a field added after runs were made is bound only where it is set: at its default, a run directory made
+    # before it existed is still the same run (dataclasses.field(metadata=BOUND_WHEN_SET))
+    return {f.name: getattr(config, f.name) for f in dataclasses.fields(config) if f.name not in leave_out
+            and not (f.metadata.get("bound_when_set") and getattr(config, f.name) == f.default)}
 
 
 def check_inputs_exist(config, fields: Sequence[str], command: str) -> None:

@@ -32,8 +32,8 @@ from ttcjax.checkpoints.native import checkpoint_config, load_any
 from ttcjax.checkpoints.tokenizer import load_tokenizer, save_tokenizer_beside
 from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.distributed import barrier, bind_run, gathered, is_writer, to_host
-from ttcjax.io import (bound_fields, check_inputs_exist, check_options, invocation_clock, json_text, read_json,
-                       replace_dir, write_json)
+from ttcjax.io import (BOUND_WHEN_SET, bound_fields, check_inputs_exist, check_options, invocation_clock, json_text,
+                       read_json, replace_dir, write_json)
 from ttcjax.models.sharding import mesh_shape, parse_mesh
 from ttcjax.search.sampling import solution_stop
 from ttcjax.tasks.base import Task
@@ -220,8 +220,9 @@ class PRMTrainConfig:
     clip_norm: float = 1.0
     eval_every: int = 50
     patience: int = 4  # evaluations without improvement before early stopping
-    select_by: str = "loss"  # the validation metric that picks the best checkpoint and stops early: "loss" (the
-    #   paper's) or "misordered" (how often the scores order a question's steps against their labels)
+    # the validation metric that picks the best checkpoint and stops early: "loss" (the paper's) or "misordered"
+    # (how often the scores order a question's steps against their labels)
+    select_by: str = dataclasses.field(default="loss", metadata=BOUND_WHEN_SET)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
     log_every: int = 10
