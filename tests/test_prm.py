@@ -384,6 +384,26 @@ def test_select_by_misordered_keeps_the_checkpoint_that_orders_the_steps_best(tm
         PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="accuracy", **base)
 
 
+def test_evaluations_made_before_select_by_named_their_metric_count_for_nothing(tmp_path, monkeypatch):
+    """A run resumed with --continue under a select_by that its earlier evaluations did not measure: those
+    evaluations neither win nor count towards early stopping; the run goes on and picks among the new ones."""
+    from ttcjax.checkpoints.assets import model_dir
+    from ttcjax.training import reward_model
+    from ttcjax.training.labels import LabelledSolution, save_labels
+
+    save_labels(tmp_path / "labels.jsonl", [LabelledSolution(f"p{i}", "Q: 1+2=\n", ("1+2=3",), (1.0,), True)
+                                            for i in range(16)])
+    base = dict(out_dir=str(tmp_path / "prm"), policy=model_dir("policy", "tiny"), labels=str(tmp_path / "labels.jsonl"),
+                seq_len=32, batch_size=2, steps=4, warmup_steps=1, eval_every=1, checkpoint_every=2, mesh="none",
+                validation_fraction=0.25, patience=1)
+    monkeypatch.setattr(reward_model, "validation_metrics", lambda *args: {"loss": 0.5})  # an older run's records
+    train_reward_model(PRMTrainConfig(**base), stop_after=2, progress=False)
+    seen = iter([0.3, 0.2])
+    monkeypatch.setattr(reward_model, "validation_metrics", lambda *args: {"loss": 0.5, "misordered": next(seen)})
+    summary = train_reward_model(PRMTrainConfig(**base, select_by="misordered"), rerun="continue", progress=False)
+    assert summary["resumed_from"] == 2 and summary["best_step"] == 4 and not summary["stopped_early"]
+
+
 @pytest.fixture(scope="module")
 def tiny_policy(tmp_path_factory):
     """A tiny policy trained for a few steps (it writes imperfect solutions to label)."""

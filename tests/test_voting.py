@@ -44,6 +44,8 @@ def test_concordance_weighs_pairs_by_how_far_apart_their_labels_are():
     assert concordance([1, 2, 3], [0, 1, 0.5]) == pytest.approx(0.75)
     assert concordance([1, 1, 2], [0, 1, 1]) == pytest.approx(0.75)  # a score tie counts half
     assert np.isnan(concordance([1, 2], [0.3, 0.3]))
+    assert np.isnan(concordance([np.nan, 1, 2], [0, 0.5, 1]))  # a NaN score is ordered neither way
+    assert np.isnan(concordance_within_groups([np.nan, 1, 2, 3], [0, 1, 0, 1], [0, 0, 1, 1]))
     rng = np.random.default_rng(1)  # with labels 0 and 1 it is the ROC-AUC
     scores, labels = rng.normal(size=300).round(1), rng.integers(0, 2, 300)
     assert concordance(scores, labels) == pytest.approx(roc_auc(scores, labels))

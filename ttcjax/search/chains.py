@@ -287,7 +287,8 @@ def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, 
     Without `compact`, one compiled program (`chains_program`). With it, each attempt's round loop is compacted
     (`_attempt_rounds`): an attempt lasts as long as its longest chain, and the questions whose chains have all
     ended stop costing compute until the next attempt; not below `compact_min_rows` rows. The results are the
-    same either way. `on_segment(rows)` is called before each compiled round loop with its batch's rows."""
+    same either way. While a smaller batch runs, the whole batch's state (its caches) waits beside it: up to 1.5x the
+    one program's memory. `on_segment(rows)` is called before each compiled round loop with its batch's rows."""
     if not compact:
         if on_segment is not None:
             on_segment(tokens.shape[0] * spec.attempt.strategy.n)

@@ -313,8 +313,10 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     best, best_step, since_best, stopped_early = float("inf"), None, 0, False
     if early_stopping is not None:
         metric, patience = early_stopping
-        for record in history:  # replay the evaluations this run already made (null: not finite, never the best)
-            if "eval" in record:
+        # replay the evaluations this run already made (null: not finite, never the best); one without the metric
+        # (made before a rerun with --continue chose it) measured something else and counts for nothing
+        for record in history:
+            if "eval" in record and metric in record["eval"]:
                 value = record["eval"].get(metric)
                 best, best_step, since_best = ((value, record["step"], 0) if is_finite(value) and value < best
                                                else (best, best_step, since_best + 1))

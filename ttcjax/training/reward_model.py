@@ -62,6 +62,12 @@ class PackedScores(PackedArrays):
     weights: np.ndarray
     example: np.ndarray
 
+    def rows(self, index) -> dict[str, np.ndarray]:
+        """A batch of rows, without `example` (the host maps scores back to their examples; no device needs it)."""
+        batch = super().rows(index)
+        del batch["example"]
+        return batch
+
 
 def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_len: int, pad_id: int = 0
                  ) -> PackedScores:
@@ -521,9 +527,10 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                             desc=f"train {kind}", early_stopping=(config.select_by, config.patience), on_best=on_best)
         finished = result.final_step == config.steps or result.stopped_early
         if finished and result.best_step is None and not os.path.isdir(best_dir):
+            fix = ("lower lr or check the labels" if config.select_by == "loss" else "check that the validation "
+                   "questions have steps with different labels (raise validation_fraction or samples), or lower lr")
             raise ValueError(f"{config.out_dir}: no validation {config.select_by} of this run was a finite number (see "
-                             "metrics.jsonl), so there is no best model to write; lower lr or check the labels, then "
-                             "rerun with --fresh.")
+                             f"metrics.jsonl), so there is no best model to write; {fix}, then rerun with --fresh.")
         if finished and is_writer():
             # the best model and its tokenizer replace an earlier model/ together, or not at all
             with replace_dir(os.path.join(config.out_dir, MODEL_DIR), keep=lambda name: False) as model_dir:

@@ -185,9 +185,12 @@ def roc_auc(scores: Sequence[float], labels: Sequence[bool]) -> float:
 def concordance(scores: Sequence[float], labels: Sequence[float]) -> float:
     """How often the scores order a pair of items as their labels do, each pair weighted by how far apart its labels
     are (|label_i - label_j|; score ties count half): Harrell's C for soft labels such as Monte-Carlo values. With
-    labels in {0, 1} every unequal pair weighs 1 and this is `roc_auc`. NaN when every label is the same."""
+    labels in {0, 1} every unequal pair weighs 1 and this is `roc_auc`. NaN when every label is the same or a score
+    is not finite."""
     s = np.asarray(scores, np.float64)
     y = np.asarray(labels, np.float64)
+    if not np.all(np.isfinite(s)):
+        return float("nan")  # a NaN score is ordered neither way
     apart = y[:, None] - y[None, :]  # [n, n] each pair twice, once each way: the ratio is the same
     weight = np.abs(apart)
     if weight.sum() == 0:
@@ -201,8 +204,9 @@ def concordance_within_groups(scores: Sequence[float], labels: Sequence[float], 
     """The mean over groups (a question's steps) of `concordance` among each group's own items, over the groups
     whose labels are not all the same: how well the scores rank the steps of one question, which is what selecting
     among a question's solutions needs (a score that knows only how hard each question is ranks them at 0.5). NaN
-    when no group has two different labels."""
+    when no group has two different labels, or a score is not finite."""
     s, y, g = np.asarray(scores, np.float64), np.asarray(labels, np.float64), np.asarray(groups)
-    values = [concordance(s[g == k], y[g == k]) for k in np.unique(g)]
-    values = [v for v in values if not np.isnan(v)]
+    if not np.all(np.isfinite(s)):
+        return float("nan")
+    values = [concordance(s[g == k], y[g == k]) for k in np.unique(g) if np.ptp(y[g == k]) > 0]
     return float(np.mean(values)) if values else float("nan")
