@@ -149,48 +149,6 @@ def test_chains_read_what_a_fresh_prefill_of_the_revision_context_reads():
         assert [list(c.tokens) for c in result.candidates if c.chain == 1] == attempts
 
 
-def test_questions_whose_chains_have_ended_are_compacted_away_within_each_attempt_without_changing_results():
-    """Sampled multi-step attempts end after different rounds: once half of the questions' chains have all
-    ended, the attempt goes on in a smaller batch, and every attempt, score and cost is what the whole batch
-    writes (a row draws from keys folded with its id, wherever it runs)."""
-    tok = CharTokenizer(alphabet="Qxy\n")  # few symbols: steps and attempts often end early
-    config = ModelConfig(vocab_size=tok.vocab_size, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4,
-                         num_kv_heads=2, max_position_embeddings=512)
-    policy = init_model(config, seed=3, std=0.5)
-    engine = Engine(policy, pad_id=tok.pad_id)
-    verifier = RewardModelVerifier(RewardModel(init_model(config, seed=4, std=0.5), ValueHead(), seed=5), tok,
-                                   kind="orm")
-    settings = SearchSettings(delimiter="\n", max_step_tokens=2, max_rounds=6, max_len=128, temperature=1.0,
-                              answer_marks=(), revision_separator="|\n")
-    prompts = [tok.encode("Q" * (i + 1) + "\n", add_bos=True) for i in range(8)]
-
-    def run(engine=engine, prompts=prompts, **compaction):
-        segments = []
-        results = search(Revisions(6, sequential=3, window=2), engine, verifier, tok, prompts, jax.random.key(2),
-                         extract_answer=lambda t: t, settings=settings, on_segment=segments.append, **compaction)
-        return results, segments
-
-    compacted, segments = run(compact_min_rows=0)
-    whole, whole_segments = run(compact=False)
-    # on 8 devices, 7 questions padded to 8: an inactive question takes part in compaction; a question's rows draw
-    # by its index among the prompts, so the 7 write what the first 7 of the 8 do
-    eight, eight_segments = run(Engine(policy, pad_id=tok.pad_id, mesh=make_mesh(4, 2)), prompts[:7],
-                                compact_min_rows=0)
-    assert whole_segments == [16]  # 8 questions x 2 chains, one program
-    assert segments.count(16) == 3 and min(segments) < 16  # each attempt starts whole, and shrinks
-    assert eight_segments.count(16) == 3 and min(eight_segments) == 8  # a batch of the data axis's 4 questions
-    assert len(eight) == 7
-    for a, b, c in zip(compacted, whole, eight + [whole[7]]):
-        assert [x.tokens for x in a.candidates] == [x.tokens for x in b.candidates] == [x.tokens for x in c.candidates]
-        for x, y, z in zip(a.candidates, b.candidates, c.candidates):  # other batch shapes: the last bits may differ
-            np.testing.assert_allclose(x.step_scores, y.step_scores, rtol=1e-5, atol=1e-6)
-            np.testing.assert_allclose(z.step_scores, y.step_scores, rtol=1e-5, atol=1e-6)
-        costs = [(r.generated_tokens, r.verifier_tokens, r.reread_tokens) for r in (a, b, c)]
-        assert costs[0] == costs[1] == costs[2]
-    lengths = {len(c.tokens) for r in whole for c in r.candidates}
-    assert len(lengths) > 3  # the attempts do end at different lengths
-
-
 def test_costs_are_counted_exactly_on_a_hand_counted_chain():
     # window 2 over 6 one-token attempts, no separator: before attempts 2..3 one token is re-read (the last
     # attempt, for fresh logits), before attempts 4..6 the window slides and its 2 attempts are read again;

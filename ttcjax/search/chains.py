@@ -1,7 +1,8 @@
-"""The revision-chain episode: every attempt of every chain of a batch of questions.
+"""The compiled revision-chain episode: every attempt of every chain of a batch of questions in one program.
 
 Each question gets `chains` rows of the batch (question-major); a row is one chain. The prompt is prefilled
-once per question and forked into its chains. Each of the chain's `sequential` attempts runs
+once per question and forked into its chains. A `lax.fori_loop` over the chain's `sequential` attempts runs,
+per attempt,
 
   1. the search episode's round loop (`ttcjax.search.episode._rounds`, best-of-N: no selection between
      rounds) on every row, which generates the attempt step by step from the row's KV cache and feeds each
@@ -15,22 +16,14 @@ once per question and forked into its chains. Each of the chain's `sequential` a
      `reread` (policy tokens read into the cache between attempts). An attempt whose context does not fit the
      cache with room to write is cut (counted in `overflowed`: `ttcjax.search.run.search` warns).
 
-An attempt lasts as long as its longest chain. Uncompacted, the whole episode is one program (`chains_program`:
-a `lax.fori_loop` over the attempts). Compacted (`run_chains(compact=True)`, what `search` does), each attempt's
-round loop is the search episode's compacted one: once no more than half of the batch's questions still have a
-chain writing, the loop returns and those questions go on in a batch half the size or smaller, while the rest
-wait; the rows are put back before the attempt's context is read, so a question whose chains end early stops
-costing compute until the next attempt.
-
 Rows draw from keys folded with their id and the attempt, so a chain's samples do not depend on its place in
-the batch, compacted or not. The programs' static argument is one hashable `ChainSpec`.
+the batch. The program's static argument is one hashable `ChainSpec`.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
-from typing import Any, Callable
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -39,10 +32,9 @@ from flax import nnx
 
 from ttcjax.decoding.engine import DecodeState, Engine
 from ttcjax.distributed import to_host
-from ttcjax.models.cache import KVCache, extend_in_chunks
+from ttcjax.models.cache import extend_in_chunks
 from ttcjax.models.program import Program
-from ttcjax.search.episode import (EpisodeSpec, SearchState, _compact_jit, _constrain, _questions_after_compaction,
-                                   _rounds, _start, _stop_at_open, rounds_program)
+from ttcjax.search.episode import EpisodeSpec, SearchState, _constrain, _rounds, _start
 
 CONTEXT_CHUNK = 64  # the policy reads a chain's context (the last attempt, or the window) this many tokens at a time
 
@@ -125,15 +117,15 @@ def _reset(search: SearchState, active: jax.Array, spec: EpisodeSpec) -> SearchS
         num_steps=jnp.zeros(rows, jnp.int32), finished=finished, rounds=jnp.int32(0))
 
 
-def _chain_start(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
-                 verifier_lengths, active) -> ChainState:
-    """Every prompt prefilled once (`ttcjax.search.episode._start`) and forked into its chains; no attempt yet."""
+def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
+            verifier_lengths, active, key) -> ChainState:
     episode = spec.attempt
     chains, s = episode.strategy.n, spec.sequential
     search = _start(episode, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
                     verifier_lengths, active)
     rows, sol_len = search.tokens.shape
-    return _constrain(ChainState(
+    eos = jnp.asarray(episode.eos_ids or (-1,), jnp.int32)
+    st = ChainState(
         search=search, tokens=jnp.full((rows, s, sol_len), episode.pad_id, jnp.int32),
         length=jnp.zeros((rows, s), jnp.int32),
         step_scores=jnp.full((rows, s, episode.rounds), jnp.nan, jnp.float32),
@@ -142,167 +134,75 @@ def _chain_start(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, p
         prompt_last=jnp.repeat(jnp.take_along_axis(prompt_tokens, (prompt_lengths - 1)[:, None], axis=1)[:, 0],
                                chains),
         verifier_prompt=jnp.repeat(verifier_lengths, chains), active=jnp.repeat(active, chains),
-        reread=jnp.zeros(rows, jnp.int32), overflowed=jnp.zeros(rows, jnp.int32)), episode)
+        reread=jnp.zeros(rows, jnp.int32), overflowed=jnp.zeros(rows, jnp.int32))
 
+    def next_context(a, st: ChainState) -> ChainState:
+        """Both caches hold the context for the attempt after `a`."""
+        search = st.search
+        last = jnp.take_along_axis(st.tokens, jnp.maximum(st.length - 1, 0)[:, :, None], axis=2)  # [R, S, 1]
+        ends_in_eos = (st.length > 0) & jnp.any(last == eos[None, None, :], axis=2)
+        in_context = st.length - ends_in_eos  # [R, S] the attempts without a final EOS
+        body, body_len = _window_body(st, a, in_context, spec.window, spec.separator, sol_len)
+        slid = a + 1 > spec.window  # the window dropped an attempt: the cache is cut back to the prompt
+        prompt, v_prompt = st.policy_prompt, st.verifier_prompt
+        # the policy: keep what already stands where it belongs, read at least one token (fresh logits)
+        kept = jnp.where(slid, prompt, prompt + st.body + in_context[:, a])
+        kept = jnp.minimum(jnp.minimum(kept, prompt + body_len - 1), search.policy.cache.lengths)
+        col = kept[:, None] + jnp.arange(sol_len)[None, :] - prompt[:, None]  # body index of each read token
+        feed = jnp.where(col < 0, st.prompt_last[:, None],
+                         jnp.take_along_axis(body, jnp.clip(col, 0, sol_len - 1), axis=1))
+        feed_len = jnp.where(st.active, jnp.maximum(jnp.minimum(prompt + body_len, episode.max_len) - kept, 0), 0)
+        policy = dataclasses.replace(search.policy, cache=dataclasses.replace(search.policy.cache, lengths=kept))
+        policy = _extend_policy(episode.policy_graphdef, policy_params, policy, feed, feed_len)
+        # the verifier read the attempt's scored steps (an ending empty step and nothing else is unread)
+        last_end = jnp.take_along_axis(st.step_ends[:, a], jnp.maximum(st.num_steps[:, a] - 1, 0)[:, None],
+                                       axis=1)[:, 0]
+        read = jnp.where(st.num_steps[:, a] > 0, jnp.minimum(last_end, in_context[:, a]), 0)
+        v_kept = jnp.minimum(jnp.where(slid, v_prompt, v_prompt + st.body + read), episode.max_len)
+        v_col = v_kept[:, None] + jnp.arange(sol_len)[None, :] - v_prompt[:, None]
+        v_feed = jnp.take_along_axis(body, jnp.clip(v_col, 0, sol_len - 1), axis=1)
+        v_len = jnp.where(st.active, jnp.maximum(jnp.minimum(v_prompt + body_len, episode.max_len) - v_kept, 0), 0)
+        scorer = episode.scorer
+        verifier_cache = scorer.rewind(search.verifier_cache, v_kept)
+        _, verifier_cache, v_read = scorer.extend(scorer_params, verifier_cache, v_feed, v_len)
+        search = dataclasses.replace(search, policy=policy, verifier_cache=verifier_cache,
+                                     scored=search.scored + jnp.where(v_len > 0, v_read, 0))
+        overflowed = st.overflowed + (st.active & (prompt + body_len >= episode.max_len))  # no room left to write
+        return dataclasses.replace(st, search=search, body=body_len, reread=st.reread + feed_len,
+                                   overflowed=overflowed)
 
-def _next_context(spec: ChainSpec, policy_params, scorer_params, a, st: ChainState) -> ChainState:
-    """Both caches hold the context for the attempt after `a`."""
-    episode, search = spec.attempt, st.search
-    sol_len = search.tokens.shape[1]
-    eos = jnp.asarray(episode.eos_ids or (-1,), jnp.int32)
-    last = jnp.take_along_axis(st.tokens, jnp.maximum(st.length - 1, 0)[:, :, None], axis=2)  # [R, S, 1]
-    ends_in_eos = (st.length > 0) & jnp.any(last == eos[None, None, :], axis=2)
-    in_context = st.length - ends_in_eos  # [R, S] the attempts without a final EOS
-    body, body_len = _window_body(st, a, in_context, spec.window, spec.separator, sol_len)
-    slid = a + 1 > spec.window  # the window dropped an attempt: the cache is cut back to the prompt
-    prompt, v_prompt = st.policy_prompt, st.verifier_prompt
-    # the policy: keep what already stands where it belongs, read at least one token (fresh logits)
-    kept = jnp.where(slid, prompt, prompt + st.body + in_context[:, a])
-    kept = jnp.minimum(jnp.minimum(kept, prompt + body_len - 1), search.policy.cache.lengths)
-    col = kept[:, None] + jnp.arange(sol_len)[None, :] - prompt[:, None]  # body index of each read token
-    feed = jnp.where(col < 0, st.prompt_last[:, None],
-                     jnp.take_along_axis(body, jnp.clip(col, 0, sol_len - 1), axis=1))
-    feed_len = jnp.where(st.active, jnp.maximum(jnp.minimum(prompt + body_len, episode.max_len) - kept, 0), 0)
-    policy = dataclasses.replace(search.policy, cache=dataclasses.replace(search.policy.cache, lengths=kept))
-    policy = _extend_policy(episode.policy_graphdef, policy_params, policy, feed, feed_len)
-    # the verifier read the attempt's scored steps (an ending empty step and nothing else is unread)
-    last_end = jnp.take_along_axis(st.step_ends[:, a], jnp.maximum(st.num_steps[:, a] - 1, 0)[:, None],
-                                   axis=1)[:, 0]
-    read = jnp.where(st.num_steps[:, a] > 0, jnp.minimum(last_end, in_context[:, a]), 0)
-    v_kept = jnp.minimum(jnp.where(slid, v_prompt, v_prompt + st.body + read), episode.max_len)
-    v_col = v_kept[:, None] + jnp.arange(sol_len)[None, :] - v_prompt[:, None]
-    v_feed = jnp.take_along_axis(body, jnp.clip(v_col, 0, sol_len - 1), axis=1)
-    v_len = jnp.where(st.active, jnp.maximum(jnp.minimum(v_prompt + body_len, episode.max_len) - v_kept, 0), 0)
-    scorer = episode.scorer
-    verifier_cache = scorer.rewind(search.verifier_cache, v_kept)
-    _, verifier_cache, v_read = scorer.extend(scorer_params, verifier_cache, v_feed, v_len)
-    search = dataclasses.replace(search, policy=policy, verifier_cache=verifier_cache,
-                                 scored=search.scored + jnp.where(v_len > 0, v_read, 0))
-    overflowed = st.overflowed + (st.active & (prompt + body_len >= episode.max_len))  # no room left to write
-    return dataclasses.replace(st, search=search, body=body_len, reread=st.reread + feed_len, overflowed=overflowed)
-
-
-def _attempt_start(spec: ChainSpec, st: ChainState) -> ChainState:
-    """Before attempt a: an empty attempt on every row of a real question."""
-    return dataclasses.replace(st, search=_reset(st.search, st.active, spec.attempt))
-
-
-def _attempt_end(spec: ChainSpec, policy_params, scorer_params, st: ChainState, a) -> ChainState:
-    """After attempt `a` (its rows' solutions in `st.search`): the attempt recorded, and both caches turned into
-    the next attempt's context (after the last attempt, nothing to read)."""
-    search = st.search
-    st = dataclasses.replace(
-        st, tokens=st.tokens.at[:, a].set(search.tokens), length=st.length.at[:, a].set(search.length),
-        step_scores=st.step_scores.at[:, a].set(search.step_scores),
-        step_ends=st.step_ends.at[:, a].set(search.step_ends), num_steps=st.num_steps.at[:, a].set(search.num_steps))
-    st = jax.lax.cond(a + 1 < spec.sequential, functools.partial(_next_context, spec, policy_params, scorer_params),
-                      lambda a, st: st, a, st)
-    return _constrain(st, spec.attempt)
-
-
-def _chains(spec: ChainSpec, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
-            verifier_lengths, active, key) -> ChainState:
-    """The whole chain episode, every attempt's round loop on the whole batch, as one program."""
     def attempt(a, st: ChainState) -> ChainState:
-        st = _attempt_start(spec, st)
-        search = _rounds(spec.attempt, policy_params, scorer_params, st.search, jax.random.fold_in(key, a))
-        return _attempt_end(spec, policy_params, scorer_params, dataclasses.replace(st, search=search), a)
+        search = _rounds(episode, policy_params, scorer_params, _reset(st.search, st.active, episode),
+                         jax.random.fold_in(key, a))
+        st = dataclasses.replace(
+            st, search=search, tokens=st.tokens.at[:, a].set(search.tokens),
+            length=st.length.at[:, a].set(search.length), step_scores=st.step_scores.at[:, a].set(search.step_scores),
+            step_ends=st.step_ends.at[:, a].set(search.step_ends),
+            num_steps=st.num_steps.at[:, a].set(search.num_steps))
+        st = jax.lax.cond(a + 1 < s, next_context, lambda a, st: st, a, st)
+        return _constrain(st, episode)
 
-    st = _chain_start(spec, policy_params, scorer_params, prompt_tokens, prompt_lengths, verifier_tokens,
-                      verifier_lengths, active)
-    return jax.lax.fori_loop(0, spec.sequential, attempt, st)
+    return jax.lax.fori_loop(0, s, attempt, _constrain(st, episode))
 
 
 _chains_jit = jax.jit(_chains, static_argnames=("spec",))
-_chain_start_jit = jax.jit(_chain_start, static_argnames=("spec",))
-_attempt_start_jit = jax.jit(_attempt_start, static_argnames=("spec",), donate_argnames=("st",))
-_attempt_end_jit = jax.jit(_attempt_end, static_argnames=("spec",), donate_argnames=("st",))
 
 
 def chains_program(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,
                    active, key) -> Program:
-    """The compiled chain episode that `run_chains` runs without compaction (arguments as there): call it, or
-    `.export(platforms)` it."""
+    """The compiled chain episode that `run_chains` runs (arguments as there): call it, or `.export(platforms)` it."""
     return Program(_chains_jit, (spec, engine.params, scorer_params, tokens, lengths, verifier_tokens,
                                  verifier_lengths, active, key))
 
 HOST_FIELDS = ("tokens", "length", "step_scores", "step_ends", "num_steps")
 
 
-def _put_rows(full: SearchState, part: SearchState, rows: jax.Array) -> SearchState:
-    """`full` with rows `rows` [R'] replaced by `part`'s rows (in order) and `part`'s round count: the inverse of
-    `_compact`. Shared prefixes stay as `full` holds them (a round loop never writes a prompt)."""
-    def put(whole, some):
-        if isinstance(whole, KVCache):
-            own = jax.tree.map(lambda w, s: w.at[rows].set(s), dataclasses.replace(whole, prefix=None),
-                               dataclasses.replace(some, prefix=None))
-            return dataclasses.replace(own, prefix=whole.prefix)
-        return whole.at[rows].set(some)
-
-    merged = jax.tree.map(put, dataclasses.replace(full, rounds=jnp.zeros(full.slot.shape[0], jnp.int32)),
-                          dataclasses.replace(part, rounds=jnp.zeros(part.slot.shape[0], jnp.int32)),
-                          is_leaf=lambda x: isinstance(x, KVCache))
-    return dataclasses.replace(merged, rounds=part.rounds)
-
-
-_put_rows_jit = jax.jit(lambda spec, full, part, rows: _constrain(_put_rows(full, part, rows), spec),
-                        static_argnums=(0,), donate_argnums=(1,))
-
-
-def _attempt_rounds(spec: EpisodeSpec, engine: Engine, scorer_params, full: SearchState, key, floor: int,
-                    on_segment: Callable[[int], None] | None) -> SearchState:
-    """One attempt's round loop on every row of `full`, compacted as `ttcjax.search.episode.run_episode` compacts
-    a search: once no more than half of the batch's questions have a chain still writing, the loop returns, and
-    those questions go on in a batch half the size or smaller (a power of two times the data axis, at least
-    `floor` questions), the rest waiting in `full` untouched; the rows written are put back when the attempt
-    ends. A row draws from keys folded with its id, so where it runs changes nothing it writes."""
-    n, data = spec.strategy.n, engine.data_size
-    places = np.arange(full.slot.shape[0] // n)  # the question of `full` at each place of the batch that runs
-    st, part = full, False
-    while True:
-        if on_segment is not None:
-            on_segment(len(places) * n)
-        segment = dataclasses.replace(spec, stop_at_open=_stop_at_open(len(places), data, floor))
-        st = rounds_program(segment, engine, scorer_params, st, key)()
-        finished, rounds = to_host((st.finished, st.rounds))
-        still_open = ~finished.reshape(len(places), n).all(axis=1) & (rounds < spec.rounds)
-        rows = (places[:, None] * n + np.arange(n)[None, :]).reshape(-1).astype(np.int32)
-        full = _put_rows_jit(spec, full, st, engine.place_rows(rows)) if part else st
-        if not still_open.any():
-            return full
-        # the open questions first, then closed ones (their rows write nothing) as padding
-        size = _questions_after_compaction(int(still_open.sum()), data, floor)
-        places = places[np.concatenate([np.flatnonzero(still_open), np.flatnonzero(~still_open)])[:size]]
-        rows = (places[:, None] * n + np.arange(n)[None, :]).reshape(-1).astype(np.int32)
-        st, part = _compact_jit(spec, full, engine.place_rows(rows)), True
-
-
 def run_chains(spec: ChainSpec, engine: Engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths,
-               active, key, *, compact: bool = False, compact_min_rows: int = 128,
-               on_segment: Callable[[int], None] | None = None) -> dict[str, Any]:
+               active, key) -> dict[str, Any]:
     """The chain episode for a batch of questions (as `ttcjax.search.episode.run_episode` takes them); on the
     host: every attempt's `HOST_FIELDS` ([rows, S, ...], rows question-major), each row's costs (`generated`,
-    `scored`, `reread`, `overflowed`) and whether any of its attempts met non-finite logits (`nonfinite`).
-
-    Without `compact`, one compiled program (`chains_program`). With it, each attempt's round loop is compacted
-    (`_attempt_rounds`): an attempt lasts as long as its longest chain, and the questions whose chains have all
-    ended stop costing compute until the next attempt; not below `compact_min_rows` rows. The results are the
-    same either way. While a smaller batch runs, the whole batch's state (its caches) waits beside it: up to 1.5x the
-    one program's memory. `on_segment(rows)` is called before each compiled round loop with its batch's rows."""
-    if not compact:
-        if on_segment is not None:
-            on_segment(tokens.shape[0] * spec.attempt.strategy.n)
-        st = chains_program(spec, engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active,
-                            key)()
-    else:
-        params = engine.params
-        st = _chain_start_jit(spec, params, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active)
-        floor = -(-compact_min_rows // spec.attempt.strategy.n)  # questions
-        for a in range(spec.sequential):
-            st = _attempt_start_jit(spec, st)
-            search = _attempt_rounds(spec.attempt, engine, scorer_params, st.search, jax.random.fold_in(key, a),
-                                     floor, on_segment)
-            st = _attempt_end_jit(spec, params, scorer_params, dataclasses.replace(st, search=search), a)
+    `scored`, `reread`, `overflowed`) and whether any of its attempts met non-finite logits (`nonfinite`)."""
+    st = chains_program(spec, engine, scorer_params, tokens, lengths, verifier_tokens, verifier_lengths, active, key)()
     fields = {f: getattr(st, f) for f in HOST_FIELDS}
     fields.update(generated=st.search.generated, scored=st.search.scored, reread=st.reread,
                   overflowed=st.overflowed, nonfinite=st.search.nonfinite)

@@ -292,10 +292,8 @@ def _rounds(spec: EpisodeSpec, policy_params, scorer_params, state: SearchState,
 
 
 def _compact(spec: EpisodeSpec, state: SearchState, rows: jax.Array) -> SearchState:
-    """Keep whole questions: rows [R'] are N consecutive rows of each kept question. Every leaf is a new array
-    (the round count too), so the result can be donated while `state` lives on (`ttcjax.search.chains`)."""
-    moved = _take_rows(state, rows, rows[::spec.strategy.n] // spec.strategy.n)
-    return _constrain(dataclasses.replace(moved, rounds=state.rounds + 0), spec)
+    """Keep whole questions: rows [R'] are N consecutive rows of each kept question."""
+    return _constrain(_take_rows(state, rows, rows[::spec.strategy.n] // spec.strategy.n), spec)
 
 
 _start_jit = jax.jit(_start, static_argnames=("spec",))

@@ -171,9 +171,10 @@ def search(strategy: Strategy, engine: Engine, verifier: Verifier, tokenizer, pr
                       verifier_floor=prompt_floor(v_lengths) if shared and v_lengths.max() < settings.max_len else 0)
         if revisions:
             placed = map(engine.place_rows, (tokens, lengths, v_tokens, v_lengths, active))
+            if on_segment is not None:
+                on_segment(len(padded) * n)
             host = run_chains(dataclasses.replace(chains, attempt=dataclasses.replace(chains.attempt, **floors)),
-                              engine, scorer_params, *placed, jax.random.fold_in(key, start), compact=compact,
-                              compact_min_rows=compact_min_rows, on_segment=on_segment)
+                              engine, scorer_params, *placed, jax.random.fold_in(key, start))
             results += [_chain_result(strategy, engine, verifier, tokenizer, settings, host, i, len(chunk[i]),
                                       extract_answer, equal) for i in range(len(chunk))]
             continue
