@@ -345,11 +345,15 @@ def test_validation_ranks_each_questions_steps_by_the_scores_of_each_solution_re
     assert len(packed) > 3  # several rows, batched 2 at a time below, the last batch half empty
     got = validation_metrics(prm, packed, batch_size=2, questions=questions)
 
+    # each solution alone on its own row (causal: a read position sees none of the padding after it)
+    alone = np.zeros((len(examples), 8), np.int32)
+    for i, (x, _) in enumerate(examples):
+        alone[i, :len(x.tokens)] = x.tokens
+    logits = np.asarray(prm(jnp.asarray(alone), positions=jnp.broadcast_to(jnp.arange(8), alone.shape),
+                            segment_ids=jnp.ones(alone.shape, jnp.int32)))
     scores, labels, groups = [], [], []
-    for (x, y), q in zip(examples, questions):
-        logits = prm(jnp.asarray([x.tokens]), positions=jnp.arange(len(x.tokens))[None],
-                     segment_ids=jnp.ones((1, len(x.tokens)), jnp.int32))
-        scores += list(np.asarray(logits)[0, list(x.read_at)])
+    for i, ((x, y), q) in enumerate(zip(examples, questions)):
+        scores += list(logits[i, list(x.read_at)])
         labels += y
         groups += [q] * len(y)
     assert got["misordered"] == pytest.approx(1 - concordance_within_groups(scores, labels, groups), abs=1e-6)
