@@ -13,7 +13,7 @@ from conftest import optimized_cli
 from ttcjax.cli import main
 from ttcjax.eval.experiment import ExperimentConfig, read_config
 from ttcjax.eval.sweep import SweepConfig
-from ttcjax.eval.verifier import within_question_auc
+from ttcjax.eval.verifier import solution_auc_within_question, within_question_auc
 from ttcjax.io import read_yaml
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.grading import answers_equal
@@ -266,6 +266,10 @@ def test_within_question_auc_does_not_reward_knowing_which_questions_are_hard():
     assert within_question_auc(ranked, labels, questions)["step_auc_within_question"] == 1.0
     assert within_question_auc(ranked, labels[[0, 1, 2, 0, 4, 4, 4, 4, 8, 9]],
                                questions)["step_auc_within_question"] is None  # no question holds both labels
+    # the solutions' scores against their answers, the same way: one question ranked right, one wrong, one all right
+    got = solution_auc_within_question(np.array([0.9, 0.2, 0.4, 0.8, 0.5, 0.5]),
+                                       np.array([True, False, True, False, True, True]), np.array([0, 0, 1, 1, 2, 2]))
+    assert got == {"solution_auc_within_question": 0.5, "questions_with_right_and_wrong_answers": 2}
 
 
 def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
@@ -276,6 +280,8 @@ def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     assert 0 <= arithmetic_result["all"]["step_auc"] <= 1  # the exact step oracle labels every step
     within = arithmetic_result["all"]["step_auc_within_question"]
     assert (within is None) == (arithmetic_result["all"]["questions_with_both_labels"] == 0)
+    solutions = arithmetic_result["all"]["solution_auc_within_question"]
+    assert (solutions is None) == (arithmetic_result["all"]["questions_with_right_and_wrong_answers"] == 0)
     # a rule's picks where a right answer is among the candidates: its accuracy over pass@N (a right pick needs one)
     overall = arithmetic_result["all"]
     for rule in ("best_of_n", "weighted", "majority"):
@@ -287,6 +293,7 @@ def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     gsm8k_result = json.loads(capsys.readouterr().out)
     assert gsm8k_result["all"]["problems"] == 4 and gsm8k_result["task"]["name"] == "gsm8k"
     assert gsm8k_result["all"]["step_auc"] is None and gsm8k_result["steps_scored"] == 0  # no exact oracle
+    assert "solution_auc_within_question" in gsm8k_result["all"]  # needs only the task's grading
     assert gsm8k_result["all"]["pass@n"] >= gsm8k_result["all"]["weighted"]
 
 

@@ -7,8 +7,10 @@ arithmetic task), the step-level ROC-AUC of the step score for "this prefix is s
 answer", over every step (`step_auc`) and within each question (`step_auc_within_question`: the mean over the
 questions whose steps hold both labels of the AUC among that question's own steps). The two differ where a verifier
 has learned which questions are hard rather than which steps are wrong: the first rewards it, the second does not,
-and only the second helps selection, which compares one question's candidates. `picks_right_when_present`: per rule, the share of the questions with a right answer among the N samples
-for which the rule picks one.
+and only the second helps selection, which compares one question's candidates. `solution_auc_within_question`
+(any task, for a verifier that scores): the same within each question for the solution scores that selection reads,
+against whether each sample's answer is right. `picks_right_when_present`: per rule, the share of the questions with
+a right answer among the N samples for which the rule picks one.
 """
 
 from __future__ import annotations
@@ -60,18 +62,28 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
     if not verifier.scores_steps:
         rules = {"majority": "majority"}
     chosen: dict[str, list[bool]] = {k: [] for k in (*rules, "pass@n")}
+    solution_scores: list[list[float]] = []  # per problem, each sample's solution score and whether its answer is right
+    solution_right: list[list[bool]] = []
     for p, cands in zip(problems, per_problem):
         answers = [a for a, _ in cands]
         ok = task.grade(p, answers)
         for name, rule in rules.items():
             chosen[name].append(ok[select(rule, answers, [s for _, s in cands], task.same_answer)])
         chosen["pass@n"].append(any(ok))
+        solution_scores.append([s for _, s in cands])
+        solution_right.append(list(ok))
     difficulty = np.array([-1 if p.difficulty is None else p.difficulty for p in problems])
 
     def summary(mask, step_mask):
         out = {"problems": int(mask.sum()),
                "step_auc": roc_auc(step_scores[step_mask], step_labels[step_mask]) if len(step_scores) else None}
         out.update(within_question_auc(step_scores[step_mask], step_labels[step_mask], step_question[step_mask]))
+        if verifier.scores_steps:
+            kept = np.flatnonzero(mask)
+            out.update(solution_auc_within_question(
+                np.array([s for i in kept for s in solution_scores[i]], np.float64),
+                np.array([r for i in kept for r in solution_right[i]], bool),
+                np.array([i for i in kept for _ in solution_scores[i]], int)))
         out.update({k: float(np.mean(np.array(v)[mask])) for k, v in chosen.items()})
         # how often each rule picks a right answer where one is among the candidates: the verifier's share of the
         # gap between a rule and pass@N (issue 17's target: weighted at N=64 at least 0.85)
@@ -92,10 +104,25 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                               for d in sorted(set(difficulty.tolist())) if d >= 0}}
 
 
+def _mean_auc_within(scores: np.ndarray, labels: np.ndarray, questions: np.ndarray) -> tuple[float | None, int]:
+    """The mean over questions of the ROC-AUC among each question's own items, over the questions that hold both
+    labels (None where none does), and how many questions that is."""
+    aucs = [roc_auc(scores[questions == q], labels[questions == q]) for q in np.unique(questions)
+            if 0 < labels[questions == q].sum() < (questions == q).sum()]
+    return (float(np.mean(aucs)) if aucs else None), len(aucs)
+
+
+def solution_auc_within_question(scores: np.ndarray, right: np.ndarray, questions: np.ndarray) -> dict[str, Any]:
+    """How the solution scores (the verifier's aggregate, what selection reads) rank a question's right answers
+    above its wrong ones: the mean over questions with both of the AUC among that question's own samples
+    (`solution_auc_within_question`, None where no question has both), and how many questions that is."""
+    auc, count = _mean_auc_within(scores, right, questions)
+    return {"solution_auc_within_question": auc, "questions_with_right_and_wrong_answers": count}
+
+
 def within_question_auc(scores: np.ndarray, labels: np.ndarray, questions: np.ndarray) -> dict[str, Any]:
     """The mean over questions of the ROC-AUC among each question's own steps (scores/labels/questions [steps]),
     over the questions whose steps hold both labels (`step_auc_within_question`, None where none does), and how many
     questions that is (`questions_with_both_labels`)."""
-    aucs = [roc_auc(scores[questions == q], labels[questions == q]) for q in np.unique(questions)
-            if 0 < labels[questions == q].sum() < (questions == q).sum()]
-    return {"step_auc_within_question": float(np.mean(aucs)) if aucs else None, "questions_with_both_labels": len(aucs)}
+    auc, count = _mean_auc_within(scores, labels, questions)
+    return {"step_auc_within_question": auc, "questions_with_both_labels": count}
