@@ -7,27 +7,23 @@ about a step's correctness when the labels say it exactly: the ceiling that bett
 """
 
 import dataclasses
-import re
 import sys
 
-from ttcjax.tasks import arithmetic
-from ttcjax.training.labels import load_labels, save_labels
-from ttcjax.training.reward_model import distinct_solutions
+from ttcjax.io import read_yaml
+from ttcjax.tasks.base import ProblemRecord
+from ttcjax.training.labels import save_labels
+from ttcjax.training.reward_model import PRMTrainConfig, distinct_solutions, reused_labels
 
-SOURCES = ("docs/prm-paper/labels.jsonl.gz", "docs/prm-paper/more/labels.jsonl.gz")
+SOURCE = "configs/train/prm-paper-6000.yaml"  # its labels files, read as its training reads them
 
 
 def main(out: str) -> None:
-    seen, labelled = set(), []
-    for path in SOURCES:  # a question in both files: the first's (as the training config reads them)
-        here = load_labels(path)
-        labelled += [x for x in here if x.problem_id not in seen]
-        seen |= {x.problem_id for x in here}
-    labelled = distinct_solutions(labelled)
+    config = PRMTrainConfig.from_dict(read_yaml(SOURCE), SOURCE)
+    task = config.make_task()
     relabelled = []
-    for x in labelled:
-        problem = arithmetic.parse_problem(re.fullmatch(r"Q: (.*)=\n", x.question).group(1))
-        exact = tuple(float(arithmetic.prefix_on_path(problem, list(x.steps[:k + 1]))) for k in range(len(x.steps)))
+    for x in distinct_solutions(reused_labels(config)[0]):
+        problem = ProblemRecord(id=x.problem_id, question=x.question, answer="")
+        exact = tuple(float(task.step_oracle(problem, list(x.steps[:k + 1]))) for k in range(len(x.steps)))
         relabelled.append(dataclasses.replace(x, step_labels=exact))
     save_labels(out, relabelled)
     steps = [y for x in relabelled for y in x.step_labels]
