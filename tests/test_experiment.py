@@ -13,7 +13,7 @@ from conftest import optimized_cli
 from ttcjax.cli import main
 from ttcjax.eval.experiment import ExperimentConfig, read_config
 from ttcjax.eval.sweep import SweepConfig
-from ttcjax.eval.verifier import solution_auc_within_question, within_question_auc
+from ttcjax.eval.verifier import same_depth_auc, solution_auc_within_question, within_question_auc
 from ttcjax.io import read_yaml
 from ttcjax.tasks import arithmetic
 from ttcjax.tasks.grading import answers_equal
@@ -272,10 +272,34 @@ def test_within_question_auc_does_not_reward_knowing_which_questions_are_hard():
     assert got == {"solution_auc_within_question": 0.5, "questions_with_right_and_wrong_answers": 2}
 
 
+def test_same_depth_auc_does_not_reward_scores_that_fall_with_depth():
+    # two samples of one question, three steps each: the first sample goes wrong at its third step, the second at
+    # its second. Scores that only fall with depth (0.9, 0.5, 0.1 for both) rank the question's steps well (AUC 17/18)
+    # but cannot tell the wrong second step from the right one (0.5 at depth 1; depth 2 holds only wrong steps)
+    labels = np.array([True, True, False, True, False, False])
+    groups = np.array([0, 1, 2, 0, 1, 2])  # the step's depth (one question)
+    falling = np.array([0.9, 0.5, 0.1, 0.9, 0.5, 0.1])
+    assert within_question_auc(falling, labels, np.zeros(6, int))["step_auc_within_question"] == pytest.approx(17 / 18)
+    assert same_depth_auc(falling, labels, groups) == {"step_auc_same_depth": 0.5, "step_groups_same_depth": 1}
+    checking = np.array([0.9, 0.6, 0.1, 0.9, 0.4, 0.1])  # the wrong second step scored below the right one
+    assert same_depth_auc(checking, labels, groups)["step_auc_same_depth"] == 1.0
+
+
 def test_verifier_evaluation_takes_any_task(tmp_path, capsys):
     args = ["eval", "prm", "--model", "tiny", "--policy", "tiny", "--samples", "2", "--mesh", "none"]
-    assert main([*args, "--per-difficulty", "2"]) == 0
+    samples_file = tmp_path / "scored.jsonl"
+    assert main([*args, "--per-difficulty", "2", "--samples-output", str(samples_file)]) == 0
     arithmetic_result = json.loads(capsys.readouterr().out)
+    # every sample, with what the summary was computed from: its steps' scores and oracle labels, and its grade
+    scored = [json.loads(line) for line in samples_file.read_text().splitlines()]
+    assert len(scored) == 8 * 2 and "scored_samples" not in arithmetic_result
+    assert sum(len(r["steps"]) for r in scored) == arithmetic_result["steps_scored"]
+    assert all(len(r["scores"]) == len(r["on_path"]) == len(r["steps"]) for r in scored)
+    assert all(r["right"] == r["on_path"][-1] for r in scored if r["answer"] is not None)  # the last step: the answer
+    assert np.mean([s for r in scored for s in r["on_path"]]) == pytest.approx(arithmetic_result["on_path_fraction"])
+    assert "step_auc_same_depth" in arithmetic_result["all"]
+    assert main(["eval", "policy", "--model", "tiny", "--samples-output", str(tmp_path / "x.jsonl")]) == 2
+    assert "--samples-output is for eval prm" in capsys.readouterr().err
     assert arithmetic_result["all"]["problems"] == 8 and arithmetic_result["steps_scored"] > 0
     assert 0 <= arithmetic_result["all"]["step_auc"] <= 1  # the exact step oracle labels every step
     within = arithmetic_result["all"]["step_auc_within_question"]

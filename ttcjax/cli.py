@@ -465,8 +465,11 @@ def _check_eval_options(args: argparse.Namespace) -> None:
         if value is not None and value < least:
             raise ValueError(f"{flag[2:].replace('-', '_')}={value} ({flag}) must be an integer >= {least}.")
     Sampling(temperature=args.temperature)  # a non-finite or negative temperature is refused now
-    if args.output:
-        check_output_file(args.output, overwrite=args.overwrite)
+    if args.samples_output and args.what != "prm":
+        raise ValueError(f"--samples-output is for eval prm (its scored samples), not eval {args.what}.")
+    for path in (args.output, args.samples_output):
+        if path:
+            check_output_file(path, overwrite=args.overwrite)
 
 
 def _check_samples_fit(args: argparse.Namespace, flag: str, tokenizer, task, problems) -> None:
@@ -527,7 +530,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
                                     rules=engine.rules)
         result = evaluate_verifier(task, verifier, engine, tokenizer, problems, samples=args.samples,
                                    sampling=Sampling(temperature=args.temperature), seed=args.seed,
-                                   max_new_tokens=args.max_new_tokens)
+                                   max_new_tokens=args.max_new_tokens, keep_samples=bool(args.samples_output))
+        scored = result.pop("scored_samples", None)
+        if scored is not None and is_writer():
+            write_jsonl(args.samples_output, scored)
     result["split"], result["seed"] = args.split, args.seed
     result["wall_seconds"] = time.perf_counter() - started
     text = json_text(result, indent=2)
@@ -760,7 +766,10 @@ def build_parser() -> argparse.ArgumentParser:
     ev.add_argument("--seed", type=int, default=0)
     ev.add_argument("--mesh", default="auto")
     ev.add_argument("--output", help="write the result JSON here (atomically)")
-    ev.add_argument("--overwrite", action="store_true", help="replace an existing --output file")
+    ev.add_argument("--samples-output", help="eval prm: write every sample as JSONL here (atomically): its "
+                    "question's index, steps, step scores, the oracle's label of each step, answer and whether it is "
+                    "right")
+    ev.add_argument("--overwrite", action="store_true", help="replace an existing --output or --samples-output file")
     _add_process_flags(ev)
     ev.set_defaults(func=cmd_eval)
     sw = sub.add_parser("sweep", help="search strategies x budgets on any task: per-question JSONL "

@@ -30,7 +30,12 @@ from ttcjax.verifiers.base import Verifier, roc_auc
 
 def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer, problems: Sequence[ProblemRecord],
                       *, samples: int = 16, sampling: Sampling = Sampling(temperature=0.8), seed: int = 0,
-                      max_new_tokens: int = MAX_NEW_TOKENS) -> dict[str, Any]:
+                      max_new_tokens: int = MAX_NEW_TOKENS, keep_samples: bool = False) -> dict[str, Any]:
+    """Sample `samples` solutions per problem from `engine`, score them with `verifier` and judge the scores: step
+    ROC-AUCs against the task's step oracle (over all steps, within a question, and among a question's steps at the
+    same depth), the solution-level AUC within a question, and what each selection rule picks. With `keep_samples`,
+    the result's "scored_samples" holds every sample (its question's index, difficulty, steps, step scores, oracle
+    labels, answer and whether it is right): what `ttcjax eval prm --samples-output` writes."""
     completions = sample_completions(task, engine, tokenizer, problems, n=samples, sampling=sampling,
                                      key=jax.random.key(seed), max_new_tokens=max_new_tokens)
     texts = [[tokenizer.decode(c.tokens) for c in cs] for cs in completions]
@@ -43,20 +48,27 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
         warnings.warn(f"evaluate_verifier: {nonfinite_scores} of {sum(map(len, scores))} step scores are non-finite "
                       "(a NaN or inf in the verifier's weights or activations); the selections that read them are not "
                       "to be trusted.", stacklevel=2)
-    step_scores, step_labels, step_difficulty, step_question = [], [], [], []
+    step_scores, step_labels, step_difficulty, step_question, step_depth = [], [], [], [], []
+    scored_samples: list[dict[str, Any]] = []
     per_problem: list[list[tuple[Any, float]]] = [[] for _ in problems]
     for (i, steps, text), s in zip(owners, scores):
         p = problems[i]
-        for k in range(len(steps)):
-            on_path = task.step_oracle(p, steps[:k + 1]) if verifier.scores_steps else None
+        labels = [task.step_oracle(p, steps[:k + 1]) if verifier.scores_steps else None for k in range(len(steps))]
+        for k, on_path in enumerate(labels):
             if on_path is not None:
                 step_scores.append(float(s[k]))
                 step_labels.append(on_path)
                 step_difficulty.append(p.difficulty)
                 step_question.append(i)
+                step_depth.append(k)
         per_problem[i].append((task.extract_answer(text), verifier.solution_score(s)))
+        if keep_samples:
+            scored_samples.append({"question": i, "difficulty": p.difficulty, "steps": steps,
+                                   "scores": [float(x) for x in s], "on_path": labels})
     step_scores, step_labels = np.array(step_scores), np.array(step_labels, bool)
     step_difficulty, step_question = np.array(step_difficulty), np.array(step_question, int)
+    # a step's group for the same-depth AUC: its question and its index among the sample's steps
+    step_group = step_question * (1 + max(step_depth, default=0)) + np.array(step_depth, int)
 
     rules = {"best_of_n": "vanilla", "weighted": "weighted", "majority": "majority"}
     if not verifier.scores_steps:
@@ -78,6 +90,7 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
         out = {"problems": int(mask.sum()),
                "step_auc": roc_auc(step_scores[step_mask], step_labels[step_mask]) if len(step_scores) else None}
         out.update(within_question_auc(step_scores[step_mask], step_labels[step_mask], step_question[step_mask]))
+        out.update(same_depth_auc(step_scores[step_mask], step_labels[step_mask], step_group[step_mask]))
         if verifier.scores_steps:
             kept = np.flatnonzero(mask)
             out.update(solution_auc_within_question(
@@ -92,6 +105,13 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                                            for k, v in chosen.items() if k != "pass@n"}
         return out
 
+    if keep_samples:
+        answers = iter(a for cands in per_problem for a, _ in cands)
+        right = iter(r for rs in solution_right for r in rs)
+        for record in scored_samples:  # in the order of `owners`: problem-major, as per_problem and solution_right
+            answer = next(answers)
+            record.update(answer=answer if answer is None or isinstance(answer, (int, float, str)) else str(answer),
+                          right=bool(next(right)))
     return {"task": task.to_dict(), "samples": samples, "temperature": sampling.temperature,
             "aggregation": verifier.aggregation, "steps_scored": int(len(step_scores)),
             # samples that ended on non-finite logits, and step scores that are NaN or inf: what the accuracies and
@@ -101,7 +121,8 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
             "on_path_fraction": float(step_labels.mean()) if len(step_labels) else None,
             "all": summary(np.ones(len(problems), bool), np.ones(len(step_scores), bool)),
             "by_difficulty": {str(d): summary(difficulty == d, step_difficulty == d)
-                              for d in sorted(set(difficulty.tolist())) if d >= 0}}
+                              for d in sorted(set(difficulty.tolist())) if d >= 0},
+            **({"scored_samples": scored_samples} if keep_samples else {})}
 
 
 def _mean_auc_within(scores: np.ndarray, labels: np.ndarray, questions: np.ndarray) -> tuple[float | None, int]:
@@ -118,6 +139,16 @@ def solution_auc_within_question(scores: np.ndarray, right: np.ndarray, question
     (`solution_auc_within_question`, None where no question has both), and how many questions that is."""
     auc, count = _mean_auc_within(scores, right, questions)
     return {"solution_auc_within_question": auc, "questions_with_right_and_wrong_answers": count}
+
+
+def same_depth_auc(scores: np.ndarray, labels: np.ndarray, groups: np.ndarray) -> dict[str, Any]:
+    """The mean ROC-AUC among the steps of one question at one depth (groups [steps]: a question's samples' k-th
+    steps), over the groups that hold both labels (`step_auc_same_depth`, None where none does), and how many groups
+    that is (`step_groups_same_depth`). It compares "16-4=12" with "16-4=10" written at the same point of the same
+    question, so neither the question's difficulty nor the step's depth can carry it: whether the verifier checks
+    the step."""
+    auc, count = _mean_auc_within(scores, labels, groups)
+    return {"step_auc_same_depth": auc, "step_groups_same_depth": count}
 
 
 def within_question_auc(scores: np.ndarray, labels: np.ndarray, questions: np.ndarray) -> dict[str, Any]:
