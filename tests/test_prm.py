@@ -351,12 +351,16 @@ def test_validation_ranks_each_questions_steps_by_the_scores_of_each_solution_re
         alone[i, :len(x.tokens)] = x.tokens
     logits = np.asarray(prm(jnp.asarray(alone), positions=jnp.broadcast_to(jnp.arange(8), alone.shape),
                             segment_ids=jnp.ones(alone.shape, jnp.int32)))
-    scores, labels, groups = [], [], []
+    scores, labels, groups, depths = [], [], [], []
     for i, ((x, y), q) in enumerate(zip(examples, questions)):
         scores += list(logits[i, list(x.read_at)])
         labels += y
         groups += [q] * len(y)
+        depths += [f"{q} step {k}" for k in range(len(y))]  # the solution's k-th step
     assert got["misordered"] == pytest.approx(1 - concordance_within_groups(scores, labels, groups), abs=1e-6)
+    assert got["misordered_same_depth"] == pytest.approx(1 - concordance_within_groups(scores, labels, depths),
+                                                         abs=1e-6)
+    assert got["misordered_same_depth"] != pytest.approx(got["misordered"])
     assert len(set(np.round(scores, 5))) > len(scores) // 2 and 0.1 < got["misordered"] < 0.9  # scores differ
     s, y = np.asarray(scores, np.float64), np.asarray(labels)
     assert got["loss"] == pytest.approx(np.mean(np.logaddexp(0, s) - y * s), rel=1e-5)  # binary cross-entropy
@@ -384,7 +388,8 @@ def test_select_by_misordered_keeps_the_checkpoint_that_orders_the_steps_best(tm
     assert "select_by" not in bound_fields(PRMTrainConfig(out_dir=str(tmp_path / "x"), **base))
     assert bound_fields(PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="misordered", **base))["select_by"] == \
         "misordered"
-    with pytest.raises(ValueError, match=r"select_by='accuracy' is not one of \('loss', 'misordered'\)"):
+    with pytest.raises(ValueError, match=r"select_by='accuracy' is not one of \('loss', 'misordered', "
+                                         r"'misordered_same_depth'\)"):
         PRMTrainConfig(out_dir=str(tmp_path / "x"), select_by="accuracy", **base)
 
 

@@ -117,16 +117,19 @@ def _eval_batch(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, ja
 _eval_batch_jit = jax.jit(lambda graphdef, state, batch: _eval_batch(nnx.merge(graphdef, state), batch),
                           static_argnums=(0,))
 
-VALIDATION_METRICS = ("loss", "misordered")  # what `select_by` may choose a reward model's best checkpoint by
+# what `select_by` may choose a reward model's best checkpoint by
+VALIDATION_METRICS = ("loss", "misordered", "misordered_same_depth")
 
 
 def validation_metrics(prm: RewardModel, packed: PackedScores, batch_size: int, questions: Sequence[str]
                        ) -> dict[str, float]:
-    """The validation split's `loss` (the mean binary cross-entropy per read position) and `misordered`: 1 minus
-    the step concordance within a question (`concordance_within_groups` of the scores against the soft labels,
-    grouped by `questions[example]`), the share of a question's label-weighted step pairs that the scores order
-    against their labels. Lower is better for both; the loss also rewards knowing how hard each question is, which
-    ranks no step of a question above another."""
+    """The validation split's `loss` (the mean binary cross-entropy per read position), `misordered`: 1 minus the
+    step concordance within a question (`concordance_within_groups` of the scores against the soft labels, grouped
+    by `questions[example]`), the share of a question's label-weighted step pairs that the scores order against
+    their labels, and `misordered_same_depth`: the same among the steps a question's solutions wrote at the same
+    depth (their k-th steps). Lower is better for all three. The loss also rewards knowing how hard each question is,
+    which ranks no step of a question above another; `misordered` also rewards knowing that later steps are more
+    often wrong; only `misordered_same_depth` needs the verifier to check a step against the ones beside it."""
     graphdef, state = nnx.split(prm)
     total, weight, scores = 0.0, 0.0, np.full(packed.labels.shape, np.nan, np.float32)
     for start in range(0, len(packed), batch_size):
@@ -138,9 +141,16 @@ def validation_metrics(prm: RewardModel, packed: PackedScores, batch_size: int, 
         total, weight = total + float(loss), weight + float(w)  # parameters, wherever they are
         scores[index[index >= 0]] = logits[index >= 0]
     read = packed.example >= 0
-    groups = np.asarray(questions, object)[packed.example[read]]
+    example = packed.example[read]  # row-major: an example's read positions lie in one row, in order
+    _, question = np.unique(np.asarray(questions, object), return_inverse=True)
+    question = question.reshape(-1)[example]
+    examples, first = np.unique(example, return_index=True)
+    depth = np.arange(len(example)) - first[np.searchsorted(examples, example)]  # the step's index in its example
+    scores, labels = scores[read], packed.labels[read]
     return {"loss": total / max(weight, 1.0),
-            "misordered": 1.0 - concordance_within_groups(scores[read], packed.labels[read], groups)}
+            "misordered": 1.0 - concordance_within_groups(scores, labels, question),
+            "misordered_same_depth": 1.0 - concordance_within_groups(scores, labels,
+                                                                     question * (1 + depth.max(initial=0)) + depth)}
 
 
 def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_format: StepFormat, *,
@@ -226,8 +236,9 @@ class PRMTrainConfig:
     clip_norm: float = 1.0
     eval_every: int = 50
     patience: int = 4  # evaluations without improvement before early stopping
-    # the validation metric that picks the best checkpoint and stops early: "loss" (the paper's) or "misordered"
-    # (how often the scores order a question's steps against their labels)
+    # the validation metric that picks the best checkpoint and stops early: "loss" (the paper's), "misordered" (how
+    # often the scores order a question's steps against their labels) or "misordered_same_depth" (the same among
+    # the steps its solutions wrote at one depth: whether the verifier checks a step)
     select_by: str = dataclasses.field(default="loss", metadata=BOUND_WHEN_SET)
     checkpoint_every: int = 50
     keep_checkpoints: int = 2
