@@ -25,7 +25,7 @@ from ttcjax.decoding.engine import Engine, Sampling
 from ttcjax.search.sampling import MAX_NEW_TOKENS, is_nonfinite, sample_completions
 from ttcjax.search.selection import select
 from ttcjax.tasks.base import ProblemRecord, Task
-from ttcjax.verifiers.base import Verifier, roc_auc
+from ttcjax.verifiers.base import Verifier, roc_auc, same_depth_groups
 
 
 def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer, problems: Sequence[ProblemRecord],
@@ -61,14 +61,14 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                 step_difficulty.append(p.difficulty)
                 step_question.append(i)
                 step_depth.append(k)
-        per_problem[i].append((task.extract_answer(text), verifier.solution_score(s)))
+        answer = task.extract_answer(text)
+        per_problem[i].append((answer, verifier.solution_score(s)))
         if keep_samples:
             scored_samples.append({"question": i, "difficulty": p.difficulty, "steps": steps,
-                                   "scores": [float(x) for x in s], "on_path": labels})
+                                   "scores": [float(x) for x in s], "on_path": labels, "answer": answer})
     step_scores, step_labels = np.array(step_scores), np.array(step_labels, bool)
     step_difficulty, step_question = np.array(step_difficulty), np.array(step_question, int)
-    # a step's group for the same-depth AUC: its question and its index among the sample's steps
-    step_group = step_question * (1 + max(step_depth, default=0)) + np.array(step_depth, int)
+    step_group = same_depth_groups(step_question, np.array(step_depth, int))
 
     rules = {"best_of_n": "vanilla", "weighted": "weighted", "majority": "majority"}
     if not verifier.scores_steps:
@@ -105,13 +105,9 @@ def evaluate_verifier(task: Task, verifier: Verifier, engine: Engine, tokenizer,
                                            for k, v in chosen.items() if k != "pass@n"}
         return out
 
-    if keep_samples:
-        answers = iter(a for cands in per_problem for a, _ in cands)
-        right = iter(r for rs in solution_right for r in rs)
-        for record in scored_samples:  # in the order of `owners`: problem-major, as per_problem and solution_right
-            answer = next(answers)
-            record.update(answer=answer if answer is None or isinstance(answer, (int, float, str)) else str(answer),
-                          right=bool(next(right)))
+    # scored_samples are in the order of `owners`: problem-major, as solution_right
+    for record, right in zip(scored_samples, (r for rs in solution_right for r in rs)):
+        record["right"] = bool(right)
     return {"task": task.to_dict(), "samples": samples, "temperature": sampling.temperature,
             "aggregation": verifier.aggregation, "steps_scored": int(len(step_scores)),
             # samples that ended on non-finite logits, and step scores that are NaN or inf: what the accuracies and

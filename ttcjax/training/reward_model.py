@@ -43,7 +43,7 @@ from ttcjax.training.labels import (LabelledSolution, LabellingCost, flip_labels
 from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedArrays, check_processes_meshed, epoch_batches,
                                   train_loop, write_summary)
 from ttcjax.training.revisions import revision_labels
-from ttcjax.verifiers.base import AGGREGATIONS, concordance_within_groups
+from ttcjax.verifiers.base import AGGREGATIONS, concordance_within_groups, same_depth_groups
 from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
                                            save_prm)
 
@@ -149,8 +149,7 @@ def validation_metrics(prm: RewardModel, packed: PackedScores, batch_size: int, 
     scores, labels = scores[read], packed.labels[read]
     return {"loss": total / max(weight, 1.0),
             "misordered": 1.0 - concordance_within_groups(scores, labels, question),
-            "misordered_same_depth": 1.0 - concordance_within_groups(scores, labels,
-                                                                     question * (1 + depth.max(initial=0)) + depth)}
+            "misordered_same_depth": 1.0 - concordance_within_groups(scores, labels, same_depth_groups(question, depth))}
 
 
 def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_format: StepFormat, *,

@@ -200,6 +200,14 @@ def concordance(scores: Sequence[float], labels: Sequence[float]) -> float:
     return float((weight * agree).sum() / weight.sum())
 
 
+def same_depth_groups(questions: np.ndarray, depths: np.ndarray) -> np.ndarray:
+    """One group id per step [steps] for its question (int ids [steps]) and its index among its solution's steps
+    [steps]: a question's solutions' k-th steps share a group, which neither the question's difficulty nor the step's
+    depth can rank (`ttcjax.eval.verifier.same_depth_auc`, the training's `misordered_same_depth`)."""
+    questions, depths = np.asarray(questions, np.int64), np.asarray(depths, np.int64)
+    return questions * (1 + depths.max(initial=0)) + depths
+
+
 def concordance_within_groups(scores: Sequence[float], labels: Sequence[float], groups: Sequence) -> float:
     """The mean over groups (a question's steps) of `concordance` among each group's own items, over the groups
     whose labels are not all the same: how well the scores rank the steps of one question, which is what selecting
