@@ -13,6 +13,7 @@ from jax.sharding import PartitionSpec as P
 from multihost import assert_placed
 from toys import toy_policy
 
+from ttcjax.checkpoints.native import load_any
 from ttcjax.checkpoints.tokenizer import CharTokenizer
 from ttcjax.decoding.engine import Engine, Sampling, StopConditions
 from ttcjax.models import ModelConfig, init_model
@@ -23,9 +24,9 @@ from ttcjax.training.labels import (LabelledSolution, flip_labels, label_solutio
                                     save_labels)
 from ttcjax.training.reward_model import PRMTrainConfig, pack_scoring, train_reward_model, validation_metrics
 from ttcjax.verifiers.base import aggregate, concordance_within_groups
-from ttcjax.verifiers.reward_model import (PRM_CHUNK, RewardModel, ScoringInput, StepFormat, TokenHead, TwoClassHead,
-                                           ValueHead, _extend, attention_widths, extend_steps, load_prm, save_prm,
-                                           score_inputs)
+from ttcjax.verifiers.reward_model import (PRM_CHUNK, LikelihoodHead, PRMStepScorer, RewardModel, ScoringInput,
+                                           StepFormat, TokenHead, TwoClassHead, ValueHead, _extend, attention_widths,
+                                           extend_steps, load_prm, save_prm, score_inputs)
 
 TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=2, num_kv_heads=1,
             max_position_embeddings=256)
@@ -34,7 +35,7 @@ TINY = dict(vocab_size=101, hidden_size=32, intermediate_size=64, num_layers=2, 
 def _prm(head=ValueHead(), seed=0, **overrides):
     backbone = init_model(ModelConfig(**{**TINY, **overrides}), seed=seed)
     prm = RewardModel(backbone, head, seed=seed)
-    if isinstance(head, ValueHead):  # a non-trivial head, so scores differ across positions
+    if isinstance(head, (ValueHead, LikelihoodHead)):  # a non-trivial head, so scores differ across positions
         prm.v_w[...] = jnp.asarray(np.random.default_rng(seed).normal(0, 1.0, prm.v_w[...].shape), jnp.float32)
     return prm
 
@@ -47,15 +48,15 @@ def _solutions(n=6, seed=0):
                  for p in problems]
 
 
-@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17)],
-                         ids=["value", "two_class", "token"])
+@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17), LikelihoodHead()],
+                         ids=["value", "two_class", "token", "likelihood"])
 def test_one_pass_scores_equal_scoring_each_prefix_alone(head):
     prm = _prm(head)
     _, inputs = _solutions()
     together = score_inputs(prm, inputs)
     for x, scores in zip(inputs, together):
         assert len(scores) == len(x.read_at) >= 3
-        alone = [score_inputs(prm, [ScoringInput(x.tokens[:r + 1], (r,))])[0][0] for r in x.read_at]
+        alone = [score_inputs(prm, [ScoringInput(x.tokens[:r + 1], (r,), x.start)])[0][0] for r in x.read_at]
         np.testing.assert_allclose(scores, alone, atol=1e-5)
         assert np.all((scores > 0) & (scores < 1))
 
@@ -93,8 +94,8 @@ def test_aggregation():
         aggregate(s, "max")
 
 
-@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17)],
-                         ids=["value", "two_class", "token"])
+@pytest.mark.parametrize("head", [ValueHead(), TwoClassHead(), TokenHead(good_id=15, bad_id=17), LikelihoodHead()],
+                         ids=["value", "two_class", "token", "likelihood"])
 @pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
 def test_num_params_counts_every_parameter_of_backbone_and_head(head, tie):
     prm = _prm(head, tie_word_embeddings=tie)
@@ -102,7 +103,7 @@ def test_num_params_counts_every_parameter_of_backbone_and_head(head, tie):
     assert prm.num_params == sum(leaf.size for leaf in leaves)
     d = TINY["hidden_size"]  # the head's own, counted by hand
     assert prm.num_params - prm.config.num_params() == {"value": d + 1, "two_class": d * d + d + d * 2 + 2,
-                                                        "token": 0}[head.kind]
+                                                        "token": 0, "likelihood": d + 2}[head.kind]
 
 
 def test_token_head_outside_the_vocabulary_is_refused():
@@ -110,11 +111,79 @@ def test_token_head_outside_the_vocabulary_is_refused():
         _prm(TokenHead(good_id=5, bad_id=500))
 
 
-def test_save_and_load_round_trip(tmp_path):
-    prm = _prm(TwoClassHead())
+def test_a_likelihood_head_adds_the_least_likely_solution_token_so_far_to_its_value():
+    """Counted by hand from the backbone's own next-token distribution: each step's logit is the value head's plus
+    l_w times the lowest log-probability of a solution token up to the step's end; the prompt's tokens (however
+    unlikely) never count."""
+    prm = _prm(LikelihoodHead(), seed=2)
+    prm.l_w[...] = jnp.float32(0.7)
+    _, inputs = _solutions(3)
+    with_prompt = []
+    for x, scores in zip(inputs, score_inputs(prm, inputs)):
+        tokens = jnp.asarray([x.tokens], jnp.int32)
+        logits, _, hidden = prm.backbone(tokens, return_hidden=True)
+        logprobs = np.asarray(jax.nn.log_softmax(logits[0], axis=-1))  # row t: the distribution of token t + 1
+        token_lp = np.array([logprobs[t - 1, x.tokens[t]] for t in range(1, len(x.tokens))])  # of tokens 1..
+        value = np.asarray(hidden[-1][0] @ prm.v_w[...] + prm.v_b[...])
+        want = [value[r] + 0.7 * token_lp[x.start - 1:r].min() for r in x.read_at]
+        np.testing.assert_allclose(scores, 1 / (1 + np.exp(-np.array(want))), atol=1e-5)
+        with_prompt += [abs(value[r] + 0.7 * token_lp[:r].min() - w) for r, w in zip(x.read_at, want)]
+    assert max(with_prompt) > 1e-3  # counting the prompt's tokens would have scored otherwise
+
+
+def test_a_likelihood_head_reads_steps_in_search_as_one_pass_reads_the_solution():
+    """Inside search the head carries each row's last hidden state and least log-probability from step to step
+    and from chunk to chunk: steps of 3, PRM_CHUNK + 5 and 0 tokens (a finished row) score what one pass gives."""
+    prm = _prm(LikelihoodHead(), seed=5)
+    scorer = PRMStepScorer(nnx.split(prm)[0])
+    params = nnx.state(prm)
+    rng = np.random.default_rng(3)
+    prompts = [list(rng.integers(1, 90, 7)), list(rng.integers(1, 90, 4))]
+    steps = [[list(rng.integers(1, 90, 3)), list(rng.integers(1, 90, PRM_CHUNK + 5)), list(rng.integers(1, 90, 6))],
+             [list(rng.integers(1, 90, 5)), [], list(rng.integers(1, 90, 2))]]
+    prompt_tokens = np.zeros((2, 7), np.int32)
+    for q, p in enumerate(prompts):
+        prompt_tokens[q, :len(p)] = p
+    state = jax.jit(lambda pt, pl: scorer.start(params, pt, pl, n=1, max_len=128))(
+        jnp.asarray(prompt_tokens), jnp.asarray([7, 4], jnp.int32))
+    extend = jax.jit(lambda st, tk, n: scorer.extend(params, st, tk, n))
+    searched = [[], []]
+    for k in range(3):
+        width = max(len(steps[q][k]) for q in range(2))
+        tokens = np.zeros((2, width), np.int32)
+        for q in range(2):
+            tokens[q, :len(steps[q][k])] = steps[q][k]
+        logit, state, _ = extend(state, jnp.asarray(tokens), jnp.asarray([len(steps[q][k]) for q in range(2)]))
+        for q in range(2):
+            if steps[q][k]:
+                searched[q].append(float(jax.nn.sigmoid(logit[q])))
+    for q in range(2):
+        ids, read_at = list(prompts[q]), []
+        for step in steps[q]:
+            if step:
+                ids += step
+                read_at.append(len(ids) - 1)
+        want = score_inputs(prm, [ScoringInput(tuple(ids), tuple(read_at), len(prompts[q]))])[0]
+        np.testing.assert_allclose(searched[q], want, atol=1e-5)
+    with pytest.raises(ValueError, match="cannot go back"):
+        scorer.rewind(state, jnp.asarray([7, 4], jnp.int32))
+
+
+def test_a_likelihood_head_needs_a_backbone_with_an_lm_head():
+    with pytest.raises(ValueError, match="has none"):
+        _prm(LikelihoodHead(), has_lm_head=False)
+    with pytest.raises(ValueError, match="head='token' is not one of"):
+        PRMTrainConfig(out_dir="x", policy="y", head="token")
+
+
+@pytest.mark.parametrize("head", [TwoClassHead(), LikelihoodHead()], ids=["two_class", "likelihood"])
+def test_save_and_load_round_trip(tmp_path, head):
+    prm = _prm(head)
+    if isinstance(head, LikelihoodHead):
+        prm.l_w[...] = jnp.float32(2.5)
     save_prm(prm, str(tmp_path / "prm"), aggregation="min")
     loaded, meta = load_prm(str(tmp_path / "prm"))
-    assert meta["aggregation"] == "min" and isinstance(loaded.head, TwoClassHead)
+    assert meta["aggregation"] == "min" and type(loaded.head) is type(head)
     _, inputs = _solutions(3)
     for a, b in zip(score_inputs(prm, inputs), score_inputs(loaded, inputs)):
         np.testing.assert_allclose(a, b, atol=1e-6)
@@ -446,14 +515,21 @@ def test_train_prm_then_orm_end_to_end_with_resume(tiny_policy, tmp_path):
 
     # the ORM learns from the same samples (no new sampling), read only at each solution's end
     # (here trained on labels of which a half are flipped: the weaker verifier's option)
+    # (and with the likelihood head on a frozen backbone)
     orm_config = dataclasses.replace(config, out_dir=str(tmp_path / "orm"),
-                                     labels=str(tmp_path / "prm" / "labels.jsonl"), label_flips=0.5)
+                                     labels=str(tmp_path / "prm" / "labels.jsonl"), label_flips=0.5,
+                                     head="likelihood", freeze_backbone=True)
     orm = train_reward_model(orm_config, orm=True, progress=False)
     assert orm["finished"] and orm["labels"]["cost"]["reused_from"].endswith("labels.jsonl")
     steps = sum(len(x.step_labels) for x in load_labels(tmp_path / "prm" / "labels.jsonl"))
     assert 0.3 * steps < orm["labels"]["flipped"] < 0.7 * steps
-    _, meta = load_prm(str(tmp_path / "orm" / "model"))
-    assert meta["kind"] == "orm"
+    orm_model, meta = load_prm(str(tmp_path / "orm" / "model"))
+    assert meta["kind"] == "orm" and isinstance(orm_model.head, LikelihoodHead)
+    policy = load_any(tiny_policy)
+    for (path, trained), start in zip(jax.tree_util.tree_leaves_with_path(nnx.state(orm_model.backbone, nnx.Param)),
+                                      jax.tree.leaves(nnx.state(policy, nnx.Param))):
+        np.testing.assert_array_equal(trained, start, err_msg=jax.tree_util.keystr(path))  # frozen: as it was
+    assert float(orm_model.l_w[...]) != 1.0  # the head trained
 
 
 def test_a_reward_model_whose_every_validation_loss_is_nan_stops_with_one_line(tmp_path, monkeypatch, capsys):

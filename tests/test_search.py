@@ -19,7 +19,8 @@ from ttcjax.search.settings import SearchSettings
 from ttcjax.search.strategies import DVTS, Beam, BestOfN, Lookahead
 from ttcjax.tasks import arithmetic
 from ttcjax.verifiers.base import NoVerifier
-from ttcjax.verifiers.reward_model import RewardModelVerifier, StepFormat, load_prm, score_inputs
+from ttcjax.verifiers.reward_model import (LikelihoodHead, RewardModel, RewardModelVerifier, StepFormat, load_prm,
+                                           score_inputs)
 
 P_X, P_Y, P_NEWLINE = 0.5, 0.2, 0.3
 SETTINGS = SearchSettings(delimiter="\n", max_step_tokens=16, max_len=96, max_rounds=40, temperature=1.0)
@@ -198,19 +199,31 @@ def test_invalid_settings_are_refused():
     assert dataclasses.is_dataclass(Beam(8, 2)) and hash(Beam(8, 2)) == hash(Beam(8, 2))
 
 
-def test_step_scores_read_in_search_equal_one_pass_scoring():
+@pytest.mark.parametrize("head", ["value", "likelihood"])
+def test_step_scores_read_in_search_equal_one_pass_scoring(head):
     """Search feeds each round's steps into the PRM's own cache (reading only as wide as the round's
-    longest step); the scores must equal scoring the finished solution in one pass."""
+    longest step); the scores must equal scoring the finished solution in one pass. The likelihood head
+    (on the tiny policy's own backbone) also carries each row's least likely token from round to round, through
+    beam search's reselection of rows and on 8 devices."""
 
     tok = load_tokenizer(model_dir("policy", "tiny"))
     engine = Engine(load_any(model_dir("policy", "tiny")), pad_id=tok.pad_id)
-    prm, _ = load_prm(model_dir("prm", "tiny"))
+    if head == "value":
+        prm, _ = load_prm(model_dir("prm", "tiny"))
+    else:
+        prm = RewardModel(load_any(model_dir("policy", "tiny")), LikelihoodHead(), seed=3)
     problems = arithmetic.generate(arithmetic.TaskConfig(), 4, seed=1, split="test")
     questions = [arithmetic.format_prompt(p) for p in problems]
+    settings = SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=40, temperature=1.2)
     results = search(Beam(4, 2), engine, RewardModelVerifier(prm, tok), tok, questions, jax.random.key(0),
-                     extract_answer=arithmetic.extract_answer,
-                     settings=SearchSettings(delimiter="\n", max_step_tokens=24, max_len=160, max_rounds=40,
-                                             temperature=0.8))
+                     extract_answer=arithmetic.extract_answer, settings=settings)
+    if head == "likelihood":
+        sharded = Engine(load_any(model_dir("policy", "tiny")), mesh=make_mesh(4, 2), pad_id=tok.pad_id)
+        on_eight = search(Beam(4, 2), sharded, RewardModelVerifier(prm, tok), tok, questions, jax.random.key(0),
+                          extract_answer=arithmetic.extract_answer, settings=settings)
+        assert [c.text for r in results for c in r.candidates] == [c.text for r in on_eight for c in r.candidates]
+        np.testing.assert_allclose([s for r in results for c in r.candidates for s in c.step_scores],
+                                   [s for r in on_eight for c in r.candidates for s in c.step_scores], atol=1e-5)
     fmt = StepFormat()
     inputs, searched = [], []
     for q, r in zip(questions, results):

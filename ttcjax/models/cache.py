@@ -200,7 +200,7 @@ class KVCache:
 
 
 def extend_in_chunks(forward, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array, *,
-                     chunk: int, widths: tuple[int, ...] | None = None):
+                     chunk: int, widths: tuple[int, ...] | None = None, carry=None):
     """Feed tokens [R, T] (row r's first lengths[r] are real; 0: none) into `cache`, `chunk` columns at a time
     in a `lax.while_loop` that stops after the longest row's last chunk: what row r's `forward` gives at its
     position read_at[r] among the T tokens, and the cache advanced by lengths.
@@ -212,34 +212,47 @@ def extend_in_chunks(forward, cache: KVCache, tokens: jax.Array, lengths: jax.Ar
     whose branches read the cache and write nothing (a branch that wrote it would make XLA copy all of it into
     and out of the conditional). One copy of `forward` per width is compiled, whatever T is: the loop, not a
     switch over token buckets, makes a long read and a short one cost what their tokens cost (a chunk wider than
-    T is cut to T)."""
+    T is cut to T).
+
+    With `carry` (a pytree, rows on axis 0: what a row's tokens so far left, beyond the cache), `forward` is
+    `forward(cache, tokens, at, attn_len, carry, n)`, with n [R] the row's real tokens in the chunk, and gives the
+    carry after them as a third item; the result is then (what it read, the cache, the carry)."""
+    if carry is None:
+        def step(c, tk, a, w, cr, n):
+            got, kv = forward(c, tk, a, w)
+            return got, kv, cr
+    else:
+        step = forward
     r, t = tokens.shape
     chunk = min(chunk, t)
     n_chunks = -(-t // chunk)
     tokens = jnp.pad(tokens, ((0, 0), (0, n_chunks * chunk - t)))
     widths = widths or (None,)
-    out = jax.eval_shape(lambda c, tk: forward(c, tk, jnp.zeros(r, jnp.int32), widths[-1])[0], cache,
-                         tokens[:, :chunk])
+    zeros = jnp.zeros(r, jnp.int32)
+    out = jax.eval_shape(lambda c, tk, cr: step(c, tk, zeros, widths[-1], cr, zeros)[0], cache, tokens[:, :chunk],
+                         carry)
     out = jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), out)
     longest = jnp.max(lengths)
 
-    def body(carry):
-        i, cache, out = carry
+    def body(loop):
+        i, cache, out, carried = loop
         start = i * chunk
         cols = jax.lax.dynamic_slice_in_dim(tokens, start, chunk, axis=1)
         n = jnp.clip(lengths - start, 0, chunk)  # [R] real tokens of each row in this chunk
         at = jnp.clip(read_at - start, 0, chunk - 1)
         if len(widths) == 1:
-            got, (k, v) = forward(cache, cols, at, widths[0])
+            got, (k, v), carried = step(cache, cols, at, widths[0], carried, n)
         else:
             which = jnp.searchsorted(jnp.asarray(widths), jnp.max(cache.filled + n))
-            got, (k, v) = jax.lax.switch(
+            got, (k, v), carried = jax.lax.switch(
                 jnp.minimum(which, len(widths) - 1),
-                [lambda c, tk, a, w=w: forward(c, tk, a, w) for w in widths], cache, cols, at)
+                [lambda c, tk, a, cr, m, w=w: step(c, tk, a, w, cr, m) for w in widths], cache, cols, at, carried,
+                n)
         here = (read_at >= start) & (read_at < start + chunk)
         out = jax.tree.map(lambda new, old: jnp.where(here.reshape((r,) + (1,) * (new.ndim - 1)), new, old),
                            got, out)
-        return i + 1, cache.append(k, v, n), out
+        return i + 1, cache.append(k, v, n), out, carried
 
-    _, cache, out = jax.lax.while_loop(lambda c: c[0] * chunk < longest, body, (jnp.int32(0), cache, out))
-    return out, cache
+    _, cache, out, carry = jax.lax.while_loop(lambda c: c[0] * chunk < longest, body,
+                                              (jnp.int32(0), cache, out, carry))
+    return (out, cache) if carry is None else (out, cache, carry)

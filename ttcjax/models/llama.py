@@ -48,6 +48,7 @@ PARAM_AXES: dict[str, tuple[str | None, ...]] = {
     # reward-model heads (ttcjax.verifiers.reward_model)
     "v_w": ("embed",),
     "v_b": (),
+    "l_w": (),
     "c_w1": ("embed", None),
     "c_b1": (None,),
     "c_w2": ("embed", None),

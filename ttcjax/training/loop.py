@@ -69,6 +69,7 @@ class OptimConfig:
     b1: float = 0.9
     b2: float = 0.95
     clip_norm: float = 1.0
+    frozen: tuple[str, ...] = ()  # the submodules (top-level names) whose parameters keep their values
 
     def __post_init__(self):
         for name in ("lr", "min_lr_ratio", "weight_decay", "b1", "b2", "clip_norm"):
@@ -91,8 +92,9 @@ class OptimConfig:
 
     @classmethod
     def from_fields(cls, config) -> "OptimConfig":
-        """The optimiser settings of a training config that has fields of the same names."""
-        return cls(**{f.name: getattr(config, f.name) for f in dataclasses.fields(cls)})
+        """The optimiser settings of a training config that has fields of the same names (a field it lacks:
+        the default)."""
+        return cls(**{f.name: getattr(config, f.name, f.default) for f in dataclasses.fields(cls)})
 
     def schedule(self) -> optax.Schedule:
         return optax.warmup_cosine_decay_schedule(
@@ -108,10 +110,14 @@ class OptimConfig:
             # decay matrices only: norm scales ('scale') and biases (b*) keep their values
             return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim >= 2, params)
 
+        def frozen_mask(params):
+            return jax.tree_util.tree_map_with_path(lambda p, x: param_path(p)[0] in self.frozen, params)
+
         return optax.chain(
             optax.clip_by_global_norm(self.clip_norm),
             optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
                         mask=decay_mask),
+            *([optax.masked(optax.set_to_zero(), frozen_mask)] if self.frozen else []),
         )
 
 

@@ -44,20 +44,22 @@ from ttcjax.training.loop import (MODEL_DIR, OptimConfig, PackedArrays, check_pr
                                   train_loop, write_summary)
 from ttcjax.training.revisions import revision_labels
 from ttcjax.verifiers.base import AGGREGATIONS, concordance_within_groups, same_depth_groups
-from ttcjax.verifiers.reward_model import (BACKBONE_DIR, RewardModel, ScoringInput, StepFormat, ValueHead, pack_rows,
-                                           save_prm)
+from ttcjax.verifiers.reward_model import (BACKBONE_DIR, LikelihoodHead, RewardModel, ScoringInput, StepFormat,
+                                           ValueHead, pack_rows, save_prm)
 
 # ---- examples ---------------------------------------------------------------------------------------
 
 
 @dataclasses.dataclass(frozen=True)
 class PackedScores(PackedArrays):
-    """Scoring inputs packed into rows [rows, seq_len]: tokens, positions, segment_ids, and at each read
-    position its soft label, weight 1 and the index of its example (-1 elsewhere)."""
+    """Scoring inputs packed into rows [rows, seq_len]: tokens, positions, segment_ids, which tokens are the
+    solutions' (`solution`, 1; not their prompts'), and at each read position its soft label, weight 1 and the
+    index of its example (-1 elsewhere)."""
 
     tokens: np.ndarray
     positions: np.ndarray
     segment_ids: np.ndarray
+    solution: np.ndarray
     labels: np.ndarray
     weights: np.ndarray
     example: np.ndarray
@@ -80,7 +82,8 @@ def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_l
     rows = pack_rows([len(x.tokens) for x, _ in examples], seq_len)
     n = len(rows)
     out = PackedScores(np.full((n, seq_len), pad_id, np.int32), np.zeros((n, seq_len), np.int32),
-                       np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.float32),
+                       np.zeros((n, seq_len), np.int32), np.zeros((n, seq_len), np.int32),
+                       np.zeros((n, seq_len), np.float32),
                        np.zeros((n, seq_len), np.float32), np.full((n, seq_len), -1, np.int32))
     for r, members in enumerate(rows):
         at = 0
@@ -90,6 +93,7 @@ def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_l
             out.tokens[r, at:at + length] = x.tokens
             out.positions[r, at:at + length] = np.arange(length)
             out.segment_ids[r, at:at + length] = s
+            out.solution[r, at + x.start:at + length] = 1
             out.labels[r, at + np.array(x.read_at, int)] = labels
             out.weights[r, at + np.array(x.read_at, int)] = 1.0
             out.example[r, at + np.array(x.read_at, int)] = e
@@ -99,7 +103,8 @@ def pack_scoring(examples: Sequence[tuple[ScoringInput, Sequence[float]]], seq_l
 
 def bce_loss(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
     """Binary cross-entropy of the score logits against soft labels at the read positions."""
-    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                 solution=batch["solution"] > 0)
     w = batch["weights"]
     losses = optax.sigmoid_binary_cross_entropy(logits, batch["labels"])
     err = jnp.abs(jax.nn.sigmoid(logits) - batch["labels"])
@@ -107,15 +112,25 @@ def bce_loss(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, dict]
     return (losses * w).sum(), weight, {"abs_error": (err * w).sum() / jnp.maximum(weight, 1.0)}
 
 
+def bce_loss_head_only(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, dict]:
+    """`bce_loss` with no gradient into the backbone (`freeze_backbone`): its backward pass is not computed."""
+    nnx.update(prm.backbone, jax.lax.stop_gradient(nnx.state(prm.backbone)))
+    return bce_loss(prm, batch)
+
+
 def _eval_batch(prm: RewardModel, batch: dict) -> tuple[jax.Array, jax.Array, jax.Array]:
     """A validation batch's summed loss, its weight and the score logits [rows, seq_len]."""
-    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"])
+    logits = prm(batch["tokens"], positions=batch["positions"], segment_ids=batch["segment_ids"],
+                 solution=batch["solution"] > 0)
     w = batch["weights"]
     return (optax.sigmoid_binary_cross_entropy(logits, batch["labels"]) * w).sum(), w.sum(), logits
 
 
 _eval_batch_jit = jax.jit(lambda graphdef, state, batch: _eval_batch(nnx.merge(graphdef, state), batch),
                           static_argnums=(0,))
+
+# the heads `ttcjax train prm|orm` trains (`head:`)
+TRAINED_HEADS = {"value": ValueHead, "likelihood": LikelihoodHead}
 
 # what `select_by` may choose a reward model's best checkpoint by
 VALIDATION_METRICS = ("loss", "misordered", "misordered_same_depth")
@@ -159,7 +174,7 @@ def examples_from_labels(labelled: Sequence[LabelledSolution], tokenizer, step_f
     for x in labelled:
         inp = step_format.encode(tokenizer, x.question, x.steps)
         if orm:
-            inp = ScoringInput(inp.tokens, inp.read_at[-1:])
+            inp = ScoringInput(inp.tokens, inp.read_at[-1:], inp.start)
             out.append((inp, [float(x.correct)]))
         else:
             out.append((inp, list(x.step_labels)))
@@ -245,6 +260,13 @@ class PRMTrainConfig:
     seed: int = 0
     mesh: str = "auto"
     aggregation: str = "last"
+    # the head: "value" (a linear value head on the last hidden state, the paper's) or "likelihood" (that, plus a
+    # learned weight on the lowest log-probability the backbone's LM head gave a solution token so far:
+    # `ttcjax.verifiers.reward_model.LikelihoodHead`)
+    head: str = dataclasses.field(default="value", metadata=BOUND_WHEN_SET)
+    # train the head alone: the backbone keeps its parameters (a likelihood head then reads the next-token
+    # distribution of the backbone as it was trained), and a step costs about a forward pass
+    freeze_backbone: bool = dataclasses.field(default=False, metadata=BOUND_WHEN_SET)
 
     def __post_init__(self):
         if isinstance(self.labels, (list, tuple)):
@@ -259,6 +281,10 @@ class PRMTrainConfig:
             raise ValueError(f"select_by={self.select_by!r} is not one of {VALIDATION_METRICS}.")
         if self.aggregation not in AGGREGATIONS:
             raise ValueError(f"aggregation={self.aggregation!r} is not one of {AGGREGATIONS}.")
+        if not isinstance(self.freeze_backbone, bool):
+            raise ValueError(f"freeze_backbone={self.freeze_backbone!r} must be true or false.")
+        if self.head not in TRAINED_HEADS:
+            raise ValueError(f"head={self.head!r} is not one of {sorted(TRAINED_HEADS)}.")
         if self.samples < 1 or self.rollouts < 1:
             raise ValueError(f"samples and rollouts must be >= 1; got {self.samples}, {self.rollouts}.")
         if not 0 <= self.label_flips < 1:
@@ -292,7 +318,7 @@ class PRMTrainConfig:
 
     @property
     def optim(self) -> OptimConfig:
-        return OptimConfig.from_fields(self)
+        return dataclasses.replace(OptimConfig.from_fields(self), frozen=("backbone",) if self.freeze_backbone else ())
 
 
 # The options a labels file is made with (labels_cost.json records them as "options"): a labels file is reused only
@@ -516,7 +542,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
         packed = pack_scoring(examples(train, labels_path), config.seq_len, tokenizer.pad_id)
         packed_val = pack_scoring(examples(val, labels_path), config.seq_len, tokenizer.pad_id)
         backbone = load_any(config.init_from or config.policy, mesh=mesh)
-        prm = RewardModel(backbone, ValueHead(), seed=config.seed)
+        prm = RewardModel(backbone, TRAINED_HEADS[config.head](), seed=config.seed)
         rows_of = epoch_batches(len(packed), config.batch_size, config.seed)
         kind = "orm" if orm else "prm"
         best_dir = os.path.join(config.out_dir, "best")
@@ -530,7 +556,7 @@ def train_reward_model(config: PRMTrainConfig, *, orm: bool = False, command: st
                 save_prm(best, best_dir, kind=kind, aggregation=config.aggregation, step_format=step_format,
                          overwrite=True)
 
-        result = train_loop(prm, optim=config.optim, loss_fn=bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
+        result = train_loop(prm, optim=config.optim, loss_fn=bce_loss_head_only if config.freeze_backbone else bce_loss, batch_at=lambda s: packed.rows(rows_of(s)),
                             out_dir=config.out_dir, checkpoint_every=config.checkpoint_every,
                             keep_checkpoints=config.keep_checkpoints, log_every=config.log_every, mesh=mesh,
                             evaluate=evaluate, eval_every=config.eval_every, stop_after=stop_after, progress=progress,

@@ -75,8 +75,33 @@ class TwoClassHead:
         return hidden_size * hidden_size + hidden_size + 2 * hidden_size + 2
 
 
-Head = ValueHead | TokenHead | TwoClassHead
-HEADS = {"value": ValueHead, "token": TokenHead, "two_class": TwoClassHead}
+@dataclasses.dataclass(frozen=True)
+class LikelihoodHead:
+    """A value head plus a learned weight on the solution's least likely token so far: the lowest log-probability
+    that the backbone's own LM head gave any token of the solution up to the read position (ours). A backbone of
+    a few layers computes a step's result only in its last layers, where no later position can compare it with
+    the result that was written; its next-token distribution is that comparison (docs/prm-paper/README.md)."""
+
+    kind: str = dataclasses.field(default="likelihood", init=False)
+
+    @staticmethod
+    def params(hidden_size: int) -> int:
+        """A weight row and a bias (the value head's), and the likelihood's weight."""
+        return hidden_size + 2
+
+
+Head = ValueHead | TokenHead | TwoClassHead | LikelihoodHead
+HEADS = {"value": ValueHead, "token": TokenHead, "two_class": TwoClassHead, "likelihood": LikelihoodHead}
+
+
+def running_min(values: jax.Array, solution: jax.Array) -> jax.Array:
+    """values [B, T], solution [B, T] bool -> [B, T]: at each solution position the least value over its run of
+    solution positions so far; 0 elsewhere (a position outside the solution starts the run afresh)."""
+    def combine(a, b):
+        return a[0] | b[0], jnp.where(b[0], b[1], jnp.minimum(a[1], b[1]))
+
+    _, out = jax.lax.associative_scan(combine, (~solution, jnp.where(solution, values, 0.0)), axis=1)
+    return out
 
 
 def head_from_dict(data: dict, source: str = "head") -> Head:
@@ -99,9 +124,14 @@ class RewardModel(nnx.Module):
         cfg = backbone.config
         d, pd = cfg.hidden_size, cfg.jnp_param_dtype
         rng = np.random.default_rng(seed)
-        if isinstance(head, ValueHead):
+        if isinstance(head, (ValueHead, LikelihoodHead)):
             self.v_w = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d,)), pd))
             self.v_b = nnx.Param(jnp.zeros((), pd))
+            if isinstance(head, LikelihoodHead):
+                if not cfg.has_lm_head:
+                    raise ValueError("LikelihoodHead reads the backbone's lm_head, and this backbone has none "
+                                     "(has_lm_head=False); start from a causal language model.")
+                self.l_w = nnx.Param(jnp.ones((), pd))  # at 1: the likelihood counts from the start
         elif isinstance(head, TwoClassHead):
             self.c_w1 = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d, d)), pd))
             self.c_b1 = nnx.Param(jnp.zeros((d,), pd))
@@ -125,18 +155,42 @@ class RewardModel(nnx.Module):
         return self.config.num_params() + self.head.params(self.config.hidden_size)
 
     def __call__(self, tokens: jax.Array, *, positions: jax.Array | None = None, key_mask: jax.Array | None = None,
-                 segment_ids: jax.Array | None = None) -> jax.Array:
-        """tokens [B, T] -> score logits [B, T] (sigmoid = probability the prefix is still on path)."""
+                 segment_ids: jax.Array | None = None, solution: jax.Array | None = None) -> jax.Array:
+        """tokens [B, T] -> score logits [B, T] (sigmoid = probability the prefix is still on path). `solution`
+        [B, T] bool marks the solutions' tokens (not their prompts'), which a `LikelihoodHead` reads."""
         _, _, hidden = self.backbone(tokens, positions=positions, key_mask=key_mask, segment_ids=segment_ids,
                                      return_hidden=True, return_logits=False)
-        return self.head_logits(hidden[-1])
+        h = hidden[-1]
+        if not isinstance(self.head, LikelihoodHead):
+            return self.head_logits(h)
+        if solution is None:
+            raise ValueError("a LikelihoodHead needs `solution`: which tokens are the solution's.")
+        b = tokens.shape[0]
+        logprobs = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), self.token_logprobs(h[:, :-1], tokens[:, 1:])],
+                                   axis=1)  # [B, T]: each token's, given those before it
+        return self.head_logits(h, running_min(logprobs, solution.astype(bool)))
 
-    def head_logits(self, hidden: jax.Array) -> jax.Array:
-        """The head on final normalised hidden states [..., D] -> score logits [...] (float32)."""
+    def token_logprobs(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
+        """The backbone's log-probability of tokens [...] after the final hidden states [..., D] before each."""
+        bb = self.backbone
+        h = hidden.astype(jnp.float32)
+        if bb.config.tie_word_embeddings:
+            logits = jnp.einsum("...D,VD->...V", h, bb.embedding[...].astype(jnp.float32))
+        else:
+            logits = jnp.einsum("...D,DV->...V", h, bb.lm_head[...].astype(jnp.float32))
+        picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
+        return picked - jax.nn.logsumexp(logits, axis=-1)
+
+    def head_logits(self, hidden: jax.Array, least: jax.Array | None = None) -> jax.Array:
+        """The head on final normalised hidden states [..., D] -> score logits [...] (float32); a
+        `LikelihoodHead` also reads `least` [...], the lowest log-probability of a solution token so far."""
         h = hidden.astype(jnp.float32)
         head = self.head
-        if isinstance(head, ValueHead):
-            return h @ self.v_w[...].astype(jnp.float32) + self.v_b[...].astype(jnp.float32)
+        if isinstance(head, (ValueHead, LikelihoodHead)):
+            value = h @ self.v_w[...].astype(jnp.float32) + self.v_b[...].astype(jnp.float32)
+            if isinstance(head, ValueHead):
+                return value
+            return value + self.l_w[...].astype(jnp.float32) * least
         if isinstance(head, TwoClassHead):
             z = jax.nn.relu(h @ self.c_w1[...].astype(jnp.float32) + self.c_b1[...].astype(jnp.float32))
             logits = z @ self.c_w2[...].astype(jnp.float32) + self.c_b2[...].astype(jnp.float32)  # [..., 2]
@@ -155,25 +209,29 @@ class RewardModel(nnx.Module):
 
 
 @functools.partial(jax.jit, static_argnums=(0,))
-def _score_jit(graphdef, state, tokens, positions, segment_ids, read_at):
-    """Packed rows: tokens / positions / segment_ids [R, W] (segment 0 = padding), read_at [R, S] (-1: none)
-    -> probabilities [R, S]."""
+def _score_jit(graphdef, state, tokens, positions, segment_ids, solution, read_at):
+    """Packed rows: tokens / positions / segment_ids / solution [R, W] (segment 0 = padding), read_at [R, S] (-1:
+    none) -> probabilities [R, S]."""
     model = nnx.merge(graphdef, state)
-    logits = model(tokens, positions=positions, segment_ids=segment_ids)  # [R, W]
+    logits = model(tokens, positions=positions, segment_ids=segment_ids, solution=solution)  # [R, W]
     picked = jnp.take_along_axis(logits, jnp.maximum(read_at, 0), axis=1)  # [R, S]
     return jnp.where(read_at >= 0, jax.nn.sigmoid(picked), jnp.nan)
 
 
 @dataclasses.dataclass(frozen=True)
 class ScoringInput:
-    """One solution ready for the PRM: its token ids and the positions at which its step scores are read."""
+    """One solution ready for the PRM: its token ids, the positions at which its step scores are read, and where
+    the solution starts after its prompt (`start`; what a `LikelihoodHead` reads)."""
 
     tokens: tuple[int, ...]
     read_at: tuple[int, ...]
+    start: int = 0
 
     def __post_init__(self):
         if any(not 0 <= p < len(self.tokens) for p in self.read_at):
             raise ValueError(f"read positions {list(self.read_at)} fall outside the {len(self.tokens)} tokens.")
+        if not 0 <= self.start <= len(self.tokens):
+            raise ValueError(f"solution start {self.start} falls outside the {len(self.tokens)} tokens.")
 
 
 def _bucket(n: int, minimum: int) -> int:
@@ -224,6 +282,7 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
         tokens = np.full((n_rows, width), pad_id, np.int32)
         positions = np.zeros((n_rows, width), np.int32)
         segment_ids = np.zeros((n_rows, width), np.int32)
+        solution = np.zeros((n_rows, width), bool)
         read_at = np.full((n_rows, steps), -1, np.int32)
         for r, row in enumerate(rows):
             at, k = 0, 0
@@ -232,9 +291,10 @@ def score_inputs(prm: RewardModel, inputs: Sequence[ScoringInput], *, mesh=None,
                 tokens[r, at:at + len(x.tokens)] = x.tokens
                 positions[r, at:at + len(x.tokens)] = np.arange(len(x.tokens))
                 segment_ids[r, at:at + len(x.tokens)] = s
+                solution[r, at + x.start:at + len(x.tokens)] = True
                 read_at[r, k:k + len(x.read_at)] = np.asarray(x.read_at, np.int32) + at
                 at, k = at + len(x.tokens), k + len(x.read_at)
-        arrays = (tokens, positions, segment_ids, read_at)
+        arrays = (tokens, positions, segment_ids, solution, read_at)
         if mesh is not None:
             arrays = tuple(place(a, batch_sharding(mesh, rules, a.shape)) for a in arrays)
         scores = np.asarray(to_host(_score_jit(graphdef, state, *arrays)))  # every row, whichever process holds it
@@ -264,17 +324,17 @@ class StepFormat:
         ids as they are), then each step and the delimiter; a step's score is read at its delimiter."""
         ids = (list(question) if not isinstance(question, str) else
                tokenizer.encode(question, add_bos=self.add_bos and tokenizer.bos_id is not None))
-        read_at = []
+        start, read_at = len(ids), []
         for step in steps:
             ids += tokenizer.encode(step + self.delimiter)
             read_at.append(len(ids) - 1)
-        return ScoringInput(tuple(ids), tuple(read_at))
+        return ScoringInput(tuple(ids), tuple(read_at), start)
 
 
 PRM_CONFIG_FILE = "ttcjax_prm.json"
 HEAD_FILE = "head.safetensors"
 BACKBONE_DIR = "backbone"
-HEAD_PARAMS = ("v_w", "v_b", "c_w1", "c_b1", "c_w2", "c_b2")
+HEAD_PARAMS = ("v_w", "v_b", "l_w", "c_w1", "c_b1", "c_w2", "c_b2")
 PRM_FILES = (PRM_CONFIG_FILE, HEAD_FILE, BACKBONE_DIR)  # what a reward model's directory holds of it
 
 
@@ -386,40 +446,86 @@ def _score_at(prm: RewardModel, hidden, read_at: jax.Array) -> jax.Array:
     return jnp.take_along_axis(logits, jnp.clip(read_at, 0, logits.shape[1] - 1)[:, None], axis=1)[:, 0]
 
 
-def extend_steps(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array):
+def extend_steps(prm: RewardModel, cache: KVCache, tokens: jax.Array, lengths: jax.Array, read_at: jax.Array,
+                 carry: tuple[jax.Array, jax.Array] | None = None):
     """`_extend` as the search loop runs it: the tokens read `PRM_CHUNK` at a time for as many chunks as the longest
     row needs, each against only as much of the cache as the fullest row needs (`attention_widths`), both decided
-    on the device (`extend_in_chunks`), with one copy of the PRM per width in the program."""
+    on the device (`extend_in_chunks`), with one copy of the PRM per width in the program.
+
+    A `LikelihoodHead` also reads and returns `carry`: each row's final hidden state at its last token read [R, D]
+    (its next token's distribution) and the lowest log-probability of a solution token so far [R]."""
     def forward(cache, tokens, at, width):
         _, new, hidden = prm.backbone(tokens, cache=cache, attn_len=width, return_hidden=True, return_logits=False,
                                       write_cache=False)
         return _score_at(prm, hidden, at), new
 
-    return extend_in_chunks(forward, cache, tokens, lengths, read_at, chunk=PRM_CHUNK,
-                            widths=attention_widths(cache.slots))
+    def forward_likelihood(cache, tokens, at, width, carried, n):
+        last, least = carried
+        _, new, hidden = prm.backbone(tokens, cache=cache, attn_len=width, return_hidden=True, return_logits=False,
+                                      write_cache=False)
+        h = hidden[-1]  # [R, C, D]
+        before = jnp.concatenate([last[:, None].astype(h.dtype), h[:, :-1]], axis=1)  # each token's predecessor
+        real = jnp.arange(tokens.shape[1])[None, :] < n[:, None]
+        logprobs = jnp.where(real, prm.token_logprobs(before, tokens), 0.0)
+        running = jnp.minimum(least[:, None], jax.lax.cummin(logprobs, axis=1))  # [R, C]
+        logits = prm.head_logits(h, running)
+        score = jnp.take_along_axis(logits, at[:, None], axis=1)[:, 0]
+        end = jnp.take_along_axis(h, jnp.maximum(n - 1, 0)[:, None, None], axis=1)[:, 0]
+        return score, new, (jnp.where((n > 0)[:, None], end.astype(last.dtype), last), running[:, -1])
+
+    widths = attention_widths(cache.slots)
+    if carry is None:
+        return extend_in_chunks(forward, cache, tokens, lengths, read_at, chunk=PRM_CHUNK, widths=widths)
+    return extend_in_chunks(forward_likelihood, cache, tokens, lengths, read_at, chunk=PRM_CHUNK, widths=widths,
+                            carry=carry)
+
+
+@jax.tree_util.register_dataclass
+@dataclasses.dataclass(frozen=True)
+class LikelihoodState:
+    """A `LikelihoodHead` reward model's state per row inside search: its KV cache, the final hidden state at the
+    row's last token read [R, D] and the lowest log-probability of a solution token so far [R] (0: none yet)."""
+
+    cache: KVCache
+    last: jax.Array
+    least: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
 class PRMStepScorer:
-    """Our reward model inside the compiled episode: its own KV cache per row, extended by each round's step
-    in the policy's own tokens (it reads what the policy wrote)."""
+    """Our reward model inside the compiled episode: its own KV cache per row (with a `LikelihoodHead`, a
+    `LikelihoodState`), extended by each round's step in the policy's own tokens (it reads what the policy
+    wrote)."""
 
     graphdef: nnx.GraphDef
 
-    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int, floor: int = 0) -> KVCache:
+    def start(self, params, prompt_tokens, prompt_lengths, *, n: int, max_len: int, floor: int = 0):
         prm = nnx.merge(self.graphdef, params)
         q, p = prompt_tokens.shape
         cache = prm.backbone.new_cache(q, p if floor else max_len)
-        _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths, prompt_lengths - 1)
-        return cache.share(n, max_len, floor) if floor else cache.fork(n)
+        if not isinstance(prm.head, LikelihoodHead):
+            _, cache = _extend(prm, cache, prompt_tokens, prompt_lengths, prompt_lengths - 1)
+            return cache.share(n, max_len, floor) if floor else cache.fork(n)
+        _, new, hidden = prm.backbone(prompt_tokens, cache=cache, return_hidden=True, return_logits=False)
+        cache = dataclasses.replace(new, lengths=cache.lengths + prompt_lengths)
+        last = jnp.take_along_axis(hidden[-1], jnp.maximum(prompt_lengths - 1, 0)[:, None, None], axis=1)[:, 0]
+        return LikelihoodState(cache.share(n, max_len, floor) if floor else cache.fork(n),
+                               jnp.repeat(last, n, axis=0), jnp.zeros((q * n,), jnp.float32))
 
-    def extend(self, params, cache: KVCache, step_tokens, step_lengths):
+    def extend(self, params, state, step_tokens, step_lengths):
         prm = nnx.merge(self.graphdef, params)
-        logit, cache = extend_steps(prm, cache, step_tokens, step_lengths, step_lengths - 1)
-        return logit, cache, step_lengths
+        if not isinstance(prm.head, LikelihoodHead):
+            logit, cache = extend_steps(prm, state, step_tokens, step_lengths, step_lengths - 1)
+            return logit, cache, step_lengths
+        logit, cache, (last, least) = extend_steps(prm, state.cache, step_tokens, step_lengths, step_lengths - 1,
+                                                   carry=(state.last, state.least))
+        return logit, LikelihoodState(cache, last, least), step_lengths
 
     def rewind(self, cache: KVCache, lengths) -> KVCache:
         """Keep each row's first lengths[r] tokens (the rest are overwritten by what it reads next)."""
+        if isinstance(cache, LikelihoodState):
+            raise ValueError("a likelihood-head reward model cannot go back to an earlier token (it keeps only the "
+                             "least likely token so far); score revision chains with a value-head ORM.")
         return dataclasses.replace(cache, lengths=lengths.astype(jnp.int32))
 
 
