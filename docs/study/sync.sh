@@ -1,15 +1,19 @@
 #!/usr/bin/env bash
-# Carry the study's run directory between machines through git, while it is under way:
-#   bash docs/study/sync.sh save      # runs/study -> docs/study/run (every file gzipped; the study may run on)
-#   bash docs/study/sync.sh restore   # docs/study/run -> runs/study, then rerun the study's command to resume
+# Carry a study's run directory between machines through git, while it is under way:
+#   bash docs/study/sync.sh save [NAME]      # runs/NAME -> docs/study/saved/NAME (every file gzipped; it may run on)
+#   bash docs/study/sync.sh restore [NAME]   # docs/study/saved/NAME -> runs/NAME, then rerun its command to resume
+# NAME is the study's config, configs/experiments/NAME.yaml (default: study); its out_dir is runs/NAME.
 # The run directory's records are plain JSONL; `ttcjax experiment` resumes from whatever complete records it finds
 # (a record cut short by a stop is dropped and redone), so a saved copy resumes exactly where the run stopped.
 set -euo pipefail
 cd "$(dirname "$0")/../.."
-run=runs/study saved=docs/study/run
+name=${2:-study}
+config=configs/experiments/$name.yaml run=runs/$name saved=docs/study/saved/$name
+if [ ! -f "$config" ]; then echo "sync.sh: $config: no such study config" >&2; exit 2; fi
+if ! grep -qx "out_dir: $run" "$config"; then echo "sync.sh: $config does not write to $run" >&2; exit 2; fi
 case "${1:-}" in
   save)
-    if pgrep -f "ttcjax experiment --config configs/experiments/study.yaml" >/dev/null; then
+    if pgrep -f "ttcjax experiment --config $config" >/dev/null; then
       echo "sync.sh: the study is running: a record it is writing may be saved half written (resuming drops it)" >&2
     fi
     rm -rf "$saved" && mkdir -p "$saved"
@@ -24,6 +28,6 @@ case "${1:-}" in
       while IFS= read -r -d '' f; do
         mkdir -p "$run/$(dirname "$f")" && gunzip -c "$saved/$f" > "$run/${f%.gz}"
       done
-    echo "restored $run; resume with: ttcjax experiment --config configs/experiments/study.yaml" ;;
-  *) echo "usage: bash docs/study/sync.sh save|restore" >&2; exit 2 ;;
+    echo "restored $run; resume with: ttcjax experiment --config $config" ;;
+  *) echo "usage: bash docs/study/sync.sh save|restore [NAME]" >&2; exit 2 ;;
 esac
