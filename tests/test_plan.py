@@ -7,6 +7,7 @@ import json
 import pathlib
 
 import jax
+import numpy as np
 import pytest
 from flax import nnx
 
@@ -94,6 +95,15 @@ def test_a_search_stage_counts_each_devices_rows_and_both_caches():
     # a question's rows never split: one question padded to the data axis puts all N rows on every device
     wide = memory_plan(_workload(verifier=verifier, strategies=(BestOfN(16),)), (2, 1), 8, None).stages[0]
     assert dict(wide.terms)["policy KV cache"] == kv_bytes(TINY, 16, 64)
+
+
+def test_a_likelihood_head_adds_its_carried_state_and_a_chunks_logits():
+    value = VerifierModel("prm", planner.TTCJAX, TINY, "value")
+    likelihood = VerifierModel("prm", planner.TTCJAX, TINY, "likelihood")
+    a, b = (dict(memory_plan(_workload(verifier=v), (2, 1), 8, None).stages[0].terms) for v in (value, likelihood))
+    assert b["verifier KV cache"] - a["verifier KV cache"] == 4 * (TINY.hidden_size + 1) * 4  # 4 rows on a device
+    assert b["verifier weights"] - a["verifier weights"] == np.dtype(TINY.jnp_param_dtype).itemsize  # its weight
+    assert b["working set"] >= a["working set"]
 
 
 def test_a_revision_stage_counts_the_chains_of_the_revision_model_with_its_own_cache():

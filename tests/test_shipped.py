@@ -24,7 +24,8 @@ def _size_mb(path):
 
 
 @pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny"),
-                                       ("revision", "tiny"), ("orm", "revision-tiny"), ("prm", "paper-flipped")])
+                                       ("revision", "tiny"), ("orm", "revision-tiny"), ("prm", "paper-flipped"),
+                                       ("prm", "checker")])
 def test_shipped_models_are_small_and_documented(kind, name):
     path = asset_path(kind, name)
     assert _size_mb(path) <= 20
@@ -103,6 +104,37 @@ def test_shipped_prm_judges_steps():
     for kind in ("prm", "orm"):
         prm, meta = load_prm(model_dir(kind, "tiny"))
         assert meta["kind"] == kind
+
+
+def test_shipped_checker_meets_issue_17s_verifier_targets_and_checks_a_written_result():
+    """Its recorded evaluation (64 samples per question, 400 test questions) meets the targets: step ROC-AUC >= 0.90
+    against the exact oracle, and weighted best-of-64 right for >= 85% of the questions where a right answer is among
+    the candidates. And on reference solutions it scores a first step whose written result is off by one (the rest
+    of the line unchanged) far below the right one."""
+    from ttcjax.tasks import arithmetic
+    from ttcjax.verifiers.reward_model import LikelihoodHead, load_verifier
+
+    record = read_json("prm", "checker", "eval.json")
+    assert record["samples"] == 64 and record["all"]["problems"] >= 400
+    assert record["all"]["step_auc"] >= 0.90
+    assert record["all"]["picks_right_when_present"]["weighted"] >= 0.85
+    assert record["all"]["step_auc_same_depth"] >= 0.95
+    tok = load_tokenizer(model_dir("policy", "tiny"))
+    checker = load_verifier(model_dir("prm", "checker"), tok)
+    assert isinstance(checker.prm.head, LikelihoodHead)
+    task = ArithmeticTask()
+    problems = task.problems("test", limit=8, seed=3)
+    right, wrong = [], []
+    for p in problems:
+        steps = arithmetic.format_solution(arithmetic.parse_problem(p.metadata["expression"]), restate=True).split("\n")
+        head, rest = steps[0].split("=", 1)
+        result, restated = rest.split(arithmetic.RESTATE_SEPARATOR, 1)
+        right.append(steps)
+        wrong.append([f"{head}={int(result) + 1}{arithmetic.RESTATE_SEPARATOR}{restated}"] + steps[1:])
+    prompts = [task.encode_prompt(p, tok) for p in problems] * 2
+    scores = checker.score([p.question for p in problems] * 2, right + wrong, prompts=prompts)
+    first_right, first_wrong = (np.array([s[0] for s in scores[i:i + 8]]) for i in (0, 8))
+    assert np.all(first_right > 10 * first_wrong), (first_right, first_wrong)  # the right one is the likelier
 
 
 def test_shipped_revision_model_records_pass_at_1_per_revision_step():

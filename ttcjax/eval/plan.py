@@ -176,7 +176,7 @@ class VerifierModel:
     name: str
     family: str
     config: ModelConfig
-    head: str  # "value", "two_class" or "token" (the backbone's lm_head rows: no parameters of its own)
+    head: str  # "value", "two_class", "token" (the backbone's lm_head rows: no parameters of its own) or "likelihood"
 
     @property
     def head_params(self) -> int:
@@ -192,7 +192,7 @@ def _ttcjax_verifier(name: str, directory: str) -> VerifierModel:
     with open(meta_path) as f:
         meta = json.load(f)
     head = meta.get("head", {}).get("kind")
-    if head not in ("value", "two_class", "token"):
+    if head not in HEADS:
         raise ValueError(f"{meta_path}: head kind {head!r} is not one the planner knows.")
     return VerifierModel(name, TTCJAX, checkpoint_config(os.path.join(directory, BACKBONE_DIR), "verifier"), head)
 
@@ -474,7 +474,9 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
     start = [("the policy's prefill", _forward(p, q, prompt, prompt, model, CACHED_ATTENTION_COPIES))]
     if v is not None:
         if v.family == TTCJAX:  # it reads the policy's own tokens into a cache as long as the policy's
-            v_slots, v_step, carried = slots, s.max_step_tokens, 0
+            v_slots, v_step = slots, s.max_step_tokens
+            # a likelihood head also carries each row's last hidden state and least log-probability (`LikelihoodState`)
+            carried = rows * (v.config.hidden_size + 1) * F32 if v.head == "likelihood" else 0
         else:  # RenderingStepScorer also carries its ids [R, slots] and the steps' policy ids and ends [R, max_len]
             v_slots, v_step = public_scorer_shape(slots, s.max_step_tokens)
             carried = rows * (v_slots + 2 * slots) * 4
@@ -486,6 +488,8 @@ def search_stage(w: Workload, strategy: Strategy, mesh: tuple[int, int], rows_pe
         chunk = min(v_step, PRM_CHUNK)  # it reads a step PRM_CHUNK tokens at a time (`extend_steps`)
         transient.append((f"the verifier reading {chunk} tokens of a step against {v_slots} slots",
                           _forward(v.config, rows, chunk, v_slots, model, CACHED_ATTENTION_COPIES)))
+        if v.head == "likelihood":  # and the next-token logits of the chunk's tokens, with their log-softmax
+            transient.append(("the likelihood head's logits of a chunk", 2 * rows * chunk * v.config.vocab_size * F32))
         start.append((f"the verifier reading {v_prompt}-token prompts into {v_slots} slots",
                       _forward(v.config, q, v_prompt, v_slots, model, CACHED_ATTENTION_COPIES)))
     if strategy.lookahead:  # the rollout runs on a copy of the policy's cache
