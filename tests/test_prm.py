@@ -61,8 +61,9 @@ def test_one_pass_scores_equal_scoring_each_prefix_alone(head):
         assert np.all((scores > 0) & (scores < 1))
 
 
-def test_padding_and_batch_composition_do_not_change_scores():
-    prm = _prm()
+@pytest.mark.parametrize("head", [ValueHead(), LikelihoodHead()], ids=["value", "likelihood"])
+def test_padding_and_batch_composition_do_not_change_scores(head):
+    prm = _prm(head)
     _, inputs = _solutions(8)
     reference = score_inputs(prm, inputs)
     shuffled = [inputs[i] for i in [5, 2, 7, 0, 1, 3, 6, 4]]
@@ -72,6 +73,10 @@ def test_padding_and_batch_composition_do_not_change_scores():
     long = ScoringInput(tuple(5 + i % 90 for i in range(200)), (199,))
     np.testing.assert_allclose(score_inputs(prm, [inputs[0]])[0], reference[0], atol=1e-5)
     np.testing.assert_allclose(score_inputs(prm, [long, inputs[0]])[1], reference[0], atol=1e-5)
+    # an input whose solution starts at its first token, packed after another, reads nothing of it
+    whole = ScoringInput(inputs[1].tokens, inputs[1].read_at)  # start 0
+    np.testing.assert_allclose(score_inputs(prm, [inputs[0], whole], row_tokens=512)[1],
+                               score_inputs(prm, [whole])[0], atol=1e-5)
 
 
 def test_eight_devices_score_like_one():

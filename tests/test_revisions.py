@@ -31,8 +31,10 @@ from ttcjax.search.strategies import Beam, Revisions, StrategySpec, strategy_fro
 from ttcjax.tasks.base import ProblemRecord, Prompt, Task
 from ttcjax.tasks.registry import task_from_dict
 from ttcjax.training.revisions import evaluate_revision, revision_labels, save_revision_settings
+from ttcjax.training.reward_model import PRMTrainConfig
 from ttcjax.verifiers.base import NoVerifier
-from ttcjax.verifiers.reward_model import RewardModel, RewardModelVerifier, StepFormat, ValueHead, save_prm
+from ttcjax.verifiers.reward_model import (LikelihoodHead, RewardModel, RewardModelVerifier, StepFormat, ValueHead,
+                                           save_prm)
 
 TOY = CharTokenizer(alphabet="Qxy")
 X, Y, Q = (TOY.token_to_id(c) for c in "xyQ")
@@ -147,6 +149,15 @@ def test_chains_read_what_a_fresh_prefill_of_the_revision_context_reads():
         assert len(attempts) == 5 and len({a for a in map(tuple, attempts)}) > 1
         # the other chain is the same greedy chain
         assert [list(c.tokens) for c in result.candidates if c.chain == 1] == attempts
+
+
+def test_a_likelihood_head_verifier_is_refused_for_revision_chains_before_anything_runs():
+    """It keeps only the least likely token so far, so it cannot go back between a chain's attempts."""
+    likelihood = RewardModelVerifier(RewardModel(bigram({}), LikelihoodHead()), TOY, kind="orm")
+    with pytest.raises(ValueError, match="likelihood head"):
+        chains(Revisions(4, sequential=2), bigram({Q: 0.5, X: 0.5, Y: 0.5}), likelihood, questions=1)
+    with pytest.raises(ValueError, match="head: likelihood"):
+        PRMTrainConfig(out_dir="x", policy="y", revision_chains={"chains": 2, "sequential": 2}, head="likelihood")
 
 
 def test_costs_are_counted_exactly_on_a_hand_counted_chain():

@@ -561,8 +561,10 @@ def scoring_stage(w: Workload, mesh: tuple[int, int]) -> StageMemory:
     longest = _verifier_lengths(w, _prompt_bucket(w) + w.score_max_new_tokens)
     width = bucket(max(SCORE_ROW_TOKENS, longest))
     rows = _ceil_div(max(1, min(SCORE_ROWS, SCORE_TOKENS // width)), data)
-    terms = _weights(w, mesh) + [("working set", _forward(v.config, rows, width, width, model,
-                                                          PACKED_ATTENTION_COPIES))]
+    working = _forward(v.config, rows, width, width, model, PACKED_ATTENTION_COPIES)
+    if v.head == "likelihood":  # every position's next-token logits and their log-softmax
+        working += 2 * rows * width * v.config.vocab_size * F32
+    terms = _weights(w, mesh) + [("working set", working)]
     return StageMemory("scoring", f"{rows} packed rows of {width} tokens per device", tuple(terms),
                        f"the verifier's attention over {width}-token rows")
 

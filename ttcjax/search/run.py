@@ -104,6 +104,10 @@ def chain_spec(strategy: Revisions, spec: EpisodeSpec, verifier: Verifier, token
         raise ValueError(f"{strategy.label}: the verifier {verifier!r} renders steps in its own format; revision "
                          "chains need one that reads the policy's own text (a ttcjax ORM trained on the revision "
                          "model's outputs) or none (selection='majority').")
+    if not getattr(verifier, "can_rewind", True):
+        raise ValueError(f"{strategy.label}: the verifier {verifier!r} has a likelihood head, which cannot go back to "
+                         "an earlier token between a chain's attempts; use a value-head ORM trained on the revision "
+                         "model's outputs, or none (selection='majority').")
     sep = tokenizer.encode(settings.revision_separator) if settings.revision_separator else []
     return ChainSpec(attempt=dataclasses.replace(spec, strategy=BestOfN(strategy.chains)),
                      sequential=strategy.sequential, window=strategy.window, separator=tuple(sep))

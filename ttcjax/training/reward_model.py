@@ -301,6 +301,9 @@ class PRMTrainConfig:
         if chains is not None and not (isinstance(chains, dict) and set(chains) == {"chains", "sequential"} and all(
                 isinstance(v, int) and not isinstance(v, bool) and v >= 1 for v in chains.values())):
             raise ValueError(f"revision_chains={chains!r}: write {{chains: 4, sequential: 4}} (integers >= 1).")
+        if chains is not None and self.head == "likelihood":
+            raise ValueError("revision_chains with head: likelihood: a likelihood head cannot follow a revision chain "
+                             "(it cannot go back to an earlier token between attempts); use head: value.")
         if chains is not None and self.labels:
             raise ValueError("set one of revision_chains (label the revision model's chains) and labels (reuse "
                              "labels.jsonl).")

@@ -168,7 +168,11 @@ class RewardModel(nnx.Module):
         b = tokens.shape[0]
         logprobs = jnp.concatenate([jnp.zeros((b, 1), jnp.float32), self.token_logprobs(h[:, :-1], tokens[:, 1:])],
                                    axis=1)  # [B, T]: each token's, given those before it
-        return self.head_logits(h, running_min(logprobs, solution.astype(bool)))
+        solution = solution.astype(bool)
+        if segment_ids is not None:  # a packed row's first token of each input has nothing before it to predict it
+            first = segment_ids != jnp.concatenate([jnp.full((b, 1), -1, segment_ids.dtype), segment_ids[:, :-1]], 1)
+            solution = solution & ~first
+        return self.head_logits(h, running_min(logprobs, solution))
 
     def token_logprobs(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
         """The backbone's log-probability of tokens [...] after the final hidden states [..., D] before each."""
@@ -190,6 +194,9 @@ class RewardModel(nnx.Module):
             value = h @ self.v_w[...].astype(jnp.float32) + self.v_b[...].astype(jnp.float32)
             if isinstance(head, ValueHead):
                 return value
+            if least is None:
+                raise ValueError("a LikelihoodHead reads the least log-probability of a solution token so far: "
+                                 "score with RewardModel(...) or PRMStepScorer, which compute it.")
             return value + self.l_w[...].astype(jnp.float32) * least
         if isinstance(head, TwoClassHead):
             z = jax.nn.relu(h @ self.c_w1[...].astype(jnp.float32) + self.c_b1[...].astype(jnp.float32))
@@ -545,6 +552,12 @@ class RewardModelVerifier(Verifier):
     @property
     def num_params(self) -> int:
         return self.prm.num_params
+
+    @property
+    def can_rewind(self) -> bool:
+        """Whether its state inside search can go back to an earlier token (revision chains need it): not a
+        likelihood head's, which keeps only the least likely token so far."""
+        return not isinstance(self.prm.head, LikelihoodHead)
 
     def score(self, questions, solutions, prompts=None):
         read = questions if prompts is None else prompts
