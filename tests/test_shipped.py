@@ -25,7 +25,7 @@ def _size_mb(path):
 
 @pytest.mark.parametrize("kind,name", [("policy", "tiny"), ("policy", "small"), ("prm", "tiny"), ("orm", "tiny"),
                                        ("revision", "tiny"), ("orm", "revision-tiny"), ("prm", "paper-flipped"),
-                                       ("prm", "checker")])
+                                       ("prm", "checker"), ("prm", "checker-flipped")])
 def test_shipped_models_are_small_and_documented(kind, name):
     path = asset_path(kind, name)
     assert _size_mb(path) <= 20
@@ -119,6 +119,8 @@ def test_shipped_checker_meets_issue_17s_verifier_targets_and_checks_a_written_r
     assert record["all"]["step_auc"] >= 0.90
     assert record["all"]["picks_right_when_present"]["weighted"] >= 0.85
     assert record["all"]["step_auc_same_depth"] >= 0.95
+    weaker = read_json("prm", "checker-flipped", "eval.json")["all"]  # its 20%-flipped twin: the weaker verifier
+    assert weaker["picks_right_when_present"]["weighted"] < record["all"]["picks_right_when_present"]["weighted"]
     tok = load_tokenizer(model_dir("policy", "tiny"))
     checker = load_verifier(model_dir("prm", "checker"), tok)
     assert isinstance(checker.prm.head, LikelihoodHead)
