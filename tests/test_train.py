@@ -81,6 +81,47 @@ def test_schedule_warms_up_then_decays_to_the_floor():
         OptimConfig(steps=10, warmup_steps=11)
 
 
+def test_a_frozen_submodule_keeps_its_values_and_no_moments_and_the_rest_shard_like_their_parameters():
+    from ttcjax.models.sharding import ShardingRules, make_mesh
+    from ttcjax.training.loop import _train_step, init_train_state, state_shardings
+
+    model = init_model(ModelConfig(**TINY), seed=0)
+    names = ("embedding", "final_norm")  # frozen; the layers and the LM head train
+    frozen = OptimConfig(steps=4, warmup_steps=0, lr=1e-2, frozen=names)  # lr 1e-2 at step 0
+    graphdef, state = init_train_state(model, frozen)
+    _, plain = init_train_state(model, OptimConfig(steps=4, warmup_steps=1, lr=1e-2))
+    sizes = {path: x.size for path, x in jax.tree_util.tree_leaves_with_path(state.params)}
+    in_frozen = sum(n for path, n in sizes.items() if path[0].key in names)
+    moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)  # Adam's mu and nu
+    assert in_frozen > 0 and moments == 2 * (sum(sizes.values()) - in_frozen)
+    assert sum(x.size for x in jax.tree.leaves(plain.opt_state) if x.ndim) == 2 * sum(sizes.values())
+
+    def loss_fn(m, batch):
+        logits, _, _ = m(batch["tokens"])
+        return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 0]), jnp.float32(logits.size), {}
+
+    batch = {"tokens": jnp.arange(16, dtype=jnp.int32).reshape(2, 8)}
+    before = jax.tree.map(np.array, state.params)
+    after, _ = _train_step(graphdef, frozen.optimizer(), loss_fn, state, batch)
+    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after.params), jax.tree.leaves(before)):
+        if path[0].key in names:
+            np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
+        else:
+            assert not np.array_equal(a, b), jax.tree_util.keystr(path)
+
+    mesh = make_mesh(data=4, model=2)
+    shardings = state_shardings(state, mesh, ShardingRules())
+    by_shape = {}
+    for x, sh in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
+        by_shape.setdefault(x.shape, set()).add(sh.spec)
+    model_sharded = 0
+    for x, sh in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(shardings.opt_state)):
+        if x.ndim:
+            assert sh.spec in by_shape[x.shape]  # sharded as a parameter of its shape
+            model_sharded += "model" in sh.spec
+    assert model_sharded > 0
+
+
 def test_epoch_batches_cover_every_row_once_per_epoch():
     rows_of = epoch_batches(10, 3, seed=0)
     epoch = np.concatenate([rows_of(s) for s in range(3)])

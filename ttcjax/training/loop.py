@@ -110,15 +110,16 @@ class OptimConfig:
             # decay matrices only: norm scales ('scale') and biases (b*) keep their values
             return jax.tree_util.tree_map_with_path(lambda p, x: x.ndim >= 2, params)
 
-        def frozen_mask(params):
-            return jax.tree_util.tree_map_with_path(lambda p, x: param_path(p)[0] in self.frozen, params)
+        adamw = optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay, mask=decay_mask)
+        if not self.frozen:
+            return optax.chain(optax.clip_by_global_norm(self.clip_norm), adamw)
 
-        return optax.chain(
-            optax.clip_by_global_norm(self.clip_norm),
-            optax.adamw(self.schedule(), b1=self.b1, b2=self.b2, weight_decay=self.weight_decay,
-                        mask=decay_mask),
-            *([optax.masked(optax.set_to_zero(), frozen_mask)] if self.frozen else []),
-        )
+        def labels(params):  # a frozen submodule's parameters get no update and no moment estimates
+            return jax.tree_util.tree_map_with_path(
+                lambda p, x: "frozen" if param_path(p)[0] in self.frozen else "trained", params)
+
+        return optax.chain(optax.clip_by_global_norm(self.clip_norm),
+                           optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels))
 
 
 @functools.lru_cache(maxsize=16)
@@ -152,14 +153,14 @@ def state_shardings(state: TrainState, mesh: Mesh, rules: ShardingRules) -> Trai
     params = for_params(state.params)
     params_structure = jax.tree.structure(state.params)
 
-    def opt(tree):
-        # Adam's mu and nu have the parameters' structure; counts and empty states are replicated.
-        if jax.tree.structure(tree) == params_structure:
-            return for_params(tree)
-        return jax.tree.map(lambda _: replicated, tree)
+    def like_params(tree) -> bool:
+        # Adam's mu and nu have the parameters' structure, a frozen parameter's moments masked out (MaskedNode)
+        return jax.tree.structure(tree, is_leaf=lambda x: isinstance(x, optax.MaskedNode)) == params_structure
 
-    opt_state = jax.tree.map(opt, state.opt_state,
-                             is_leaf=lambda t: jax.tree.structure(t) == params_structure)
+    def opt(tree):  # moments as their parameters; counts and empty states replicated
+        return for_params(tree) if like_params(tree) else jax.tree.map(lambda _: replicated, tree)
+
+    opt_state = jax.tree.map(opt, state.opt_state, is_leaf=like_params)
     return TrainState(step=replicated, params=params, opt_state=opt_state)
 
 
