@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from typing import Sequence
 
 import jax
 import jax.numpy as jnp
@@ -525,12 +526,34 @@ class Transformer(nnx.Module):
                              "call it with return_logits=False and read the hidden states.")
         if logits_at is not None:
             x = jnp.take_along_axis(x, logits_at[:, None, None].astype(jnp.int32), axis=1)[:, 0]  # [B, D]
-        if cfg.tie_word_embeddings:
-            logits = jnp.einsum("...D,VD->...V", x, self.embedding[...].astype(dt))
-        else:
-            logits = jnp.einsum("...D,DV->...V", x, self.lm_head[...].astype(dt))
-        logits = logits.astype(jnp.float32)
-        return logits, cache, (tuple(hidden) if return_hidden else None)
+        return self.logits(x), cache, (tuple(hidden) if return_hidden else None)
+
+    def logits(self, x: jax.Array, dtype=None) -> jax.Array:
+        """The vocabulary projection (the tied embedding or `lm_head`): final normalised hidden states [..., D] ->
+        logits [..., V] float32, multiplied in `dtype` (the compute dtype unless given: a reward model reads its
+        backbone's likelihoods in float32)."""
+        dt = dtype or self.config.jnp_dtype
+        x = x.astype(dt)
+        if self.config.tie_word_embeddings:
+            return jnp.einsum("...D,VD->...V", x, self._projection().astype(dt)).astype(jnp.float32)
+        return jnp.einsum("...D,DV->...V", x, self._projection().astype(dt)).astype(jnp.float32)
+
+    def logit_rows(self, ids: Sequence[int]) -> jax.Array:
+        """The vocabulary projection's rows for token `ids`, [len(ids), D] float32: logits of those tokens alone are
+        hidden @ rows.T."""
+        ids = jnp.asarray(ids)
+        if self.config.tie_word_embeddings:
+            return self._projection()[ids].astype(jnp.float32)
+        return self._projection()[:, ids].T.astype(jnp.float32)
+
+    def _projection(self) -> jax.Array:
+        """[V, D] (tied embedding) or [D, V] (lm_head)."""
+        if self.config.tie_word_embeddings:
+            return self.embedding[...]
+        if not hasattr(self, "lm_head"):
+            raise ValueError("this model has no lm_head (config.has_lm_head=False: a reward model's backbone); "
+                             "call it with return_logits=False and read the hidden states.")
+        return self.lm_head[...]
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:
         """An empty KV cache of `max_len` slots per row, laid out for this model's platform."""

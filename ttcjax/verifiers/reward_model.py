@@ -176,12 +176,7 @@ class RewardModel(nnx.Module):
 
     def token_logprobs(self, hidden: jax.Array, tokens: jax.Array) -> jax.Array:
         """The backbone's log-probability of tokens [...] after the final hidden states [..., D] before each."""
-        bb = self.backbone
-        h = hidden.astype(jnp.float32)
-        if bb.config.tie_word_embeddings:
-            logits = jnp.einsum("...D,VD->...V", h, bb.embedding[...].astype(jnp.float32))
-        else:
-            logits = jnp.einsum("...D,DV->...V", h, bb.lm_head[...].astype(jnp.float32))
+        logits = self.backbone.logits(hidden, jnp.float32)
         picked = jnp.take_along_axis(logits, tokens[..., None].astype(jnp.int32), axis=-1)[..., 0]
         return picked - jax.nn.logsumexp(logits, axis=-1)
 
@@ -202,12 +197,7 @@ class RewardModel(nnx.Module):
             z = jax.nn.relu(h @ self.c_w1[...].astype(jnp.float32) + self.c_b1[...].astype(jnp.float32))
             logits = z @ self.c_w2[...].astype(jnp.float32) + self.c_b2[...].astype(jnp.float32)  # [..., 2]
             return logits[..., 1] - logits[..., 0]
-        bb = self.backbone
-        ids = jnp.array([head.good_id, head.bad_id])
-        if bb.config.tie_word_embeddings:
-            rows = bb.embedding[...][ids].astype(jnp.float32)  # [2, D]
-        else:
-            rows = bb.lm_head[...][:, ids].T.astype(jnp.float32)
+        rows = self.backbone.logit_rows([head.good_id, head.bad_id])  # [2, D]
         logits = jnp.einsum("...D,CD->...C", h, rows)
         return logits[..., 0] - logits[..., 1]
 
