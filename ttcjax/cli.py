@@ -54,6 +54,7 @@ from ttcjax.eval.experiment import (answer_with_scheduler, check_memory, check_r
 from ttcjax.eval.plan import Estimates, Hardware, sweep_plan
 from ttcjax.eval.scheduler import BudgetScheduler
 from ttcjax.eval.shards import Job, check_job_rerun
+from ttcjax.eval.status import run_status, status_markdown
 from ttcjax.eval.sweep import (SweepConfig, load_policy, revision_policy_dir, revision_verifier_name, run_sweep,
                                summary_markdown)
 from ttcjax.eval.verifier import evaluate_verifier
@@ -277,6 +278,12 @@ def run_generation(opts: dict[str, Any]) -> list[dict[str, Any]]:
     return records
 
 
+def _status(config) -> int:
+    """`--status`: where the run of `config` stands, read from its out_dir while it runs (`ttcjax.eval.status`)."""
+    print(status_markdown(run_status(config)), end="")
+    return 0
+
+
 def _experiment(config, args: argparse.Namespace, job: Job | None) -> int:
     report = run_experiment(config, progress=not args.no_progress, rerun=_rerun(args), job=job)
     if report is None:  # one of several processes, or a job: its share is written
@@ -295,6 +302,8 @@ def cmd_experiment(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
                                         if getattr(args, key) is not None]
     config = read_config(args.config, overrides)
+    if args.status:
+        return _status(config)
     check_run(config)  # the models it names and its out_dir, before the banner
     if not args.skip_plan:
         check_memory(config, args.config)  # before any work: a run that cannot fit the devices stops here
@@ -312,6 +321,8 @@ def cmd_demo(args: argparse.Namespace) -> int:
             overrides.append(f"{key}={getattr(args, key)}")
     path = named_config("demo-full" if args.full else "demo")
     config = read_config(path, overrides, shipped=True)
+    if args.status:
+        return _status(config)
     check_run(config)
     if not args.skip_plan:
         check_memory(config, str(path))
@@ -551,6 +562,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     overrides = list(args.overrides) + [f"{key}={getattr(args, key)}" for key in ("out_dir", "mesh")
                                         if getattr(args, key) is not None]
     config = SweepConfig.from_dict(read_yaml(args.config, overrides), source=args.config)
+    if args.status:
+        return _status(config)
     summary = run_sweep(config, progress=not args.no_progress, rerun=_rerun(args), job=job)
     if summary is None:  # one of several processes, or a job: its share is written
         _share_written(job, "the summary")
@@ -664,6 +677,9 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out-dir", help="override the config's out_dir")
     exp.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     exp.add_argument("--no-progress", action="store_true")
+    exp.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
+                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
+                     "only, beside a run in progress")
     exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
                                                              "not fit the devices")
     _rerun_flags(exp)
@@ -679,6 +695,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--questions", type=int, help="test questions (spread evenly over the difficulty levels)")
     demo.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
+                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
+                     "only, beside a run in progress")
     demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
                                                               "fit the devices")
     _rerun_flags(demo)
@@ -779,6 +798,9 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out-dir", help="override the config's out_dir")
     sw.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     sw.add_argument("--no-progress", action="store_true")
+    sw.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
+                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
+                     "only, beside a run in progress")
     _rerun_flags(sw)
     _add_job_flag(sw)
     _add_process_flags(sw)

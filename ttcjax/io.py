@@ -425,6 +425,26 @@ def _take(path: str, out: str, command: str, role: str, shared: bool) -> str | N
         return key
 
 
+def run_holder(out_dir: str | os.PathLike) -> str | None:
+    """Who is running in `out_dir` now (the text its hold names, `_hold`), or None where no invocation holds it (or
+    the file system has no locks). It probes the hold for an instant and writes nothing: an invocation starting in
+    that instant would stop as if the directory were in use."""
+    path = os.path.join(os.fspath(out_dir), f"{HOLD_PREFIX}.lock")
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except FileNotFoundError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
+    except OSError:
+        return None
+    finally:
+        os.close(fd)  # closing releases a lock the probe took
+    return None
+
+
 def _same_file(path: str, fd: int) -> bool:
     """Whether `path` still names the file open as `fd`."""
     try:
@@ -595,6 +615,11 @@ def finish_invocation(out_dir: str | os.PathLike, seconds: float, invocation: st
     (killed, failed, or still running), the seconds they all spent (an interrupted one counts the time its
     `invocation_clock` last recorded; one without a clock counts none) and the machines they ran on."""
     log, _ = _set_in_entry(os.fspath(out_dir), invocation, "seconds", seconds)
+    return run_totals(log)
+
+
+def run_totals(log: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
+    """The totals over a run log's invocations (`read_run_log`), as `finish_invocation` returns them."""
     finished = [e for e in log if _number(e.get("seconds"))]
     interrupted = [e.get("running_seconds") for e in log if not _number(e.get("seconds"))]
     totals = {"invocations": len(log), "interrupted_invocations": len(log) - len(finished),

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Carry a study's run directory between machines through git, while it is under way:
-#   bash docs/study/sync.sh save [NAME]      # runs/NAME -> docs/study/saved/NAME (every file gzipped; it may run on)
+#   bash docs/study/sync.sh save [NAME]      # runs/NAME -> docs/study/saved/NAME (every file gzipped; it may run on),
+#                                            # with STATUS.md, where the run stands (`ttcjax experiment --status`)
 #   bash docs/study/sync.sh restore [NAME]   # docs/study/saved/NAME -> runs/NAME, then rerun its command to resume
 # NAME is the study's config, configs/experiments/NAME.yaml (default: study); its out_dir is runs/NAME.
 # The run directory's records are plain JSONL; `ttcjax experiment` resumes from whatever complete records it finds
@@ -21,6 +22,9 @@ case "${1:-}" in
       while IFS= read -r -d '' f; do
         mkdir -p "$saved/$(dirname "$f")" && gzip -9nc "$run/$f" > "$saved/$f.gz"
       done
+    ttcjax=$(command -v ttcjax || echo .venv/bin/ttcjax)
+    "$ttcjax" experiment --config "$config" --status > "$saved/STATUS.md" 2>/dev/null ||
+      echo "sync.sh: could not write $saved/STATUS.md (ttcjax experiment --status)" >&2
     du -sh "$saved" ;;
   restore)
     if [ -e "$run" ]; then echo "sync.sh: $run exists; move it aside first" >&2; exit 1; fi

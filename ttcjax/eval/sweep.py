@@ -421,7 +421,14 @@ def cell_file(cell: Cell, verifier: Verifier) -> tuple[Cell, str]:
     if cell.spec.kind == BestOfN.kind:
         rule = "weighted" if verifier.scores_steps else "majority"
         cell = Cell(SHARED_BEST_OF_N, cell.budget, BestOfN(cell.budget, selection=rule))
-    return cell, f"{cell.name}.jsonl"
+    return cell, results_file(cell)
+
+
+def results_file(cell: Cell) -> str:
+    """The name of the file that holds a cell's records in the results directory: every best-of-N spec at a budget
+    reads the one sampling of that budget (`cell_file`)."""
+    spec = SHARED_BEST_OF_N if cell.spec.kind == BestOfN.kind else cell.spec
+    return f"{spec.name}-b{cell.budget}.jsonl"
 
 
 def grid_questions(cells: Sequence[Cell], verifier: Verifier, problems: Sequence[ProblemRecord],
