@@ -75,3 +75,27 @@ def test_status_counts_the_records_on_disk_and_gives_interim_accuracies_with_int
     assert "keys that differ: ['questions']" in capsys.readouterr().out  # read with another config: said so
     with pytest.raises(ValueError, match="no such run directory"):
         run_status(SweepConfig.from_dict(sweep_config(tmp_path / "nothing")))
+
+
+def test_experiment_status_counts_its_stages_and_reads_a_log_from_an_installed_ttcjax(tmp_path, capsys):
+    out = tmp_path / "exp"
+    data = {"out_dir": str(out), "task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 20,
+            "policy": "tiny", "verifier": "tiny", "large_policy": "small", "budgets": [4],
+            "strategies": [{"kind": "best_of_n", "selection": "weighted"}], "difficulty_samples": 4, "bins": 2}
+    (tmp_path / "e.yaml").write_text(yaml.safe_dump(data))
+    from ttcjax.eval.experiment import read_config
+    config = read_config(tmp_path / "e.yaml")
+    ids = [p.id for p in run_problems(config, config.make_task())]
+    bind_run_dir(out, bound_fields(config.to_dict()), "experiment")
+    release_run_dir(out)
+    with open(out / "run_log.jsonl", "a") as f:  # an invocation by a pip-installed ttcjax: no git commit
+        f.write(json.dumps({"time": "2026-12-08T00:00:00Z", "command": "experiment", "rerun": "resume",
+                            "code": {"version": "0.1.0", "commit": None}, "invocation": "x", "seconds": 3600}) + "\n")
+    write(out / "difficulty.jsonl", [{"id": i, "pass_rate": 0.5} for i in ids])
+    write(out / "large_policy.shard-0-of-2.jsonl", [{"id": i, "correct": k < 3} for k, i in enumerate(ids[:6])])
+    assert main(["experiment", "--config", str(tmp_path / "e.yaml"), "--status"]) == 0
+    text = capsys.readouterr().out
+    assert "- difficulty: 20 of 20 questions" in text
+    assert "- larger model: 6 of 20 questions, accuracy 0.500 [" in text
+    assert "2 invocations" in text and ", ?" in text  # the commit it could not name
+    assert "0 of 1 (strategy, budget) cells done, 0 under way" in text

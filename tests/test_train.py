@@ -81,15 +81,16 @@ def test_schedule_warms_up_then_decays_to_the_floor():
         OptimConfig(steps=10, warmup_steps=11)
 
 
-def test_a_frozen_submodule_keeps_its_values_and_no_moments_and_the_rest_shard_like_their_parameters():
+def test_a_frozen_submodule_keeps_its_values_and_no_moments_and_the_rest_train_and_shard_as_without_it(tmp_path):
     from ttcjax.models.sharding import ShardingRules, make_mesh
-    from ttcjax.training.loop import _train_step, init_train_state, state_shardings
+    from ttcjax.training.loop import _train_step, init_train_state, lm_loss, state_shardings, train_loop
 
     model = init_model(ModelConfig(**TINY), seed=0)
     names = ("embedding", "final_norm")  # frozen; the layers and the LM head train
-    frozen = OptimConfig(steps=4, warmup_steps=0, lr=1e-2, frozen=names)  # lr 1e-2 at step 0
+    frozen = OptimConfig(steps=4, warmup_steps=0, lr=1e-2, clip_norm=0.05, frozen=names)  # lr 1e-2 at step 0
+    plain_optim = dataclasses.replace(frozen, frozen=())
     graphdef, state = init_train_state(model, frozen)
-    _, plain = init_train_state(model, OptimConfig(steps=4, warmup_steps=1, lr=1e-2))
+    _, plain = init_train_state(model, plain_optim)
     sizes = {path: x.size for path, x in jax.tree_util.tree_leaves_with_path(state.params)}
     in_frozen = sum(n for path, n in sizes.items() if path[0].key in names)
     moments = sum(x.size for x in jax.tree.leaves(state.opt_state) if x.ndim)  # Adam's mu and nu
@@ -100,26 +101,53 @@ def test_a_frozen_submodule_keeps_its_values_and_no_moments_and_the_rest_shard_l
         logits, _, _ = m(batch["tokens"])
         return jnp.sum(jax.nn.logsumexp(logits, -1) - logits[..., 0]), jnp.float32(logits.size), {}
 
+    def without_frozen_gradients(m, batch):  # the same loss, the frozen modules outside the gradient
+        m.embedding[...] = jax.lax.stop_gradient(m.embedding[...])
+        m.final_norm.scale[...] = jax.lax.stop_gradient(m.final_norm.scale[...])
+        return loss_fn(m, batch)
+
     batch = {"tokens": jnp.arange(16, dtype=jnp.int32).reshape(2, 8)}
     before = jax.tree.map(np.array, state.params)
-    after, _ = _train_step(graphdef, frozen.optimizer(), loss_fn, state, batch)
-    for (path, a), b in zip(jax.tree_util.tree_leaves_with_path(after.params), jax.tree.leaves(before)):
+    after, reference = state, plain
+    for batch in (batch, {"tokens": batch["tokens"][::-1] % 7}):  # two steps: Adam's first is blind to the scale
+        after, _ = _train_step(graphdef, frozen.optimizer(), loss_fn, after, batch)
+        # the trained modules move exactly as an unfrozen optimiser moves them when the frozen ones get no gradient
+        # (clipped by their own norm: clip_norm is small enough here to clip)
+        reference, _ = _train_step(graphdef, plain_optim.optimizer(), without_frozen_gradients, reference, batch)
+        reference = dataclasses.replace(reference, params=jax.tree_util.tree_map_with_path(  # undo their decay
+            lambda path, x, b: b if path[0].key in names else x, reference.params, before))
+    for (path, a), b, r in zip(jax.tree_util.tree_leaves_with_path(after.params), jax.tree.leaves(before),
+                               jax.tree.leaves(reference.params)):
         if path[0].key in names:
             np.testing.assert_array_equal(a, b, err_msg=jax.tree_util.keystr(path))
         else:
             assert not np.array_equal(a, b), jax.tree_util.keystr(path)
+            np.testing.assert_allclose(a, r, rtol=1e-6, atol=1e-7, err_msg=jax.tree_util.keystr(path))
 
-    mesh = make_mesh(data=4, model=2)
-    shardings = state_shardings(state, mesh, ShardingRules())
-    by_shape = {}
-    for x, sh in zip(jax.tree.leaves(state.params), jax.tree.leaves(shardings.params)):
-        by_shape.setdefault(x.shape, set()).add(sh.spec)
-    model_sharded = 0
-    for x, sh in zip(jax.tree.leaves(state.opt_state), jax.tree.leaves(shardings.opt_state)):
-        if x.ndim:
-            assert sh.spec in by_shape[x.shape]  # sharded as a parameter of its shape
-            model_sharded += "model" in sh.spec
-    assert model_sharded > 0
+    # each moment is sharded as its own parameter
+    shardings = state_shardings(state, make_mesh(data=4, model=2), ShardingRules())
+    param_specs = {jax.tree_util.keystr(p): sh.spec
+                   for p, sh in jax.tree_util.tree_leaves_with_path(shardings.params)}
+    checked = 0
+    for path, sh in jax.tree_util.tree_leaves_with_path(shardings.opt_state):
+        key = jax.tree_util.keystr(path)
+        own = [p for p in param_specs if key.endswith(p)]
+        if own:
+            assert sh.spec == param_specs[own[0]], key
+            checked += "model" in sh.spec
+    assert checked > 0
+
+    # a checkpoint whose optimiser state is laid out otherwise (saved unfrozen) stops a frozen resume with one line
+    packed = pack_examples([([1, 2], [3, 4, 5])] * 4, 8)
+
+    def run(optim, stop_after=None):
+        return train_loop(init_model(ModelConfig(**TINY)), optim=optim, loss_fn=lm_loss,
+                          batch_at=lambda step: packed.rows(np.arange(len(packed))), out_dir=str(tmp_path),
+                          checkpoint_every=2, log_every=2, stop_after=stop_after, progress=False)
+
+    run(plain_optim, stop_after=2)
+    with pytest.raises(ValueError, match="laid out otherwise.*--fresh"):
+        run(frozen)
 
 
 def test_epoch_batches_cover_every_row_once_per_epoch():

@@ -426,23 +426,32 @@ def _take(path: str, out: str, command: str, role: str, shared: bool) -> str | N
 
 
 def run_holder(out_dir: str | os.PathLike) -> str | None:
-    """Who is running in `out_dir` now (the text its hold names, `_hold`), or None where no invocation holds it (or
-    the file system has no locks). It probes the hold for an instant and writes nothing: an invocation starting in
-    that instant would stop as if the directory were in use."""
-    path = os.path.join(os.fspath(out_dir), f"{HOLD_PREFIX}.lock")
+    """Who is running in `out_dir` now: the text each hold names (`_hold`: the whole run, or each job's and
+    process's part), or None where no invocation holds it (or the file system has no locks). It probes each hold
+    for an instant and writes nothing: an invocation starting in that instant would stop as if the directory were
+    in use."""
+    out = os.fspath(out_dir)
     try:
-        fd = os.open(path, os.O_RDONLY)
+        names = sorted(n for n in os.listdir(out) if n.startswith(HOLD_PREFIX) and n.endswith(".lock"))
     except FileNotFoundError:
         return None
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        return os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
-    except OSError:
-        return None
-    finally:
-        os.close(fd)  # closing releases a lock the probe took
-    return None
+    holders = []
+    for name in names:
+        try:
+            fd = os.open(os.path.join(out, name), os.O_RDWR)  # writable: where flock is emulated by POSIX locks
+        except (FileNotFoundError, PermissionError):
+            continue
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.read(fd, 1000).decode(errors="replace").strip() or "another invocation"
+            if holder not in holders:
+                holders.append(holder)
+        except OSError:
+            pass
+        finally:
+            os.close(fd)  # closing releases a lock the probe took
+    return "; ".join(holders) or None
 
 
 def _same_file(path: str, fd: int) -> bool:

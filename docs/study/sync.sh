@@ -23,8 +23,13 @@ case "${1:-}" in
         mkdir -p "$saved/$(dirname "$f")" && gzip -9nc "$run/$f" > "$saved/$f.gz"
       done
     ttcjax=$(command -v ttcjax || echo .venv/bin/ttcjax)
-    "$ttcjax" experiment --config "$config" --status > "$saved/STATUS.md" 2>/dev/null ||
-      echo "sync.sh: could not write $saved/STATUS.md (ttcjax experiment --status)" >&2
+    if "$ttcjax" experiment --config "$config" --status > "$saved/.STATUS.md" 2> "$saved/.status.err"; then
+      mv "$saved/.STATUS.md" "$saved/STATUS.md"
+    else
+      echo "sync.sh: no $saved/STATUS.md: \`ttcjax experiment --status\` failed:" >&2 && cat "$saved/.status.err" >&2
+      rm -f "$saved/.STATUS.md"
+    fi
+    rm -f "$saved/.status.err"
     du -sh "$saved" ;;
   restore)
     if [ -e "$run" ]; then echo "sync.sh: $run exists; move it aside first" >&2; exit 1; fi

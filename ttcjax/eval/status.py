@@ -68,7 +68,8 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
         "bound": bound is not None,
         "other_config": sorted(k for k in set(bound or {}) | set(mine) if (bound or {}).get(k) != mine.get(k))
         if bound is not None else [],
-        "totals": run_totals(log), "commits": list(dict.fromkeys(e.get("code", {}).get("commit", "?")[:12] for e in log)),
+        "totals": run_totals(log),
+        "commits": list(dict.fromkeys(((e.get("code") or {}).get("commit") or "?")[:12] for e in log)),
         "stages": {}, "cells": []}
     for stage, name in (("difficulty", "difficulty.jsonl"), ("larger model", "large_policy.jsonl")):
         path = os.path.join(out, name)
@@ -95,8 +96,9 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
         correct = np.array([_correct(cell, done[i]) for i in order], float)
         row = {"cell": cell.name, "strategy": cell.spec.name, "budget": cell.budget, "done": len(order),
                "accuracy": _interval(correct, seed),
-               "pass": _interval(np.array([bool(done[i]["pass"]) for i in order], float), seed),
-               "tokens": float(np.mean([done[i]["generated_tokens"] for i in order])) if order else None,
+               "pass": _interval(np.array([bool(done[i]["pass"]) for i in order if "pass" in done[i]], float), seed),
+               "tokens": float(np.mean(tokens)) if (tokens := [done[i]["generated_tokens"] for i in order
+                                                               if "generated_tokens" in done[i]]) else None,
                "vs_baseline": None}
         base = baseline.get(cell.budget)
         if base is not None and base is not cell and order:
@@ -147,6 +149,6 @@ def status_markdown(status: dict[str, Any]) -> str:
         vs = c["vs_baseline"]
         versus = f"{vs['difference'].value:+.3f} [{vs['difference'].lo:+.3f}, {vs['difference'].hi:+.3f}] " \
                  f"({vs['questions']})" if vs else ""
-        lines.append(f"| {c['cell']} | {c['done']} | {_ci(c['accuracy'])} | {_ci(c['pass'])} | "
-                     f"{c['tokens']:.0f} | {versus} |")
+        tokens = f"{c['tokens']:.0f}" if c["tokens"] is not None else "-"
+        lines.append(f"| {c['cell']} | {c['done']} | {_ci(c['accuracy'])} | {_ci(c['pass'])} | {tokens} | {versus} |")
     return "\n".join(lines) + "\n"

@@ -551,8 +551,8 @@ class Transformer(nnx.Module):
         if self.config.tie_word_embeddings:
             return self.embedding[...]
         if not hasattr(self, "lm_head"):
-            raise ValueError("this model has no lm_head (config.has_lm_head=False: a reward model's backbone); "
-                             "call it with return_logits=False and read the hidden states.")
+            raise ValueError("this model has no vocabulary projection (config.has_lm_head=False: a reward model's "
+                             "backbone, loaded without its lm_head).")
         return self.lm_head[...]
 
     def new_cache(self, batch: int, max_len: int) -> KVCache:

@@ -118,8 +118,8 @@ class OptimConfig:
             return jax.tree_util.tree_map_with_path(
                 lambda p, x: "frozen" if param_path(p)[0] in self.frozen else "trained", params)
 
-        return optax.chain(optax.clip_by_global_norm(self.clip_norm),
-                           optax.multi_transform({"trained": adamw, "frozen": optax.set_to_zero()}, labels))
+        trained = optax.chain(optax.clip_by_global_norm(self.clip_norm), adamw)  # clipped by their own norm
+        return optax.multi_transform({"trained": trained, "frozen": optax.set_to_zero()}, labels)
 
 
 @functools.lru_cache(maxsize=16)
@@ -299,7 +299,15 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     resumed_from = manager.latest_step()
     if resumed_from is not None:
         abstract = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
-        state = manager.restore(resumed_from, args=ocp.args.StandardRestore(abstract))
+        try:
+            state = manager.restore(resumed_from, args=ocp.args.StandardRestore(abstract))
+        except ValueError as e:
+            if "structure" not in str(e):
+                raise
+            raise ValueError(f"{os.path.join(out_dir, CHECKPOINT_DIR, str(resumed_from))}: the checkpoint's optimiser "
+                             "state is laid out otherwise than this run's (another optimiser, or frozen modules "
+                             "saved by an earlier ttcjax); rerun with --fresh, or resume with the ttcjax that wrote "
+                             "it.") from None
         print(f"{desc}: resuming from step {resumed_from} ({os.path.join(out_dir, CHECKPOINT_DIR)})",
               file=sys.stderr)
     start = int(state.step)

@@ -138,6 +138,9 @@ class RewardModel(nnx.Module):
             self.c_w2 = nnx.Param(jnp.asarray(rng.normal(0, 0.02, (d, 2)), pd))
             self.c_b2 = nnx.Param(jnp.zeros((2,), pd))
         elif isinstance(head, TokenHead):
+            if not cfg.has_lm_head and not cfg.tie_word_embeddings:
+                raise ValueError("TokenHead reads two rows of the backbone's lm_head, and this backbone has none "
+                                 "(has_lm_head=False); load it with its lm_head.")
             for name, i in (("good_id", head.good_id), ("bad_id", head.bad_id)):
                 if not 0 <= i < cfg.vocab_size:
                     raise ValueError(f"TokenHead.{name}={i} is outside the backbone's vocabulary "
