@@ -19,7 +19,7 @@ def sweep_config(out_dir) -> dict:
     return {"out_dir": str(out_dir), "task": {"name": "arithmetic", "difficulties": [2, 3]}, "questions": 40,
             "budgets": [4, 16], "strategies": [{"kind": "best_of_n", "selection": "weighted"},
                                                {"kind": "best_of_n", "selection": "vanilla"},
-                                               {"kind": "beam", "width": 4}]}
+                                               {"kind": "beam", "width": 4}, {"kind": "dvts", "width": 4}]}
 
 
 def write(path, records, torn: str = "") -> None:
@@ -36,17 +36,18 @@ def test_status_counts_the_records_on_disk_and_gives_interim_accuracies_with_int
     bind_run_dir(tmp_path / "run", bound_fields(config.to_dict()), "sweep")  # as the run does, holding it
     rng = np.random.default_rng(0)
     weighted, vanilla = rng.random(40) < 0.5, rng.random(40) < 0.7
-    best = [{"id": i, "correct": bool(w), "pass": True, "generated_tokens": 100,
+    best = [{"id": i, "correct": bool(w), "pass": True, "generated_tokens": 100, "seconds": 1.0,
              "by_selection": {"weighted": bool(w), "vanilla": bool(v), "majority": False}}
             for i, w, v in zip(ids, weighted, vanilla)]
+    best16 = [{**r, "seconds": 4.0} for r in best]
     results = tmp_path / "run" / "results"
     # best-of-N at 4: all 40, in the merged file; at 16: 30 in two shards of a 2-job array, and a torn last line
     write(results / "best_of_n-b4.jsonl", best)
-    write(results / "best_of_n-b16.job-0-of-2.jsonl", best[:20])
-    write(results / "best_of_n-b16.job-1-of-2.jsonl", best[20:30], torn='{"id": "' + ids[30] + '", "corr')
+    write(results / "best_of_n-b16.job-0-of-2.jsonl", best16[:20])
+    write(results / "best_of_n-b16.job-1-of-2.jsonl", best16[20:30], torn='{"id": "' + ids[30] + '", "corr')
     # beam at 4: the first 25 questions, right on every one where weighted best-of-N was wrong
-    write(results / "beam-width4-b4.jsonl", [{"id": i, "correct": not bool(w), "pass": True, "generated_tokens": 90}
-                                            for i, w in zip(ids[:25], weighted)])
+    write(results / "beam-width4-b4.jsonl", [{"id": i, "correct": not bool(w), "pass": True, "generated_tokens": 90,
+                                              "seconds": 2.0} for i, w in zip(ids[:25], weighted)])
     status = run_status(config)
     assert status["holder"] and "ttcjax sweep" in status["holder"]  # bound by this process, which holds it
     release_run_dir(tmp_path / "run")
@@ -65,7 +66,11 @@ def test_status_counts_the_records_on_disk_and_gives_interim_accuracies_with_int
     assert cells["best_of_n-selectionweighted-b4"]["vs_baseline"] is None  # the baseline itself
     text = status_markdown(status)
     assert "not running now" in text
-    assert "2 of 6 (strategy, budget) cells done, 3 under way" in text
+    assert "2 of 8 (strategy, budget) cells done, 3 under way" in text
+    # time: spent 40 x 1 + 30 x 4 + 25 x 2; left: best-of-N at 16, 10 x 4; beam at 4, 15 x 2; beam at 16, not
+    # started, at beam 4's pace x 16 / 4 on 40; DVTS not started at all: at least best-of-N's pace, 40 x 1 + 40 x 4
+    assert status["time"] == {"spent": 210.0, "left": 40 + 30 + 2 * 4 * 40, "floor": 200.0,
+                              "unknown": ["dvts-width4-b4.jsonl", "dvts-width4-b16.jsonl"]}
 
     (tmp_path / "s.yaml").write_text(yaml.safe_dump(data))
     assert main(["sweep", "--config", str(tmp_path / "s.yaml"), "--status"]) == 0

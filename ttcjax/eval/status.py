@@ -17,7 +17,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from ttcjax.eval.shards import read_lines, shard_paths
-from ttcjax.eval.sweep import Cell, SweepConfig, plan_cells, results_file, run_problems
+from ttcjax.eval.sweep import SHARED_BEST_OF_N, Cell, SweepConfig, plan_cells, results_file, run_problems
 from ttcjax.eval.uncertainty import Interval, Resamples
 from ttcjax.io import RUN_CONFIG_FILE, bound_fields, json_text, read_json, read_run_log, run_holder, run_totals
 from ttcjax.search.strategies import BestOfN
@@ -108,7 +108,46 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
                 diff = np.array([_correct(cell, done[i]) - _correct(base, base_done[i]) for i in both], float)
                 row["vs_baseline"] = {"questions": len(both), "difference": _interval(diff, seed)}
         status["cells"].append(row)
+    status["time"] = time_left(cells, read, len(ids))
     return status
+
+
+def time_left(cells: Sequence[Cell], read: dict[str, dict[str, dict]], questions: int) -> dict[str, Any]:
+    """The search's seconds so far (its records' `seconds`, each results file once) and an estimate of the seconds
+    left at the pace so far: a file under way at its own seconds per question; one not started at those of the same
+    strategy at the largest lower budget done, times the budget ratio (the work grows with N). The rest, strategies
+    not started (`unknown`: their files), take at least best-of-N's pace at their budget (`floor`): it samples N
+    solutions and nothing else."""
+    first = {}
+    for cell in cells:
+        first.setdefault(results_file(cell), cell)
+    pace = {}  # (strategy, budget) -> seconds per question
+    spent = 0.0
+    for name, cell in first.items():
+        seconds = [r["seconds"] for r in read[name].values() if isinstance(r.get("seconds"), (int, float))]
+        spent += sum(seconds)
+        if seconds:
+            pace[(_run_name(name, cell), cell.budget)] = sum(seconds) / len(seconds)
+    left, floor, unknown = 0.0, 0.0, []
+    for name, cell in first.items():
+        missing = questions - len(read[name])
+        if missing <= 0:
+            continue
+        run = _run_name(name, cell)
+        if (rate := pace.get((run, cell.budget))) is None:
+            lower = [b for s, b in pace if s == run and b < cell.budget]
+            rate = pace[(run, max(lower))] * cell.budget / max(lower) if lower else None
+        if rate is not None:
+            left += rate * missing
+            continue
+        unknown.append(name)
+        floor += pace.get((SHARED_BEST_OF_N.name, cell.budget), 0.0) * missing
+    return {"spent": spent, "left": left, "unknown": unknown, "floor": floor}
+
+
+def _run_name(name: str, cell: Cell) -> str:
+    """The strategy a results file runs: its name without the budget (best-of-N's specs share one)."""
+    return name[:-len(f"-b{cell.budget}.jsonl")]
 
 
 def _ci(x: Interval, digits: int = 3) -> str:
@@ -137,6 +176,11 @@ def status_markdown(status: dict[str, Any]) -> str:
     lines.append(f"- search: {finished} of {len(cells)} (strategy, budget) cells done, "
                  f"{sum(0 < c['done'] < q for c in cells)} under way; "
                  f"{sum(c['done'] for c in cells)} of {len(cells) * q} question-cells")
+    t = status["time"]
+    more = (f"; {len(t['unknown'])} cells of strategies not started yet, at least {t['floor'] / 3600:.1f} h more "
+            "(best-of-N's pace at their budgets)") if t["unknown"] else ""
+    lines.append(f"- search time: {t['spent'] / 3600:.2f} h in its records so far; at that pace about "
+                 f"{t['left'] / 3600:.1f} h left for the cells under way or started at a lower budget{more}")
     lines += ["", "Interim: accuracy and pass@N over the questions each cell has done, with 95% bootstrap "
               "intervals; 'vs best-of-N' is the paired difference from best-of-N weighted at the same budget on the "
               "questions both have done. The report's figures need every cell.", "",
