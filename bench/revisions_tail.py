@@ -18,6 +18,7 @@ Timed after a warm-up with the same key (compilation excluded), interleaved, bes
 from __future__ import annotations
 
 import argparse
+import heapq
 import json
 import os
 import shlex
@@ -57,6 +58,8 @@ def main(argv=None):
     p.add_argument("--max-len", type=int, default=512, help="the cache of both (the chains' revision_max_len)")
     p.add_argument("--repeats", type=int, default=2)
     p.add_argument("--no-doc", action="store_true")
+    p.add_argument("--schedules-only", action="store_true",
+                   help="run the chains once (untimed) and print their decode steps under each schedule")
     args = p.parse_args(argv)
     load_start = loadavg()
     policy_dir = model_dir("policy", "tiny")
@@ -87,6 +90,15 @@ def main(argv=None):
                          questions_per_batch=max(1, args.rows_per_batch // strategy.batch_rows))
         return time.perf_counter() - t, results
 
+    if args.schedules_only:
+        _, results = run("revisions")
+        rounds = {}
+        for q, result in enumerate(results):
+            for c in sorted(result.candidates, key=lambda c: (c.chain, c.attempt)):
+                rounds.setdefault((q, c.chain), []).append(attempt_rounds(c, tok))
+        per_episode = max(1, args.rows_per_batch // chains.batch_rows)
+        print(json.dumps({str(k): decode_steps(rounds, k) for k in sorted({per_episode, args.questions})}, indent=1))
+        return
     for name in runs:  # warm-up: compile every program the timed calls run (the same key closes the same questions)
         run(name)
     times, outcomes = {name: [] for name in runs}, {}
@@ -134,6 +146,16 @@ def attempt_rounds(candidate, tok) -> list[int]:
     return per_step + ([rest] if rest > 0 else [])
 
 
+def refill_steps(rounds: dict, rows: int) -> int:
+    """Decode steps of every chain of the run through `rows` rows, where a row takes the next chain (in question
+    order) as soon as its own has ended and shares no rounds: each chain costs its tokens, the run lasts until its
+    last row ends (greedy list scheduling). A new chain's prompt is taken as read in one chunk, not counted."""
+    ends = [0] * rows
+    for key in sorted(rounds):
+        heapq.heapreplace(ends, ends[0] + sum(sum(a) for a in rounds[key]))
+    return max(ends)
+
+
 def decode_steps(rounds: dict, per_episode: int) -> dict:
     """Decode steps that chain episodes of `per_episode` questions take under three schedules, from every chain's
     tokens per round (`attempt_rounds`): as they run now (a round lasts as long as the longest step written in it,
@@ -152,6 +174,8 @@ def decode_steps(rounds: dict, per_episode: int) -> dict:
         out["per_row_attempts"] += sum(max(r[t] if t < len(r) else 0 for r in flat)
                                        for t in range(max(map(len, flat))))
         out["per_row_tokens"] += max(map(sum, flat))
+    chains_per_question = len(rounds) // len(questions)
+    out["refill"] = refill_steps(rounds, per_episode * chains_per_question)
     return out
 
 
@@ -184,9 +208,12 @@ def markdown(r: dict) -> str:
         "(`decode_steps`): *lock step* is how they run; *per-row attempts* lets each row start its next attempt when "
         "its own ends, rounds still shared by every row; *per-row tokens* shares nothing (each episode lasts as long "
         "as its longest chain).", "",
-        "| questions per episode | rows | lock step | per-row attempts | per-row tokens |", "|---:|---:|---:|---:|---:|",
+        "| questions per episode | rows | lock step | per-row attempts | per-row tokens | refill |",
+        "|---:|---:|---:|---:|---:|---:|",
         *[f"| {k} | {int(k) * r['n'] // r['sequential']} | {d['lock_step']} | {d['per_row_attempts']} | "
-          f"{d['per_row_tokens']} |" for k, d in r["chain_decode_steps"].items()], "",
+          f"{d['per_row_tokens']} | {d.get('refill', '')} |" for k, d in r["chain_decode_steps"].items()], "",
+        "*Refill* runs every chain of the run through the same rows, a row taking the next chain when its own ends "
+        "(`refill_steps`; a new chain's prompt read in one chunk, not counted).", "",
         "Starting each row's next attempt early does not shorten an episode: a round lasts as long as the longest "
         "step written in it, and rows out of step with each other put a long step (a restated first line) into "
         "more rounds. Dropping shared rounds as well saves "
