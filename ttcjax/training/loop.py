@@ -292,6 +292,14 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     check_processes_meshed(mesh)
     os.makedirs(out_dir, exist_ok=True)
     graphdef, state = init_train_state(model, optim, mesh, rules)
+    home = _identity(out_dir)
+
+    def still_home() -> None:
+        """Stop before writing where out_dir is no longer the directory this run started in (moved aside or
+        replaced while it ran): writing would make a new one at the old path, or write into another run's."""
+        if _identity(out_dir) != home:
+            raise ValueError(f"{out_dir}: the run directory was moved or replaced while this run trained; it stops "
+                             "here without writing. Resume it where it now is with the same command and --out-dir.")
 
     manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
@@ -376,6 +384,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
                     if is_finite(value) and value < best:
                         best, best_step, since_best = value, done, 0
                         if on_best is not None:
+                            still_home()
                             on_best(evaluated, done)
                     else:
                         since_best += 1
@@ -383,6 +392,7 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
                 log({"step": done, "eval": result})
                 logged.append({"step": done, "eval": result})
             if done % checkpoint_every == 0 or done == end or stopped_early:
+                still_home()
                 manager.save(done, args=ocp.args.StandardSave(state))
             if stopped_early:
                 print(f"{desc}: early stop at step {done}; " + (
@@ -396,6 +406,15 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     return LoopResult(model=nnx.merge(graphdef, state.params), final_step=end, resumed_from=resumed_from,
                       metrics=logged, wall_seconds=time.perf_counter() - started, best_step=best_step,
                       stopped_early=stopped_early)
+
+
+def _identity(path: str) -> tuple[int, int] | None:
+    """The directory at `path` as the file system knows it (device, inode); None where there is none."""
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        return None
+    return st.st_dev, st.st_ino
 
 
 # ---- policy fine-tuning on packed sequences ----------------------------------------------------------------
