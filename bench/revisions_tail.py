@@ -156,6 +156,23 @@ def refill_steps(rounds: dict, rows: int) -> int:
     return max(ends)
 
 
+def refill_rounds_steps(rounds: dict, rows: int) -> int:
+    """As `refill_steps`, but rounds stay shared: each round every busy row writes its chain's next step (attempts
+    one after another), the round lasting as long as the longest of them; a row whose chain has ended takes the next
+    chain at the next round."""
+    queue = [sum(rounds[key], []) for key in sorted(rounds)]  # each chain's steps, attempt after attempt
+    busy, at, steps = [], 0, 0  # busy: [chain's steps, next step]
+    while at < len(queue) or busy:
+        while len(busy) < rows and at < len(queue):
+            busy.append([queue[at], 0])
+            at += 1
+        steps += max(chain[i] for chain, i in busy)
+        for row in busy:
+            row[1] += 1
+        busy = [row for row in busy if row[1] < len(row[0])]
+    return steps
+
+
 def decode_steps(rounds: dict, per_episode: int) -> dict:
     """Decode steps that chain episodes of `per_episode` questions take under three schedules, from every chain's
     tokens per round (`attempt_rounds`): as they run now (a round lasts as long as the longest step written in it,
@@ -176,6 +193,7 @@ def decode_steps(rounds: dict, per_episode: int) -> dict:
         out["per_row_tokens"] += max(map(sum, flat))
     chains_per_question = len(rounds) // len(questions)
     out["refill"] = refill_steps(rounds, per_episode * chains_per_question)
+    out["refill_shared_rounds"] = refill_rounds_steps(rounds, per_episode * chains_per_question)
     return out
 
 
@@ -208,12 +226,14 @@ def markdown(r: dict) -> str:
         "(`decode_steps`): *lock step* is how they run; *per-row attempts* lets each row start its next attempt when "
         "its own ends, rounds still shared by every row; *per-row tokens* shares nothing (each episode lasts as long "
         "as its longest chain).", "",
-        "| questions per episode | rows | lock step | per-row attempts | per-row tokens | refill |",
-        "|---:|---:|---:|---:|---:|---:|",
+        "| questions per episode | rows | lock step | per-row attempts | per-row tokens | refill | refill, shared rounds |",
+        "|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {k} | {int(k) * r['n'] // r['sequential']} | {d['lock_step']} | {d['per_row_attempts']} | "
-          f"{d['per_row_tokens']} | {d.get('refill', '')} |" for k, d in r["chain_decode_steps"].items()], "",
+          f"{d['per_row_tokens']} | {d['refill']} | {d['refill_shared_rounds']} |"
+          for k, d in r["chain_decode_steps"].items()], "",
         "*Refill* runs every chain of the run through the same rows, a row taking the next chain when its own ends "
-        "(`refill_steps`; a new chain's prompt read in one chunk, not counted).", "",
+        "(`refill_steps`; a new chain's prompt read in one chunk, not counted); *refill, shared rounds* does the same "
+        "while every row still writes one step a round (`refill_rounds_steps`).", "",
         "Starting each row's next attempt early does not shorten an episode: a round lasts as long as the longest "
         "step written in it, and rows out of step with each other put a long step (a restated first line) into "
         "more rounds. Dropping shared rounds as well saves "
