@@ -226,7 +226,8 @@ def markdown(r: dict) -> str:
         "(`decode_steps`): *lock step* is how they run; *per-row attempts* lets each row start its next attempt when "
         "its own ends, rounds still shared by every row; *per-row tokens* shares nothing (each episode lasts as long "
         "as its longest chain).", "",
-        "| questions per episode | rows | lock step | per-row attempts | per-row tokens | refill | refill, shared rounds |",
+        "| questions per episode | rows | lock step | per-row attempts | per-row tokens | refill "
+        "| refill, shared rounds |",
         "|---:|---:|---:|---:|---:|---:|---:|",
         *[f"| {k} | {int(k) * r['n'] // r['sequential']} | {d['lock_step']} | {d['per_row_attempts']} | "
           f"{d['per_row_tokens']} | {d['refill']} | {d['refill_shared_rounds']} |"
