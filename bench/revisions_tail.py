@@ -160,7 +160,7 @@ def refill_rounds_steps(rounds: dict, rows: int) -> int:
     """As `refill_steps`, but rounds stay shared: each round every busy row writes its chain's next step (attempts
     one after another), the round lasting as long as the longest of them; a row whose chain has ended takes the next
     chain at the next round."""
-    queue = [sum(rounds[key], []) for key in sorted(rounds)]  # each chain's steps, attempt after attempt
+    queue = [steps for key in sorted(rounds) if (steps := sum(rounds[key], []))]  # each chain's steps, in order
     busy, at, steps = [], 0, 0  # busy: [chain's steps, next step]
     while at < len(queue) or busy:
         while len(busy) < rows and at < len(queue):

@@ -159,3 +159,19 @@ def test_a_cell_whose_strategy_an_earlier_cell_runs_at_its_budget_reads_that_cel
     assert len(grid_files(cells, NoVerifier(), "r")) == len(cells) - 1
     sqrt16 = next(c for c in cells if c.name == "beam-widthsqrt-b16")
     assert cell_file(sqrt16, NoVerifier())[1] == "beam-widthsqrt-b16.jsonl"  # alone, without the grid
+
+
+def test_a_run_resumed_from_before_cells_shared_reads_the_shared_records_and_says_so(tmp_path, capsys):
+    from ttcjax.eval.sweep import collect_grid, read_strategies
+    from ttcjax.tasks.registry import task_from_dict
+    from ttcjax.verifiers.base import NoVerifier
+
+    problems = task_from_dict({"name": "arithmetic"}).problems("test", limit=3, seed=0)
+    cells = plan_cells(read_strategies([{"kind": "beam", "width": 4}, {"kind": "beam", "width": "sqrt"}], "s"), [16])
+    for name, right in (("beam-width4-b16", [1, 0, 1]), ("beam-widthsqrt-b16", [0, 0, 0])):
+        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(
+            {"id": p.id, "correct": bool(r), "pass": True, "generated_tokens": 9, "seconds": 1.0}) + "\n"
+            for p, r in zip(problems, right)))
+    grid = collect_grid(cells, problems, NoVerifier(), str(tmp_path))
+    assert grid.correct[("beam-widthsqrt", 16)].tolist() == grid.correct[("beam-width4", 16)].tolist() == [1, 0, 1]
+    assert "beam-widthsqrt-b16: its strategy is beam-width4-b16's" in capsys.readouterr().err

@@ -332,23 +332,39 @@ def test_a_non_finite_validation_loss_is_never_the_best_and_a_resume_reads_its_n
     assert "step 8: the evaluation's loss is nan" in capsys.readouterr().err
 
 
-def test_a_training_run_whose_directory_is_moved_stops_before_writing_at_the_old_path(tmp_path):
+def test_a_training_run_whose_directory_is_moved_or_taken_stops_before_writing(tmp_path):
     """A run that keeps going after its directory was moved aside (a kill that did not stop it) must not make a new
-    directory at the old path, where a second run would then mix with it."""
-    from ttcjax.training.loop import lm_loss, train_loop
+    directory at the old path, where a second run would then mix with it; nor go on writing into a directory that
+    another invocation has since taken."""
+    from ttcjax.training.loop import _claim, lm_loss, train_loop
 
-    out, aside = tmp_path / "run", tmp_path / "run.aside"
     packed = pack_examples([([1, 2], [3, 4, 5])] * 4, 8)
 
-    def evaluate(model, step):
-        if step == 2:  # before its first checkpoint (none in flight)
-            os.rename(out, aside)
-        return {"loss": 1.0 / step}
-
-    with pytest.raises(ValueError, match="moved or replaced while this run trained"):
+    def train(out, evaluate):
         train_loop(init_model(ModelConfig(**TINY)), optim=OptimConfig(steps=8, warmup_steps=1), loss_fn=lm_loss,
                    batch_at=lambda step: packed.rows(np.arange(len(packed))), out_dir=str(out), checkpoint_every=2,
                    log_every=2, evaluate=evaluate, eval_every=2, progress=False, early_stopping=("loss", 5),
                    on_best=lambda model, step: None)
+
+    out, aside = tmp_path / "run", tmp_path / "run.aside"
+
+    def move_at_2(model, step):
+        if step == 2:  # before its first checkpoint
+            os.rename(out, aside)
+        return {"loss": 1.0 / step}
+
+    with pytest.raises(ValueError, match="moved or taken by another invocation"):
+        train(out, move_at_2)
     assert not out.exists()  # nothing made at the old path
     assert (aside / "metrics.jsonl").read_text().count('"step": 2') == 1  # what it wrote is where it was moved
+
+    taken = tmp_path / "taken"
+
+    def taken_at_4(model, step):
+        if step == 4:
+            _claim(str(taken))  # another invocation starts in the directory
+        return {"loss": 1.0 / step}
+
+    with pytest.raises(ValueError, match="moved or taken by another invocation"):
+        train(taken, taken_at_4)
+    assert sorted(os.listdir(taken / "checkpoints")) == ["2"]  # the step-4 checkpoint was not written

@@ -115,6 +115,14 @@ def is_writer() -> bool:
     return jax.process_index() == 0
 
 
+def agreed(flag: bool) -> bool:
+    """Process 0's `flag`, on every process (a collective: every process calls it at the same point), so that
+    all of them take the branch the writer decides."""
+    if jax.process_count() == 1:
+        return bool(flag)
+    return bool(multihost_utils.broadcast_one_to_all(np.asarray(flag, np.bool_)))
+
+
 def bind_run(out_dir, config: dict[str, Any], command: str, rerun: str = "resume", job=None) -> str | None:
     """`ttcjax.io.bind_run_dir` for this process of a run (its `job` of an array, if any): the writing process binds
     the directory first (for --fresh, moving the earlier run aside), then the others check it and take their holds,

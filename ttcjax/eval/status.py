@@ -180,7 +180,9 @@ def status_markdown(status: dict[str, Any]) -> str:
     more = (f"; {len(t['unknown'])} cells of strategies not started yet, at least {t['floor'] / 3600:.1f} h more "
             "(best-of-N's pace at their budgets)") if t["unknown"] else ""
     lines.append(f"- search time: {t['spent'] / 3600:.2f} h in its records so far; at that pace about "
-                 f"{t['left'] / 3600:.1f} h left for the cells under way or started at a lower budget{more}")
+                 f"{t['left'] / 3600:.1f} h left for the cells under way or started at a lower budget{more}. Each "
+                 "record holds its batch's seconds on the process that searched it: where several processes or jobs "
+                 "share a run, these are summed over them (process-hours), not wall time")
     lines += ["", "Interim: accuracy and pass@N over the questions each cell has done, with 95% bootstrap "
               "intervals; 'vs best-of-N' is the paired difference from best-of-N weighted at the same budget on the "
               "questions both have done. The report's figures need every cell.", "",

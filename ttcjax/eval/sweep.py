@@ -492,6 +492,10 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
     for cell in cells:
         key = (cell.spec.name, cell.budget)
         run, name = cell_file(cell, verifier, cells)
+        own = results_file(cell)
+        if own != name and os.path.exists(os.path.join(results_dir, own)):
+            print(f"ttcjax: warning: {cell.name}: its strategy is {run.name}'s, whose records ({name}) it reads; its "
+                  f"own {own}, from an earlier ttcjax, is left unread.", file=sys.stderr)
         per_batch = cell_batch(run, rows_per_batch) if rows_per_batch is not None else None
         fields = ("correct", "generated_tokens", "pass", "seconds") + (
             ("by_selection",) if cell.spec.kind == BestOfN.kind else ())

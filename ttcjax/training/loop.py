@@ -28,6 +28,7 @@ import functools
 import math
 import os
 import platform
+import secrets
 import sys
 import time
 from typing import Any, Callable
@@ -41,7 +42,7 @@ from flax import nnx
 from jax.sharding import Mesh, NamedSharding, PartitionSpec as P
 from tqdm import tqdm
 
-from ttcjax.distributed import gathered, is_writer
+from ttcjax.distributed import agreed, gathered, is_writer
 from ttcjax.io import atomic_path, finish_invocation, json_line, read_jsonl, replace_dir, write_json
 from ttcjax.models.llama import Transformer, param_path
 from ttcjax.models.program import Program
@@ -292,14 +293,17 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
     check_processes_meshed(mesh)
     os.makedirs(out_dir, exist_ok=True)
     graphdef, state = init_train_state(model, optim, mesh, rules)
-    home = _identity(out_dir)
+    token = _claim(out_dir) if is_writer() else None
 
     def still_home() -> None:
-        """Stop before writing where out_dir is no longer the directory this run started in (moved aside or
-        replaced while it ran): writing would make a new one at the old path, or write into another run's."""
-        if _identity(out_dir) != home:
-            raise ValueError(f"{out_dir}: the run directory was moved or replaced while this run trained; it stops "
-                             "here without writing. Resume it where it now is with the same command and --out-dir.")
+        """Stop before writing where out_dir is no longer the directory this run started in (moved aside, or taken
+        by another invocation, while it ran): writing would make a new one at the old path, or write into another
+        run's. Process 0 decides for all; no save of this run is in flight while it looks."""
+        manager.wait_until_finished()
+        if agreed(is_writer() and _claimed(out_dir) != token):
+            raise ValueError(f"{out_dir}: the run directory was moved or taken by another invocation while this run "
+                             "trained; it stops here without writing. Resume it where it now is with the same "
+                             "command and --out-dir.")
 
     manager = ocp.CheckpointManager(
         os.path.abspath(os.path.join(out_dir, CHECKPOINT_DIR)),
@@ -408,13 +412,25 @@ def train_loop(model: Transformer, *, optim: OptimConfig, loss_fn: LossFn, batch
                       stopped_early=stopped_early)
 
 
-def _identity(path: str) -> tuple[int, int] | None:
-    """The directory at `path` as the file system knows it (device, inode); None where there is none."""
+TRAINING_CLAIM = ".training"  # in a training run's directory: a random id of the invocation training in it
+
+
+def _claim(out_dir: str) -> str:
+    """Mark `out_dir` as this invocation's (`TRAINING_CLAIM`, replacing an earlier one's): its id. By content, not
+    inode, so that file systems whose inodes change (FUSE mounts) do not look moved."""
+    claim = secrets.token_hex(8)
+    with atomic_path(os.path.join(out_dir, TRAINING_CLAIM)) as tmp, open(tmp, "w") as f:
+        f.write(claim)
+    return claim
+
+
+def _claimed(out_dir: str) -> str | None:
+    """The id of the invocation `out_dir` belongs to; None where there is none (moved aside) or it cannot be read."""
     try:
-        st = os.stat(path)
-    except FileNotFoundError:
+        with open(os.path.join(out_dir, TRAINING_CLAIM)) as f:
+            return f.read().strip()
+    except OSError:
         return None
-    return st.st_dev, st.st_ino
 
 
 # ---- policy fine-tuning on packed sequences ----------------------------------------------------------------
