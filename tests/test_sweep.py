@@ -139,39 +139,3 @@ def test_a_cell_batches_its_questions_by_the_rows_it_counts_for():
     assert cell_batch(cells["best_of_n"], 32) == 4 and cell_batch(cells["revisions"], 32) == 4
     assert cells["revisions"].strategy.rows == 2  # 2 chains a question: 8 of a batch's 32 rows
     assert cell_batch(cells["best_of_n"], 4) == 1  # at least one question
-
-
-def test_a_cell_whose_strategy_an_earlier_cell_runs_at_its_budget_reads_that_cells_file():
-    """Beam M=4 and M=sqrt(N) are one strategy at N=16: searched once, read by both; elsewhere each has its file,
-    and every best-of-N spec reads the one sampling of its budget."""
-    from ttcjax.eval.sweep import cell_file, grid_files, read_strategies, results_file
-    from ttcjax.verifiers.base import NoVerifier
-
-    specs = read_strategies([{"kind": "beam", "width": 4}, {"kind": "beam", "width": "sqrt"},
-                             {"kind": "best_of_n", "selection": "vanilla"}, {"kind": "dvts", "width": 4}], "s.yaml")
-    cells = plan_cells(specs, [16, 64])
-    names = {c.name: cell_file(c, NoVerifier(), cells)[1] for c in cells}
-    assert names["beam-widthsqrt-b16"] == names["beam-width4-b16"] == "beam-width4-b16.jsonl"
-    assert names["beam-widthsqrt-b64"] == "beam-widthsqrt-b64.jsonl"  # M=8 there: its own search
-    assert names["best_of_n-selectionvanilla-b64"] == "best_of_n-b64.jsonl"
-    assert names["dvts-width4-b16"] == "dvts-width4-b16.jsonl"  # DVTS(16, 4) is not Beam(16, 4)
-    assert [results_file(c, cells) for c in cells] == list(names.values())
-    assert len(grid_files(cells, NoVerifier(), "r")) == len(cells) - 1
-    sqrt16 = next(c for c in cells if c.name == "beam-widthsqrt-b16")
-    assert cell_file(sqrt16, NoVerifier())[1] == "beam-widthsqrt-b16.jsonl"  # alone, without the grid
-
-
-def test_a_run_resumed_from_before_cells_shared_reads_the_shared_records_and_says_so(tmp_path, capsys):
-    from ttcjax.eval.sweep import collect_grid, read_strategies
-    from ttcjax.tasks.registry import task_from_dict
-    from ttcjax.verifiers.base import NoVerifier
-
-    problems = task_from_dict({"name": "arithmetic"}).problems("test", limit=3, seed=0)
-    cells = plan_cells(read_strategies([{"kind": "beam", "width": 4}, {"kind": "beam", "width": "sqrt"}], "s"), [16])
-    for name, right in (("beam-width4-b16", [1, 0, 1]), ("beam-widthsqrt-b16", [0, 0, 0])):
-        (tmp_path / f"{name}.jsonl").write_text("".join(json.dumps(
-            {"id": p.id, "correct": bool(r), "pass": True, "generated_tokens": 9, "seconds": 1.0}) + "\n"
-            for p, r in zip(problems, right)))
-    grid = collect_grid(cells, problems, NoVerifier(), str(tmp_path))
-    assert grid.correct[("beam-widthsqrt", 16)].tolist() == grid.correct[("beam-width4", 16)].tolist() == [1, 0, 1]
-    assert "beam-widthsqrt-b16: its strategy is beam-width4-b16's" in capsys.readouterr().err

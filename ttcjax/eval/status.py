@@ -86,12 +86,12 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
     cells = plan_cells(config.strategies, config.budgets)
     read = {}
     for cell in cells:
-        name = results_file(cell, cells)
+        name = results_file(cell)
         if name not in read:
             read[name] = records_done(os.path.join(results, name), ids)
     baseline = {c.budget: c for c in cells if c.spec.kind == BASELINE[0] and c.strategy.selection == BASELINE[1]}
     for cell in cells:
-        done = read[results_file(cell, cells)]
+        done = read[results_file(cell)]
         order = [i for i in ids if i in done]
         correct = np.array([_correct(cell, done[i]) for i in order], float)
         row = {"cell": cell.name, "strategy": cell.spec.name, "budget": cell.budget, "done": len(order),
@@ -102,7 +102,7 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
                "vs_baseline": None}
         base = baseline.get(cell.budget)
         if base is not None and base is not cell and order:
-            base_done = read[results_file(base, cells)]
+            base_done = read[results_file(base)]
             both = [i for i in order if i in base_done]
             if both:
                 diff = np.array([_correct(cell, done[i]) - _correct(base, base_done[i]) for i in both], float)
@@ -120,7 +120,7 @@ def time_left(cells: Sequence[Cell], read: dict[str, dict[str, dict]], questions
     solutions and nothing else."""
     first = {}
     for cell in cells:
-        first.setdefault(results_file(cell, cells), cell)
+        first.setdefault(results_file(cell), cell)
     pace = {}  # (strategy, budget) -> seconds per question
     spent = 0.0
     for name, cell in first.items():

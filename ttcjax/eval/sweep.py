@@ -415,44 +415,32 @@ class Models:
     verifier: Verifier
 
 
-def cell_file(cell: Cell, verifier: Verifier, cells: Sequence[Cell] = ()) -> tuple[Cell, str]:
+def cell_file(cell: Cell, verifier: Verifier) -> tuple[Cell, str]:
     """(the cell that runs, its results file name): best-of-N is sampled once per budget (`SHARED_BEST_OF_N`,
-    weighted, or majority without a verifier), and every best-of-N spec reads that file by its own rule; a cell
-    whose strategy is that of a cell before it in the grid `cells` at the same budget (beam M=4 and M=sqrt(N) at
-    N=16) reads that cell's file."""
+    weighted, or majority without a verifier), and every best-of-N spec reads that file by its own rule."""
     if cell.spec.kind == BestOfN.kind:
         rule = "weighted" if verifier.scores_steps else "majority"
         cell = Cell(SHARED_BEST_OF_N, cell.budget, BestOfN(cell.budget, selection=rule))
-        return cell, results_file(cell)
-    cell = _first_alike(cell, cells)
     return cell, results_file(cell)
 
 
-def results_file(cell: Cell, cells: Sequence[Cell] = ()) -> str:
-    """The name of the file that holds a cell's records in the results directory (`cell_file`): every best-of-N
-    spec at a budget reads the one sampling of that budget, a cell another's of the same strategy before it in
-    `cells`."""
-    if cell.spec.kind == BestOfN.kind:
-        return f"{SHARED_BEST_OF_N.name}-b{cell.budget}.jsonl"
-    return f"{_first_alike(cell, cells).spec.name}-b{cell.budget}.jsonl"
-
-
-def _first_alike(cell: Cell, cells: Sequence[Cell]) -> Cell:
-    """The first cell of `cells` that runs `cell`'s strategy at its budget (itself where none is before it)."""
-    return next((c for c in cells if c.budget == cell.budget and c.spec.kind != BestOfN.kind
-                 and c.strategy == cell.strategy), cell)
+def results_file(cell: Cell) -> str:
+    """The name of the file that holds a cell's records in the results directory: every best-of-N spec at a budget
+    reads the one sampling of that budget (`cell_file`)."""
+    spec = SHARED_BEST_OF_N if cell.spec.kind == BestOfN.kind else cell.spec
+    return f"{spec.name}-b{cell.budget}.jsonl"
 
 
 def grid_questions(cells: Sequence[Cell], verifier: Verifier, problems: Sequence[ProblemRecord],
                    rows_per_batch: int, job: Job | None = None) -> int:
     """The questions this process searches over the grid's distinct cells (what its progress bar counts)."""
-    runs = {cell_file(c, verifier, cells)[0] for c in cells}
+    runs = {cell_file(c, verifier)[0] for c in cells}
     return sum(my_questions(len(problems), cell_batch(c, rows_per_batch), job) for c in runs)
 
 
 def grid_files(cells: Sequence[Cell], verifier: Verifier, results_dir: str) -> list[str]:
     """The results file of each distinct cell the grid runs."""
-    return list(dict.fromkeys(os.path.join(results_dir, cell_file(c, verifier, cells)[1]) for c in cells))
+    return list(dict.fromkeys(os.path.join(results_dir, cell_file(c, verifier)[1]) for c in cells))
 
 
 def search_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRecord], engine: Engine,
@@ -471,7 +459,7 @@ def search_grid(cells: Sequence[Cell], task: Task, problems: Sequence[ProblemRec
                file=sys.stderr, disable=not progress, dynamic_ncols=True)
     ran: set[str] = set()
     for cell in cells:
-        run, name = cell_file(cell, verifier, cells)
+        run, name = cell_file(cell, verifier)
         if name in ran:
             continue
         ran.add(name)
@@ -491,11 +479,7 @@ def collect_grid(cells: Sequence[Cell], problems: Sequence[ProblemRecord], verif
     out = GridResult({}, {}, {}, {})
     for cell in cells:
         key = (cell.spec.name, cell.budget)
-        run, name = cell_file(cell, verifier, cells)
-        own = results_file(cell)
-        if own != name and os.path.exists(os.path.join(results_dir, own)):
-            print(f"ttcjax: warning: {cell.name}: its strategy is {run.name}'s, whose records ({name}) it reads; its "
-                  f"own {own}, from an earlier ttcjax, is left unread.", file=sys.stderr)
+        run, name = cell_file(cell, verifier)
         per_batch = cell_batch(run, rows_per_batch) if rows_per_batch is not None else None
         fields = ("correct", "generated_tokens", "pass", "seconds") + (
             ("by_selection",) if cell.spec.kind == BestOfN.kind else ())
