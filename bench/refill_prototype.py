@@ -6,11 +6,13 @@ its own chain token after token, the revision ORM reading each token into its ow
 whose attempt ends reads the separator and starts the next attempt, and a row whose chain has ended takes the next
 chain of the run (its prompt read token by token, one a step). No shared rounds, so no row waits for another.
 
-What it leaves out, against `ttcjax.search.chains`: an attempt ends at EOS, a blank line or `--attempt-tokens`
-(not the search's step rules: the step cap, the round cap, the final-answer mark), only the attempt's last score
-is kept (not each step's), the window never slides (sequential <= window + 1), prompts are not shared, draws
-depend on the step, not on the chain (so results depend on the batch), one device. Its time is an estimate of what
-a built refill would cost, not a result.
+An attempt follows the search's step rules, row by row: a step ends at the delimiter, an EOS or the step cap
+(`max_step_tokens`, where it is scored and the line goes on as the next step); an empty step (a blank line) or an
+immediate EOS ends the attempt unscored; a scored step that ends on EOS or holds a final-answer mark, or the
+`max_rounds`-th step, ends it. Each token's draw comes from a key folded with its chain, attempt and index, so a
+chain's attempts do not depend on its row or on the batch. What it leaves out, against `ttcjax.search.chains`: only
+each attempt's last step's score is kept, the window never slides (sequential <= window + 1), prompts are not
+shared, one device. Its time is an estimate of what a built refill would cost, not a result.
 
 The three, on the same built-in test questions, each after a warm-up run with its timed key, best of --repeats:
 best-of-N (N, the shipped tiny policy and ORM, cache 160, `questions_per_batch` as a sweep batches), the lock-step
@@ -44,7 +46,7 @@ from revisions import revision_model_dir  # noqa: E402
 from ttcjax.checkpoints.assets import model_dir  # noqa: E402
 from ttcjax.checkpoints.native import load_any  # noqa: E402
 from ttcjax.checkpoints.tokenizer import load_tokenizer  # noqa: E402
-from ttcjax.decoding.engine import Engine  # noqa: E402
+from ttcjax.decoding.engine import Engine, stop_text  # noqa: E402
 from ttcjax.search.run import search  # noqa: E402
 from ttcjax.search.settings import SearchSettings  # noqa: E402
 from ttcjax.search.strategies import BestOfN, Revisions  # noqa: E402
@@ -57,7 +59,8 @@ SECTION = "## Revisions: a refill prototype beside the lock-step chains"
 
 
 def refill_program(policy, orm, prompts: list[list[int]], separator: list[int], *, chains: int, sequential: int,
-                   rows: int, slots: int, attempt_tokens: int, newline: int, eos: int, temperature: float):
+                   rows: int, slots: int, attempt_tokens: int, newline: int, eos: int, temperature: float,
+                   max_step_tokens: int, max_rounds: int, answer_marks):
     """The prototype as a jitted function of (policy params, ORM params, key) -> (decode steps, generated tokens,
     attempt lengths [questions * chains, sequential], attempt scores [same])."""
     questions, width = len(prompts), max(map(len, prompts))
@@ -83,19 +86,27 @@ def refill_program(policy, orm, prompts: list[list[int]], separator: list[int], 
         model, verifier = nnx.merge(policy_graph, policy_params), nnx.merge(orm_graph, orm_params)
         chain = jnp.arange(rows, dtype=jnp.int32)
         forced, forced_len = forced_for(chain)
+        marks = answer_marks.strings if answer_marks is not None else ()  # none: only EOS and blank lines end
+        next_state = jnp.asarray(answer_marks.next_state) if marks else jnp.zeros((0, 1, 1), jnp.int32)
+        hit = jnp.asarray(answer_marks.hit) if marks else jnp.zeros((0, 1, 1), bool)
         state = dict(policy=model.new_cache(rows, slots), orm=verifier.backbone.new_cache(rows, slots), chain=chain,
+                     step_len=jnp.zeros(rows, jnp.int32), steps=jnp.zeros(rows, jnp.int32),
+                     mark=jnp.zeros((rows, len(marks)), jnp.int32), marked=jnp.zeros(rows, bool),
+                     last_score=jnp.full(rows, jnp.nan, jnp.float32),
                      attempt=jnp.zeros(rows, jnp.int32), forced=forced, forced_len=forced_len,
                      forced_at=jnp.zeros(rows, jnp.int32), written=jnp.zeros(rows, jnp.int32),
-                     previous=jnp.zeros(rows, jnp.int32), logits=jnp.zeros((rows, model.config.vocab_size)),
-                     next_chain=jnp.int32(rows), steps=jnp.int32(0), generated=jnp.int32(0),
+                     logits=jnp.zeros((rows, model.config.vocab_size)),
+                     next_chain=jnp.int32(rows), decode_steps=jnp.int32(0), generated=jnp.int32(0),
                      length=jnp.zeros((total, sequential), jnp.int32),
                      score=jnp.full((total, sequential), jnp.nan, jnp.float32))
 
         def body(st):
             active = st["chain"] < total
             reading = st["forced_at"] < st["forced_len"]
-            sampled = jax.random.categorical(jax.random.fold_in(key, st["steps"]),
-                                             st["logits"] / temperature).astype(jnp.int32)
+            keys = jax.vmap(lambda c, a, i: jax.random.fold_in(jax.random.fold_in(jax.random.fold_in(key, c), a), i))(
+                st["chain"], st["attempt"], st["written"])  # the chain's own stream, not the row's
+            sampled = jax.vmap(lambda k, x: jax.random.categorical(k, x / temperature))(keys, st["logits"]).astype(
+                jnp.int32)
             at = jnp.minimum(st["forced_at"], forced_width - 1)[:, None]
             token = jnp.where(active, jnp.where(reading, jnp.take_along_axis(st["forced"], at, 1)[:, 0], sampled), 0)
             logits, policy_cache, _ = model(token[:, None], cache=st["policy"])
@@ -105,11 +116,25 @@ def refill_program(policy, orm, prompts: list[list[int]], separator: list[int], 
             wrote = active & ~reading
             written = st["written"] + wrote
             full = policy_cache.lengths >= slots - 1
-            ended = wrote & ((token == eos) | ((token == newline) & (st["previous"] == newline))
-                             | (written >= attempt_tokens) | full)
+            # the search's step rules, row by row
+            step_len = st["step_len"] + wrote
+            if marks:
+                strings = jnp.arange(len(marks))[None, :]
+                marked = st["marked"] | jnp.any(hit[strings, token[:, None], st["mark"]], axis=1)
+                mark = next_state[strings, token[:, None], st["mark"]]
+            else:
+                marked, mark = st["marked"], st["mark"]
+            stop = (token == newline) | (token == eos)
+            step_done = wrote & (stop | (step_len >= max_step_tokens))
+            empty = step_done & stop & (step_len == 1)
+            scored = step_done & ~empty
+            steps = st["steps"] + scored
+            last_score = jnp.where(scored, score, st["last_score"])
+            ended = empty | (scored & ((token == eos) | marked | (steps >= max_rounds))) | (wrote & full) | (
+                wrote & (written >= attempt_tokens))
             c, a = jnp.clip(st["chain"], 0, total - 1), jnp.minimum(st["attempt"], sequential - 1)
             length = st["length"].at[c, a].set(jnp.where(ended, written, st["length"][c, a]))
-            scores = st["score"].at[c, a].set(jnp.where(ended, score, st["score"][c, a]))
+            scores = st["score"].at[c, a].set(jnp.where(ended, last_score, st["score"][c, a]))
             attempt = st["attempt"] + ended
             done = ended & (attempt >= sequential)  # the chain's last attempt: the row takes the next chain
             taken = st["next_chain"] + jnp.cumsum(done) - 1
@@ -122,12 +147,17 @@ def refill_program(policy, orm, prompts: list[list[int]], separator: list[int], 
                         orm=dataclasses.replace(orm_cache, lengths=jnp.where(done, 0, orm_cache.lengths)),
                         chain=chain, attempt=jnp.where(done, 0, attempt), forced=forced, forced_len=forced_len,
                         forced_at=jnp.where(ended, 0, st["forced_at"] + (active & reading)),
-                        written=jnp.where(ended, 0, written), previous=jnp.where(wrote, token, 0),
-                        logits=logits[:, 0], next_chain=st["next_chain"] + jnp.sum(done), steps=st["steps"] + 1,
+                        written=jnp.where(ended, 0, written), step_len=jnp.where(step_done | ended, 0, step_len),
+                        steps=jnp.where(ended, 0, steps),
+                        mark=jnp.where((step_done | ended)[:, None], 0, jnp.where(wrote[:, None], mark, st["mark"])),
+                        marked=jnp.where(step_done | ended, False, marked),
+                        last_score=jnp.where(ended, jnp.nan, last_score),
+                        logits=logits[:, 0], next_chain=st["next_chain"] + jnp.sum(done),
+                        decode_steps=st["decode_steps"] + 1,
                         generated=st["generated"] + jnp.sum(wrote), length=length, score=scores)
 
         st = jax.lax.while_loop(lambda st: jnp.any(st["chain"] < total), body, state)
-        return st["steps"], st["generated"], st["length"], st["score"]
+        return st["decode_steps"], st["generated"], st["length"], st["score"]
 
     return run
 
@@ -164,7 +194,10 @@ def main(argv=None) -> None:
                              tok.encode(separator) if separator else [], chains=args.n // args.sequential,
                              sequential=args.sequential, rows=args.rows, slots=args.max_len,
                              attempt_tokens=args.attempt_tokens, newline=tok.encode("\n")[-1], eos=tok.eos_id,
-                             temperature=0.8)
+                             temperature=0.8, max_step_tokens=chain_settings.max_step_tokens,
+                             max_rounds=chain_settings.max_rounds,
+                             answer_marks=stop_text(tok, chain_settings.answer_marks)
+                             if chain_settings.answer_marks else None)
     _, reviser_params = nnx.split(reviser)
     _, orm_params = nnx.split(revision_prm)
     key = jax.random.key(1)
@@ -223,10 +256,12 @@ def markdown(r: dict) -> str:
         f"**The refill prototype takes {r['refill_over_best_of_n']:.2f}x best-of-N's time** (the lock-step chain "
         f"episode {r['lock_step_over_best_of_n']:.2f}x; issue 15's target is 1.5x): {r['refill_decode_steps']} "
         f"decode steps on {r['rows']} rows for every chain of the run, attempts of "
-        f"{r['refill_mean_attempt_tokens']:.1f} tokens on average. It is a prototype (`bench/refill_prototype.py`'s "
-        "docstring says what it leaves out: the search's step rules and per-step scores, the sliding window, shared "
-        "prompts, draws that do not depend on the batch, sharding), so this is what a built refill could cost, not "
-        "what ttcjax's chains cost.", ""])
+        f"{r['refill_mean_attempt_tokens']:.1f} tokens on average. Its tokens alone would fill "
+        f"{g['refill_prototype'] / r['rows']:.0f} steps: the rest is the run's tail, its last chains running on few "
+        "rows, which a run of more questions spreads thinner. It is a prototype (`bench/refill_prototype.py`'s "
+        "docstring says what it follows, the search's step rules and a chain's own draws, and what it leaves out: "
+        "every step's score but the last, the sliding window, shared prompts, sharding), so this is what a built "
+        "refill could cost, not what ttcjax's chains cost.", ""])
 
 
 if __name__ == "__main__":
