@@ -645,6 +645,13 @@ def _share_written(job: Job | None, result: str) -> None:
         print(f"process {process_index()} of job {job}: its share of the questions is written.", file=sys.stderr)
 
 
+def _add_status_flag(p: argparse.ArgumentParser) -> None:
+    """`--status` (`ttcjax.eval.status`)."""
+    p.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
+                   "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
+                   "only, beside a run in progress")
+
+
 def _add_job_flag(p: argparse.ArgumentParser) -> None:
     """Independent jobs over one run directory (a job array; `ttcjax.eval.shards`)."""
     p.add_argument("--job", metavar="K/J", help="run as job K of J independent jobs (a job array, K counted from 0, "
@@ -677,9 +684,7 @@ def build_parser() -> argparse.ArgumentParser:
     exp.add_argument("--out-dir", help="override the config's out_dir")
     exp.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     exp.add_argument("--no-progress", action="store_true")
-    exp.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
-                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
-                     "only, beside a run in progress")
+    _add_status_flag(exp)
     exp.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says the run does "
                                                              "not fit the devices")
     _rerun_flags(exp)
@@ -695,9 +700,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--questions", type=int, help="test questions (spread evenly over the difficulty levels)")
     demo.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     demo.add_argument("--no-progress", action="store_true")
-    demo.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
-                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
-                     "only, beside a run in progress")
+    _add_status_flag(demo)
     demo.add_argument("--skip-plan", action="store_true", help="run even where the memory planner says it does not "
                                                               "fit the devices")
     _rerun_flags(demo)
@@ -798,9 +801,7 @@ def build_parser() -> argparse.ArgumentParser:
     sw.add_argument("--out-dir", help="override the config's out_dir")
     sw.add_argument("--mesh", help=f"override the config's mesh: {MESH_HELP}")
     sw.add_argument("--no-progress", action="store_true")
-    sw.add_argument("--status", action="store_true", help="say where the run in out_dir stands (questions done per "
-                     "stage and per cell, interim accuracies with 95%% intervals) and exit: it reads the directory "
-                     "only, beside a run in progress")
+    _add_status_flag(sw)
     _rerun_flags(sw)
     _add_job_flag(sw)
     _add_process_flags(sw)

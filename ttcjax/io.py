@@ -316,6 +316,15 @@ def _changed(before: Mapping[str, Any], now: Mapping[str, Any]) -> dict[str, lis
     return {k: [before.get(k), now.get(k)] for k in sorted(set(before) | set(now)) if before.get(k) != now.get(k)}
 
 
+def config_changes(out_dir: str | os.PathLike, config: dict[str, Any]) -> list[str] | None:
+    """The keys whose values differ between the config `out_dir` is bound to and `config`, compared as
+    `bind_run_dir` compares them; None where no run has bound the directory."""
+    path = os.path.join(os.fspath(out_dir), RUN_CONFIG_FILE)
+    if not os.path.exists(path):
+        return None
+    return sorted(_changed(_bound_config(path), json.loads(json_text(config))))
+
+
 RUN_DIR_LOCK = ".run_dir.lock"  # held while run_config.json and run_log.jsonl are read and rewritten
 
 

@@ -10,7 +10,6 @@ findings need every cell. Nothing is written and no hold is taken, so it runs be
 
 from __future__ import annotations
 
-import json
 import os
 from typing import Any, Sequence
 
@@ -19,7 +18,7 @@ import numpy as np
 from ttcjax.eval.shards import read_lines, shard_paths
 from ttcjax.eval.sweep import SHARED_BEST_OF_N, Cell, SweepConfig, plan_cells, results_file, run_problems
 from ttcjax.eval.uncertainty import Interval, Resamples
-from ttcjax.io import RUN_CONFIG_FILE, bound_fields, json_text, read_json, read_run_log, run_holder, run_totals
+from ttcjax.io import bound_fields, config_changes, read_run_log, run_holder, run_totals
 from ttcjax.search.strategies import BestOfN
 
 RESAMPLES = 1000  # enough for an interim interval to 0.01
@@ -59,15 +58,11 @@ def run_status(config: SweepConfig, seed: int = 0) -> dict[str, Any]:
     if not os.path.isdir(out):
         raise ValueError(f"{out}: no such run directory (out_dir of this config); nothing has run yet.")
     ids = [p.id for p in run_problems(config, config.make_task())]
-    bound_path = os.path.join(out, RUN_CONFIG_FILE)
-    bound = read_json(bound_path, "move the directory away or delete that file") if os.path.exists(bound_path) else None
-    mine = json.loads(json_text(bound_fields(config.to_dict())))  # as bind_run_dir writes it
+    changes = config_changes(out, bound_fields(config.to_dict()))
     log = read_run_log(out)
     status: dict[str, Any] = {
         "out_dir": out, "questions": len(ids), "holder": run_holder(out),
-        "bound": bound is not None,
-        "other_config": sorted(k for k in set(bound or {}) | set(mine) if (bound or {}).get(k) != mine.get(k))
-        if bound is not None else [],
+        "bound": changes is not None, "other_config": changes or [],
         "totals": run_totals(log),
         "commits": list(dict.fromkeys(((e.get("code") or {}).get("commit") or "?")[:12] for e in log)),
         "stages": {}, "cells": []}
